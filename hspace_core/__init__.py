@@ -1,0 +1,26 @@
+"""hspace_core — h-space editing and style mixing for diffusion U-Nets, framework-free.
+
+Implements Asyrp (Kwon et al., ICLR 2023), DiffStyle / InjectFusion (Jeong, Kwon, Uh) and the
+interpolation recipe of Diffusion Autoencoders (Preechakul et al., CVPR 2022) over any ``HSpaceModel``.
+"""
+from .adapters import Conditioning, DiffusersUNet, HSpaceModel, Prediction
+from .auto_schedule import AutoSchedule, find_t_edit_t_boost, lpips_distance
+from .ddim import calibrated_x_t, ddim_inverse_step, ddim_sigma, ddim_step, eps_from_model_output, predicted_x0
+from .hmath import mask_to_h_grid, masked_blend, normalized_slerp, slerp
+from .processes import (Cancelled, capture, combine_directions, content_injection, direction_from_examples, edit,
+                        generate, inject, interpolate, invert, run_reverse)
+from .schedules import (NoiseSchedule, betas_cosine, betas_linear, betas_scaled_linear, schedule_from_betas,
+                        schedule_from_diffusers_config, schedule_from_sigmas, step_pairs, timestep_grid)
+from .state import Direction, EditSchedule, HTrajectory, Inversion, ReconstructionReport
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AutoSchedule", "Cancelled", "Conditioning", "DiffusersUNet", "Direction", "EditSchedule", "HSpaceModel",
+    "HTrajectory", "Inversion", "NoiseSchedule", "Prediction", "ReconstructionReport", "betas_cosine",
+    "betas_linear", "betas_scaled_linear", "calibrated_x_t", "capture", "combine_directions", "content_injection",
+    "ddim_inverse_step", "ddim_sigma", "ddim_step", "direction_from_examples", "edit", "eps_from_model_output",
+    "find_t_edit_t_boost", "generate", "inject", "interpolate", "invert", "lpips_distance", "mask_to_h_grid",
+    "masked_blend", "normalized_slerp", "predicted_x0", "run_reverse", "schedule_from_betas",
+    "schedule_from_diffusers_config", "schedule_from_sigmas", "slerp", "step_pairs", "timestep_grid",
+]

@@ -1,0 +1,5 @@
+from .base import EDIT_BRANCHES, HEdit, HSpaceModel, Prediction, edited_rows, fingerprint_of, guided
+from .diffusers_unet import Conditioning, DiffusersUNet
+
+__all__ = ["EDIT_BRANCHES", "HEdit", "HSpaceModel", "Prediction", "edited_rows", "fingerprint_of", "guided",
+           "Conditioning", "DiffusersUNet"]

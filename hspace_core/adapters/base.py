@@ -1,0 +1,77 @@
+"""The one interface every model family implements, and the branch bookkeeping for guidance."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Callable, Protocol, runtime_checkable
+
+import torch
+
+from ..schedules import NoiseSchedule
+
+# An h edit maps (h rows of one branch, timestep, branch name) to the edited rows.
+HEdit = Callable[[torch.Tensor, int, str], torch.Tensor]
+
+EDIT_BRANCHES = ("cond", "uncond", "both")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One network evaluation at (x_t, t).
+
+    ``eps`` is ε(x_t | h_t) after guidance; ``eps_edited`` is ε(x_t | h̃_t) when an edit was given;
+    ``h`` is the unedited h_t with rows branch-major (see ``HTrajectory``).
+    """
+
+    eps: torch.Tensor
+    h: torch.Tensor
+    eps_edited: torch.Tensor | None = None
+
+
+@runtime_checkable
+class HSpaceModel(Protocol):
+    """A denoiser whose middle-block output h can be read and replaced.
+
+    ``predict`` attaches whatever hooks it needs for that one call and removes them before returning,
+    whether the call succeeds, raises or is interrupted.
+    """
+
+    schedule: NoiseSchedule
+    branches: tuple[str, ...]
+    fingerprint: str
+
+    def predict(self, x_t: torch.Tensor, t: int, edit: HEdit | None = None) -> Prediction: ...
+
+
+def edited_rows(h: torch.Tensor, t: int, branches: tuple[str, ...], edit: HEdit, edit_branches: str) -> torch.Tensor:
+    """Apply ``edit`` to the rows of the branches chosen by ``edit_branches`` (cond, uncond or both)."""
+    if edit_branches not in EDIT_BRANCHES:
+        raise ValueError(f"edit_branches must be one of {EDIT_BRANCHES}, got {edit_branches!r}.")
+    out = []
+    for branch, rows in zip(branches, h.chunk(len(branches))):
+        chosen = branch == "single" or edit_branches == "both" or branch == edit_branches
+        out.append(edit(rows, t, branch) if chosen else rows)
+    edited = torch.cat(out)
+    if edited.shape != h.shape:
+        raise ValueError(f"An h edit changed h's shape from {tuple(h.shape)} to {tuple(edited.shape)}.")
+    return edited
+
+
+def guided(outputs: torch.Tensor, branches: tuple[str, ...], guidance_scale: float) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022): out_u + s·(out_c − out_u) over branch-major rows."""
+    if branches == ("single",):
+        return outputs
+    uncond, cond = outputs.chunk(2)
+    return uncond + guidance_scale * (cond - uncond)
+
+
+def fingerprint_of(arch: dict, parameters) -> str:
+    """'arch-hash/weights-hash': what a saved trajectory or direction is checked against."""
+    arch_hash = hashlib.sha1(json.dumps(arch, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    h = hashlib.sha1()
+    with torch.no_grad():
+        for p in parameters:
+            flat = p.detach().flatten()
+            h.update(f"{tuple(p.shape)}:{float(flat[:64].double().sum()):.6e}:{float(flat.double().sum()):.6e}".encode())
+    return f"{arch_hash}/{h.hexdigest()[:12]}"

@@ -1,0 +1,204 @@
+"""Adapter for diffusers ``UNet2DModel`` (pixel DDPMs) and ``UNet2DConditionModel`` (Stable Diffusion 1.x/2.x, SDXL).
+
+h is the output of ``unet.mid_block``.  When an edit is requested the encoder (conv_in and the down blocks)
+runs once: for the edited pass their forwards are temporarily replaced by the cached outputs and the
+middle block returns h̃, so only the time embedding and the decoder run again.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+
+from ..schedules import NoiseSchedule, schedule_from_diffusers_config
+from ..ddim import eps_from_model_output
+from .base import HEdit, Prediction, edited_rows, fingerprint_of, guided
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Text conditioning and classifier-free guidance for a ``UNet2DConditionModel``.
+
+    ``positive`` / ``negative`` are encoder hidden states (B, tokens, dim).  ``added_cond`` holds SDXL's
+    ``text_embeds`` and ``time_ids`` as (negative, positive) pairs.  With ``guidance_scale == 1`` only the
+    positive branch runs.  ``edit_branches`` says which branch an h edit touches: cond, uncond or both.
+    """
+
+    positive: torch.Tensor
+    negative: torch.Tensor | None = None
+    guidance_scale: float = 1.0
+    edit_branches: str = "cond"
+    added_cond: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.guidance_scale != 1.0 and self.negative is None:
+            raise ValueError("Classifier-free guidance (guidance_scale ≠ 1) needs negative conditioning.")
+        if self.negative is not None and self.negative.shape != self.positive.shape:
+            raise ValueError(
+                f"Positive {tuple(self.positive.shape)} and negative {tuple(self.negative.shape)} conditioning differ in shape."
+            )
+
+    @property
+    def uses_guidance(self) -> bool:
+        return self.guidance_scale != 1.0
+
+
+class DiffusersUNet:
+    """``HSpaceModel`` over a diffusers U-Net.
+
+    >>> model = DiffusersUNet(unet, schedule_from_diffusers_config(scheduler.config))
+    """
+
+    def __init__(self, unet: torch.nn.Module, schedule: NoiseSchedule | dict | None = None,
+                 conditioning: Conditioning | None = None, class_labels: torch.Tensor | None = None,
+                 reuse_encoder: bool = True):
+        if getattr(unet, "mid_block", None) is None:
+            raise ValueError(
+                f"{type(unet).__name__} has no middle block (mid_block is None), so it has no h-space. "
+                "Use a U-Net with a mid block: diffusers UNet2DModel or UNet2DConditionModel "
+                "(pixel DDPMs, Stable Diffusion 1.x/2.x, SDXL). Transformers (DiT, SD3, Flux) are not supported."
+            )
+        if schedule is None:
+            schedule = NoiseSchedule(_default_alphas(), "epsilon")
+        elif isinstance(schedule, dict):
+            schedule = schedule_from_diffusers_config(schedule)
+        self.unet = unet
+        self.schedule = schedule
+        self.conditioning = conditioning
+        self.class_labels = class_labels
+        self.reuse_encoder = reuse_encoder
+        self.is_conditional = dict(unet.config).get("cross_attention_dim") is not None
+        if self.is_conditional and conditioning is None:
+            raise ValueError(f"{type(unet).__name__} is text-conditioned: pass conditioning=Conditioning(positive=...).")
+        self.branches = ("uncond", "cond") if conditioning is not None and conditioning.uses_guidance else ("single",)
+        self._fingerprint = None
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            arch = {"class": type(self.unet).__name__, **{k: v for k, v in dict(self.unet.config).items() if not k.startswith("_")}}
+            self._fingerprint = fingerprint_of(arch, self.unet.parameters())
+        return self._fingerprint
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def with_conditioning(self, conditioning: Conditioning | None) -> "DiffusersUNet":
+        return DiffusersUNet(self.unet, self.schedule, conditioning, self.class_labels, self.reuse_encoder)
+
+    def predict(self, x_t: torch.Tensor, t: int, edit: HEdit | None = None) -> Prediction:
+        x_in, kwargs = self._inputs(x_t)
+        timestep = torch.full((x_in.shape[0],), max(int(t), 0), device=self.device, dtype=torch.long)
+        with _capture(self.unet, self.reuse_encoder and edit is not None) as cache:
+            out = self._run(x_in, timestep, kwargs)
+        h = cache.h
+        eps = self._to_eps(out, x_t, t)
+        if edit is None:
+            return Prediction(eps, h)
+        edit_branches = self.conditioning.edit_branches if self.conditioning is not None else "both"
+        # same memory layout as h, so an unchanged h takes the same kernels and gives bit-identical ε
+        h_edited = torch.empty_like(h).copy_(edited_rows(h, t, self.branches, edit, edit_branches))
+        with _replay(self.unet, cache if self.reuse_encoder else None, h_edited):
+            out_edited = self._run(x_in, timestep, kwargs)
+        return Prediction(eps, h, self._to_eps(out_edited, x_t, t))
+
+    def _run(self, x_in, timestep, kwargs) -> torch.Tensor:
+        return self.unet(x_in.to(self.device, self.dtype), timestep, return_dict=False, **kwargs)[0]
+
+    def _inputs(self, x_t: torch.Tensor):
+        c = self.conditioning
+        kwargs = {}
+        if self.class_labels is not None:
+            kwargs["class_labels"] = self.class_labels
+        if c is None:
+            return x_t, kwargs
+        batch = x_t.shape[0]
+        if c.uses_guidance:
+            x_in = torch.cat([x_t, x_t])
+            states = torch.cat([_repeat_to(c.negative, batch), _repeat_to(c.positive, batch)])
+            added = {k: torch.cat([_repeat_to(v[0], batch), _repeat_to(v[1], batch)]) for k, v in c.added_cond.items()}
+        else:
+            x_in, states = x_t, _repeat_to(c.positive, batch)
+            added = {k: _repeat_to(v[1], batch) for k, v in c.added_cond.items()}
+        kwargs["encoder_hidden_states"] = states.to(self.device, self.dtype)
+        if added:
+            kwargs["added_cond_kwargs"] = {k: v.to(self.device, self.dtype) for k, v in added.items()}
+        return x_in, kwargs
+
+    def _to_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        out = out.to(x_t.dtype)
+        if out.shape[1] == 2 * x_t.shape[1]:  # learnt variance (improved DDPM): keep the mean part
+            out = out[:, : x_t.shape[1]]
+        scale = self.conditioning.guidance_scale if self.conditioning is not None else 1.0
+        out = guided(out, self.branches, scale)
+        return eps_from_model_output(out, x_t, self.schedule.alpha_bar(max(t, 0)), self.schedule.prediction_type)
+
+
+def _repeat_to(x: torch.Tensor, batch: int) -> torch.Tensor:
+    if x.shape[0] == batch:
+        return x
+    if x.shape[0] != 1:
+        raise ValueError(f"Conditioning has batch {x.shape[0]} but the latents have {batch}; pass 1 or {batch}.")
+    return x.expand(batch, *x.shape[1:])
+
+
+def _default_alphas() -> torch.Tensor:
+    return torch.cumprod(1 - torch.linspace(1e-4, 2e-2, 1000, dtype=torch.float64), 0)
+
+
+class _EncoderCache:
+    def __init__(self):
+        self.h = None
+        self.outputs = {}
+
+
+@contextlib.contextmanager
+def _capture(unet, keep_encoder: bool):
+    """Record h (and, if asked, the encoder's outputs) during one forward; hooks always come off."""
+    cache = _EncoderCache()
+    handles = []
+
+    def keep_h(module, args, output):
+        cache.h = output.detach() if torch.is_tensor(output) else output[0].detach()
+
+    def keeper(module, args, output):
+        cache.outputs[module] = output
+
+    try:
+        handles.append(unet.mid_block.register_forward_hook(keep_h))
+        if keep_encoder:
+            for module in (unet.conv_in, *unet.down_blocks):
+                handles.append(module.register_forward_hook(keeper))
+        yield cache
+    finally:
+        for handle in handles:
+            handle.remove()
+    if cache.h is None:
+        raise RuntimeError("The U-Net's middle block did not run; this model's forward bypasses mid_block.")
+
+
+@contextlib.contextmanager
+def _replay(unet, cache: _EncoderCache | None, h_edited: torch.Tensor):
+    """Make the next forward use ``h_edited`` as the middle-block output (and the cached encoder, if given).
+
+    Instance attributes shadow the class's ``forward``; deleting them restores it, whatever happens.
+    """
+    patched = []
+    try:
+        if cache is not None:
+            for module, output in cache.outputs.items():
+                module.forward = (lambda out: (lambda *a, **k: out))(output)
+                patched.append(module)
+        h = h_edited.to(next(unet.parameters()).dtype)
+        unet.mid_block.forward = lambda *a, **k: h
+        patched.append(unet.mid_block)
+        yield
+    finally:
+        for module in patched:
+            module.__dict__.pop("forward", None)

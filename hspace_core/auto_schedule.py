@@ -1,0 +1,78 @@
+"""Asyrp's automatic choice of t_edit and t_boost (Kwon et al. 2023, §4.1 and §4.2).
+
+t_edit is the smallest t with LPIPS(x, P_t) ≥ 0.33 (the threshold scaled by the CLIP cosine between the
+source and target texts when one is given, as the official code does); t_boost is the smallest t with
+LPIPS(x, x_t) ≥ 1.2.  x_t is the forward-noised image and P_t the network's predicted x0 from it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .adapters.base import HSpaceModel
+from .ddim import predicted_x0
+
+Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (a, b) images → per-sample distance
+
+
+@dataclass(frozen=True)
+class AutoSchedule:
+    t_edit: int
+    t_boost: int
+    timesteps: tuple[int, ...]
+    distance_to_prediction: tuple[float, ...]  # LPIPS(x, P_t)
+    distance_to_noisy: tuple[float, ...]  # LPIPS(x, x_t)
+    edit_threshold: float
+    boost_threshold: float
+
+
+def lpips_distance(net: str = "alex", device: str | torch.device = "cpu") -> Distance:
+    """LPIPS (Zhang et al. 2018) with the ``lpips`` package; images in [-1, 1].  Downloads AlexNet on first use."""
+    import lpips
+
+    model = lpips.LPIPS(net=net, verbose=False).to(device).eval()
+
+    def distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(False), torch.no_grad():
+            return model(a.float().to(device), b.float().to(device)).flatten()
+
+    return distance
+
+
+def find_t_edit_t_boost(model: HSpaceModel, x0: torch.Tensor, *, distance: Distance | None = None,
+                        decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                        text_cosine: float | None = None, edit_threshold: float = 0.33,
+                        boost_threshold: float = 1.2, num_probes: int = 50, seed: int = 0,
+                        progress=None, should_stop=None) -> AutoSchedule:
+    """Probe ``num_probes`` timesteps and return the thresholds' crossing points.
+
+    ``decode`` maps model space to images (the VAE for latent models).  Distances are averaged over the batch.
+    """
+    from .processes import _check_latent, _Loop
+
+    _check_latent(x0, "The image / latent")
+    if num_probes < 2:
+        raise ValueError(f"num_probes must be ≥ 2, got {num_probes}.")
+    distance = distance or lpips_distance()
+    decode = decode or (lambda x: x)
+    threshold = edit_threshold * (text_cosine if text_cosine is not None else 1.0)
+    T = model.schedule.num_train_timesteps
+    probes = sorted({int(round(v)) for v in torch.linspace(0, T - 1, num_probes).tolist()})
+    generator = torch.Generator().manual_seed(int(seed))
+    noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
+    image = decode(x0)
+    loop = _Loop(len(probes), progress, should_stop)
+    d_pred, d_noisy = [], []
+    for t in probes:
+        loop.tick()
+        a = model.schedule.alpha_bar(t)
+        x_t = a**0.5 * x0 + (1 - a) ** 0.5 * noise
+        p_t = predicted_x0(x_t, model.predict(x_t, t).eps, a)
+        d_pred.append(float(distance(image, decode(p_t)).mean()))
+        d_noisy.append(float(distance(image, decode(x_t)).mean()))
+    t_edit = next((t for t, d in zip(probes, d_pred) if d >= threshold), T - 1)
+    t_boost = next((t for t, d in zip(probes, d_noisy) if d >= boost_threshold), T - 1)
+    return AutoSchedule(t_edit, min(t_boost, t_edit), tuple(probes), tuple(d_pred), tuple(d_noisy),
+                        threshold, boost_threshold)

@@ -1,0 +1,150 @@
+"""Train the bundled demo DDPM: ``python -m hspace_core.demo.train --out models/hspace-shapes-ddpm``.
+
+A diffusers ``UNet2DModel`` (ε-prediction, 1000 linear betas) on the procedural shapes.  While training, the
+skip connections feeding the deepest up blocks are zeroed for a random part of each batch: a regulariser that
+makes the decoder depend on the bottleneck h (without it, swapping h barely changes ε).  The saved model is a
+plain ``UNet2DModel``.  Checkpoints every ``--save-every`` steps; rerunning resumes from the last one.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .shapes import make_batch
+
+log = logging.getLogger("hspace.train")
+
+UNET_CONFIG = dict(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(16, 32, 64, 128),
+                   layers_per_block=2, down_block_types=("DownBlock2D",) * 4, up_block_types=("UpBlock2D",) * 4,
+                   norm_num_groups=8, add_attention=True, attention_head_dim=32)
+SCHEDULER_CONFIG = {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_schedule": "linear",
+                    "beta_start": 0.0001, "beta_end": 0.02, "prediction_type": "epsilon", "clip_sample": False,
+                    "set_alpha_to_one": True, "steps_offset": 0, "timestep_spacing": "leading"}
+
+
+def build_unet(seed: int = 0):
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    return UNet2DModel(**UNET_CONFIG)
+
+
+class SkipDropout:
+    """Zero the skips entering the ``deepest`` up blocks for a random ``p`` of the batch (training only)."""
+
+    def __init__(self, unet, p: float, deepest: int, generator: torch.Generator):
+        self.p, self.generator, self.keep = p, generator, None
+        self.handles = [block.register_forward_pre_hook(self._hook, with_kwargs=True)
+                        for block in list(unet.up_blocks)[:deepest]]
+
+    def new_batch(self, batch: int) -> None:
+        self.keep = (torch.rand(batch, generator=self.generator) >= self.p).float()[:, None, None, None]
+
+    def _hook(self, module, args, kwargs):
+        if self.keep is None:
+            return None
+        args = list(args)
+        skips = args[1] if len(args) > 1 else kwargs["res_hidden_states_tuple"]
+        skips = tuple(s * self.keep.to(s) for s in skips)
+        if len(args) > 1:
+            args[1] = skips
+        else:
+            kwargs["res_hidden_states_tuple"] = skips
+        return tuple(args), kwargs
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def save_pipeline_folder(unet, out: str) -> None:
+    """diffusers folder layout: unet/config.json + safetensors, scheduler/scheduler_config.json."""
+    unet.save_pretrained(os.path.join(out, "unet"), safe_serialization=True)
+    os.makedirs(os.path.join(out, "scheduler"), exist_ok=True)
+    with open(os.path.join(out, "scheduler", "scheduler_config.json"), "w") as f:
+        json.dump(SCHEDULER_CONFIG, f, indent=2)
+
+
+def train(out: str, steps: int, batch: int = 64, lr: float = 3e-4, seed: int = 0, skip_drop: float = 0.5,
+          skip_drop_blocks: int = 3, ema_decay: float = 0.999, save_every: int = 200, centred_fraction: float = 0.25):
+    os.makedirs(out, exist_ok=True)
+    ckpt_path = os.path.join(out, "train_state.pt")
+    unet = build_unet(seed)
+    ema = copy.deepcopy(unet).eval()
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
+    step = 0
+    if os.path.exists(ckpt_path):
+        state = torch.load(ckpt_path, weights_only=True)
+        unet.load_state_dict(state["unet"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step = int(state["step"])
+        log.info("resumed at step %d", step)
+    alphas = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0).float()
+    gen = torch.Generator().manual_seed(seed * 1000 + step)
+    dropout = SkipDropout(unet, skip_drop, skip_drop_blocks, gen)
+    unet.train()
+    t0, losses = time.time(), []
+    while step < steps:
+        n_centred = int(batch * centred_fraction)
+        x_free, _ = make_batch(batch - n_centred, seed=seed * 10_000_000 + 2 * step)
+        x_cent, _ = make_batch(n_centred, seed=seed * 10_000_000 + 2 * step + 1, centred=True)
+        x0 = torch.from_numpy(np.concatenate([x_free, x_cent]))
+        t = torch.randint(0, 1000, (batch,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        a = alphas[t][:, None, None, None]
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        dropout.new_batch(batch)
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / 200)
+        loss = F.mse_loss(unet(x_t, t).sample, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            decay = min(ema_decay, (1 + step) / (10 + step))
+            for pe, p in zip(ema.parameters(), unet.parameters()):
+                pe.lerp_(p, 1 - decay)
+        step += 1
+        losses.append(loss.item())
+        if step % 50 == 0:
+            log.info("step %d loss %.4f (%.2f s/step)", step, float(np.mean(losses)), (time.time() - t0) / len(losses))
+            losses, t0 = [], time.time()
+        if step % save_every == 0 or step == steps:
+            torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step},
+                       ckpt_path + ".tmp")
+            os.replace(ckpt_path + ".tmp", ckpt_path)
+            save_pipeline_folder(ema, out)
+    dropout.remove()
+    return ema
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="models/hspace-shapes-ddpm")
+    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-drop", type=float, default=0.5)
+    p.add_argument("--skip-drop-blocks", type=int, default=3)
+    p.add_argument("--save-every", type=int, default=200)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    train(args.out, args.steps, args.batch, args.lr, args.seed, args.skip_drop, args.skip_drop_blocks,
+          save_every=args.save_every)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Math in h-space: normalised Slerp (DiffStyle / InjectFusion), masks at h resolution, interpolation."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_COLLINEAR = 1e-4  # below this sin θ, slerp is numerically a lerp
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, gamma: float | torch.Tensor, per_channel: bool = False) -> torch.Tensor:
+    """Spherical interpolation Slerp(a, b, γ) = sin((1−γ)θ)/sin θ·a + sin(γθ)/sin θ·b, θ = ∠(a, b).
+
+    Angles are taken per sample over the whole C×H×W tensor (or per channel over H×W).  NaN-safe: the cosine
+    is clamped to [−1, 1] and nearly collinear pairs fall back to a lerp.
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"slerp needs tensors of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}.")
+    flat_dims = 2 if per_channel else 1
+    af, bf = a.flatten(flat_dims).double(), b.flatten(flat_dims).double()
+    gamma = torch.as_tensor(gamma, dtype=torch.float64, device=a.device)
+    gamma = gamma.reshape(-1, *([1] * (af.dim() - 1))) if gamma.dim() else gamma
+    cos = (af * bf).sum(-1, keepdim=True) / (af.norm(dim=-1, keepdim=True) * bf.norm(dim=-1, keepdim=True)).clamp_min(1e-30)
+    theta = torch.arccos(cos.clamp(-1.0, 1.0))
+    sin = torch.sin(theta)
+    safe = sin.abs() > _COLLINEAR
+    sin_safe = torch.where(safe, sin, torch.ones_like(sin))
+    wa = torch.where(safe, torch.sin((1 - gamma) * theta) / sin_safe, 1 - gamma)
+    wb = torch.where(safe, torch.sin(gamma * theta) / sin_safe, gamma)
+    return (wa * af + wb * bf).reshape(a.shape).to(a.dtype)
+
+
+def normalized_slerp(h: torch.Tensor, h_content: torch.Tensor, gamma: float | torch.Tensor,
+                     per_channel: bool = False) -> torch.Tensor:
+    """h̃ = Slerp(h, h_c·‖h‖/‖h_c‖, γ)  (InjectFusion / DiffStyle, content injection).
+
+    γ = 0 returns h, γ = 1 returns the content h rescaled to h's norm; the norm of the result stays ‖h‖.
+    """
+    if h.shape != h_content.shape:
+        raise ValueError(
+            f"Content h has shape {tuple(h_content.shape)} but the generation's h has {tuple(h.shape)}: "
+            "invert the content and style images at the same size (and with the same model)."
+        )
+    _check_gamma(gamma)
+    flat_dims = 2 if per_channel else 1
+    norm_h = h.flatten(flat_dims).norm(dim=-1)
+    norm_c = h_content.flatten(flat_dims).norm(dim=-1).clamp_min(1e-12)
+    ratio = (norm_h / norm_c).reshape(*norm_h.shape, *([1] * (h.dim() - norm_h.dim())))
+    return slerp(h, h_content * ratio, gamma, per_channel=per_channel)
+
+
+def _check_gamma(gamma) -> None:
+    g = torch.as_tensor(gamma, dtype=torch.float64)
+    if not torch.isfinite(g).all() or (g < 0).any() or (g > 1).any():
+        raise ValueError(f"γ must be in [0, 1] (0 keeps the style's h, 1 takes the content's), got {gamma}.")
+
+
+def mask_to_h_grid(mask: torch.Tensor, h_shape: torch.Size | tuple) -> torch.Tensor:
+    """Resize a mask of any size to h's H×W grid (area average, so soft edges stay soft).
+
+    Accepts (H, W), (B, H, W) or (B, 1, H, W) with values in [0, 1]; returns (B or 1, 1, h_H, h_W).
+    """
+    mask = torch.as_tensor(mask)
+    if mask.dim() == 2:
+        mask = mask[None, None]
+    elif mask.dim() == 3:
+        mask = mask[:, None]
+    elif mask.dim() == 4:
+        if mask.shape[1] != 1:
+            raise ValueError(f"A mask needs one channel, got shape {tuple(mask.shape)}; pass (B, 1, H, W) or (B, H, W).")
+    else:
+        raise ValueError(f"A mask must be (H, W), (B, H, W) or (B, 1, H, W); got rank {mask.dim()}.")
+    mask = mask.float()
+    if not torch.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
+        raise ValueError("Mask values must be finite and in [0, 1] (1 = mix here, 0 = keep the original).")
+    batch = h_shape[0]
+    if mask.shape[0] not in (1, batch):
+        raise ValueError(f"The mask has {mask.shape[0]} entries but the batch has {batch}; pass one mask or one per image.")
+    target = tuple(h_shape[-2:])
+    if tuple(mask.shape[-2:]) != target:
+        mask = F.interpolate(mask, size=target, mode="area" if mask.shape[-1] >= target[-1] else "bilinear",
+                             **({} if mask.shape[-1] >= target[-1] else {"align_corners": False}))
+    return mask.clamp(0, 1)
+
+
+def masked_blend(h: torch.Tensor, h_new: torch.Tensor, mask_h: torch.Tensor | None) -> torch.Tensor:
+    """m·h̃ + (1 − m)·h: outside the mask h is untouched."""
+    if mask_h is None:
+        return h_new
+    m = mask_h.to(h.dtype)
+    return h + m * (h_new - h)
+
+
+def lerp(a: torch.Tensor, b: torch.Tensor, weight: float) -> torch.Tensor:
+    """(1 − w)·a + w·b — Diffusion Autoencoders interpolate the semantic code linearly (exact at w = 0 and 1)."""
+    return torch.lerp(a, b, weight)

@@ -1,0 +1,259 @@
+"""What flows between processes (and between ComfyUI nodes): frozen, validated, CPU-resident, savable."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+FORMAT_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class EditSchedule:
+    """The three phases of Asyrp's process: [T, t_edit] edit, (t_edit, t_boost] plain DDIM, (t_boost, 0] boost.
+
+    ``eta`` is the DDIM η outside the boost phase (0 = deterministic); ``eta_boost`` is used for t < t_boost.
+    """
+
+    num_steps: int = 40
+    t_edit: int = 400
+    t_boost: int = 0
+    eta: float = 0.0
+    eta_boost: float = 1.0
+    grid: str = "asyrp"
+    num_train_timesteps: int = 1000
+
+    def __post_init__(self):
+        T = self.num_train_timesteps
+        if not 1 <= self.num_steps <= T:
+            raise ValueError(f"num_steps must be in [1, {T}], got {self.num_steps}.")
+        for name in ("t_edit", "t_boost"):
+            v = getattr(self, name)
+            if not 0 <= v <= T - 1:
+                raise ValueError(f"{name} must be a timestep in [0, {T - 1}], got {v}.")
+        if self.t_edit < self.t_boost:
+            raise ValueError(
+                f"t_edit ({self.t_edit}) is below t_boost ({self.t_boost}): the edit interval [T, t_edit] must end "
+                "before quality boosting starts. Raise t_edit or lower t_boost."
+            )
+        for name in ("eta", "eta_boost"):
+            v = getattr(self, name)
+            if not 0 <= v <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {v}.")
+
+    def timesteps(self) -> tuple[int, ...]:
+        from .schedules import timestep_grid
+
+        return timestep_grid(self.num_steps, self.num_train_timesteps, self.grid)
+
+    def eta_at(self, t: int) -> float:
+        return self.eta_boost if t < self.t_boost else self.eta
+
+    def edits_at(self, t: int) -> bool:
+        return t >= self.t_edit
+
+
+@dataclass(frozen=True)
+class HTrajectory:
+    """h_t (the U-Net middle-block output) at each visited timestep.
+
+    ``h`` is (steps, rows, C, H, W); rows are branch-major: all images of ``branches[0]``, then of
+    ``branches[1]`` (``("uncond", "cond")`` under classifier-free guidance, ``("single",)`` otherwise).
+    """
+
+    timesteps: tuple[int, ...]
+    h: torch.Tensor
+    branches: tuple[str, ...] = ("single",)
+    fingerprint: str = ""
+
+    def __post_init__(self):
+        h = torch.as_tensor(self.h)
+        if h.dim() != 5:
+            raise ValueError(f"An h trajectory is (steps, rows, C, H, W); got shape {tuple(h.shape)}.")
+        if h.shape[0] != len(self.timesteps):
+            raise ValueError(f"{len(self.timesteps)} timesteps but {h.shape[0]} h tensors.")
+        if h.shape[1] % len(self.branches):
+            raise ValueError(f"{h.shape[1]} rows cannot be split into branches {self.branches}.")
+        if not torch.isfinite(h).all():
+            raise ValueError("The h trajectory contains NaN or inf; the model or its input diverged.")
+        object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
+        object.__setattr__(self, "branches", tuple(self.branches))
+        object.__setattr__(self, "h", h.detach().to("cpu", torch.float32).contiguous())
+
+    @property
+    def batch_size(self) -> int:
+        return self.h.shape[1] // len(self.branches)
+
+    @property
+    def h_shape(self) -> tuple[int, int, int]:
+        return tuple(self.h.shape[2:])
+
+    def index_of(self, t: int) -> int:
+        """Index of the captured timestep nearest to t."""
+        return min(range(len(self.timesteps)), key=lambda i: abs(self.timesteps[i] - t))
+
+    def at(self, t: int, branch: str | None = None) -> torch.Tensor:
+        """h at the captured timestep nearest to t, for one branch (rows of that branch) or all rows."""
+        h = self.h[self.index_of(t)]
+        if branch is None:
+            return h
+        return h.chunk(len(self.branches))[self.branches.index(branch)]
+
+    def select(self, indices) -> "HTrajectory":
+        """The trajectory of some images of the batch (in every branch)."""
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        rows = torch.cat([idx + k * self.batch_size for k in range(len(self.branches))])
+        return HTrajectory(self.timesteps, self.h[:, rows], self.branches, self.fingerprint)
+
+    def save(self, path: str) -> None:
+        _save(path, {"h": self.h}, "h_trajectory", timesteps=list(self.timesteps), branches=list(self.branches),
+              fingerprint=self.fingerprint)
+
+    @classmethod
+    def load(cls, path: str, expect_fingerprint: str | None = None) -> "HTrajectory":
+        tensors, meta = _load(path, "h_trajectory")
+        traj = cls(tuple(meta["timesteps"]), tensors["h"], tuple(meta["branches"]), meta["fingerprint"])
+        if expect_fingerprint is not None:
+            check_fingerprint(traj.fingerprint, expect_fingerprint, "h trajectory")
+        return traj
+
+
+@dataclass(frozen=True)
+class Direction:
+    """A direction in h-space: Δh (global), Δh_t (per timestep) or an implicit function f_t(h_t, t).
+
+    ``delta`` is (C, H, W) for ``global``; (steps, C, H, W) with ``timesteps`` for ``per_timestep``.
+    ``fn`` is a callable f(h, t) → Δh for ``implicit`` (Asyrp's learnt f_t).
+    """
+
+    form: str
+    delta: torch.Tensor | None = None
+    timesteps: tuple[int, ...] = ()
+    fn: Callable[[torch.Tensor, int], torch.Tensor] | None = field(default=None, compare=False)
+    h_shape: tuple[int, ...] = ()
+    fingerprint: str = ""
+    name: str = ""
+    metadata: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        if self.form not in ("global", "per_timestep", "implicit"):
+            raise ValueError(f"Direction form {self.form!r} is unknown; use global, per_timestep or implicit.")
+        if self.form == "implicit":
+            if self.fn is None:
+                raise ValueError("An implicit direction needs fn(h, t) → Δh.")
+            return
+        d = torch.as_tensor(self.delta).detach().to("cpu", torch.float32).contiguous()
+        want = 3 if self.form == "global" else 4
+        if d.dim() != want:
+            raise ValueError(f"A {self.form} direction's delta must have rank {want}, got shape {tuple(d.shape)}.")
+        if self.form == "per_timestep" and d.shape[0] != len(self.timesteps):
+            raise ValueError(f"{len(self.timesteps)} timesteps but {d.shape[0]} per-timestep deltas.")
+        if not torch.isfinite(d).all():
+            raise ValueError("The direction contains NaN or inf.")
+        object.__setattr__(self, "delta", d)
+        object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
+        object.__setattr__(self, "h_shape", tuple(d.shape[-3:]))
+
+    def at(self, h: torch.Tensor, t: int) -> torch.Tensor:
+        """Δh for this h and timestep, shaped to broadcast against h (rows, C, H, W)."""
+        if self.form == "implicit":
+            return self.fn(h, t)
+        if self.h_shape != tuple(h.shape[1:]):
+            raise ValueError(
+                f"This direction was made for h of shape {self.h_shape} but the model's h is {tuple(h.shape[1:])}: "
+                "use a direction made with this model at this image size."
+            )
+        if self.form == "global":
+            d = self.delta
+        else:
+            i = min(range(len(self.timesteps)), key=lambda k: abs(self.timesteps[k] - t))
+            d = self.delta[i]
+        return d.to(h.device, h.dtype)[None]
+
+    def scaled(self, factor: float) -> "Direction":
+        if self.form == "implicit":
+            fn = self.fn
+            return Direction("implicit", fn=lambda h, t: factor * fn(h, t), h_shape=self.h_shape,
+                             fingerprint=self.fingerprint, name=self.name, metadata=self.metadata)
+        return Direction(self.form, self.delta * factor, self.timesteps, h_shape=self.h_shape,
+                         fingerprint=self.fingerprint, name=self.name, metadata=self.metadata)
+
+    def global_mean(self) -> "Direction":
+        """The mean over timesteps of a per-timestep direction, as one global Δh."""
+        if self.form != "per_timestep":
+            raise ValueError("Only a per_timestep direction has a mean over timesteps.")
+        return Direction("global", self.delta.mean(0), fingerprint=self.fingerprint, name=self.name)
+
+    def save(self, path: str) -> None:
+        if self.form == "implicit":
+            raise ValueError("Implicit directions are saved by the module that defines them (see hspace_core.clip_directions).")
+        _save(path, {"delta": self.delta}, "direction", form=self.form, timesteps=list(self.timesteps),
+              fingerprint=self.fingerprint, name=self.name, extra=self.metadata)
+
+    @classmethod
+    def load(cls, path: str) -> "Direction":
+        tensors, meta = _load(path, "direction")
+        return cls(meta["form"], tensors["delta"], tuple(meta["timesteps"]), fingerprint=meta["fingerprint"],
+                   name=meta.get("name", ""), metadata=meta.get("extra", {}))
+
+
+@dataclass(frozen=True)
+class ReconstructionReport:
+    """How well regenerate(invert(x)) returns x."""
+
+    mse: float
+    psnr: float
+    max_abs_error: float
+
+    @classmethod
+    def compare(cls, reference: torch.Tensor, reconstruction: torch.Tensor, data_range: float = 2.0) -> "ReconstructionReport":
+        diff = (reconstruction.double() - reference.double())
+        mse = float(diff.pow(2).mean())
+        psnr = float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(data_range**2 / mse)).item()
+        return cls(mse, psnr, float(diff.abs().max()))
+
+
+@dataclass(frozen=True)
+class Inversion:
+    """DDIM inversion of a batch: x_T, the latent path x_t (clean input first), h along the way."""
+
+    x_T: torch.Tensor
+    latents: torch.Tensor  # (steps + 1, B, ...): x_{−1} = input, then x_t for t in the grid, ascending
+    timesteps: tuple[int, ...]  # the grid, decreasing (sampling order)
+    trajectory: HTrajectory
+    report: ReconstructionReport | None = None
+    reconstruction: torch.Tensor | None = None
+
+
+def check_fingerprint(found: str, expected: str, what: str) -> None:
+    """Raise if a saved object was made with another model."""
+    if found and expected and found != expected:
+        f_arch, e_arch = found.split("/")[0], expected.split("/")[0]
+        part = "architecture" if f_arch != e_arch else "weights"
+        raise ValueError(
+            f"This {what} was made with a model of different {part} (fingerprint {found}) than the one given "
+            f"({expected}); use the model it was captured with."
+        )
+
+
+def _save(path: str, tensors: dict, kind: str, **meta) -> None:
+    meta = {"kind": kind, "format_version": FORMAT_VERSION, **meta}
+    shapes = {k: list(v.shape) for k, v in tensors.items()}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, path,
+              metadata={"hspace": json.dumps(meta), "shapes": json.dumps(shapes), "dtype": "float32"})
+
+
+def _load(path: str, kind: str) -> tuple[dict, dict]:
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        raw = (f.metadata() or {}).get("hspace")
+    if raw is None:
+        raise ValueError(f"{path} is not an h-space file (no 'hspace' metadata); save it with this pack.")
+    meta = json.loads(raw)
+    if meta.get("kind") != kind:
+        raise ValueError(f"{path} holds a {meta.get('kind')!r}, not a {kind!r}.")
+    return load_file(path), meta

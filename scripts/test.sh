@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole test suite: unit tests, then end-to-end tests on a real ComfyUI server.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/scripts/setup.sh"
+cd "$ROOT"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" PYTHONDONTWRITEBYTECODE=1
+exec "$PY" -m pytest -p no:cacheprovider tests "$@"

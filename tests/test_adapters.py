@@ -1,0 +1,132 @@
+"""Diffusers adapters: h capture, edits, encoder reuse, guidance branches, hook hygiene."""
+import pytest
+import torch
+
+from conftest import tiny_pixel_unet, tiny_text_unet
+from hspace_core import Conditioning, DiffusersUNet, Direction, EditSchedule, edit, generate
+
+
+def _no_hooks_left(unet):
+    for m in unet.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks, type(m).__name__
+        assert "forward" not in m.__dict__, type(m).__name__
+
+
+@torch.no_grad()
+def test_h_is_mid_block_output(pixel_unet, images):
+    seen = {}
+    handle = pixel_unet.mid_block.register_forward_hook(lambda m, a, o: seen.setdefault("h", o))
+    try:
+        pred = DiffusersUNet(pixel_unet).predict(images, 300)
+    finally:
+        handle.remove()
+    assert torch.equal(pred.h, seen["h"])
+    assert pred.h.shape == (2, 32, 8, 8)
+
+
+@torch.no_grad()
+def test_reused_encoder_equals_full_second_pass(pixel_unet, images):
+    shift = lambda h, t, b: h * 1.3 + 0.1
+    fast = DiffusersUNet(pixel_unet).predict(images, 700, shift)
+    full = DiffusersUNet(pixel_unet, reuse_encoder=False).predict(images, 700, shift)
+    assert torch.allclose(fast.eps_edited, full.eps_edited, atol=1e-6)
+    assert (fast.eps_edited - fast.eps).abs().max() > 1e-3
+    identity = DiffusersUNet(pixel_unet).predict(images, 700, lambda h, t, b: h)
+    assert torch.equal(identity.eps_edited, identity.eps)
+    _no_hooks_left(pixel_unet)
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_hooks_come_off_on_error_and_interrupt(pixel_unet, images, error):
+    def broken(h, t, b):
+        raise error
+
+    with pytest.raises(type(error)):
+        DiffusersUNet(pixel_unet).predict(images, 500, broken)
+    _no_hooks_left(pixel_unet)
+    # the model still behaves exactly as before
+    fresh = tiny_pixel_unet()
+    with torch.no_grad():
+        assert torch.equal(pixel_unet(images, 500).sample, fresh(images, 500).sample)
+
+
+def test_interrupt_inside_the_edited_pass_restores_forwards(images):
+    unet = tiny_pixel_unet()
+    calls = {"n": 0}
+
+    def interrupt_on_replay(module, args, output):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second up-block call is the edited (replayed) decoder pass
+            raise KeyboardInterrupt
+
+    handle = unet.up_blocks[0].register_forward_hook(interrupt_on_replay)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            DiffusersUNet(unet).predict(images, 500, lambda h, t, b: h + 1)
+    finally:
+        handle.remove()
+    _no_hooks_left(unet)
+
+
+def test_model_without_middle_block_is_refused():
+    from diffusers import UNet2DModel
+
+    unet = UNet2DModel(sample_size=8, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       mid_block_type=None)
+    with pytest.raises(ValueError, match="no middle block"):
+        DiffusersUNet(unet)
+
+
+def test_text_unet_needs_conditioning(text_unet):
+    with pytest.raises(ValueError, match="conditioning"):
+        DiffusersUNet(text_unet)
+    with pytest.raises(ValueError, match="negative"):
+        Conditioning(torch.zeros(1, 4, 32), guidance_scale=5.0)
+
+
+@torch.no_grad()
+def test_guidance_branches(text_unet):
+    g = torch.Generator().manual_seed(0)
+    pos, neg = torch.randn(1, 4, 32, generator=g), torch.randn(1, 4, 32, generator=g)
+    x = torch.randn(2, 4, 8, 8, generator=g)
+    shift = lambda h, t, b: h + 0.5
+
+    def run(branches, scale=4.0):
+        model = DiffusersUNet(text_unet, conditioning=Conditioning(pos, neg, scale, branches))
+        return model.predict(x, 600, shift)
+
+    cond, uncond, both = run("cond"), run("uncond"), run("both")
+    assert cond.h.shape == (4, 64, 4, 4)  # uncond rows then cond rows
+    assert torch.equal(cond.eps, uncond.eps)
+    # guidance: ε = ε_u + s(ε_c − ε_u) is linear, so the three edits satisfy both = cond + uncond − none
+    assert torch.allclose(both.eps_edited - cond.eps, (cond.eps_edited - cond.eps) + (uncond.eps_edited - cond.eps), atol=1e-4)
+    assert not torch.allclose(cond.eps_edited, uncond.eps_edited)
+    # the guided ε is the textbook combination of separate passes
+    single_pos = DiffusersUNet(text_unet, conditioning=Conditioning(pos)).predict(x, 600)
+    single_neg = DiffusersUNet(text_unet, conditioning=Conditioning(neg)).predict(x, 600)
+    assert torch.allclose(cond.eps, single_neg.eps + 4.0 * (single_pos.eps - single_neg.eps), atol=1e-4)
+    _no_hooks_left(text_unet)
+
+
+class _CountingUNet:
+    def __init__(self, unet):
+        self.unet, self.calls = unet, 0
+        unet.register_forward_pre_hook(self._count)
+
+    def _count(self, *args):
+        self.calls += 1
+
+
+@torch.no_grad()
+def test_steps_below_t_edit_run_one_pass(images):
+    counter = _CountingUNet(tiny_pixel_unet())
+    model = DiffusersUNet(counter.unet)
+    sched = EditSchedule(num_steps=10, t_edit=500, t_boost=0)
+    direction = Direction("global", torch.ones(32, 8, 8))
+    edit(model, images, direction, 0.5, sched)
+    n_edit = sum(t >= 500 for t in sched.timesteps())
+    assert counter.calls == 10 + n_edit
+    counter.calls = 0
+    generate(model, images, sched)
+    assert counter.calls == 10

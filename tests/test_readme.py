@@ -1,0 +1,55 @@
+"""The README's library examples run as written, and its commands are the ones CI and the scripts use."""
+import os
+import re
+import tomllib
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = open(os.path.join(ROOT, "README.md")).read()
+
+
+def _library_blocks():
+    section = README.split("## Library", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def test_library_examples_run(tmp_path, monkeypatch):
+    blocks = _library_blocks()
+    assert len(blocks) >= 8
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["frames"].shape == (5, 3, 32, 32)
+    assert namespace["mixed"].shape == (1, 3, 32, 32)
+    assert namespace["latents"].trajectory.branches == ("uncond", "cond")
+
+
+def test_ci_runs_the_readme_test_command():
+    commands = re.findall(r"^(bash scripts/\S+)", README, re.M)
+    assert "bash scripts/test.sh" in commands and "bash scripts/demo.sh" in commands
+    ci = open(os.path.join(ROOT, ".ci", "run")).read()
+    assert "bash scripts/test.sh" in ci
+    for script in ("scripts/test.sh", "scripts/demo.sh", "scripts/setup.sh"):
+        assert os.path.exists(os.path.join(ROOT, script)), script
+
+
+def test_requirements_match_pyproject():
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)
+    reqs = [l.strip() for l in open(os.path.join(ROOT, "requirements.txt")) if l.strip() and not l.startswith("#")]
+    assert sorted(reqs) == sorted(project["project"]["dependencies"])
+    assert "comfyui" not in project["project"]["name"].lower()
+    assert project["project"]["license"] == {"file": "LICENSE"}
+    assert {"PublisherId", "DisplayName", "Icon"} <= set(project["tool"]["comfy"])
+    assert "Repository" in project["project"]["urls"]
+
+
+def test_core_never_imports_comfy():
+    pattern = re.compile(r"^\s*(import|from)\s+(comfy|comfy_api|comfy_extras|folder_paths|nodes)\b", re.M)
+    for dirpath, _, files in os.walk(os.path.join(ROOT, "hspace_core")):
+        for name in files:
+            if name.endswith(".py"):
+                text = open(os.path.join(dirpath, name)).read()
+                assert not pattern.search(text), os.path.join(dirpath, name)
