@@ -1,1 +1,15 @@
-"""ComfyUI entry point of the H-Space node pack (nodes live in ``nodes/``; the math in ``hspace_core/``)."""
+"""ComfyUI entry point of the H-Space node pack: nodes in ``nodes/``, the framework-free math in ``hspace_core/``."""
+try:
+    from comfy_api.latest import ComfyExtension
+except ImportError:  # imported outside ComfyUI (e.g. by pytest collecting the repo root): nothing to register
+    ComfyExtension = None
+
+if ComfyExtension is not None:
+    from .nodes import NODES
+
+    class HSpaceExtension(ComfyExtension):
+        async def get_node_list(self):
+            return list(NODES)
+
+    async def comfy_entrypoint():
+        return HSpaceExtension()

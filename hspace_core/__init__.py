@@ -11,13 +11,14 @@ from .processes import (Cancelled, capture, combine_directions, content_injectio
                         generate, inject, interpolate, invert, run_reverse)
 from .schedules import (NoiseSchedule, betas_cosine, betas_linear, betas_scaled_linear, schedule_from_betas,
                         schedule_from_diffusers_config, schedule_from_sigmas, step_pairs, timestep_grid)
-from .state import Direction, EditSchedule, HTrajectory, Inversion, ReconstructionReport
+from .state import (Direction, EditSchedule, HTrajectory, Inversion, QualityBoost, ReconstructionReport,
+                    StyleCalibration)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AutoSchedule", "Cancelled", "Conditioning", "DiffusersUNet", "Direction", "EditSchedule", "HSpaceModel",
-    "HTrajectory", "Inversion", "NoiseSchedule", "Prediction", "ReconstructionReport", "betas_cosine",
+    "HTrajectory", "Inversion", "NoiseSchedule", "Prediction", "QualityBoost", "ReconstructionReport", "StyleCalibration", "betas_cosine",
     "betas_linear", "betas_scaled_linear", "calibrated_x_t", "capture", "combine_directions", "content_injection",
     "ddim_inverse_step", "ddim_sigma", "ddim_step", "direction_from_examples", "edit", "eps_from_model_output",
     "find_t_edit_t_boost", "generate", "inject", "interpolate", "invert", "lpips_distance", "mask_to_h_grid",

@@ -113,9 +113,10 @@ def invert(model: HSpaceModel, x0: torch.Tensor, num_steps: int = 40, *, grid: s
 
     The step t_prev → t takes ε at (x_{t_prev}, t).  With ``refine_iters`` = k > 0 it then solves the implicit
     equation x_t = inverse_step(x_{t_prev}, ε(x_t, t)) by k fixed-point iterations, so that the reverse DDIM
-    step from x_t lands on x_{t_prev} exactly (at convergence).  h is recorded from the last evaluation of
-    each step: at (x_t, t) when refining, at (x_{t_prev}, t) otherwise.
-    ``report`` regenerates x0 from x_T and measures the error (another ``num_steps`` passes).
+    step from x_t lands on x_{t_prev} exactly (at convergence).
+    ``report`` regenerates x0 from x_T, measures the error (another ``num_steps`` passes) and records h along
+    that reconstruction: exactly the h a later edit or injection from x_T sees.  Without ``report``, h comes
+    from the last evaluation of each inversion step: at (x_t, t) when refining, at (x_{t_prev}, t) otherwise.
     """
     _check_latent(x0, "The input image / latent")
     if refine_iters < 0:
@@ -143,8 +144,9 @@ def invert(model: HSpaceModel, x0: torch.Tensor, num_steps: int = 40, *, grid: s
     if not report:
         return result
     sched = EditSchedule(num_steps, t_edit=0, t_boost=0, grid=grid, num_train_timesteps=model.schedule.num_train_timesteps)
-    recon = run_reverse(model, x, sched, progress=lambda d, n: loop.tick(), should_stop=None).x0
-    return Inversion(x, result.latents, result.timesteps, trajectory, ReconstructionReport.compare(x0, recon), recon)
+    recon = run_reverse(model, x, sched, record_h=True, progress=lambda d, n: loop.tick())
+    return Inversion(x, result.latents, result.timesteps, recon.trajectory,
+                     ReconstructionReport.compare(x0, recon.x0), recon.x0)
 
 
 def capture(model: HSpaceModel, x_T: torch.Tensor, num_steps: int = 40, *, grid: str = "asyrp",

@@ -57,6 +57,33 @@ class EditSchedule:
 
 
 @dataclass(frozen=True)
+class StyleCalibration:
+    """InjectFusion's style calibration strength ω (see ``ddim.calibrated_x_t``): 1 keeps the style image,
+    0 carries the injected content fully."""
+
+    omega: float = 0.3
+
+    def __post_init__(self):
+        if not 0 <= self.omega <= 1:
+            raise ValueError(f"ω must be in [0, 1], got {self.omega}.")
+
+
+@dataclass(frozen=True)
+class QualityBoost:
+    """Asyrp's quality boosting: stochastic DDIM (η) for t < t_boost, noise from ``seed``."""
+
+    t_boost: int = 200
+    eta: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0 <= self.eta <= 1:
+            raise ValueError(f"η must be in [0, 1], got {self.eta}.")
+        if self.t_boost < 0:
+            raise ValueError(f"t_boost must be ≥ 0, got {self.t_boost}.")
+
+
+@dataclass(frozen=True)
 class HTrajectory:
     """h_t (the U-Net middle-block output) at each visited timestep.
 

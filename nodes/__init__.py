@@ -1,0 +1,15 @@
+"""ComfyUI nodes: thin shells that translate ComfyUI types to one ``hspace_core`` call each."""
+from .editing import AsyrpEdit, CombineDirections, DirectionFromExamples
+from .files import LoadDirection, LoadTrajectory, SaveDirection, SaveTrajectory
+from .injection import Interpolate, QualityBoost, SlerpContentInject, StyleCalibrate
+from .inversion import Capture, DDIMInversion
+from .loaders import LoadPixelUNet
+from .schedule import AutoSchedule
+from .storage import register_folders
+from .trajectory_io import PreviewH
+
+register_folders()
+
+NODES = (DDIMInversion, Capture, AsyrpEdit, SlerpContentInject, StyleCalibrate, QualityBoost, AutoSchedule,
+         Interpolate, DirectionFromExamples, CombineDirections, SaveDirection, LoadDirection, SaveTrajectory,
+         LoadTrajectory, PreviewH, LoadPixelUNet)

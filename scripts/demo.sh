@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The main job: set up, then run the demo and write images to outputs/demo/.
+# The main job: set up, then run the pixel-model sample workflows through a real ComfyUI on the bundled demo
+# model (models/hspace-shapes-ddpm) and write their images to outputs/demo/<workflow>/.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup.sh"
 cd "$ROOT"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-exec "$PY" -m hspace_core.demo.run --out "${1:-outputs/demo}"
+exec "$PY" -m harness.run_workflows workflows/pixel_content_injection.json workflows/pixel_asyrp_edit.json \
+    workflows/interpolation.json --out "${1:-outputs/demo}"

@@ -51,4 +51,17 @@ if [ -z "${HSPACE_COMFYUI:-}" ] && [ ! -f "$comfy_stamp" ]; then
   "$PY" -m pip install --quiet -r "$STATE/comfy-req-no-torch.txt" requests
   touch "$comfy_stamp"
 fi
+# Browser tests: Debian's Chromium (no browser download) driven by playwright-core.
+if [ ! -x "${CHROMIUM_PATH:-/usr/bin/chromium}" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing chromium (Debian package)"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "[setup] no Chromium at ${CHROMIUM_PATH:-/usr/bin/chromium}: install it (or set CHROMIUM_PATH) for the editor tests"
+  fi
+fi
+if [ ! -d "$ROOT/harness/browser/node_modules/playwright-core" ] && command -v npm >/dev/null 2>&1; then
+  echo "[setup] installing playwright-core for the editor tests"
+  (cd "$ROOT/harness/browser" && npm ci --silent --no-audit --no-fund)
+fi
 export PY COMFY_DIR HSPACE_COMFYUI="$COMFY_DIR"

@@ -79,3 +79,18 @@ def text_unet():
 def images():
     g = torch.Generator().manual_seed(1)
     return torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory):
+    """A real ComfyUI server (HSPACE_COMFYUI or the one scripts/setup.sh installed) with this pack and tiny models."""
+    from harness.server import STATE, ComfyServer, prepare_base
+
+    base = str(tmp_path_factory.mktemp("comfy-base"))
+    prepare_base(base, os.path.join(STATE, "e2e-models"))
+    server = ComfyServer(base, os.path.join(base, "server.log")).start()
+    server.object_info = server.get("/object_info")
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -223,3 +223,11 @@ def test_auto_schedule_finds_threshold_crossings(analytic, sample_images):
     half = find_t_edit_t_boost(analytic, sample_images, distance=mse, edit_threshold=0.1, boost_threshold=0.5,
                                num_probes=21, text_cosine=0.5)
     assert half.edit_threshold == pytest.approx(0.05) and half.t_edit <= result.t_edit
+
+
+def test_inversion_trajectory_is_the_reconstruction_path(pixel_unet, images):
+    model = DiffusersUNet(pixel_unet)
+    with torch.no_grad():
+        inv = invert(model, images, 6)
+        along_path = capture(model, inv.x_T, 6)
+    assert torch.equal(inv.trajectory.h, along_path.h)

@@ -148,3 +148,14 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+
+
+def export_bundled(train_dir: str, dest: str) -> None:
+    """Copy the trained EMA weights into the pack as fp16 safetensors (half the size; loaded back as fp32)."""
+    from diffusers import UNet2DModel
+    import shutil
+
+    unet = UNet2DModel.from_pretrained(os.path.join(train_dir, "unet"), torch_dtype=torch.float32)
+    unet.to(torch.float16).save_pretrained(os.path.join(dest, "unet"), safe_serialization=True)
+    os.makedirs(os.path.join(dest, "scheduler"), exist_ok=True)
+    shutil.copy(os.path.join(train_dir, "scheduler", "scheduler_config.json"), os.path.join(dest, "scheduler"))

@@ -1,0 +1,134 @@
+"""Cost of each kind of step relative to a plain DDIM step on the same U-Net, measured in one run.
+
+    python benchmarks/step_cost.py [--repeats 5] [--skip-celebahq] [--out docs/benchmarks.md]
+
+Models (random weights, real architectures): Stable Diffusion 1.5's UNet2DConditionModel at a 64×64 latent
+(batch 1, with and without CFG) and the DDPM CelebA-HQ 256 UNet2DModel at 256².  Each row is the median time of
+one step (or pass) divided by the median time of a plain DDIM step of the same model in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import hspace_core as hs  # noqa: E402
+from hspace_core.ddim import calibrated_x_t, ddim_step  # noqa: E402
+
+
+def sd15_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
+                                block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+                                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3).eval()
+
+
+def celebahq_unet():
+    from diffusers import UNet2DModel
+
+    # google/ddpm-celebahq-256's configuration
+    return UNet2DModel(sample_size=256, block_out_channels=(128, 128, 256, 256, 512, 512), layers_per_block=2,
+                       down_block_types=("DownBlock2D",) * 4 + ("AttnDownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4).eval()
+
+
+def median_seconds(fn, repeats):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure(model: hs.DiffusersUNet, x: torch.Tensor, repeats: int) -> dict:
+    t, a, a_prev = 500, model.schedule.alpha_bar(500), model.schedule.alpha_bar(480)
+    h_rows = model.predict(x, t).h
+    content = hs.HTrajectory((t,), h_rows[None].clone() * 0.9, model.branches)
+    shift = lambda h, tt, b: h + 0.1
+    inject = hs.content_injection(content, 0.5)
+
+    def plain():
+        ddim_step(x, model.predict(x, t).eps, a, a_prev)
+
+    def asymmetric():
+        p = model.predict(x, t, shift)
+        ddim_step(x, p.eps_edited, a, a_prev, eps_direction=p.eps)
+
+    def injection():
+        p = model.predict(x, t, inject)
+        ddim_step(x, p.eps_edited, a, a_prev, eps_direction=p.eps)
+
+    def calibrated():
+        p = model.predict(x, t, inject)
+        x_cal = calibrated_x_t(x, p.eps, p.eps_edited, a, 0.3)
+        ddim_step(x_cal, model.predict(x_cal, t).eps, a, a_prev)
+
+    base = median_seconds(plain, repeats)
+    rows = {"plain DDIM step (below t_edit)": 1.0}
+    for name, fn in (("asymmetric edit step (Asyrp)", asymmetric), ("content injection step (DiffStyle)", injection),
+                     ("calibrated injection step (ω)", calibrated)):
+        rows[name] = median_seconds(fn, repeats) / base
+    full = hs.DiffusersUNet(model.unet, model.schedule, model.conditioning, reuse_encoder=False)
+
+    def asymmetric_full():
+        p = full.predict(x, t, shift)
+        ddim_step(x, p.eps_edited, a, a_prev, eps_direction=p.eps)
+
+    rows["asymmetric step without encoder reuse"] = median_seconds(asymmetric_full, repeats) / base
+    per_step_bytes = h_rows.numel() * 4
+    return {"base_seconds": base, "ratios": rows, "h_bytes_per_step": per_step_bytes,
+            "h_shape": tuple(h_rows.shape)}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--skip-celebahq", action="store_true")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    torch.manual_seed(0)
+    results = {}
+    with torch.no_grad():
+        sd = sd15_unet()
+        sched = hs.schedule_from_betas(hs.betas_scaled_linear(1000))
+        text = torch.randn(1, 77, 768)
+        x = torch.randn(1, 4, 64, 64)
+        results["SD1.5 U-Net, 64×64 latent, no CFG"] = measure(hs.DiffusersUNet(sd, sched, hs.Conditioning(text)), x, args.repeats)
+        results["SD1.5 U-Net, 64×64 latent, CFG 7.5"] = measure(
+            hs.DiffusersUNet(sd, sched, hs.Conditioning(text, torch.zeros_like(text), 7.5)), x, args.repeats)
+        del sd
+        if not args.skip_celebahq:
+            unet = celebahq_unet()
+            results["DDPM CelebA-HQ U-Net, 256², batch 1"] = measure(
+                hs.DiffusersUNet(unet, hs.schedule_from_betas(hs.betas_linear(1000))), torch.randn(1, 3, 256, 256),
+                args.repeats)
+    lines = [f"Measured by `python benchmarks/step_cost.py` on {os.cpu_count()} CPU cores, torch "
+             f"{torch.__version__}, {torch.get_num_threads()} thread(s), median of {args.repeats}. "
+             "Ratios are to a plain DDIM step of the same model in the same run.", ""]
+    names = list(next(iter(results.values()))["ratios"])
+    lines.append("| step | " + " | ".join(results) + " |")
+    lines.append("|---|" + "---|" * len(results))
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(f"{r['ratios'][name]:.2f}×" for r in results.values()) + " |")
+    lines.append("| plain step, seconds | " + " | ".join(f"{r['base_seconds']:.2f} s" for r in results.values()) + " |")
+    lines.append("| h stored per step (float32) | " + " | ".join(
+        f"{r['h_bytes_per_step'] / 1024:.0f} KiB {list(r['h_shape'])}" for r in results.values()) + " |")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("# Step cost\n\n" + text + "\n")
+
+
+if __name__ == "__main__":
+    main()

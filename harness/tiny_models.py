@@ -1,0 +1,102 @@
+"""Tiny random-weight models that ComfyUI's own loaders accept, built at test time (never committed).
+
+Run inside a process that has ComfyUI on sys.path with ``comfy.cli_args.args.cpu = True`` set first.
+Writes, under ``models/``:
+- ``checkpoints/v1-5-pruned-emaonly.safetensors``: an SD1-shaped checkpoint (320-channel one-level U-Net,
+  full-shape random CLIP-L, TAESD VAE), so the sample workflows run unchanged;
+- ``diffusers/tiny-pixel-unet``: a small diffusers UNet2DModel folder for the pixel-model workflows.
+
+Every weight is initialised (ComfyUI's ops leave some uninitialised and LDM zero-inits output layers, which
+would make h edits invisible).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import torch
+
+VERSION = "1"  # bump to rebuild cached models
+
+
+def _init_all(module: torch.nn.Module, generator: torch.Generator) -> torch.nn.Module:
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+                if m.weight is not None:
+                    m.weight.fill_(1.0)
+                if m.bias is not None:
+                    m.bias.zero_()
+                continue
+            for p in m.parameters(recurse=False):
+                if p.ndim >= 2:
+                    p.copy_(torch.randn(p.shape, generator=generator) / math.sqrt(p[0].numel()))
+                else:
+                    p.copy_(torch.randn(p.shape, generator=generator) * 0.01)
+    return module
+
+
+def build_sd15_checkpoint(path: str, comfy_dir: str, seed: int = 0) -> None:
+    import comfy.clip_model
+    import comfy.ops
+    import comfy.taesd.taesd as taesd
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    # SD1 detection: model_channels 320, context_dim 768 read from an input-block transformer, conv proj_in.
+    unet = UNetModel(image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[1],
+                     channel_mult=[1], transformer_depth=[1], transformer_depth_output=[1, 1],
+                     transformer_depth_middle=1, context_dim=768, num_heads=8, num_head_channels=-1,
+                     use_spatial_transformer=True, legacy=False, use_linear_in_transformer=False,
+                     adm_in_channels=None, dtype=torch.float32, device="cpu",
+                     operations=comfy.ops.disable_weight_init)
+    _init_all(unet, g)
+    vae = _init_all(taesd.TAESD(latent_channels=4), g)
+    with open(os.path.join(comfy_dir, "comfy", "sd1_clip_config.json")) as f:
+        clip = _init_all(comfy.clip_model.CLIPTextModel(json.load(f), torch.float32, "cpu", comfy.ops.manual_cast), g)
+    sd = {f"model.diffusion_model.{k}": v for k, v in unet.state_dict().items()}
+    sd.update({f"cond_stage_model.transformer.{k}": v for k, v in clip.state_dict().items()})
+    sd.update({f"first_stage_model.taesd_encoder.{k}": v for k, v in vae.taesd_encoder.state_dict().items()})
+    sd.update({f"first_stage_model.taesd_decoder.{k}": v for k, v in vae.taesd_decoder.state_dict().items()})
+    sd["first_stage_model.vae_scale"] = torch.tensor(0.18215)
+    sd["first_stage_model.vae_shift"] = torch.tensor(0.0)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_file({k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def build_pixel_unet(folder: str, seed: int = 0, mid_block: bool = True) -> None:
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                       norm_num_groups=8, mid_block_type="UNetMidBlock2D" if mid_block else None)
+    unet.save_pretrained(os.path.join(folder, "unet"))
+    os.makedirs(os.path.join(folder, "scheduler"), exist_ok=True)
+    with open(os.path.join(folder, "scheduler", "scheduler_config.json"), "w") as f:
+        json.dump({"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_schedule": "linear",
+                   "beta_start": 0.0001, "beta_end": 0.02, "prediction_type": "epsilon"}, f)
+
+
+def build_all(models_dir: str, comfy_dir: str) -> None:
+    stamp = os.path.join(models_dir, f".tiny-models-v{VERSION}")
+    if os.path.exists(stamp):
+        return
+    build_sd15_checkpoint(os.path.join(models_dir, "checkpoints", "v1-5-pruned-emaonly.safetensors"), comfy_dir)
+    build_pixel_unet(os.path.join(models_dir, "diffusers", "tiny-pixel-unet"))
+    build_pixel_unet(os.path.join(models_dir, "diffusers", "no-middle-block-unet"), mid_block=False)
+    open(stamp, "w").close()
+
+
+if __name__ == "__main__":
+    import sys
+
+    comfy_dir, models_dir = sys.argv[1], sys.argv[2]
+    sys.path.insert(0, comfy_dir)
+    from comfy.cli_args import args
+
+    args.cpu = True
+    build_all(models_dir, comfy_dir)

@@ -1,0 +1,46 @@
+"""Turn a UI-format workflow (what the graph editor saves) into the API prompt ``POST /prompt`` takes,
+the way the editor's graphToPrompt does: widget values in widget order, links from the links table."""
+from __future__ import annotations
+
+MUTED, BYPASSED = 2, 4
+VIRTUAL = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+
+
+def _spec(object_info: dict, node_type: str, name: str):
+    inputs = object_info[node_type]["input"]
+    for section in ("required", "optional"):
+        if name in inputs.get(section, {}):
+            return inputs[section][name]
+    return None
+
+
+def _has_control(spec) -> bool:
+    if spec is None:
+        return False
+    options = spec[1] if len(spec) > 1 else {}
+    return bool(options.get("control_after_generate"))
+
+
+def ui_to_api(ui: dict, object_info: dict) -> dict:
+    links = {link[0]: link for link in ui.get("links", [])}
+    prompt = {}
+    for node in ui["nodes"]:
+        if node["type"] in VIRTUAL or node.get("mode", 0) in (MUTED, BYPASSED):
+            continue
+        if node["type"] not in object_info:
+            raise KeyError(f"Node type {node['type']} is not registered on this server (missing custom node?).")
+        values = list(node.get("widgets_values") or [])
+        inputs = {}
+        for slot in node.get("inputs", []):
+            if "widget" in slot:
+                spec = _spec(object_info, node["type"], slot["name"])
+                value = values.pop(0) if values else None
+                if spec is not None:
+                    inputs[slot["name"]] = value
+                    if _has_control(spec) and values:
+                        values.pop(0)
+            if slot.get("link") is not None:
+                link = links[slot["link"]]
+                inputs[slot["name"]] = [str(link[1]), link[2]]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt

@@ -1,0 +1,166 @@
+"""``HSpaceModel`` over a ComfyUI MODEL, run inside ComfyUI's own sampling machinery.
+
+Each core process runs as the body of a custom sampler handed to ``comfy.sample.sample_custom``: ComfyUI
+loads the model, processes CONDITIONING (SDXL pooled/size conds, ControlNet, area conds, hooks) and
+applies CFG exactly as KSampler does.  h is read and replaced by an ``output_block_patch`` acting at
+block ("output", 0), added to a per-call copy of ``model_options``: the MODEL itself is never patched.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+import comfy.model_management
+import comfy.model_patcher
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+
+from ..hspace_core import HSpaceModel, Prediction, schedule_from_sigmas
+from ..hspace_core.adapters.base import edited_rows
+
+SUPPORTED = "SD1.x, SD2.x (including v-prediction), SDXL, or a pixel UNet2DModel loaded with 'H-Space Load Pixel U-Net'"
+
+
+def check_has_h_space(model) -> None:
+    """Refuse models with no U-Net middle block (DiT, SD3, Flux, …) with a message naming what works."""
+    diffusion_model = model.get_model_object("diffusion_model")
+    if getattr(diffusion_model, "middle_block", None) is None and not getattr(diffusion_model, "hspace_pixel_unet", False):
+        raise ValueError(
+            f"This MODEL ({type(diffusion_model).__name__}) has no U-Net middle block, so it has no h-space. "
+            f"Use {SUPPORTED}."
+        )
+    model_type = model.model.model_type.name
+    if model_type not in ("EPS", "V_PREDICTION"):
+        raise ValueError(f"Model type {model_type} is not a DDPM-style discrete-time model; use {SUPPORTED}.")
+
+
+class _HPatch:
+    """output_block_patch: records h at ("output", 0) per branch and optionally edits it."""
+
+    def __init__(self, branches, edit=None, t=None, edit_branches="cond"):
+        self.branches, self.edit, self.t, self.edit_branches = branches, edit, t, edit_branches
+        self.rows = {"cond": [], "uncond": []}
+
+    def __call__(self, h, hsp, transformer_options):
+        if transformer_options.get("block") != ("output", 0):
+            return h, hsp
+        order = transformer_options.get("cond_or_uncond") or [0]
+        names = ["cond" if c == 0 else "uncond" for c in order]
+        out = []
+        for name, rows in zip(names, h.chunk(len(names))):
+            self.rows[name].append(rows.detach())
+            if self.edit is not None:
+                label = name if self.branches != ("single",) else "single"
+                rows = edited_rows(rows, self.t, (label,), self.edit, self.edit_branches)
+            out.append(rows)
+        edited = torch.cat(out)
+        return (torch.empty_like(h).copy_(edited) if self.edit is not None else h), hsp
+
+    def h(self) -> torch.Tensor:
+        if self.branches == ("single",):
+            return torch.cat(self.rows["cond"])
+        return torch.cat([torch.cat(self.rows["uncond"]), torch.cat(self.rows["cond"])])
+
+
+class ComfyHSpaceModel:
+    """``HSpaceModel`` over the CFG-wrapped denoiser ComfyUI passes to a sampler function.
+
+    The core works in VP space (x_t = √ᾱ·x0 + √(1−ᾱ)·ε, ᾱ = 1/(1+σ²) from the model's sigma table);
+    ComfyUI's denoiser works in VE space (x = x0 + σ·ε), so x_VE = x_t/√ᾱ and ε = (x_VE − denoised)/σ.
+    That conversion also covers v-prediction models: ComfyUI returns the denoised x0 for any type.
+    """
+
+    def __init__(self, denoiser, extra_args: dict, model_patcher, cfg: float, edit_branches: str):
+        ms = model_patcher.get_model_object("model_sampling")
+        self.schedule = schedule_from_sigmas(ms.sigmas.detach().double().cpu())
+        self.branches = ("uncond", "cond") if not math.isclose(cfg, 1.0) else ("single",)
+        self.fingerprint = model_fingerprint(model_patcher)
+        self.denoiser, self.extra_args, self.edit_branches = denoiser, extra_args, edit_branches
+
+    def _denoise(self, x_t, t, patch):
+        a = self.schedule.alpha_bar(t)
+        sigma = math.sqrt((1 - a) / a)
+        options = comfy.model_patcher.create_model_options_clone(self.extra_args["model_options"])
+        transformer_options = dict(options.get("transformer_options", {}))
+        patches = dict(transformer_options.get("patches", {}))
+        patches["output_block_patch"] = list(patches.get("output_block_patch", [])) + [patch]
+        transformer_options["patches"] = patches
+        options["transformer_options"] = transformer_options
+        x_ve = x_t / math.sqrt(a)
+        sigma_in = torch.full((x_t.shape[0],), sigma, device=x_t.device, dtype=x_t.dtype)
+        denoised = self.denoiser(x_ve, sigma_in, denoise_mask=None, model_options=options, seed=self.extra_args.get("seed"))
+        return ((x_ve - denoised) / sigma).to(x_t.dtype)
+
+    def predict(self, x_t, t, edit=None):
+        t = max(int(t), 0)
+        record = _HPatch(self.branches)
+        eps = self._denoise(x_t, t, record)
+        if edit is None:
+            return Prediction(eps, record.h())
+        edited = _HPatch(self.branches, edit, t, self.edit_branches)
+        return Prediction(eps, record.h(), self._denoise(x_t, t, edited))
+
+
+def model_fingerprint(model_patcher) -> str:
+    from ..hspace_core.adapters.base import fingerprint_of
+
+    dm = model_patcher.get_model_object("diffusion_model")
+    cache = getattr(dm, "_hspace_fingerprint", None)
+    if cache is None:
+        arch = {"class": type(dm).__name__, "model_type": model_patcher.model.model_type.name,
+                "config": str(getattr(model_patcher.model, "model_config", type(None)).__class__.__name__)}
+        cache = fingerprint_of(arch, dm.parameters())
+        try:
+            dm._hspace_fingerprint = cache  # an attribute, not a weight: the model's behaviour is unchanged
+        except AttributeError:
+            pass
+    return cache
+
+
+def run_in_comfy(model, latent: torch.Tensor, body, *, positive=None, negative=None, cfg: float = 1.0,
+                 edit_branches: str = "cond", seed: int = 0):
+    """Run ``body(hspace_model, x)`` inside ComfyUI's sampling of ``model``.
+
+    ``latent`` is a LATENT's ``samples`` (unscaled); ``x`` is the model-space tensor the body works on
+    (``process_latent_in`` applied).  Returns what ``body`` returns.
+    """
+    check_has_h_space(model)
+    if positive is None:
+        if not getattr(model.get_model_object("diffusion_model"), "hspace_pixel_unet", False):
+            raise ValueError("This model is text-conditioned: connect positive (and negative) CONDITIONING.")
+        positive = [[torch.zeros(1, 1, 1), {}]]
+    if negative is None:
+        if not math.isclose(cfg, 1.0):
+            raise ValueError(f"cfg is {cfg} but no negative CONDITIONING is connected: connect one or set cfg to 1.")
+        negative = positive
+    result = {}
+
+    def sampler_function(denoiser, x, sigmas, extra_args=None, callback=None, disable=None):
+        hs_model = ComfyHSpaceModel(denoiser, extra_args, model, cfg, edit_branches)
+        result["value"] = body(hs_model, x)
+        return x
+
+    sampler = comfy.samplers.KSAMPLER(sampler_function)
+    ms = model.get_model_object("model_sampling")
+    sigmas = torch.stack([ms.sigma_max.float().cpu(), torch.tensor(0.0)])
+    comfy.sample.sample_custom(model, torch.zeros_like(latent), cfg, sampler, sigmas, positive, negative, latent,
+                               disable_pbar=True, seed=seed)
+    return result["value"]
+
+
+def latent_out(model, x: torch.Tensor) -> dict:
+    """Model-space tensor → LATENT dict (``process_latent_out``)."""
+    return {"samples": model.model.process_latent_out(x.float()).to(comfy.model_management.intermediate_device())}
+
+
+def progress_bar(total: int):
+    """A progress callback for the core that also honours Cancel at every step."""
+    bar = comfy.utils.ProgressBar(total)
+
+    def update(done, total_now):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        bar.update_absolute(done, total_now)
+
+    return update

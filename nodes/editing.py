@@ -1,0 +1,138 @@
+"""Asyrp Edit and the direction nodes (from examples, combine, save, load)."""
+from __future__ import annotations
+
+import torch
+
+from comfy_api.latest import io
+
+from ..hspace_core import Direction, EditSchedule, direction_from_examples, edit
+from .comfy_model import latent_out, progress_bar, run_in_comfy
+from .common import (advanced, CATEGORY, boost_conflict, Boost, DirectionType, Trajectory, conditioning_inputs, model_input,
+                     seed_input, steps_input, t_edit_input)
+
+
+def parse_strengths(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"Strength sweep {text!r} is not a comma-separated list of numbers, e.g. -2, -1, 0, 1, 2.")
+    if not values:
+        raise ValueError("The strength sweep is empty; give numbers like -2, 0, 2 or leave it blank.")
+    return values
+
+
+def schedule_of(steps: int, t_edit: int, boost) -> EditSchedule:
+    if boost is None:
+        return EditSchedule(steps, t_edit=t_edit, t_boost=0)
+    return EditSchedule(steps, t_edit=t_edit, t_boost=boost.t_boost, eta_boost=boost.eta)
+
+
+class AsyrpEdit(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HSpaceAsyrpEdit", display_name="Asyrp Edit", category=f"{CATEGORY}/edit",
+            description="Asyrp: regenerate x_T with h̃_t = h_t + strength·Δh_t for t ≥ t_edit, using the asymmetric "
+                        "reverse process (P_t from the edited h, D_t from the original ε). Negative strengths "
+                        "push the other way; a sweep returns one image per strength.",
+            inputs=[
+                model_input(),
+                io.Latent.Input("x_T", tooltip="Inverted latent from DDIM Inversion (or noise)."),
+                DirectionType.Input("direction", tooltip="An h-space direction (from examples, combined or loaded)."),
+                io.Float.Input("strength", default=1.0, min=-100.0, max=100.0, step=0.05,
+                               tooltip="How far to move along the direction; negative reverses it, 0 reconstructs."),
+                steps_input(), t_edit_input(),
+                io.String.Input("strength_sweep", default="", optional=True,
+                                tooltip="Comma-separated strengths (e.g. -2,-1,0,1,2): returns a batch, one per value, "
+                                        "for a grid. Overrides 'strength' when not empty."),
+                Boost.Input("boost", optional=True, tooltip="Quality Boost settings (stochastic steps below t_boost)."),
+                seed_input(),
+                *conditioning_inputs(),
+            ],
+            outputs=[io.Latent.Output("latent", tooltip="Edited latent(s): batch × strengths, strength-major.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, t_edit=None, boost=None, **kwargs):
+        return boost_conflict(t_edit, boost)
+
+    @classmethod
+    def execute(cls, model, x_T, direction, strength, steps, t_edit, seed, cfg, edit_branches, strength_sweep="",
+                boost=None, positive=None, negative=None) -> io.NodeOutput:
+        strengths = parse_strengths(strength_sweep) if strength_sweep and strength_sweep.strip() else [strength]
+        schedule = schedule_of(steps, t_edit, boost)
+        seed = boost.seed if boost is not None else seed
+        progress = progress_bar(steps * len(strengths))
+
+        def body(m, x):
+            outs = []
+            for k, s in enumerate(strengths):
+                done = k * steps
+                outs.append(edit(m, x, direction, s, schedule, seed=seed,
+                                 progress=lambda d, n, done=done: progress(done + d, steps * len(strengths))))
+            return torch.cat(outs)
+
+        out = run_in_comfy(model, x_T["samples"], body, positive=positive, negative=negative, cfg=cfg,
+                           edit_branches=edit_branches, seed=seed)
+        return io.NodeOutput(latent_out(model, out))
+
+
+class DirectionFromExamples(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HSpaceDirectionFromExamples", display_name="H-Space Direction from Examples",
+            category=f"{CATEGORY}/direction",
+            description="Δh_t = mean h_t of the positive examples − mean h_t of the negative examples (captured on the "
+                        "same steps). 'global' averages it over t into one Δh.",
+            inputs=[
+                Trajectory.Input("positive", tooltip="Trajectory of images that have the attribute (a batch)."),
+                Trajectory.Input("negative", tooltip="Trajectory of images that lack it."),
+                io.Combo.Input("form", options=["per_timestep", "global"], default="per_timestep",
+                               tooltip="One Δh per timestep, or their mean."),
+                io.String.Input("name", default="direction", tooltip="A label stored with the direction."),
+            ],
+            outputs=[DirectionType.Output("direction", tooltip="The h-space direction.")],
+        )
+
+    @classmethod
+    def execute(cls, positive, negative, form, name) -> io.NodeOutput:
+        d = direction_from_examples(positive, negative, name=name)
+        return io.NodeOutput(d.global_mean() if form == "global" else d)
+
+
+class CombineDirections(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HSpaceCombineDirections", display_name="H-Space Combine Directions",
+            category=f"{CATEGORY}/direction",
+            description="w_a·Δh_a + w_b·Δh_b (Asyrp: edits add up linearly). Global and per-timestep directions mix.",
+            inputs=[
+                DirectionType.Input("direction_a", tooltip="First direction."),
+                io.Float.Input("weight_a", default=1.0, min=-100.0, max=100.0, step=0.05, tooltip="Its weight."),
+                DirectionType.Input("direction_b", tooltip="Second direction."),
+                io.Float.Input("weight_b", default=1.0, min=-100.0, max=100.0, step=0.05, tooltip="Its weight."),
+                advanced(io.Boolean.Input("normalize", default=False,
+                                 tooltip="Divide the sum by √2 (Asyrp's scaling for several attributes).")),
+            ],
+            outputs=[DirectionType.Output("direction", tooltip="The combined direction.")],
+        )
+
+    @classmethod
+    def execute(cls, direction_a, weight_a, direction_b, weight_b, normalize) -> io.NodeOutput:
+        return io.NodeOutput(combine(direction_a, weight_a, direction_b, weight_b, normalize))
+
+
+def combine(a: Direction, wa: float, b: Direction, wb: float, normalize: bool) -> Direction:
+    if "implicit" in (a.form, b.form):
+        raise ValueError("Implicit (learnt f_t) directions cannot be summed here; apply them in separate edits.")
+    if a.h_shape != b.h_shape:
+        raise ValueError(f"The directions have different h shapes {a.h_shape} and {b.h_shape}: use the same model and size.")
+    c = 2 ** -0.5 if normalize else 1.0
+    if a.form == b.form == "global":
+        return Direction("global", c * (wa * a.delta + wb * b.delta), fingerprint=a.fingerprint, name=f"{a.name}+{b.name}")
+    timesteps = a.timesteps if a.form == "per_timestep" else b.timesteps
+    stack = lambda d: torch.stack([d.at(torch.zeros(1, *d.h_shape), t)[0] for t in timesteps])
+    return Direction("per_timestep", c * (wa * stack(a) + wb * stack(b)), timesteps, fingerprint=a.fingerprint,
+                     name=f"{a.name}+{b.name}")

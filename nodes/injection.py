@@ -1,0 +1,136 @@
+"""Slerp Content Inject (DiffStyle / InjectFusion), Style Calibrate, Quality Boost, Interpolate."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..hspace_core import EditSchedule, QualityBoost as QualityBoostConfig, StyleCalibration, inject, interpolate
+from .comfy_model import latent_out, progress_bar, run_in_comfy
+from .common import (advanced, CATEGORY, boost_conflict, Boost, Calibration, Trajectory, conditioning_inputs, latent_x, model_input,
+                     seed_input, steps_input, t_edit_input)
+from .editing import schedule_of
+
+
+def gamma_schedule(gamma: float, gamma_end: float, t_edit: int, t_max: int = 999):
+    """γ_t linear in t from γ at t = T to γ_end at t = t_edit (constant when they are equal)."""
+    if gamma_end == gamma or t_max == t_edit:
+        return gamma
+    return lambda t: gamma_end + (gamma - gamma_end) * min(1.0, max(0.0, (t - t_edit) / (t_max - t_edit)))
+
+
+class SlerpContentInject(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HSpaceSlerpContentInject", display_name="Slerp Content Inject", category=f"{CATEGORY}/mix",
+            description="DiffStyle / InjectFusion: generate from the style image's x_T while injecting the content "
+                        "image's h with h̃ = Slerp(h, h_c·‖h‖/‖h_c‖, γ) for t ≥ t_edit. A mask limits the mix to a "
+                        "region; Style Calibrate and Quality Boost plug in.",
+            inputs=[
+                model_input(),
+                io.Latent.Input("style_x_T", tooltip="x_T of the style image (DDIM Inversion)."),
+                Trajectory.Input("content", tooltip="h trajectory of the content image (DDIM Inversion or Capture)."),
+                io.Float.Input("gamma", default=0.5, min=0.0, max=1.0, step=0.01,
+                               tooltip="Content strength γ at t = T: 0 keeps the style image, 1 takes the content's h."),
+                advanced(io.Float.Input("gamma_end", default=-1.0, min=-1.0, max=1.0, step=0.01,
+                               tooltip="γ at t = t_edit; γ varies linearly in between. −1 keeps γ constant.")),
+                advanced(io.Int.Input("stride", default=1, min=1, max=50,
+                             tooltip="Inject at every k-th step of [T, t_edit] only.")),
+                steps_input(), t_edit_input(),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="Local mixing: 1 = inject here, 0 = keep the style image. Any size; soft edges allowed."),
+                Calibration.Input("calibration", optional=True, tooltip="Style Calibrate settings (ω)."),
+                Boost.Input("boost", optional=True, tooltip="Quality Boost settings."),
+                advanced(io.Combo.Input("mode", options=["slerp", "replace"], default="slerp",
+                               tooltip="'replace' is the naive baseline h̃ = h_content.")),
+                advanced(io.Boolean.Input("per_channel", default=False,
+                                 tooltip="Normalise and slerp each channel separately.")),
+                seed_input(),
+                *conditioning_inputs(),
+            ],
+            outputs=[io.Latent.Output("latent", tooltip="The mixed latent.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, t_edit=None, boost=None, **kwargs):
+        return boost_conflict(t_edit, boost)
+
+    @classmethod
+    def execute(cls, model, style_x_T, content, gamma, gamma_end, stride, steps, t_edit, mode, per_channel, seed,
+                cfg, edit_branches, mask=None, calibration=None, boost=None, positive=None,
+                negative=None) -> io.NodeOutput:
+        schedule = schedule_of(steps, t_edit, boost)
+        g = gamma_schedule(gamma, gamma if gamma_end < 0 else gamma_end, t_edit)
+        omega = calibration.omega if calibration is not None else None
+        seed = boost.seed if boost is not None else seed
+        progress = progress_bar(steps)
+        out = run_in_comfy(
+            model, style_x_T["samples"],
+            lambda m, x: inject(m, x, content, g, schedule, stride=stride, mask=mask, omega=omega, per_channel=per_channel,
+                                mode=mode, seed=seed, progress=progress),
+            positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed)
+        return io.NodeOutput(latent_out(model, out))
+
+
+class StyleCalibrate(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HSpaceStyleCalibrate", display_name="Style Calibrate", category=f"{CATEGORY}/mix",
+            description="InjectFusion's style calibration: instead of stepping with the injected ε, move x_t by "
+                        "dx = √ᾱ·dP + ω·√(1−ᾱ)·dε and step with the original network. ω = 1 keeps the style; "
+                        "ω = 0 carries the content fully.",
+            inputs=[io.Float.Input("omega", default=0.3, min=0.0, max=1.0, step=0.01, tooltip="ω in [0, 1].")],
+            outputs=[Calibration.Output("calibration", tooltip="Connect to Slerp Content Inject.")],
+        )
+
+    @classmethod
+    def execute(cls, omega) -> io.NodeOutput:
+        return io.NodeOutput(StyleCalibration(omega))
+
+
+class QualityBoost(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HSpaceQualityBoost", display_name="Quality Boost", category=f"{CATEGORY}/mix",
+            description="Asyrp's quality boosting: stochastic DDIM steps (η) below t_boost add fine detail. Seeded.",
+            inputs=[io.Int.Input("t_boost", default=200, min=0, max=999,
+                                 tooltip="Steps with t < t_boost are stochastic. Must not exceed t_edit."),
+                    io.Float.Input("eta", default=1.0, min=0.0, max=1.0, step=0.05, tooltip="η: 1 is DDPM noise."),
+                    seed_input()],
+            outputs=[Boost.Output("boost", tooltip="Connect to Asyrp Edit or Slerp Content Inject.")],
+        )
+
+    @classmethod
+    def execute(cls, t_boost, eta, seed) -> io.NodeOutput:
+        return io.NodeOutput(QualityBoostConfig(t_boost, eta, seed))
+
+
+class Interpolate(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HSpaceInterpolate", display_name="H-Space Interpolate", category=f"{CATEGORY}/mix",
+            description="Diffusion Autoencoders' interpolation: Slerp between two inverted x_T and Lerp between their "
+                        "h trajectories; returns a batch of frames from A to B.",
+            inputs=[model_input(),
+                    io.Latent.Input("x_T_a", tooltip="Inverted latent of image A."),
+                    io.Latent.Input("x_T_b", tooltip="Inverted latent of image B (same size)."),
+                    io.Int.Input("frames", default=5, min=2, max=64, tooltip="Number of frames, A and B included."),
+                    steps_input(), t_edit_input(default=200), *conditioning_inputs()],
+            outputs=[io.Latent.Output("latent", tooltip="Frames, frame-major.")],
+        )
+
+    @classmethod
+    def execute(cls, model, x_T_a, x_T_b, frames, steps, t_edit, cfg, edit_branches, positive=None,
+                negative=None) -> io.NodeOutput:
+        if x_T_a["samples"].shape != x_T_b["samples"].shape:
+            raise ValueError(f"x_T_a {tuple(x_T_a['samples'].shape)} and x_T_b {tuple(x_T_b['samples'].shape)} differ: "
+                             "invert images of the same size.")
+        schedule = EditSchedule(steps, t_edit=t_edit, t_boost=0)
+        x_b = latent_x(model, x_T_b)
+        progress = progress_bar(frames)
+        out = run_in_comfy(model, x_T_a["samples"],
+                           lambda m, x: interpolate(m, x, x_b.to(x), frames, schedule, progress=progress),
+                           positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches)
+        return io.NodeOutput(latent_out(model, out))

@@ -1,0 +1,113 @@
+"""A diffusers ``UNet2DModel`` as a ComfyUI MODEL (pixel space), so KSampler and every H-Space node can use it.
+
+Pair it with the built-in VAE "pixel_space" (VAELoader), which maps IMAGE ↔ LATENT in [-1, 1].  The wrapper
+honours ``output_block_patch`` at block ("output", 0) the way ComfyUI's own U-Net does: the patch gets the
+middle-block output h and the deepest skip, and may return a new h.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_management
+import comfy.model_patcher
+import comfy.supported_models_base
+
+from ..hspace_core import schedule_from_diffusers_config
+from ..hspace_core.schedules import sigmas_of
+
+
+class DiffusersPixelUNet(torch.nn.Module):
+    """ComfyUI's ``diffusion_model`` interface over a diffusers ``UNet2DModel``."""
+
+    hspace_pixel_unet = True
+
+    def __init__(self, unet):
+        super().__init__()
+        if getattr(unet, "mid_block", None) is None:
+            raise ValueError("This UNet2DModel has no middle block (mid_block_type=None), so it has no h-space.")
+        self.unet = unet
+
+    @property
+    def dtype(self):
+        return next(self.unet.parameters()).dtype
+
+    def forward(self, x, timesteps, context=None, control=None, transformer_options={}, **kwargs):
+        patches = transformer_options.get("patches", {}).get("output_block_patch", [])
+        handles, state = [], {}
+
+        def keep_skip(module, args, output):
+            state["hsp"] = output[1][-1]
+
+        def patch_h(module, args, h):
+            options = {**transformer_options, "block": ("output", 0), "block_index": 0}
+            hsp = state.get("hsp")
+            for patch in patches:
+                h, hsp = patch(h, hsp, options)
+            return h
+
+        try:
+            if patches:
+                handles.append(self.unet.down_blocks[-1].register_forward_hook(keep_skip))
+                handles.append(self.unet.mid_block.register_forward_hook(patch_h))
+            out = self.unet(x, timesteps, return_dict=False)[0]
+        finally:
+            for handle in handles:
+                handle.remove()
+        return out[:, : x.shape[1]] if out.shape[1] == 2 * x.shape[1] else out
+
+
+class PixelUNetConfig(comfy.supported_models_base.BASE):
+    unet_config = {"disable_unet_model_creation": True}
+    unet_extra_config = {}
+    latent_format = comfy.latent_formats.ChromaRadiance  # 3 channels, identity in/out: pixel space
+    memory_usage_factor = 1.0
+
+
+def pixel_model_patcher(unet, scheduler_config: dict):
+    """Wrap a loaded ``UNet2DModel`` and its scheduler config as a ComfyUI ``ModelPatcher``."""
+    prediction = scheduler_config.get("prediction_type", "epsilon")
+    types = {"epsilon": comfy.model_base.ModelType.EPS, "v_prediction": comfy.model_base.ModelType.V_PREDICTION}
+    if prediction not in types:
+        raise ValueError(f"prediction_type {prediction!r} is not supported for pixel models; use epsilon or v_prediction.")
+    config = PixelUNetConfig({"disable_unet_model_creation": True})
+    base = comfy.model_base.BaseModel(config, model_type=types[prediction], device=comfy.model_management.get_torch_device())
+    base.diffusion_model = DiffusersPixelUNet(unet.eval())
+    schedule = schedule_from_diffusers_config(scheduler_config)
+    base.model_sampling.set_sigmas(sigmas_of(schedule.alphas_cumprod).float())
+    return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+def is_pixel_unet_folder(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "unet", "config.json")) or _is_unet_config(os.path.join(path, "config.json"))
+
+
+def _is_unet_config(path: str) -> bool:
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        return json.load(f).get("_class_name") == "UNet2DModel"
+
+
+def load_pixel_unet(source: str):
+    """A diffusers pipeline folder (unet/ + scheduler/), a bare UNet2DModel folder, or a Hub repo id."""
+    from diffusers import UNet2DModel
+
+    if os.path.isdir(source):
+        sub = "unet" if os.path.isdir(os.path.join(source, "unet")) else None
+        unet = UNet2DModel.from_pretrained(source, subfolder=sub, torch_dtype=torch.float32)
+        sched_path = os.path.join(source, "scheduler", "scheduler_config.json")
+        if not os.path.isfile(sched_path):
+            sched_path = os.path.join(source, "scheduler_config.json")
+        scheduler = json.load(open(sched_path)) if os.path.isfile(sched_path) else {}
+    else:  # a Hub repo id, e.g. google/ddpm-celebahq-256 (needs network on first use)
+        from diffusers import DDIMScheduler
+
+        unet = UNet2DModel.from_pretrained(source, torch_dtype=torch.float32)
+        scheduler = dict(DDIMScheduler.from_pretrained(source).config)
+    return unet, scheduler

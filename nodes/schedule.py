@@ -1,0 +1,82 @@
+"""Auto Schedule: Asyrp's LPIPS rule for t_edit and t_boost."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..hspace_core import find_t_edit_t_boost, lpips_distance
+from .comfy_model import progress_bar, run_in_comfy
+from .common import advanced, CATEGORY, conditioning_inputs, encode, model_input, seed_input
+
+
+class AutoSchedule(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HSpaceAutoSchedule", display_name="H-Space Auto Schedule", category=CATEGORY,
+            description="Asyrp's rule: t_edit where LPIPS(x, P_t) reaches 0.33 (× the source/target text cosine when "
+                        "given) and t_boost where LPIPS(x, x_t) reaches 1.2, measured on this model and image. "
+                        "Connect the outputs to the t_edit / t_boost inputs of the other nodes.",
+            inputs=[
+                model_input(),
+                io.Image.Input("image", optional=True, tooltip="The image (needs the VAE), or connect a latent."),
+                io.Vae.Input("vae", optional=True, tooltip="VAE: encodes the image and decodes P_t and x_t for LPIPS."),
+                io.Latent.Input("latent", optional=True, tooltip="Latent instead of an image (still needs the VAE for LPIPS)."),
+                advanced(io.Float.Input("edit_threshold", default=0.33, min=0.01, max=2.0, step=0.01,
+                               tooltip="LPIPS(x, P_t) that defines t_edit.")),
+                advanced(io.Float.Input("boost_threshold", default=1.2, min=0.01, max=2.0, step=0.01,
+                               tooltip="LPIPS(x, x_t) that defines t_boost.")),
+                advanced(io.Float.Input("text_cosine", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="CLIP cosine between source and target texts; scales the t_edit threshold.")),
+                advanced(io.Int.Input("probes", default=25, min=2, max=1000,
+                             tooltip="Number of timesteps probed (one U-Net pass each).")),
+                advanced(io.Combo.Input("lpips_backbone", options=["alex", "vgg", "alex (random weights, testing only)"],
+                               default="alex",
+                               tooltip="LPIPS network; pretrained weights download once. The random option is for offline tests.")),
+                seed_input(),
+                *conditioning_inputs(),
+            ],
+            outputs=[io.Int.Output("t_edit", tooltip="Edit interval is [T, t_edit]."),
+                     io.Int.Output("t_boost", tooltip="Quality boosting below this t.")],
+        )
+
+    @classmethod
+    def execute(cls, model, edit_threshold, boost_threshold, text_cosine, probes, lpips_backbone, seed, cfg,
+                edit_branches, image=None, vae=None, latent=None, positive=None, negative=None) -> io.NodeOutput:
+        if vae is None:
+            raise ValueError("Connect the VAE ('pixel_space' for pixel U-Nets): LPIPS is measured on decoded images.")
+        if latent is None:
+            if image is None:
+                raise ValueError("Connect an image or a latent.")
+            latent = encode(vae, image)
+        distance = _distance(lpips_backbone)
+
+        def decode(x):
+            images = vae.decode(model.model.process_latent_out(x.float()))
+            return images[..., :3].movedim(-1, 1) * 2 - 1
+
+        result = run_in_comfy(
+            model, latent["samples"],
+            lambda m, x: find_t_edit_t_boost(m, x, distance=distance, decode=decode, text_cosine=text_cosine,
+                                             edit_threshold=edit_threshold, boost_threshold=boost_threshold,
+                                             num_probes=probes, seed=seed, progress=progress_bar(probes)),
+            positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches)
+        return io.NodeOutput(result.t_edit, result.t_boost)
+
+
+def _distance(backbone: str):
+    if backbone.startswith("alex (random"):
+        import lpips
+        import torch
+
+        torch_state = torch.random.get_rng_state()
+        try:
+            torch.manual_seed(0)
+            net = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False).eval()
+        finally:
+            torch.random.set_rng_state(torch_state)  # never leave the global RNG changed
+        return lambda a, b: net(a.float(), b.float()).flatten()
+    try:
+        return lpips_distance(backbone)
+    except Exception as error:  # offline, or a corrupt cache
+        raise ValueError(f"Could not load LPIPS ({backbone}) weights: {error}. They download once from the internet; "
+                         "connect once or copy them into torch's hub cache.") from error

@@ -1,0 +1,39 @@
+"""Model folders of the pack (models/hspace_directions, models/hspace_trajectories) via ComfyUI's folder_paths."""
+from __future__ import annotations
+
+import os
+
+import folder_paths
+
+FOLDERS = ("hspace_directions", "hspace_trajectories")
+
+
+def register_folders() -> None:
+    for name in FOLDERS:
+        if name not in folder_paths.folder_names_and_paths:
+            folder_paths.folder_names_and_paths[name] = ([os.path.join(folder_paths.models_dir, name)], {".safetensors"})
+
+
+def list_files(kind: str) -> list[str]:
+    register_folders()
+    return folder_paths.get_filename_list(kind)
+
+
+def resolve(kind: str, name: str) -> str:
+    register_folders()
+    path = folder_paths.get_full_path(kind, name)
+    if path is None:
+        raise ValueError(f"{name!r} is not in models/{kind}; save one there first or pick another file.")
+    return path
+
+
+def save_path(kind: str, prefix: str) -> str:
+    """A new numbered file under the first models/<kind> folder (never overwrites)."""
+    register_folders()
+    folder = folder_paths.get_folder_paths(kind)[0]
+    os.makedirs(folder, exist_ok=True)
+    safe = "".join(c for c in prefix if c.isalnum() or c in "-_") or kind
+    n = 1
+    while os.path.exists(os.path.join(folder, f"{safe}_{n:05d}.safetensors")):
+        n += 1
+    return os.path.join(folder, f"{safe}_{n:05d}.safetensors")

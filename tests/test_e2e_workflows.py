@@ -1,0 +1,180 @@
+"""End to end: every shipped workflow through a real ComfyUI server over its HTTP API."""
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+
+from e2e_helpers import ROOT, WORKFLOWS, find, load_prompt, png
+from harness.server import PromptRejected, error_message
+
+pytestmark = pytest.mark.e2e
+
+
+def _run(comfy, prompt):
+    entry = comfy.run(prompt)
+    assert entry["status"]["status_str"] == "success", error_message(entry) + "\n" + comfy.tail()
+    return entry
+
+
+def _saved(comfy, entry, prompt, prefix_end):
+    node = next(i for i, n in prompt.items() if n["class_type"] == "SaveImage"
+                and n["inputs"]["filename_prefix"].endswith(prefix_end))
+    return [png(b) for b in comfy.images(entry, node)]
+
+
+def test_pack_registers_every_node_and_nothing_failed_to_import(comfy):
+    ours = {k: v for k, v in comfy.object_info.items() if k.startswith("HSpace")}
+    assert len(ours) >= 16
+    for name, info in ours.items():
+        assert info["description"], name
+        assert info["category"].startswith("h-space"), name
+        for section in ("required", "optional"):
+            for input_name, spec in info["input"].get(section, {}).items():
+                assert len(spec) > 1 and spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
+        assert all(info["output_tooltips"]), name
+    with open(comfy.log_path) as f:
+        assert "hspace-nodes" not in "".join(l for l in f if "IMPORT FAILED" in l)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[os.path.basename(p) for p in WORKFLOWS])
+def test_workflow_runs(comfy, path):
+    prompt = load_prompt(path, comfy.object_info)
+    entry = _run(comfy, prompt)
+    size = 64 if os.path.basename(path).startswith("sd_") else 32
+    saved = [img for node_id, node in prompt.items() if node["class_type"] == "SaveImage"
+             for img in map(png, comfy.images(entry, node_id))]
+    assert saved, "the workflow saved no image"
+    assert all(img.shape == (size, size, 3) for img in saved), [img.shape for img in saved]
+
+
+def test_edit_sweep_strength_zero_is_the_reconstruction_and_others_change_it(comfy):
+    path = os.path.join(ROOT, "workflows", "sd_asyrp_edit_from_examples.json")
+    prompt = load_prompt(path, comfy.object_info)
+    entry = _run(comfy, prompt)
+    sweep = _saved(comfy, entry, prompt, "sd_edit_sweep")
+    reconstruction = _saved(comfy, entry, prompt, "sd_edit_reconstruction")[0]
+    strengths = [float(s) for s in prompt[find(prompt, "HSpaceAsyrpEdit")]["inputs"]["strength_sweep"].split(",")]
+    assert len(sweep) == len(strengths)
+    zero = strengths.index(0.0)
+    assert np.array_equal(sweep[zero], reconstruction)
+    for k, s in enumerate(strengths):
+        if s != 0:
+            assert np.abs(sweep[k] - reconstruction).mean() > 0.5, s
+
+
+def test_injection_changes_the_style_reconstruction(comfy):
+    path = os.path.join(ROOT, "workflows", "sd_style_mixing.json")
+    prompt = load_prompt(path, comfy.object_info)
+    entry = _run(comfy, prompt)
+    mix = _saved(comfy, entry, prompt, "sd_style_mix")[0]
+    style = _saved(comfy, entry, prompt, "sd_style_reconstruction")[0]
+    assert np.abs(mix - style).mean() > 0.5
+
+
+def _fresh(comfy):
+    """Empty ComfyUI's node cache so the next prompt really executes."""
+    comfy.post("/free", {"unload_models": True, "free_memory": True})
+
+
+def test_same_seed_same_output_and_cancel_leaves_no_patch(comfy):
+    path = os.path.join(ROOT, "workflows", "pixel_content_injection.json")
+    prompt = load_prompt(path, comfy.object_info, {"steps": 60})
+    _fresh(comfy)
+    first = _saved(comfy, _run(comfy, prompt), prompt, "pixel_mix_calibrated_boosted")
+    _fresh(comfy)
+    prompt_id = comfy.queue(prompt)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # interrupt once an h-space node is running
+        running = comfy.get("/queue")["queue_running"]
+        if running and comfy.get(f"/history/{prompt_id}") == {}:
+            time.sleep(1.0)
+            break
+        time.sleep(0.05)
+    comfy.post("/interrupt", {})
+    interrupted = comfy.wait(prompt_id)
+    assert interrupted["status"]["status_str"] == "error"
+    assert any(kind == "execution_interrupted" for kind, _ in interrupted["status"]["messages"])
+    again = _saved(comfy, _run(comfy, prompt), prompt, "pixel_mix_calibrated_boosted")
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+
+
+def _expect_node_error(comfy, prompt, *phrases):
+    try:
+        entry = comfy.run(prompt)
+    except PromptRejected as rejected:  # caught by validation, before running
+        message = json.dumps(rejected.body)
+    else:
+        assert entry["status"]["status_str"] == "error"
+        message = error_message(entry)
+    for phrase in phrases:
+        assert phrase in message, message
+    assert comfy.get("/system_stats")["system"]  # the server keeps serving
+
+
+def test_bad_inputs_come_back_as_clear_node_errors(comfy):
+    base = load_prompt(os.path.join(ROOT, "workflows", "sd_style_mixing.json"), comfy.object_info)
+    mismatched = json.loads(json.dumps(base))
+    style_scale = mismatched[find(mismatched, "LoadImage", image="hspace_style.png")]
+    scale_node = next(i for i, n in mismatched.items() if n["class_type"] == "ImageScale"
+                      and n["inputs"]["image"][0] == find(mismatched, "LoadImage", image="hspace_style.png"))
+    mismatched[scale_node]["inputs"]["width"] = mismatched[scale_node]["inputs"]["height"] = 128
+    _expect_node_error(comfy, mismatched, "same size")
+
+    masked = load_prompt(os.path.join(ROOT, "workflows", "sd_local_mixing_mask.json"), comfy.object_info)
+    masked["99"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 64}}
+    masked["98"] = {"class_type": "RepeatLatentBatch", "inputs": {"samples": ["97", 0], "amount": 3}}
+    masked["97"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    masked["96"] = {"class_type": "MaskToImage", "inputs": {"mask": ["99", 0]}}
+    masked["95"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["96", 0], "amount": 3}}
+    masked["94"] = {"class_type": "ImageToMask", "inputs": {"image": ["95", 0], "channel": "red"}}
+    masked[find(masked, "HSpaceSlerpContentInject")]["inputs"]["mask"] = ["94", 0]
+    _expect_node_error(comfy, masked, "mask", "batch")
+
+    boosted = load_prompt(os.path.join(ROOT, "workflows", "pixel_content_injection.json"), comfy.object_info)
+    boosted[find(boosted, "HSpaceQualityBoost")]["inputs"]["t_boost"] = 600
+    _expect_node_error(comfy, boosted, "below", "t_boost")
+
+    no_mid = load_prompt(os.path.join(ROOT, "workflows", "interpolation.json"), comfy.object_info)
+    no_mid[find(no_mid, "HSpaceLoadPixelUNet")]["inputs"]["unet_folder"] = "no-middle-block-unet"
+    _expect_node_error(comfy, no_mid, "no middle block")
+    # and the server still runs a good workflow afterwards
+    _run(comfy, load_prompt(os.path.join(ROOT, "workflows", "interpolation.json"), comfy.object_info))
+
+
+def test_auto_schedule_node(comfy):
+    prompt = {
+        "1": {"class_type": "HSpaceLoadPixelUNet", "inputs": {"unet_folder": "bundled/hspace-shapes-ddpm", "repo_id": ""}},
+        "2": {"class_type": "VAELoader", "inputs": {"vae_name": "pixel_space"}},
+        "3": {"class_type": "LoadImage", "inputs": {"image": "hspace_content.png"}},
+        "4": {"class_type": "HSpaceAutoSchedule", "inputs": {
+            "model": ["1", 0], "image": ["3", 0], "vae": ["2", 0], "edit_threshold": 0.33, "boost_threshold": 1.2,
+            "text_cosine": 1.0, "probes": 6, "lpips_backbone": "alex (random weights, testing only)", "seed": 0,
+            "cfg": 1.0, "edit_branches": "cond"}},
+        "5": {"class_type": "PreviewAny", "inputs": {"source": ["4", 0]}},
+        "6": {"class_type": "PreviewAny", "inputs": {"source": ["4", 1]}},
+    }
+    entry = _run(comfy, prompt)
+    t_edit, t_boost = (int(entry["outputs"][k]["text"][0]) for k in ("5", "6"))
+    assert 0 <= t_boost <= t_edit <= 999
+    probes = [round(i * 999 / 5) for i in range(6)]
+    assert t_edit in probes and t_boost in probes  # crossings are reported on the probed grid
+
+
+def test_save_and_load_round_trip_through_the_server(comfy):
+    prompt = load_prompt(os.path.join(ROOT, "workflows", "interpolation.json"), comfy.object_info)
+    inversion = find(prompt, "HSpaceDDIMInversion")
+    prompt["90"] = {"class_type": "HSpaceSaveTrajectory", "inputs": {"trajectory": [inversion, 1], "filename_prefix": "e2e"}}
+    entry = _run(comfy, prompt)
+    saved_name = entry["outputs"]["90"]["text"][0]
+    info = comfy.get("/object_info/HSpaceLoadTrajectory")["HSpaceLoadTrajectory"]
+    assert saved_name in info["input"]["required"]["trajectory_file"][1]["options"]
+    check = {
+        "1": {"class_type": "HSpaceLoadTrajectory", "inputs": {"trajectory_file": saved_name}},
+        "2": {"class_type": "HSpacePreviewH", "inputs": {"trajectory": ["1", 0], "step": 0, "size": 64}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
+    }
+    entry = _run(comfy, check)
+    norms = entry["outputs"]["2"]["text"][0]
+    assert norms.startswith("t=999:") and norms.count("t=") == prompt[inversion]["inputs"]["steps"]

@@ -1,0 +1,26 @@
+"""The pixel read-outs recover the known factors of the procedural images."""
+import numpy as np
+
+from hspace_core.demo.readouts import area, colour_distance, foreground_colour, foreground_mask, iou, mean_background
+from hspace_core.demo.shapes import SHAPES, Factors, make_batch, render, shape_mask, with_factors
+
+
+def test_mask_iou_and_colours_match_the_factors():
+    images, factors = make_batch(64, seed=4)
+    ious, fg, bg = [], [], []
+    for img, f in zip(images, factors):
+        truth = shape_mask(f.shape, f.radius, f.cx, f.cy) > 0.5
+        ious.append(iou(foreground_mask(img), truth))
+        fg.append(colour_distance(foreground_colour(img), f.fg))
+        bg.append(colour_distance(mean_background(img), (np.asarray(f.bg_top) + np.asarray(f.bg_bottom)) / 2))
+    assert np.mean(ious) > 0.85 and min(ious) > 0.55
+    assert np.median(fg) < 0.03 and max(fg) < 0.25
+    assert max(bg) < 0.05
+
+
+def test_area_grows_with_radius_and_iou_separates_positions():
+    f = Factors(SHAPES.index("circle"), 6.0, 16.0, 16.0, (0.9, 0.9, 0.1), (0.1, 0.1, 0.3), (0.1, 0.1, 0.3))
+    small, big = render(f), render(with_factors(f, radius=10.0))
+    assert area(big) > 2 * area(small)
+    moved = render(with_factors(f, cx=24.0))
+    assert iou(foreground_mask(small), foreground_mask(moved)) < 0.2
