@@ -20,11 +20,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import hspace_core as hs  # noqa: E402
 from hspace_core.demo import readouts as ro  # noqa: E402
-from hspace_core.demo.run import load_model  # noqa: E402
+from hspace_core.demo.run import BUNDLED, load_model  # noqa: E402
 from hspace_core.demo.shapes import SHAPES, Factors, make_batch, render  # noqa: E402
-
-BUNDLED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "hspace-shapes-ddpm")
-
 
 def scores(out: torch.Tensor, content: np.ndarray, style: np.ndarray) -> dict:
     """Mean IoU of the output's shape with the content's and the style's, and background distances."""

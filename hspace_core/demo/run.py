@@ -1,7 +1,6 @@
-"""Library demo: invert two procedural images, mix content and style, edit along a direction, interpolate.
+"""Figures of the bundled demo model from plain Python: inversion, content injection, an edit sweep, interpolation.
 
-``python -m hspace_core.demo.run --out outputs/demo [--model FOLDER]``; without ``--model`` a tiny random U-Net is
-built (plumbing only: random weights make no meaningful pictures).
+``python -m hspace_core.demo.run --out docs/figures [--model FOLDER]`` (default: the bundled models/hspace-shapes-ddpm).
 """
 from __future__ import annotations
 
@@ -18,16 +17,15 @@ from .shapes import make_batch
 log = logging.getLogger("hspace.demo")
 
 
-def load_model(folder: str | None) -> hs.DiffusersUNet:
-    from diffusers import UNet2DModel
+BUNDLED = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "models",
+                       "hspace-shapes-ddpm")
 
-    if folder is None:
-        torch.manual_seed(0)
-        unet = UNet2DModel(sample_size=32, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
-                           down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                           up_block_types=("AttnUpBlock2D", "UpBlock2D"))
-        return hs.DiffusersUNet(unet.eval(), hs.schedule_from_betas(hs.betas_linear(1000)))
+
+def load_model(folder: str = BUNDLED) -> hs.DiffusersUNet:
+    """A diffusers pipeline folder (unet/ + scheduler/) as an ``HSpaceModel``."""
     import json
+
+    from diffusers import UNet2DModel
 
     unet = UNet2DModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32)
     with open(os.path.join(folder, "scheduler", "scheduler_config.json")) as f:
@@ -36,8 +34,8 @@ def load_model(folder: str | None) -> hs.DiffusersUNet:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--out", default="outputs/demo")
-    p.add_argument("--model", default=None)
+    p.add_argument("--out", default="docs/figures")
+    p.add_argument("--model", default=BUNDLED)
     p.add_argument("--steps", type=int, default=20)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -49,9 +47,9 @@ def main(argv=None):
         inv = hs.invert(model, images, args.steps, refine_iters=1)
         log.info("inversion PSNR %.1f dB", inv.report.psnr)
         traj = hs.capture(model, inv.x_T, args.steps)
-        mix = torch.cat([hs.inject(model, inv.x_T[1:], traj.select([0]), g, sched) for g in (0.0, 0.5, 0.9)])
+        mix = torch.cat([hs.inject(model, inv.x_T[1:], traj.select([0]), g, sched) for g in (0.0, 0.3, 0.5, 0.7, 0.9)])
         direction = hs.direction_from_examples(traj.select([0]), traj.select([1])).global_mean()
-        sweep = torch.cat([hs.edit(model, inv.x_T[:1], direction, s, sched) for s in (-1.0, 0.0, 1.0)])
+        sweep = torch.cat([hs.edit(model, inv.x_T[:1], direction, s, sched) for s in (-0.5, -0.25, 0.0, 0.25, 0.5)])
         frames = hs.interpolate(model, inv.x_T[:1], inv.x_T[1:], 5, sched, trajectory_a=traj.select([0]),
                                 trajectory_b=traj.select([1]))
     outputs = {"inputs_and_reconstructions": [images, inv.reconstruction], "content_injection": [images, mix],

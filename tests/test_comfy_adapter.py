@@ -1,0 +1,79 @@
+"""In-process check of the ComfyUI adapter against the diffusers adapter on the same pixel U-Net.
+
+ComfyUI's sampler works in VE space and returns denoised x0 for any prediction type; the adapter converts back to
+VP-space ε.  For ε- and v-prediction models both adapters must agree, with and without an h edit.
+"""
+import importlib.util
+import os
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, tiny_pixel_unet
+from hspace_core import DiffusersUNet, schedule_from_diffusers_config
+
+
+@pytest.fixture(scope="module")
+def pack():
+    from harness.server import comfy_dir
+
+    sys.path.insert(0, comfy_dir())
+    from comfy.cli_args import args
+
+    args.cpu = True
+    import utils.extra_config  # noqa: F401  (before `nodes`, as ComfyUI's main.py does)
+
+    spec = importlib.util.spec_from_file_location("hspace_pack", os.path.join(ROOT, "__init__.py"),
+                                                  submodule_search_locations=[ROOT])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["hspace_pack"] = module
+    spec.loader.exec_module(module)
+    import hspace_pack.nodes.comfy_model as comfy_model
+    import hspace_pack.nodes.pixel_model as pixel_model
+
+    return comfy_model, pixel_model
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_comfy_adapter_matches_diffusers_adapter(pack, prediction_type):
+    comfy_model, pixel_model = pack
+    unet = tiny_pixel_unet(size=16)
+    config = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
+              "prediction_type": prediction_type}
+    patcher = pixel_model.pixel_model_patcher(unet, config)
+    reference = DiffusersUNet(unet, schedule_from_diffusers_config(config))
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    shift = lambda h, t, branch: h * 1.2 + 0.05
+
+    def body(model, latent):
+        assert torch.allclose(model.schedule.alphas_cumprod, reference.schedule.alphas_cumprod, atol=1e-6)
+        return [(t, model.predict(x, t), model.predict(x, t, shift)) for t in (999, 500, 20)]
+
+    with torch.inference_mode():
+        results = comfy_model.run_in_comfy(patcher, torch.zeros_like(x), body)
+        for t, plain, edited in results:
+            want, want_edit = reference.predict(x, t), reference.predict(x, t, shift)
+            assert torch.allclose(plain.eps, want.eps, atol=2e-3, rtol=1e-3), t
+            assert torch.allclose(plain.h, want.h, atol=1e-4), t
+            assert torch.allclose(edited.eps_edited, want_edit.eps_edited, atol=2e-3, rtol=1e-3), t
+            if t == 500:  # at t = 999 a v-model's ε = √ᾱ·v + √(1−ᾱ)·x barely depends on the network (√ᾱ ≈ 0.006)
+                assert (edited.eps_edited - edited.eps).abs().max() > 1e-3
+
+
+def test_models_without_a_middle_block_are_refused(pack):
+    comfy_model, pixel_model = pack
+    from diffusers import UNet2DModel
+
+    with pytest.raises(ValueError, match="no middle block"):
+        pixel_model.DiffusersPixelUNet(UNet2DModel(sample_size=8, block_out_channels=(8, 16), layers_per_block=1,
+                                                   norm_num_groups=8, mid_block_type=None,
+                                                   down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2))
+
+    class FakeDiT(torch.nn.Module):  # stands for Flux / SD3 / PixArt: a diffusion_model with no middle_block
+        pass
+
+    patcher = pixel_model.pixel_model_patcher(tiny_pixel_unet(size=16), {"prediction_type": "epsilon"})
+    patcher.model.diffusion_model = FakeDiT()
+    with pytest.raises(ValueError, match="no U-Net middle block.*SD1.x, SD2.x"):
+        comfy_model.check_has_h_space(patcher)
