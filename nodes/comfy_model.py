@@ -8,6 +8,7 @@ block ("output", 0), added to a per-call copy of ``model_options``: the MODEL it
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
@@ -18,7 +19,7 @@ import comfy.samplers
 import comfy.utils
 
 from ..hspace_core import HSpaceModel, Prediction, schedule_from_sigmas
-from ..hspace_core.adapters.base import edited_rows
+from ..hspace_core.adapters.base import edited_rows, fingerprint_of
 
 SUPPORTED = "SD1.x, SD2.x (including v-prediction), SDXL, or a pixel UNet2DModel loaded with 'H-Space Load Pixel U-Net'"
 
@@ -103,20 +104,17 @@ class ComfyHSpaceModel:
         return Prediction(eps, record.h(), self._denoise(x_t, t, edited))
 
 
-def model_fingerprint(model_patcher) -> str:
-    from ..hspace_core.adapters.base import fingerprint_of
+_FINGERPRINTS: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
 
+
+def model_fingerprint(model_patcher) -> str:
+    """'arch/weights' hash of the diffusion model, cached per model object (hashing SD's weights takes ~1 s)."""
     dm = model_patcher.get_model_object("diffusion_model")
-    cache = getattr(dm, "_hspace_fingerprint", None)
-    if cache is None:
+    if dm not in _FINGERPRINTS:
         arch = {"class": type(dm).__name__, "model_type": model_patcher.model.model_type.name,
-                "config": str(getattr(model_patcher.model, "model_config", type(None)).__class__.__name__)}
-        cache = fingerprint_of(arch, dm.parameters())
-        try:
-            dm._hspace_fingerprint = cache  # an attribute, not a weight: the model's behaviour is unchanged
-        except AttributeError:
-            pass
-    return cache
+                "config": type(getattr(model_patcher.model, "model_config", None)).__name__}
+        _FINGERPRINTS[dm] = fingerprint_of(arch, dm.parameters())
+    return _FINGERPRINTS[dm]
 
 
 def run_in_comfy(model, latent: torch.Tensor, body, *, positive=None, negative=None, cfg: float = 1.0,
