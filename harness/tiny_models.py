@@ -4,7 +4,9 @@ Run inside a process that has ComfyUI on sys.path with ``comfy.cli_args.args.cpu
 Writes, under ``models/``:
 - ``checkpoints/v1-5-pruned-emaonly.safetensors``: an SD1-shaped checkpoint (320-channel one-level U-Net,
   full-shape random CLIP-L, TAESD VAE), so the sample workflows run unchanged;
-- ``diffusers/tiny-pixel-unet``: a small diffusers UNet2DModel folder for the pixel-model workflows.
+- ``diffusers/tiny-pixel-unet``: a small diffusers UNet2DModel folder for the pixel-model workflows;
+- ``open_clip/hspace-tiny-clip.json`` + ``.safetensors``: a tiny open_clip model config and random weights, so the
+  CLIP direction-training workflow runs offline through the node's real config/weights loading path.
 
 Every weight is initialised (ComfyUI's ops leave some uninitialised and LDM zero-inits output layers, which
 would make h edits invisible).
@@ -17,7 +19,7 @@ import os
 
 import torch
 
-VERSION = "1"  # bump to rebuild cached models
+VERSION = "2"  # bump to rebuild cached models
 
 
 def _init_all(module: torch.nn.Module, generator: torch.Generator) -> torch.nn.Module:
@@ -81,6 +83,25 @@ def build_pixel_unet(folder: str, seed: int = 0, mid_block: bool = True) -> None
                    "beta_start": 0.0001, "beta_end": 0.02, "prediction_type": "epsilon"}, f)
 
 
+TINY_CLIP = {"embed_dim": 32,
+             "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+
+
+def build_tiny_open_clip(folder: str, seed: int = 0) -> None:
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+    from safetensors.torch import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "hspace-tiny-clip.json"), "w") as f:
+        json.dump(TINY_CLIP, f, indent=2)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIP(TINY_CLIP["embed_dim"], CLIPVisionCfg(**TINY_CLIP["vision_cfg"]), CLIPTextCfg(**TINY_CLIP["text_cfg"]))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              os.path.join(folder, "hspace-tiny-clip.safetensors"))
+
+
 def build_all(models_dir: str, comfy_dir: str) -> None:
     stamp = os.path.join(models_dir, f".tiny-models-v{VERSION}")
     if os.path.exists(stamp):
@@ -88,6 +109,7 @@ def build_all(models_dir: str, comfy_dir: str) -> None:
     build_sd15_checkpoint(os.path.join(models_dir, "checkpoints", "v1-5-pruned-emaonly.safetensors"), comfy_dir)
     build_pixel_unet(os.path.join(models_dir, "diffusers", "tiny-pixel-unet"))
     build_pixel_unet(os.path.join(models_dir, "diffusers", "no-middle-block-unet"), mid_block=False)
+    build_tiny_open_clip(os.path.join(models_dir, "open_clip"))
     open(stamp, "w").close()
 
 

@@ -1,11 +1,13 @@
 """hspace_core — h-space editing and style mixing for diffusion U-Nets, framework-free.
 
-Implements Asyrp (Kwon et al., ICLR 2023), DiffStyle / InjectFusion (Jeong, Kwon, Uh) and the
+Implements Asyrp (Kwon et al., ICLR 2023; including its CLIP-trained directions), DiffStyle / InjectFusion (Jeong, Kwon, Uh) and the
 interpolation recipe of Diffusion Autoencoders (Preechakul et al., CVPR 2022) over any ``HSpaceModel``.
 """
 from .adapters import Conditioning, DiffusersUNet, HSpaceModel, Prediction
 from .auto_schedule import AutoSchedule, find_t_edit_t_boost, lpips_distance
+from .clip_directions import CLIPDirectional, DirectionTraining, TrainedDirection, load_open_clip, train_direction
 from .ddim import calibrated_x_t, ddim_inverse_step, ddim_sigma, ddim_step, eps_from_model_output, predicted_x0
+from .implicit import ImplicitDirectionNet, TimeEmbedding, load_official_asyrp
 from .hmath import mask_to_h_grid, masked_blend, normalized_slerp, slerp
 from .processes import (Cancelled, capture, combine_directions, content_injection, direction_from_examples, edit,
                         generate, inject, interpolate, invert, run_reverse)
@@ -17,7 +19,8 @@ from .state import (Direction, EditSchedule, HTrajectory, Inversion, QualityBoos
 __version__ = "0.1.0"
 
 __all__ = [
-    "AutoSchedule", "Cancelled", "Conditioning", "DiffusersUNet", "Direction", "EditSchedule", "HSpaceModel",
+    "AutoSchedule", "CLIPDirectional", "DirectionTraining", "ImplicitDirectionNet", "TimeEmbedding", "TrainedDirection",
+    "load_official_asyrp", "load_open_clip", "train_direction", "Cancelled", "Conditioning", "DiffusersUNet", "Direction", "EditSchedule", "HSpaceModel",
     "HTrajectory", "Inversion", "NoiseSchedule", "Prediction", "QualityBoost", "ReconstructionReport", "StyleCalibration", "betas_cosine",
     "betas_linear", "betas_scaled_linear", "calibrated_x_t", "capture", "combine_directions", "content_injection",
     "ddim_inverse_step", "ddim_sigma", "ddim_step", "direction_from_examples", "edit", "eps_from_model_output",

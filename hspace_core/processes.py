@@ -188,14 +188,18 @@ def edit(model: HSpaceModel, x_T: torch.Tensor, directions: Direction | Sequence
     """Asyrp editing: x_T → edited x0 with h̃_t = h_t + Σ s_i·Δh_i over [T, t_edit] and the asymmetric step.
 
     Strengths may be negative (the opposite attribute).  An all-zero strength gives exactly ``generate``.
+    A direction learnt on another number of steps is rescaled by train_steps / steps (``Direction.step_scale``).
     """
     if isinstance(directions, Direction):
         directions = [directions]
     if isinstance(strengths, (int, float)):
         strengths = [float(strengths)] * len(directions)
+    if len(directions) != len(strengths):
+        raise ValueError(f"{len(directions)} directions but {len(strengths)} strengths; give one strength each.")
     for d in directions:
         if strict_fingerprint:
             check_fingerprint(d.fingerprint, model.fingerprint, "direction")
+    strengths = [s * d.step_scale(schedule.num_steps) for d, s in zip(directions, strengths)]
     if all(s == 0 for s in strengths):
         return generate(model, x_T, schedule, seed=seed, progress=progress, should_stop=should_stop)
     shift = combine_directions(list(directions), list(strengths), normalize)

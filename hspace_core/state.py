@@ -1,7 +1,9 @@
 """What flows between processes (and between ComfyUI nodes): frozen, validated, CPU-resident, savable."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -153,7 +155,9 @@ class Direction:
     """A direction in h-space: Δh (global), Δh_t (per timestep) or an implicit function f_t(h_t, t).
 
     ``delta`` is (C, H, W) for ``global``; (steps, C, H, W) with ``timesteps`` for ``per_timestep``.
-    ``fn`` is a callable f(h, t) → Δh for ``implicit`` (Asyrp's learnt f_t).
+    ``fn`` is a callable f(h, t) → Δh for ``implicit`` (Asyrp's learnt f_t; an ``ImplicitDirectionNet`` can be
+    saved).  ``scale`` multiplies every Δh.  A direction learnt with ``train_steps`` DDIM steps (in ``metadata``)
+    is rescaled by train_steps / steps when applied with another number of steps, as the official Asyrp code does.
     """
 
     form: str
@@ -164,8 +168,11 @@ class Direction:
     fingerprint: str = ""
     name: str = ""
     metadata: dict = field(default_factory=dict, compare=False)
+    scale: float = 1.0
 
     def __post_init__(self):
+        if not math.isfinite(self.scale):
+            raise ValueError(f"A direction's scale must be finite, got {self.scale}.")
         if self.form not in ("global", "per_timestep", "implicit"):
             raise ValueError(f"Direction form {self.form!r} is unknown; use global, per_timestep or implicit.")
         if self.form == "implicit":
@@ -187,7 +194,7 @@ class Direction:
     def at(self, h: torch.Tensor, t: int) -> torch.Tensor:
         """Δh for this h and timestep, shaped to broadcast against h (rows, C, H, W)."""
         if self.form == "implicit":
-            return self.fn(h, t)
+            return self.scale * self.fn(h, t)
         if self.h_shape != tuple(h.shape[1:]):
             raise ValueError(
                 f"This direction was made for h of shape {self.h_shape} but the model's h is {tuple(h.shape[1:])}: "
@@ -198,33 +205,47 @@ class Direction:
         else:
             i = min(range(len(self.timesteps)), key=lambda k: abs(self.timesteps[k] - t))
             d = self.delta[i]
-        return d.to(h.device, h.dtype)[None]
+        return (self.scale * d).to(h.device, h.dtype)[None]
 
     def scaled(self, factor: float) -> "Direction":
-        if self.form == "implicit":
-            fn = self.fn
-            return Direction("implicit", fn=lambda h, t: factor * fn(h, t), h_shape=self.h_shape,
-                             fingerprint=self.fingerprint, name=self.name, metadata=self.metadata)
-        return Direction(self.form, self.delta * factor, self.timesteps, h_shape=self.h_shape,
-                         fingerprint=self.fingerprint, name=self.name, metadata=self.metadata)
+        return dataclasses.replace(self, scale=self.scale * float(factor))
+
+    def step_scale(self, num_steps: int) -> float:
+        """train_steps / num_steps for a direction learnt on another number of DDIM steps, else 1."""
+        train_steps = self.metadata.get("train_steps")
+        return float(train_steps) / num_steps if train_steps else 1.0
 
     def global_mean(self) -> "Direction":
         """The mean over timesteps of a per-timestep direction, as one global Δh."""
         if self.form != "per_timestep":
             raise ValueError("Only a per_timestep direction has a mean over timesteps.")
-        return Direction("global", self.delta.mean(0), fingerprint=self.fingerprint, name=self.name)
+        return Direction("global", self.delta.mean(0), fingerprint=self.fingerprint, name=self.name,
+                         metadata=self.metadata, scale=self.scale)
 
     def save(self, path: str) -> None:
-        if self.form == "implicit":
-            raise ValueError("Implicit directions are saved by the module that defines them (see hspace_core.clip_directions).")
-        _save(path, {"delta": self.delta}, "direction", form=self.form, timesteps=list(self.timesteps),
-              fingerprint=self.fingerprint, name=self.name, extra=self.metadata)
+        common = dict(form=self.form, timesteps=list(self.timesteps), fingerprint=self.fingerprint, name=self.name,
+                      extra=self.metadata, scale=self.scale, h_shape=list(self.h_shape))
+        if self.form != "implicit":
+            _save(path, {"delta": self.delta}, "direction", **common)
+            return
+        from .implicit import ImplicitDirectionNet
+
+        if not isinstance(self.fn, ImplicitDirectionNet):
+            raise ValueError("Only implicit directions made of an ImplicitDirectionNet (learnt or loaded f_t) can be saved.")
+        tensors = {f"fn.{k}": v for k, v in self.fn.tensors().items()}
+        _save(path, tensors, "direction", fn_config=self.fn.config, **common)
 
     @classmethod
     def load(cls, path: str) -> "Direction":
         tensors, meta = _load(path, "direction")
-        return cls(meta["form"], tensors["delta"], tuple(meta["timesteps"]), fingerprint=meta["fingerprint"],
-                   name=meta.get("name", ""), metadata=meta.get("extra", {}))
+        common = dict(fingerprint=meta["fingerprint"], name=meta.get("name", ""), metadata=meta.get("extra", {}),
+                      scale=float(meta.get("scale", 1.0)))
+        if meta["form"] == "implicit":
+            from .implicit import ImplicitDirectionNet
+
+            fn = ImplicitDirectionNet.from_tensors(meta["fn_config"], {k[3:]: v for k, v in tensors.items()})
+            return cls("implicit", fn=fn, h_shape=tuple(meta.get("h_shape", ())), **common)
+        return cls(meta["form"], tensors["delta"], tuple(meta["timesteps"]), **common)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
 """ComfyUI nodes: thin shells that translate ComfyUI types to one ``hspace_core`` call each."""
+from .clip_training import LoadAsyrpDirection, TrainAsyrpDirection
 from .editing import AsyrpEdit, CombineDirections, DirectionFromExamples
 from .files import LoadDirection, LoadTrajectory, SaveDirection, SaveTrajectory
 from .injection import Interpolate, QualityBoost, SlerpContentInject, StyleCalibrate
@@ -12,4 +13,4 @@ register_folders()
 
 NODES = (DDIMInversion, Capture, AsyrpEdit, SlerpContentInject, StyleCalibrate, QualityBoost, AutoSchedule,
          Interpolate, DirectionFromExamples, CombineDirections, SaveDirection, LoadDirection, SaveTrajectory,
-         LoadTrajectory, PreviewH, LoadPixelUNet)
+         LoadTrajectory, PreviewH, LoadPixelUNet, TrainAsyrpDirection, LoadAsyrpDirection)

@@ -19,7 +19,8 @@ import comfy.samplers
 import comfy.utils
 
 from ..hspace_core import HSpaceModel, Prediction, schedule_from_sigmas
-from ..hspace_core.adapters.base import edited_rows, fingerprint_of
+from ..hspace_core.adapters.base import autograd_ready, edited_rows, fingerprint_of
+from ..hspace_core.implicit import TimeEmbedding
 
 SUPPORTED = "SD1.x, SD2.x (including v-prediction), SDXL, or a pixel UNet2DModel loaded with 'H-Space Load Pixel U-Net'"
 
@@ -79,6 +80,13 @@ class ComfyHSpaceModel:
         self.branches = ("uncond", "cond") if not math.isclose(cfg, 1.0) else ("single",)
         self.fingerprint = model_fingerprint(model_patcher)
         self.denoiser, self.extra_args, self.edit_branches = denoiser, extra_args, edit_branches
+        self.model_patcher = model_patcher
+
+    def time_embedding(self) -> TimeEmbedding:
+        return time_embedding_of(self.model_patcher)
+
+    def autograd_ready(self):
+        return autograd_ready(self.model_patcher.get_model_object("diffusion_model"))
 
     def _denoise(self, x_t, t, patch):
         a = self.schedule.alpha_bar(t)
@@ -102,6 +110,17 @@ class ComfyHSpaceModel:
             return Prediction(eps, record.h())
         edited = _HPatch(self.branches, edit, t, self.edit_branches)
         return Prediction(eps, record.h(), self._denoise(x_t, t, edited))
+
+
+def time_embedding_of(model_patcher) -> TimeEmbedding:
+    """A frozen copy of the diffusion model's timestep embedding (for implicit directions f_t)."""
+    dm = model_patcher.get_model_object("diffusion_model")
+    if getattr(dm, "hspace_pixel_unet", False):
+        proj, mlp = dm.unet.time_proj, dm.unet.time_embedding
+        return TimeEmbedding.copy_of(mlp.linear_1, mlp.linear_2, proj.num_channels, proj.flip_sin_to_cos,
+                                     proj.downscale_freq_shift)
+    # ComfyUI's U-Net: timestep_embedding(t, model_channels) is [cos, sin] with no frequency shift
+    return TimeEmbedding.copy_of(dm.time_embed[0], dm.time_embed[2], dm.model_channels, True, 0.0)
 
 
 _FINGERPRINTS: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()

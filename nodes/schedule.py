@@ -48,7 +48,7 @@ class AutoSchedule(io.ComfyNode):
             if image is None:
                 raise ValueError("Connect an image or a latent.")
             latent = encode(vae, image)
-        distance = _distance(lpips_backbone)
+        distance = lpips_by_name(lpips_backbone)
 
         def decode(x):
             images = vae.decode(model.model.process_latent_out(x.float()))
@@ -63,7 +63,7 @@ class AutoSchedule(io.ComfyNode):
         return io.NodeOutput(result.t_edit, result.t_boost)
 
 
-def _distance(backbone: str):
+def lpips_by_name(backbone: str):
     if backbone.startswith("alex (random"):
         import lpips
         import torch

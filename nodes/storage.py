@@ -1,17 +1,19 @@
-"""Model folders of the pack (models/hspace_directions, models/hspace_trajectories) via ComfyUI's folder_paths."""
+"""Model folders of the pack via ComfyUI's folder_paths: models/hspace_directions, models/hspace_trajectories,
+models/asyrp (official Asyrp .pth checkpoints) and models/open_clip (open_clip weights and model configs)."""
 from __future__ import annotations
 
 import os
 
 import folder_paths
 
-FOLDERS = ("hspace_directions", "hspace_trajectories")
+FOLDERS = {"hspace_directions": {".safetensors"}, "hspace_trajectories": {".safetensors"},
+           "asyrp": {".pth", ".pt"}, "open_clip": {".safetensors", ".bin", ".pt", ".pth", ".json"}}
 
 
 def register_folders() -> None:
-    for name in FOLDERS:
+    for name, extensions in FOLDERS.items():
         if name not in folder_paths.folder_names_and_paths:
-            folder_paths.folder_names_and_paths[name] = ([os.path.join(folder_paths.models_dir, name)], {".safetensors"})
+            folder_paths.folder_names_and_paths[name] = ([os.path.join(folder_paths.models_dir, name)], set(extensions))
 
 
 def list_files(kind: str) -> list[str]:

@@ -14,6 +14,14 @@ WORKFLOWS = sorted(glob.glob(os.path.join(ROOT, "workflows", "*.json")))
 # What the tests change in the shipped workflows: SD images at 64 px (the tiny checkpoint stands in for SD1.5)
 # and fewer steps for SD; pixel workflows run as shipped on the bundled model.
 SD_TEST_OVERRIDES = {"width": 64, "height": 64, "steps": 8}
+# CLIP direction training runs on the tiny open_clip that harness/tiny_models.py writes into models/open_clip
+# (no download here); the shipped file asks for ViT-B-16 / openai.
+CLIP_TEST_OVERRIDES = {"clip_model": "hspace-tiny-clip", "clip_pretrained": "hspace-tiny-clip.safetensors"}
+
+
+def overrides_for(path: str) -> dict:
+    sd = SD_TEST_OVERRIDES if os.path.basename(path).startswith("sd_") else {}
+    return {**sd, **CLIP_TEST_OVERRIDES}
 
 
 def load_prompt(path: str, object_info: dict, overrides: dict | None = None) -> dict:
@@ -21,12 +29,23 @@ def load_prompt(path: str, object_info: dict, overrides: dict | None = None) -> 
 
     prompt = ui_to_api(json.load(open(path)), object_info)
     if overrides is None:
-        overrides = SD_TEST_OVERRIDES if os.path.basename(path).startswith("sd_") else {}
+        overrides = overrides_for(path)
     for node in prompt.values():
         for key, value in overrides.items():
             if key in node["inputs"] and not isinstance(node["inputs"][key], list):
                 node["inputs"][key] = value
     return prompt
+
+
+def fresh(comfy) -> None:
+    """Empty ComfyUI's node cache so the next prompt really executes.
+
+    The server applies POST /free only after it finishes a queue item (or after an idle timeout of up to 10 s), so
+    a tiny prompt is run right after it: by the time the next prompt is taken from the queue the cache is empty.
+    """
+    comfy.post("/free", {"unload_models": True, "free_memory": True})
+    comfy.run({"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+               "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}})
 
 
 def find(prompt: dict, class_type: str, **inputs) -> str:

@@ -77,3 +77,30 @@ def test_models_without_a_middle_block_are_refused(pack):
     patcher.model.diffusion_model = FakeDiT()
     with pytest.raises(ValueError, match="no U-Net middle block.*SD1.x, SD2.x"):
         comfy_model.check_has_h_space(patcher)
+
+
+@pytest.mark.parametrize("form", ["global", "implicit"])
+def test_direction_training_through_comfy_matches_diffusers(pack, form):
+    """Under inference mode (as ComfyUI runs nodes), on inference-tensor weights, the same losses and direction."""
+    from test_clip_directions import SOURCE, TARGET, config, tiny_clip
+
+    from hspace_core.clip_directions import train_direction
+
+    comfy_model, pixel_model = pack
+    clip = tiny_clip()
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    settings = config(form, epochs=2)
+    reference = train_direction(DiffusersUNet(tiny_pixel_unet(size=16)), images, clip, SOURCE, TARGET, settings)
+    with torch.inference_mode():
+        patcher = pixel_model.pixel_model_patcher(tiny_pixel_unet(size=16), {"prediction_type": "epsilon"})
+        weights = dict(patcher.model.diffusion_model.named_parameters())
+        result = comfy_model.run_in_comfy(
+            patcher, images,
+            lambda m, x: train_direction(m, images, clip, SOURCE, TARGET, settings, latents=x))
+    assert all(p is weights[n] for n, p in patcher.model.diffusion_model.named_parameters()), "weights put back"
+    assert len(result.losses) == len(reference.losses)
+    assert torch.allclose(torch.tensor(result.losses), torch.tensor(reference.losses), rtol=1e-3, atol=1e-3)
+    h = torch.randn(2, 32, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours, theirs = result.direction.at(h, 700), reference.direction.at(h, 700)
+    assert float((ours - theirs).norm() / theirs.norm()) < 1e-2

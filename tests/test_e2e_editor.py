@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from e2e_helpers import ROOT, SD_TEST_OVERRIDES, WORKFLOWS, load_prompt
+from e2e_helpers import ROOT, WORKFLOWS, fresh, load_prompt, overrides_for
 
 pytestmark = pytest.mark.e2e
 EDITOR = os.path.join(ROOT, "harness", "browser", "editor.js")
@@ -19,9 +19,8 @@ def test_every_workflow_loads_and_runs_in_the_editor(comfy, tmp_path):
         "run scripts/setup.sh: it installs playwright-core into harness/browser"
     chromium = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
     assert os.path.exists(chromium), f"no Chromium at {chromium}: scripts/setup.sh installs Debian's chromium"
-    comfy.post("/free", {"unload_models": True, "free_memory": True})  # run for real, not from the HTTP tests' cache
-    manifest = [{"file": path, "overrides": SD_TEST_OVERRIDES if os.path.basename(path).startswith("sd_") else {}}
-                for path in WORKFLOWS]
+    fresh(comfy)  # run for real, not from the HTTP tests' cache
+    manifest = [{"file": path, "overrides": overrides_for(path)} for path in WORKFLOWS]
     manifest_path = tmp_path / "manifest.json"
     manifest_path.write_text(json.dumps(manifest))
     run = subprocess.run(["node", EDITOR, "check", str(comfy.port), str(manifest_path)], capture_output=True,

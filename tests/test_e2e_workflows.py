@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from e2e_helpers import ROOT, WORKFLOWS, find, load_prompt, png
+from e2e_helpers import ROOT, WORKFLOWS, find, fresh, load_prompt, png
 from harness.server import PromptRejected, error_message
 
 pytestmark = pytest.mark.e2e
@@ -73,17 +73,12 @@ def test_injection_changes_the_style_reconstruction(comfy):
     assert np.abs(mix - style).mean() > 0.5
 
 
-def _fresh(comfy):
-    """Empty ComfyUI's node cache so the next prompt really executes."""
-    comfy.post("/free", {"unload_models": True, "free_memory": True})
-
-
 def test_same_seed_same_output_and_cancel_leaves_no_patch(comfy):
     path = os.path.join(ROOT, "workflows", "pixel_content_injection.json")
     prompt = load_prompt(path, comfy.object_info, {"steps": 60})
-    _fresh(comfy)
+    fresh(comfy)
     first = _saved(comfy, _run(comfy, prompt), prompt, "pixel_mix_calibrated_boosted")
-    _fresh(comfy)
+    fresh(comfy)
     prompt_id = comfy.queue(prompt)
     deadline = time.time() + 120
     while time.time() < deadline:  # interrupt once an h-space node is running
@@ -178,3 +173,59 @@ def test_save_and_load_round_trip_through_the_server(comfy):
     entry = _run(comfy, check)
     norms = entry["outputs"]["2"]["text"][0]
     assert norms.startswith("t=999:") and norms.count("t=") == prompt[inversion]["inputs"]["steps"]
+
+
+def test_clip_direction_training_workflow_learns_saves_and_edits(comfy):
+    from hspace_core import Direction
+
+    path = os.path.join(ROOT, "workflows", "pixel_train_clip_direction.json")
+    prompt = load_prompt(path, comfy.object_info)
+    entry = _run(comfy, prompt)
+    saved = entry["outputs"][find(prompt, "HSpaceSaveDirection")]["text"][0]
+    direction = Direction.load(os.path.join(comfy.base, "models", "hspace_directions", saved))
+    trainer = prompt[find(prompt, "HSpaceTrainAsyrpDirection")]["inputs"]
+    assert direction.form == trainer["form"] == "implicit" and direction.fingerprint
+    meta = direction.metadata
+    assert (meta["source_text"], meta["target_text"]) == (trainer["source_text"], trainer["target_text"])
+    assert (meta["train_steps"], meta["t_edit"], meta["images"]) == (trainer["steps"], trainer["t_edit"], 2)
+
+    minus, zero, plus = (img.astype(float) for img in _saved(comfy, entry, prompt, "pixel_clip_edit_sweep"))
+    assert np.abs(plus - zero).mean() > 0.5 and np.abs(minus - zero).mean() > 0.5
+    # Asyrp: the edit is (close to) linear in the strength, so −1 and +1 move the image in opposite directions
+    assert np.corrcoef((plus - zero).ravel(), (minus - zero).ravel())[0, 1] < -0.3
+
+
+def test_official_asyrp_checkpoints_load_and_edit_through_the_server(comfy):
+    import torch
+
+    folder = os.path.join(comfy.base, "models", "asyrp")
+    os.makedirs(folder, exist_ok=True)
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g) * 0.2
+    c, temb = 128, 64  # the bundled model: h has 128 channels, its time embedding 4 × 16
+    block = {"conv1.weight": r(c, c, 1, 1), "conv1.bias": r(c), "temb_proj.weight": r(c, temb), "temb_proj.bias": r(c),
+             "norm2.weight": 1 + r(c), "norm2.bias": r(c), "conv2.weight": r(c, c, 1, 1), "conv2.bias": r(c)}
+    torch.save({"0": block, "optimizer": {"state": {}, "param_groups": []}}, os.path.join(folder, "e2e_LC_shapes_ngen20_0.pth"))
+    torch.save({"0": {"weight": r(4)}}, os.path.join(folder, "not_asyrp.pth"))
+    prompt = {
+        "1": {"class_type": "HSpaceLoadPixelUNet", "inputs": {"unet_folder": "bundled/hspace-shapes-ddpm", "repo_id": ""}},
+        "2": {"class_type": "VAELoader", "inputs": {"vae_name": "pixel_space"}},
+        "3": {"class_type": "LoadImage", "inputs": {"image": "hspace_content.png"}},
+        "4": {"class_type": "HSpaceDDIMInversion", "inputs": {"model": ["1", 0], "image": ["3", 0], "vae": ["2", 0],
+                                                              "steps": 20, "refine_iters": 0, "cfg": 1.0, "edit_branches": "cond"}},
+        "5": {"class_type": "HSpaceLoadAsyrpDirection", "inputs": {"model": ["1", 0], "asyrp_file": "e2e_LC_shapes_ngen20_0.pth",
+                                                                   "train_steps": 0}},
+        "6": {"class_type": "HSpaceAsyrpEdit", "inputs": {"model": ["1", 0], "x_T": ["4", 0], "direction": ["5", 0],
+                                                          "strength": 1.0, "steps": 20, "t_edit": 400, "strength_sweep": "0, 0.5",
+                                                          "seed": 0, "cfg": 1.0, "edit_branches": "cond"}},
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["2", 0]}},
+        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "e2e/official_sweep"}},
+        "9": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 2], "vae": ["2", 0]}},
+        "10": {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": "e2e/official_reconstruction"}},
+    }
+    entry = _run(comfy, prompt)
+    zero, half = _saved(comfy, entry, prompt, "official_sweep")
+    assert np.array_equal(zero, _saved(comfy, entry, prompt, "official_reconstruction")[0])
+    assert np.abs(half - zero).mean() > 0.5
+    prompt["5"]["inputs"]["asyrp_file"] = "not_asyrp.pth"
+    _expect_node_error(comfy, prompt, "not an Asyrp direction", "conv1.weight")

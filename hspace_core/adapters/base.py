@@ -1,6 +1,7 @@
 """The one interface every model family implements, and the branch bookkeeping for guidance."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -42,6 +43,40 @@ class HSpaceModel(Protocol):
     fingerprint: str
 
     def predict(self, x_t: torch.Tensor, t: int, edit: HEdit | None = None) -> Prediction: ...
+
+    # Optional, for learning directions (``hspace_core.clip_directions``):
+    #   time_embedding() -> implicit.TimeEmbedding  a frozen copy of the model's timestep embedding
+    #   autograd_ready() -> context manager         gradients flow from ε(x_t | h̃) back to the edit, weights frozen
+
+
+@contextlib.contextmanager
+def autograd_ready(*modules: torch.nn.Module):
+    """Let gradients flow *through* frozen modules: parameters that require grad are frozen, and tensors made
+    under ``torch.inference_mode`` (which autograd refuses to save, e.g. every weight ComfyUI loads) are swapped
+    for ordinary copies.  Everything is put back on exit, whatever happens.
+    """
+    swapped, frozen = [], []
+    try:
+        with torch.inference_mode(False):
+            for module in modules:
+                for owner in module.modules():
+                    for store in (owner._parameters, owner._buffers):
+                        for name, tensor in list(store.items()):
+                            if tensor is None:
+                                continue
+                            if tensor.is_inference():
+                                copy = tensor.detach().clone()
+                                store[name] = torch.nn.Parameter(copy, requires_grad=False) if store is owner._parameters else copy
+                                swapped.append((store, name, tensor))
+                            elif tensor.requires_grad:
+                                tensor.requires_grad_(False)
+                                frozen.append(tensor)
+        yield
+    finally:
+        for store, name, tensor in reversed(swapped):
+            store[name] = tensor
+        for tensor in frozen:
+            tensor.requires_grad_(True)
 
 
 def edited_rows(h: torch.Tensor, t: int, branches: tuple[str, ...], edit: HEdit, edit_branches: str) -> torch.Tensor:

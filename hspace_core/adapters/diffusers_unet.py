@@ -13,7 +13,7 @@ import torch
 
 from ..schedules import NoiseSchedule, schedule_from_diffusers_config
 from ..ddim import eps_from_model_output
-from .base import HEdit, Prediction, edited_rows, fingerprint_of, guided
+from .base import HEdit, Prediction, autograd_ready, edited_rows, fingerprint_of, guided
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,17 @@ class DiffusersUNet:
 
     def with_conditioning(self, conditioning: Conditioning | None) -> "DiffusersUNet":
         return DiffusersUNet(self.unet, self.schedule, conditioning, self.class_labels, self.reuse_encoder)
+
+    def time_embedding(self):
+        """A frozen copy of the U-Net's timestep embedding (for implicit directions f_t)."""
+        from ..implicit import TimeEmbedding
+
+        proj, mlp = self.unet.time_proj, self.unet.time_embedding
+        return TimeEmbedding.copy_of(mlp.linear_1, mlp.linear_2, proj.num_channels, proj.flip_sin_to_cos,
+                                     proj.downscale_freq_shift)
+
+    def autograd_ready(self):
+        return autograd_ready(self.unet)
 
     def predict(self, x_t: torch.Tensor, t: int, edit: HEdit | None = None) -> Prediction:
         x_in, kwargs = self._inputs(x_t)

@@ -1,0 +1,175 @@
+"""Asyrp's implicit direction f_t(h_t, t) and the official Asyrp checkpoints.
+
+f_t is two 1×1 convolutions joined by the U-Net's own timestep embedding, a GroupNorm and a SiLU
+(Kwon et al. 2023, §3.2 and appendix: "implicit function"):
+
+    f_t(h, t) = conv2(SiLU(GroupNorm(conv1(h) + W_t·SiLU(temb(t)))))
+
+temb is the diffusion model's time embedding (sinusoid → linear → SiLU → linear); a frozen copy of it travels
+with the direction, so a saved f_t needs no model to evaluate.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class TimeEmbedding(nn.Module):
+    """A diffusion U-Net's timestep embedding: sinusoid (dim, flip_sin_to_cos, freq_shift) then a 2-layer MLP.
+
+    Covers the original DDPM / Asyrp U-Net (sin first, shift 1), diffusers (both conventions) and ComfyUI's
+    U-Net (cos first, shift 0).
+    """
+
+    def __init__(self, dim: int, out_dim: int, flip_sin_to_cos: bool, freq_shift: float, hidden: int | None = None):
+        super().__init__()
+        self.dim, self.flip_sin_to_cos, self.freq_shift = int(dim), bool(flip_sin_to_cos), float(freq_shift)
+        self.linear_1 = nn.Linear(self.dim, hidden or out_dim)
+        self.linear_2 = nn.Linear(hidden or out_dim, out_dim)
+
+    @property
+    def config(self) -> dict:
+        return {"dim": self.dim, "out_dim": self.linear_2.out_features, "hidden": self.linear_1.out_features,
+                "flip_sin_to_cos": self.flip_sin_to_cos, "freq_shift": self.freq_shift}
+
+    def sinusoid(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.dim // 2
+        exponent = -math.log(10000) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - self.freq_shift)
+        angles = t.float()[:, None] * exponent.exp()[None]
+        emb = torch.cat([angles.sin(), angles.cos()], dim=1)
+        if self.flip_sin_to_cos:
+            emb = torch.cat([emb[:, half:], emb[:, :half]], dim=1)
+        return F.pad(emb, (0, self.dim % 2))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.silu(self.linear_1(self.sinusoid(t))))
+
+    @classmethod
+    def copy_of(cls, linear_1: nn.Linear, linear_2: nn.Linear, dim: int, flip_sin_to_cos: bool,
+                freq_shift: float) -> "TimeEmbedding":
+        """A frozen, autograd-usable copy of a model's time MLP (its weights may be inference tensors)."""
+        with torch.inference_mode(False), torch.no_grad():
+            emb = cls(dim, linear_2.out_features, flip_sin_to_cos, freq_shift, hidden=linear_1.out_features)
+            for mine, theirs in ((emb.linear_1, linear_1), (emb.linear_2, linear_2)):
+                mine.weight.copy_(theirs.weight.detach().float().cpu().clone())
+                mine.bias.copy_(theirs.bias.detach().float().cpu().clone())
+        return emb.requires_grad_(False)
+
+
+def group_count(channels: int, preferred: int = 32) -> int:
+    """The largest group count ≤ ``preferred`` that divides ``channels`` (32 for Asyrp's 512-channel h)."""
+    return max(g for g in range(1, min(preferred, channels) + 1) if channels % g == 0)
+
+
+class ImplicitDirectionNet(nn.Module):
+    """f_t(h_t, t) → Δh_t.  ``zero_init`` zeroes conv2 so an untrained f_t is exactly 0 (the official code
+    starts from PyTorch's default initialisation instead)."""
+
+    def __init__(self, channels: int, time_embedding: TimeEmbedding, zero_init: bool = True):
+        super().__init__()
+        self.channels = int(channels)
+        self.time_embedding = time_embedding.requires_grad_(False)
+        temb_dim = time_embedding.linear_2.out_features
+        self.conv1 = nn.Conv2d(channels, channels, 1)
+        self.temb_proj = nn.Linear(temb_dim, channels)
+        self.norm2 = nn.GroupNorm(group_count(channels), channels, eps=1e-6)
+        self.conv2 = nn.Conv2d(channels, channels, 1)
+        if zero_init:
+            nn.init.zeros_(self.conv2.weight)
+            nn.init.zeros_(self.conv2.bias)
+
+    @property
+    def config(self) -> dict:
+        return {"channels": self.channels, "groups": self.norm2.num_groups, "time_embedding": self.time_embedding.config}
+
+    def forward(self, h: torch.Tensor, t: int) -> torch.Tensor:
+        if h.shape[1] != self.channels:
+            raise ValueError(f"This f_t was made for h with {self.channels} channels; the model's h has {h.shape[1]}.")
+        p = {k: v.to(h.device, h.dtype) for k, v in self.state_dict(keep_vars=True).items()
+             if not k.startswith("time_embedding.")}
+        temb = self.time_embedding(torch.tensor([int(t)], device=h.device)).to(h.dtype)
+        x = F.conv2d(h, p["conv1.weight"], p["conv1.bias"])
+        x = x + F.linear(F.silu(temb), p["temb_proj.weight"], p["temb_proj.bias"])[:, :, None, None]
+        x = F.silu(F.group_norm(x, self.norm2.num_groups, p["norm2.weight"], p["norm2.bias"], self.norm2.eps))
+        return F.conv2d(x, p["conv2.weight"], p["conv2.bias"])
+
+    def tensors(self) -> dict:
+        return {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
+
+    @classmethod
+    def from_tensors(cls, config: dict, tensors: dict) -> "ImplicitDirectionNet":
+        te = config["time_embedding"]
+        emb = TimeEmbedding(te["dim"], te["out_dim"], te["flip_sin_to_cos"], te["freq_shift"], hidden=te["hidden"])
+        net = cls(config["channels"], emb)
+        net.norm2 = nn.GroupNorm(config["groups"], config["channels"], eps=1e-6)
+        net.load_state_dict(tensors)
+        return net.requires_grad_(False)
+
+
+OFFICIAL_KEYS = {"conv1.weight": 4, "conv1.bias": 1, "temb_proj.weight": 2, "temb_proj.bias": 1,
+                 "norm2.weight": 1, "norm2.bias": 1, "conv2.weight": 4, "conv2.bias": 1}
+
+
+def load_official_asyrp(path: str, time_embedding: TimeEmbedding, h_shape: tuple[int, ...] | None = None):
+    """Read an official Asyrp checkpoint (``torch.save`` of {"0": DeltaBlock state dict, "optimizer", "scheduler"},
+    or of {timestep: Δh_t} for the train_delta_h variant) with ``torch.load(weights_only=True)``.
+
+    Returns a ``Direction``: implicit for a DeltaBlock (1×1 convs; GroupNorm(32, eps 1e-6)), per-timestep or
+    global for Δh tensors.  ``time_embedding`` is the target model's (see ``HSpaceModel.time_embedding``).
+    """
+    from .state import Direction
+
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle with code objects, truncated file, not a torch file
+        raise ValueError(f"{path} is not a loadable Asyrp checkpoint ({type(exc).__name__}: {exc}). Official Asyrp "
+                         "checkpoints are .pth files from its checkpoint/ folder.") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} holds a {type(raw).__name__}, not an Asyrp state dict.")
+    block = raw["0"] if isinstance(raw.get("0"), dict) else raw
+    if set(OFFICIAL_KEYS) <= set(block):
+        return _official_block(block, time_embedding, path)
+    deltas = sorted(((int(k), v.float()) for k, v in raw.items()
+                     if str(k).lstrip("-").isdigit() and torch.is_tensor(v) and v.dim() == 3), reverse=True)
+    if deltas:
+        timesteps, stack = tuple(t for t, _ in deltas), torch.stack([v for _, v in deltas])
+        if h_shape is not None and tuple(stack.shape[1:]) != tuple(h_shape):
+            raise ValueError(f"{path} has Δh of shape {tuple(stack.shape[1:])} but the model's h is {tuple(h_shape)}.")
+        meta = {"source": "official_asyrp"}
+        if len(timesteps) == 1:
+            return Direction("global", stack[0], name=_name_of(path), metadata=meta)
+        return Direction("per_timestep", stack, timesteps, name=_name_of(path), metadata=meta)
+    keys = sorted(map(str, block))[:12]
+    raise ValueError(f"{path} is not an Asyrp direction: expected a DeltaBlock state dict with keys "
+                     f"{sorted(OFFICIAL_KEYS)} (under '0') or {{timestep: Δh}} tensors; found keys {keys}.")
+
+
+def _official_block(block: dict, time_embedding: TimeEmbedding, path: str):
+    from .state import Direction
+
+    for key, rank in OFFICIAL_KEYS.items():
+        v = block[key]
+        if not torch.is_tensor(v) or v.dim() != rank:
+            raise ValueError(f"{path}: {key} should be a rank-{rank} tensor, got {getattr(v, 'shape', type(v))}.")
+    c = block["conv1.weight"].shape[0]
+    expected = {"conv1.weight": (c, c, 1, 1), "conv2.weight": (c, c, 1, 1), "temb_proj.weight": (c, time_embedding.linear_2.out_features)}
+    for key, shape in expected.items():
+        if tuple(block[key].shape) != shape:
+            if key == "temb_proj.weight" and block[key].shape[0] == c:
+                raise ValueError(
+                    f"{path} was trained for a model whose time embedding has {block[key].shape[1]} channels; this model's "
+                    f"has {time_embedding.linear_2.out_features}. Use the model the direction was trained with.")
+            raise ValueError(f"{path}: {key} has shape {tuple(block[key].shape)}, expected {shape} (1×1 convolutions).")
+    net = ImplicitDirectionNet(c, time_embedding, zero_init=False)
+    net.load_state_dict({k: block[k].float() for k in OFFICIAL_KEYS}, strict=False)
+    net.requires_grad_(False)
+    return Direction("implicit", fn=net, h_shape=(c,), name=_name_of(path), metadata={"source": "official_asyrp"})
+
+
+def _name_of(path: str) -> str:
+    import os
+
+    return os.path.splitext(os.path.basename(path))[0]
