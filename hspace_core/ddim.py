@@ -39,6 +39,18 @@ def predicted_x0(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar: float) -> torc
     return (x_t - math.sqrt(1 - alpha_bar) * eps) / math.sqrt(alpha_bar)
 
 
+def clipped_eps(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar: float, limit: float) -> torch.Tensor:
+    """ε re-derived from the clipped prediction clamp(P_t, −limit, limit): ε' = (x_t − √ᾱ_t·clip(P_t)) / √(1 − ᾱ_t).
+
+    DDPM's clipped x̂0 (Ho et al. 2020, §3.3 / diffusers' ``clip_sample``): keeps a pixel model's P_t inside the
+    data range, so an early error at large t (amplified by 1/√ᾱ_t) cannot saturate the sample.
+    """
+    if alpha_bar >= 1:
+        return eps
+    x0 = predicted_x0(x_t, eps, alpha_bar).clamp(-limit, limit)
+    return (x_t - math.sqrt(alpha_bar) * x0) / math.sqrt(1 - alpha_bar)
+
+
 def ddim_sigma(alpha_bar: float, alpha_bar_prev: float, eta: float) -> float:
     """σ_t = η·√((1 − ᾱ_{t−1})/(1 − ᾱ_t))·√(1 − ᾱ_t/ᾱ_{t−1})  (DDIM eq. 16); η = 1 is DDPM's variance."""
     if eta == 0 or alpha_bar >= 1:

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import torch
 
 from .adapters.base import HEdit, HSpaceModel
-from .ddim import calibrated_x_t, ddim_inverse_step, ddim_sigma, ddim_step
+from .ddim import calibrated_x_t, clipped_eps, ddim_inverse_step, ddim_sigma, ddim_step
 from .hmath import lerp, mask_to_h_grid, masked_blend, normalized_slerp, slerp
 from .schedules import step_pairs, timestep_grid
 from .state import Direction, EditSchedule, HTrajectory, Inversion, ReconstructionReport, check_fingerprint
@@ -85,19 +85,22 @@ def run_reverse(model: HSpaceModel, x_T: torch.Tensor, schedule: EditSchedule, *
         if record_h:
             hs.append(pred.h)
         a, a_prev = model.schedule.alpha_bar(t), model.schedule.alpha_bar(t_prev)
+        clip = (lambda x_in, e: clipped_eps(x_in, e, a, schedule.clip_x0)) if schedule.clip_x0 else (lambda x_in, e: e)
+        eps = clip(x, pred.eps)
+        eps_edited = clip(x, pred.eps_edited) if pred.eps_edited is not None else None
         eta = schedule.eta_at(t)
         noise = None
         if ddim_sigma(a, a_prev, eta) > 0:
             noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
         if not active:
-            x = ddim_step(x, pred.eps, a, a_prev, eta, noise)
+            x = ddim_step(x, eps, a, a_prev, eta, noise)
         elif omega is not None:
-            x_cal = calibrated_x_t(x, pred.eps, pred.eps_edited, a, omega)
-            x = ddim_step(x_cal, model.predict(x_cal, t).eps, a, a_prev, eta, noise)
+            x_cal = calibrated_x_t(x, eps, eps_edited, a, omega)
+            x = ddim_step(x_cal, clip(x_cal, model.predict(x_cal, t).eps), a, a_prev, eta, noise)
         elif asymmetric:
-            x = ddim_step(x, pred.eps_edited, a, a_prev, eta, noise, eps_direction=pred.eps)
+            x = ddim_step(x, eps_edited, a, a_prev, eta, noise, eps_direction=eps)
         else:
-            x = ddim_step(x, pred.eps_edited, a, a_prev, eta, noise)
+            x = ddim_step(x, eps_edited, a, a_prev, eta, noise)
         if not torch.isfinite(x).all():
             raise ValueError(f"The reverse process diverged (NaN/inf) at t={t}; lower the edit strength or γ.")
     trajectory = None

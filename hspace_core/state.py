@@ -18,6 +18,8 @@ class EditSchedule:
     """The three phases of Asyrp's process: [T, t_edit] edit, (t_edit, t_boost] plain DDIM, (t_boost, 0] boost.
 
     ``eta`` is the DDIM η outside the boost phase (0 = deterministic); ``eta_boost`` is used for t < t_boost.
+    ``clip_x0`` clips every predicted x0 to [−clip_x0, clip_x0] (pixel models sampled from pure noise; never for
+    latents); None leaves P_t unclipped, which keeps reconstructions of inversions exact.
     """
 
     num_steps: int = 40
@@ -27,8 +29,11 @@ class EditSchedule:
     eta_boost: float = 1.0
     grid: str = "asyrp"
     num_train_timesteps: int = 1000
+    clip_x0: float | None = None
 
     def __post_init__(self):
+        if self.clip_x0 is not None and not self.clip_x0 > 0:
+            raise ValueError(f"clip_x0 must be > 0 (e.g. 1 for images in [-1, 1]) or None, got {self.clip_x0}.")
         T = self.num_train_timesteps
         if not 1 <= self.num_steps <= T:
             raise ValueError(f"num_steps must be in [1, {T}], got {self.num_steps}.")

@@ -117,17 +117,24 @@ class Interpolate(io.ComfyNode):
                     io.Latent.Input("x_T_a", tooltip="Inverted latent of image A."),
                     io.Latent.Input("x_T_b", tooltip="Inverted latent of image B (same size)."),
                     io.Int.Input("frames", default=5, min=2, max=64, tooltip="Number of frames, A and B included."),
-                    steps_input(), t_edit_input(default=200), *conditioning_inputs()],
+                    steps_input(), t_edit_input(default=200),
+                    advanced(io.Boolean.Input("clip_x0", default=False,
+                                              tooltip="Clip each predicted x0 to [-1, 1] (pixel U-Nets only, never SD "
+                                                      "latents): middle frames start from an x_T that inverts no "
+                                                      "image, and clipping keeps them from saturating.")),
+                    *conditioning_inputs()],
             outputs=[io.Latent.Output("latent", tooltip="Frames, frame-major.")],
         )
 
     @classmethod
-    def execute(cls, model, x_T_a, x_T_b, frames, steps, t_edit, cfg, edit_branches, positive=None,
+    def execute(cls, model, x_T_a, x_T_b, frames, steps, t_edit, cfg, edit_branches, clip_x0=False, positive=None,
                 negative=None) -> io.NodeOutput:
         if x_T_a["samples"].shape != x_T_b["samples"].shape:
             raise ValueError(f"x_T_a {tuple(x_T_a['samples'].shape)} and x_T_b {tuple(x_T_b['samples'].shape)} differ: "
                              "invert images of the same size.")
-        schedule = EditSchedule(steps, t_edit=t_edit, t_boost=0)
+        if clip_x0 and not getattr(model.get_model_object("diffusion_model"), "hspace_pixel_unet", False):
+            raise ValueError("clip_x0 is for pixel U-Nets (images in [-1, 1]); latents of SD models must not be clipped.")
+        schedule = EditSchedule(steps, t_edit=t_edit, t_boost=0, clip_x0=1.0 if clip_x0 else None)
         x_b = latent_x(model, x_T_b)
         progress = progress_bar(frames)
         out = run_in_comfy(model, x_T_a["samples"],

@@ -231,3 +231,21 @@ def test_inversion_trajectory_is_the_reconstruction_path(pixel_unet, images):
         inv = invert(model, images, 6)
         along_path = capture(model, inv.x_T, 6)
     assert torch.equal(inv.trajectory.h, along_path.h)
+
+
+def test_clip_x0_keeps_predictions_in_range_and_is_otherwise_the_same_process():
+    from conftest import GaussianData
+    from hspace_core.ddim import clipped_eps, predicted_x0
+
+    data = GaussianData(torch.full((1, 3, 8, 8), 3.0), s=0.1)  # data far outside [-1, 1]
+    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    plain = generate(data, x_T, EditSchedule(10, t_edit=0))
+    clipped = generate(data, x_T, EditSchedule(10, t_edit=0, clip_x0=1.0))
+    assert plain.min() > 2.0 and clipped.abs().max() <= 1.0 + 1e-5
+    loose = generate(data, x_T, EditSchedule(10, t_edit=0, clip_x0=1e6))
+    assert torch.allclose(loose, plain, atol=1e-4)
+    eps = torch.randn(2, 3, 8, 8)
+    p = predicted_x0(x_T, clipped_eps(x_T, eps, 0.3, 0.5), 0.3)
+    assert torch.allclose(p, predicted_x0(x_T, eps, 0.3).clamp(-0.5, 0.5), atol=1e-5)
+    with pytest.raises(ValueError, match="clip_x0 must be > 0"):
+        EditSchedule(clip_x0=0.0)
