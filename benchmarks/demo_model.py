@@ -5,7 +5,7 @@
 Everything is batched over seeded (content, style) pairs of procedural images and scored from pixels
 (hspace_core.demo.readouts).  Sections: how much h matters to ε (h swap vs the two images' ε), DDIM
 inversion error, content injection against its baselines, style calibration, asymmetric vs symmetric
-steps, an Asyrp size direction, and timings.
+steps, an Asyrp size direction, samples from pure noise, and timings.
 """
 from __future__ import annotations
 
@@ -14,44 +14,14 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import hspace_core as hs  # noqa: E402
-from hspace_core.demo import readouts as ro  # noqa: E402
+from hspace_core.demo.measure import (h_swap_ratio, injection_scores as scores, sample_quality,  # noqa: E402
+                                      size_direction_effect, size_examples)
 from hspace_core.demo.run import BUNDLED, load_model  # noqa: E402
-from hspace_core.demo.shapes import SHAPES, Factors, make_batch, render  # noqa: E402
-
-def scores(out: torch.Tensor, content: np.ndarray, style: np.ndarray) -> dict:
-    """Mean IoU of the output's shape with the content's and the style's, and background distances."""
-    o = out.numpy()
-    iou_c = [ro.iou(ro.foreground_mask(a), ro.foreground_mask(c)) for a, c in zip(o, content)]
-    iou_s = [ro.iou(ro.foreground_mask(a), ro.foreground_mask(s)) for a, s in zip(o, style)]
-    bg_s = [ro.colour_distance(ro.mean_background(a), ro.mean_background(s)) for a, s in zip(o, style)]
-    bg_c = [ro.colour_distance(ro.mean_background(a), ro.mean_background(c)) for a, c in zip(o, content)]
-    return {"iou_content": float(np.mean(iou_c)), "iou_style": float(np.mean(iou_s)),
-            "bg_to_style": float(np.nanmean(bg_s)), "bg_to_content": float(np.nanmean(bg_c))}
-
-
-def h_swap_ratio(model, a: torch.Tensor, b: torch.Tensor, t: int, seed: int = 0) -> float:
-    """‖ε(x_a | h_b) − ε(x_a)‖ / ‖ε(x_b) − ε(x_a)‖ with the same noise: how much of the difference h carries."""
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(a.shape, generator=g)
-    ab = model.schedule.alpha_bar(t)
-    xa, xb = ab**0.5 * a + (1 - ab) ** 0.5 * noise, ab**0.5 * b + (1 - ab) ** 0.5 * noise
-    pa, pb = model.predict(xa, t), model.predict(xb, t)
-    swapped = model.predict(xa, t, lambda h, tt, br: pb.h).eps_edited
-    return float(((swapped - pa.eps).flatten(1).norm(dim=1) / (pb.eps - pa.eps).flatten(1).norm(dim=1)).mean())
-
-
-def size_examples(n: int, radius: tuple[float, float], seed: int) -> torch.Tensor:
-    rng = np.random.default_rng(seed)
-    imgs = []
-    for _ in range(n):
-        fg = tuple(rng.uniform(0.3, 1.0, 3)); bg = tuple(rng.uniform(0.0, 0.4, 3))
-        imgs.append(render(Factors(int(rng.integers(len(SHAPES))), float(rng.uniform(*radius)), 16.0, 16.0, fg, bg, bg)))
-    return torch.from_numpy(np.stack(imgs))
+from hspace_core.demo.shapes import make_batch  # noqa: E402
 
 
 def evaluate(model, pairs: int, steps: int, log=print) -> dict:
@@ -101,19 +71,13 @@ def evaluate(model, pairs: int, steps: int, log=print) -> dict:
     small, large = size_examples(32, (6.0, 7.0), 7), size_examples(32, (10.0, 11.0), 8)
     d = hs.direction_from_examples(hs.invert(model, large, steps).trajectory, hs.invert(model, small, steps).trajectory)
     d = d.global_mean()
-    test_np = size_examples(pairs, (7.5, 9.5), 9).numpy()
-    inv_t = hs.invert(model, torch.from_numpy(test_np), steps)
-    base = inv_t.reconstruction.numpy()
-    edits = {}
-    for s in (-2.0, -1.0, 0.0, 1.0, 2.0):
-        out = hs.edit(model, inv_t.x_T, d, s, hs.EditSchedule(steps, t_edit=400)).numpy()
-        ratio = [ro.area(o) / max(ro.area(b), 1) for o, b in zip(out, base)]
-        fg_shift = [ro.colour_distance(ro.foreground_colour(o), ro.foreground_colour(b)) for o, b in zip(out, base)]
-        moved = np.mean([(r > 1) if s > 0 else (r < 1) for r in ratio]) if s != 0 else float("nan")
-        edits[s] = {"area_ratio": float(np.median(ratio)), "moved_intended_way": float(moved),
-                    "fg_colour_shift": float(np.nanmedian(fg_shift))}
+    edits = size_direction_effect(model, d, size_examples(pairs, (7.5, 9.5), 9), (-2.0, -1.0, 0.0, 1.0, 2.0), steps)
     results["size_direction"] = edits
     log("size direction", edits)
+
+    results["samples"] = {(n, c): sample_quality(model, pairs, n, seed=3, clip_x0=c)
+                          for n in (20, 50) for c in (None, 1.0)}
+    log("samples from pure noise", results["samples"])
 
     x = content[:1]
     t0 = time.time()
@@ -161,6 +125,12 @@ def to_markdown(r: dict, pairs: int, steps: int) -> str:
           "| strength | median area ratio | moved the intended way | median foreground colour shift |", "|---|---|---|---|"]
     for s, v in r["size_direction"].items():
         L.append(f"| {s:+.0f} | {v['area_ratio']:.2f} | {v['moved_intended_way']:.2f} | {v['fg_colour_shift']:.3f} |")
+    L += ["", "## Samples from pure noise", "",
+          "Share of samples that look like training images (one solid shape covering 3–50 % of the image on a clean "
+          "background; `readouts.looks_like_dataset`: 100 % of training images, 0 % of noise):", "",
+          "| DDIM steps | unclipped P_t | P_t clipped to [−1, 1] (`EditSchedule(clip_x0=1)`) |", "|---|---|---|"]
+    for n in (20, 50):
+        L.append(f"| {n} | {r['samples'][(n, None)]:.2f} | {r['samples'][(n, 1.0)]:.2f} |")
     L += ["", "## Timings (this machine, 1 thread)", ""] + [f"- {k}: {v:.3f} s" for k, v in r["timings"].items()]
     return "\n".join(L) + "\n"
 

@@ -229,3 +229,24 @@ def test_official_asyrp_checkpoints_load_and_edit_through_the_server(comfy):
     assert np.abs(half - zero).mean() > 0.5
     prompt["5"]["inputs"]["asyrp_file"] = "not_asyrp.pth"
     _expect_node_error(comfy, prompt, "not an Asyrp direction", "conv1.weight")
+
+
+def test_clip_direction_training_through_an_sd_model(comfy):
+    """The same node on a Stable Diffusion MODEL: P_t is decoded by the VAE (with gradients) before CLIP."""
+    prompt = load_prompt(os.path.join(ROOT, "workflows", "sd_asyrp_edit_from_examples.json"), comfy.object_info)
+    examples = find(prompt, "HSpaceDirectionFromExamples")
+    positive_images = prompt[prompt[examples]["inputs"]["positive"][0]]["inputs"]["image"]
+    training = load_prompt(os.path.join(ROOT, "workflows", "pixel_train_clip_direction.json"), comfy.object_info)
+    trainer = training[find(training, "HSpaceTrainAsyrpDirection")]
+    edit = find(prompt, "HSpaceAsyrpEdit")
+    trainer["inputs"].update({"model": prompt[edit]["inputs"]["model"], "images": positive_images,
+                              "vae": prompt[prompt[edit]["inputs"]["x_T"][0]]["inputs"]["vae"],
+                              "positive": prompt[edit]["inputs"]["positive"], "steps": 8, "inversion_steps": 8,
+                              "t_edit": 400})
+    prompt[examples] = trainer
+    entry = _run(comfy, prompt)
+    sweep = _saved(comfy, entry, prompt, "sd_edit_sweep")
+    reconstruction = _saved(comfy, entry, prompt, "sd_edit_reconstruction")[0]
+    strengths = [float(s) for s in prompt[edit]["inputs"]["strength_sweep"].split(",")]
+    assert np.array_equal(sweep[strengths.index(0.0)], reconstruction)
+    assert all(np.abs(img - reconstruction).mean() > 0.5 for s, img in zip(strengths, sweep) if s != 0)

@@ -24,3 +24,19 @@ def test_area_grows_with_radius_and_iou_separates_positions():
     assert area(big) > 2 * area(small)
     moved = render(with_factors(f, cx=24.0))
     assert iou(foreground_mask(small), foreground_mask(moved)) < 0.2
+
+
+def test_looks_like_dataset_accepts_training_images_and_rejects_noise():
+    import numpy as np
+
+    from hspace_core.demo import readouts as ro
+    from hspace_core.demo.shapes import make_batch
+
+    images, _ = make_batch(64, seed=5)
+    assert all(ro.looks_like_dataset(img) for img in images)
+    rng = np.random.default_rng(0)
+    assert not any(ro.looks_like_dataset(rng.uniform(-1, 1, (3, 32, 32))) for _ in range(32))
+    assert not any(ro.looks_like_dataset(np.clip(img + rng.normal(0, 0.3, img.shape), -1, 1)) for img in images[:16])
+    two = np.full((3, 32, 32), -0.8, np.float32)
+    two[:, 4:12, 4:12] = two[:, 18:28, 18:28] = 0.9  # two detached blobs
+    assert ro.largest_component_fraction(ro.foreground_mask(two)) < 0.9 and not ro.looks_like_dataset(two)

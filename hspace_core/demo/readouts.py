@@ -49,3 +49,39 @@ def colour_distance(c1, c2) -> float:
 
 def area(img) -> int:
     return int(foreground_mask(img).sum())
+
+
+def largest_component_fraction(mask: np.ndarray) -> float:
+    """Share of the foreground in its largest 4-connected component (1.0 for one clean shape)."""
+    total = int(mask.sum())
+    if total == 0:
+        return 0.0
+    seen, best = np.zeros_like(mask, dtype=bool), 0
+    h, w = mask.shape
+    for start in zip(*np.nonzero(mask)):
+        if seen[start]:
+            continue
+        stack, size = [start], 0
+        seen[start] = True
+        while stack:
+            y, x = stack.pop()
+            size += 1
+            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
+                    seen[ny, nx] = True
+                    stack.append((ny, nx))
+        best = max(best, size)
+    return best / total
+
+
+def looks_like_dataset(img, min_area: float = 0.03, max_area: float = 0.5, max_spread: float = 0.12) -> bool:
+    """One solid shape on a clean background, as every training image is: foreground covering 3–50 % of the image,
+    ≥ 90 % of it in one connected piece, and a uniform foreground colour (median distance to the median colour
+    below ``max_spread``)."""
+    a, m = _to_unit(img), foreground_mask(img)
+    share = m.mean()
+    if not min_area <= share <= max_area or largest_component_fraction(m) < 0.9:
+        return False
+    fg = a[:, m]
+    spread = np.median(np.sqrt(((fg - np.median(fg, axis=1, keepdims=True)) ** 2).sum(axis=0)))
+    return bool(spread < max_spread)

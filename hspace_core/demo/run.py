@@ -1,4 +1,5 @@
-"""Figures of the bundled demo model from plain Python: inversion, content injection, an edit sweep, interpolation.
+"""Figures of the bundled demo model from plain Python: inversion, content injection, a size-direction edit sweep,
+interpolation and samples from pure noise.
 
 ``python -m hspace_core.demo.run --out docs/figures [--model FOLDER]`` (default: the bundled models/hspace-shapes-ddpm).
 """
@@ -12,6 +13,7 @@ import torch
 
 import hspace_core as hs
 from .images import grid
+from .measure import size_examples
 from .shapes import make_batch
 
 log = logging.getLogger("hspace.demo")
@@ -46,14 +48,21 @@ def main(argv=None):
     with torch.no_grad():
         inv = hs.invert(model, images, args.steps, refine_iters=1)
         log.info("inversion PSNR %.1f dB", inv.report.psnr)
-        traj = hs.capture(model, inv.x_T, args.steps)
+        traj = inv.trajectory
         mix = torch.cat([hs.inject(model, inv.x_T[1:], traj.select([0]), g, sched) for g in (0.0, 0.3, 0.5, 0.7, 0.9)])
-        direction = hs.direction_from_examples(traj.select([0]), traj.select([1])).global_mean()
-        sweep = torch.cat([hs.edit(model, inv.x_T[:1], direction, s, sched) for s in (-0.5, -0.25, 0.0, 0.25, 0.5)])
-        frames = hs.interpolate(model, inv.x_T[:1], inv.x_T[1:], 5, sched, trajectory_a=traj.select([0]),
-                                trajectory_b=traj.select([1]))
+        # Asyrp edit along a size direction: mean h of large minus mean h of small centred examples
+        small, large = size_examples(16, (6.0, 7.0), 10), size_examples(16, (10.0, 11.0), 20)
+        size = hs.direction_from_examples(hs.invert(model, large, args.steps).trajectory,
+                                          hs.invert(model, small, args.steps).trajectory).global_mean()
+        tests = hs.invert(model, size_examples(4, (7.5, 9.5), 30), args.steps)
+        sweep = [torch.cat([hs.edit(model, tests.x_T[i:i + 1], size, s, sched) for s in (-2, -1, 0, 1, 2)])
+                 for i in range(4)]
+        frames = hs.interpolate(model, inv.x_T[:1], inv.x_T[1:], 5, hs.EditSchedule(args.steps, t_edit=200, clip_x0=1.0),
+                                trajectory_a=traj.select([0]), trajectory_b=traj.select([1]))
+        noise = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        samples = hs.generate(model, noise, hs.EditSchedule(50, t_edit=0, clip_x0=1.0))
     outputs = {"inputs_and_reconstructions": [images, inv.reconstruction], "content_injection": [images, mix],
-               "edit_sweep": [sweep], "interpolation": [frames]}
+               "edit_sweep": sweep, "interpolation": [frames], "samples": [samples[:8], samples[8:]]}
     for name, rows in outputs.items():
         path = os.path.join(args.out, f"{name}.png")
         grid(rows).save(path)
