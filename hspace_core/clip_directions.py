@@ -231,12 +231,12 @@ def train_direction(model: HSpaceModel, images: torch.Tensor, clip: CLIPDirectio
         n_batches = -(-images.shape[0] // config.batch_size)
         loop = _Loop(n_batches * (1 + config.epochs * len(pairs)), progress, should_stop)
         with torch.no_grad():
-            x_T = []
+            inversions = []
             for b in range(n_batches):
                 chunk = latents[b * config.batch_size:(b + 1) * config.batch_size]
-                x_T.append(invert(model, chunk, config.inversion_steps, report=False, should_stop=should_stop).x_T)
+                inversions.append(invert(model, chunk, config.inversion_steps, report=False, should_stop=should_stop))
                 loop.tick()
-            h_shape = tuple(model.predict(x_T[0][:1], pairs[0][0]).h.shape[1:])
+        x_T, h_shape = [inv.x_T for inv in inversions], inversions[0].trajectory.h_shape
         generator = torch.Generator().manual_seed(int(config.seed))
         init_scale = config.init_scale if config.epochs > 0 else 0.0  # nothing learnt: the identity direction
         trained, params, delta_fn = _parameters_for(config.form, model, h_shape, train_ts, init_scale, generator)

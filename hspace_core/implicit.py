@@ -58,6 +58,12 @@ class TimeEmbedding(nn.Module):
                 mine.bias.copy_(theirs.bias.detach().float().cpu().clone())
         return emb.requires_grad_(False)
 
+    @classmethod
+    def of_diffusers_unet(cls, unet) -> "TimeEmbedding":
+        """The frozen copy of a diffusers U-Net's ``time_proj`` + ``time_embedding``."""
+        proj, mlp = unet.time_proj, unet.time_embedding
+        return cls.copy_of(mlp.linear_1, mlp.linear_2, proj.num_channels, proj.flip_sin_to_cos, proj.downscale_freq_shift)
+
 
 def group_count(channels: int, preferred: int = 32) -> int:
     """The largest group count ≤ ``preferred`` that divides ``channels`` (32 for Asyrp's 512-channel h)."""

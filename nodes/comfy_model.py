@@ -116,9 +116,7 @@ def time_embedding_of(model_patcher) -> TimeEmbedding:
     """A frozen copy of the diffusion model's timestep embedding (for implicit directions f_t)."""
     dm = model_patcher.get_model_object("diffusion_model")
     if getattr(dm, "hspace_pixel_unet", False):
-        proj, mlp = dm.unet.time_proj, dm.unet.time_embedding
-        return TimeEmbedding.copy_of(mlp.linear_1, mlp.linear_2, proj.num_channels, proj.flip_sin_to_cos,
-                                     proj.downscale_freq_shift)
+        return TimeEmbedding.of_diffusers_unet(dm.unet)
     # ComfyUI's U-Net: timestep_embedding(t, model_channels) is [cos, sin] with no frequency shift
     return TimeEmbedding.copy_of(dm.time_embed[0], dm.time_embed[2], dm.model_channels, True, 0.0)
 

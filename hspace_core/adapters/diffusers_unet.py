@@ -96,9 +96,7 @@ class DiffusersUNet:
         """A frozen copy of the U-Net's timestep embedding (for implicit directions f_t)."""
         from ..implicit import TimeEmbedding
 
-        proj, mlp = self.unet.time_proj, self.unet.time_embedding
-        return TimeEmbedding.copy_of(mlp.linear_1, mlp.linear_2, proj.num_channels, proj.flip_sin_to_cos,
-                                     proj.downscale_freq_shift)
+        return TimeEmbedding.of_diffusers_unet(self.unet)
 
     def autograd_ready(self):
         return autograd_ready(self.unet)
