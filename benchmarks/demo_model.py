@@ -5,7 +5,7 @@
 Everything is batched over seeded (content, style) pairs of procedural images and scored from pixels
 (hspace_core.demo.readouts).  Sections: how much h matters to ε (h swap vs the two images' ε), DDIM
 inversion error, content injection against its baselines, style calibration, asymmetric vs symmetric
-steps, an Asyrp size direction, samples from pure noise, and timings.
+steps, Asyrp size and shape directions, samples from pure noise, and timings.
 """
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import hspace_core as hs  # noqa: E402
-from hspace_core.demo.measure import (h_swap_ratio, injection_scores as scores, sample_quality,  # noqa: E402
-                                      size_direction_effect, size_examples)
+from hspace_core.demo.measure import (centred_examples, h_swap_ratio, injection_scores as scores,  # noqa: E402
+                                      sample_quality, shape_direction, shape_direction_effect, size_direction,
+                                      size_direction_effect)
 from hspace_core.demo.run import BUNDLED, load_model  # noqa: E402
 from hspace_core.demo.shapes import make_batch  # noqa: E402
 
@@ -67,13 +68,19 @@ def evaluate(model, pairs: int, steps: int, log=print) -> dict:
     sym = hs.run_reverse(model, inv_s.x_T, hs.EditSchedule(steps, t_edit=400), edit=hook, asymmetric=False).x0
     results["symmetric_gamma_0.5"] = scores(sym, content_np, style_np)
 
-    # Asyrp: a size direction from centred examples (mean h of large minus mean h of small)
-    small, large = size_examples(32, (6.0, 7.0), 7), size_examples(32, (10.0, 11.0), 8)
-    d = hs.direction_from_examples(hs.invert(model, large, steps).trajectory, hs.invert(model, small, steps).trajectory)
-    d = d.global_mean()
-    edits = size_direction_effect(model, d, size_examples(pairs, (7.5, 9.5), 9), (-2.0, -1.0, 0.0, 1.0, 2.0), steps)
+    # Asyrp: a size direction from paired centred examples (mean h of large minus mean h of small)
+    d = size_direction(model, 32, 7, steps)
+    edits = size_direction_effect(model, d, centred_examples(pairs, (7.5, 9.5), 9), (-2.0, -1.0, 0.0, 1.0, 2.0), steps)
     results["size_direction"] = edits
     log("size direction", edits)
+
+    d = shape_direction(model, 32, 11, steps)
+    results["shape_direction"] = {
+        "square → circle": shape_direction_effect(model, d, centred_examples(pairs, (7.5, 9.5), 12, "square"), "circle",
+                                                  (1.0, 2.0, 3.0), steps),
+        "circle → square": shape_direction_effect(model, d, centred_examples(pairs, (7.5, 9.5), 13, "circle"), "square",
+                                                  (-1.0, -2.0, -3.0), steps)}
+    log("shape direction", results["shape_direction"])
 
     results["samples"] = {(n, c): sample_quality(model, pairs, n, seed=3, clip_x0=c)
                           for n in (20, 50) for c in (None, 1.0)}
@@ -107,10 +114,14 @@ def to_markdown(r: dict, pairs: int, steps: int) -> str:
         L.append(f"| {n} | " + " | ".join(f"{r['inversion'][(n, k)][0]:.1f} dB ({r['inversion'][(n, k)][1]:.0f} s)"
                                           for k in (0, 1, 2)) + " |")
     L += ["", "## Content injection (DiffStyle)", "",
-          "| setting | IoU with content | IoU with style | background → style | background → content |", "|---|---|---|---|---|"]
+          "IoU of the output's foreground with each image's; mean background colour distance; over the pairs whose "
+          "shape types differ, the share of outputs whose type (`readouts.classify_shape`) is the content's / the style's.",
+          "", "| setting | IoU with content | IoU with style | background → style | background → content "
+          "| type = content's | type = style's |", "|---|---|---|---|---|---|---|"]
 
     def row(name, s):
-        L.append(f"| {name} | {s['iou_content']:.3f} | {s['iou_style']:.3f} | {s['bg_to_style']:.3f} | {s['bg_to_content']:.3f} |")
+        L.append(f"| {name} | {s['iou_content']:.3f} | {s['iou_style']:.3f} | {s['bg_to_style']:.3f} | "
+                 f"{s['bg_to_content']:.3f} | {s['type_content']:.2f} | {s['type_style']:.2f} |")
 
     row("reconstruct the style (baseline)", r["baseline_style_reconstruction"])
     row("naive replacement h̃ = h_content (baseline)", r["naive_replace"])
@@ -121,10 +132,16 @@ def to_markdown(r: dict, pairs: int, steps: int) -> str:
     for w, s in r["calibration_gamma_0.5"].items():
         row(f"γ = 0.5, calibration ω = {w}", s)
     row("γ = 0.5, symmetric step (P and D from the injected ε)", r["symmetric_gamma_0.5"])
-    L += ["", "## Asyrp size direction (mean h of large − mean h of small, centred examples)", "",
+    L += ["", "## Asyrp size direction (mean h of large − mean h of small, paired centred examples)", "",
           "| strength | median area ratio | moved the intended way | median foreground colour shift |", "|---|---|---|---|"]
     for s, v in r["size_direction"].items():
         L.append(f"| {s:+.0f} | {v['area_ratio']:.2f} | {v['moved_intended_way']:.2f} | {v['fg_colour_shift']:.3f} |")
+    L += ["", "## Asyrp shape direction (mean h of circles − mean h of squares, paired centred examples)", "",
+          "| edit | strength | type is the target | type unchanged | median foreground colour shift |",
+          "|---|---|---|---|---|"]
+    for name, rows in r["shape_direction"].items():
+        for s, v in rows.items():
+            L.append(f"| {name} | {s:+.1f} | {v['is_target']:.2f} | {v['unchanged']:.2f} | {v['fg_colour_shift']:.3f} |")
     L += ["", "## Samples from pure noise", "",
           "Share of samples that look like training images (one solid shape covering 3–50 % of the image on a clean "
           "background; `readouts.looks_like_dataset`: 100 % of training images, 0 % of noise):", "",

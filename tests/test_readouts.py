@@ -40,3 +40,37 @@ def test_looks_like_dataset_accepts_training_images_and_rejects_noise():
     two = np.full((3, 32, 32), -0.8, np.float32)
     two[:, 4:12, 4:12] = two[:, 18:28, 18:28] = 0.9  # two detached blobs
     assert ro.largest_component_fraction(ro.foreground_mask(two)) < 0.9 and not ro.looks_like_dataset(two)
+
+
+def test_classify_shape_recovers_the_type_on_both_palettes():
+    from hspace_core.demo.readouts import classify_shape
+
+    for palette in ("dark", "wide"):
+        for centred in (False, True):
+            images, factors = make_batch(100, seed=6, centred=centred, palette=palette)
+            found = [classify_shape(img) for img in images]
+            assert np.mean([k == f.shape for (k, _), f in zip(found, factors)]) >= 0.97, (palette, centred)
+            assert np.median([score for _, score in found]) > 0.85
+    assert classify_shape(np.full((3, 32, 32), -0.5, np.float32)) == (-1, 0.0)
+    blob = render(Factors(SHAPES.index("circle"), 8.0, 16.0, 16.0, (0.9, 0.2, 0.2), (0.1,) * 3, (0.1,) * 3))
+    ragged = blob.copy()
+    ragged[:, 10:22:2, 6:26] = -0.8  # stripes cut out of the circle: still circle-like, but a poor match
+    assert classify_shape(blob)[0] == SHAPES.index("circle") and classify_shape(ragged)[1] < classify_shape(blob)[1] - 0.2
+    speckled = blob.copy()
+    speckled[:, 28:30, 3:9] = 0.9  # a detached speck of an uneven background: ignored
+    assert classify_shape(speckled) == classify_shape(blob)
+
+
+def test_palettes_dark_keeps_every_background_dark_and_wide_mirrors_half():
+    _, dark = make_batch(200, seed=7, palette="dark")
+    _, wide = make_batch(200, seed=7, palette="wide")
+    assert all(max(f.bg_top + f.bg_bottom) <= 0.45 for f in dark)
+    light = [min(f.bg_top + f.bg_bottom) >= 0.55 for f in wide]
+    assert 0.35 < np.mean(light) < 0.65
+    assert all(light_bg or max(f.bg_top + f.bg_bottom) <= 0.45 for light_bg, f in zip(light, wide))
+    # a dark shape on a light background, as far from it as a bright one on a dark background
+    assert all(colour_distance(f.fg, f.bg_top) > 0.25 for f in wide)
+    import pytest
+
+    with pytest.raises(ValueError, match="palette"):
+        make_batch(1, seed=0, palette="pastel")

@@ -7,18 +7,25 @@ import torch
 from .. import processes as hp
 from ..state import EditSchedule
 from . import readouts as ro
-from .shapes import SHAPES, Factors, render
+from .shapes import SHAPES, Factors, render, sample_colours
 
 
 def injection_scores(out: torch.Tensor, content: np.ndarray, style: np.ndarray) -> dict:
-    """Mean IoU of the output's shape with the content's and the style's, and background colour distances."""
+    """Mean IoU of the output's shape with the content's and the style's, background colour distances, and, over
+    the pairs whose shape types differ, the share of outputs whose type (``readouts.classify_shape``) is the
+    content's and the style's."""
     o = out.numpy()
+    types = [[ro.classify_shape(img)[0] for img in images] for images in (o, content, style)]
+    differ = [i for i, (c, s) in enumerate(zip(types[1], types[2])) if c != s]
+    type_c = [types[0][i] == types[1][i] for i in differ]
+    type_s = [types[0][i] == types[2][i] for i in differ]
     iou_c = [ro.iou(ro.foreground_mask(a), ro.foreground_mask(c)) for a, c in zip(o, content)]
     iou_s = [ro.iou(ro.foreground_mask(a), ro.foreground_mask(s)) for a, s in zip(o, style)]
     bg_s = [ro.colour_distance(ro.mean_background(a), ro.mean_background(s)) for a, s in zip(o, style)]
     bg_c = [ro.colour_distance(ro.mean_background(a), ro.mean_background(c)) for a, c in zip(o, content)]
     return {"iou_content": float(np.mean(iou_c)), "iou_style": float(np.mean(iou_s)),
-            "bg_to_style": float(np.nanmean(bg_s)), "bg_to_content": float(np.nanmean(bg_c))}
+            "bg_to_style": float(np.nanmean(bg_s)), "bg_to_content": float(np.nanmean(bg_c)),
+            "type_content": float(np.mean(type_c)), "type_style": float(np.mean(type_s))}
 
 
 def h_swap_ratio(model, a: torch.Tensor, b: torch.Tensor, t: int, seed: int = 0) -> float:
@@ -32,15 +39,51 @@ def h_swap_ratio(model, a: torch.Tensor, b: torch.Tensor, t: int, seed: int = 0)
     return float(((swapped - pa.eps).flatten(1).norm(dim=1) / (pb.eps - pa.eps).flatten(1).norm(dim=1)).mean())
 
 
-def size_examples(n: int, radius: tuple[float, float], seed: int) -> torch.Tensor:
-    """Centred shapes of random type and colours with a radius in the given range."""
+def centred_examples(n: int, radius: tuple[float, float], seed: int, shape: str | None = None) -> torch.Tensor:
+    """Centred shapes with the dataset's colours (half of them mirrored, as the "wide" palette) and a radius in the
+    given range; of random type unless ``shape`` is given.  The same seed gives the same colours and radii, so two
+    sets differing only in radius range or shape are paired examples."""
     rng = np.random.default_rng(seed)
     imgs = []
     for _ in range(n):
-        fg = tuple(rng.uniform(0.3, 1.0, 3))
-        bg = tuple(rng.uniform(0.0, 0.4, 3))
-        imgs.append(render(Factors(int(rng.integers(len(SHAPES))), float(rng.uniform(*radius)), 16.0, 16.0, fg, bg, bg)))
+        fg, bg = sample_colours(rng, mirrored=bool(rng.random() < 0.5))
+        kind = int(rng.integers(len(SHAPES))) if shape is None else SHAPES.index(shape)
+        imgs.append(render(Factors(kind, float(rng.uniform(*radius)), 16.0, 16.0, fg, bg, bg)))
     return torch.from_numpy(np.stack(imgs))
+
+
+def size_direction(model, n: int, seed: int, steps: int):
+    """Asyrp direction from paired examples: mean h of large minus mean h of small centred shapes with the same
+    types and colours (global Δh, averaged over timesteps)."""
+    small, large = centred_examples(n, (6.0, 7.0), seed), centred_examples(n, (10.0, 11.0), seed)
+    return hp.direction_from_examples(hp.invert(model, large, steps).trajectory,
+                                      hp.invert(model, small, steps).trajectory, name="size").global_mean()
+
+
+def shape_direction(model, n: int, seed: int, steps: int, positive: str = "circle", negative: str = "square"):
+    """Asyrp direction from paired examples: mean h of ``positive`` minus mean h of ``negative`` centred shapes with
+    the same radii and colours (global Δh)."""
+    pos, neg = (hp.invert(model, centred_examples(n, (7.0, 10.0), seed, kind), steps).trajectory
+                for kind in (positive, negative))
+    return hp.direction_from_examples(pos, neg, name=f"{negative} → {positive}").global_mean()
+
+
+def shape_direction_effect(model, direction, test_images: torch.Tensor, target: str, strengths, steps: int,
+                           t_edit: int = 400) -> dict:
+    """Per strength: share of edited images whose type (``readouts.classify_shape``) is ``target``, share whose
+    type is unchanged from the reconstruction, and median foreground colour shift."""
+    inv = hp.invert(model, test_images, steps)
+    base = inv.reconstruction.numpy()
+    base_types = [ro.classify_shape(b)[0] for b in base]
+    out = {}
+    for s in strengths:
+        edited = hp.edit(model, inv.x_T, direction, s, EditSchedule(steps, t_edit=t_edit)).numpy()
+        types = [ro.classify_shape(e)[0] for e in edited]
+        shift = [ro.colour_distance(ro.foreground_colour(o), ro.foreground_colour(b)) for o, b in zip(edited, base)]
+        out[s] = {"is_target": float(np.mean([k == SHAPES.index(target) for k in types])),
+                  "unchanged": float(np.mean([k == b for k, b in zip(types, base_types)])),
+                  "fg_colour_shift": float(np.nanmedian(shift))}
+    return out
 
 
 def size_direction_effect(model, direction, test_images: torch.Tensor, strengths, steps: int, t_edit: int = 400) -> dict:

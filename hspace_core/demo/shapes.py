@@ -2,6 +2,10 @@
 
 CONTENT: shape (circle, square, triangle, cross), size, position.  STYLE: foreground colour, background
 colour with an optional vertical gradient.  Images are float32 in [-1, 1], channels first.
+
+Two palettes: "dark" (bright shapes on dark backgrounds; the demo model's first 4,000 training steps) and "wide"
+(half of the images mirrored: dark shapes on light backgrounds), where backgrounds differ enough between images
+for "the background was kept" to be measurable.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import numpy as np
 
 SHAPES = ("circle", "square", "triangle", "cross")
 SIZE = 32
+PALETTES = ("dark", "wide")
 _SUPERSAMPLE = 4
 
 
@@ -25,17 +30,34 @@ class Factors:
     bg_bottom: tuple[float, float, float]
 
 
-def sample_factors(rng: np.random.Generator, centred: bool = False) -> Factors:
+def sample_factors(rng: np.random.Generator, centred: bool = False, palette: str = "wide") -> Factors:
+    if palette not in PALETTES:
+        raise ValueError(f"palette must be one of {PALETTES}, got {palette!r}")
+    mirrored = palette == "wide" and rng.random() < 0.5
     radius = rng.uniform(6.0, 11.0)
     if centred:
         cx = cy = SIZE / 2
     else:
         margin = radius + 1
         cx, cy = rng.uniform(margin, SIZE - margin, size=2)
-    fg = _bright_colour(rng)
-    bg_top = _dark_colour(rng)
-    bg_bottom = bg_top if rng.random() < 0.5 else _dark_colour(rng)
+    fg, bg_top = sample_colours(rng, mirrored)
+    bg_bottom = bg_top if rng.random() < 0.5 else sample_background(rng, mirrored)
     return Factors(int(rng.integers(len(SHAPES))), float(radius), float(cx), float(cy), fg, bg_top, bg_bottom)
+
+
+def sample_colours(rng: np.random.Generator, mirrored: bool) -> tuple[tuple, tuple]:
+    """(foreground, background): bright on dark, or, ``mirrored``, dark on light with the same contrast."""
+    fg = _bright_colour(rng)
+    return (_mirror(fg) if mirrored else fg), sample_background(rng, mirrored)
+
+
+def sample_background(rng: np.random.Generator, mirrored: bool) -> tuple:
+    bg = _dark_colour(rng)
+    return _mirror(bg) if mirrored else bg
+
+
+def _mirror(colour):
+    return tuple(1.0 - v for v in colour)
 
 
 def _bright_colour(rng):
@@ -77,9 +99,9 @@ def render(f: Factors) -> np.ndarray:
     return (img * 2 - 1).astype(np.float32)
 
 
-def make_batch(n: int, seed: int, centred: bool = False) -> tuple[np.ndarray, list[Factors]]:
+def make_batch(n: int, seed: int, centred: bool = False, palette: str = "wide") -> tuple[np.ndarray, list[Factors]]:
     rng = np.random.default_rng(seed)
-    factors = [sample_factors(rng, centred) for _ in range(n)]
+    factors = [sample_factors(rng, centred, palette) for _ in range(n)]
     return np.stack([render(f) for f in factors]), factors
 
 

@@ -74,7 +74,9 @@ def save_pipeline_folder(unet, out: str) -> None:
 
 
 def train(out: str, steps: int, batch: int = 64, lr: float = 3e-4, seed: int = 0, skip_drop: float = 0.5,
-          skip_drop_blocks: int = 3, ema_decay: float = 0.999, save_every: int = 200, centred_fraction: float = 0.25):
+          skip_drop_blocks: int = 3, ema_decay: float = 0.999, save_every: int = 200, centred_fraction: float = 0.25,
+          wide_palette_from: int = 0):
+    """``wide_palette_from``: the step from which the data use the "wide" palette (the "dark" one before it)."""
     os.makedirs(out, exist_ok=True)
     ckpt_path = os.path.join(out, "train_state.pt")
     unet = build_unet(seed)
@@ -95,8 +97,9 @@ def train(out: str, steps: int, batch: int = 64, lr: float = 3e-4, seed: int = 0
     t0, losses = time.time(), []
     while step < steps:
         n_centred = int(batch * centred_fraction)
-        x_free, _ = make_batch(batch - n_centred, seed=seed * 10_000_000 + 2 * step)
-        x_cent, _ = make_batch(n_centred, seed=seed * 10_000_000 + 2 * step + 1, centred=True)
+        palette = "wide" if step >= wide_palette_from else "dark"
+        x_free, _ = make_batch(batch - n_centred, seed=seed * 10_000_000 + 2 * step, palette=palette)
+        x_cent, _ = make_batch(n_centred, seed=seed * 10_000_000 + 2 * step + 1, centred=True, palette=palette)
         x0 = torch.from_numpy(np.concatenate([x_free, x_cent]))
         t = torch.randint(0, 1000, (batch,), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
@@ -139,11 +142,13 @@ def main(argv=None):
     p.add_argument("--skip-drop-blocks", type=int, default=3)
     p.add_argument("--save-every", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--wide-palette-from", type=int, default=0,
+                   help="training step from which images use the wide palette (the shipped model: 4000)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     train(args.out, args.steps, args.batch, args.lr, args.seed, args.skip_drop, args.skip_drop_blocks,
-          save_every=args.save_every)
+          save_every=args.save_every, wide_palette_from=args.wide_palette_from)
 
 
 if __name__ == "__main__":
@@ -157,5 +162,11 @@ def export_bundled(train_dir: str, dest: str) -> None:
 
     unet = UNet2DModel.from_pretrained(os.path.join(train_dir, "unet"), torch_dtype=torch.float32)
     unet.to(torch.float16).save_pretrained(os.path.join(dest, "unet"), safe_serialization=True)
+    config_path = os.path.join(dest, "unet", "config.json")
+    with open(config_path) as f:
+        config = json.load(f)
+    config.pop("_name_or_path", None)  # the trainer's local folder means nothing to users
+    with open(config_path, "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
     os.makedirs(os.path.join(dest, "scheduler"), exist_ok=True)
     shutil.copy(os.path.join(train_dir, "scheduler", "scheduler_config.json"), os.path.join(dest, "scheduler"))
