@@ -74,3 +74,17 @@ def test_palettes_dark_keeps_every_background_dark_and_wide_mirrors_half():
 
     with pytest.raises(ValueError, match="palette"):
         make_batch(1, seed=0, palette="pastel")
+
+
+def test_training_batches_switch_palette_at_the_given_step_and_are_a_function_of_the_step():
+    from hspace_core.demo.readouts import background_colour
+    from hspace_core.demo.train import training_batch
+
+    def light_share(images):
+        return np.mean([background_colour(img).mean() > 0.5 for img in images])
+
+    before, after = training_batch(3999, 64, wide_palette_from=4000), training_batch(4000, 64, wide_palette_from=4000)
+    assert light_share(before) == 0.0 and 0.3 < light_share(after) < 0.7
+    assert np.array_equal(after, training_batch(4000, 64, wide_palette_from=4000))
+    assert not np.array_equal(after, training_batch(4001, 64, wide_palette_from=4000))
+    assert before.shape == (64, 3, 32, 32)

@@ -73,6 +73,16 @@ def save_pipeline_folder(unet, out: str) -> None:
         json.dump(SCHEDULER_CONFIG, f, indent=2)
 
 
+def training_batch(step: int, batch: int, seed: int = 0, centred_fraction: float = 0.25,
+                   wide_palette_from: int = 0) -> np.ndarray:
+    """The images of one training step: a function of the step alone, so a resumed run sees the same data."""
+    n_centred = int(batch * centred_fraction)
+    palette = "wide" if step >= wide_palette_from else "dark"
+    x_free, _ = make_batch(batch - n_centred, seed=seed * 10_000_000 + 2 * step, palette=palette)
+    x_cent, _ = make_batch(n_centred, seed=seed * 10_000_000 + 2 * step + 1, centred=True, palette=palette)
+    return np.concatenate([x_free, x_cent])
+
+
 def train(out: str, steps: int, batch: int = 64, lr: float = 3e-4, seed: int = 0, skip_drop: float = 0.5,
           skip_drop_blocks: int = 3, ema_decay: float = 0.999, save_every: int = 200, centred_fraction: float = 0.25,
           wide_palette_from: int = 0):
@@ -96,11 +106,7 @@ def train(out: str, steps: int, batch: int = 64, lr: float = 3e-4, seed: int = 0
     unet.train()
     t0, losses = time.time(), []
     while step < steps:
-        n_centred = int(batch * centred_fraction)
-        palette = "wide" if step >= wide_palette_from else "dark"
-        x_free, _ = make_batch(batch - n_centred, seed=seed * 10_000_000 + 2 * step, palette=palette)
-        x_cent, _ = make_batch(n_centred, seed=seed * 10_000_000 + 2 * step + 1, centred=True, palette=palette)
-        x0 = torch.from_numpy(np.concatenate([x_free, x_cent]))
+        x0 = torch.from_numpy(training_batch(step, batch, seed, centred_fraction, wide_palette_from))
         t = torch.randint(0, 1000, (batch,), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
         a = alphas[t][:, None, None, None]
