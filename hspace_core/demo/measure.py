@@ -52,52 +52,54 @@ def centred_examples(n: int, radius: tuple[float, float], seed: int, shape: str 
     return torch.from_numpy(np.stack(imgs))
 
 
+def _direction(model, positive: torch.Tensor, negative: torch.Tensor, steps: int, name: str):
+    """Global Δh = mean h of the positive examples − mean h of the negative ones, averaged over timesteps."""
+    return hp.direction_from_examples(hp.invert(model, positive, steps).trajectory,
+                                      hp.invert(model, negative, steps).trajectory, name=name).global_mean()
+
+
 def size_direction(model, n: int, seed: int, steps: int):
-    """Asyrp direction from paired examples: mean h of large minus mean h of small centred shapes with the same
-    types and colours (global Δh, averaged over timesteps)."""
-    small, large = centred_examples(n, (6.0, 7.0), seed), centred_examples(n, (10.0, 11.0), seed)
-    return hp.direction_from_examples(hp.invert(model, large, steps).trajectory,
-                                      hp.invert(model, small, steps).trajectory, name="size").global_mean()
+    """Asyrp direction from paired examples: large minus small centred shapes with the same types and colours."""
+    return _direction(model, centred_examples(n, (10.0, 11.0), seed), centred_examples(n, (6.0, 7.0), seed), steps, "size")
 
 
 def shape_direction(model, n: int, seed: int, steps: int, positive: str = "circle", negative: str = "square"):
-    """Asyrp direction from paired examples: mean h of ``positive`` minus mean h of ``negative`` centred shapes with
-    the same radii and colours (global Δh)."""
-    pos, neg = (hp.invert(model, centred_examples(n, (7.0, 10.0), seed, kind), steps).trajectory
-                for kind in (positive, negative))
-    return hp.direction_from_examples(pos, neg, name=f"{negative} → {positive}").global_mean()
+    """Asyrp direction from paired examples: ``positive`` minus ``negative`` centred shapes with the same radii and
+    colours."""
+    return _direction(model, centred_examples(n, (7.0, 10.0), seed, positive),
+                      centred_examples(n, (7.0, 10.0), seed, negative), steps, f"{negative} → {positive}")
+
+
+def _edit_sweep(model, direction, test_images: torch.Tensor, strengths, steps: int, t_edit: int):
+    """Yields (strength, reconstructions, edited images, median foreground colour shift) for each strength."""
+    inv = hp.invert(model, test_images, steps)
+    base = inv.reconstruction.numpy()
+    for s in strengths:
+        edited = hp.edit(model, inv.x_T, direction, s, EditSchedule(steps, t_edit=t_edit)).numpy()
+        shift = [ro.colour_distance(ro.foreground_colour(o), ro.foreground_colour(b)) for o, b in zip(edited, base)]
+        yield s, base, edited, float(np.nanmedian(shift))
 
 
 def shape_direction_effect(model, direction, test_images: torch.Tensor, target: str, strengths, steps: int,
                            t_edit: int = 400) -> dict:
     """Per strength: share of edited images whose type (``readouts.classify_shape``) is ``target``, share whose
     type is unchanged from the reconstruction, and median foreground colour shift."""
-    inv = hp.invert(model, test_images, steps)
-    base = inv.reconstruction.numpy()
-    base_types = [ro.classify_shape(b)[0] for b in base]
-    out = {}
-    for s in strengths:
-        edited = hp.edit(model, inv.x_T, direction, s, EditSchedule(steps, t_edit=t_edit)).numpy()
+    out, base_types = {}, None
+    for s, base, edited, shift in _edit_sweep(model, direction, test_images, strengths, steps, t_edit):
+        base_types = base_types or [ro.classify_shape(b)[0] for b in base]
         types = [ro.classify_shape(e)[0] for e in edited]
-        shift = [ro.colour_distance(ro.foreground_colour(o), ro.foreground_colour(b)) for o, b in zip(edited, base)]
         out[s] = {"is_target": float(np.mean([k == SHAPES.index(target) for k in types])),
-                  "unchanged": float(np.mean([k == b for k, b in zip(types, base_types)])),
-                  "fg_colour_shift": float(np.nanmedian(shift))}
+                  "unchanged": float(np.mean([k == b for k, b in zip(types, base_types)])), "fg_colour_shift": shift}
     return out
 
 
 def size_direction_effect(model, direction, test_images: torch.Tensor, strengths, steps: int, t_edit: int = 400) -> dict:
     """Per strength: median area ratio edited/reconstruction, share moved the intended way, median fg colour shift."""
-    inv = hp.invert(model, test_images, steps)
-    base = inv.reconstruction.numpy()
     out = {}
-    for s in strengths:
-        edited = hp.edit(model, inv.x_T, direction, s, EditSchedule(steps, t_edit=t_edit)).numpy()
+    for s, base, edited, shift in _edit_sweep(model, direction, test_images, strengths, steps, t_edit):
         ratio = [ro.area(o) / max(ro.area(b), 1) for o, b in zip(edited, base)]
-        shift = [ro.colour_distance(ro.foreground_colour(o), ro.foreground_colour(b)) for o, b in zip(edited, base)]
         moved = np.mean([(r > 1) if s > 0 else (r < 1) for r in ratio]) if s != 0 else float("nan")
-        out[s] = {"area_ratio": float(np.median(ratio)), "moved_intended_way": float(moved),
-                  "fg_colour_shift": float(np.nanmedian(shift))}
+        out[s] = {"area_ratio": float(np.median(ratio)), "moved_intended_way": float(moved), "fg_colour_shift": shift}
     return out
 
 
