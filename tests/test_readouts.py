@@ -88,3 +88,45 @@ def test_training_batches_switch_palette_at_the_given_step_and_are_a_function_of
     assert np.array_equal(after, training_batch(4000, 64, wide_palette_from=4000))
     assert not np.array_equal(after, training_batch(4001, 64, wide_palette_from=4000))
     assert before.shape == (64, 3, 32, 32)
+
+
+def test_restyled_training_batches_keep_every_shape_and_change_the_colours():
+    from hspace_core.demo.readouts import background_colour, foreground_mask, iou, mean_background
+    from hspace_core.demo.train import training_batch
+
+    images = training_batch(6000, 32, wide_palette_from=4000)
+    twins = training_batch(6000, 32, wide_palette_from=4000, restyled=True)
+    assert min(iou(foreground_mask(a), foreground_mask(b)) for a, b in zip(images, twins)) > 0.9
+    moved = [colour_distance(mean_background(a), mean_background(b)) for a, b in zip(images, twins)]
+    assert np.median(moved) > 0.3
+    flipped = [(background_colour(a).mean() > 0.5) != (background_colour(b).mean() > 0.5) for a, b in zip(images, twins)]
+    assert 0.2 < np.mean(flipped) < 0.8  # polarity is part of the style the twin changes
+    assert np.array_equal(twins, training_batch(6000, 32, wide_palette_from=4000, restyled=True))
+    assert np.array_equal(images, training_batch(6000, 32, wide_palette_from=4000))  # the plain stream is untouched
+
+
+def test_h_swap_replaces_the_bottleneck_only_for_the_masked_images():
+    import torch
+    from diffusers import UNet2DModel
+
+    from hspace_core.demo.train import HSwap
+
+    unet = UNet2DModel(sample_size=16, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                       down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2).eval()
+    g = torch.Generator().manual_seed(0)
+    x, other = torch.randn(2, 3, 16, 16, generator=g), torch.randn(2, 3, 16, 16, generator=g)
+    t = torch.tensor([500, 500])
+    swap = HSwap(unet)
+    try:
+        with torch.no_grad():
+            plain = unet(x, t).sample
+            swap.mask, swap.h_other = torch.tensor([True, False]), swap.capture(unet, x, t)
+            assert torch.allclose(unet(x, t).sample, plain, atol=1e-6)  # its own h: nothing changes
+            swap.mask, swap.h_other = torch.tensor([True, False]), swap.capture(unet, other, t)
+            swapped = unet(x, t).sample
+    finally:
+        swap.remove()
+    assert (swapped[0] - plain[0]).abs().max() > 1e-3
+    assert torch.equal(swapped[1], plain[1])
+    with torch.no_grad():
+        assert torch.equal(unet(x, t).sample, plain)  # removed: the U-Net is plain again

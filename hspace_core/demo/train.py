@@ -2,8 +2,11 @@
 
 A diffusers ``UNet2DModel`` (ε-prediction, 1000 linear betas) on the procedural shapes.  While training, the
 skip connections feeding the deepest up blocks are zeroed for a random part of each batch: a regulariser that
-makes the decoder depend on the bottleneck h (without it, swapping h barely changes ε).  The saved model is a
-plain ``UNet2DModel``.  Checkpoints every ``--save-every`` steps; rerunning resumes from the last one.
+makes the decoder depend on the bottleneck h (without it, swapping h barely changes ε).  Optionally
+(``--restyle P``), for a random ``P`` of the other images the decoder gets the h of a recoloured twin (same
+shape, size and position, new colours, polarity included) with the image's own skips, and must still predict the
+image's noise: the decoder learns to take colours from the skips and not from h, which is what content injection
+relies on.  The saved model is a plain ``UNet2DModel``.  Checkpoints every ``--save-every`` steps; rerunning resumes from the last one.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .shapes import make_batch
+from .shapes import Factors, make_batch, render, sample_background, sample_colours, with_factors
 
 log = logging.getLogger("hspace.train")
 
@@ -73,20 +76,64 @@ def save_pipeline_folder(unet, out: str) -> None:
         json.dump(SCHEDULER_CONFIG, f, indent=2)
 
 
+class HSwap:
+    """Replace the middle block's output h by ``h_other`` for the images in ``mask`` (training only)."""
+
+    def __init__(self, unet):
+        self.h_other = self.mask = None
+        self.handle = unet.mid_block.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output):
+        if self.mask is None:
+            return None
+        return torch.where(self.mask[:, None, None, None], self.h_other.to(output), output)
+
+    def capture(self, unet, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """h of ``x_t`` (no gradient), with the swap switched off."""
+        seen = {}
+        handle = unet.mid_block.register_forward_hook(lambda m, a, out: seen.setdefault("h", out.detach()))
+        self.mask = None
+        try:
+            with torch.no_grad():
+                unet(x_t, t)
+        finally:
+            handle.remove()
+        return seen["h"]
+
+    def remove(self):
+        self.handle.remove()
+
+
 def training_batch(step: int, batch: int, seed: int = 0, centred_fraction: float = 0.25,
-                   wide_palette_from: int = 0) -> np.ndarray:
-    """The images of one training step: a function of the step alone, so a resumed run sees the same data."""
+                   wide_palette_from: int = 0, restyled: bool = False) -> np.ndarray:
+    """The images of one training step: a function of the step alone, so a resumed run sees the same data.
+
+    ``restyled``: the same shapes, sizes and positions with new colours (``restyle``), drawn from their own stream.
+    """
     n_centred = int(batch * centred_fraction)
     palette = "wide" if step >= wide_palette_from else "dark"
-    x_free, _ = make_batch(batch - n_centred, seed=seed * 10_000_000 + 2 * step, palette=palette)
-    x_cent, _ = make_batch(n_centred, seed=seed * 10_000_000 + 2 * step + 1, centred=True, palette=palette)
-    return np.concatenate([x_free, x_cent])
+    _, free = make_batch(batch - n_centred, seed=seed * 10_000_000 + 2 * step, palette=palette)
+    _, cent = make_batch(n_centred, seed=seed * 10_000_000 + 2 * step + 1, centred=True, palette=palette)
+    factors = free + cent
+    if restyled:
+        rng = np.random.default_rng([seed, step, 1])
+        factors = [restyle(f, rng, palette) for f in factors]
+    return np.stack([render(f) for f in factors])
+
+
+def restyle(f: Factors, rng: np.random.Generator, palette: str) -> Factors:
+    """The same content with new colours from ``palette`` (in "wide", mirrored half of the time)."""
+    mirrored = palette == "wide" and rng.random() < 0.5
+    fg, bg_top = sample_colours(rng, mirrored)
+    bg_bottom = bg_top if f.bg_top == f.bg_bottom else sample_background(rng, mirrored)
+    return with_factors(f, fg=fg, bg_top=bg_top, bg_bottom=bg_bottom)
 
 
 def train(out: str, steps: int, batch: int = 64, lr: float = 3e-4, seed: int = 0, skip_drop: float = 0.5,
           skip_drop_blocks: int = 3, ema_decay: float = 0.999, save_every: int = 200, centred_fraction: float = 0.25,
-          wide_palette_from: int = 0):
-    """``wide_palette_from``: the step from which the data use the "wide" palette (the "dark" one before it)."""
+          wide_palette_from: int = 0, restyle_prob: float = 0.0):
+    """``wide_palette_from``: the step from which the data use the "wide" palette (the "dark" one before it);
+    ``restyle_prob``: the share of the images whose skips are kept that get a recoloured twin's h."""
     os.makedirs(out, exist_ok=True)
     ckpt_path = os.path.join(out, "train_state.pt")
     unet = build_unet(seed)
@@ -103,6 +150,7 @@ def train(out: str, steps: int, batch: int = 64, lr: float = 3e-4, seed: int = 0
     alphas = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0).float()
     gen = torch.Generator().manual_seed(seed * 1000 + step)
     dropout = SkipDropout(unet, skip_drop, skip_drop_blocks, gen)
+    swap = HSwap(unet)
     unet.train()
     t0, losses = time.time(), []
     while step < steps:
@@ -112,6 +160,11 @@ def train(out: str, steps: int, batch: int = 64, lr: float = 3e-4, seed: int = 0
         a = alphas[t][:, None, None, None]
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         dropout.new_batch(batch)
+        if restyle_prob > 0:  # drawn only when used, so runs without it keep their random stream
+            mask = (torch.rand(batch, generator=gen) < restyle_prob) & (dropout.keep.flatten() > 0)
+            twin = torch.from_numpy(training_batch(step, batch, seed, centred_fraction, wide_palette_from, restyled=True))
+            h_twin = swap.capture(unet, a.sqrt() * twin + (1 - a).sqrt() * noise, t)
+            swap.mask, swap.h_other = mask, h_twin
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / 200)
         loss = F.mse_loss(unet(x_t, t).sample, noise)
@@ -134,6 +187,7 @@ def train(out: str, steps: int, batch: int = 64, lr: float = 3e-4, seed: int = 0
             os.replace(ckpt_path + ".tmp", ckpt_path)
             save_pipeline_folder(ema, out)
     dropout.remove()
+    swap.remove()
     return ema
 
 
@@ -150,11 +204,13 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--wide-palette-from", type=int, default=0,
                    help="training step from which images use the wide palette (the shipped model: 4000)")
+    p.add_argument("--restyle", type=float, default=0.0,
+                   help="share of the images (among those whose skips are kept) trained with a recoloured twin's h")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     train(args.out, args.steps, args.batch, args.lr, args.seed, args.skip_drop, args.skip_drop_blocks,
-          save_every=args.save_every, wide_palette_from=args.wide_palette_from)
+          save_every=args.save_every, wide_palette_from=args.wide_palette_from, restyle_prob=args.restyle)
 
 
 if __name__ == "__main__":
