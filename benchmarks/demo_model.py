@@ -75,11 +75,13 @@ def evaluate(model, pairs: int, steps: int, log=print) -> dict:
     log("size direction", edits)
 
     d = shape_direction(model, 32, 11, steps)
-    results["shape_direction"] = {
-        "square → circle": shape_direction_effect(model, d, centred_examples(pairs, (7.5, 9.5), 12, "square"), "circle",
-                                                  (1.0, 2.0, 3.0), steps),
-        "circle → square": shape_direction_effect(model, d, centred_examples(pairs, (7.5, 9.5), 13, "circle"), "square",
-                                                  (-1.0, -2.0, -3.0), steps)}
+    squares, circles = centred_examples(pairs, (7.5, 9.5), 12, "square"), centred_examples(pairs, (7.5, 9.5), 13, "circle")
+    results["shape_direction"] = {}
+    for t_edit in (400, 200):
+        results["shape_direction"][("square → circle", t_edit)] = shape_direction_effect(
+            model, d, squares, "circle", (1.0, 2.0, 3.0), steps, t_edit)
+        results["shape_direction"][("circle → square", t_edit)] = shape_direction_effect(
+            model, d, circles, "square", (-1.0, -2.0, -3.0), steps, t_edit)
     log("shape direction", results["shape_direction"])
 
     results["samples"] = {(n, c): sample_quality(model, pairs, n, seed=3, clip_x0=c)
@@ -137,11 +139,12 @@ def to_markdown(r: dict, pairs: int, steps: int) -> str:
     for s, v in r["size_direction"].items():
         L.append(f"| {s:+.0f} | {v['area_ratio']:.2f} | {v['moved_intended_way']:.2f} | {v['fg_colour_shift']:.3f} |")
     L += ["", "## Asyrp shape direction (mean h of circles − mean h of squares, paired centred examples)", "",
-          "| edit | strength | type is the target | type unchanged | median foreground colour shift |",
-          "|---|---|---|---|---|"]
-    for name, rows in r["shape_direction"].items():
+          "| edit | t_edit | strength | type is the target | type unchanged | median foreground colour shift |",
+          "|---|---|---|---|---|---|"]
+    for (name, t_edit), rows in r["shape_direction"].items():
         for s, v in rows.items():
-            L.append(f"| {name} | {s:+.1f} | {v['is_target']:.2f} | {v['unchanged']:.2f} | {v['fg_colour_shift']:.3f} |")
+            L.append(f"| {name} | {t_edit} | {s:+.1f} | {v['is_target']:.2f} | {v['unchanged']:.2f} | "
+                     f"{v['fg_colour_shift']:.3f} |")
     L += ["", "## Samples from pure noise", "",
           "Share of samples that look like training images (one solid shape covering 3–50 % of the image on a clean "
           "background; `readouts.looks_like_dataset`: 100 % of training images, 0 % of noise):", "",
