@@ -25,6 +25,9 @@ from hspace_core.demo.run import BUNDLED, load_model  # noqa: E402
 from hspace_core.demo.shapes import make_batch  # noqa: E402
 
 
+SAMPLERS = ((None, 0.0), (1.0, 0.0), (1.0, 1.0))  # (clip_x0, eta) of the samples-from-noise columns
+
+
 def evaluate(model, pairs: int, steps: int, log=print, inversion_steps=(20, 50, 100)) -> dict:
     results, timings = {}, {}
     content_np, _ = make_batch(pairs, seed=1001)
@@ -84,8 +87,8 @@ def evaluate(model, pairs: int, steps: int, log=print, inversion_steps=(20, 50, 
             model, d, circles, "square", (-1.0, -2.0, -3.0), steps, t_edit)
     log("shape direction", results["shape_direction"])
 
-    results["samples"] = {(n, c): sample_quality(model, pairs, n, seed=3, clip_x0=c)
-                          for n in (20, 50) for c in (None, 1.0)}
+    results["samples"] = {(n, c, eta): sample_quality(model, pairs, n, seed=3, clip_x0=c, eta=eta)
+                          for n in (20, 50, 100) for c, eta in SAMPLERS}
     log("samples from pure noise", results["samples"])
 
     x = content[:1]
@@ -148,9 +151,10 @@ def to_markdown(r: dict, pairs: int, steps: int) -> str:
     L += ["", "## Samples from pure noise", "",
           "Share of samples that look like training images (one solid shape covering 3–50 % of the image on a clean "
           "background; `readouts.looks_like_dataset`: 100 % of training images, 0 % of noise):", "",
-          "| DDIM steps | unclipped P_t | P_t clipped to [−1, 1] (`EditSchedule(clip_x0=1)`) |", "|---|---|---|"]
-    for n in (20, 50):
-        L.append(f"| {n} | {r['samples'][(n, None)]:.2f} | {r['samples'][(n, 1.0)]:.2f} |")
+          "| steps | DDIM (η = 0), unclipped P_t | DDIM, P_t clipped to [−1, 1] (`clip_x0=1`) "
+          "| ancestral (η = 1), clipped (`clip_x0=1, eta=1`) |", "|---|---|---|---|"]
+    for n in sorted({n for n, _, _ in r["samples"]}):
+        L.append(f"| {n} | " + " | ".join(f"{r['samples'][(n, c, eta)]:.2f}" for c, eta in SAMPLERS) + " |")
     L += ["", "## Timings (this machine, 1 thread)", ""] + [f"- {k}: {v:.3f} s" for k, v in r["timings"].items()]
     return "\n".join(L) + "\n"
 

@@ -45,6 +45,7 @@ MIN_STYLE_DROP = 0.3  # issue 4's bar
 MAX_BACKGROUND_TO_STYLE = 0.25
 MIN_BACKGROUND_MARGIN = 0.15
 MIN_SAMPLE_QUALITY = 0.4
+MIN_ANCESTRAL_SAMPLE_QUALITY = 0.6  # 16 samples, 20 steps, η = 1: 0.75–0.88 over seeds 0–3 (η = 0: 0.50–0.81)
 
 
 @pytest.fixture(scope="module")
@@ -97,4 +98,6 @@ def test_size_direction_from_examples_grows_and_shrinks_shapes(demo):
 
 def test_samples_from_pure_noise_look_like_the_dataset_with_clipping(demo):
     with torch.no_grad():
-        assert sample_quality(demo, 16, 20, seed=0, clip_x0=1.0) > MIN_SAMPLE_QUALITY
+        deterministic = sample_quality(demo, 16, 20, seed=0, clip_x0=1.0)
+        ancestral = sample_quality(demo, 16, 20, seed=0, clip_x0=1.0, eta=1.0)
+    assert deterministic > MIN_SAMPLE_QUALITY and ancestral > MIN_ANCESTRAL_SAMPLE_QUALITY, (deterministic, ancestral)

@@ -103,8 +103,9 @@ def size_direction_effect(model, direction, test_images: torch.Tensor, strengths
     return out
 
 
-def sample_quality(model, n: int, steps: int, seed: int = 0, clip_x0: float | None = None) -> float:
-    """Share of samples from pure noise that look like training images (``readouts.looks_like_dataset``)."""
+def sample_quality(model, n: int, steps: int, seed: int = 0, clip_x0: float | None = None, eta: float = 0.0) -> float:
+    """Share of samples from pure noise that look like training images (``readouts.looks_like_dataset``);
+    ``eta`` = 1 is DDPM-like ancestral sampling (its noise seeded by ``seed`` too)."""
     x_T = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-    out = hp.generate(model, x_T, EditSchedule(steps, t_edit=0, clip_x0=clip_x0))
+    out = hp.generate(model, x_T, EditSchedule(steps, t_edit=0, clip_x0=clip_x0, eta=eta), seed=seed)
     return float(np.mean([ro.looks_like_dataset(img) for img in out.numpy()]))
