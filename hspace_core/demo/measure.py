@@ -103,9 +103,19 @@ def size_direction_effect(model, direction, test_images: torch.Tensor, strengths
     return out
 
 
+def samples_from_noise(model, n: int, steps: int, seed: int = 0, clip_x0: float | None = None,
+                       eta: float = 0.0) -> torch.Tensor:
+    """``n`` 32×32 samples from pure noise; ``eta`` = 1 is DDPM-like ancestral sampling.
+
+    x_T and the sampler's noise come from two streams of ``seed``: seeding both with ``seed`` itself would make the
+    first ancestral step add x_T again."""
+    generator = torch.Generator().manual_seed(seed)
+    x_T = torch.randn(n, 3, 32, 32, generator=generator)
+    sampler_seed = int(torch.randint(2**62, (1,), generator=generator))
+    return hp.generate(model, x_T, EditSchedule(steps, t_edit=0, clip_x0=clip_x0, eta=eta), seed=sampler_seed)
+
+
 def sample_quality(model, n: int, steps: int, seed: int = 0, clip_x0: float | None = None, eta: float = 0.0) -> float:
-    """Share of samples from pure noise that look like training images (``readouts.looks_like_dataset``);
-    ``eta`` = 1 is DDPM-like ancestral sampling (its noise seeded by ``seed`` too)."""
-    x_T = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-    out = hp.generate(model, x_T, EditSchedule(steps, t_edit=0, clip_x0=clip_x0, eta=eta), seed=seed)
+    """Share of ``samples_from_noise`` that look like training images (``readouts.looks_like_dataset``)."""
+    out = samples_from_noise(model, n, steps, seed, clip_x0, eta)
     return float(np.mean([ro.looks_like_dataset(img) for img in out.numpy()]))

@@ -13,7 +13,7 @@ import torch
 
 import hspace_core as hs
 from .images import grid
-from .measure import centred_examples, shape_direction, size_direction
+from .measure import centred_examples, samples_from_noise, shape_direction, size_direction
 from .shapes import make_batch
 
 log = logging.getLogger("hspace.demo")
@@ -66,8 +66,7 @@ def main(argv=None):
                        for i in range(4)]
         frames = hs.interpolate(model, inv.x_T[:1], inv.x_T[1:], 5, hs.EditSchedule(args.steps, t_edit=200, clip_x0=1.0),
                                 trajectory_a=traj.select([0]), trajectory_b=traj.select([1]))
-        noise = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-        samples = hs.generate(model, noise, hs.EditSchedule(100, t_edit=0, clip_x0=1.0, eta=1.0), seed=0)
+        samples = samples_from_noise(model, 16, 100, seed=0, clip_x0=1.0, eta=1.0)
     outputs = {"inputs_and_reconstructions": [images, inv.reconstruction], "content_injection": mix_rows,
                "edit_sweep": sweep, "shape_edit_sweep": shape_sweep, "interpolation": [frames], "samples": [samples[:8], samples[8:]]}
     for name, rows in outputs.items():
