@@ -26,6 +26,10 @@ from hspace_core.demo.shapes import make_batch  # noqa: E402
 
 
 SAMPLERS = ((None, 0.0), (1.0, 0.0), (1.0, 1.0))  # (clip_x0, eta) of the samples-from-noise columns
+INVERSION_IMAGES = 16  # inversion error on at most this many images: 100-step inversions dominate the run time
+SHAPE_EDITS = (("square → circle", "square", "circle", (1.0, 2.0, 3.0)),  # (name, source type, target, strengths)
+               ("circle → square", "circle", "square", (-1.0, -2.0, -3.0)))
+HAND_WRITTEN = "\n---\n\n*The sections below are written by hand"  # --out keeps what follows this in the file
 
 
 def evaluate(model, pairs: int, steps: int, log=print, inversion_steps=(20, 50, 100)) -> dict:
@@ -38,13 +42,13 @@ def evaluate(model, pairs: int, steps: int, log=print, inversion_steps=(20, 50, 
     log("h swap ratio", results["h_swap"])
 
     inv_rows = {}
-    sub = content[:16]  # inversion error on at most 16 images: 100-step inversions dominate the run time
+    sub = content[:INVERSION_IMAGES]
     for n in inversion_steps:
         for k in (0, 1, 2):
             t0 = time.time()
             inv = hs.invert(model, sub, n, refine_iters=k)
             inv_rows[(n, k)] = (inv.report.psnr, time.time() - t0)
-    results["inversion"] = inv_rows
+    results["inversion"], results["inversion_images"] = inv_rows, len(sub)
     log("inversion", inv_rows)
 
     t0 = time.time()
@@ -78,13 +82,10 @@ def evaluate(model, pairs: int, steps: int, log=print, inversion_steps=(20, 50, 
     log("size direction", edits)
 
     d = shape_direction(model, 32, 11, steps)
-    squares, circles = centred_examples(pairs, (7.5, 9.5), 12, "square"), centred_examples(pairs, (7.5, 9.5), 13, "circle")
-    results["shape_direction"] = {}
-    for t_edit in (400, 200):
-        results["shape_direction"][("square → circle", t_edit)] = shape_direction_effect(
-            model, d, squares, "circle", (1.0, 2.0, 3.0), steps, t_edit)
-        results["shape_direction"][("circle → square", t_edit)] = shape_direction_effect(
-            model, d, circles, "square", (-1.0, -2.0, -3.0), steps, t_edit)
+    sources = {kind: centred_examples(pairs, (7.5, 9.5), seed, kind) for kind, seed in (("square", 12), ("circle", 13))}
+    results["shape_direction"] = {
+        (name, t_edit): shape_direction_effect(model, d, sources[source], target, strengths, steps, t_edit)
+        for t_edit in (400, 200) for name, source, target, strengths in SHAPE_EDITS}
     log("shape direction", results["shape_direction"])
 
     results["samples"] = {(n, c, eta): sample_quality(model, pairs, n, seed=3, clip_x0=c, eta=eta)
@@ -113,7 +114,7 @@ def to_markdown(r: dict, pairs: int, steps: int) -> str:
     L += ["## How much h carries", "", "‖ε(x_a | h_b) − ε(x_a)‖ / ‖ε(x_b) − ε(x_a)‖ (same noise):", "",
           "| t | " + " | ".join(str(t) for t in r["h_swap"]) + " |", "|---|" + "---|" * len(r["h_swap"]),
           "| ratio | " + " | ".join(f"{v:.2f}" for v in r["h_swap"].values()) + " |", ""]
-    L += [f"## DDIM inversion ({min(16, pairs)} images)", "", "| steps | PSNR, no refinement | 1 fixed-point iteration | 2 iterations |",
+    L += [f"## DDIM inversion ({r['inversion_images']} images)", "", "| steps | PSNR, no refinement | 1 fixed-point iteration | 2 iterations |",
           "|---|---|---|---|"]
     for n in sorted({n for n, _ in r["inversion"]}):
         L.append(f"| {n} | " + " | ".join(f"{r['inversion'][(n, k)][0]:.1f} dB ({r['inversion'][(n, k)][1]:.0f} s)"
@@ -173,8 +174,18 @@ def main():
     text = to_markdown(r, args.pairs, args.steps)
     print(text)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write("# The bundled demo model, measured\n\n" + text)
+        write_report(args.out, text)
+
+
+def write_report(path: str, text: str) -> None:
+    """Write the measured sections, keeping the hand-written ones an earlier report has after HAND_WRITTEN."""
+    kept = ""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            old = f.read()
+        kept = old[old.index(HAND_WRITTEN) + 1:] if HAND_WRITTEN in old else ""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("# The bundled demo model, measured\n\n" + text + ("\n" + kept if kept else ""))
 
 
 if __name__ == "__main__":

@@ -39,3 +39,16 @@ def test_benchmark_runs_on_two_pairs_and_writes_every_section():
     inversion_table = text.split("## DDIM inversion")[1].split("##")[0]
     assert "| 5 | " in inversion_table and "| 100 | " not in inversion_table  # the step counts measured
     assert text.count("| square → circle | 200 |") == 3 and text.count("| γ = ") == 11 + 3 + 4 + 1
+
+
+def test_report_rewrite_keeps_the_hand_written_sections(tmp_path):
+    bench = load_benchmark()
+    path = str(tmp_path / "report.md")
+    bench.write_report(path, "## Timings\n\n- old: 1.000 s\n")
+    assert "written by hand" not in open(path, encoding="utf-8").read()
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(bench.HAND_WRITTEN.lstrip("\n") + "; the ones above are regenerated.*\n\nWhat was tried.\n")
+    bench.write_report(path, "## Timings\n\n- new: 2.000 s\n")
+    text = open(path, encoding="utf-8").read()
+    assert "- new: 2.000 s\n\n---\n\n*The sections below" in text and "old: 1.000" not in text
+    assert text.count("What was tried.") == 1 and text.endswith("What was tried.\n")
