@@ -11,7 +11,7 @@ from .implicit import ImplicitDirectionNet, TimeEmbedding, load_official_asyrp
 from .hmath import mask_to_h_grid, masked_blend, normalized_slerp, slerp
 from .processes import (Cancelled, capture, combine_directions, content_injection, direction_from_examples, edit,
                         generate, inject, interpolate, invert, run_reverse)
-from .schedules import (NoiseSchedule, betas_cosine, betas_linear, betas_scaled_linear, schedule_from_betas,
+from .schedules import (NoiseSchedule, betas_cosine, betas_linear, betas_scaled_linear, gamma_ramp, schedule_from_betas,
                         schedule_from_diffusers_config, schedule_from_sigmas, step_pairs, timestep_grid)
 from .state import (Direction, EditSchedule, HTrajectory, Inversion, QualityBoost, ReconstructionReport,
                     StyleCalibration)
@@ -24,7 +24,7 @@ __all__ = [
     "HTrajectory", "Inversion", "NoiseSchedule", "Prediction", "QualityBoost", "ReconstructionReport", "StyleCalibration", "betas_cosine",
     "betas_linear", "betas_scaled_linear", "calibrated_x_t", "capture", "combine_directions", "content_injection",
     "ddim_inverse_step", "ddim_sigma", "ddim_step", "direction_from_examples", "edit", "eps_from_model_output",
-    "find_t_edit_t_boost", "generate", "inject", "interpolate", "invert", "lpips_distance", "mask_to_h_grid",
+    "find_t_edit_t_boost", "gamma_ramp", "generate", "inject", "interpolate", "invert", "lpips_distance", "mask_to_h_grid",
     "masked_blend", "normalized_slerp", "predicted_x0", "run_reverse", "schedule_from_betas",
     "schedule_from_diffusers_config", "schedule_from_sigmas", "slerp", "step_pairs", "timestep_grid",
 ]

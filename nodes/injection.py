@@ -3,18 +3,12 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..hspace_core import EditSchedule, QualityBoost as QualityBoostConfig, StyleCalibration, inject, interpolate
+from ..hspace_core import (EditSchedule, QualityBoost as QualityBoostConfig, StyleCalibration, gamma_ramp, inject,
+                           interpolate)
 from .comfy_model import latent_out, progress_bar, run_in_comfy
 from .common import (advanced, CATEGORY, boost_conflict, Boost, Calibration, Trajectory, conditioning_inputs, latent_x, model_input,
                      seed_input, steps_input, t_edit_input)
 from .editing import schedule_of
-
-
-def gamma_schedule(gamma: float, gamma_end: float, t_edit: int, t_max: int = 999):
-    """γ_t linear in t from γ at t = T to γ_end at t = t_edit (constant when they are equal)."""
-    if gamma_end == gamma or t_max == t_edit:
-        return gamma
-    return lambda t: gamma_end + (gamma - gamma_end) * min(1.0, max(0.0, (t - t_edit) / (t_max - t_edit)))
 
 
 class SlerpContentInject(io.ComfyNode):
@@ -32,7 +26,9 @@ class SlerpContentInject(io.ComfyNode):
                 io.Float.Input("gamma", default=0.5, min=0.0, max=1.0, step=0.01,
                                tooltip="Content strength γ at t = T: 0 keeps the style image, 1 takes the content's h."),
                 advanced(io.Float.Input("gamma_end", default=-1.0, min=-1.0, max=1.0, step=0.01,
-                               tooltip="γ at t = t_edit; γ varies linearly in between. −1 keeps γ constant.")),
+                               tooltip="γ at t = t_edit; γ varies linearly in between. −1 keeps γ constant. A "
+                                       "rising γ (e.g. 0 → 0.8) moves more of the content's layout and less of "
+                                       "its colours than a constant one.")),
                 advanced(io.Int.Input("stride", default=1, min=1, max=50,
                              tooltip="Inject at every k-th step of [T, t_edit] only.")),
                 steps_input(), t_edit_input(),
@@ -59,14 +55,18 @@ class SlerpContentInject(io.ComfyNode):
                 cfg, edit_branches, mask=None, calibration=None, boost=None, positive=None,
                 negative=None) -> io.NodeOutput:
         schedule = schedule_of(steps, t_edit, boost)
-        g = gamma_schedule(gamma, gamma if gamma_end < 0 else gamma_end, t_edit)
+        g_end = gamma if gamma_end < 0 else gamma_end
         omega = calibration.omega if calibration is not None else None
         seed = boost.seed if boost is not None else seed
         progress = progress_bar(steps)
+
+        def mix(m, x):
+            gamma_t = gamma_ramp(gamma, g_end, t_edit, m.schedule.num_train_timesteps - 1)
+            return inject(m, x, content, gamma_t, schedule, stride=stride, mask=mask, omega=omega,
+                          per_channel=per_channel, mode=mode, seed=seed, progress=progress)
+
         out = run_in_comfy(
-            model, style_x_T["samples"],
-            lambda m, x: inject(m, x, content, g, schedule, stride=stride, mask=mask, omega=omega, per_channel=per_channel,
-                                mode=mode, seed=seed, progress=progress),
+            model, style_x_T["samples"], mix,
             positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed)
         return io.NodeOutput(latent_out(model, out))
 

@@ -95,6 +95,26 @@ def test_same_seed_same_output_and_cancel_leaves_no_patch(comfy):
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
 
 
+def test_gamma_ramp_through_the_node(comfy):
+    """gamma → gamma_end reaches the core as a ramp; gamma_end = −1 and gamma_end = gamma are the same constant."""
+    prompt = load_prompt(os.path.join(ROOT, "workflows", "pixel_content_injection.json"), comfy.object_info)
+    plain = next(i for i, n in prompt.items() if n["class_type"] == "HSpaceSlerpContentInject"
+                 and "calibration" not in n["inputs"])
+    decode = next(i for i, n in prompt.items() if n["class_type"] == "VAEDecode" and n["inputs"]["samples"][0] == plain)
+    settings = {"constant": (0.8, -1.0), "constant_explicit": (0.8, 0.8), "rising": (0.0, 0.8)}
+    for k, (name, (gamma, gamma_end)) in enumerate(settings.items()):
+        mix, dec, save = (f"{900 + 3 * k + j}" for j in range(3))
+        prompt[mix] = {**prompt[plain], "inputs": {**prompt[plain]["inputs"], "gamma": gamma, "gamma_end": gamma_end}}
+        prompt[dec] = {**prompt[decode], "inputs": {**prompt[decode]["inputs"], "samples": [mix, 0]}}
+        prompt[save] = {"class_type": "SaveImage", "inputs": {"images": [dec, 0], "filename_prefix": f"hspace/ramp_{name}"}}
+    entry = _run(comfy, prompt)
+    out = {name: _saved(comfy, entry, prompt, f"ramp_{name}")[0].astype(float) for name in settings}
+    style = _saved(comfy, entry, prompt, "pixel_style_reconstruction")[0].astype(float)
+    assert np.array_equal(out["constant"], out["constant_explicit"])
+    assert np.abs(out["rising"] - out["constant"]).mean() > 0.5
+    assert np.abs(out["rising"] - style).mean() > 0.5  # γ = 0 at T still injects on the way to t_edit
+
+
 def _expect_node_error(comfy, prompt, *phrases):
     try:
         entry = comfy.run(prompt)

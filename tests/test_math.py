@@ -6,7 +6,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from hspace_core import (EditSchedule, betas_cosine, betas_linear, betas_scaled_linear, calibrated_x_t,
-                         ddim_inverse_step, ddim_sigma, ddim_step, eps_from_model_output, mask_to_h_grid,
+                         ddim_inverse_step, ddim_sigma, ddim_step, eps_from_model_output, gamma_ramp, mask_to_h_grid,
                          masked_blend, normalized_slerp, predicted_x0, schedule_from_betas,
                          schedule_from_diffusers_config, schedule_from_sigmas, slerp, timestep_grid)
 from hspace_core.schedules import sigmas_of
@@ -214,3 +214,13 @@ def test_calibration_omega_zero_is_full_shift_to_injected_prediction():
     # halfway ω interpolates linearly between the two limits
     mid = calibrated_x_t(x, e, e_inj, a, omega=0.5)
     assert torch.allclose(mid, 0.5 * (x_cal + x), atol=1e-12)
+
+
+def test_gamma_ramp_is_linear_in_t_between_t_max_and_t_edit():
+    ramp = gamma_ramp(0.2, 1.0, t_edit=400, t_max=1000)
+    assert ramp(1000) == pytest.approx(0.2) and ramp(400) == pytest.approx(1.0)
+    assert ramp(700) == pytest.approx(0.6)  # halfway in t, halfway in γ
+    assert ramp(250) == pytest.approx(1.0) and ramp(1200) == pytest.approx(0.2)  # held outside [t_edit, t_max]
+    assert gamma_ramp(0.5, 0.5, 400) == 0.5 and not callable(gamma_ramp(0.5, 0.5, 400))
+    with pytest.raises(ValueError, match="gamma_end must be a number in"):
+        gamma_ramp(0.5, 1.5, 400)
