@@ -65,6 +65,9 @@ def evaluate(model, pairs: int, steps: int, log=print, inversion_steps=(20, 50, 
         sweep[gamma] = scores(out, content_np, style_np)
     results["gamma_sweep_t_edit_400"] = sweep
     log("gamma sweep", {g: (round(v["iou_content"], 3), round(v["iou_style"], 3)) for g, v in sweep.items()})
+    results["gamma_ramp_t_edit_400"] = {
+        end: scores(hs.inject(model, inv_s.x_T, traj, hs.gamma_ramp(0.0, end, 400), hs.EditSchedule(steps, t_edit=400)),
+                    content_np, style_np) for end in (0.5, 0.8, 1.0)}
     results["naive_replace"] = scores(hs.inject(model, inv_s.x_T, traj, 1.0, hs.EditSchedule(steps, t_edit=400),
                                                 mode="replace"), content_np, style_np)
     results["t_edit_sweep_gamma_0.5"] = {te: scores(hs.inject(model, inv_s.x_T, traj, 0.5, hs.EditSchedule(steps, t_edit=te)),
@@ -133,6 +136,8 @@ def to_markdown(r: dict, pairs: int, steps: int) -> str:
     row("naive replacement h̃ = h_content (baseline)", r["naive_replace"])
     for g, s in r["gamma_sweep_t_edit_400"].items():
         row(f"γ = {g}", s)
+    for end, s in r["gamma_ramp_t_edit_400"].items():
+        row(f"γ = 0 → {end}, linear in t from T to t_edit (`gamma_ramp`)", s)
     for te, s in r["t_edit_sweep_gamma_0.5"].items():
         row(f"γ = 0.5, t_edit = {te}", s)
     for w, s in r["calibration_gamma_0.5"].items():

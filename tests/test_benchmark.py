@@ -38,7 +38,7 @@ def test_benchmark_runs_on_two_pairs_and_writes_every_section():
     assert set(results["samples"]) == {(n, c, eta) for n in (20, 50, 100) for c, eta in bench.SAMPLERS}
     inversion_table = text.split("## DDIM inversion")[1].split("##")[0]
     assert "| 5 | " in inversion_table and "| 100 | " not in inversion_table  # the step counts measured
-    assert text.count("| square → circle | 200 |") == 3 and text.count("| γ = ") == 11 + 3 + 4 + 1
+    assert text.count("| square → circle | 200 |") == 3 and text.count("| γ = ") == 11 + 3 + 3 + 4 + 1
 
 
 def test_report_rewrite_keeps_the_hand_written_sections(tmp_path):
