@@ -163,7 +163,7 @@ def gamma_ramp(gamma_start: float, gamma_end: float, t_edit: int, t_max: int = 9
         if not (isinstance(g, (int, float)) and 0.0 <= g <= 1.0):
             raise ValueError(f"{name} must be a number in [0, 1], got {g!r}.")
     if gamma_start == gamma_end or t_max <= t_edit:
-        return float(gamma_end if t_max <= t_edit else gamma_start)
+        return float(gamma_end)
     span = float(t_max - t_edit)
     return lambda t: gamma_end + (gamma_start - gamma_end) * min(1.0, max(0.0, (t - t_edit) / span))
 
