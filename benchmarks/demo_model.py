@@ -3,7 +3,7 @@
     python benchmarks/demo_model.py [--pairs 64] [--steps 20] [--out docs/demo_model.md]
 
 Everything is batched over seeded (content, style) pairs of procedural images and scored from pixels
-(hspace_core.demo.readouts).  Sections: how much h matters to ε (h swap vs the two images' ε), DDIM
+(hspace_demo.readouts).  Sections: how much h matters to ε (h swap vs the two images' ε), DDIM
 inversion error, content injection against its baselines, style calibration, asymmetric vs symmetric
 steps, Asyrp size and shape directions, samples from pure noise, and timings.
 """
@@ -18,11 +18,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import hspace_core as hs  # noqa: E402
-from hspace_core.demo.measure import (centred_examples, h_swap_ratio, injection_scores as scores,  # noqa: E402
+from hspace_demo.measure import (centred_examples, h_swap_ratio, injection_scores as scores,  # noqa: E402
                                       sample_quality, shape_direction, shape_direction_effect, size_direction,
                                       size_direction_effect)
-from hspace_core.demo.run import BUNDLED, load_model  # noqa: E402
-from hspace_core.demo.shapes import make_batch  # noqa: E402
+from hspace_demo.run import BUNDLED, load_model  # noqa: E402
+from hspace_demo.shapes import make_batch  # noqa: E402
 
 
 SAMPLERS = ((None, 0.0), (1.0, 0.0), (1.0, 1.0))  # (clip_x0, eta) of the samples-from-noise columns

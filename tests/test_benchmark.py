@@ -5,7 +5,7 @@ import os
 
 import torch
 
-from hspace_core.demo.run import load_model
+from hspace_demo.run import load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

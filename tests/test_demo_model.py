@@ -5,9 +5,9 @@ import os
 import torch
 
 from hspace_core import invert
-from hspace_core.demo.run import BUNDLED, load_model
-from hspace_core.demo.shapes import make_batch
-from hspace_core.demo.train import SCHEDULER_CONFIG, UNET_CONFIG
+from hspace_demo.run import BUNDLED, load_model
+from hspace_demo.shapes import make_batch
+from hspace_demo.train import SCHEDULER_CONFIG, UNET_CONFIG
 
 
 def test_bundled_model_matches_the_training_script():
@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import hspace_core as hs  # noqa: E402
-from hspace_core.demo.measure import (centred_examples, h_swap_ratio, injection_scores, sample_quality,  # noqa: E402
+from hspace_demo.measure import (centred_examples, h_swap_ratio, injection_scores, sample_quality,  # noqa: E402
                                       size_direction, size_direction_effect)
 
 # Seeds 0 / 1 / 2 at step 6,000 measured 1.43 / 1.23 / 1.29 (h swap), +0.29 / +0.17 / +0.13 (content IoU gain),

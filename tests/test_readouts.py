@@ -1,8 +1,8 @@
 """The pixel read-outs recover the known factors of the procedural images."""
 import numpy as np
 
-from hspace_core.demo.readouts import area, colour_distance, foreground_colour, foreground_mask, iou, mean_background
-from hspace_core.demo.shapes import SHAPES, Factors, make_batch, render, shape_mask, with_factors
+from hspace_demo.readouts import area, colour_distance, foreground_colour, foreground_mask, iou, mean_background
+from hspace_demo.shapes import SHAPES, Factors, make_batch, render, shape_mask, with_factors
 
 
 def test_mask_iou_and_colours_match_the_factors():
@@ -29,8 +29,8 @@ def test_area_grows_with_radius_and_iou_separates_positions():
 def test_looks_like_dataset_accepts_training_images_and_rejects_noise():
     import numpy as np
 
-    from hspace_core.demo import readouts as ro
-    from hspace_core.demo.shapes import make_batch
+    from hspace_demo import readouts as ro
+    from hspace_demo.shapes import make_batch
 
     images, _ = make_batch(64, seed=5)
     assert all(ro.looks_like_dataset(img) for img in images)
@@ -43,7 +43,7 @@ def test_looks_like_dataset_accepts_training_images_and_rejects_noise():
 
 
 def test_classify_shape_recovers_the_type_on_both_palettes():
-    from hspace_core.demo.readouts import classify_shape
+    from hspace_demo.readouts import classify_shape
 
     for palette in ("dark", "wide"):
         for centred in (False, True):
@@ -77,8 +77,8 @@ def test_palettes_dark_keeps_every_background_dark_and_wide_mirrors_half():
 
 
 def test_training_batches_switch_palette_at_the_given_step_and_are_a_function_of_the_step():
-    from hspace_core.demo.readouts import background_colour
-    from hspace_core.demo.train import training_batch
+    from hspace_demo.readouts import background_colour
+    from hspace_demo.train import training_batch
 
     def light_share(images):
         return np.mean([background_colour(img).mean() > 0.5 for img in images])
@@ -91,8 +91,8 @@ def test_training_batches_switch_palette_at_the_given_step_and_are_a_function_of
 
 
 def test_restyled_training_batches_keep_every_shape_and_change_the_colours():
-    from hspace_core.demo.readouts import background_colour, foreground_mask, iou, mean_background
-    from hspace_core.demo.train import training_batch
+    from hspace_demo.readouts import background_colour, foreground_mask, iou, mean_background
+    from hspace_demo.train import training_batch
 
     images = training_batch(6000, 32, wide_palette_from=4000)
     twins = training_batch(6000, 32, wide_palette_from=4000, restyled=True)
@@ -109,7 +109,7 @@ def test_h_swap_replaces_the_bottleneck_only_for_the_masked_images():
     import torch
     from diffusers import UNet2DModel
 
-    from hspace_core.demo.train import HSwap
+    from hspace_demo.train import HSwap
 
     unet = UNet2DModel(sample_size=16, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
                        down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2).eval()

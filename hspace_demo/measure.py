@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import processes as hp
-from ..state import EditSchedule
+from hspace_core import processes as hp
+from hspace_core.state import EditSchedule
 from . import readouts as ro
 from .shapes import SHAPES, Factors, render, sample_colours
 

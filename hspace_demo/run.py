@@ -1,7 +1,7 @@
 """Figures of the bundled demo model from plain Python: inversion, content injection, size- and shape-direction edit
 sweeps, interpolation and samples from pure noise.
 
-``python -m hspace_core.demo.run --out docs/figures [--model FOLDER]`` (default: the bundled models/hspace-shapes-ddpm).
+``python -m hspace_demo.run --out docs/figures [--model FOLDER]`` (default: the bundled models/hspace-shapes-ddpm).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from .shapes import make_batch
 log = logging.getLogger("hspace.demo")
 
 
-BUNDLED = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "models",
+BUNDLED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models",
                        "hspace-shapes-ddpm")
 
 

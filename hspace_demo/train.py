@@ -1,4 +1,4 @@
-"""Train the bundled demo DDPM: ``python -m hspace_core.demo.train --out models/hspace-shapes-ddpm``.
+"""Train the bundled demo DDPM: ``python -m hspace_demo.train --out models/hspace-shapes-ddpm``.
 
 A diffusers ``UNet2DModel`` (ε-prediction, 1000 linear betas) on the procedural shapes.  While training, the
 skip connections feeding the deepest up blocks are zeroed for a random part of each batch: a regulariser that
