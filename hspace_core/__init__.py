@@ -7,9 +7,11 @@ from .adapters import Conditioning, DiffusersUNet, HSpaceModel, Prediction
 from .auto_schedule import AutoSchedule, find_t_edit_t_boost, lpips_distance
 from .clip_directions import CLIPDirectional, DirectionTraining, TrainedDirection, load_open_clip, train_direction
 from .ddim import calibrated_x_t, ddim_inverse_step, ddim_sigma, ddim_step, eps_from_model_output, predicted_x0
-from .implicit import ImplicitDirectionNet, TimeEmbedding, load_official_asyrp
-from .hmath import mask_to_h_grid, masked_blend, normalized_slerp, slerp
-from .processes import (Cancelled, capture, combine_directions, content_injection, direction_from_examples, edit,
+from .implicit import ImplicitDirectionNet, TimeEmbedding
+from .official import load_official_asyrp, train_steps_of
+from .hmath import check_gamma, mask_to_h_grid, masked_blend, masked_normalized_slerp, normalized_slerp, slerp
+from .progress import Cancelled, StepLoop, check_latent
+from .processes import (H_SOURCES, INVERSION_CONVENTIONS, capture, combine_directions, content_injection, direction_from_examples, edit,
                         generate, inject, interpolate, invert, run_reverse)
 from .schedules import (NoiseSchedule, betas_cosine, betas_linear, betas_scaled_linear, gamma_ramp, schedule_from_betas,
                         schedule_from_diffusers_config, schedule_from_sigmas, step_pairs, timestep_grid)
@@ -25,6 +27,7 @@ __all__ = [
     "betas_linear", "betas_scaled_linear", "calibrated_x_t", "capture", "combine_directions", "content_injection",
     "ddim_inverse_step", "ddim_sigma", "ddim_step", "direction_from_examples", "edit", "eps_from_model_output",
     "find_t_edit_t_boost", "gamma_ramp", "generate", "inject", "interpolate", "invert", "lpips_distance", "mask_to_h_grid",
-    "masked_blend", "normalized_slerp", "predicted_x0", "run_reverse", "schedule_from_betas",
+    "masked_blend", "masked_normalized_slerp", "check_gamma", "StepLoop", "check_latent", "H_SOURCES",
+    "INVERSION_CONVENTIONS", "train_steps_of", "normalized_slerp", "predicted_x0", "run_reverse", "schedule_from_betas",
     "schedule_from_diffusers_config", "schedule_from_sigmas", "slerp", "step_pairs", "timestep_grid",
 ]

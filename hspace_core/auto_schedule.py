@@ -13,6 +13,7 @@ import torch
 
 from .adapters.base import HSpaceModel
 from .ddim import predicted_x0
+from .progress import StepLoop, check_latent
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (a, b) images → per-sample distance
 
@@ -50,9 +51,8 @@ def find_t_edit_t_boost(model: HSpaceModel, x0: torch.Tensor, *, distance: Dista
 
     ``decode`` maps model space to images (the VAE for latent models).  Distances are averaged over the batch.
     """
-    from .processes import _check_latent, _Loop
 
-    _check_latent(x0, "The image / latent")
+    check_latent(x0, "The image / latent")
     if num_probes < 2:
         raise ValueError(f"num_probes must be ≥ 2, got {num_probes}.")
     distance = distance or lpips_distance()
@@ -63,7 +63,7 @@ def find_t_edit_t_boost(model: HSpaceModel, x0: torch.Tensor, *, distance: Dista
     generator = torch.Generator().manual_seed(int(seed))
     noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
     image = decode(x0)
-    loop = _Loop(len(probes), progress, should_stop)
+    loop = StepLoop(len(probes), progress, should_stop)
     d_pred, d_noisy = [], []
     for t in probes:
         loop.tick()

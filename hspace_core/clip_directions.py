@@ -25,6 +25,9 @@ from .ddim import ddim_step, predicted_x0
 from .implicit import ImplicitDirectionNet
 from .schedules import step_pairs, timestep_grid
 from .state import Direction
+from .progress import StepLoop, check_latent
+from .auto_schedule import find_t_edit_t_boost
+from .processes import invert
 
 # Our own short template set; the text direction is the mean over templates (StyleGAN-NADA's recipe).
 TEMPLATES = (
@@ -206,11 +209,8 @@ def train_direction(model: HSpaceModel, images: torch.Tensor, clip: CLIPDirectio
     """
     import time
 
-    from .auto_schedule import find_t_edit_t_boost
-    from .processes import _check_latent, _Loop, invert
-
     latents = images if latents is None else latents
-    _check_latent(latents, "The training latents")
+    check_latent(latents, "The training latents")
     if images.shape[0] != latents.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {latents.shape[0]} latents; pass one latent per image.")
     decode = decode or (lambda x: x)
@@ -229,7 +229,7 @@ def train_direction(model: HSpaceModel, images: torch.Tensor, clip: CLIPDirectio
             raise ValueError(f"No training timestep is ≥ t_edit ({t_edit}); lower t_edit or use more steps.")
         train_ts = [t for t, _ in pairs]
         n_batches = -(-images.shape[0] // config.batch_size)
-        loop = _Loop(n_batches * (1 + config.epochs * len(pairs)), progress, should_stop)
+        loop = StepLoop(n_batches * (1 + config.epochs * len(pairs)), progress, should_stop)
         with torch.no_grad():
             inversions = []
             for b in range(n_batches):

@@ -11,7 +11,10 @@ def slerp(a: torch.Tensor, b: torch.Tensor, gamma: float | torch.Tensor, per_cha
     """Spherical interpolation Slerp(a, b, γ) = sin((1−γ)θ)/sin θ·a + sin(γθ)/sin θ·b, θ = ∠(a, b).
 
     Angles are taken per sample over the whole C×H×W tensor (or per channel over H×W).  NaN-safe: the cosine
-    is clamped to [−1, 1] and nearly collinear pairs fall back to a lerp.
+    is clamped to [−1, 1]; nearly parallel pairs (sin θ → 0, θ → 0) are a lerp, which is exact there; nearly
+    antipodal pairs (θ → π, where the great circle is not unique) rotate from a toward b in the plane of a and b's
+    component orthogonal to a (any fixed plane orthogonal to a when there is none), so the norm still goes
+    smoothly from ‖a‖ to ‖b‖ (equal norms, as in ``normalized_slerp``, are kept).
     """
     if a.shape != b.shape:
         raise ValueError(f"slerp needs tensors of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}.")
@@ -19,14 +22,34 @@ def slerp(a: torch.Tensor, b: torch.Tensor, gamma: float | torch.Tensor, per_cha
     af, bf = a.flatten(flat_dims).double(), b.flatten(flat_dims).double()
     gamma = torch.as_tensor(gamma, dtype=torch.float64, device=a.device)
     gamma = gamma.reshape(-1, *([1] * (af.dim() - 1))) if gamma.dim() else gamma
-    cos = (af * bf).sum(-1, keepdim=True) / (af.norm(dim=-1, keepdim=True) * bf.norm(dim=-1, keepdim=True)).clamp_min(1e-30)
+    norm_a, norm_b = af.norm(dim=-1, keepdim=True), bf.norm(dim=-1, keepdim=True)
+    cos = (af * bf).sum(-1, keepdim=True) / (norm_a * norm_b).clamp_min(1e-30)
     theta = torch.arccos(cos.clamp(-1.0, 1.0))
     sin = torch.sin(theta)
     safe = sin.abs() > _COLLINEAR
     sin_safe = torch.where(safe, sin, torch.ones_like(sin))
     wa = torch.where(safe, torch.sin((1 - gamma) * theta) / sin_safe, 1 - gamma)
     wb = torch.where(safe, torch.sin(gamma * theta) / sin_safe, gamma)
-    return (wa * af + wb * bf).reshape(a.shape).to(a.dtype)
+    out = wa * af + wb * bf
+    antipodal = ~safe & (cos < 0)
+    if antipodal.any():
+        out = torch.where(antipodal, _rotate_toward(af, bf, norm_a, norm_b, theta, gamma), out)
+    return out.reshape(a.shape).to(a.dtype)
+
+
+def _rotate_toward(af, bf, norm_a, norm_b, theta, gamma):
+    """((1−γ)‖a‖ + γ‖b‖)·(cos(γθ)·â + sin(γθ)·û): Slerp written in the plane (â, û), û ⟂ â.
+
+    û is the unit part of b orthogonal to a; when b is exactly −a it is the unit vector of a's smallest
+    coordinate, made orthogonal to a (deterministic, so the same inputs give the same output)."""
+    a_hat = af / norm_a.clamp_min(1e-30)
+    u = bf - (bf * a_hat).sum(-1, keepdim=True) * a_hat
+    fallback = torch.zeros_like(af).scatter_(-1, a_hat.abs().argmin(-1, keepdim=True), 1.0)
+    fallback = fallback - (fallback * a_hat).sum(-1, keepdim=True) * a_hat
+    u = torch.where(u.norm(dim=-1, keepdim=True) > 1e-12 * norm_b.clamp_min(1e-30), u, fallback)
+    u = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    radius = (1 - gamma) * norm_a + gamma * norm_b
+    return radius * (torch.cos(gamma * theta) * a_hat + torch.sin(gamma * theta) * u)
 
 
 def normalized_slerp(h: torch.Tensor, h_content: torch.Tensor, gamma: float | torch.Tensor,
@@ -40,7 +63,7 @@ def normalized_slerp(h: torch.Tensor, h_content: torch.Tensor, gamma: float | to
             f"Content h has shape {tuple(h_content.shape)} but the generation's h has {tuple(h.shape)}: "
             "invert the content and style images at the same size (and with the same model)."
         )
-    _check_gamma(gamma)
+    check_gamma(gamma)
     flat_dims = 2 if per_channel else 1
     norm_h = h.flatten(flat_dims).norm(dim=-1)
     norm_c = h_content.flatten(flat_dims).norm(dim=-1).clamp_min(1e-12)
@@ -48,7 +71,22 @@ def normalized_slerp(h: torch.Tensor, h_content: torch.Tensor, gamma: float | to
     return slerp(h, h_content * ratio, gamma, per_channel=per_channel)
 
 
-def _check_gamma(gamma) -> None:
+def masked_normalized_slerp(h: torch.Tensor, h_content: torch.Tensor, gamma: float | torch.Tensor,
+                            mask_h: torch.Tensor, per_channel: bool = False) -> torch.Tensor:
+    """InjectFusion's local mixing: h̃ = NSlerp(m⊙h, m⊙h_c, γ) + (1 − m)⊙h.
+
+    Both maps are masked *before* the Slerp, so its angle and the norm ratio ‖m⊙h‖/‖m⊙h_c‖ are those of the
+    masked region, and the mixed region is inserted into the original map.  ``mask_h`` is (B or 1, 1, H, W) on
+    h's grid (``mask_to_h_grid``); soft values weight both the region and the insertion.  (The official code
+    leaves out the norm ratio in this branch; we keep the paper's normalised Slerp, so that a mask of ones
+    gives exactly ``normalized_slerp``.)
+    """
+    m = mask_h.to(h.dtype)
+    return normalized_slerp(m * h, m * h_content, gamma, per_channel) + (1 - m) * h
+
+
+def check_gamma(gamma) -> None:
+    """γ must be finite and in [0, 1]."""
     g = torch.as_tensor(gamma, dtype=torch.float64)
     if not torch.isfinite(g).all() or (g < 0).any() or (g > 1).any():
         raise ValueError(f"γ must be in [0, 1] (0 keeps the style's h, 1 takes the content's), got {gamma}.")

@@ -6,6 +6,8 @@ whose steps in [T, t_edit] may change h.  Loops report through ``progress(done, 
 """
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -14,43 +16,23 @@ import torch
 
 from .adapters.base import HEdit, HSpaceModel
 from .ddim import calibrated_x_t, clipped_eps, ddim_inverse_step, ddim_sigma, ddim_step
-from .hmath import lerp, mask_to_h_grid, masked_blend, normalized_slerp, slerp
+from .hmath import check_gamma, lerp, mask_to_h_grid, masked_blend, masked_normalized_slerp, normalized_slerp, slerp
+from .progress import Cancelled, ProgressFn, StepLoop, StopFn, check_latent
 from .schedules import step_pairs, timestep_grid
 from .state import Direction, EditSchedule, HTrajectory, Inversion, ReconstructionReport, check_fingerprint
 
-ProgressFn = Callable[[int, int], None]
-StopFn = Callable[[], bool]
-
-
-class Cancelled(RuntimeError):
-    """Raised when ``should_stop()`` asks a loop to end."""
+log = logging.getLogger("hspace")
+INVERSION_CONVENTIONS = ("seed", "diffusers")
+H_SOURCES = ("inversion", "reconstruction")
+__all__ = ["Cancelled", "INVERSION_CONVENTIONS", "H_SOURCES", "ReverseResult", "run_reverse", "invert", "capture",
+           "generate", "combine_directions", "edit", "content_injection", "inject", "interpolate",
+           "direction_from_examples"]
 
 
 @dataclass(frozen=True)
 class ReverseResult:
     x0: torch.Tensor
     trajectory: HTrajectory | None = None
-
-
-def _check_latent(x: torch.Tensor, what: str) -> None:
-    if not torch.is_tensor(x) or x.dim() != 4:
-        raise ValueError(f"{what} must be a (B, C, H, W) tensor, got {getattr(x, 'shape', type(x))}.")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{what} contains NaN or inf; check the image or latent you passed.")
-
-
-class _Loop:
-    """Progress and cancellation for one loop."""
-
-    def __init__(self, total: int, progress: ProgressFn | None, should_stop: StopFn | None):
-        self.total, self.done, self.progress, self.should_stop = total, 0, progress, should_stop
-
-    def tick(self) -> None:
-        if self.should_stop is not None and self.should_stop():
-            raise Cancelled(f"Stopped after {self.done} of {self.total} steps.")
-        self.done += 1
-        if self.progress is not None:
-            self.progress(self.done, self.total)
 
 
 def run_reverse(model: HSpaceModel, x_T: torch.Tensor, schedule: EditSchedule, *,
@@ -66,8 +48,9 @@ def run_reverse(model: HSpaceModel, x_T: torch.Tensor, schedule: EditSchedule, *
 
     ``edit_every`` > 1 edits only every k-th step of the edit phase (injection stride).
     ``asymmetric=False`` uses ε(x_t | h̃_t) for both P_t and D_t (the ablation the paper shows cancels out).
+    ``omega`` = 0 (or None) is no calibration, as in the official code.
     """
-    _check_latent(x_T, "x_T")
+    check_latent(x_T, "x_T")
     if edit_every < 1:
         raise ValueError(f"edit_every (injection stride) must be ≥ 1, got {edit_every}.")
     if schedule.num_train_timesteps != model.schedule.num_train_timesteps:
@@ -75,7 +58,7 @@ def run_reverse(model: HSpaceModel, x_T: torch.Tensor, schedule: EditSchedule, *
                          f"{model.schedule.num_train_timesteps}; set EditSchedule.num_train_timesteps.")
     generator = torch.Generator().manual_seed(int(seed))
     pairs = step_pairs(schedule.timesteps())
-    loop = _Loop(len(pairs), progress, should_stop)
+    loop = StepLoop(len(pairs), progress, should_stop)
     x, hs, edit_index = x_T, [], 0
     for t, t_prev in pairs:
         loop.tick()
@@ -94,7 +77,7 @@ def run_reverse(model: HSpaceModel, x_T: torch.Tensor, schedule: EditSchedule, *
             noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
         if not active:
             x = ddim_step(x, eps, a, a_prev, eta, noise)
-        elif omega is not None:
+        elif omega:
             x_cal = calibrated_x_t(x, eps, eps_edited, a, omega)
             x = ddim_step(x_cal, clip(x_cal, model.predict(x_cal, t).eps), a, a_prev, eta, noise)
         elif asymmetric:
@@ -105,51 +88,82 @@ def run_reverse(model: HSpaceModel, x_T: torch.Tensor, schedule: EditSchedule, *
             raise ValueError(f"The reverse process diverged (NaN/inf) at t={t}; lower the edit strength or γ.")
     trajectory = None
     if record_h:
-        trajectory = HTrajectory(tuple(t for t, _ in pairs), torch.stack(hs), model.branches, model.fingerprint)
+        trajectory = HTrajectory(tuple(t for t, _ in pairs), torch.stack(hs), model.branches, model.fingerprint,
+                                 source="reconstruction")
     return ReverseResult(x, trajectory)
 
 
 def invert(model: HSpaceModel, x0: torch.Tensor, num_steps: int = 40, *, grid: str = "asyrp",
-           refine_iters: int = 0, report: bool = True,
+           convention: str = "seed", refine_iters: int = 0, h_source: str = "inversion", report: bool = True,
            progress: ProgressFn | None = None, should_stop: StopFn | None = None) -> Inversion:
-    """Deterministic DDIM inversion x0 → x_T on the same grid the reverse process uses (DDIM §4.3).
+    """Deterministic DDIM inversion x0 → x_T on the grid the reverse process uses (DDIM §4.3).
 
-    The step t_prev → t takes ε at (x_{t_prev}, t).  With ``refine_iters`` = k > 0 it then solves the implicit
-    equation x_t = inverse_step(x_{t_prev}, ε(x_t, t)) by k fixed-point iterations, so that the reverse DDIM
-    step from x_t lands on x_{t_prev} exactly (at convergence).
-    ``report`` regenerates x0 from x_T, measures the error (another ``num_steps`` passes) and records h along
-    that reconstruction: exactly the h a later edit or injection from x_T sees.  Without ``report``, h comes
-    from the last evaluation of each inversion step: at (x_t, t) when refining, at (x_{t_prev}, t) otherwise.
+    ``convention`` says where each step t → t_next takes ε:
+    - ``"seed"`` (default; Diffusion Autoencoders' encoder x_{t+1} = √ᾱ_{t+1}·f_θ(x_t, t) + √(1−ᾱ_{t+1})·ε_θ(x_t, t),
+      and Asyrp's / InjectFusion's official inversion): at the current point, ε(x_t, t).  The clean input stands
+      at the grid's first timestep (t = 0 on the "asyrp" grid), so N grid points take N − 1 steps; on a grid that
+      starts above 0, a first step from the clean input (ᾱ = 1) takes ε(x0, t_first).
+    - ``"diffusers"`` (diffusers' DDIMInverseScheduler, null-text inversion): ε(x_t, t_next), the input is the clean
+      image (ᾱ = 1) and every grid point is a step.
+    With ``refine_iters`` = k > 0 each step then solves x_next = inverse_step(x_t, ε(x_next, t_next)) by k
+    fixed-point iterations, the exact inverse of the reverse DDIM step (from either convention's first guess).
+
+    ``h_source`` says which h the returned trajectory holds:
+    - ``"inversion"`` (default, InjectFusion's content h): h of each model evaluation along the inversion, at the
+      timestep it was evaluated at (the last evaluation of a step when refining).  The seed convention never
+      evaluates at T; there h is the last step's, as the official code's nearest-timestep lookup gives.
+    - ``"reconstruction"``: h along the reverse process from x_T, exactly what an edit from x_T sees.
+    ``report`` regenerates x0 from x_T and measures the error (``num_steps`` more passes; shared with the
+    reconstruction source).
     """
-    _check_latent(x0, "The input image / latent")
+    check_latent(x0, "The input image / latent")
+    if convention not in INVERSION_CONVENTIONS:
+        raise ValueError(f"Inversion convention {convention!r} is unknown; use one of {INVERSION_CONVENTIONS}.")
+    if h_source not in H_SOURCES:
+        raise ValueError(f"h_source {h_source!r} is unknown; use one of {H_SOURCES}.")
     if refine_iters < 0:
         raise ValueError(f"refine_iters must be ≥ 0, got {refine_iters}.")
     grid_desc = timestep_grid(num_steps, model.schedule.num_train_timesteps, grid)
-    ascending = list(reversed(grid_desc))
-    loop = _Loop(len(ascending) * (1 + refine_iters) + (num_steps if report else 0), progress, should_stop)
-    x, t_prev, latents, hs = x0, -1, [x0], []
-    for t in ascending:
-        a_prev, a = model.schedule.alpha_bar(t_prev), model.schedule.alpha_bar(t)
+    regenerate = report or h_source == "reconstruction"
+    steps = _inversion_steps(grid_desc, convention)
+    loop = StepLoop(len(steps) * (1 + refine_iters) + (num_steps if regenerate else 0), progress, should_stop)
+    x, latents, h_at = x0, [x0], {}
+    if steps[0][0] != -1:
+        latents.append(x0)  # the input is x at the first grid timestep
+    for t_here, t_next, t_eps in steps:
+        a_here, a_next = model.schedule.alpha_bar(t_here), model.schedule.alpha_bar(t_next)
         loop.tick()
-        pred = model.predict(x, t)
-        x_next = ddim_inverse_step(x, pred.eps, a_prev, a)
+        pred = model.predict(x, t_eps)
+        h_at[t_eps] = pred.h
+        x_next = ddim_inverse_step(x, pred.eps, a_here, a_next)
         for _ in range(refine_iters):
             loop.tick()
-            pred = model.predict(x_next, t)
-            x_next = ddim_inverse_step(x, pred.eps, a_prev, a)
+            pred = model.predict(x_next, t_next)
+            h_at[t_next] = pred.h
+            x_next = ddim_inverse_step(x, pred.eps, a_here, a_next)
         if not torch.isfinite(x_next).all():
-            raise ValueError(f"DDIM inversion diverged at t={t}; check the input's range (images in [-1, 1]).")
-        hs.append(pred.h)
+            raise ValueError(f"DDIM inversion diverged at t={t_next}; check the input's range (images in [-1, 1]).")
         latents.append(x_next)
-        x, t_prev = x_next, t
-    trajectory = HTrajectory(tuple(grid_desc), torch.stack(hs[::-1]), model.branches, model.fingerprint)
-    result = Inversion(x, torch.stack(latents), tuple(grid_desc), trajectory)
-    if not report:
-        return result
+        x = x_next
+    h_inv = [h_at[t] if t in h_at else h_at[max(h_at)] for t in grid_desc]  # T: the last step's h (see above)
+    trajectory = HTrajectory(tuple(grid_desc), torch.stack(h_inv), model.branches, model.fingerprint,
+                             source="inversion")
+    if not regenerate:
+        return Inversion(x, torch.stack(latents), tuple(grid_desc), trajectory, convention=convention)
     sched = EditSchedule(num_steps, t_edit=0, t_boost=0, grid=grid, num_train_timesteps=model.schedule.num_train_timesteps)
     recon = run_reverse(model, x, sched, record_h=True, progress=lambda d, n: loop.tick())
-    return Inversion(x, result.latents, result.timesteps, recon.trajectory,
-                     ReconstructionReport.compare(x0, recon.x0), recon.x0)
+    chosen = trajectory if h_source == "inversion" else recon.trajectory
+    return Inversion(x, torch.stack(latents), tuple(grid_desc), chosen,
+                     ReconstructionReport.compare(x0, recon.x0) if report else None, recon.x0, convention)
+
+
+def _inversion_steps(grid_desc: tuple[int, ...], convention: str) -> list[tuple[int, int, int]]:
+    """(t_here, t_next, t at which ε is taken) for each inversion step, ascending; t_here = −1 is the clean input."""
+    ascending = list(reversed(grid_desc))
+    if convention == "diffusers":
+        return [(here, nxt, nxt) for here, nxt in zip([-1, *ascending[:-1]], ascending)]
+    first = [] if ascending[0] == 0 else [(-1, ascending[0], ascending[0])]
+    return first + [(here, nxt, here) for here, nxt in zip(ascending[:-1], ascending[1:])]
 
 
 def capture(model: HSpaceModel, x_T: torch.Tensor, num_steps: int = 40, *, grid: str = "asyrp",
@@ -213,9 +227,11 @@ def edit(model: HSpaceModel, x_T: torch.Tensor, directions: Direction | Sequence
 def content_injection(content: HTrajectory, gamma: float | Callable[[int], float], *,
                       mask: torch.Tensor | None = None, per_channel: bool = False,
                       mode: str = "slerp") -> HEdit:
-    """The h edit of DiffStyle / InjectFusion: h̃_t = Slerp(h_t, h_c,t·‖h_t‖/‖h_c,t‖, γ_t), blended by a mask.
+    """The h edit of DiffStyle / InjectFusion: h̃_t = Slerp(h_t, h_c,t·‖h_t‖/‖h_c,t‖, γ_t).
 
-    ``mode="replace"`` is the naive baseline h̃_t = h_c,t.
+    With a ``mask`` (local mixing) both maps are masked before the Slerp and the mixed region is inserted into
+    the original map (``hmath.masked_normalized_slerp``).  ``mode="replace"`` is the naive baseline h̃_t = h_c,t
+    (blended by the mask).
     """
     if mode not in ("slerp", "replace"):
         raise ValueError(f"mode must be 'slerp' or 'replace', got {mode!r}.")
@@ -223,30 +239,44 @@ def content_injection(content: HTrajectory, gamma: float | Callable[[int], float
     mask_cache: dict = {}
 
     def inject(h: torch.Tensor, t: int, branch: str) -> torch.Tensor:
-        branch_name = branch if branch in content.branches else content.branches[-1]
-        h_c = content.at(t, branch_name).to(h.device, h.dtype)
+        h_c = content.at(t, _content_branch(content, branch)).to(h.device, h.dtype)
         if h_c.shape[1:] != h.shape[1:]:
             raise ValueError(
                 f"Content h is {tuple(h_c.shape[1:])} but the style's h is {tuple(h.shape[1:])}: use images of the "
                 "same size and the same model for content and style."
             )
         if h_c.shape[0] not in (1, h.shape[0]):
-            raise ValueError(f"{h_c.shape[0]} content images for {h.shape[0]} style images; pass 1 or {h.shape[0]}.")
+            raise ValueError(f"{h_c.shape[0]} content images for {h.shape[0]} style images: give one content image, "
+                             f"or as many as style images ({h.shape[0]}).")
         h_c = h_c.expand_as(h)
-        h_new = h_c if mode == "replace" else normalized_slerp(h, h_c, gamma_at(t), per_channel)
-        if mask is None:
-            return h_new
-        if "m" not in mask_cache:
+        if mask is not None and "m" not in mask_cache:
             mask_cache["m"] = mask_to_h_grid(mask, h.shape).to(h.device)
-        return masked_blend(h, h_new, mask_cache["m"])
+        m = mask_cache.get("m")
+        if mode == "replace":
+            return masked_blend(h, h_c, m)
+        if m is None:
+            return normalized_slerp(h, h_c, gamma_at(t), per_channel)
+        return masked_normalized_slerp(h, h_c, gamma_at(t), m, per_channel)
 
     if mask is not None:  # fail early on a bad mask, not halfway through sampling
         mask_to_h_grid(mask, (content.batch_size, *content.h_shape))
     if not callable(gamma):
-        from .hmath import _check_gamma
-
-        _check_gamma(gamma)
+        check_gamma(gamma)
     return inject
+
+
+def _content_branch(content: HTrajectory, branch: str) -> str:
+    """The content's rows for a branch of the generation: the same branch, else its conditional (or only) one."""
+    if branch in content.branches:
+        return branch
+    chosen = "cond" if "cond" in content.branches else content.branches[0]
+    _note_branch(content.branches, branch, chosen)
+    return chosen
+
+
+@functools.lru_cache(maxsize=16)
+def _note_branch(captured: tuple[str, ...], wanted: str, chosen: str) -> None:
+    log.info("The h trajectory has branches %s and no %r branch; its %r rows are used.", captured, wanted, chosen)
 
 
 def inject(model: HSpaceModel, style_x_T: torch.Tensor, content: HTrajectory,
@@ -258,12 +288,14 @@ def inject(model: HSpaceModel, style_x_T: torch.Tensor, content: HTrajectory,
     injecting the content image's h_t over [T, t_edit].
 
     ``gamma`` is a constant or a function of t; ``stride`` injects every k-th step; ``mask`` (any size,
-    soft allowed) limits the mix to a region; ``omega`` turns on style calibration; ``schedule.t_boost``
-    and ``eta_boost`` give quality boosting.
+    soft allowed) limits the mix to a region; ``omega`` > 0 turns on style calibration; ``schedule.t_boost``
+    and ``eta_boost`` give quality boosting.  The content trajectory must hold h at every edited timestep of
+    ``schedule`` (same steps and grid); anything else is refused.
     """
     schedule = schedule or EditSchedule(num_train_timesteps=model.schedule.num_train_timesteps)
     if strict_fingerprint:
         check_fingerprint(content.fingerprint, model.fingerprint, "content h trajectory")
+    content.require_timesteps([t for t in schedule.timesteps() if schedule.edits_at(t)], "the injection")
     if content.branches != model.branches and "single" not in content.branches + model.branches:
         raise ValueError(f"Content was captured with branches {content.branches}, the model runs {model.branches}.")
     hook = content_injection(content, gamma, mask=mask, per_channel=per_channel, mode=mode)
@@ -288,13 +320,16 @@ def interpolate(model: HSpaceModel, x_T_a: torch.Tensor, x_T_b: torch.Tensor, nu
     grid = schedule.grid
     trajectory_a = trajectory_a or capture(model, x_T_a, schedule.num_steps, grid=grid, should_stop=should_stop)
     trajectory_b = trajectory_b or capture(model, x_T_b, schedule.num_steps, grid=grid, should_stop=should_stop)
+    edited = [t for t in schedule.timesteps() if schedule.edits_at(t)]
+    trajectory_a.require_timesteps(edited, "the interpolation")
+    trajectory_b.require_timesteps(edited, "the interpolation")
     frames = []
     for k in range(num_frames):
         alpha = k / (num_frames - 1)
 
         def mix(h, t, branch, alpha=alpha):
-            ha = trajectory_a.at(t, branch if branch in trajectory_a.branches else None).to(h)
-            hb = trajectory_b.at(t, branch if branch in trajectory_b.branches else None).to(h)
+            ha = trajectory_a.at(t, _content_branch(trajectory_a, branch)).to(h)
+            hb = trajectory_b.at(t, _content_branch(trajectory_b, branch)).to(h)
             return lerp(ha, hb, alpha)
 
         x_T = slerp(x_T_a, x_T_b, alpha)

@@ -126,7 +126,8 @@ def timestep_grid(num_steps: int, num_train_timesteps: int = 1000, kind: str = "
                   t_max: int | None = None) -> tuple[int, ...]:
     """Timesteps visited by an N-step sampler, in decreasing order.
 
-    - ``asyrp``: the inclusive grid linspace(0, t_max, N) of Asyrp / DiffStyle (t_max = T−1 by default);
+    - ``asyrp``: the inclusive grid of Asyrp / DiffStyle's official code, int(linspace(0, 1, N)·t_max + 1e-6)
+      (truncated, not rounded; t_max = T−1 by default);
     - ``leading`` / ``trailing``: the DDIM spacings of diffusers (Lin et al. 2024, Table 2);
     - ``uniform``: ComfyUI's ``ddim_uniform`` (1, 1+k, 1+2k, …, k = T // N).
     """
@@ -137,7 +138,7 @@ def timestep_grid(num_steps: int, num_train_timesteps: int = 1000, kind: str = "
         top = T - 1 if t_max is None else int(t_max)
         if not 0 <= top < T:
             raise ValueError(f"t_max must be in [0, {T - 1}], got {top}.")
-        grid = np.linspace(0, top, num_steps).round().astype(np.int64)
+        grid = np.array([int(s + 1e-6) for s in np.linspace(0, 1, num_steps) * top], dtype=np.int64)
     elif kind == "leading":
         grid = np.arange(num_steps, dtype=np.int64) * (T // num_steps)
     elif kind == "trailing":

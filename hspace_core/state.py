@@ -2,13 +2,20 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from .implicit import ImplicitDirectionNet
+from .schedules import timestep_grid
+
+log = logging.getLogger("hspace")
 
 FORMAT_VERSION = "1"
 
@@ -52,8 +59,6 @@ class EditSchedule:
                 raise ValueError(f"{name} must be in [0, 1], got {v}.")
 
     def timesteps(self) -> tuple[int, ...]:
-        from .schedules import timestep_grid
-
         return timestep_grid(self.num_steps, self.num_train_timesteps, self.grid)
 
     def eta_at(self, t: int) -> float:
@@ -65,8 +70,10 @@ class EditSchedule:
 
 @dataclass(frozen=True)
 class StyleCalibration:
-    """InjectFusion's style calibration strength ω (see ``ddim.calibrated_x_t``): 1 keeps the style image,
-    0 carries the injected content fully."""
+    """InjectFusion's style calibration strength ω (see ``ddim.calibrated_x_t``), as in the official code:
+    ω = 0 turns calibration off (the plain asymmetric injection step); for ω in (0, 1] x_t is moved by
+    dx = √ᾱ·dP + ω·√(1−ᾱ)·dε and the step is taken with the unedited network.  ω = 1 cancels the move up to the
+    std renormalisation of P'_t, so it stays close to (not equal to) the style image's reconstruction."""
 
     omega: float = 0.3
 
@@ -96,12 +103,16 @@ class HTrajectory:
 
     ``h`` is (steps, rows, C, H, W); rows are branch-major: all images of ``branches[0]``, then of
     ``branches[1]`` (``("uncond", "cond")`` under classifier-free guidance, ``("single",)`` otherwise).
+    ``timesteps`` is the grid it was captured on (decreasing); h is looked up only at those timesteps.
+    ``source`` says where h was read: "inversion" (along DDIM inversion, InjectFusion's content h),
+    "reconstruction" (along the reverse process from x_T) or "" (unknown, e.g. files of older versions).
     """
 
     timesteps: tuple[int, ...]
     h: torch.Tensor
     branches: tuple[str, ...] = ("single",)
     fingerprint: str = ""
+    source: str = ""
 
     def __post_init__(self):
         h = torch.as_tensor(self.h)
@@ -126,30 +137,47 @@ class HTrajectory:
         return tuple(self.h.shape[2:])
 
     def index_of(self, t: int) -> int:
-        """Index of the captured timestep nearest to t."""
-        return min(range(len(self.timesteps)), key=lambda i: abs(self.timesteps[i] - t))
+        """Index of timestep t in the captured grid; a timestep that was not captured is refused."""
+        try:
+            return self.timesteps.index(int(t))
+        except ValueError:
+            raise ValueError(
+                f"This h trajectory was captured on a {len(self.timesteps)}-step grid and has no h at t={t}: "
+                f"set steps to {len(self.timesteps)} where it is used, or capture it again at the steps you run."
+            ) from None
 
     def at(self, t: int, branch: str | None = None) -> torch.Tensor:
-        """h at the captured timestep nearest to t, for one branch (rows of that branch) or all rows."""
+        """h at captured timestep t, for one branch (rows of that branch) or all rows."""
         h = self.h[self.index_of(t)]
         if branch is None:
             return h
         return h.chunk(len(self.branches))[self.branches.index(branch)]
 
+    def require_timesteps(self, needed, what: str = "this process") -> None:
+        """Refuse, with the step count to set, when ``needed`` timesteps are not all on the captured grid."""
+        missing = sorted(set(int(t) for t in needed) - set(self.timesteps), reverse=True)
+        if missing:
+            raise ValueError(
+                f"The h trajectory was captured at {len(self.timesteps)} steps, but {what} needs h at t = "
+                f"{missing[:4]}{' …' if len(missing) > 4 else ''}, which that grid does not have: set steps to "
+                f"{len(self.timesteps)} there (or capture the trajectory again with the steps you run)."
+            )
+
     def select(self, indices) -> "HTrajectory":
         """The trajectory of some images of the batch (in every branch)."""
         idx = torch.as_tensor(list(indices), dtype=torch.long)
         rows = torch.cat([idx + k * self.batch_size for k in range(len(self.branches))])
-        return HTrajectory(self.timesteps, self.h[:, rows], self.branches, self.fingerprint)
+        return dataclasses.replace(self, h=self.h[:, rows])
 
     def save(self, path: str) -> None:
         _save(path, {"h": self.h}, "h_trajectory", timesteps=list(self.timesteps), branches=list(self.branches),
-              fingerprint=self.fingerprint)
+              fingerprint=self.fingerprint, source=self.source)
 
     @classmethod
     def load(cls, path: str, expect_fingerprint: str | None = None) -> "HTrajectory":
         tensors, meta = _load(path, "h_trajectory")
-        traj = cls(tuple(meta["timesteps"]), tensors["h"], tuple(meta["branches"]), meta["fingerprint"])
+        traj = cls(tuple(meta["timesteps"]), tensors["h"], tuple(meta["branches"]), meta["fingerprint"],
+                   meta.get("source", ""))
         if expect_fingerprint is not None:
             check_fingerprint(traj.fingerprint, expect_fingerprint, "h trajectory")
         return traj
@@ -205,12 +233,24 @@ class Direction:
                 f"This direction was made for h of shape {self.h_shape} but the model's h is {tuple(h.shape[1:])}: "
                 "use a direction made with this model at this image size."
             )
-        if self.form == "global":
-            d = self.delta
-        else:
-            i = min(range(len(self.timesteps)), key=lambda k: abs(self.timesteps[k] - t))
-            d = self.delta[i]
+        d = self.delta if self.form == "global" else self.delta_at(t)
         return (self.scale * d).to(h.device, h.dtype)[None]
+
+    def delta_at(self, t: int) -> torch.Tensor:
+        """Δh_t of a per-timestep direction.  At a timestep it was not made at, Δh is interpolated linearly in t
+        between the two nearest timesteps it has (held at its first / last outside them), and a log line says so."""
+        t = int(t)
+        if t in self.timesteps:
+            return self.delta[self.timesteps.index(t)]
+        _note_interpolated(self.name or "per-timestep direction", len(self.timesteps))
+        ts = torch.tensor(self.timesteps[::-1], dtype=torch.float64)  # increasing
+        k = int(torch.searchsorted(ts, float(t)))
+        if k == 0 or k == len(ts):
+            return self.delta[len(ts) - 1 - min(k, len(ts) - 1)]
+        lo, hi = float(ts[k - 1]), float(ts[k])
+        w = (t - lo) / (hi - lo)
+        i_lo, i_hi = len(ts) - k, len(ts) - 1 - k
+        return torch.lerp(self.delta[i_lo], self.delta[i_hi], w)
 
     def scaled(self, factor: float) -> "Direction":
         return dataclasses.replace(self, scale=self.scale * float(factor))
@@ -233,8 +273,6 @@ class Direction:
         if self.form != "implicit":
             _save(path, {"delta": self.delta}, "direction", **common)
             return
-        from .implicit import ImplicitDirectionNet
-
         if not isinstance(self.fn, ImplicitDirectionNet):
             raise ValueError("Only implicit directions made of an ImplicitDirectionNet (learnt or loaded f_t) can be saved.")
         tensors = {f"fn.{k}": v for k, v in self.fn.tensors().items()}
@@ -246,8 +284,6 @@ class Direction:
         common = dict(fingerprint=meta["fingerprint"], name=meta.get("name", ""), metadata=meta.get("extra", {}),
                       scale=float(meta.get("scale", 1.0)))
         if meta["form"] == "implicit":
-            from .implicit import ImplicitDirectionNet
-
             fn = ImplicitDirectionNet.from_tensors(meta["fn_config"], {k[3:]: v for k, v in tensors.items()})
             return cls("implicit", fn=fn, h_shape=tuple(meta.get("h_shape", ())), **common)
         return cls(meta["form"], tensors["delta"], tuple(meta["timesteps"]), **common)
@@ -274,11 +310,17 @@ class Inversion:
     """DDIM inversion of a batch: x_T, the latent path x_t (clean input first), h along the way."""
 
     x_T: torch.Tensor
-    latents: torch.Tensor  # (steps + 1, B, ...): x_{−1} = input, then x_t for t in the grid, ascending
+    latents: torch.Tensor  # (steps + 1, B, ...): the input, then x_t for t in the grid, ascending
     timesteps: tuple[int, ...]  # the grid, decreasing (sampling order)
-    trajectory: HTrajectory
+    trajectory: HTrajectory  # h from ``trajectory.source``: the inversion pass or the reconstruction
     report: ReconstructionReport | None = None
     reconstruction: torch.Tensor | None = None
+    convention: str = "seed"
+
+
+@functools.lru_cache(maxsize=64)
+def _note_interpolated(name: str, steps: int) -> None:
+    log.info("%s was made on a %d-step grid; Δh at other timesteps is interpolated linearly in t.", name, steps)
 
 
 def check_fingerprint(found: str, expected: str, what: str) -> None:

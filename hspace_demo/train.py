@@ -139,14 +139,7 @@ def train(out: str, steps: int, batch: int = 64, lr: float = 3e-4, seed: int = 0
     unet = build_unet(seed)
     ema = copy.deepcopy(unet).eval()
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
-    step = 0
-    if os.path.exists(ckpt_path):
-        state = torch.load(ckpt_path, weights_only=True)
-        unet.load_state_dict(state["unet"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        step = int(state["step"])
-        log.info("resumed at step %d", step)
+    step = resume(ckpt_path, unet, ema, opt)
     alphas = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0).float()
     gen = torch.Generator().manual_seed(seed * 1000 + step)
     dropout = SkipDropout(unet, skip_drop, skip_drop_blocks, gen)
@@ -168,27 +161,50 @@ def train(out: str, steps: int, batch: int = 64, lr: float = 3e-4, seed: int = 0
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / 200)
         loss = F.mse_loss(unet(x_t, t).sample, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            decay = min(ema_decay, (1 + step) / (10 + step))
-            for pe, p in zip(ema.parameters(), unet.parameters()):
-                pe.lerp_(p, 1 - decay)
+        update(unet, ema, opt, loss, step, ema_decay)
         step += 1
         losses.append(loss.item())
         if step % 50 == 0:
             log.info("step %d loss %.4f (%.2f s/step)", step, float(np.mean(losses)), (time.time() - t0) / len(losses))
             losses, t0 = [], time.time()
         if step % save_every == 0 or step == steps:
-            torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step},
-                       ckpt_path + ".tmp")
-            os.replace(ckpt_path + ".tmp", ckpt_path)
-            save_pipeline_folder(ema, out)
+            checkpoint(out, unet, ema, opt, step)
     dropout.remove()
     swap.remove()
     return ema
+
+
+def resume(ckpt_path: str, unet, ema, opt) -> int:
+    """Load a training state if there is one; returns its step (0 for a fresh run)."""
+    if not os.path.exists(ckpt_path):
+        return 0
+    state = torch.load(ckpt_path, weights_only=True)
+    unet.load_state_dict(state["unet"])
+    ema.load_state_dict(state["ema"])
+    opt.load_state_dict(state["opt"])
+    log.info("resumed at step %d", int(state["step"]))
+    return int(state["step"])
+
+
+def update(unet, ema, opt, loss, step: int, ema_decay: float) -> None:
+    """One optimiser step (gradients clipped to norm 1) and the EMA update, with EMA warm-up."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+    opt.step()
+    with torch.no_grad():
+        decay = min(ema_decay, (1 + step) / (10 + step))
+        for pe, p in zip(ema.parameters(), unet.parameters()):
+            pe.lerp_(p, 1 - decay)
+
+
+def checkpoint(out: str, unet, ema, opt, step: int) -> None:
+    """The resumable state (atomically replaced) and the EMA weights as a diffusers folder."""
+    ckpt_path = os.path.join(out, "train_state.pt")
+    torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step},
+               ckpt_path + ".tmp")
+    os.replace(ckpt_path + ".tmp", ckpt_path)
+    save_pipeline_folder(ema, out)
 
 
 def main(argv=None):

@@ -12,7 +12,7 @@ from comfy_api.latest import io
 
 from ..hspace_core.adapters.base import autograd_ready
 from ..hspace_core.clip_directions import DirectionTraining, load_open_clip, train_direction
-from ..hspace_core.implicit import load_official_asyrp
+from ..hspace_core import load_official_asyrp
 from .comfy_model import check_has_h_space, progress_bar, run_in_comfy, time_embedding_of
 from .schedule import lpips_by_name
 from .common import CATEGORY, DirectionType, advanced, conditioning_inputs, encode, model_input, seed_input, steps_input

@@ -1,0 +1,106 @@
+"""Fine-tune the bundled demo DDPM into a class-conditional one (label = shape type, plus a null class for
+classifier-free guidance): ``python -m hspace_demo.train_conditional --out DIR --steps 600``.
+
+The U-Net is the bundled one with diffusers' class embedding (``num_class_embeds`` = shapes + 1, added to the time
+embedding) initialised to zero, so step 0 is exactly the unconditional model.  Labels are dropped to the null class
+for ``--p-uncond`` of each batch (Ho & Salimans 2022).  The skip-dropout regulariser of the base training is kept so
+the decoder still depends on h.  Checkpoints every ``--save-every`` steps; rerunning resumes from the last one.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .run import BUNDLED
+from .shapes import SHAPES, make_batch
+from .train import SkipDropout, checkpoint, export_bundled, resume, update
+
+log = logging.getLogger("hspace.train_conditional")
+NULL_CLASS = len(SHAPES)
+
+
+def conditional_from(folder: str = BUNDLED):
+    """The bundled U-Net with a zero class embedding of len(SHAPES) + 1 classes (the last one is 'no label')."""
+    from diffusers import UNet2DModel
+
+    base = UNet2DModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32)
+    config = {k: v for k, v in dict(base.config).items() if not k.startswith("_")}
+    unet = UNet2DModel(**{**config, "num_class_embeds": NULL_CLASS + 1})
+    missing, unexpected = unet.load_state_dict(base.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("class_embedding") for k in missing):
+        raise RuntimeError(f"unexpected weights: missing {missing}, unexpected {unexpected}")
+    torch.nn.init.zeros_(unet.class_embedding.weight)
+    return unet
+
+
+def batch_at(step: int, batch: int, seed: int, p_uncond: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels of one step, a function of the step alone (resumed runs see the same data)."""
+    images, factors = make_batch(batch, seed=seed * 10_000_000 + 7_000_000 + step, palette="wide")
+    labels = np.array([f.shape for f in factors])
+    drop = np.random.default_rng([seed, step, 2]).random(batch) < p_uncond
+    labels[drop] = NULL_CLASS
+    return torch.from_numpy(images), torch.from_numpy(labels).long()
+
+
+def train(out: str, steps: int, batch: int = 32, lr: float = 1e-4, seed: int = 0, p_uncond: float = 0.2,
+          ema_decay: float = 0.995, save_every: int = 50):
+    os.makedirs(out, exist_ok=True)
+    unet = conditional_from()
+    ema = copy.deepcopy(unet).eval()
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
+    step = resume(os.path.join(out, "train_state.pt"), unet, ema, opt)
+    alphas = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0).float()
+    gen = torch.Generator().manual_seed(seed * 1000 + step + 17)
+    dropout = SkipDropout(unet, 0.5, 3, gen)
+    unet.train()
+    t0, losses = time.time(), []
+    while step < steps:
+        x0, labels = batch_at(step, batch, seed, p_uncond)
+        t = torch.randint(0, 1000, (batch,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        a = alphas[t][:, None, None, None]
+        dropout.new_batch(batch)
+        loss = F.mse_loss(unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, class_labels=labels).sample, noise)
+        update(unet, ema, opt, loss, step, ema_decay)
+        step += 1
+        losses.append(loss.item())
+        if step % 25 == 0:
+            log.info("step %d loss %.4f (%.2f s/step)", step, float(np.mean(losses)), (time.time() - t0) / len(losses))
+            losses, t0 = [], time.time()
+        if step % save_every == 0 or step == steps:
+            checkpoint(out, unet, ema, opt, step)
+    dropout.remove()
+    return ema
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="training folder (checkpoints; keep it outside the repository)")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--p-uncond", type=float, default=0.2)
+    p.add_argument("--save-every", type=int, default=50)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--export", default="", help="after training, write the fp16 model folder here")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    train(args.out, args.steps, args.batch, args.lr, args.seed, args.p_uncond, save_every=args.save_every)
+    if args.export:
+        export_bundled(args.out, args.export)
+        with open(os.path.join(args.export, "labels.json"), "w") as f:
+            json.dump({"classes": [*SHAPES, "(none)"], "null_class": NULL_CLASS}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
