@@ -5,6 +5,7 @@ interpolation recipe of Diffusion Autoencoders (Preechakul et al., CVPR 2022) ov
 """
 from .adapters import Conditioning, DiffusersUNet, HSpaceModel, Prediction
 from .auto_schedule import AutoSchedule, find_t_edit_t_boost, lpips_distance
+from .cfg_inversion import CFG_INVERSIONS, GuidedInversion, invert_guided, negative_prompt_conditioning
 from .clip_directions import CLIPDirectional, DirectionTraining, TrainedDirection, load_open_clip, train_direction
 from .ddim import calibrated_x_t, ddim_inverse_step, ddim_sigma, ddim_step, eps_from_model_output, predicted_x0
 from .implicit import ImplicitDirectionNet, TimeEmbedding
@@ -28,6 +29,7 @@ __all__ = [
     "ddim_inverse_step", "ddim_sigma", "ddim_step", "direction_from_examples", "edit", "eps_from_model_output",
     "find_t_edit_t_boost", "gamma_ramp", "generate", "inject", "interpolate", "invert", "lpips_distance", "mask_to_h_grid",
     "masked_blend", "masked_normalized_slerp", "check_gamma", "StepLoop", "check_latent", "H_SOURCES",
-    "INVERSION_CONVENTIONS", "train_steps_of", "normalized_slerp", "predicted_x0", "run_reverse", "schedule_from_betas",
+    "INVERSION_CONVENTIONS", "train_steps_of", "CFG_INVERSIONS", "GuidedInversion", "invert_guided",
+    "negative_prompt_conditioning", "normalized_slerp", "predicted_x0", "run_reverse", "schedule_from_betas",
     "schedule_from_diffusers_config", "schedule_from_sigmas", "slerp", "step_pairs", "timestep_grid",
 ]

@@ -7,6 +7,7 @@ middle block returns h̃, so only the time embedding and the decoder run again.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -18,11 +19,15 @@ from .base import HEdit, Prediction, autograd_ready, edited_rows, fingerprint_of
 
 @dataclass(frozen=True)
 class Conditioning:
-    """Text conditioning and classifier-free guidance for a ``UNet2DConditionModel``.
+    """Conditioning and classifier-free guidance for a ``UNet2DConditionModel`` or a class-conditional
+    ``UNet2DModel``.
 
-    ``positive`` / ``negative`` are encoder hidden states (B, tokens, dim).  ``added_cond`` holds SDXL's
-    ``text_embeds`` and ``time_ids`` as (negative, positive) pairs.  With ``guidance_scale == 1`` only the
-    positive branch runs.  ``edit_branches`` says which branch an h edit touches: cond, uncond or both.
+    ``positive`` / ``negative`` are encoder hidden states (B, tokens, dim) for a text U-Net, class embeddings
+    (B, dim) for a class-conditional U-Net (``DiffusersUNet.class_embedding_of(labels)``).  ``negative_at`` maps a
+    timestep to the negative used there (null-text inversion's per-step unconditional embeddings); other timesteps
+    use ``negative``.  ``added_cond`` holds SDXL's ``text_embeds`` and ``time_ids`` as (negative, positive) pairs.
+    With ``guidance_scale == 1`` only the positive branch runs.  ``edit_branches`` says which branch an h edit
+    touches: cond, uncond or both.
     """
 
     positive: torch.Tensor
@@ -30,14 +35,21 @@ class Conditioning:
     guidance_scale: float = 1.0
     edit_branches: str = "cond"
     added_cond: dict = field(default_factory=dict)
+    negative_at: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
+        if not math.isfinite(self.guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number, got {self.guidance_scale}.")
         if self.guidance_scale != 1.0 and self.negative is None:
             raise ValueError("Classifier-free guidance (guidance_scale ≠ 1) needs negative conditioning.")
-        if self.negative is not None and self.negative.shape != self.positive.shape:
-            raise ValueError(
-                f"Positive {tuple(self.positive.shape)} and negative {tuple(self.negative.shape)} conditioning differ in shape."
-            )
+        for t, negative in [(None, self.negative), *self.negative_at.items()]:
+            if negative is not None and negative.shape != self.positive.shape:
+                where = "" if t is None else f" at t={t}"
+                raise ValueError(f"Positive {tuple(self.positive.shape)} and negative{where} "
+                                 f"{tuple(negative.shape)} conditioning differ in shape.")
+
+    def negative_for(self, t: int) -> torch.Tensor | None:
+        return self.negative_at.get(int(t), self.negative)
 
     @property
     def uses_guidance(self) -> bool:
@@ -69,8 +81,12 @@ class DiffusersUNet:
         self.class_labels = class_labels
         self.reuse_encoder = reuse_encoder
         self.is_conditional = dict(unet.config).get("cross_attention_dim") is not None
+        self.is_class_conditional = not self.is_conditional and getattr(unet, "class_embedding", None) is not None
         if self.is_conditional and conditioning is None:
             raise ValueError(f"{type(unet).__name__} is text-conditioned: pass conditioning=Conditioning(positive=...).")
+        if self.is_class_conditional and conditioning is None and class_labels is None:
+            raise ValueError(f"{type(unet).__name__} is class-conditional: pass class_labels=, or conditioning="
+                             "Conditioning(positive=model.class_embedding_of(labels), ...) for guidance.")
         self.branches = ("uncond", "cond") if conditioning is not None and conditioning.uses_guidance else ("single",)
         self._fingerprint = None
 
@@ -89,8 +105,18 @@ class DiffusersUNet:
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
 
+    def class_embedding_of(self, labels) -> torch.Tensor:
+        """The class embeddings (B, dim) of integer labels: what ``Conditioning`` holds for a class U-Net."""
+        if not self.is_class_conditional:
+            raise ValueError(f"{type(self.unet).__name__} has no class embedding; it is not class-conditional.")
+        labels = torch.as_tensor(labels, dtype=torch.long, device=self.device).reshape(-1)
+        with torch.no_grad():
+            return self.unet.class_embedding(labels).float().cpu()
+
     def with_conditioning(self, conditioning: Conditioning | None) -> "DiffusersUNet":
-        return DiffusersUNet(self.unet, self.schedule, conditioning, self.class_labels, self.reuse_encoder)
+        other = DiffusersUNet(self.unet, self.schedule, conditioning, self.class_labels, self.reuse_encoder)
+        other._fingerprint = self._fingerprint  # same weights
+        return other
 
     def time_embedding(self):
         """A frozen copy of the U-Net's timestep embedding (for implicit directions f_t)."""
@@ -102,7 +128,7 @@ class DiffusersUNet:
         return autograd_ready(self.unet)
 
     def predict(self, x_t: torch.Tensor, t: int, edit: HEdit | None = None) -> Prediction:
-        x_in, kwargs = self._inputs(x_t)
+        x_in, kwargs = self._inputs(x_t, t)
         timestep = torch.full((x_in.shape[0],), max(int(t), 0), device=self.device, dtype=torch.long)
         with _capture(self.unet, self.reuse_encoder and edit is not None) as cache:
             out = self._run(x_in, timestep, kwargs)
@@ -118,9 +144,12 @@ class DiffusersUNet:
         return Prediction(eps, h, self._to_eps(out_edited, x_t, t))
 
     def _run(self, x_in, timestep, kwargs) -> torch.Tensor:
-        return self.unet(x_in.to(self.device, self.dtype), timestep, return_dict=False, **kwargs)[0]
+        kwargs = dict(kwargs)
+        class_rows = kwargs.pop("class_rows", None)
+        with _class_embedding_rows(self.unet, class_rows):
+            return self.unet(x_in.to(self.device, self.dtype), timestep, return_dict=False, **kwargs)[0]
 
-    def _inputs(self, x_t: torch.Tensor):
+    def _inputs(self, x_t: torch.Tensor, t: int):
         c = self.conditioning
         kwargs = {}
         if self.class_labels is not None:
@@ -130,11 +159,15 @@ class DiffusersUNet:
         batch = x_t.shape[0]
         if c.uses_guidance:
             x_in = torch.cat([x_t, x_t])
-            states = torch.cat([_repeat_to(c.negative, batch), _repeat_to(c.positive, batch)])
+            states = torch.cat([_repeat_to(c.negative_for(t), batch), _repeat_to(c.positive, batch)])
             added = {k: torch.cat([_repeat_to(v[0], batch), _repeat_to(v[1], batch)]) for k, v in c.added_cond.items()}
         else:
             x_in, states = x_t, _repeat_to(c.positive, batch)
             added = {k: _repeat_to(v[1], batch) for k, v in c.added_cond.items()}
+        if self.is_class_conditional:  # the embeddings replace the class embedding's output, row for row
+            kwargs["class_labels"] = torch.zeros(x_in.shape[0], dtype=torch.long, device=self.device)
+            kwargs["class_rows"] = states.to(self.device, self.dtype)
+            return x_in, kwargs
         kwargs["encoder_hidden_states"] = states.to(self.device, self.dtype)
         if added:
             kwargs["added_cond_kwargs"] = {k: v.to(self.device, self.dtype) for k, v in added.items()}
@@ -149,11 +182,25 @@ class DiffusersUNet:
         return eps_from_model_output(out, x_t, self.schedule.alpha_bar(max(t, 0)), self.schedule.prediction_type)
 
 
+@contextlib.contextmanager
+def _class_embedding_rows(unet, rows: torch.Tensor | None):
+    """During one forward, the class embedding returns ``rows`` (B, dim) whatever labels it gets."""
+    if rows is None:
+        yield
+        return
+    try:
+        unet.class_embedding.forward = lambda labels: rows
+        yield
+    finally:
+        unet.class_embedding.__dict__.pop("forward", None)
+
+
 def _repeat_to(x: torch.Tensor, batch: int) -> torch.Tensor:
     if x.shape[0] == batch:
         return x
     if x.shape[0] != 1:
-        raise ValueError(f"Conditioning has batch {x.shape[0]} but the latents have {batch}; pass 1 or {batch}.")
+        raise ValueError(f"Conditioning has batch {x.shape[0]} but the latents have {batch}: give one conditioning, "
+                         f"or one per latent ({batch}).")
     return x.expand(batch, *x.shape[1:])
 
 
