@@ -101,7 +101,11 @@ def edit_schedule(steps: int, t_edit: int, boost) -> EditSchedule:
 
 def seed_of(seed: int, boost) -> int:
     """BOOST_SEED_RULE: a connected Quality Boost's seed replaces the node's own."""
-    return boost.seed if boost is not None else seed
+    if boost is None:
+        return seed
+    if boost.seed != seed:
+        logging.info("h-space: using the Quality Boost's seed %s instead of the node's seed %s.", boost.seed, seed)
+    return boost.seed
 
 
 # --- LATENT / IMAGE ---
