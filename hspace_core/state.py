@@ -323,14 +323,14 @@ def _note_interpolated(name: str, steps: int) -> None:
     log.info("%s was made on a %d-step grid; Δh at other timesteps is interpolated linearly in t.", name, steps)
 
 
-def check_fingerprint(found: str, expected: str, what: str) -> None:
-    """Raise if a saved object was made with another model."""
+def check_fingerprint(found: str, expected: str, what: str, hint: str = "use the model it was made with") -> None:
+    """Raise if a saved object was made with another model; ``hint`` says what to change."""
     if found and expected and found != expected:
         f_arch, e_arch = found.split("/")[0], expected.split("/")[0]
         part = "architecture" if f_arch != e_arch else "weights"
         raise ValueError(
             f"This {what} was made with a model of different {part} (fingerprint {found}) than the one given "
-            f"({expected}); use the model it was captured with."
+            f"({expected}); {hint}."
         )
 
 
@@ -342,13 +342,36 @@ def _save(path: str, tensors: dict, kind: str, **meta) -> None:
 
 
 def _load(path: str, kind: str) -> tuple[dict, dict]:
-    from safetensors import safe_open
+    """Read an h-space safetensors file of ``kind``; a file that is not one (empty, truncated, random bytes, a huge
+    header, metadata that is not JSON or lacks a key) raises a ValueError naming the file."""
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(path, "pt") as f:
-        raw = (f.metadata() or {}).get("hspace")
+    label = {"h_trajectory": "h trajectory", "direction": "direction"}.get(kind, kind)
+
+    def invalid(reason: str) -> ValueError:
+        return ValueError(f"{path} is not a valid h-space {label} file ({reason}); save it again with this pack's "
+                          f"Save node or pick another file.")
+
+    try:
+        with safe_open(path, "pt") as f:
+            raw = (f.metadata() or {}).get("hspace")
+        tensors = load_file(path) if raw is not None else {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise invalid(f"not a readable safetensors file: {error}") from None
     if raw is None:
-        raise ValueError(f"{path} is not an h-space file (no 'hspace' metadata); save it with this pack.")
-    meta = json.loads(raw)
+        raise invalid("no 'hspace' metadata")
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        raise invalid("its metadata is not JSON") from None
+    if not isinstance(meta, dict):
+        raise invalid("its metadata is not a JSON object")
     if meta.get("kind") != kind:
-        raise ValueError(f"{path} holds a {meta.get('kind')!r}, not a {kind!r}.")
-    return load_file(path), meta
+        raise ValueError(f"{path} holds a {meta.get('kind')!r}, not a {kind!r}: pick a {label} file.")
+    implicit = meta.get("form") == "implicit"
+    needs = {"h_trajectory": ("timesteps", "branches", "fingerprint", "h"),
+             "direction": ("form", "fingerprint", *(("fn_config",) if implicit else ("timesteps", "delta")))}
+    missing = [key for key in needs.get(kind, ()) if key not in meta and key not in tensors]
+    if missing:
+        raise invalid(f"missing {', '.join(missing)}")
+    return tensors, meta

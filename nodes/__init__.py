@@ -6,7 +6,7 @@ from .injection import Interpolate, QualityBoost, SlerpContentInject, StyleCalib
 from .inversion import Capture, DDIMInversion
 from .loaders import LoadPixelUNet
 from .schedule import AutoSchedule
-from .storage import register_folders
+from .common import register_folders
 from .trajectory_io import PreviewH
 
 register_folders()

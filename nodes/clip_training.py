@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import pickle
 import re
 
 import torch
@@ -14,9 +15,8 @@ from ..hspace_core.adapters.base import autograd_ready
 from ..hspace_core.clip_directions import DirectionTraining, load_open_clip, train_direction
 from ..hspace_core import load_official_asyrp
 from .comfy_model import check_has_h_space, progress_bar, run_in_comfy, time_embedding_of
-from .schedule import lpips_by_name
-from .common import CATEGORY, DirectionType, advanced, conditioning_inputs, encode, model_input, seed_input, steps_input
-from .storage import list_files, resolve
+from .common import (CATEGORY, DirectionType, advanced, check_inputs, conditioning_inputs, encode,
+                     list_files, lpips_by_name, model_input, resolve, seed_input, steps_input, stored_file_state)
 
 
 @functools.lru_cache(maxsize=1)
@@ -105,6 +105,7 @@ class TrainAsyrpDirection(io.ComfyNode):
                 batch_size, clip_weight, recon_weight, lr_step_epochs, lr_gamma, clip_reference, log_clip_loss,
                 init_scale, clip_model, clip_pretrained, seed, cfg, edit_branches, positive=None,
                 negative=None) -> io.NodeOutput:
+        check_inputs(cls, locals())
         check_has_h_space(model)
         config = DirectionTraining(form=form, num_steps=steps, inversion_steps=inversion_steps,
                                    t_edit=None if t_edit < 0 else t_edit, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -147,12 +148,33 @@ class LoadAsyrpDirection(io.ComfyNode):
         )
 
     @classmethod
+    def fingerprint_inputs(cls, asyrp_file, **_):
+        """Re-run when the file changes on disk."""
+        return stored_file_state("asyrp", asyrp_file)
+
+    @classmethod
     def execute(cls, model, asyrp_file, train_steps) -> io.NodeOutput:
+        check_inputs(cls, locals())
         check_has_h_space(model)
+        path = resolve("asyrp", asyrp_file)
+        refuse_unsafe_pickle(path)
         with torch.inference_mode(False):
-            direction = load_official_asyrp(resolve("asyrp", asyrp_file), time_embedding_of(model))
+            direction = load_official_asyrp(path, time_embedding_of(model))
         found = re.search(r"ngen(\d+)", asyrp_file)
         train_steps = train_steps or (int(found.group(1)) if found else 0)
         if train_steps:
             direction = dataclasses.replace(direction, metadata={**direction.metadata, "train_steps": train_steps})
         return io.NodeOutput(direction)
+
+
+def refuse_unsafe_pickle(path: str) -> None:
+    """A checkpoint that holds Python objects beyond tensors is refused with a message of our own: torch's advises
+    ``weights_only=False``, which would run whatever code the file carries."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{os.path.basename(path)} was refused as unsafe: it holds Python objects beyond tensors, "
+                         "which are never loaded. Use an official Asyrp checkpoint (.pth of tensors) from its "
+                         "checkpoint/ folder.") from None
+    except Exception:  # truncated or not a torch file: load_official_asyrp says so
+        pass

@@ -38,6 +38,19 @@ def check_has_h_space(model) -> None:
         raise ValueError(f"Model type {model_type} is not a DDPM-style discrete-time model; use {SUPPORTED}.")
 
 
+def check_latent(model, latent: torch.Tensor) -> None:
+    """Refuse, before sampling, a latent from another model (channels) or of a size the U-Net cannot take."""
+    expected = model.model.latent_format.latent_channels
+    if latent.dim() != 4 or latent.shape[1] != expected:
+        raise ValueError(
+            f"This latent has shape {tuple(latent.shape)} but the model works on {expected}-channel latents: it does not "
+            f"belong to this model. Make it with this model (its VAE, or DDIM Inversion on this MODEL"
+            f"{'; pixel U-Nets use VAELoader pixel_space' if expected == 3 else ''}).")
+    size_check = getattr(model.get_model_object("diffusion_model"), "check_sample_size", None)
+    if size_check is not None:
+        size_check(*latent.shape[-2:])
+
+
 class _HPatch:
     """output_block_patch: records h at ("output", 0) per branch and optionally edits it."""
 
@@ -142,6 +155,7 @@ def run_in_comfy(model, latent: torch.Tensor, body, *, positive=None, negative=N
     (``process_latent_in`` applied).  Returns what ``body`` returns.
     """
     check_has_h_space(model)
+    check_latent(model, latent)
     if positive is None:
         if not getattr(model.get_model_object("diffusion_model"), "hspace_pixel_unet", False):
             raise ValueError("This model is text-conditioned: connect positive (and negative) CONDITIONING.")

@@ -1,9 +1,18 @@
-"""Shared pieces of the H-Space nodes: custom types, common inputs, and LATENT/IMAGE conversion."""
+"""The common layer of the H-Space nodes: custom types, shared inputs, input checks, model folders, LATENT/IMAGE
+conversion.  Node modules import from here, ``comfy_model`` / ``pixel_model`` (the model wrappers) and the core,
+never from each other."""
 from __future__ import annotations
+
+import logging
+import math
+import os
 
 import torch
 
+import folder_paths
 from comfy_api.latest import io
+
+from ..hspace_core import EditSchedule, lpips_distance
 
 CATEGORY = "h-space"
 PREFIX = "HSpace"
@@ -13,6 +22,7 @@ DirectionType = io.Custom("HSPACE_DIRECTION")
 Calibration = io.Custom("HSPACE_CALIBRATION")
 Boost = io.Custom("HSPACE_BOOST")
 
+BOOST_SEED_RULE = "When a Quality Boost is connected, its seed replaces this node's seed."
 
 
 def advanced(widget):
@@ -48,10 +58,57 @@ def t_edit_input(default: int = 400):
                         tooltip="h is changed for t ≥ t_edit. Earlier (larger) t_edit gives stronger, coarser changes.")
 
 
-def seed_input():
-    return io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                        tooltip="Seed for the stochastic (quality boost) steps.")
+def seed_input(tooltip: str = "Seed for the stochastic (quality boost) steps."):
+    return io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip=tooltip)
 
+
+# --- input checks: ComfyUI 0.3.75 checks neither V3 combo options nor NaN/inf against a widget's range ---
+
+def check_inputs(node_cls, values: dict) -> None:
+    """Check every widget value a node received against its own schema: combo options, and numbers finite and
+    within the widget's [min, max].  Call it first thing in ``execute`` with ``locals()``."""
+    for spec in node_cls.define_schema().inputs:
+        value = values.get(spec.id)
+        if value is None:
+            continue
+        if isinstance(spec, io.Combo.Input):
+            check_option(spec.id, value, spec.options)
+        elif isinstance(spec, (io.Float.Input, io.Int.Input)):
+            check_number(spec.id, value, spec.min, spec.max)
+
+
+def check_option(name: str, value, options) -> None:
+    if value not in options:
+        shown = ", ".join(map(repr, options[:20])) + (f" … ({len(options)} in all)" if len(options) > 20 else "")
+        raise ValueError(f"{name} is {value!r}, which is not one of its options; choose one of: {shown}.")
+
+
+def check_number(name: str, value, low=None, high=None) -> None:
+    if (isinstance(value, float) and not math.isfinite(value)) or (low is not None and value < low) \
+            or (high is not None and value > high):
+        raise ValueError(f"{name} is {value}; set it to a number in [{low}, {high}].")
+
+
+def edit_schedule(steps: int, t_edit: int, boost) -> EditSchedule:
+    """The node's schedule, with the Quality Boost's t_boost and η when one is connected."""
+    if boost is None:
+        return EditSchedule(steps, t_edit=t_edit, t_boost=0)
+    if t_edit < boost.t_boost:
+        raise ValueError(f"t_edit ({t_edit}) is below the Quality Boost's t_boost ({boost.t_boost}): raise t_edit on "
+                         "this node or lower t_boost on the Quality Boost node.")
+    return EditSchedule(steps, t_edit=t_edit, t_boost=boost.t_boost, eta_boost=boost.eta)
+
+
+def seed_of(seed: int, boost) -> int:
+    """BOOST_SEED_RULE: a connected Quality Boost's seed replaces the node's own."""
+    if boost is None:
+        return seed
+    if boost.seed != seed:
+        logging.info("h-space: using the Quality Boost's seed %s instead of the node's seed %s.", boost.seed, seed)
+    return boost.seed
+
+
+# --- LATENT / IMAGE ---
 
 def latent_x(model, latent: dict) -> torch.Tensor:
     """LATENT → model-space tensor (the h-space latents are stored after ``process_latent_in``)."""
@@ -67,13 +124,101 @@ def decode(vae, latent: dict) -> torch.Tensor:
     return images.reshape(-1, *images.shape[-3:]) if images.dim() == 5 else images
 
 
+def latent_of(image, vae, latent) -> dict:
+    """The LATENT a node works on: the connected latent, or the image through its VAE; never both."""
+    if latent is not None and image is not None:
+        raise ValueError("Both a latent and an image are connected: disconnect one (the latent, or the image and its "
+                         "VAE); the node inverts exactly one of them.")
+    if latent is not None:
+        return latent
+    if image is None or vae is None:
+        raise ValueError("Connect either a latent, or an image together with its VAE.")
+    return encode(vae, image)
+
+
+def encoded_pixels(vae, image: torch.Tensor) -> torch.Tensor:
+    """The part of ``image`` the VAE actually encodes: it crops each side to a multiple of its downscale factor."""
+    cropped = vae.vae_encode_crop_pixels(image[:, :, :, :3])
+    if cropped.shape != image[:, :, :, :3].shape:
+        logging.info("h-space: the VAE encodes the central %s×%s of the %s×%s image; PSNR is measured on that part.",
+                     cropped.shape[2], cropped.shape[1], image.shape[2], image.shape[1])
+    return cropped
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float) -> float:
     mse = float((a.float() - b.float()).pow(2).mean())
     return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(data_range**2 / mse)).item()
 
 
-def boost_conflict(t_edit, boost) -> bool | str:
-    """validate_inputs for nodes with t_edit and an optional Quality Boost: an error string for the UI, or True."""
-    if boost is not None and t_edit is not None and t_edit < boost.t_boost:
-        return f"t_edit ({t_edit}) is below the Quality Boost's t_boost ({boost.t_boost}); raise t_edit or lower t_boost."
-    return True
+# --- model folders of the pack via ComfyUI's folder_paths: models/hspace_directions, models/hspace_trajectories,
+# models/asyrp (official Asyrp .pth checkpoints) and models/open_clip (open_clip weights and model configs) ---
+
+FOLDERS = {"hspace_directions": {".safetensors"}, "hspace_trajectories": {".safetensors"},
+           "asyrp": {".pth", ".pt"}, "open_clip": {".safetensors", ".bin", ".pt", ".pth", ".json"}}
+
+
+def register_folders() -> None:
+    for name, extensions in FOLDERS.items():
+        if name not in folder_paths.folder_names_and_paths:
+            folder_paths.folder_names_and_paths[name] = ([os.path.join(folder_paths.models_dir, name)], set(extensions))
+
+
+def list_files(kind: str) -> list[str]:
+    register_folders()
+    return folder_paths.get_filename_list(kind)
+
+
+def resolve(kind: str, name: str) -> str:
+    register_folders()
+    path = folder_paths.get_full_path(kind, name)
+    if path is None:
+        raise ValueError(f"{name!r} is not in models/{kind}; save one there first or pick another file.")
+    return path
+
+
+def save_path(kind: str, prefix: str) -> str:
+    """A new numbered file under the first models/<kind> folder (never overwrites)."""
+    register_folders()
+    folder = folder_paths.get_folder_paths(kind)[0]
+    os.makedirs(folder, exist_ok=True)
+    safe = "".join(c for c in prefix if c.isalnum() or c in "-_") or kind
+    n = 1
+    while os.path.exists(os.path.join(folder, f"{safe}_{n:05d}.safetensors")):
+        n += 1
+    return os.path.join(folder, f"{safe}_{n:05d}.safetensors")
+
+
+def stored_file_state(kind: str, name: str):
+    """``file_state`` of a file in models/<kind> (for the loaders' ``fingerprint_inputs``)."""
+    register_folders()
+    return file_state(folder_paths.get_full_path(kind, name))
+
+
+def file_state(path: str | None):
+    """A change fingerprint of a file or a folder's files (path, mtime, size), for ``fingerprint_inputs``: ComfyUI
+    re-runs a loader when it changes.  None when the path does not exist (execute then says what is wrong)."""
+    if not path or not os.path.exists(path):
+        return None
+    if os.path.isfile(path):
+        stat = os.stat(path)
+        return ((path, stat.st_mtime_ns, stat.st_size),)
+    return tuple(entry for root, _, names in sorted(os.walk(path)) for name in sorted(names)
+                 for entry in file_state(os.path.join(root, name)))
+
+
+def lpips_by_name(backbone: str):
+    if backbone.startswith("alex (random"):
+        import lpips
+
+        torch_state = torch.random.get_rng_state()
+        try:
+            torch.manual_seed(0)
+            net = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False).eval()
+        finally:
+            torch.random.set_rng_state(torch_state)  # never leave the global RNG changed
+        return lambda a, b: net(a.float(), b.float()).flatten()
+    try:
+        return lpips_distance(backbone)
+    except Exception as error:  # offline, or a corrupt cache
+        raise ValueError(f"Could not load LPIPS ({backbone}) weights: {error}. They download once from the internet; "
+                         "connect once or copy them into torch's hub cache.") from error

@@ -5,26 +5,28 @@ import torch
 
 from comfy_api.latest import io
 
-from ..hspace_core import Direction, EditSchedule, direction_from_examples, edit
+from ..hspace_core import Direction, direction_from_examples, edit
+from ..hspace_core.state import check_fingerprint
 from .comfy_model import latent_out, progress_bar, run_in_comfy
-from .common import (advanced, CATEGORY, boost_conflict, Boost, DirectionType, Trajectory, conditioning_inputs, model_input,
-                     seed_input, steps_input, t_edit_input)
+from .common import (BOOST_SEED_RULE, advanced, CATEGORY, Boost, DirectionType, Trajectory, check_inputs, check_number,
+                     conditioning_inputs, edit_schedule, model_input, seed_input, seed_of, steps_input, t_edit_input)
+
+STRENGTH_RANGE = (-100.0, 100.0)
+OTHER_MODEL_HINT = ("use a direction made with this model, or turn on allow_other_model (advanced) if this model is a "
+                    "fine-tune or LoRA-patched version of it")
 
 
 def parse_strengths(text: str) -> list[float]:
+    """The strength sweep: comma-separated numbers, each finite and within the strength widget's range."""
     try:
         values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"Strength sweep {text!r} is not a comma-separated list of numbers, e.g. -2, -1, 0, 1, 2.")
+        raise ValueError(f"strength_sweep {text!r} is not a comma-separated list of numbers, e.g. -2, -1, 0, 1, 2.")
     if not values:
-        raise ValueError("The strength sweep is empty; give numbers like -2, 0, 2 or leave it blank.")
+        raise ValueError("strength_sweep is empty; give numbers like -2, 0, 2 or leave it blank.")
+    for value in values:
+        check_number("a strength in strength_sweep", value, *STRENGTH_RANGE)
     return values
-
-
-def schedule_of(steps: int, t_edit: int, boost) -> EditSchedule:
-    if boost is None:
-        return EditSchedule(steps, t_edit=t_edit, t_boost=0)
-    return EditSchedule(steps, t_edit=t_edit, t_boost=boost.t_boost, eta_boost=boost.eta)
 
 
 class AsyrpEdit(io.ComfyNode):
@@ -39,32 +41,36 @@ class AsyrpEdit(io.ComfyNode):
                 model_input(),
                 io.Latent.Input("x_T", tooltip="Inverted latent from DDIM Inversion (or noise)."),
                 DirectionType.Input("direction", tooltip="An h-space direction (from examples, combined or loaded)."),
-                io.Float.Input("strength", default=1.0, min=-100.0, max=100.0, step=0.05,
+                io.Float.Input("strength", default=1.0, min=STRENGTH_RANGE[0], max=STRENGTH_RANGE[1], step=0.05,
                                tooltip="How far to move along the direction; negative reverses it, 0 reconstructs."),
                 steps_input(), t_edit_input(),
                 io.String.Input("strength_sweep", default="", optional=True,
                                 tooltip="Comma-separated strengths (e.g. -2,-1,0,1,2): returns a batch, one per value, "
                                         "for a grid. Overrides 'strength' when not empty."),
-                Boost.Input("boost", optional=True, tooltip="Quality Boost settings (stochastic steps below t_boost)."),
-                seed_input(),
+                Boost.Input("boost", optional=True, tooltip="Quality Boost settings (stochastic steps below t_boost). "
+                                                            + BOOST_SEED_RULE),
+                seed_input("Seed for the stochastic (quality boost) steps. " + BOOST_SEED_RULE),
+                advanced(io.Boolean.Input("allow_other_model", default=False, optional=True,
+                                          tooltip="Apply a direction made with another model (other weights), e.g. on "
+                                                  "a fine-tuned or LoRA-patched version of it. Off: such a direction "
+                                                  "is refused.")),
                 *conditioning_inputs(),
             ],
             outputs=[io.Latent.Output("latent", tooltip="Edited latent(s): batch × strengths, strength-major.")],
         )
 
     @classmethod
-    def validate_inputs(cls, t_edit=None, boost=None, **kwargs):
-        return boost_conflict(t_edit, boost)
-
-    @classmethod
     def execute(cls, model, x_T, direction, strength, steps, t_edit, seed, cfg, edit_branches, strength_sweep="",
-                boost=None, positive=None, negative=None) -> io.NodeOutput:
+                boost=None, allow_other_model=False, positive=None, negative=None) -> io.NodeOutput:
+        check_inputs(cls, locals())
         strengths = parse_strengths(strength_sweep) if strength_sweep and strength_sweep.strip() else [strength]
-        schedule = schedule_of(steps, t_edit, boost)
-        seed = boost.seed if boost is not None else seed
+        schedule = edit_schedule(steps, t_edit, boost)
+        seed = seed_of(seed, boost)
         progress = progress_bar(steps * len(strengths))
 
         def body(m, x):
+            if not allow_other_model:
+                check_fingerprint(direction.fingerprint, m.fingerprint, "direction", hint=OTHER_MODEL_HINT)
             outs = []
             for k, s in enumerate(strengths):
                 done = k * steps
@@ -97,6 +103,7 @@ class DirectionFromExamples(io.ComfyNode):
 
     @classmethod
     def execute(cls, positive, negative, form, name) -> io.NodeOutput:
+        check_inputs(cls, locals())
         d = direction_from_examples(positive, negative, name=name)
         return io.NodeOutput(d.global_mean() if form == "global" else d)
 
@@ -121,6 +128,7 @@ class CombineDirections(io.ComfyNode):
 
     @classmethod
     def execute(cls, direction_a, weight_a, direction_b, weight_b, normalize) -> io.NodeOutput:
+        check_inputs(cls, locals())
         return io.NodeOutput(combine(direction_a, weight_a, direction_b, weight_b, normalize))
 
 

@@ -6,8 +6,7 @@ import os
 from comfy_api.latest import io
 
 from ..hspace_core import Direction, HTrajectory
-from .common import CATEGORY, DirectionType, Trajectory
-from .storage import list_files, resolve, save_path
+from .common import CATEGORY, DirectionType, Trajectory, list_files, resolve, save_path, stored_file_state
 
 
 def save_and_load_nodes(kind: str, label: str, io_type, cls, folder: str, category: str):
@@ -40,6 +39,11 @@ def save_and_load_nodes(kind: str, label: str, io_type, cls, folder: str, catego
                 inputs=[io.Combo.Input(f"{noun}_file", options=list_files(folder), tooltip=f"A .safetensors {noun} file.")],
                 outputs=[io_type.Output(noun, tooltip=f"The loaded {noun}.")],
             )
+
+        @classmethod
+        def fingerprint_inputs(c, **files):
+            """Re-run when the file changes on disk."""
+            return stored_file_state(folder, files[f"{noun}_file"])
 
         @classmethod
         def execute(c, **files) -> io.NodeOutput:

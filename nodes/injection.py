@@ -6,9 +6,28 @@ from comfy_api.latest import io
 from ..hspace_core import (EditSchedule, QualityBoost as QualityBoostConfig, StyleCalibration, gamma_ramp, inject,
                            interpolate)
 from .comfy_model import latent_out, progress_bar, run_in_comfy
-from .common import (advanced, CATEGORY, boost_conflict, Boost, Calibration, Trajectory, conditioning_inputs, latent_x, model_input,
-                     seed_input, steps_input, t_edit_input)
-from .editing import schedule_of
+from .common import (BOOST_SEED_RULE, advanced, CATEGORY, Boost, Calibration, Trajectory, check_inputs,
+                     conditioning_inputs, edit_schedule, latent_x, model_input, seed_input, seed_of, steps_input,
+                     t_edit_input)
+
+CONSTANT_GAMMA = -1.0  # gamma_end's value for "γ stays constant"
+
+
+def gamma_end_of(gamma: float, gamma_end: float) -> float:
+    """gamma_end as the ramp's end: exactly −1 means constant γ; other negatives are refused, not read as −1."""
+    if gamma_end == CONSTANT_GAMMA:
+        return gamma
+    if not 0.0 <= gamma_end <= 1.0:
+        raise ValueError(f"gamma_end is {gamma_end}: set it to −1 (γ stays constant) or to a value in [0, 1].")
+    return gamma_end
+
+
+def check_content_batch(content, style_x_T: dict) -> None:
+    """One content image for all style images, or one per style image (said in the widgets' words)."""
+    styles, contents = style_x_T["samples"].shape[0], content.batch_size
+    if contents not in (1, styles):
+        raise ValueError(f"content holds {contents} images for {styles} style image(s) in style_x_T: connect one "
+                         f"content image, or {styles} (one per style image).")
 
 
 class SlerpContentInject(io.ComfyNode):
@@ -25,8 +44,8 @@ class SlerpContentInject(io.ComfyNode):
                 Trajectory.Input("content", tooltip="h trajectory of the content image (DDIM Inversion or Capture)."),
                 io.Float.Input("gamma", default=0.5, min=0.0, max=1.0, step=0.01,
                                tooltip="Content strength γ at t = T: 0 keeps the style image, 1 takes the content's h."),
-                advanced(io.Float.Input("gamma_end", default=-1.0, min=-1.0, max=1.0, step=0.01,
-                               tooltip="γ at t = t_edit; γ varies linearly in between. −1 keeps γ constant. A "
+                advanced(io.Float.Input("gamma_end", default=CONSTANT_GAMMA, min=-1.0, max=1.0, step=0.01,
+                               tooltip="γ at t = t_edit, in [0, 1]; γ varies linearly in between. −1 keeps γ constant (other negative values are refused). A "
                                        "rising γ (e.g. 0 → 0.8) moves more of the content's layout and less of "
                                        "its colours than a constant one.")),
                 advanced(io.Int.Input("stride", default=1, min=1, max=50,
@@ -35,29 +54,27 @@ class SlerpContentInject(io.ComfyNode):
                 io.Mask.Input("mask", optional=True,
                               tooltip="Local mixing: 1 = inject here, 0 = keep the style image. Any size; soft edges allowed."),
                 Calibration.Input("calibration", optional=True, tooltip="Style Calibrate settings (ω)."),
-                Boost.Input("boost", optional=True, tooltip="Quality Boost settings."),
+                Boost.Input("boost", optional=True, tooltip="Quality Boost settings. " + BOOST_SEED_RULE),
                 advanced(io.Combo.Input("mode", options=["slerp", "replace"], default="slerp",
                                tooltip="'replace' is the naive baseline h̃ = h_content.")),
                 advanced(io.Boolean.Input("per_channel", default=False,
                                  tooltip="Normalise and slerp each channel separately.")),
-                seed_input(),
+                seed_input("Seed for the stochastic (quality boost) steps. " + BOOST_SEED_RULE),
                 *conditioning_inputs(),
             ],
             outputs=[io.Latent.Output("latent", tooltip="The mixed latent.")],
         )
 
     @classmethod
-    def validate_inputs(cls, t_edit=None, boost=None, **kwargs):
-        return boost_conflict(t_edit, boost)
-
-    @classmethod
     def execute(cls, model, style_x_T, content, gamma, gamma_end, stride, steps, t_edit, mode, per_channel, seed,
                 cfg, edit_branches, mask=None, calibration=None, boost=None, positive=None,
                 negative=None) -> io.NodeOutput:
-        schedule = schedule_of(steps, t_edit, boost)
-        g_end = gamma if gamma_end < 0 else gamma_end
+        check_inputs(cls, locals())
+        check_content_batch(content, style_x_T)
+        schedule = edit_schedule(steps, t_edit, boost)
+        g_end = gamma_end_of(gamma, gamma_end)
         omega = calibration.omega if calibration is not None else None
-        seed = boost.seed if boost is not None else seed
+        seed = seed_of(seed, boost)
         progress = progress_bar(steps)
 
         def mix(m, x):
@@ -85,6 +102,7 @@ class StyleCalibrate(io.ComfyNode):
 
     @classmethod
     def execute(cls, omega) -> io.NodeOutput:
+        check_inputs(cls, locals())
         return io.NodeOutput(StyleCalibration(omega))
 
 
@@ -97,12 +115,14 @@ class QualityBoost(io.ComfyNode):
             inputs=[io.Int.Input("t_boost", default=200, min=0, max=999,
                                  tooltip="Steps with t < t_boost are stochastic. Must not exceed t_edit."),
                     io.Float.Input("eta", default=1.0, min=0.0, max=1.0, step=0.05, tooltip="η: 1 is DDPM noise."),
-                    seed_input()],
+                    seed_input("Seed for the stochastic steps. It replaces the seed of the Asyrp Edit or Slerp "
+                               "Content Inject node this boost is connected to.")],
             outputs=[Boost.Output("boost", tooltip="Connect to Asyrp Edit or Slerp Content Inject.")],
         )
 
     @classmethod
     def execute(cls, t_boost, eta, seed) -> io.NodeOutput:
+        check_inputs(cls, locals())
         return io.NodeOutput(QualityBoostConfig(t_boost, eta, seed))
 
 
@@ -129,6 +149,7 @@ class Interpolate(io.ComfyNode):
     @classmethod
     def execute(cls, model, x_T_a, x_T_b, frames, steps, t_edit, cfg, edit_branches, clip_x0=False, positive=None,
                 negative=None) -> io.NodeOutput:
+        check_inputs(cls, locals())
         if x_T_a["samples"].shape != x_T_b["samples"].shape:
             raise ValueError(f"x_T_a {tuple(x_T_a['samples'].shape)} and x_T_b {tuple(x_T_b['samples'].shape)} differ: "
                              "invert images of the same size.")

@@ -5,7 +5,8 @@ from comfy_api.latest import io
 
 from ..hspace_core import invert
 from .comfy_model import latent_out, progress_bar, run_in_comfy
-from .common import CATEGORY, advanced, Trajectory, conditioning_inputs, decode, encode, model_input, psnr, steps_input
+from .common import (CATEGORY, advanced, Trajectory, check_inputs, conditioning_inputs, decode, encoded_pixels, latent_of,
+                     model_input, psnr, steps_input)
 
 
 class DDIMInversion(io.ComfyNode):
@@ -17,7 +18,9 @@ class DDIMInversion(io.ComfyNode):
                         "trajectory along its reconstruction and the reconstruction's PSNR.",
             inputs=[
                 model_input(),
-                io.Image.Input("image", optional=True, tooltip="Image to invert (needs the VAE). Or connect a latent."),
+                io.Image.Input("image", optional=True, tooltip="Image to invert (needs the VAE). Or connect a latent "
+                                                              "(not both). Any size the model takes; SD's VAE "
+                                                              "crops the sides to multiples of 8."),
                 io.Vae.Input("vae", optional=True, tooltip="VAE that encodes the image ('pixel_space' for pixel U-Nets)."),
                 io.Latent.Input("latent", optional=True, tooltip="Latent to invert, instead of an image."),
                 *conditioning_inputs(),
@@ -36,18 +39,16 @@ class DDIMInversion(io.ComfyNode):
     @classmethod
     def execute(cls, model, steps, cfg, edit_branches, refine_iters, image=None, vae=None, latent=None,
                 positive=None, negative=None) -> io.NodeOutput:
-        if latent is None:
-            if image is None or vae is None:
-                raise ValueError("Connect either a latent, or an image together with its VAE.")
-            latent = encode(vae, image)
+        check_inputs(cls, locals())
+        latent = latent_of(image, vae, latent)
         progress = progress_bar(steps * (2 + refine_iters))
         inv = run_in_comfy(model, latent["samples"],
                            lambda m, x: invert(m, x, steps, refine_iters=refine_iters, progress=progress),
                            positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches)
         reconstruction = latent_out(model, inv.reconstruction)
         quality = inv.report.psnr
-        if image is not None and vae is not None:
-            quality = psnr(decode(vae, reconstruction), image[:, :, :, :3], 1.0)
+        if image is not None:  # in image space, against what the VAE encoded
+            quality = psnr(decode(vae, reconstruction), encoded_pixels(vae, image), 1.0)
         return io.NodeOutput(latent_out(model, inv.x_T), inv.trajectory, reconstruction, quality)
 
 
@@ -68,6 +69,7 @@ class Capture(io.ComfyNode):
     def execute(cls, model, x_T, steps, cfg, edit_branches, positive=None, negative=None) -> io.NodeOutput:
         from ..hspace_core import EditSchedule, run_reverse
 
+        check_inputs(cls, locals())
         def body(m, x):
             sched = EditSchedule(steps, t_edit=0, t_boost=0)
             return run_reverse(m, x, sched, record_h=True, progress=progress_bar(steps))

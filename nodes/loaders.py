@@ -2,26 +2,50 @@
 from __future__ import annotations
 
 import os
+import re
 
 from comfy_api.latest import io
 
 import folder_paths
 
-from .common import CATEGORY
-from .pixel_model import is_pixel_unet_folder, load_pixel_unet, pixel_model_patcher
+from .common import CATEGORY, file_state
+from .pixel_model import is_pixel_unet_folder, load_pixel_unet_folder, load_pixel_unet_hub, pixel_model_patcher
 
 PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLED = {"bundled/hspace-shapes-ddpm": os.path.join(PACK_ROOT, "models", "hspace-shapes-ddpm")}
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
 def pixel_unet_folders() -> dict[str, str]:
     found = {name: path for name, path in BUNDLED.items() if is_pixel_unet_folder(path)}
-    for root in folder_paths.get_folder_paths("diffusers"):
-        if os.path.isdir(root):
-            for name in sorted(os.listdir(root)):
-                if is_pixel_unet_folder(os.path.join(root, name)):
-                    found[name] = os.path.join(root, name)
+    for root in diffusers_roots():
+        for name in sorted(os.listdir(root)):
+            if is_pixel_unet_folder(os.path.join(root, name)):
+                found[name] = os.path.join(root, name)
     return found
+
+
+def diffusers_roots() -> list[str]:
+    return [root for root in folder_paths.get_folder_paths("diffusers") if os.path.isdir(root)]
+
+
+def local_folder(unet_folder: str, repo_id: str) -> str | None:
+    """The folder to load, or None for a Hub id.  ``repo_id`` is a Hub id (org/name) or a pixel U-Net folder
+    under models/diffusers; any other path is refused, so no file outside the model folders is read."""
+    repo_id = (repo_id or "").strip()
+    if not repo_id:
+        folders = pixel_unet_folders()
+        if unet_folder not in folders:
+            raise ValueError(f"No pixel U-Net folder {unet_folder!r}; put a diffusers UNet2DModel folder in models/diffusers.")
+        return folders[unet_folder]
+    if HUB_ID.fullmatch(repo_id) and ".." not in repo_id:
+        return None
+    path = os.path.realpath(repo_id)
+    inside = any(os.path.commonpath([path, os.path.realpath(root)]) == os.path.realpath(root) for root in diffusers_roots())
+    if not inside or not is_pixel_unet_folder(path):
+        raise ValueError(f"repo_id {repo_id!r} is neither a Hub id (org/name, e.g. google/ddpm-celebahq-256) nor a "
+                         "diffusers UNet2DModel folder under models/diffusers; clear it to use unet_folder.")
+    return path
 
 
 class LoadPixelUNet(io.ComfyNode):
@@ -34,18 +58,24 @@ class LoadPixelUNet(io.ComfyNode):
             inputs=[io.Combo.Input("unet_folder", options=sorted(pixel_unet_folders()) or ["(none found)"],
                                    tooltip="A diffusers folder (config.json + weights + scheduler config) in models/diffusers."),
                     io.String.Input("repo_id", default="", optional=True,
-                                    tooltip="Instead of a folder: a Hub id such as google/ddpm-celebahq-256 (downloads once).")],
+                                    tooltip="Instead of a folder: a Hub id such as google/ddpm-celebahq-256 (downloads "
+                                            "once), or the path of a folder under models/diffusers.")],
             outputs=[io.Model.Output("model", tooltip="The pixel U-Net as a ComfyUI MODEL.")],
         )
 
     @classmethod
+    def fingerprint_inputs(cls, unet_folder, repo_id=""):
+        """Re-run when the folder's files change (a Hub id is cached by the Hub client itself)."""
+        try:
+            return file_state(local_folder(unet_folder, repo_id))
+        except ValueError:
+            return None
+
+    @classmethod
     def execute(cls, unet_folder, repo_id="") -> io.NodeOutput:
-        if repo_id and repo_id.strip():
-            source = repo_id.strip()
+        folder = local_folder(unet_folder, repo_id)
+        if folder is None:
+            unet, scheduler = load_pixel_unet_hub(repo_id.strip())
         else:
-            folders = pixel_unet_folders()
-            if unet_folder not in folders:
-                raise ValueError(f"No pixel U-Net folder {unet_folder!r}; put a diffusers UNet2DModel folder in models/diffusers.")
-            source = folders[unet_folder]
-        unet, scheduler = load_pixel_unet(source)
+            unet, scheduler = load_pixel_unet_folder(folder)
         return io.NodeOutput(pixel_model_patcher(unet, scheduler))

@@ -33,6 +33,20 @@ class DiffusersPixelUNet(torch.nn.Module):
         self.unet = unet
 
     @property
+    def size_factor(self) -> int:
+        """Image sides must be multiples of this: each down block with a downsampler halves them."""
+        return 2 ** sum(getattr(block, "downsamplers", None) is not None for block in self.unet.down_blocks)
+
+    def check_sample_size(self, height: int, width: int) -> None:
+        """Refuse, before sampling, an image size the U-Net's skip connections cannot match."""
+        factor, trained = self.size_factor, self.unet.config.sample_size
+        if height % factor or width % factor:
+            size = "×".join(map(str, trained if isinstance(trained, (list, tuple)) else (trained, trained)))
+            hint = f" (it was trained at {size}; e.g. ImageScale to {size})" if trained else ""
+            raise ValueError(f"This pixel U-Net cannot take a {width}×{height} image: resize it so both sides are "
+                             f"multiples of {factor}{hint}.")
+
+    @property
     def dtype(self):
         return next(self.unet.parameters()).dtype
 
@@ -94,20 +108,47 @@ def _is_unet_config(path: str) -> bool:
         return json.load(f).get("_class_name") == "UNet2DModel"
 
 
-def load_pixel_unet(source: str):
-    """A diffusers pipeline folder (unet/ + scheduler/), a bare UNet2DModel folder, or a Hub repo id."""
+def load_pixel_unet_folder(path: str):
+    """A local diffusers pipeline folder (unet/ + scheduler/) or a bare UNet2DModel folder → (unet, scheduler config).
+
+    Pickled ``.bin`` weights are read with ``torch.load(weights_only=True)`` by diffusers; one that holds more than
+    tensors is refused, and the message says so instead of diffusers' "Unable to load weights"."""
     from diffusers import UNet2DModel
 
-    if os.path.isdir(source):
-        sub = "unet" if os.path.isdir(os.path.join(source, "unet")) else None
-        unet = UNet2DModel.from_pretrained(source, subfolder=sub, torch_dtype=torch.float32)
-        sched_path = os.path.join(source, "scheduler", "scheduler_config.json")
-        if not os.path.isfile(sched_path):
-            sched_path = os.path.join(source, "scheduler_config.json")
-        scheduler = json.load(open(sched_path)) if os.path.isfile(sched_path) else {}
-    else:  # a Hub repo id, e.g. google/ddpm-celebahq-256 (needs network on first use)
-        from diffusers import DDIMScheduler
-
-        unet = UNet2DModel.from_pretrained(source, torch_dtype=torch.float32)
-        scheduler = dict(DDIMScheduler.from_pretrained(source).config)
+    sub = "unet" if os.path.isdir(os.path.join(path, "unet")) else None
+    try:
+        unet = UNet2DModel.from_pretrained(path, subfolder=sub, torch_dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError) as error:
+        weights = os.path.join(path, sub or "")
+        if not any(name.endswith(".safetensors") for name in os.listdir(weights)):
+            raise ValueError(
+                f"The weights in {weights} were refused as unsafe: they are pickled (.bin) and hold more than plain "
+                "tensors. Use diffusion_pytorch_model.safetensors (safetensors is expected).") from error
+        raise ValueError(f"Could not load the UNet2DModel in {path}: {error}") from error
+    sched_path = os.path.join(path, "scheduler", "scheduler_config.json")
+    if not os.path.isfile(sched_path):
+        sched_path = os.path.join(path, "scheduler_config.json")
+    scheduler = json.load(open(sched_path)) if os.path.isfile(sched_path) else {}
     return unet, scheduler
+
+
+def load_pixel_unet_hub(repo_id: str):
+    """A Hub repo id, e.g. google/ddpm-celebahq-256: from the local Hub cache, else downloaded once."""
+    from diffusers import DDIMScheduler, UNet2DModel
+    from huggingface_hub import constants
+
+    try:
+        try:
+            unet = UNet2DModel.from_pretrained(repo_id, torch_dtype=torch.float32, local_files_only=True)
+            scheduler = DDIMScheduler.from_pretrained(repo_id, local_files_only=True)
+        except OSError:
+            if constants.HF_HUB_OFFLINE:
+                raise
+            unet = UNet2DModel.from_pretrained(repo_id, torch_dtype=torch.float32)
+            scheduler = DDIMScheduler.from_pretrained(repo_id)
+    except OSError as error:
+        raise ValueError(
+            f"{repo_id!r} is not in models/diffusers, and the Hugging Face Hub was not reachable or has no such "
+            f"model{' (HF_HUB_OFFLINE is set)' if constants.HF_HUB_OFFLINE else ''}. Put the diffusers folder in "
+            "models/diffusers (then pick it in unet_folder), or connect once so the repo id downloads.") from error
+    return unet, dict(scheduler.config)

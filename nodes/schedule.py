@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..hspace_core import find_t_edit_t_boost, lpips_distance
+from ..hspace_core import find_t_edit_t_boost
 from .comfy_model import progress_bar, run_in_comfy
-from .common import advanced, CATEGORY, conditioning_inputs, encode, model_input, seed_input
+from .common import (advanced, CATEGORY, check_inputs, conditioning_inputs, latent_of, lpips_by_name, model_input,
+                     seed_input)
 
 
 class AutoSchedule(io.ComfyNode):
@@ -20,7 +21,8 @@ class AutoSchedule(io.ComfyNode):
                 model_input(),
                 io.Image.Input("image", optional=True, tooltip="The image (needs the VAE), or connect a latent."),
                 io.Vae.Input("vae", optional=True, tooltip="VAE: encodes the image and decodes P_t and x_t for LPIPS."),
-                io.Latent.Input("latent", optional=True, tooltip="Latent instead of an image (still needs the VAE for LPIPS)."),
+                io.Latent.Input("latent", optional=True, tooltip="Latent instead of an image (not both; still needs the "
+                                                                 "VAE for LPIPS)."),
                 advanced(io.Float.Input("edit_threshold", default=0.33, min=0.01, max=2.0, step=0.01,
                                tooltip="LPIPS(x, P_t) that defines t_edit.")),
                 advanced(io.Float.Input("boost_threshold", default=1.2, min=0.01, max=2.0, step=0.01,
@@ -42,12 +44,10 @@ class AutoSchedule(io.ComfyNode):
     @classmethod
     def execute(cls, model, edit_threshold, boost_threshold, text_cosine, probes, lpips_backbone, seed, cfg,
                 edit_branches, image=None, vae=None, latent=None, positive=None, negative=None) -> io.NodeOutput:
+        check_inputs(cls, locals())
         if vae is None:
             raise ValueError("Connect the VAE ('pixel_space' for pixel U-Nets): LPIPS is measured on decoded images.")
-        if latent is None:
-            if image is None:
-                raise ValueError("Connect an image or a latent.")
-            latent = encode(vae, image)
+        latent = latent_of(image, vae, latent)
         distance = lpips_by_name(lpips_backbone)
 
         def decode(x):
@@ -62,21 +62,3 @@ class AutoSchedule(io.ComfyNode):
             positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches)
         return io.NodeOutput(result.t_edit, result.t_boost)
 
-
-def lpips_by_name(backbone: str):
-    if backbone.startswith("alex (random"):
-        import lpips
-        import torch
-
-        torch_state = torch.random.get_rng_state()
-        try:
-            torch.manual_seed(0)
-            net = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False).eval()
-        finally:
-            torch.random.set_rng_state(torch_state)  # never leave the global RNG changed
-        return lambda a, b: net(a.float(), b.float()).flatten()
-    try:
-        return lpips_distance(backbone)
-    except Exception as error:  # offline, or a corrupt cache
-        raise ValueError(f"Could not load LPIPS ({backbone}) weights: {error}. They download once from the internet; "
-                         "connect once or copy them into torch's hub cache.") from error

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from comfy_api.latest import io
 
-from .common import CATEGORY, Trajectory
+from .common import CATEGORY, Trajectory, check_inputs
 
 
 def pca_rgb(h: torch.Tensor, size: int) -> torch.Tensor:
@@ -39,6 +39,7 @@ class PreviewH(io.ComfyNode):
 
     @classmethod
     def execute(cls, trajectory, step, size) -> io.NodeOutput:
+        check_inputs(cls, locals())
         if step >= len(trajectory.timesteps):
             raise ValueError(f"step {step} is past the trajectory's {len(trajectory.timesteps)} steps.")
         norms = trajectory.h.flatten(2).norm(dim=-1).mean(1)

@@ -86,6 +86,7 @@ def comfy(tmp_path_factory):
     """A real ComfyUI server (HSPACE_COMFYUI or the one scripts/setup.sh installed) with this pack and tiny models."""
     from harness.server import STATE, ComfyServer, prepare_base
 
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never download; a Hub id fails at once, not after retries
     base = str(tmp_path_factory.mktemp("comfy-base"))
     prepare_base(base, os.path.join(STATE, "e2e-models"))
     server = ComfyServer(base, os.path.join(base, "server.log")).start()

@@ -1,0 +1,386 @@
+"""Hostile and careless input through a real ComfyUI server: every bad input is a node error that says what to
+change (or a correct result), and a fixed good workflow stays bit-identical afterwards, cached and after /free."""
+import copy
+import json
+import math
+import os
+import shutil
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from e2e_helpers import fresh, png
+from harness.server import error_message
+
+pytestmark = pytest.mark.e2e
+
+BUNDLED = "bundled/hspace-shapes-ddpm"
+STEPS = 4
+SD_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
+
+
+def _node(class_type, **inputs):
+    return {"class_type": class_type, "inputs": inputs}
+
+
+def _common(**extra):
+    return {"cfg": 1.0, "edit_branches": "cond", **extra}
+
+
+def good_graph() -> dict:
+    """Pixel model: invert two images, a direction from them, an edit and an injection, both saved."""
+    return {
+        "unet": _node("HSpaceLoadPixelUNet", unet_folder=BUNDLED, repo_id=""),
+        "vae": _node("VAELoader", vae_name="pixel_space"),
+        "content": _node("LoadImage", image="hspace_content.png"),
+        "style": _node("LoadImage", image="hspace_style.png"),
+        "inv_c": _node("HSpaceDDIMInversion", model=["unet", 0], image=["content", 0], vae=["vae", 0], steps=STEPS,
+                       refine_iters=0, **_common()),
+        "inv_s": _node("HSpaceDDIMInversion", model=["unet", 0], image=["style", 0], vae=["vae", 0], steps=STEPS,
+                       refine_iters=0, **_common()),
+        "dir": _node("HSpaceDirectionFromExamples", positive=["inv_c", 1], negative=["inv_s", 1], form="per_timestep",
+                     name="hostile"),
+        "edit": _node("HSpaceAsyrpEdit", model=["unet", 0], x_T=["inv_c", 0], direction=["dir", 0], strength=1.0,
+                      steps=STEPS, t_edit=400, strength_sweep="", seed=0, **_common()),
+        "mix": _node("HSpaceSlerpContentInject", model=["unet", 0], style_x_T=["inv_s", 0], content=["inv_c", 1],
+                     gamma=0.5, gamma_end=-1.0, stride=1, steps=STEPS, t_edit=400, mode="slerp", per_channel=False,
+                     seed=0, **_common()),
+        "dec_edit": _node("VAEDecode", samples=["edit", 0], vae=["vae", 0]),
+        "dec_mix": _node("VAEDecode", samples=["mix", 0], vae=["vae", 0]),
+        "save_edit": _node("SaveImage", images=["dec_edit", 0], filename_prefix="hostile/edit"),
+        "save_mix": _node("SaveImage", images=["dec_mix", 0], filename_prefix="hostile/mix"),
+    }
+
+
+def only(graph: dict, *outputs: str) -> dict:
+    """The part of ``graph`` the given output nodes need (so one bad node is the only thing that can fail)."""
+    keep, todo = {}, list(outputs)
+    while todo:
+        node_id = todo.pop()
+        if node_id not in keep:
+            keep[node_id] = copy.deepcopy(graph[node_id])
+            todo += [v[0] for v in graph[node_id]["inputs"].values() if isinstance(v, list)]
+    return keep
+
+
+def with_inputs(graph: dict, node_id: str, **inputs) -> dict:
+    graph = copy.deepcopy(graph)
+    graph[node_id]["inputs"].update(inputs)
+    return graph
+
+
+def plus(graph: dict, **nodes) -> dict:
+    """A copy of ``graph`` with more nodes (never shares a node with ``graph``)."""
+    return {**copy.deepcopy(graph), **nodes}
+
+
+def preview(graph: dict, source: list) -> dict:
+    return plus(graph, show=_node("PreviewAny", source=source))
+
+
+def _saved_images(comfy, entry):
+    return [png(b) for node in ("save_edit", "save_mix") for b in comfy.images(entry, node)]
+
+
+def _run_ok(comfy, prompt):
+    entry = comfy.run(prompt)
+    assert entry["status"]["status_str"] == "success", error_message(entry) + "\n" + comfy.tail()
+    return entry
+
+
+def _shown(comfy, prompt) -> str:
+    return _run_ok(comfy, prompt)["outputs"]["show"]["text"][0]
+
+
+def expect_error(comfy, prompt, *phrases, absent=()):
+    """Queue ``prompt``: it must be refused (validation) or fail in a node, with every phrase in the message."""
+    status, body = comfy.post("/prompt", {"prompt": prompt, "client_id": comfy.client_id})
+    if status != 200:
+        message = json.dumps(body, ensure_ascii=False)
+    else:
+        assert not body.get("node_errors"), body
+        entry = comfy.wait(body["prompt_id"])
+        assert entry["status"]["status_str"] == "error", f"no error for phrases {phrases}"
+        message = error_message(entry)
+    for phrase in phrases:
+        assert phrase in message, f"{phrase!r} not in: {message}"
+    for phrase in absent:
+        assert phrase not in message, message
+    return message
+
+
+@pytest.fixture(scope="module")
+def reference(comfy):
+    return _saved_images(comfy, _run_ok(comfy, good_graph()))
+
+
+def good_is_unchanged(comfy, reference):
+    """The fixed good workflow gives bit-identical images, from the cache and after /free."""
+    for step in ("cached", "after /free"):
+        if step == "after /free":
+            fresh(comfy)
+        again = _saved_images(comfy, _run_ok(comfy, good_graph()))
+        assert len(again) == len(reference) and all(np.array_equal(a, b) for a, b in zip(again, reference)), step
+
+
+# --- ComfyUI's own range checks hold for every node (no **kwargs validate_inputs) ---
+
+def test_widget_ranges_are_checked_by_comfyui(comfy, reference):
+    g = good_graph()
+    cases = [("edit", "strength", 101.0, "bigger than max"), ("edit", "strength", 1e6, "bigger than max"),
+             ("edit", "steps", 1, "smaller than min"), ("edit", "t_edit", 1000, "bigger than max"),
+             ("mix", "gamma", 1.5, "bigger than max"), ("mix", "steps", 1, "smaller than min"),
+             ("edit", "seed", 2**70, "bigger than max"), ("mix", "seed", 2**70, "bigger than max")]
+    for node, name, value, phrase in cases:
+        output = "save_edit" if node == "edit" else "save_mix"
+        expect_error(comfy, only(with_inputs(g, node, **{name: value}), output), name, phrase)
+    boosted = plus(g, boost=_node("HSpaceQualityBoost", t_boost=200, eta=1.0, seed=2**70))
+    boosted["edit"]["inputs"]["boost"] = ["boost", 0]
+    expect_error(comfy, only(boosted, "save_edit"), "seed", "bigger than max")
+    good_is_unchanged(comfy, reference)
+
+
+# --- every combo is checked by the node itself; NaN and inf are refused by name ---
+
+def test_combo_options_are_checked_by_the_node(comfy, reference):
+    g = good_graph()
+    expect_error(comfy, only(with_inputs(g, "dir", form="garbage"), "save_edit"), "form", "per_timestep", "global")
+    expect_error(comfy, only(with_inputs(g, "edit", edit_branches="garbage"), "save_edit"), "edit_branches", "'cond'")
+    expect_error(comfy, only(with_inputs(g, "mix", mode="garbage"), "save_mix"), "mode", "'slerp'", "'replace'")
+    expect_error(comfy, only(with_inputs(g, "inv_c", edit_branches="x"), "save_edit"), "edit_branches", "'both'")
+    auto = {**only(g, "unet", "vae", "content"),
+            "auto": _node("HSpaceAutoSchedule", model=["unet", 0], image=["content", 0], vae=["vae", 0],
+                          edit_threshold=0.33, boost_threshold=1.2, text_cosine=1.0, probes=4,
+                          lpips_backbone="squeezenet", seed=0, **_common())}
+    expect_error(comfy, preview(auto, ["auto", 0]), "lpips_backbone", "'alex'")
+    train = {**only(g, "unet", "vae", "content"),
+             "train": _node("HSpaceTrainAsyrpDirection", model=["unet", 0], images=["content", 0], vae=["vae", 0],
+                            source_text="a", target_text="b", form="bogus", epochs=1, lr=0.5, steps=STEPS, t_edit=400,
+                            inversion_steps=STEPS, batch_size=1, clip_weight=1.0, recon_weight=3.0, lr_step_epochs=3,
+                            lr_gamma=0.1, clip_reference="source_prediction", log_clip_loss=True, init_scale=0.2,
+                            clip_model="hspace-tiny-clip", clip_pretrained="hspace-tiny-clip.safetensors", seed=0,
+                            **_common())}
+    expect_error(comfy, preview(train, ["train", 1]), "form", "'implicit'")
+    expect_error(comfy, preview(with_inputs(train, "train", form="global", clip_reference="the moon"), ["train", 1]),
+                 "clip_reference", "'source_prediction'")
+    good_is_unchanged(comfy, reference)
+
+
+def test_nan_and_inf_name_the_widget(comfy, reference):
+    g = good_graph()
+    nan, inf = float("nan"), float("inf")
+    expect_error(comfy, only(with_inputs(g, "edit", strength=nan), "save_edit"), "strength is nan", "[-100.0, 100.0]")
+    expect_error(comfy, only(with_inputs(g, "inv_c", cfg=nan), "save_edit"), "cfg is nan", "[0.0, 30.0]")
+    expect_error(comfy, only(with_inputs(g, "edit", cfg=inf), "save_edit"), "cfg", "max of 30")  # ComfyUI catches inf
+    expect_error(comfy, only(with_inputs(g, "mix", gamma=nan), "save_mix"), "gamma is nan", "[0.0, 1.0]")
+    calibrated = plus(g, cal=_node("HSpaceStyleCalibrate", omega=nan))
+    calibrated["mix"]["inputs"]["calibration"] = ["cal", 0]
+    expect_error(comfy, only(calibrated, "save_mix"), "omega is nan")
+    boosted = plus(g, boost=_node("HSpaceQualityBoost", t_boost=200, eta=nan, seed=0))
+    boosted["mix"]["inputs"]["boost"] = ["boost", 0]
+    expect_error(comfy, only(boosted, "save_mix"), "eta is nan")
+    good_is_unchanged(comfy, reference)
+
+
+def test_strength_sweep_is_held_to_the_strength_range(comfy, reference):
+    g = good_graph()
+    for sweep, phrase in (("1e6", "[-100.0, 100.0]"), ("0, nan", "nan"), ("1, inf", "inf"), ("-101", "-101"),
+                          ("a, b", "comma-separated")):
+        expect_error(comfy, only(with_inputs(g, "edit", strength_sweep=sweep), "save_edit"), "strength_sweep", phrase)
+    good_is_unchanged(comfy, reference)
+
+
+def test_t_edit_below_t_boost_and_gamma_end_say_what_to_change(comfy, reference):
+    g = plus(good_graph(), boost=_node("HSpaceQualityBoost", t_boost=600, eta=1.0, seed=0))
+    for node, output in (("edit", "save_edit"), ("mix", "save_mix")):
+        expect_error(comfy, only(with_inputs(g, node, boost=["boost", 0]), output), "raise t_edit", "lower t_boost")
+    for gamma_end in (-0.5, -0.01):
+        expect_error(comfy, only(with_inputs(g, "mix", gamma_end=gamma_end), "save_mix"), "gamma_end", "−1", "[0, 1]")
+    good_is_unchanged(comfy, reference)
+
+
+# --- sizes, channels, ambiguous inputs ---
+
+def _scaled(graph, width, height):
+    g = copy.deepcopy(graph)
+    g["small"] = _node("ImageScale", image=["content", 0], upscale_method="nearest-exact", width=width, height=height,
+                       crop="disabled")
+    g["inv_c"]["inputs"]["image"] = ["small", 0]
+    return g
+
+
+def sd_graph(width, height):
+    return {
+        "ckpt": _node("CheckpointLoaderSimple", ckpt_name=SD_CHECKPOINT),
+        "text": _node("CLIPTextEncode", text="a shape", clip=["ckpt", 1]),
+        "content": _node("LoadImage", image="hspace_content.png"),
+        "small": _node("ImageScale", image=["content", 0], upscale_method="bilinear", width=width, height=height,
+                       crop="disabled"),
+        "inv": _node("HSpaceDDIMInversion", model=["ckpt", 0], image=["small", 0], vae=["ckpt", 2],
+                     positive=["text", 0], steps=STEPS, refine_iters=0, **_common()),
+        "show": _node("PreviewAny", source=["inv", 3]),
+    }
+
+
+def test_sizes_channels_and_ambiguous_inputs(comfy, reference):
+    g = good_graph()
+    for width, height in ((47, 33), (1, 1)):
+        expect_error(comfy, only(_scaled(g, width, height), "save_edit"), f"{width}×{height}", "multiples of 8", "32×32")
+    sd_latent = plus(g, empty=_node("EmptyLatentImage", width=32, height=32, batch_size=1))
+    sd_latent["inv_c"]["inputs"] = {k: v for k, v in sd_latent["inv_c"]["inputs"].items() if k not in ("image", "vae")}
+    sd_latent["inv_c"]["inputs"]["latent"] = ["empty", 0]
+    expect_error(comfy, only(sd_latent, "save_edit"), "does not belong to this model", "3-channel")
+    both = with_inputs(g, "inv_c", latent=["empty", 0])
+    both["empty"] = _node("EmptyLatentImage", width=32, height=32, batch_size=1)
+    expect_error(comfy, only(both, "save_edit"), "Both a latent and an image", "disconnect one")
+    auto = {**only(both, "unet", "vae", "content", "empty"),
+            "auto": _node("HSpaceAutoSchedule", model=["unet", 0], image=["content", 0], vae=["vae", 0],
+                          latent=["empty", 0], edit_threshold=0.33, boost_threshold=1.2, text_cosine=1.0, probes=4,
+                          lpips_backbone="alex (random weights, testing only)", seed=0, **_common())}
+    expect_error(comfy, preview(auto, ["auto", 0]), "disconnect one")
+    pixel_into_sd = sd_graph(64, 64)
+    pixel_into_sd["pvae"] = _node("VAELoader", vae_name="pixel_space")
+    pixel_into_sd["inv"]["inputs"]["vae"] = ["pvae", 0]
+    expect_error(comfy, pixel_into_sd, "does not belong to this model", "4-channel")
+    two = plus(g, pair=_node("ImageBatch", image1=["content", 0], image2=["style", 0]))
+    two["inv_c"]["inputs"]["image"] = ["pair", 0]
+    expect_error(comfy, only(two, "save_mix"), "content holds 2 images for 1 style", "connect one content image",
+                 absent=("pass 1 or 1",))
+    good_is_unchanged(comfy, reference)
+
+
+def test_sd_images_of_any_size_invert_with_a_psnr_against_what_the_vae_encoded(comfy):
+    values = [float(_shown(comfy, sd_graph(w, h))) for w, h in ((60, 60), (61, 53), (64, 64))]
+    assert all(math.isfinite(v) and v > 5 for v in values), values
+
+
+# --- files: damaged, stale, unsafe, from another model ---
+
+def _models(comfy, *parts):
+    path = os.path.join(comfy.base, "models", *parts)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return path
+
+
+def _write(path, data: bytes):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def test_damaged_files_are_named_and_refused(comfy, reference):
+    from hspace_core import HTrajectory
+    from safetensors.torch import save_file
+
+    good = _models(comfy, "hspace_trajectories", "hostile_good.safetensors")
+    HTrajectory((999, 0), torch.randn(2, 1, 8, 2, 2)).save(good)
+    data = open(good, "rb").read()
+    damaged = {"empty": b"", "truncated": data[: len(data) // 2], "random": os.urandom(2048),
+               "huge_header": struct.pack("<Q", 2**40) + b"{}"}
+    for kind, folder, node, label in (("trajectory", "hspace_trajectories", "HSpaceLoadTrajectory", "h trajectory"),
+                                      ("direction", "hspace_directions", "HSpaceLoadDirection", "direction")):
+        for what, content in damaged.items():
+            name = f"hostile_{what}.safetensors"
+            _write(_models(comfy, folder, name), content)
+            prompt = {"load": _node(node, **{f"{kind}_file": name}), "show": _node("PreviewAny", source=["load", 0])}
+            expect_error(comfy, prompt, name, f"not a valid h-space {label} file")
+    for what, meta in (("not_json", "{oops"), ("no_fingerprint", json.dumps({"kind": "h_trajectory", "timesteps": [1],
+                                                                              "branches": ["single"]}))):
+        path = _models(comfy, "hspace_trajectories", f"hostile_{what}.safetensors")
+        save_file({"h": torch.zeros(1, 1, 1, 1, 1)}, path, metadata={"hspace": meta})
+        prompt = {"load": _node("HSpaceLoadTrajectory", trajectory_file=os.path.basename(path)),
+                  "show": _node("PreviewAny", source=["load", 0])}
+        expect_error(comfy, prompt, os.path.basename(path), "not JSON" if what == "not_json" else "missing fingerprint")
+    good_is_unchanged(comfy, reference)
+
+
+def test_loaders_notice_a_changed_file(comfy):
+    from hspace_core import Direction, HTrajectory
+
+    path = _models(comfy, "hspace_trajectories", "hostile_stale.safetensors")
+    prompt = {"load": _node("HSpaceLoadTrajectory", trajectory_file="hostile_stale.safetensors"),
+              "view": _node("HSpacePreviewH", trajectory=["load", 0], step=0, size=16),
+              "show": _node("PreviewAny", source=["view", 1])}
+    texts = []
+    for scale in (1.0, 3.0):
+        HTrajectory((999, 0), torch.ones(2, 1, 8, 2, 2) * scale).save(path)
+        texts.append(_shown(comfy, prompt))
+    assert texts[0] != texts[1], texts
+    path = _models(comfy, "hspace_directions", "hostile_stale.safetensors")
+    prompt = {"load": _node("HSpaceLoadDirection", direction_file="hostile_stale.safetensors"),
+              "show": _node("PreviewAny", source=["load", 0])}
+    texts = []
+    for name in ("first", "second"):
+        Direction("global", torch.zeros(8, 2, 2), name=name).save(path)
+        texts.append(_shown(comfy, prompt))
+    assert "first" in texts[0] and "second" in texts[1], texts
+    path = _models(comfy, "asyrp", "hostile_stale.pth")
+    prompt = {"unet": _node("HSpaceLoadPixelUNet", unet_folder=BUNDLED, repo_id=""),
+              "load": _node("HSpaceLoadAsyrpDirection", model=["unet", 0], asyrp_file="hostile_stale.pth", train_steps=0),
+              "show": _node("PreviewAny", source=["load", 0])}
+    texts = []
+    for value in (0.0, 1.0):
+        torch.save({"999": torch.full((128, 4, 4), value)}, path)
+        texts.append(_shown(comfy, prompt))
+    assert texts[0] != texts[1], texts
+
+
+def _perturbed_copy(comfy, name: str, seed: int) -> str:
+    """A copy of the bundled model (same architecture) with other weights, in models/diffusers/<name>."""
+    from safetensors.torch import load_file, save_file
+
+    from harness.server import REPO
+
+    folder = _models(comfy, "diffusers", name)
+    if not os.path.isdir(folder):
+        shutil.copytree(os.path.join(REPO, "models", "hspace-shapes-ddpm"), folder)
+    weights = os.path.join(folder, "unet", "diffusion_pytorch_model.safetensors")
+    g = torch.Generator().manual_seed(seed)
+    tensors = load_file(weights)
+    save_file({k: v * (1 + 0.01 * torch.randn(v.shape, generator=g)) for k, v in tensors.items()}, weights)
+    return folder
+
+
+def test_pixel_unet_loader_notices_changed_weights_and_other_models_are_refused(comfy, reference):
+    _perturbed_copy(comfy, "hostile-other-weights", 1)
+    g = good_graph()
+    other = plus(g, other=_node("HSpaceLoadPixelUNet", unet_folder="hostile-other-weights", repo_id=""))
+    other["inv_o"] = _node("HSpaceDDIMInversion", model=["other", 0], image=["content", 0], vae=["vae", 0],
+                           steps=STEPS, refine_iters=0, **_common())
+    psnr_prompt = preview(only(other, "inv_o"), ["inv_o", 3])
+    first = _shown(comfy, psnr_prompt)
+    _perturbed_copy(comfy, "hostile-other-weights", 2)
+    assert _shown(comfy, psnr_prompt) != first  # the changed weights were loaded, not the cached MODEL
+    other["edit"]["inputs"]["model"] = ["other", 0]
+    message = expect_error(comfy, only(other, "save_edit"), "different weights", "allow_other_model")
+    assert message.count("fingerprint") >= 1 and message.count("/") >= 2, message
+    _run_ok(comfy, only(with_inputs(other, "edit", allow_other_model=True), "save_edit"))
+    good_is_unchanged(comfy, reference)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def test_unsafe_weights_hub_ids_and_paths_get_clear_loader_errors(comfy, reference):
+    from harness.server import REPO
+
+    unsafe = _models(comfy, "diffusers", "hostile-unsafe-bin", "config.json")
+    shutil.copy(os.path.join(REPO, "models", "hspace-shapes-ddpm", "unet", "config.json"), unsafe)
+    torch.save({"weight": _RunsCode()}, os.path.join(os.path.dirname(unsafe), "diffusion_pytorch_model.bin"))
+    loader = lambda **inputs: {"unet": _node("HSpaceLoadPixelUNet", **inputs),
+                               "show": _node("PreviewAny", source=["unet", 0])}
+    expect_error(comfy, loader(unet_folder="hostile-unsafe-bin", repo_id=""), "refused as unsafe", "safetensors")
+    expect_error(comfy, loader(unet_folder=BUNDLED, repo_id="hspace-test/no-such-model"),
+                 "not in models/diffusers", "Hub was not reachable")
+    for path in ("/etc", "../../etc", "~/x"):
+        expect_error(comfy, loader(unet_folder=BUNDLED, repo_id=path), "repo_id", "models/diffusers")
+    pth = _models(comfy, "asyrp", "hostile_unsafe.pth")
+    torch.save({"0": _RunsCode()}, pth)
+    prompt = {"unet": _node("HSpaceLoadPixelUNet", unet_folder=BUNDLED, repo_id=""),
+              "load": _node("HSpaceLoadAsyrpDirection", model=["unet", 0], asyrp_file="hostile_unsafe.pth", train_steps=0),
+              "show": _node("PreviewAny", source=["load", 0])}
+    expect_error(comfy, prompt, "hostile_unsafe.pth", "refused as unsafe", absent=("weights_only=False",))
+    good_is_unchanged(comfy, reference)
