@@ -8,7 +8,7 @@
 2. Content injection (γ = 0.5, t_edit = 400, 20 steps) with the content h read along the inversion (InjectFusion)
    or along the reconstruction from x_T.
 3. Guidance: reconstruction PSNR and seconds at cfg 1 / 3 / 7.5 for plain DDIM inversion, fixed-point k = 1, 2,
-   negative-prompt and null-text inversion, on the class-conditional demo model (labels = shape types).
+   negative-prompt and null-text inversion, on the class-conditional demo model (labels = shape type × background polarity).
 """
 from __future__ import annotations
 
@@ -25,11 +25,11 @@ import hspace_core as hs
 from hspace_demo.measure import injection_scores
 from hspace_demo.run import BUNDLED, load_model
 from hspace_demo.shapes import make_batch
+from hspace_demo.train_conditional import NULL_CLASS, label_of
 
 CONDITIONAL = os.path.join(os.path.dirname(BUNDLED), "hspace-shapes-ddpm-cond")
 STEPS = (10, 20, 50, 100)
 REFINE = (0, 1, 2)
-NULL_CLASS = 4
 
 
 def psnr_rmse(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
@@ -91,7 +91,7 @@ def guidance_table(folder: str, images: int, steps: int, log) -> list[dict]:
         base = hs.DiffusersUNet(unet, json.load(f), class_labels=torch.zeros(1, dtype=torch.long))
     imgs, factors = make_batch(images, seed=303)
     x0 = torch.from_numpy(imgs)
-    labels = torch.tensor([f.shape for f in factors])
+    labels = torch.tensor([label_of(f) for f in factors])
     positive, negative = base.class_embedding_of(labels), base.class_embedding_of(torch.full_like(labels, NULL_CLASS))
     rows = []
     for w in (1.0, 3.0, 7.5):

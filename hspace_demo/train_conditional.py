@@ -1,5 +1,9 @@
-"""Fine-tune the bundled demo DDPM into a class-conditional one (label = shape type, plus a null class for
-classifier-free guidance): ``python -m hspace_demo.train_conditional --out DIR --steps 600``.
+"""Fine-tune the bundled demo DDPM into a class-conditional one (label = shape type × polarity — light shape on a
+dark background or the mirror image —, plus a null class for classifier-free guidance):
+``python -m hspace_demo.train_conditional --out DIR --steps 1500 --export models/hspace-shapes-ddpm-cond``.
+
+Polarity is in the label because it decides the image's mean colour, which is what ε depends on at large t: with
+the shape type alone the conditional and unconditional ε barely differ and guidance does nothing measurable.
 
 The U-Net is the bundled one with diffusers' class embedding (``num_class_embeds`` = shapes + 1, added to the time
 embedding) initialised to zero, so step 0 is exactly the unconditional model.  Labels are dropped to the null class
@@ -24,11 +28,17 @@ from .shapes import SHAPES, make_batch
 from .train import SkipDropout, checkpoint, export_bundled, resume, update
 
 log = logging.getLogger("hspace.train_conditional")
-NULL_CLASS = len(SHAPES)
+CLASSES = tuple(f"{shape}, {polarity}" for polarity in ("dark background", "light background") for shape in SHAPES)
+NULL_CLASS = len(CLASSES)
+
+
+def label_of(f) -> int:
+    """Shape type + 4 · (light background): the dataset's light backgrounds have every channel ≥ 0.55."""
+    return f.shape + len(SHAPES) * int(f.bg_top[0] >= 0.5)
 
 
 def conditional_from(folder: str = BUNDLED):
-    """The bundled U-Net with a zero class embedding of len(SHAPES) + 1 classes (the last one is 'no label')."""
+    """The bundled U-Net with a zero class embedding of len(CLASSES) + 1 classes (the last one is 'no label')."""
     from diffusers import UNet2DModel
 
     base = UNet2DModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32)
@@ -44,7 +54,7 @@ def conditional_from(folder: str = BUNDLED):
 def batch_at(step: int, batch: int, seed: int, p_uncond: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Images and labels of one step, a function of the step alone (resumed runs see the same data)."""
     images, factors = make_batch(batch, seed=seed * 10_000_000 + 7_000_000 + step, palette="wide")
-    labels = np.array([f.shape for f in factors])
+    labels = np.array([label_of(f) for f in factors])
     drop = np.random.default_rng([seed, step, 2]).random(batch) < p_uncond
     labels[drop] = NULL_CLASS
     return torch.from_numpy(images), torch.from_numpy(labels).long()
@@ -102,7 +112,7 @@ def main(argv=None):
     if args.export:
         export_bundled(args.out, args.export)
         with open(os.path.join(args.export, "labels.json"), "w") as f:
-            json.dump({"classes": [*SHAPES, "(none)"], "null_class": NULL_CLASS}, f, indent=2)
+            json.dump({"classes": [*CLASSES, "(none)"], "null_class": NULL_CLASS}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,13 @@ def test_workflow_runs(comfy, path):
     assert all(img.shape == (size, size, 3) for img in saved), [img.shape for img in saved]
 
 
+def assert_same_up_to_latent_rounding(a, b):
+    """x_T reaches an SD edit through a LATENT (SD's latent scale applied and undone in float32): the same image up
+    to one 8-bit level on a few pixels."""
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
+
+
 def test_edit_sweep_strength_zero_is_the_reconstruction_and_others_change_it(comfy):
     path = os.path.join(ROOT, "workflows", "sd_asyrp_edit_from_examples.json")
     prompt = load_prompt(path, comfy.object_info)
@@ -58,7 +65,7 @@ def test_edit_sweep_strength_zero_is_the_reconstruction_and_others_change_it(com
     strengths = [float(s) for s in prompt[find(prompt, "HSpaceAsyrpEdit")]["inputs"]["strength_sweep"].split(",")]
     assert len(sweep) == len(strengths)
     zero = strengths.index(0.0)
-    assert np.array_equal(sweep[zero], reconstruction)
+    assert_same_up_to_latent_rounding(sweep[zero], reconstruction)
     for k, s in enumerate(strengths):
         if s != 0:
             assert np.abs(sweep[k] - reconstruction).mean() > 0.5, s
@@ -268,5 +275,5 @@ def test_clip_direction_training_through_an_sd_model(comfy):
     sweep = _saved(comfy, entry, prompt, "sd_edit_sweep")
     reconstruction = _saved(comfy, entry, prompt, "sd_edit_reconstruction")[0]
     strengths = [float(s) for s in prompt[edit]["inputs"]["strength_sweep"].split(",")]
-    assert np.array_equal(sweep[strengths.index(0.0)], reconstruction)
+    assert_same_up_to_latent_rounding(sweep[strengths.index(0.0)], reconstruction)
     assert all(np.abs(img - reconstruction).mean() > 0.5 for s, img in zip(strengths, sweep) if s != 0)

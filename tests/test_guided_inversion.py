@@ -97,14 +97,15 @@ def test_shipped_conditional_model_guided_inversion():
     from diffusers import UNet2DModel
 
     from hspace_demo.shapes import make_batch
+    from hspace_demo.train_conditional import NULL_CLASS, label_of
 
     unet = UNet2DModel.from_pretrained(CONDITIONAL, subfolder="unet", torch_dtype=torch.float32).eval()
     with open(os.path.join(CONDITIONAL, "scheduler", "scheduler_config.json")) as f:
         base = hs.DiffusersUNet(unet, json.load(f), class_labels=torch.zeros(1, dtype=torch.long))
     imgs, factors = make_batch(4, seed=11)
-    x0, labels = torch.from_numpy(imgs), torch.tensor([f.shape for f in factors])
+    x0, labels = torch.from_numpy(imgs), torch.tensor([label_of(f) for f in factors])
     c = hs.Conditioning(positive=base.class_embedding_of(labels),
-                        negative=base.class_embedding_of(torch.full_like(labels, 4)), guidance_scale=7.5)
+                        negative=base.class_embedding_of(torch.full_like(labels, NULL_CLASS)), guidance_scale=7.5)
     model = base.with_conditioning(c)
     with torch.no_grad():
         at_one = hs.invert(base.with_conditioning(dataclasses.replace(c, guidance_scale=1.0)), x0, 20)
