@@ -3,9 +3,9 @@
 Implements Asyrp (Kwon et al., ICLR 2023; including its CLIP-trained directions), DiffStyle / InjectFusion (Jeong, Kwon, Uh) and the
 interpolation recipe of Diffusion Autoencoders (Preechakul et al., CVPR 2022) over any ``HSpaceModel``.
 """
-from .adapters import Conditioning, DiffusersUNet, HSpaceModel, Prediction
+from .adapters import Conditioning, DiffusersUNet, GuidedModel, HSpaceModel, Prediction
 from .auto_schedule import AutoSchedule, find_t_edit_t_boost, lpips_distance
-from .cfg_inversion import CFG_INVERSIONS, GuidedInversion, invert_guided, negative_prompt_conditioning
+from .cfg_inversion import CFG_INVERSIONS, GuidedInversion, invert_guided, null_text_embeddings
 from .clip_directions import CLIPDirectional, DirectionTraining, TrainedDirection, load_open_clip, train_direction
 from .ddim import calibrated_x_t, ddim_inverse_step, ddim_sigma, ddim_step, eps_from_model_output, predicted_x0
 from .implicit import ImplicitDirectionNet, TimeEmbedding
@@ -30,6 +30,6 @@ __all__ = [
     "find_t_edit_t_boost", "gamma_ramp", "generate", "inject", "interpolate", "invert", "lpips_distance", "mask_to_h_grid",
     "masked_blend", "masked_normalized_slerp", "check_gamma", "StepLoop", "check_latent", "H_SOURCES",
     "INVERSION_CONVENTIONS", "train_steps_of", "CFG_INVERSIONS", "GuidedInversion", "invert_guided",
-    "negative_prompt_conditioning", "normalized_slerp", "predicted_x0", "run_reverse", "schedule_from_betas",
+    "null_text_embeddings", "GuidedModel", "normalized_slerp", "predicted_x0", "run_reverse", "schedule_from_betas",
     "schedule_from_diffusers_config", "schedule_from_sigmas", "slerp", "step_pairs", "timestep_grid",
 ]

@@ -1,4 +1,4 @@
-from .base import EDIT_BRANCHES, HEdit, HSpaceModel, Prediction, edited_rows, fingerprint_of, guided
+from .base import EDIT_BRANCHES, GuidedModel, HEdit, HSpaceModel, Prediction, edited_rows, fingerprint_of, guided
 from .diffusers_unet import Conditioning, DiffusersUNet
 
 __all__ = ["EDIT_BRANCHES", "HEdit", "HSpaceModel", "Prediction", "edited_rows", "fingerprint_of", "guided",

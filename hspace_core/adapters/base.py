@@ -44,9 +44,31 @@ class HSpaceModel(Protocol):
 
     def predict(self, x_t: torch.Tensor, t: int, edit: HEdit | None = None) -> Prediction: ...
 
+    # Optional, for guided inversion (``hspace_core.cfg_inversion``; see ``GuidedModel``).
     # Optional, for learning directions (``hspace_core.clip_directions``):
     #   time_embedding() -> implicit.TimeEmbedding  a frozen copy of the model's timestep embedding
     #   autograd_ready() -> context manager         gradients flow from ε(x_t | h̃) back to the edit, weights frozen
+
+
+@runtime_checkable
+class GuidedModel(HSpaceModel, Protocol):
+    """An ``HSpaceModel`` under classifier-free guidance whose negative branch can be swapped.
+
+    ``with_negative("positive")`` uses the positive conditioning as the negative (negative-prompt inversion);
+    ``with_negative(tensor)`` a negative embedding (it may require grad: null-text inversion differentiates ε
+    with respect to it); ``with_negative({t: tensor})`` per-step negatives.  ``autograd_ready()`` lets gradients
+    flow through the frozen network.
+    """
+
+    guidance_scale: float
+
+    def with_guidance(self, scale: float) -> "GuidedModel": ...
+
+    def negative_embedding(self) -> torch.Tensor: ...
+
+    def with_negative(self, negative) -> "GuidedModel": ...
+
+    def autograd_ready(self): ...
 
 
 @contextlib.contextmanager

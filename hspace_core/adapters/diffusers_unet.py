@@ -7,6 +7,7 @@ middle block returns h̃, so only the time embedding and the decoder run again.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -117,6 +118,34 @@ class DiffusersUNet:
         other = DiffusersUNet(self.unet, self.schedule, conditioning, self.class_labels, self.reuse_encoder)
         other._fingerprint = self._fingerprint  # same weights
         return other
+
+    # --- guidance (``adapters.base.GuidedModel``): what guided inversion needs ---
+    @property
+    def guidance_scale(self) -> float:
+        return self.conditioning.guidance_scale if self.conditioning is not None else 1.0
+
+    def with_guidance(self, scale: float) -> "DiffusersUNet":
+        return self.with_conditioning(dataclasses.replace(self._guided_conditioning(), guidance_scale=float(scale)))
+
+    def negative_embedding(self) -> torch.Tensor:
+        return self._guided_conditioning().negative.detach().clone()
+
+    def with_negative(self, negative) -> "DiffusersUNet":
+        """``"positive"``: the positive conditioning is the negative too; a tensor: this negative embedding; a dict
+        {t: tensor}: per-step negatives (other steps keep the current negative)."""
+        c = self._guided_conditioning()
+        if isinstance(negative, str) and negative == "positive":
+            added = {k: (v[1], v[1]) for k, v in c.added_cond.items()}
+            return self.with_conditioning(dataclasses.replace(c, negative=c.positive, negative_at={}, added_cond=added))
+        if isinstance(negative, dict):
+            return self.with_conditioning(dataclasses.replace(c, negative_at=dict(negative)))
+        return self.with_conditioning(dataclasses.replace(c, negative=negative, negative_at={}))
+
+    def _guided_conditioning(self) -> Conditioning:
+        if self.conditioning is None or self.conditioning.negative is None:
+            raise ValueError("This model has no negative conditioning: give Conditioning(positive=..., negative=..., "
+                             "guidance_scale=...) for guided inversion.")
+        return self.conditioning
 
     def time_embedding(self):
         """A frozen copy of the U-Net's timestep embedding (for implicit directions f_t)."""
