@@ -16,7 +16,7 @@ from .processes import (H_SOURCES, INVERSION_CONVENTIONS, capture, combine_direc
                         generate, inject, interpolate, invert, run_reverse)
 from .schedules import (NoiseSchedule, betas_cosine, betas_linear, betas_scaled_linear, gamma_ramp, schedule_from_betas,
                         schedule_from_diffusers_config, schedule_from_sigmas, step_pairs, timestep_grid)
-from .state import (Direction, EditSchedule, HTrajectory, Inversion, QualityBoost, ReconstructionReport,
+from .state import (Direction, EditSchedule, HTrajectory, Inversion, QualityBoost, ReconstructionReport, XTOrigin,
                     StyleCalibration)
 
 __version__ = "0.1.0"
@@ -30,6 +30,6 @@ __all__ = [
     "find_t_edit_t_boost", "gamma_ramp", "generate", "inject", "interpolate", "invert", "lpips_distance", "mask_to_h_grid",
     "masked_blend", "masked_normalized_slerp", "check_gamma", "StepLoop", "check_latent", "H_SOURCES",
     "INVERSION_CONVENTIONS", "train_steps_of", "CFG_INVERSIONS", "GuidedInversion", "invert_guided",
-    "null_text_embeddings", "GuidedModel", "normalized_slerp", "predicted_x0", "run_reverse", "schedule_from_betas",
+    "null_text_embeddings", "GuidedModel", "XTOrigin", "normalized_slerp", "predicted_x0", "run_reverse", "schedule_from_betas",
     "schedule_from_diffusers_config", "schedule_from_sigmas", "slerp", "step_pairs", "timestep_grid",
 ]

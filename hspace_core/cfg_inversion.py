@@ -77,7 +77,8 @@ def invert_guided(model: GuidedModel, x0: torch.Tensor, num_steps: int = 40, *, 
 
 
 def null_text_embeddings(model: GuidedModel, pivot: Inversion, *, inner_steps: int = 10, lr: float = 1e-2,
-                         early_stop: float = 1e-5, should_stop: StopFn | None = None) -> dict:
+                         early_stop: float = 1e-5, progress: ProgressFn | None = None,
+                         should_stop: StopFn | None = None) -> dict:
     """Mokady et al. 2023, Alg. 1: {t: ∅_t}, per-step negative embeddings that pull the guided DDIM path from the
     pivot's x_T onto the pivot (the guidance-1 inversion's latents).  ∅_t starts from ∅_{t+1} (the model's own
     negative at T) and takes up to ``inner_steps`` Adam steps on ‖DDIM(x̄_t, ε_w(x̄_t; ∅_t)) − x*_{t−1}‖²."""
@@ -85,7 +86,7 @@ def null_text_embeddings(model: GuidedModel, pivot: Inversion, *, inner_steps: i
     ascending = list(reversed(pivot.timesteps))
     target_of = {t: pivot.latents[k + 1] for k, t in enumerate(ascending)}
     target_of[-1] = pivot.latents[0]
-    loop = StepLoop(len(pivot.timesteps), None, should_stop)
+    loop = StepLoop(len(pivot.timesteps), progress, should_stop)
     embedding = model.negative_embedding().float()
     x, found = pivot.x_T, {}
     with torch.inference_mode(False), torch.enable_grad(), model.autograd_ready():

@@ -7,6 +7,8 @@ block ("output", 0), added to a per-call copy of ``model_options``: the MODEL it
 """
 from __future__ import annotations
 
+import copy
+import logging
 import math
 import weakref
 
@@ -22,13 +24,19 @@ from ..hspace_core import HSpaceModel, Prediction, schedule_from_sigmas
 from ..hspace_core.adapters.base import autograd_ready, edited_rows, fingerprint_of
 from ..hspace_core.implicit import TimeEmbedding
 
+log = logging.getLogger("hspace")
 SUPPORTED = "SD1.x, SD2.x (including v-prediction), SDXL, or a pixel UNet2DModel loaded with 'H-Space Load Pixel U-Net'"
+
+
+def is_pixel_unet(model) -> bool:
+    """A diffusers UNet2DModel wrapped by 'H-Space Load Pixel U-Net' (no text conditioning, images in [-1, 1])."""
+    return bool(getattr(model.get_model_object("diffusion_model"), "hspace_pixel_unet", False))
 
 
 def check_has_h_space(model) -> None:
     """Refuse models with no U-Net middle block (DiT, SD3, Flux, …) with a message naming what works."""
     diffusion_model = model.get_model_object("diffusion_model")
-    if getattr(diffusion_model, "middle_block", None) is None and not getattr(diffusion_model, "hspace_pixel_unet", False):
+    if getattr(diffusion_model, "middle_block", None) is None and not is_pixel_unet(model):
         raise ValueError(
             f"This MODEL ({type(diffusion_model).__name__}) has no U-Net middle block, so it has no h-space. "
             f"Use {SUPPORTED}."
@@ -87,13 +95,42 @@ class ComfyHSpaceModel:
     That conversion also covers v-prediction models: ComfyUI returns the denoised x0 for any type.
     """
 
-    def __init__(self, denoiser, extra_args: dict, model_patcher, cfg: float, edit_branches: str):
+    def __init__(self, denoiser, extra_args: dict, model_patcher, cfg: float, edit_branches: str, negative=None):
         ms = model_patcher.get_model_object("model_sampling")
         self.schedule = schedule_from_sigmas(ms.sigmas.detach().double().cpu())
         self.branches = ("uncond", "cond") if not math.isclose(cfg, 1.0) else ("single",)
         self.fingerprint = model_fingerprint(model_patcher)
         self.denoiser, self.extra_args, self.edit_branches = denoiser, extra_args, edit_branches
-        self.model_patcher = model_patcher
+        self.model_patcher, self.cfg, self.negative = model_patcher, cfg, negative
+        self.negative_override = None  # a cross-attention tensor, or {t: tensor} (null-text inversion)
+        self.scale_override = None
+
+    # --- guidance (``hspace_core.GuidedModel``) ---
+    @property
+    def guidance_scale(self) -> float:
+        return self.cfg if self.scale_override is None else self.scale_override
+
+    def with_guidance(self, scale: float) -> "ComfyHSpaceModel":
+        """The same denoiser combined at another scale (a ``sampler_cfg_function``; both branches still run)."""
+        other = copy.copy(self)
+        other.scale_override = float(scale)
+        other.branches = ("single",) if math.isclose(scale, 1.0) else self.branches
+        return other
+
+    def negative_embedding(self) -> torch.Tensor:
+        if self.negative is None or math.isclose(self.cfg, 1.0):
+            raise ValueError("Null-text inversion needs cfg ≠ 1 and a negative CONDITIONING.")
+        return self.negative[0][0].detach().clone()
+
+    def with_negative(self, negative) -> "ComfyHSpaceModel":
+        """A negative cross-attention embedding (tensor) or per-step ones ({t: tensor}) for the unconditional
+        rows, put in by a ``model_function_wrapper`` (chained after any the MODEL already has)."""
+        if isinstance(negative, str):
+            raise ValueError("On a ComfyUI MODEL, negative-prompt guidance is set by passing the positive "
+                             "CONDITIONING as the negative.")
+        other = copy.copy(self)
+        other.negative_override = negative
+        return other
 
     def time_embedding(self) -> TimeEmbedding:
         return time_embedding_of(self.model_patcher)
@@ -110,6 +147,16 @@ class ComfyHSpaceModel:
         patches["output_block_patch"] = list(patches.get("output_block_patch", [])) + [patch]
         transformer_options["patches"] = patches
         options["transformer_options"] = transformer_options
+        override = self.negative_override
+        if isinstance(override, dict):
+            override = override.get(t)
+        if override is not None:
+            options["model_function_wrapper"] = _negative_wrapper(override, options.get("model_function_wrapper"))
+        if self.scale_override is not None:
+            if "sampler_cfg_function" in options:
+                log.info("The MODEL's own sampler_cfg_function is not used while inverting at guidance %s.",
+                         self.scale_override)
+            options["sampler_cfg_function"] = _linear_cfg(self.scale_override)
         x_ve = x_t / math.sqrt(a)
         sigma_in = torch.full((x_t.shape[0],), sigma, device=x_t.device, dtype=x_t.dtype)
         denoised = self.denoiser(x_ve, sigma_in, denoise_mask=None, model_options=options, seed=self.extra_args.get("seed"))
@@ -123,6 +170,35 @@ class ComfyHSpaceModel:
             return Prediction(eps, record.h())
         edited = _HPatch(self.branches, edit, t, self.edit_branches)
         return Prediction(eps, record.h(), self._denoise(x_t, t, edited))
+
+
+def _negative_wrapper(embedding: torch.Tensor, inner):
+    """model_function_wrapper: the unconditional rows' cross-attention context becomes ``embedding`` (repeated over
+    tokens to the batch's length, as ComfyUI's CONDCrossAttn.concat does)."""
+
+    def wrapper(apply_model, args):
+        c = dict(args["c"])
+        context = c.get("c_crossattn")
+        order = args.get("cond_or_uncond") or []
+        if context is not None and 1 in order:
+            rows = context.shape[0] // len(order)
+            tokens = context.shape[1]
+            if tokens % embedding.shape[1]:
+                raise ValueError(f"The negative embedding has {embedding.shape[1]} tokens; the batch has {tokens}.")
+            new = embedding.to(context).repeat(1, tokens // embedding.shape[1], 1).expand(rows, -1, -1)
+            parts = list(context.split(rows))
+            c["c_crossattn"] = torch.cat([new if kind == 1 else part for kind, part in zip(order, parts)])
+            args = {**args, "c": c}
+        if inner is not None:
+            return inner(apply_model, args)
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    return wrapper
+
+
+def _linear_cfg(scale: float):
+    """sampler_cfg_function for uncond + s·(cond − uncond) (args hold x − prediction for both branches)."""
+    return lambda args: args["uncond"] + scale * (args["cond"] - args["uncond"])
 
 
 def time_embedding_of(model_patcher) -> TimeEmbedding:
@@ -148,16 +224,17 @@ def model_fingerprint(model_patcher) -> str:
 
 
 def run_in_comfy(model, latent: torch.Tensor, body, *, positive=None, negative=None, cfg: float = 1.0,
-                 edit_branches: str = "cond", seed: int = 0):
+                 edit_branches: str = "cond", seed: int = 0, negative_at: dict | None = None):
     """Run ``body(hspace_model, x)`` inside ComfyUI's sampling of ``model``.
 
     ``latent`` is a LATENT's ``samples`` (unscaled); ``x`` is the model-space tensor the body works on
-    (``process_latent_in`` applied).  Returns what ``body`` returns.
+    (``process_latent_in`` applied).  ``negative_at`` ({t: cross-attention tensor}, null-text inversion) replaces
+    the negative's embedding at those timesteps.  Returns what ``body`` returns.
     """
     check_has_h_space(model)
     check_latent(model, latent)
     if positive is None:
-        if not getattr(model.get_model_object("diffusion_model"), "hspace_pixel_unet", False):
+        if not is_pixel_unet(model):
             raise ValueError("This model is text-conditioned: connect positive (and negative) CONDITIONING.")
         positive = [[torch.zeros(1, 1, 1), {}]]
     if negative is None:
@@ -167,7 +244,9 @@ def run_in_comfy(model, latent: torch.Tensor, body, *, positive=None, negative=N
     result = {}
 
     def sampler_function(denoiser, x, sigmas, extra_args=None, callback=None, disable=None):
-        hs_model = ComfyHSpaceModel(denoiser, extra_args, model, cfg, edit_branches)
+        hs_model = ComfyHSpaceModel(denoiser, extra_args, model, cfg, edit_branches, negative)
+        if negative_at:
+            hs_model = hs_model.with_negative(negative_at)
         result["value"] = body(hs_model, x)
         return x
 

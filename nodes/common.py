@@ -12,7 +12,7 @@ import torch
 import folder_paths
 from comfy_api.latest import io
 
-from ..hspace_core import EditSchedule, lpips_distance
+from ..hspace_core import EditSchedule, XTOrigin, lpips_distance, timestep_grid
 
 CATEGORY = "h-space"
 PREFIX = "HSpace"
@@ -106,6 +106,34 @@ def seed_of(seed: int, boost) -> int:
     if boost.seed != seed:
         logging.info("h-space: using the Quality Boost's seed %s instead of the node's seed %s.", boost.seed, seed)
     return boost.seed
+
+
+# --- x_T carries its origin (grid, model, guidance) between nodes ---
+
+ORIGIN_KEY = "hspace_origin"
+
+
+def with_origin(latent: dict, origin: XTOrigin) -> dict:
+    return {**latent, ORIGIN_KEY: origin}
+
+
+def sampling_inputs(x_T: dict, steps: int, cfg: float, positive, negative):
+    """(negative, negative_at) for sampling from ``x_T`` at ``steps`` and ``cfg``: an x_T inverted on another grid is
+    refused; a negative-prompt inversion's positive becomes the negative; a null-text inversion's per-step negative
+    embeddings are used.  Latents that did not come from DDIM Inversion pass unchanged."""
+    origin = x_T.get(ORIGIN_KEY)
+    if origin is None:
+        return negative, None
+    origin.check_grid(timestep_grid(steps))
+    if math.isclose(cfg, 1.0) or origin.guidance == "plain":
+        return negative, None
+    if origin.guidance == "negative_prompt":
+        logging.info("h-space: x_T comes from a negative-prompt inversion; the positive conditioning is the negative.")
+        return positive, None
+    if not math.isclose(cfg, origin.guidance_scale):
+        logging.info("h-space: the null-text embeddings were optimised at cfg %s and are used at cfg %s.",
+                     origin.guidance_scale, cfg)
+    return negative, origin.negative_at
 
 
 # --- LATENT / IMAGE ---

@@ -9,7 +9,7 @@ from ..hspace_core import Direction, direction_from_examples, edit
 from ..hspace_core.state import check_fingerprint
 from .comfy_model import latent_out, progress_bar, run_in_comfy
 from .common import (BOOST_SEED_RULE, advanced, CATEGORY, Boost, DirectionType, Trajectory, check_inputs, check_number,
-                     conditioning_inputs, edit_schedule, model_input, seed_input, seed_of, steps_input, t_edit_input)
+                     conditioning_inputs, edit_schedule, model_input, seed_input, seed_of, steps_input, t_edit_input, sampling_inputs)
 
 STRENGTH_RANGE = (-100.0, 100.0)
 OTHER_MODEL_HINT = ("use a direction made with this model, or turn on allow_other_model (advanced) if this model is a "
@@ -66,6 +66,7 @@ class AsyrpEdit(io.ComfyNode):
         strengths = parse_strengths(strength_sweep) if strength_sweep and strength_sweep.strip() else [strength]
         schedule = edit_schedule(steps, t_edit, boost)
         seed = seed_of(seed, boost)
+        negative, negative_at = sampling_inputs(x_T, steps, cfg, positive, negative)
         progress = progress_bar(steps * len(strengths))
 
         def body(m, x):
@@ -79,7 +80,7 @@ class AsyrpEdit(io.ComfyNode):
             return torch.cat(outs)
 
         out = run_in_comfy(model, x_T["samples"], body, positive=positive, negative=negative, cfg=cfg,
-                           edit_branches=edit_branches, seed=seed)
+                           edit_branches=edit_branches, seed=seed, negative_at=negative_at)
         return io.NodeOutput(latent_out(model, out))
 
 

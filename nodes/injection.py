@@ -5,10 +5,10 @@ from comfy_api.latest import io
 
 from ..hspace_core import (EditSchedule, QualityBoost as QualityBoostConfig, StyleCalibration, gamma_ramp, inject,
                            interpolate)
-from .comfy_model import latent_out, progress_bar, run_in_comfy
+from .comfy_model import is_pixel_unet, latent_out, progress_bar, run_in_comfy
 from .common import (BOOST_SEED_RULE, advanced, CATEGORY, Boost, Calibration, Trajectory, check_inputs,
                      conditioning_inputs, edit_schedule, latent_x, model_input, seed_input, seed_of, steps_input,
-                     t_edit_input)
+                     t_edit_input, sampling_inputs)
 
 CONSTANT_GAMMA = -1.0  # gamma_end's value for "γ stays constant"
 
@@ -75,6 +75,7 @@ class SlerpContentInject(io.ComfyNode):
         g_end = gamma_end_of(gamma, gamma_end)
         omega = calibration.omega if calibration is not None else None
         seed = seed_of(seed, boost)
+        negative, negative_at = sampling_inputs(style_x_T, steps, cfg, positive, negative)
         progress = progress_bar(steps)
 
         def mix(m, x):
@@ -84,7 +85,8 @@ class SlerpContentInject(io.ComfyNode):
 
         out = run_in_comfy(
             model, style_x_T["samples"], mix,
-            positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed)
+            positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed,
+            negative_at=negative_at)
         return io.NodeOutput(latent_out(model, out))
 
 
@@ -153,12 +155,15 @@ class Interpolate(io.ComfyNode):
         if x_T_a["samples"].shape != x_T_b["samples"].shape:
             raise ValueError(f"x_T_a {tuple(x_T_a['samples'].shape)} and x_T_b {tuple(x_T_b['samples'].shape)} differ: "
                              "invert images of the same size.")
-        if clip_x0 and not getattr(model.get_model_object("diffusion_model"), "hspace_pixel_unet", False):
+        if clip_x0 and not is_pixel_unet(model):
             raise ValueError("clip_x0 is for pixel U-Nets (images in [-1, 1]); latents of SD models must not be clipped.")
         schedule = EditSchedule(steps, t_edit=t_edit, t_boost=0, clip_x0=1.0 if clip_x0 else None)
+        negative, negative_at = sampling_inputs(x_T_a, steps, cfg, positive, negative)
+        sampling_inputs(x_T_b, steps, cfg, positive, negative)
         x_b = latent_x(model, x_T_b)
         progress = progress_bar(frames)
         out = run_in_comfy(model, x_T_a["samples"],
                            lambda m, x: interpolate(m, x, x_b.to(x), frames, schedule, progress=progress),
-                           positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches)
+                           positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches,
+                           negative_at=negative_at)
         return io.NodeOutput(latent_out(model, out))

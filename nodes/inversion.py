@@ -3,10 +3,14 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..hspace_core import invert
-from .comfy_model import latent_out, progress_bar, run_in_comfy
+import dataclasses
+import math
+
+from ..hspace_core import (CFG_INVERSIONS, H_SOURCES, INVERSION_CONVENTIONS, EditSchedule, ReconstructionReport, XTOrigin,
+                           generate, invert, null_text_embeddings, run_reverse)
+from .comfy_model import is_pixel_unet, latent_out, model_fingerprint, progress_bar, run_in_comfy
 from .common import (CATEGORY, advanced, Trajectory, check_inputs, conditioning_inputs, decode, encoded_pixels, latent_of,
-                     model_input, psnr, steps_input)
+                     latent_x, model_input, psnr, sampling_inputs, steps_input, with_origin)
 
 
 class DDIMInversion(io.ComfyNode):
@@ -27,29 +31,74 @@ class DDIMInversion(io.ComfyNode):
                 steps_input(),
                 advanced(io.Int.Input("refine_iters", default=0, min=0, max=10,
                              tooltip="Fixed-point iterations per step; 1–2 cut the reconstruction error at extra cost.")),
+                advanced(io.Combo.Input("cfg_inversion", options=list(CFG_INVERSIONS), default="negative_prompt",
+                                        tooltip="With cfg ≠ 1: 'negative_prompt' inverts at cfg 1 and makes every "
+                                                "node that samples this x_T use the positive prompt as the negative "
+                                                "(exact at any cfg); 'null_text' optimises a negative embedding per "
+                                                "step so the result reconstructs at this cfg (slow: ~10 extra "
+                                                "passes a step); 'plain' inverts with the guided ε (drifts; add "
+                                                "refine_iters).")),
+                advanced(io.Combo.Input("convention", options=list(INVERSION_CONVENTIONS), default="seed",
+                                        tooltip="'seed': ε at the current point, as Asyrp / InjectFusion / Diffusion "
+                                                "Autoencoders (better); 'diffusers': ε at the next timestep.")),
+                advanced(io.Combo.Input("h_source", options=list(H_SOURCES), default="inversion",
+                                        tooltip="Where the output trajectory's h is read: along the inversion "
+                                                "(InjectFusion's content h) or along the reconstruction from x_T "
+                                                "(what an edit from x_T sees).")),
             ],
             outputs=[
-                io.Latent.Output("x_T", display_name="x_T", tooltip="The inverted noise latent; feed it to edit/inject/capture."),
-                Trajectory.Output("trajectory", tooltip="h at every step of the reconstruction from x_T."),
+                io.Latent.Output("x_T", display_name="x_T", tooltip="The inverted noise latent; feed it to edit/inject/capture. "
+                                 "It carries its grid and how to sample it under guidance."),
+                Trajectory.Output("trajectory", tooltip="h at every step (from h_source)."),
                 io.Latent.Output("reconstruction", tooltip="regenerate(x_T): compare it with the input."),
                 io.Float.Output("psnr", tooltip="PSNR (dB) of the reconstruction against the input (image space with a VAE)."),
             ],
         )
 
     @classmethod
-    def execute(cls, model, steps, cfg, edit_branches, refine_iters, image=None, vae=None, latent=None,
-                positive=None, negative=None) -> io.NodeOutput:
+    def execute(cls, model, steps, cfg, edit_branches, refine_iters, cfg_inversion="negative_prompt",
+                convention="seed", h_source="inversion", image=None, vae=None, latent=None, positive=None,
+                negative=None) -> io.NodeOutput:
         check_inputs(cls, locals())
         latent = latent_of(image, vae, latent)
+        method = "plain" if math.isclose(cfg, 1.0) else cfg_inversion
+        if method == "null_text" and is_pixel_unet(model):
+            raise ValueError("null_text needs a text-conditioned model; pixel U-Nets take cfg 1 (or 'plain').")
+        kw = dict(convention=convention, refine_iters=refine_iters, h_source=h_source)
         progress = progress_bar(steps * (2 + refine_iters))
         inv = run_in_comfy(model, latent["samples"],
-                           lambda m, x: invert(m, x, steps, refine_iters=refine_iters, progress=progress),
-                           positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches)
+                           lambda m, x: invert(m, x, steps, report=method == "plain", progress=progress, **kw),
+                           positive=positive, negative=negative if method == "plain" else None,
+                           cfg=cfg if method == "plain" else 1.0, edit_branches=edit_branches)
+        negative_at = {}
+        if method != "plain":
+            negative_at, recon = _reconstruct_guided(model, inv, method, positive, negative, cfg, edit_branches)
+            inv = dataclasses.replace(inv, reconstruction=recon)
+        origin = XTOrigin(inv.timesteps, model_fingerprint(model), method, cfg, negative_at)
         reconstruction = latent_out(model, inv.reconstruction)
-        quality = inv.report.psnr
+        report = inv.report or ReconstructionReport.compare(latent_x(model, latent), inv.reconstruction)
+        quality = report.psnr
         if image is not None:  # in image space, against what the VAE encoded
             quality = psnr(decode(vae, reconstruction), encoded_pixels(vae, image), 1.0)
-        return io.NodeOutput(latent_out(model, inv.x_T), inv.trajectory, reconstruction, quality)
+        x_T = with_origin(latent_out(model, inv.x_T), origin)
+        return io.NodeOutput(x_T, inv.trajectory, reconstruction, quality)
+
+
+def _reconstruct_guided(model, inv, method, positive, negative, cfg, edit_branches):
+    """Negative-prompt / null-text inversion from the guidance-1 pivot ``inv``: ({t: negative embedding} — found
+    first, for null-text —, the guided reconstruction)."""
+    sched = EditSchedule(len(inv.timesteps), t_edit=0, t_boost=0)
+    if method == "null_text":
+        def body(m, x):
+            found = null_text_embeddings(m, inv, progress=progress_bar(len(inv.timesteps)))
+            return found, generate(m.with_negative(found), inv.x_T, sched)
+
+        found, recon = run_in_comfy(model, latent_out(model, inv.x_T)["samples"], body, positive=positive,
+                                    negative=negative, cfg=cfg, edit_branches=edit_branches)
+        return found, recon
+    recon = run_in_comfy(model, latent_out(model, inv.x_T)["samples"], lambda m, x: generate(m, inv.x_T, sched),
+                         positive=positive, negative=positive, cfg=cfg, edit_branches=edit_branches)
+    return {}, recon
 
 
 class Capture(io.ComfyNode):
@@ -67,13 +116,13 @@ class Capture(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, x_T, steps, cfg, edit_branches, positive=None, negative=None) -> io.NodeOutput:
-        from ..hspace_core import EditSchedule, run_reverse
-
         check_inputs(cls, locals())
+        negative, negative_at = sampling_inputs(x_T, steps, cfg, positive, negative)
+
         def body(m, x):
             sched = EditSchedule(steps, t_edit=0, t_boost=0)
             return run_reverse(m, x, sched, record_h=True, progress=progress_bar(steps))
 
         result = run_in_comfy(model, x_T["samples"], body, positive=positive, negative=negative, cfg=cfg,
-                              edit_branches=edit_branches)
+                              edit_branches=edit_branches, negative_at=negative_at)
         return io.NodeOutput(result.trajectory, latent_out(model, result.x0))
