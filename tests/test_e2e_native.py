@@ -104,3 +104,25 @@ def test_a_ksampler_latent_is_inverted(comfy):
     sample, reconstruction = _saved(comfy, entry, "40")[0], _saved(comfy, entry, "41")[0]
     assert sample.shape == (32, 32, 3)
     assert _psnr(reconstruction, sample) > 25, _psnr(reconstruction, sample)
+
+
+def test_native_sampling_from_x_T_on_a_latent_model(comfy):
+    """The same on the SD1-shaped test checkpoint: process_latent_in/out (×0.18215) and text conditioning."""
+    prompt = load_prompt(os.path.join(ROOT, "workflows", "sd_style_mixing.json"), comfy.object_info)
+    inversion = find(prompt, "HSpaceDDIMInversion", image=["13", 0])
+    inputs = prompt[inversion]["inputs"]
+    prompt.update({
+        "80": {"class_type": "HSpaceXTToNative", "inputs": {"model": inputs["model"], "x_T": [inversion, 0],
+                                                           "steps": inputs["steps"]}},
+        "81": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "82": {"class_type": "BasicGuider", "inputs": {"model": inputs["model"], "conditioning": inputs["positive"]}},
+        "83": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["80", 0], "guider": ["82", 0],
+                                                                 "sampler": ["81", 0], "sigmas": ["80", 1],
+                                                                 "latent_image": [inversion, 0]}},
+        "84d": {"class_type": "VAEDecode", "inputs": {"samples": ["83", 0], "vae": inputs["vae"]}},
+        "84": {"class_type": "SaveImage", "inputs": {"images": ["84d", 0], "filename_prefix": "e2e/sd_native"}},
+    })
+    entry = _run(comfy, prompt)
+    pack = _saved(comfy, entry, find(prompt, "SaveImage", filename_prefix="hspace/sd_style_reconstruction"))[0]
+    native = _saved(comfy, entry, "84")[0]
+    assert np.abs(native - pack).max() <= 1  # the same DDIM, through ComfyUI's own sampler
