@@ -58,7 +58,7 @@ def test_edit_sweep_strength_zero_is_the_reconstruction_and_others_change_it(com
     strengths = [float(s) for s in prompt[find(prompt, "HSpaceAsyrpEdit")]["inputs"]["strength_sweep"].split(",")]
     assert len(sweep) == len(strengths)
     zero = strengths.index(0.0)
-    assert np.array_equal(sweep[zero], reconstruction)
+    assert np.abs(sweep[zero] - reconstruction).max() <= 1  # a batch of 5 vs 1: CPU kernels may round apart
     for k, s in enumerate(strengths):
         if s != 0:
             assert np.abs(sweep[k] - reconstruction).mean() > 0.5, s
@@ -268,7 +268,7 @@ def test_clip_direction_training_through_an_sd_model(comfy):
     sweep = _saved(comfy, entry, prompt, "sd_edit_sweep")
     reconstruction = _saved(comfy, entry, prompt, "sd_edit_reconstruction")[0]
     strengths = [float(s) for s in prompt[edit]["inputs"]["strength_sweep"].split(",")]
-    assert np.array_equal(sweep[strengths.index(0.0)], reconstruction)
+    assert np.abs(sweep[strengths.index(0.0)] - reconstruction).max() <= 1  # batch 5 vs batch 1, as above
     assert all(np.abs(img - reconstruction).mean() > 0.5 for s, img in zip(strengths, sweep) if s != 0)
 
 
