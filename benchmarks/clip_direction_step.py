@@ -1,6 +1,6 @@
 """Seconds per optimiser step of Asyrp's CLIP direction training (``hspace_core.clip_directions.train_direction``).
 
-    python benchmarks/clip_direction_step.py [--skip-sd] [--threads 1]
+    python -m benchmarks.clip_direction_step [--skip-sd] [--threads 1]
 
 One step = the edited prediction ε(x_t | h_t + Δh), the unedited one on the source path, decoding P_t for CLIP
 (the VAE for SD), CLIP image features, and the backward pass through the U-Net decoder (and VAE decoder).
@@ -10,21 +10,16 @@ UNet2DConditionModel at a 64×64 latent with SD's AutoencoderKL decoder (512² i
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.join(ROOT, "benchmarks")]
-import hspace_core as hs  # noqa: E402
-from hspace_core.clip_directions import CLIPDirectional, DirectionTraining, train_direction  # noqa: E402
+import hspace_core as hs
+from hspace_core.clip_directions import CLIPDirectional, DirectionTraining, train_direction
 
 
 def tiny(form: str) -> float:
-    from conftest import tiny_pixel_unet
-    from test_clip_directions import tiny_clip
+    from harness.tiny import tiny_clip, tiny_pixel_unet
 
     model = hs.DiffusersUNet(tiny_pixel_unet(size=16))
     images = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -35,7 +30,7 @@ def tiny(form: str) -> float:
 def sd15(form: str) -> float:
     import open_clip
     from diffusers import AutoencoderKL
-    from step_cost import sd15_unet
+    from .step_cost import sd15_unet
 
     torch.manual_seed(0)
     unet = sd15_unet()

@@ -1,6 +1,6 @@
 """Measure the papers' h-space claims on the bundled demo model (models/hspace-shapes-ddpm).
 
-    python benchmarks/demo_model.py [--pairs 64] [--steps 20] [--out docs/demo_model.md]
+    python -m benchmarks.demo_model [--pairs 64] [--steps 20] [--out docs/demo_model.md]
 
 Everything is batched over seeded (content, style) pairs of procedural images and scored from pixels
 (hspace_demo.readouts).  Sections: how much h matters to ε (h swap vs the two images' ε), DDIM
@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import hspace_core as hs  # noqa: E402
-from hspace_demo.measure import (centred_examples, h_swap_ratio, injection_scores as scores,  # noqa: E402
+import hspace_core as hs
+from hspace_demo.measure import (centred_examples, h_swap_ratio, injection_scores as scores,
                                       sample_quality, shape_direction, shape_direction_effect, size_direction,
                                       size_direction_effect)
-from hspace_demo.run import BUNDLED, load_model  # noqa: E402
-from hspace_demo.shapes import make_batch  # noqa: E402
+from hspace_demo.run import BUNDLED, load_model
+from hspace_demo.shapes import make_batch
 
 
 SAMPLERS = ((None, 0.0), (1.0, 0.0), (1.0, 1.0))  # (clip_x0, eta) of the samples-from-noise columns
@@ -112,7 +110,7 @@ def evaluate(model, pairs: int, steps: int, log=print, inversion_steps=(20, 50, 
 
 
 def to_markdown(r: dict, pairs: int, steps: int) -> str:
-    L = [f"Measured by `python benchmarks/demo_model.py --pairs {pairs} --steps {steps}` on the bundled model; "
+    L = [f"Measured by `python -m benchmarks.demo_model --pairs {pairs} --steps {steps}` on the bundled model; "
          f"{pairs} seeded (content, style) pairs, {steps} DDIM steps, t_edit = 400 unless stated.", ""]
     L += ["## How much h carries", "", "‖ε(x_a | h_b) − ε(x_a)‖ / ‖ε(x_b) − ε(x_a)‖ (same noise):", "",
           "| t | " + " | ".join(str(t) for t in r["h_swap"]) + " |", "|---|" + "---|" * len(r["h_swap"]),

@@ -1,6 +1,6 @@
 """Cost of each kind of step relative to a plain DDIM step on the same U-Net, measured in one run.
 
-    python benchmarks/step_cost.py [--repeats 5] [--skip-celebahq] [--out docs/benchmarks.md]
+    python -m benchmarks.step_cost [--repeats 5] [--skip-celebahq] [--out docs/benchmarks.md]
 
 Models (random weights, real architectures): Stable Diffusion 1.5's UNet2DConditionModel at a 64×64 latent
 (batch 1, with and without CFG) and the DDPM CelebA-HQ 256 UNet2DModel at 256².  Each row is the median time of
@@ -11,14 +11,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import hspace_core as hs  # noqa: E402
-from hspace_core.ddim import calibrated_x_t, ddim_step  # noqa: E402
+import hspace_core as hs
+from hspace_core.ddim import calibrated_x_t, ddim_step
 
 
 def sd15_unet():
@@ -112,7 +110,7 @@ def main():
             results["DDPM CelebA-HQ U-Net, 256², batch 1"] = measure(
                 hs.DiffusersUNet(unet, hs.schedule_from_betas(hs.betas_linear(1000))), torch.randn(1, 3, 256, 256),
                 args.repeats)
-    lines = [f"Measured by `python benchmarks/step_cost.py` on {os.cpu_count()} CPU cores, torch "
+    lines = [f"Measured by `python -m benchmarks.step_cost` on {os.cpu_count()} CPU cores, torch "
              f"{torch.__version__}, {torch.get_num_threads()} thread(s), median of {args.repeats}. "
              "Ratios are to a plain DDIM step of the same model in the same run.", ""]
     names = list(next(iter(results.values()))["ratios"])

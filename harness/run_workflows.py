@@ -3,7 +3,9 @@
     python -m harness.run_workflows workflows/pixel_content_injection.json ... --out outputs/demo
 
 Starts ComfyUI headless on 127.0.0.1 with this pack (``HSPACE_COMFYUI`` picks your own install), converts each
-workflow to an API prompt, queues it, waits, and writes every SaveImage output to ``OUT/<workflow>/``.
+workflow to an API prompt, queues it, waits, writes every SaveImage output to ``OUT/<workflow>/``, and ends with one
+labelled contact sheet of the run, ``OUT/contact_sheet.png``: per workflow its input images, then each SaveImage's
+images (reconstructions and results), upscaled so that 32-pixel images can be seen.
 """
 from __future__ import annotations
 
@@ -14,8 +16,62 @@ import sys
 import tempfile
 import time
 
-from .server import ComfyServer, error_message, prepare_base
+from .contact_sheet import contact_sheet
+from .server import REPO, ComfyServer, error_message, prepare_base
 from .ui_to_api import ui_to_api
+
+INPUTS = os.path.join(REPO, "workflows", "inputs")
+
+
+def run_workflow(server: ComfyServer, prompt: dict, out_dir: str) -> list[tuple[str, list[bytes]]]:
+    """Queue ``prompt``, write its SaveImage outputs as ``out_dir/<prefix>_<k>.png``; (prefix, PNGs) per node."""
+    entry = server.run(prompt)
+    if entry["status"]["status_str"] != "success":
+        raise RuntimeError(error_message(entry))
+    os.makedirs(out_dir, exist_ok=True)
+    saved = []
+    for node_id in entry["outputs"]:
+        if prompt[node_id]["class_type"] != "SaveImage":
+            continue
+        label = prompt[node_id]["inputs"]["filename_prefix"].split("/")[-1]
+        images = server.images(entry, node_id)
+        for k, image in enumerate(images):
+            with open(os.path.join(out_dir, f"{label}_{k}.png"), "wb") as f:
+                f.write(image)
+        saved.append((label, images))
+    return saved
+
+
+def sheet_rows(prompt: dict, saved: list[tuple[str, list[bytes]]]) -> list[list[tuple[str, bytes | str]]]:
+    """Contact-sheet rows of one workflow: its LoadImage inputs; its single images (reconstructions, results); then
+    one row per batch (sweeps, frames)."""
+    names = [n["inputs"]["image"] for n in prompt.values() if n["class_type"] == "LoadImage"]
+    inputs = [(f"input {os.path.splitext(name)[0]}", os.path.join(INPUTS, name)) for name in names]
+    singles = [(label, images[0]) for label, images in saved if len(images) == 1]
+    batches = [[(f"{label} {k}", image) for k, image in enumerate(images)] for label, images in saved if len(images) > 1]
+    return [inputs, singles, *batches]
+
+
+def run_all(server: ComfyServer, paths: list[str], out: str) -> tuple[str, int]:
+    """Run every workflow on ``server``, write the images and the contact sheet; (sheet path, failures)."""
+    info, sections, failures = server.get("/object_info"), [], 0
+    for path in paths:
+        name = os.path.splitext(os.path.basename(path))[0]
+        prompt = ui_to_api(json.load(open(path)), info)
+        t0 = time.time()
+        try:
+            saved = run_workflow(server, prompt, os.path.join(out, name))
+        except RuntimeError as e:
+            failures += 1
+            print(f"{name}: FAILED: {e}", flush=True)
+            sections.append((f"{name}: FAILED", sheet_rows(prompt, [])))
+            continue
+        print(f"{name}: {sum(len(i) for _, i in saved)} images in {time.time() - t0:.1f} s -> {os.path.join(out, name)}",
+              flush=True)
+        sections.append((name, sheet_rows(prompt, saved)))
+    sheet = os.path.join(out, "contact_sheet.png")
+    contact_sheet(sections).save(sheet)
+    return sheet, failures
 
 
 def main(argv=None) -> int:
@@ -26,33 +82,11 @@ def main(argv=None) -> int:
     base = tempfile.mkdtemp(prefix="hspace-demo-")
     prepare_base(base)
     server = ComfyServer(base, os.path.join(base, "server.log")).start()
-    failures = 0
     try:
-        info = server.get("/object_info")
-        for path in args.workflows:
-            name = os.path.splitext(os.path.basename(path))[0]
-            prompt = ui_to_api(json.load(open(path)), info)
-            t0 = time.time()
-            entry = server.run(prompt)
-            if entry["status"]["status_str"] != "success":
-                failures += 1
-                print(f"{name}: FAILED: {error_message(entry)}", flush=True)
-                continue
-            out_dir = os.path.join(args.out, name)
-            os.makedirs(out_dir, exist_ok=True)
-            written = []
-            for node_id, outputs in entry["outputs"].items():
-                for k, image in enumerate(server.images(entry, node_id)):
-                    label = prompt[node_id]["inputs"].get("filename_prefix", f"node{node_id}").split("/")[-1]
-                    if prompt[node_id]["class_type"] != "SaveImage":
-                        continue
-                    target = os.path.join(out_dir, f"{label}_{k}.png")
-                    with open(target, "wb") as f:
-                        f.write(image)
-                    written.append(target)
-            print(f"{name}: {len(written)} images in {time.time() - t0:.1f} s -> {out_dir}", flush=True)
+        sheet, failures = run_all(server, args.workflows, args.out)
     finally:
         server.stop()
+    print(f"contact sheet: {os.path.abspath(sheet)}", flush=True)
     return 1 if failures else 0
 
 

@@ -7,6 +7,8 @@ makes the decoder depend on the bottleneck h (without it, swapping h barely chan
 shape, size and position, new colours, polarity included) with the image's own skips, and must still predict the
 image's noise: the decoder learns to take colours from the skips and not from h, which is what content injection
 relies on.  The saved model is a plain ``UNet2DModel``.  Checkpoints every ``--save-every`` steps; rerunning resumes from the last one.
+Further training or fine-tuning starts from the shipped weights: ``--init-from models/hspace-shapes-ddpm`` (weights
+and EMA from that folder, a fresh optimiser, steps counted from 0).
 """
 from __future__ import annotations
 
@@ -66,6 +68,14 @@ class SkipDropout:
     def remove(self):
         for h in self.handles:
             h.remove()
+
+
+def load_weights(folder: str) -> dict:
+    """fp32 state dict of a diffusers folder's UNet2DModel (``unet/`` subfolder or bare), e.g. the shipped fp16 one."""
+    from diffusers import UNet2DModel
+
+    sub = "unet" if os.path.isdir(os.path.join(folder, "unet")) else None
+    return UNet2DModel.from_pretrained(folder, subfolder=sub, torch_dtype=torch.float32).state_dict()
 
 
 def save_pipeline_folder(unet, out: str) -> None:
@@ -131,15 +141,21 @@ def restyle(f: Factors, rng: np.random.Generator, palette: str) -> Factors:
 
 def train(out: str, steps: int, batch: int = 64, lr: float = 3e-4, seed: int = 0, skip_drop: float = 0.5,
           skip_drop_blocks: int = 3, ema_decay: float = 0.999, save_every: int = 200, centred_fraction: float = 0.25,
-          wide_palette_from: int = 0, restyle_prob: float = 0.0):
+          wide_palette_from: int = 0, restyle_prob: float = 0.0, init_from: str | None = None):
     """``wide_palette_from``: the step from which the data use the "wide" palette (the "dark" one before it);
-    ``restyle_prob``: the share of the images whose skips are kept that get a recoloured twin's h."""
+    ``restyle_prob``: the share of the images whose skips are kept that get a recoloured twin's h;
+    ``init_from``: a diffusers folder (the shipped fp16 one) whose weights start a new run (ignored on resume)."""
     os.makedirs(out, exist_ok=True)
     ckpt_path = os.path.join(out, "train_state.pt")
     unet = build_unet(seed)
     ema = copy.deepcopy(unet).eval()
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
     step = resume(ckpt_path, unet, ema, opt)
+    if step == 0 and init_from is not None:
+        weights = load_weights(init_from)
+        unet.load_state_dict(weights)
+        ema.load_state_dict(weights)
+        log.info("starting from the weights in %s", init_from)
     alphas = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0).float()
     gen = torch.Generator().manual_seed(seed * 1000 + step)
     dropout = SkipDropout(unet, skip_drop, skip_drop_blocks, gen)
@@ -222,11 +238,14 @@ def main(argv=None):
                    help="training step from which images use the wide palette (the shipped model: 4000)")
     p.add_argument("--restyle", type=float, default=0.0,
                    help="share of the images (among those whose skips are kept) trained with a recoloured twin's h")
+    p.add_argument("--init-from", metavar="FOLDER",
+                   help="start from this diffusers folder's weights (e.g. models/hspace-shapes-ddpm) instead of random ones")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     train(args.out, args.steps, args.batch, args.lr, args.seed, args.skip_drop, args.skip_drop_blocks,
-          save_every=args.save_every, wide_palette_from=args.wide_palette_from, restyle_prob=args.restyle)
+          save_every=args.save_every, wide_palette_from=args.wide_palette_from, restyle_prob=args.restyle,
+          init_from=args.init_from)
 
 
 if __name__ == "__main__":

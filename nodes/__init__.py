@@ -5,6 +5,7 @@ from .files import LoadDirection, LoadTrajectory, SaveDirection, SaveTrajectory
 from .injection import Interpolate, QualityBoost, SlerpContentInject, StyleCalibrate
 from .inversion import Capture, DDIMInversion
 from .loaders import LoadPixelUNet
+from .native import PixelConditioning, XTToNative
 from .schedule import AutoSchedule
 from .common import register_folders
 from .trajectory_io import PreviewH
@@ -13,4 +14,4 @@ register_folders()
 
 NODES = (DDIMInversion, Capture, AsyrpEdit, SlerpContentInject, StyleCalibrate, QualityBoost, AutoSchedule,
          Interpolate, DirectionFromExamples, CombineDirections, SaveDirection, LoadDirection, SaveTrajectory,
-         LoadTrajectory, PreviewH, LoadPixelUNet, TrainAsyrpDirection, LoadAsyrpDirection)
+         LoadTrajectory, PreviewH, LoadPixelUNet, TrainAsyrpDirection, LoadAsyrpDirection, XTToNative, PixelConditioning)

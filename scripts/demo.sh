@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: set up, then run the pixel-model sample workflows through a real ComfyUI on the bundled demo
-# model (models/hspace-shapes-ddpm) and write their images to outputs/demo/<workflow>/.
+# model (models/hspace-shapes-ddpm), write their images to outputs/demo/<workflow>/ and one labelled contact sheet,
+# outputs/demo/contact_sheet.png (its path is printed last).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup.sh"

@@ -1,24 +1,13 @@
 """The demo-model benchmark script runs end to end on a tiny budget and reports what the docs table expects."""
-import importlib.util
 import math
-import os
 
 import torch
 
+from benchmarks import demo_model as bench
 from hspace_demo.run import load_model
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("demo_benchmark", os.path.join(ROOT, "benchmarks", "demo_model.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_benchmark_runs_on_two_pairs_and_writes_every_section():
-    bench = load_benchmark()
     with torch.no_grad():
         results = bench.evaluate(load_model(), pairs=2, steps=10, log=lambda *args: None, inversion_steps=(5, 10, 20))
     psnr = {key: value[0] for key, value in results["inversion"].items()}
@@ -42,7 +31,6 @@ def test_benchmark_runs_on_two_pairs_and_writes_every_section():
 
 
 def test_report_rewrite_keeps_the_hand_written_sections(tmp_path):
-    bench = load_benchmark()
     path = str(tmp_path / "report.md")
     bench.write_report(path, "## Timings\n\n- old: 1.000 s\n")
     assert "written by hand" not in open(path, encoding="utf-8").read()

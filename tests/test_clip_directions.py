@@ -6,22 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_pixel_unet
+from harness.tiny import tiny_clip, tiny_pixel_unet
 from hspace_core import DiffusersUNet, Direction, EditSchedule, edit, generate, invert
-from hspace_core.clip_directions import CLIPDirectional, DirectionTraining, train_direction
+from hspace_core.clip_directions import DirectionTraining, train_direction
 from hspace_core import ImplicitDirectionNet, TimeEmbedding, load_official_asyrp
 
 SOURCE, TARGET = "a photo", "a red photo"
-
-
-def tiny_clip() -> CLIPDirectional:
-    import open_clip
-    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
-
-    torch.manual_seed(0)
-    model = CLIP(32, CLIPVisionCfg(layers=2, width=64, head_width=32, patch_size=8, image_size=32),
-                 CLIPTextCfg(width=64, heads=2, layers=2))
-    return CLIPDirectional(model, open_clip.get_tokenizer("ViT-B-16"))
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, tiny_pixel_unet
+from harness.server import REPO as ROOT
+from harness.tiny import tiny_pixel_unet
 from hspace_core import DiffusersUNet, schedule_from_diffusers_config
 
 
@@ -82,7 +83,8 @@ def test_models_without_a_middle_block_are_refused(pack):
 @pytest.mark.parametrize("form", ["global", "implicit"])
 def test_direction_training_through_comfy_matches_diffusers(pack, form):
     """Under inference mode (as ComfyUI runs nodes), on inference-tensor weights, the same losses and direction."""
-    from test_clip_directions import SOURCE, TARGET, config, tiny_clip
+    from harness.tiny import tiny_clip
+    from test_clip_directions import SOURCE, TARGET, config
 
     from hspace_core.clip_directions import train_direction
 

@@ -1,5 +1,6 @@
 """End to end in the real graph editor: headless Chromium loads each shipped workflow file, finds no missing node
-types, and queues it through the UI (the Run button's code path) until it completes."""
+types, and queues it through the UI (the Run button's code path) until it completes; the shipped workflows are
+ComfyUI's templates for this pack (GET /workflow_templates) and one opens from the editor's template browser."""
 import json
 import os
 import shutil
@@ -37,3 +38,30 @@ def test_every_workflow_loads_and_runs_in_the_editor(comfy, tmp_path):
         theirs = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in r["prompt"].items()}
         assert theirs == ours, name
     assert run.returncode == 0, run.stderr
+
+
+def _stems(paths):
+    return sorted(os.path.splitext(os.path.basename(p))[0] for p in paths)
+
+
+def test_the_server_lists_every_shipped_workflow_as_a_template(comfy):
+    from harness.server import PACK_NAME
+
+    assert sorted(comfy.get("/workflow_templates")[PACK_NAME]) == _stems(WORKFLOWS)
+    for path in WORKFLOWS:  # the URLs the template browser fetches: the graph and its <name>.jpg thumbnail
+        stem = os.path.splitext(os.path.basename(path))[0]
+        assert comfy.get(f"/api/workflow_templates/{PACK_NAME}/{stem}.json") == json.load(open(path))
+        assert comfy.get(f"/api/workflow_templates/{PACK_NAME}/{stem}.jpg")[:3] == b"\xff\xd8\xff"
+
+
+def test_a_template_opens_from_the_template_browser(comfy):
+    from harness.server import PACK_NAME
+
+    path = os.path.join(ROOT, "workflows", "interpolation.json")
+    run = subprocess.run(["node", EDITOR, "template", str(comfy.port), PACK_NAME, "interpolation"], capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    result = json.loads(run.stdout.splitlines()[-1])
+    assert sorted(c["name"] for c in result["cards"]) == _stems(WORKFLOWS)
+    assert all(c["thumbnail"] > 0 for c in result["cards"]), result["cards"]  # every thumbnail decoded and shown
+    assert result["nodes"] == [n["type"] for n in json.load(open(path))["nodes"]]

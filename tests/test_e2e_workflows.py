@@ -277,3 +277,22 @@ def test_clip_direction_training_through_an_sd_model(comfy):
     strengths = [float(s) for s in prompt[edit]["inputs"]["strength_sweep"].split(",")]
     assert_same_up_to_latent_rounding(sweep[strengths.index(0.0)], reconstruction)
     assert all(np.abs(img - reconstruction).mean() > 0.5 for s, img in zip(strengths, sweep) if s != 0)
+
+
+def test_the_main_job_writes_one_contact_sheet(comfy, tmp_path):
+    """scripts/demo.sh's workflows through the main job's own code; its sheet: present, one PNG, big enough to see."""
+    import re
+
+    from PIL import Image
+
+    from harness.run_workflows import run_all
+
+    demo = open(os.path.join(ROOT, "scripts", "demo.sh")).read()
+    paths = [os.path.join(ROOT, p) for p in re.findall(r"workflows/\w+\.json", demo)]
+    assert len(paths) == 3
+    sheet, failures = run_all(comfy, paths, str(tmp_path))
+    assert failures == 0 and sheet == str(tmp_path / "contact_sheet.png")
+    assert [p.name for p in tmp_path.glob("*.png")] == ["contact_sheet.png"]
+    width, height = Image.open(sheet).size
+    assert width >= 6 * 4 * 32 and height >= 3 * 2 * 4 * 32  # the widest row: 6 frames at 4×; 3 workflows of ≥ 2 rows
+    assert os.path.getsize(sheet) > 20_000

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import GaussianData
+from harness.tiny import GaussianData
 from hspace_core import (EditSchedule, HTrajectory, capture, generate, inject, invert, load_official_asyrp,
                          masked_normalized_slerp, normalized_slerp, predicted_x0, slerp, timestep_grid)
 from hspace_core.hmath import _rotate_toward

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import GaussianData, tiny_pixel_unet
+from harness.tiny import GaussianData, tiny_pixel_unet
 from hspace_core import (Cancelled, DiffusersUNet, Direction, EditSchedule, HTrajectory, capture,
                          direction_from_examples, edit, find_t_edit_t_boost, generate, inject, interpolate, invert,
                          run_reverse)
@@ -236,7 +236,7 @@ def test_reconstruction_source_is_the_reconstruction_path(pixel_unet, images):
 
 
 def test_clip_x0_keeps_predictions_in_range_and_is_otherwise_the_same_process():
-    from conftest import GaussianData
+    from harness.tiny import GaussianData
     from hspace_core.ddim import clipped_eps, predicted_x0
 
     data = GaussianData(torch.full((1, 3, 8, 8), 3.0), s=0.1)  # data far outside [-1, 1]

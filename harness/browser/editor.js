@@ -3,6 +3,8 @@
 //   node editor.js check  PORT MANIFEST.json     MANIFEST = [{file, overrides}]: load each UI workflow, list missing node
 //                                                types, set widget overrides, graphToPrompt, queue it through the UI (the
 //                                                Run button's code path), wait for the result
+//   node editor.js template PORT MODULE NAME      open ComfyUI's template browser, pick MODULE under Extensions, click the
+//                                                NAME card; report the thumbnails it shows and the graph it loaded
 // Prints one JSON object per workflow on stdout; exits 1 if anything failed.
 const { chromium } = require('playwright-core');
 const fs = require('fs'), os = require('os'), path = require('path');
@@ -50,7 +52,9 @@ async function exportAll(page, apiDir, outDir) {
     }, [api, file]);
     fs.writeFileSync(path.join(outDir, file), JSON.stringify(ui, null, 1) + '\n');
     await fitView(page);
-    await page.screenshot({ path: path.join(outDir, file.replace(/\.json$/, '.png')), clip: { x: 60, y: 80, width: 1540, height: 920 } });
+    // the template browser shows custom nodes' templates with the thumbnail <name>.jpg next to <name>.json
+    await page.screenshot({ path: path.join(outDir, file.replace(/\.json$/, '.jpg')), type: 'jpeg', quality: 80,
+                            clip: { x: 60, y: 80, width: 1540, height: 920 } });
     console.log(JSON.stringify({ workflow: file, nodes: ui.nodes.length, links: ui.links.length }));
   }
 }
@@ -99,13 +103,34 @@ async function checkAll(page, manifest) {
   return ok;
 }
 
+async function openTemplate(page, module, name) {
+  const fetched = [];  // the browser fetches each thumbnail, then shows it from a blob: URL
+  page.on('response', r => { if (r.url().includes('/workflow_templates/')) fetched.push({ url: r.url(), status: r.status() }); });
+  await page.evaluate(() => app.extensionManager.command.execute('Comfy.BrowseTemplates'));
+  await page.getByText(module, { exact: true }).first().click();
+  const card = page.getByTestId(`template-workflow-${name}`);
+  await card.waitFor({ timeout: 60000 });
+  const shown = () => [...document.querySelectorAll('[data-testid^="template-workflow-"]')].map(e => {
+    const img = e.querySelector('img');
+    return { name: e.getAttribute('data-testid').slice('template-workflow-'.length), thumbnail: img ? img.naturalWidth : 0 };
+  });
+  await page.waitForFunction(`(${shown})().every(c => c.thumbnail > 0)`, null, { timeout: 30000 }).catch(() => {});
+  const cards = await page.evaluate(`(${shown})()`);
+  await card.click();
+  await page.waitForFunction(() => !document.querySelector('.p-dialog'), null, { timeout: 60000 });
+  const nodes = await page.evaluate(() => app.graph.nodes.map(n => n.type));
+  console.log(JSON.stringify({ module, name, cards, fetched, nodes }));
+  return nodes.length > 0;
+}
+
 (async () => {
   const { ctx, page } = await openEditor();
   let ok = true;
   try {
     if (mode === 'export') await exportAll(page, rest[0], rest[1]);
     else if (mode === 'check') ok = await checkAll(page, JSON.parse(fs.readFileSync(rest[0], 'utf8')));
-    else throw new Error('mode must be export or check');
+    else if (mode === 'template') ok = await openTemplate(page, rest[0], rest[1]);
+    else throw new Error('mode must be export, check or template');
   } finally {
     await ctx.close();
   }
