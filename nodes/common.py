@@ -117,14 +117,21 @@ def with_origin(latent: dict, origin: XTOrigin) -> dict:
     return {**latent, ORIGIN_KEY: origin}
 
 
+def origin_of(x_T: dict, steps: int) -> XTOrigin | None:
+    """The x_T's origin, refusing a grid other than the one it was inverted on (None for other latents)."""
+    origin = x_T.get(ORIGIN_KEY)
+    if origin is not None:
+        origin.check_grid(timestep_grid(steps))
+    return origin
+
+
 def sampling_inputs(x_T: dict, steps: int, cfg: float, positive, negative):
     """(negative, negative_at) for sampling from ``x_T`` at ``steps`` and ``cfg``: an x_T inverted on another grid is
     refused; a negative-prompt inversion's positive becomes the negative; a null-text inversion's per-step negative
     embeddings are used.  Latents that did not come from DDIM Inversion pass unchanged."""
-    origin = x_T.get(ORIGIN_KEY)
+    origin = origin_of(x_T, steps)
     if origin is None:
         return negative, None
-    origin.check_grid(timestep_grid(steps))
     if math.isclose(cfg, 1.0) or origin.guidance == "plain":
         return negative, None
     if origin.guidance == "negative_prompt":

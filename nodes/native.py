@@ -5,6 +5,7 @@ SIGMAS of the pack's grid retraces the pack's own DDIM; x_T in VP space is x_VE/
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -12,7 +13,7 @@ from comfy_api.latest import io
 
 from ..hspace_core import timestep_grid
 from .comfy_model import check_has_h_space, latent_out
-from .common import CATEGORY, latent_x, model_input, steps_input
+from .common import CATEGORY, latent_x, model_input, origin_of, steps_input
 
 
 class _InvertedNoise:
@@ -51,6 +52,11 @@ class XTToNative(io.ComfyNode):
     @classmethod
     def execute(cls, model, x_T, steps) -> io.NodeOutput:
         check_has_h_space(model)
+        origin = origin_of(x_T, steps)
+        if origin is not None and origin.guidance != "plain":
+            logging.info("h-space: x_T comes from a %s inversion; under cfg ≠ 1 a native sampler needs the positive "
+                         "prompt as its negative too (null-text embeddings do not reach native samplers).",
+                         origin.guidance)
         table = model.get_model_object("model_sampling").sigmas.float().cpu()
         sigmas = torch.cat([table[list(timestep_grid(steps, len(table)))], torch.zeros(1)])
         x = latent_x(model, x_T)

@@ -90,9 +90,17 @@ def test_bad_guided_inversion_input_is_refused(images):
         hs.DiffusersUNet(unet)
 
 
+# Seeds 11 / 12 / 13 (4 images, 20 steps, cfg 7.5) measured, in dB: negative-prompt minus plain 0.78 / 1.77 / 6.36
+# without refinement and 7.73 / 2.76 / 7.92 with k = 1 (both inverted with k = 1); null-text minus the better of the
+# two without refinement 6.01 / 3.81 / 4.64 (docs/inversion.md).
+MARGIN_NPI_OVER_PLAIN = 0.5
+MARGIN_NPI_OVER_PLAIN_REFINED = 2.0
+MARGIN_NULL_OVER_BEST = 3.0
+
+
 @pytest.mark.skipif(not os.path.isdir(CONDITIONAL), reason="the class-conditional demo model is not in this checkout")
 def test_shipped_conditional_model_guided_inversion():
-    """On the shipped class-conditional demo model at cfg 7.5 (thresholds: docs/inversion.md, seeds 0-2)."""
+    """On the shipped class-conditional demo model at cfg 7.5, where plain DDIM inversion drifts."""
     import json
 
     from diffusers import UNet2DModel
@@ -108,15 +116,15 @@ def test_shipped_conditional_model_guided_inversion():
     c = hs.Conditioning(positive=base.class_embedding_of(labels),
                         negative=base.class_embedding_of(torch.full_like(labels, NULL_CLASS)), guidance_scale=7.5)
     model = base.with_conditioning(c)
+    psnr = {}
     with torch.no_grad():
-        at_one = hs.invert(base.with_conditioning(dataclasses.replace(c, guidance_scale=1.0)), x0, 20)
-        plain = hs.invert_guided(model, x0, 20, method="plain")
-        npi = hs.invert_guided(model, x0, 20, method="negative_prompt")
-    assert abs(npi.report.psnr - at_one.report.psnr) < 0.05
-    assert npi.report.psnr > plain.report.psnr + MARGIN_NPI_OVER_PLAIN, (npi.report, plain.report)
-    null = hs.invert_guided(model, x0, 20, method="null_text")
-    assert null.report.psnr > max(npi.report.psnr, plain.report.psnr) + MARGIN_NULL_OVER_BEST, null.report
-
-
-MARGIN_NPI_OVER_PLAIN = 1.0
-MARGIN_NULL_OVER_BEST = 1.0
+        for k in (0, 1):
+            psnr["one", k] = hs.invert(model.with_guidance(1.0), x0, 20, refine_iters=k).report.psnr
+            for method in ("plain", "negative_prompt"):
+                psnr[method, k] = hs.invert_guided(model, x0, 20, method=method, refine_iters=k).report.psnr
+    assert abs(psnr["negative_prompt", 0] - psnr["one", 0]) < 0.05, psnr
+    assert abs(psnr["negative_prompt", 1] - psnr["one", 1]) < 0.05, psnr
+    assert psnr["negative_prompt", 0] > psnr["plain", 0] + MARGIN_NPI_OVER_PLAIN, psnr
+    assert psnr["negative_prompt", 1] > psnr["plain", 1] + MARGIN_NPI_OVER_PLAIN_REFINED, psnr
+    null = hs.invert_guided(model, x0, 20, method="null_text").report.psnr
+    assert null > max(psnr["negative_prompt", 0], psnr["plain", 0]) + MARGIN_NULL_OVER_BEST, (null, psnr)
