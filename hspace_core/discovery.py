@@ -25,11 +25,13 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .adapters.base import HSpaceModel
+from .ddim import ddim_step
 from .processes import run_reverse
+from .schedules import step_pairs, timestep_grid
 from .state import Direction, EditSchedule, HTrajectory, check_fingerprint
 
 __all__ = ["NORMALISATIONS", "PROBE_METHODS", "PCAResult", "principal_components", "pca_directions",
-           "jacobian_directions", "linear_probe", "probe_direction", "orthogonalise", "normalise", "combine",
+           "latent_at", "jacobian_directions", "linear_probe", "probe_direction", "orthogonalise", "rescale_like", "normalise", "combine",
            "relative_strength", "explore", "grid_image"]
 
 NORMALISATIONS = ("position", "standardise", "none")
@@ -163,6 +165,20 @@ def pca_directions(trajectories: HTrajectory | Sequence[HTrajectory], k: int, *,
 
 # ----------------------------------------------------------------------------------------------------- Jacobian
 
+def latent_at(model: HSpaceModel, x_T: torch.Tensor, t: int, num_steps: int, *, grid: str = "asyrp") -> tuple[torch.Tensor, int]:
+    """x_t on the deterministic DDIM path from x_T (plain steps down the ``num_steps`` grid) at the grid timestep
+    nearest to ``t``; returns (x_t, that timestep)."""
+    timesteps = timestep_grid(num_steps, model.schedule.num_train_timesteps, grid)
+    target = min(timesteps, key=lambda s: (abs(s - int(t)), s))
+    x = x_T
+    with torch.no_grad():
+        for here, below in step_pairs(timesteps):
+            if here == target:
+                break
+            x = ddim_step(x, model.predict(x, here).eps, model.schedule.alpha_bar(here), model.schedule.alpha_bar(below))
+    return x, target
+
+
 def jacobian_directions(model: HSpaceModel, x_t: torch.Tensor, t: int, k: int, *, output: str = "eps",
                         iterations: int = 12, oversample: int = 2, relative_norm: float = 0.1, seed: int = 0,
                         name: str = "jacobian") -> list[Direction]:
@@ -259,23 +275,23 @@ def linear_probe(x: torch.Tensor, labels: torch.Tensor, method: str = "logistic"
     diff = x[pos].mean(0) - x[neg].mean(0)
     if method == "mean_difference":
         return diff / diff.norm().clamp_min(1e-30)
-    centred = x - x.mean(0)
-    xs = centred / centred.norm(dim=1).pow(2).mean().sqrt().clamp_min(1e-30)
-    y = labels.double() * 2 - 1
-    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimiser = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, tolerance_grad=1e-10, tolerance_change=1e-12,
-                                  history_size=20, line_search_fn="strong_wolfe")
+    with torch.inference_mode(False), torch.enable_grad():  # a ComfyUI node runs under inference mode
+        centred = x.clone() - x.mean(0)
+        xs = centred / centred.norm(dim=1).pow(2).mean().sqrt().clamp_min(1e-30)
+        y = labels.double().clone() * 2 - 1
+        w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+        b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        optimiser = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, tolerance_grad=1e-10, tolerance_change=1e-12,
+                                      history_size=20, line_search_fn="strong_wolfe")
 
-    def loss():
-        optimiser.zero_grad()
-        margin = y * (xs @ w + b)
-        data = torch.nn.functional.softplus(-margin) if method == "logistic" else (1 - margin).clamp_min(0).pow(2)
-        value = data.mean() + 0.5 * l2 * w.pow(2).sum()
-        value.backward()
-        return value
+        def loss():
+            optimiser.zero_grad()
+            margin = y * (xs @ w + b)
+            data = torch.nn.functional.softplus(-margin) if method == "logistic" else (1 - margin).clamp_min(0).pow(2)
+            value = data.mean() + 0.5 * l2 * w.pow(2).sum()
+            value.backward()
+            return value
 
-    with torch.inference_mode(False), torch.enable_grad():
         optimiser.step(loss)
     normal = w.detach()
     if normal.norm() == 0:
@@ -385,6 +401,22 @@ def orthogonalise(direction: Direction, against: Sequence[Direction], *, name: s
     meta = {**direction.metadata, "orthogonal_to": [d.name for d in against]}
     return Direction(form, delta, timesteps, fingerprint=direction.fingerprint,
                      name=name or f"{direction.name} ⟂ {', '.join(d.name for d in against)}", metadata=meta)
+
+
+def rescale_like(direction: Direction, like: Direction) -> Direction:
+    """``direction`` rescaled to ``like``'s ‖Δh‖ (at each timestep of a per-timestep direction), e.g. after
+    ``orthogonalise`` took part of it away."""
+    _check_linear([direction, like])
+    form, timesteps = _common_form([direction, like])
+    delta, target = _delta_on(direction, form, timesteps).double(), _delta_on(like, form, timesteps).double()
+    flat = (lambda x: x.reshape(1, -1)) if form == "global" else (lambda x: x.flatten(1))
+    lengths = flat(delta).norm(dim=1)
+    if (lengths == 0).any():
+        raise ValueError("Nothing is left of the direction (it lies in the span of the others); it cannot be rescaled.")
+    factor = (flat(target).norm(dim=1) / lengths).reshape(-1, *([1] * (delta.dim() - (form != "global"))))
+    factor = factor[0] if form == "global" else factor
+    return Direction(form, (delta * factor).float(), timesteps, fingerprint=direction.fingerprint, name=direction.name,
+                     metadata=direction.metadata)
 
 
 def _mean_h_norm(reference: HTrajectory) -> torch.Tensor:

@@ -12,6 +12,7 @@ Trajectory = io.Custom("HSPACE_TRAJECTORY")
 DirectionType = io.Custom("HSPACE_DIRECTION")
 Calibration = io.Custom("HSPACE_CALIBRATION")
 Boost = io.Custom("HSPACE_BOOST")
+DirectionSet = io.Custom("HSPACE_DIRECTIONS")  # a tuple of Direction (PCA / Jacobian directions)
 
 
 
@@ -65,6 +66,16 @@ def encode(vae, image: torch.Tensor) -> dict:
 def decode(vae, latent: dict) -> torch.Tensor:
     images = vae.decode(latent["samples"])
     return images.reshape(-1, *images.shape[-3:]) if images.dim() == 5 else images
+
+
+def parse_strengths(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"Strength sweep {text!r} is not a comma-separated list of numbers, e.g. -2, -1, 0, 1, 2.")
+    if not values:
+        raise ValueError("The strength sweep is empty; give numbers like -2, 0, 2 or leave it blank.")
+    return values
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float) -> float:

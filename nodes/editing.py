@@ -5,20 +5,10 @@ import torch
 
 from comfy_api.latest import io
 
-from ..hspace_core import Direction, EditSchedule, direction_from_examples, edit
+from ..hspace_core import Direction, EditSchedule, direction_from_examples, discovery, edit
 from .comfy_model import latent_out, progress_bar, run_in_comfy
-from .common import (advanced, CATEGORY, boost_conflict, Boost, DirectionType, Trajectory, conditioning_inputs, model_input,
+from .common import (advanced, CATEGORY, boost_conflict, parse_strengths, Boost, DirectionType, Trajectory, conditioning_inputs, model_input,
                      seed_input, steps_input, t_edit_input)
-
-
-def parse_strengths(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"Strength sweep {text!r} is not a comma-separated list of numbers, e.g. -2, -1, 0, 1, 2.")
-    if not values:
-        raise ValueError("The strength sweep is empty; give numbers like -2, 0, 2 or leave it blank.")
-    return values
 
 
 def schedule_of(steps: int, t_edit: int, boost) -> EditSchedule:
@@ -125,14 +115,4 @@ class CombineDirections(io.ComfyNode):
 
 
 def combine(a: Direction, wa: float, b: Direction, wb: float, normalize: bool) -> Direction:
-    if "implicit" in (a.form, b.form):
-        raise ValueError("Implicit (learnt f_t) directions cannot be summed here; apply them in separate edits.")
-    if a.h_shape != b.h_shape:
-        raise ValueError(f"The directions have different h shapes {a.h_shape} and {b.h_shape}: use the same model and size.")
-    c = 2 ** -0.5 if normalize else 1.0
-    if a.form == b.form == "global":
-        return Direction("global", c * (wa * a.delta + wb * b.delta), fingerprint=a.fingerprint, name=f"{a.name}+{b.name}")
-    timesteps = a.timesteps if a.form == "per_timestep" else b.timesteps
-    stack = lambda d: torch.stack([d.at(torch.zeros(1, *d.h_shape), t)[0] for t in timesteps])
-    return Direction("per_timestep", c * (wa * stack(a) + wb * stack(b)), timesteps, fingerprint=a.fingerprint,
-                     name=f"{a.name}+{b.name}")
+    return discovery.combine([a, b], [wa, wb], normalize=normalize, name=f"{a.name}+{b.name}")

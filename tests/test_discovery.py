@@ -148,6 +148,8 @@ def test_probes_separate_and_point_to_the_positives(method):
     assert float((x[y == 1].mean(0) - x[y == 0].mean(0)).double() @ w) > 0  # points to the positives
     mean_diff = dc.linear_probe(x, y, "mean_difference")
     assert abs(float(w[0])) > abs(float(mean_diff[0]))  # closer to the separating axis than the mean difference
+    with torch.inference_mode():  # as in a ComfyUI node
+        assert torch.allclose(dc.linear_probe(x.clone(), y.clone(), method, l2=1e-4), w)
 
 
 def _class_trajectories(n=20, steps=2):
@@ -206,6 +208,8 @@ def test_orthogonalise_is_exact():
             assert abs(float(v @ other.flatten().double())) < 1e-5 * float(v.norm() * other.norm())
     assert dc.orthogonalise(a, []) is a
     assert a.delta.norm() > 0  # inputs untouched
+    kept = dc.rescale_like(both, a)
+    assert torch.allclose(kept.delta.flatten(1).norm(dim=1), a.delta.norm().expand(3), rtol=1e-5)
     parallel = dc.orthogonalise(a, [a.scaled(-3)])
     assert float(parallel.delta.norm()) < 1e-5
 
@@ -244,3 +248,13 @@ def test_explore_rows_are_directions_columns_are_strengths():
     assert image.dim() == 4 and image.shape[0] == 1 and image.shape[-1] == 3 and 0 <= image.min() <= image.max() <= 1
     with pytest.raises(ValueError, match="one x_T"):
         dc.explore(model, x_T.repeat(2, 1, 1, 1), d, [1.0], schedule)
+
+
+def test_latent_at_follows_the_ddim_path():
+    model = GaussianData(torch.zeros(1, 1, 4, 4))
+    x_T = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    x_T_again, t = dc.latent_at(model, x_T, 999, 10)
+    assert t == 999 and torch.equal(x_T_again, x_T)
+    x_mid, t = dc.latent_at(model, x_T, 480, 10)
+    assert t in hs.timestep_grid(10, 1000, "asyrp") and abs(t - 480) <= 56
+    assert not torch.equal(x_mid, x_T)
