@@ -1,12 +1,15 @@
 """hspace_core — h-space editing and style mixing for diffusion U-Nets, framework-free.
 
 Implements Asyrp (Kwon et al., ICLR 2023; including its CLIP-trained directions), DiffStyle / InjectFusion (Jeong, Kwon, Uh) and the
-interpolation recipe of Diffusion Autoencoders (Preechakul et al., CVPR 2022) over any ``HSpaceModel``.
+interpolation recipe of Diffusion Autoencoders (Preechakul et al., CVPR 2022) over any ``HSpaceModel``; directions found
+without labels (PCA, Jacobian) and by linear probes are in ``discovery``.
 """
 from .adapters import Conditioning, DiffusersUNet, GuidedModel, HSpaceModel, Prediction
 from .auto_schedule import AutoSchedule, find_t_edit_t_boost, lpips_distance
 from .cfg_inversion import CFG_INVERSIONS, GuidedInversion, invert_guided, null_text_embeddings
 from .clip_directions import CLIPDirectional, DirectionTraining, TrainedDirection, load_open_clip, train_direction
+from . import discovery
+from .discovery import jacobian_directions, orthogonalise, pca_directions, probe_direction, relative_strength
 from .ddim import calibrated_x_t, ddim_inverse_step, ddim_sigma, ddim_step, eps_from_model_output, predicted_x0
 from .implicit import ImplicitDirectionNet, TimeEmbedding
 from .official import load_official_asyrp, train_steps_of
@@ -32,4 +35,5 @@ __all__ = [
     "INVERSION_CONVENTIONS", "train_steps_of", "CFG_INVERSIONS", "GuidedInversion", "invert_guided",
     "null_text_embeddings", "GuidedModel", "XTOrigin", "normalized_slerp", "predicted_x0", "run_reverse", "schedule_from_betas",
     "schedule_from_diffusers_config", "schedule_from_sigmas", "slerp", "step_pairs", "timestep_grid",
+    "discovery", "jacobian_directions", "orthogonalise", "pca_directions", "probe_direction", "relative_strength",
 ]

@@ -1,5 +1,6 @@
 """ComfyUI nodes: thin shells that translate ComfyUI types to one ``hspace_core`` call each."""
 from .clip_training import LoadAsyrpDirection, TrainAsyrpDirection
+from .discovery import DirectionExplorer, JacobianDirections, OrthogonaliseDirection, PCADirections, ProbeDirection
 from .editing import AsyrpEdit, CombineDirections, DirectionFromExamples
 from .files import LoadDirection, LoadTrajectory, SaveDirection, SaveTrajectory
 from .injection import Interpolate, QualityBoost, SlerpContentInject, StyleCalibrate
@@ -14,4 +15,5 @@ register_folders()
 
 NODES = (DDIMInversion, Capture, AsyrpEdit, SlerpContentInject, StyleCalibrate, QualityBoost, AutoSchedule,
          Interpolate, DirectionFromExamples, CombineDirections, SaveDirection, LoadDirection, SaveTrajectory,
-         LoadTrajectory, PreviewH, LoadPixelUNet, TrainAsyrpDirection, LoadAsyrpDirection, XTToNative, PixelConditioning)
+         LoadTrajectory, PreviewH, LoadPixelUNet, TrainAsyrpDirection, LoadAsyrpDirection, XTToNative, PixelConditioning,
+         PCADirections, JacobianDirections, ProbeDirection, OrthogonaliseDirection, DirectionExplorer)

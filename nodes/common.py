@@ -21,6 +21,7 @@ Trajectory = io.Custom("HSPACE_TRAJECTORY")
 DirectionType = io.Custom("HSPACE_DIRECTION")
 Calibration = io.Custom("HSPACE_CALIBRATION")
 Boost = io.Custom("HSPACE_BOOST")
+DirectionSet = io.Custom("HSPACE_DIRECTIONS")  # a tuple of Direction (PCA / Jacobian directions)
 
 BOOST_SEED_RULE = "When a Quality Boost is connected, its seed replaces this node's seed."
 
@@ -178,6 +179,22 @@ def encoded_pixels(vae, image: torch.Tensor) -> torch.Tensor:
         logging.info("h-space: the VAE encodes the central %s×%s of the %s×%s image; PSNR is measured on that part.",
                      cropped.shape[2], cropped.shape[1], image.shape[2], image.shape[1])
     return cropped
+
+
+STRENGTH_RANGE = (-100.0, 100.0)
+
+
+def parse_strengths(text: str, name: str = "strength_sweep") -> list[float]:
+    """A strength list (the widget ``name``): comma-separated numbers, each finite and within the strength range."""
+    try:
+        values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{name} {text!r} is not a comma-separated list of numbers, e.g. -2, -1, 0, 1, 2.") from None
+    if not values:
+        raise ValueError(f"{name} is empty; give numbers like -2, 0, 2.")
+    for value in values:
+        check_number(f"a strength in {name}", value, *STRENGTH_RANGE)
+    return values
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float) -> float:

@@ -5,28 +5,15 @@ import torch
 
 from comfy_api.latest import io
 
-from ..hspace_core import Direction, direction_from_examples, edit
+from ..hspace_core import Direction, direction_from_examples, discovery, edit
 from ..hspace_core.state import check_fingerprint
 from .comfy_model import latent_out, progress_bar, run_in_comfy
-from .common import (BOOST_SEED_RULE, advanced, CATEGORY, Boost, DirectionType, Trajectory, check_inputs, check_number,
-                     conditioning_inputs, edit_schedule, model_input, seed_input, seed_of, steps_input, t_edit_input, sampling_inputs)
+from .common import (BOOST_SEED_RULE, STRENGTH_RANGE, advanced, CATEGORY, Boost, DirectionType, Trajectory,
+                     check_inputs, conditioning_inputs, edit_schedule, model_input, parse_strengths, sampling_inputs,
+                     seed_input, seed_of, steps_input, t_edit_input)
 
-STRENGTH_RANGE = (-100.0, 100.0)
 OTHER_MODEL_HINT = ("use a direction made with this model, or turn on allow_other_model (advanced) if this model is a "
                     "fine-tune or LoRA-patched version of it")
-
-
-def parse_strengths(text: str) -> list[float]:
-    """The strength sweep: comma-separated numbers, each finite and within the strength widget's range."""
-    try:
-        values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"strength_sweep {text!r} is not a comma-separated list of numbers, e.g. -2, -1, 0, 1, 2.")
-    if not values:
-        raise ValueError("strength_sweep is empty; give numbers like -2, 0, 2 or leave it blank.")
-    for value in values:
-        check_number("a strength in strength_sweep", value, *STRENGTH_RANGE)
-    return values
 
 
 class AsyrpEdit(io.ComfyNode):
@@ -134,14 +121,4 @@ class CombineDirections(io.ComfyNode):
 
 
 def combine(a: Direction, wa: float, b: Direction, wb: float, normalize: bool) -> Direction:
-    if "implicit" in (a.form, b.form):
-        raise ValueError("Implicit (learnt f_t) directions cannot be summed here; apply them in separate edits.")
-    if a.h_shape != b.h_shape:
-        raise ValueError(f"The directions have different h shapes {a.h_shape} and {b.h_shape}: use the same model and size.")
-    c = 2 ** -0.5 if normalize else 1.0
-    if a.form == b.form == "global":
-        return Direction("global", c * (wa * a.delta + wb * b.delta), fingerprint=a.fingerprint, name=f"{a.name}+{b.name}")
-    timesteps = a.timesteps if a.form == "per_timestep" else b.timesteps
-    stack = lambda d: torch.stack([d.at(torch.zeros(1, *d.h_shape), t)[0] for t in timesteps])
-    return Direction("per_timestep", c * (wa * stack(a) + wb * stack(b)), timesteps, fingerprint=a.fingerprint,
-                     name=f"{a.name}+{b.name}")
+    return discovery.combine([a, b], [wa, wb], normalize=normalize, name=f"{a.name}+{b.name}")

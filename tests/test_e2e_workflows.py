@@ -43,10 +43,12 @@ def test_workflow_runs(comfy, path):
     prompt = load_prompt(path, comfy.object_info)
     entry = _run(comfy, prompt)
     size = 64 if os.path.basename(path).startswith("sd_") else 32
-    saved = [img for node_id, node in prompt.items() if node["class_type"] == "SaveImage"
-             for img in map(png, comfy.images(entry, node_id))]
+    grids = {i for i, n in prompt.items() if n["class_type"] == "HSpaceDirectionExplorer"}  # one labelled grid image
+    saved = [(img, node["inputs"]["images"][0] in grids) for node_id, node in prompt.items()
+             if node["class_type"] == "SaveImage" for img in map(png, comfy.images(entry, node_id))]
     assert saved, "the workflow saved no image"
-    assert all(img.shape == (size, size, 3) for img in saved), [img.shape for img in saved]
+    assert all(img.shape == (size, size, 3) or (grid and img.shape[0] > size) for img, grid in saved), \
+        [img.shape for img, _ in saved]
 
 
 def assert_same_up_to_latent_rounding(a, b):
@@ -296,3 +298,52 @@ def test_the_main_job_writes_one_contact_sheet(comfy, tmp_path):
     width, height = Image.open(sheet).size
     assert width >= 6 * 4 * 32 and height >= 3 * 2 * 4 * 32  # the widest row: 6 frames at 4×; 3 workflows of ≥ 2 rows
     assert os.path.getsize(sheet) > 20_000
+
+
+def test_discovery_nodes_through_the_server(comfy):
+    """Jacobian, probe and orthogonalise nodes on the bundled model, the explorer with both inputs, and bad input."""
+    from hspace_core import Direction
+
+    prompt = load_prompt(os.path.join(ROOT, "workflows", "discover_directions.json"), comfy.object_info)
+    inversion, pca = find(prompt, "HSpaceDDIMInversion"), find(prompt, "HSpacePCADirections")
+    one = find(prompt, "LatentFromBatch")
+    model, vae = prompt[inversion]["inputs"]["model"], prompt[inversion]["inputs"]["vae"]
+    common = {"cfg": 1.0, "edit_branches": "cond"}
+    prompt.update({
+        "80": {"class_type": "HSpaceJacobianDirections", "inputs": {
+            "model": model, "x_T": [one, 0], "steps": 10, "t": 500, "k": 2, "component": 1, "output": "eps",
+            "relative_norm": 0.1, "iterations": 3, "seed": 0, **common}},
+        **{f"7{k}": {"class_type": "LoadImage", "inputs": {"image": f"hspace_{name}.png"}}
+           for k, name in enumerate(("circle_1", "circle_2", "square_1", "square_2"))},
+        "74": {"class_type": "ImageBatch", "inputs": {"image1": ["70", 0], "image2": ["71", 0]}},
+        "75": {"class_type": "ImageBatch", "inputs": {"image1": ["72", 0], "image2": ["73", 0]}},
+        "76": {**prompt[inversion], "inputs": {**prompt[inversion]["inputs"], "image": ["74", 0]}},
+        "77": {**prompt[inversion], "inputs": {**prompt[inversion]["inputs"], "image": ["75", 0]}},
+        "81": {"class_type": "HSpaceProbeDirection", "inputs": {
+            "positive": ["76", 1], "negative": ["77", 1], "method": "svm", "form": "global", "l2": 0.001,
+            "name": "probe"}},
+        "86": {"class_type": "HSpaceSaveDirection", "inputs": {"direction": ["81", 0], "filename_prefix": "e2e_probe"}},
+        "82": {"class_type": "HSpaceOrthogonaliseDirection", "inputs": {
+            "direction": ["80", 1], "against": [pca, 1], "against_set": [pca, 0], "keep_norm": True}},
+        "83": {"class_type": "HSpaceSaveDirection", "inputs": {"direction": ["82", 0], "filename_prefix": "e2e_orth"}},
+        "84": {"class_type": "HSpaceDirectionExplorer", "inputs": {
+            "model": model, "x_T": [one, 0], "vae": vae, "directions": ["80", 0], "direction": ["82", 0],
+            "strengths": "-1, 0, 1", "steps": 10, "t_edit": 400, "scale": 2, "seed": 0, **common}},
+        "85": {"class_type": "SaveImage", "inputs": {"images": ["84", 0], "filename_prefix": "e2e/jacobian_grid"}},
+    })
+    entry = _run(comfy, prompt)
+    assert entry["outputs"]["80"]["text"][0].count("singular_value") == 2
+    saved = entry["outputs"]["83"]["text"][0]
+    d = Direction.load(os.path.join(comfy.base, "models", "hspace_directions", saved))
+    assert d.metadata["method"] == "jacobian" and d.fingerprint and len(d.metadata["orthogonal_to"]) == 5
+    probe = Direction.load(os.path.join(comfy.base, "models", "hspace_directions", entry["outputs"]["86"]["text"][0]))
+    assert probe.form == "global" and probe.metadata["method"] == "svm" and probe.metadata["train_accuracy"] == 1.0
+    grid = _saved(comfy, entry, prompt, "jacobian_grid")[0]
+    assert grid.shape[0] > 3 * 64 and grid.shape[1] > 3 * 64  # 3 rows × 3 columns of 64-px tiles and labels
+
+    too_many = json.loads(json.dumps(prompt))
+    too_many[pca]["inputs"].update(k=6, form="per_timestep")
+    _expect_node_error(comfy, too_many, "rank 5: set k between 1 and 5")
+    batch = json.loads(json.dumps(prompt))
+    batch["84"]["inputs"]["x_T"] = [inversion, 0]
+    _expect_node_error(comfy, batch, "pick one")

@@ -1,0 +1,187 @@
+"""Directions nobody had to label (PCA, Jacobian), probe directions, orthogonalisation and the Direction Explorer."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..hspace_core import EditSchedule, discovery
+from .comfy_model import latent_out, progress_bar, run_in_comfy
+from .common import (CATEGORY, DirectionSet, DirectionType, Trajectory, advanced, conditioning_inputs, decode,
+                     model_input, parse_strengths, seed_input, steps_input, t_edit_input)
+
+CAT = f"{CATEGORY}/discover"
+
+
+def _component_input():
+    return io.Int.Input("component", default=0, min=0, max=63,
+                        tooltip="Which of the k directions the 'direction' output holds (0 = the leading one).")
+
+
+def _set_outputs(kind: str):
+    return [DirectionSet.Output("directions", tooltip=f"All k {kind} directions, for the Direction Explorer."),
+            DirectionType.Output("direction", tooltip="The direction chosen by 'component' (for Asyrp Edit, Save, …)."),
+            io.String.Output("info", tooltip="One line per direction: its metadata.")]
+
+
+def _pick(directions, component: int, info_key: str) -> io.NodeOutput:
+    if component >= len(directions):
+        raise ValueError(f"component {component} is past the {len(directions)} directions made: set component below "
+                         f"{len(directions)} or raise k.")
+    info = "\n".join(f"{d.name}: {info_key} {d.metadata[info_key]:.4g}" for d in directions)
+    return io.NodeOutput(tuple(directions), directions[component], info, ui={"text": [info]})
+
+
+class PCADirections(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HSpacePCADirections", display_name="H-Space PCA Directions", category=CAT,
+            description="Unsupervised directions (Haas et al. 2023): the top k principal components of h over the "
+                        "images of a trajectory batch (invert or capture many images), after per-position "
+                        "normalisation. Strength 1 = one standard deviation of h along the component.",
+            inputs=[Trajectory.Input("trajectory", tooltip="h trajectories of many images (a batch; 2 or more)."),
+                    io.Int.Input("k", default=4, min=1, max=64, tooltip="How many leading components."),
+                    _component_input(),
+                    io.Combo.Input("form", options=["global", "per_timestep"], default="global",
+                                   tooltip="global: PCA pooled over timesteps, one Δh; per_timestep: one PCA per t."),
+                    advanced(io.Combo.Input("normalisation", options=list(discovery.NORMALISATIONS), default="position",
+                                            tooltip="position: each spatial position weighs the same (tames high-norm "
+                                                    "outlier positions); standardise: z-score every coordinate.")),
+                    io.String.Input("name", default="pca", tooltip="Label prefix of the directions.")],
+            outputs=_set_outputs("principal"),
+        )
+
+    @classmethod
+    def execute(cls, trajectory, k, component, form, normalisation, name) -> io.NodeOutput:
+        directions = discovery.pca_directions(trajectory, k, form=form, normalisation=normalisation, name=name)
+        return _pick(directions, component, "explained_variance")
+
+
+class JacobianDirections(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HSpaceJacobianDirections", display_name="H-Space Jacobian Directions", category=CAT,
+            description="Unsupervised directions for one image (after Park et al. 2023): the top k right-singular "
+                        "vectors of the Jacobian of the U-Net's output with respect to h at one timestep, by "
+                        "subspace iteration (the Jacobian is never built). The directions the output is most "
+                        "sensitive to; also usable on other images.",
+            inputs=[model_input(),
+                    io.Latent.Input("x_T", tooltip="One inverted x_T (batch of 1; use Latent From Batch to pick one)."),
+                    steps_input(20),
+                    io.Int.Input("t", default=500, min=0, max=999,
+                                 tooltip="Timestep of the Jacobian (the nearest one on the steps grid is used)."),
+                    io.Int.Input("k", default=4, min=1, max=64, tooltip="How many singular directions."),
+                    _component_input(),
+                    io.Combo.Input("output", options=["eps", "x0"], default="eps",
+                                   tooltip="Differentiate ε or the predicted x0 (same directions, scaled σ)."),
+                    io.Float.Input("relative_norm", default=0.1, min=0.001, max=10.0, step=0.01,
+                                   tooltip="‖Δh‖ of each direction as a share of ‖h_t‖ of this image."),
+                    advanced(io.Int.Input("iterations", default=12, min=1, max=200,
+                                          tooltip="Subspace iterations (more = closer to the exact singular vectors).")),
+                    seed_input(),
+                    *conditioning_inputs()],
+            outputs=_set_outputs("Jacobian"),
+        )
+
+    @classmethod
+    def execute(cls, model, x_T, steps, t, k, component, output, relative_norm, iterations, seed, cfg, edit_branches,
+                positive=None, negative=None) -> io.NodeOutput:
+        def body(m, x):
+            x_t, t_grid = discovery.latent_at(m, x, t, steps)
+            return discovery.jacobian_directions(m, x_t, t_grid, k, output=output, iterations=iterations,
+                                                 relative_norm=relative_norm, seed=seed)
+
+        directions = run_in_comfy(model, x_T["samples"], body, positive=positive, negative=negative, cfg=cfg,
+                                  edit_branches=edit_branches)
+        return _pick(directions, component, "singular_value")
+
+
+class ProbeDirection(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HSpaceProbeDirection", display_name="H-Space Probe Direction", category=CAT,
+            description="A direction from labelled examples: the normal of a linear classifier of h (logistic "
+                        "regression, or a linear SVM as in BoundaryDiffusion) separating positives from negatives, "
+                        "as long as the mean difference along it; or the plain mean difference.",
+            inputs=[Trajectory.Input("positive", tooltip="Trajectory of images that have the attribute (a batch)."),
+                    Trajectory.Input("negative", tooltip="Trajectory of images that lack it."),
+                    io.Combo.Input("method", options=list(discovery.PROBE_METHODS), default="logistic",
+                                   tooltip="logistic regression, L2-loss linear SVM, or the mean difference."),
+                    io.Combo.Input("form", options=["per_timestep", "global"], default="per_timestep",
+                                   tooltip="One probe per timestep, or one pooled over timesteps."),
+                    advanced(io.Float.Input("l2", default=0.001, min=0.0, max=10.0, step=0.0001,
+                                            tooltip="L2 penalty of the probe's weights.")),
+                    io.String.Input("name", default="probe", tooltip="A label stored with the direction.")],
+            outputs=[DirectionType.Output("direction", tooltip="The probe's direction (toward the positives)."),
+                     io.String.Output("info", tooltip="Method and training accuracy.")],
+        )
+
+    @classmethod
+    def execute(cls, positive, negative, method, form, l2, name) -> io.NodeOutput:
+        d = discovery.probe_direction(positive, negative, method, form=form, l2=l2, name=name)
+        info = f"{method}: training accuracy {d.metadata.get('train_accuracy', float('nan')):.3f}"
+        return io.NodeOutput(d, info, ui={"text": [info]})
+
+
+class OrthogonaliseDirection(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HSpaceOrthogonaliseDirection", display_name="H-Space Orthogonalise Direction", category=CAT,
+            description="Remove from a direction its projection on other directions (Gram–Schmidt), e.g. take a "
+                        "correlated attribute out of it; the result is exactly orthogonal to them.",
+            inputs=[DirectionType.Input("direction", tooltip="The direction to clean."),
+                    DirectionType.Input("against", tooltip="A direction to remove from it."),
+                    DirectionType.Input("against_2", optional=True, tooltip="Another direction to remove."),
+                    DirectionSet.Input("against_set", optional=True, tooltip="A set of directions to remove (PCA, Jacobian)."),
+                    io.Boolean.Input("keep_norm", default=False,
+                                     tooltip="Rescale the result to the original direction's ‖Δh‖ (else keep what is left).")],
+            outputs=[DirectionType.Output("orthogonal", tooltip="The direction, orthogonal to the others.")],
+        )
+
+    @classmethod
+    def execute(cls, direction, against, keep_norm, against_2=None, against_set=None) -> io.NodeOutput:
+        others = [against, *([against_2] if against_2 is not None else []), *(against_set or ())]
+        result = discovery.orthogonalise(direction, others)
+        if keep_norm:
+            result = discovery.rescale_like(result, direction)
+        return io.NodeOutput(result)
+
+
+class DirectionExplorer(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HSpaceDirectionExplorer", display_name="H-Space Direction Explorer", category=CAT,
+            description="One labelled grid of what each direction does to one image: rows = directions, columns = "
+                        "strengths (Asyrp edits of x_T, decoded by the VAE).",
+            inputs=[model_input(),
+                    io.Latent.Input("x_T", tooltip="One inverted x_T (batch of 1; use Latent From Batch to pick one)."),
+                    io.Vae.Input("vae", tooltip="The VAE to decode with ('pixel_space' for pixel U-Nets)."),
+                    DirectionSet.Input("directions", optional=True, tooltip="Directions from PCA / Jacobian Directions."),
+                    DirectionType.Input("direction", optional=True, tooltip="One more direction (a row after the set)."),
+                    io.String.Input("strengths", default="-2, -1, 0, 1, 2", tooltip="Comma-separated strengths: the columns."),
+                    steps_input(20), t_edit_input(),
+                    io.Int.Input("scale", default=4, min=1, max=16, tooltip="Tile upscaling (nearest) for small images."),
+                    seed_input(),
+                    *conditioning_inputs()],
+            outputs=[io.Image.Output("grid", tooltip="The labelled grid (one image).")],
+        )
+
+    @classmethod
+    def execute(cls, model, x_T, vae, strengths, steps, t_edit, scale, seed, cfg, edit_branches, directions=None,
+                direction=None, positive=None, negative=None) -> io.NodeOutput:
+        rows = [*(directions or ()), *([direction] if direction is not None else [])]
+        if not rows:
+            raise ValueError("Connect a direction set ('directions') or a 'direction' to explore.")
+        values = parse_strengths(strengths, "strengths")
+        schedule = EditSchedule(steps, t_edit=t_edit, t_boost=0)
+        progress = progress_bar(steps * len(rows))
+        out = run_in_comfy(model, x_T["samples"],
+                           lambda m, x: discovery.explore(m, x, rows, values, schedule, seed=seed, progress=progress),
+                           positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed)
+        images = decode(vae, latent_out(model, out.flatten(0, 1)))
+        tiles = images.reshape(len(rows), len(values), *images.shape[1:])[..., :3]
+        labels = [d.name or f"direction {i}" for i, d in enumerate(rows)]
+        return io.NodeOutput(discovery.grid_image(tiles.float().cpu(), labels, [f"{s:+g}" for s in values], scale=scale))
