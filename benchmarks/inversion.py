@@ -96,36 +96,46 @@ def guidance_table(folder: str, images: int, steps: int, log) -> list[dict]:
     rows = []
     for w in (1.0, 3.0, 7.5):
         model = base.with_conditioning(hs.Conditioning(positive=positive, negative=negative, guidance_scale=w))
-        for method, k in (("plain", 0), ("plain", 1), ("plain", 2), ("negative_prompt", 0), ("null_text", 0)):
+        for method, k in (("plain", 0), ("plain", 1), ("plain", 2), ("negative_prompt", 0), ("negative_prompt", 1),
+                          ("null_text", 0)):
+            if w == 1.0 and method != "plain":
+                continue  # no negative branch at guidance 1: both are plain inversion
             t0 = time.time()
             with torch.no_grad() if method != "null_text" else torch.enable_grad():
                 r = hs.invert_guided(model, x0, steps, method=method, refine_iters=k)
-            name = {"plain": "plain DDIM" if k == 0 else f"fixed-point k={k}"}.get(method, method.replace("_", "-"))
+            name = ("plain DDIM" if method == "plain" else method.replace("_", "-")) + (f", fixed-point k={k}" if k else "")
             rows.append(dict(cfg=w, method=name, psnr=r.report.psnr, seconds=time.time() - t0))
             log(rows[-1])
     return rows
 
 
 def to_markdown(recon, inject, guided, images: int, pairs: int, guided_images: int, guided_steps: int) -> str:
-    out = [f"### Reconstruction of regenerate(invert(x)), {images} images (PSNR dB / RMSE, images in [-1, 1])", "",
-           "| method | " + " | ".join(f"{s} steps" for s in STEPS) + " |", "|---|" + "---|" * len(STEPS)]
-    for method in dict.fromkeys(r["method"] for r in recon):
-        cells = [next(r for r in recon if r["method"] == method and r["steps"] == s) for s in STEPS]
-        out.append(f"| {method} | " + " | ".join(f"{c['psnr']:.1f} / {c['rmse']:.3f}" for c in cells) + " |")
-    out += ["", f"### Content injection by content-h source ({pairs} pairs, γ 0.5, t_edit 400, 20 steps)", "",
-            "| h source | IoU with content | IoU with style | background → style | background → content |",
-            "|---|---|---|---|---|"]
-    out += [f"| {r['source']} | {r['iou_content']:.3f} | {r['iou_style']:.3f} | {r['bg_to_style']:.3f} | "
-            f"{r['bg_to_content']:.3f} |" for r in inject]
-    out += ["", f"### Guidance: reconstruction PSNR (dB) and seconds, class-conditional demo model, {guided_images} "
+    out = []
+    if recon:
+        out += [f"### Reconstruction of regenerate(invert(x)), {images} images (PSNR dB / RMSE, images in [-1, 1])",
+                "", "| method | " + " | ".join(f"{s} steps" for s in STEPS) + " |", "|---|" + "---|" * len(STEPS)]
+        for method in dict.fromkeys(r["method"] for r in recon):
+            cells = [next(r for r in recon if r["method"] == method and r["steps"] == s) for s in STEPS]
+            out.append(f"| {method} | " + " | ".join(f"{c['psnr']:.1f} / {c['rmse']:.3f}" for c in cells) + " |")
+        out.append("")
+    if inject:
+        out += [f"### Content injection by content-h source ({pairs} pairs, γ 0.5, t_edit 400, 20 steps)", "",
+                "| h source | IoU with content | IoU with style | background → style | background → content |",
+                "|---|---|---|---|---|"]
+        out += [f"| {r['source']} | {r['iou_content']:.3f} | {r['iou_style']:.3f} | {r['bg_to_style']:.3f} | "
+                f"{r['bg_to_content']:.3f} |" for r in inject]
+        out.append("")
+    if guided:
+        out += [f"### Guidance: reconstruction PSNR (dB) and seconds, class-conditional demo model, {guided_images} "
                 f"images, {guided_steps} steps", "", "| method | cfg 1 | cfg 3 | cfg 7.5 |", "|---|---|---|---|"]
-    for method in dict.fromkeys(r["method"] for r in guided):
-        cells = []
-        for w in (1.0, 3.0, 7.5):
-            hit = [r for r in guided if r["method"] == method and r["cfg"] == w]
-            cells.append(f"{hit[0]['psnr']:.1f} dB, {hit[0]['seconds']:.1f} s" if hit else "same as plain")
-        out.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(out) + "\n"
+        for method in dict.fromkeys(r["method"] for r in guided):
+            cells = []
+            for w in (1.0, 3.0, 7.5):
+                hit = [r for r in guided if r["method"] == method and r["cfg"] == w]
+                cells.append(f"{hit[0]['psnr']:.1f} dB, {hit[0]['seconds']:.1f} s" if hit else "= plain (no negative)")
+            out.append(f"| {method} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
 
 
 def main(argv=None):
@@ -135,16 +145,19 @@ def main(argv=None):
     p.add_argument("--guided-images", type=int, default=8)
     p.add_argument("--guided-steps", type=int, default=20)
     p.add_argument("--out", default="")
+    p.add_argument("--sections", default="reconstruction,injection,guidance",
+                   help="comma-separated subset of reconstruction, injection, guidance")
     args = p.parse_args(argv)
+    sections = set(args.sections.split(","))
     torch.set_num_threads(1)
     model = load_model()
     with open(os.path.join(BUNDLED, "scheduler", "scheduler_config.json")) as f:
         config = json.load(f)
     x0 = torch.from_numpy(make_batch(args.images, seed=7)[0])
     with torch.no_grad():
-        recon = reconstruction_table(model, x0, config, print)
-        inject = injection_table(model, args.pairs, print)
-    guided = guidance_table(CONDITIONAL, args.guided_images, args.guided_steps, print)
+        recon = reconstruction_table(model, x0, config, print) if "reconstruction" in sections else []
+        inject = injection_table(model, args.pairs, print) if "injection" in sections else []
+    guided = guidance_table(CONDITIONAL, args.guided_images, args.guided_steps, print) if "guidance" in sections else []
     text = to_markdown(recon, inject, guided, args.images, args.pairs, args.guided_images, args.guided_steps)
     print(text)
     if args.out:

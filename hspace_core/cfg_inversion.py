@@ -13,6 +13,8 @@ Each works on any ``adapters.base.GuidedModel`` (``DiffusersUNet`` with a ``Cond
 """
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +26,7 @@ from .progress import ProgressFn, StepLoop, StopFn, check_latent
 from .schedules import step_pairs
 from .state import EditSchedule, Inversion, ReconstructionReport
 
+log = logging.getLogger("hspace")
 CFG_INVERSIONS = ("plain", "negative_prompt", "null_text")
 
 
@@ -60,6 +63,9 @@ def invert_guided(model: GuidedModel, x0: torch.Tensor, num_steps: int = 40, *, 
         raise ValueError("Guided inversion needs a conditioned model with a negative branch (a DiffusersUNet with "
                          "Conditioning(positive, negative, guidance_scale), or a ComfyUI MODEL).")
     check_latent(x0, "The input image / latent")
+    if method != "plain" and math.isclose(model.guidance_scale, 1.0):
+        log.info("Guidance scale 1 has no negative branch: %s inversion is plain inversion here.", method)
+        method = "plain"
     kw = dict(grid=grid, convention=convention, refine_iters=refine_iters, h_source=h_source, should_stop=should_stop)
     if method == "plain":
         inv = invert(model, x0, num_steps, report=report, progress=progress, **kw)
