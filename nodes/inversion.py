@@ -31,17 +31,17 @@ class DDIMInversion(io.ComfyNode):
                 steps_input(),
                 advanced(io.Int.Input("refine_iters", default=0, min=0, max=10,
                              tooltip="Fixed-point iterations per step; 1–2 cut the reconstruction error at extra cost.")),
-                advanced(io.Combo.Input("cfg_inversion", options=list(CFG_INVERSIONS), default="negative_prompt",
+                advanced(io.Combo.Input("cfg_inversion", options=list(CFG_INVERSIONS), default="negative_prompt", optional=True,
                                         tooltip="With cfg ≠ 1: 'negative_prompt' inverts at cfg 1 and makes every "
                                                 "node that samples this x_T use the positive prompt as the negative "
                                                 "(exact at any cfg); 'null_text' optimises a negative embedding per "
                                                 "step so the result reconstructs at this cfg (slow: ~10 extra "
                                                 "passes a step); 'plain' inverts with the guided ε (drifts; add "
                                                 "refine_iters).")),
-                advanced(io.Combo.Input("convention", options=list(INVERSION_CONVENTIONS), default="seed",
+                advanced(io.Combo.Input("convention", options=list(INVERSION_CONVENTIONS), default="seed", optional=True,
                                         tooltip="'seed': ε at the current point, as Asyrp / InjectFusion / Diffusion "
                                                 "Autoencoders (better); 'diffusers': ε at the next timestep.")),
-                advanced(io.Combo.Input("h_source", options=list(H_SOURCES), default="inversion",
+                advanced(io.Combo.Input("h_source", options=list(H_SOURCES), default="inversion", optional=True,
                                         tooltip="Where the output trajectory's h is read: along the inversion "
                                                 "(InjectFusion's content h) or along the reconstruction from x_T "
                                                 "(what an edit from x_T sees).")),
