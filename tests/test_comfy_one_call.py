@@ -10,21 +10,14 @@ from test_comfy_adapter import pack  # noqa: F401  (fixture)
 
 UNET = dict(image_size=16, in_channels=4, out_channels=4, model_channels=32, num_res_blocks=[1, 1],
             channel_mult=[1, 2], transformer_depth=[1, 1], transformer_depth_output=[1, 1, 1, 1],
-            transformer_depth_middle=1, context_dim=64, num_heads=4, num_head_channels=-1,
+            transformer_depth_middle=1, context_dim=64,
             use_spatial_transformer=True, legacy=False, use_linear_in_transformer=False, adm_in_channels=None)
 
 
 def tiny_sd(prediction: str = "eps", seed: int = 0):
-    """A ComfyUI ModelPatcher over ComfyUI's own UNetModel in an SD1-style config (random weights)."""
-    import comfy.model_base
-    import comfy.model_patcher
-    import comfy.supported_models
+    from harness.inprocess import comfy_patcher
 
-    config = comfy.supported_models.SD15(dict(UNET, dtype=torch.float32))
-    kind = comfy.model_base.ModelType.V_PREDICTION if prediction == "v" else comfy.model_base.ModelType.EPS
-    base = comfy.model_base.BaseModel(config, model_type=kind, device="cpu")
-    _init_all(base.diffusion_model, torch.Generator().manual_seed(seed))
-    return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    return comfy_patcher(dict(UNET, num_heads=4, num_head_channels=-1), prediction, seed)
 
 
 def tiny_controlnet(seed: int = 1):
@@ -32,7 +25,7 @@ def tiny_controlnet(seed: int = 1):
     import comfy.controlnet
     import comfy.ops
 
-    net = comfy.cldm.cldm.ControlNet(hint_channels=3, device="cpu", operations=comfy.ops.disable_weight_init,
+    net = comfy.cldm.cldm.ControlNet(hint_channels=3, device="cpu", operations=comfy.ops.disable_weight_init, num_heads=4,
                                      **{k: v for k, v in UNET.items() if k not in ("out_channels", "transformer_depth_output")})
     _init_all(net, torch.Generator().manual_seed(seed))
     control = comfy.controlnet.ControlNet(net, load_device=torch.device("cpu"))
