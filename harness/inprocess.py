@@ -1,6 +1,7 @@
 """The node pack and ComfyUI imported in this process (no server), for in-process tests and benchmarks."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import sys
@@ -33,8 +34,8 @@ def load_pack():
 
 
 SD15_UNET = dict(image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2] * 4,
-                 channel_mult=[1, 2, 4, 4], transformer_depth=[1, 1, 1, 0], transformer_depth_middle=1,
-                 transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], context_dim=768,
+                 channel_mult=[1, 2, 4, 4], transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_middle=1,
+                 transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], context_dim=768, num_heads=8, num_head_channels=-1,
                  use_spatial_transformer=True, legacy=False, use_linear_in_transformer=False, adm_in_channels=None)
 
 
@@ -46,7 +47,7 @@ def comfy_patcher(unet_config: dict, prediction: str = "eps", seed: int = 0):
 
     from .tiny_models import _init_all
 
-    config = comfy.supported_models.SD15(dict(unet_config, dtype=torch.float32))
+    config = comfy.supported_models.SD15(copy.deepcopy(dict(unet_config, dtype=torch.float32)))
     kind = comfy.model_base.ModelType.V_PREDICTION if prediction == "v" else comfy.model_base.ModelType.EPS
     base = comfy.model_base.BaseModel(config, model_type=kind, device="cpu")
     _init_all(base.diffusion_model, torch.Generator().manual_seed(seed))
