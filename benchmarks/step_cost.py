@@ -47,7 +47,9 @@ def median_seconds(fn, repeats):
     return statistics.median(times)
 
 
-def measure(model: hs.DiffusersUNet, x: torch.Tensor, repeats: int) -> dict:
+def measure(model, x: torch.Tensor, repeats: int, reference=None) -> dict:
+    """Step costs of an ``HSpaceModel``; ``reference`` is the same model on its path without encoder reuse
+    (diffusers: ``reuse_encoder=False``; ComfyUI: two denoiser calls per edited step)."""
     t, a, a_prev = 500, model.schedule.alpha_bar(500), model.schedule.alpha_bar(480)
     h_rows = model.predict(x, t).h
     content = hs.HTrajectory((t,), h_rows[None].clone() * 0.9, model.branches)
@@ -75,13 +77,13 @@ def measure(model: hs.DiffusersUNet, x: torch.Tensor, repeats: int) -> dict:
     for name, fn in (("asymmetric edit step (Asyrp)", asymmetric), ("content injection step (DiffStyle)", injection),
                      ("calibrated injection step (ω)", calibrated)):
         rows[name] = median_seconds(fn, repeats) / base
-    full = hs.DiffusersUNet(model.unet, model.schedule, model.conditioning, reuse_encoder=False)
+    full = reference or hs.DiffusersUNet(model.unet, model.schedule, model.conditioning, reuse_encoder=False)
 
     def asymmetric_full():
         p = full.predict(x, t, shift)
         ddim_step(x, p.eps_edited, a, a_prev, eps_direction=p.eps)
 
-    rows["asymmetric step without encoder reuse"] = median_seconds(asymmetric_full, repeats) / base
+    rows["asymmetric step, reference path (diffusers: no encoder reuse; ComfyUI: two calls)"] = median_seconds(asymmetric_full, repeats) / base
     per_step_bytes = h_rows.numel() * 4
     return {"base_seconds": base, "ratios": rows, "h_bytes_per_step": per_step_bytes,
             "h_shape": tuple(h_rows.shape)}
@@ -92,9 +94,59 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--skip-celebahq", action="store_true")
     p.add_argument("--out", default=None)
+    p.add_argument("--comfy", action="store_true", help="only the ComfyUI-path columns (adapter run in-process)")
+    p.add_argument("--latent", type=int, default=64, help="latent side for the SD1.5-architecture U-Nets")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     torch.manual_seed(0)
+    results = {}
+    if args.comfy:
+        results = comfy_results(args)
+    else:
+        results = diffusers_results(args)
+    write_table(results, args)
+
+
+def comfy_results(args) -> dict:
+    """Through the real ComfyUI adapter (``run_in_comfy``): ComfyUI's SD1.5-architecture UNetModel with random
+    weights, and the bundled pixel model through the pixel loader."""
+    from harness.inprocess import load_pack, sd15_comfy_patcher
+
+    comfy_model, pixel_model = load_pack()
+    results = {}
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, args.latent, args.latent, generator=g)
+    text = [[torch.randn(1, 77, 768, generator=g), {}]]
+    blank = [[torch.zeros(1, 77, 768), {}]]
+    patcher = sd15_comfy_patcher()
+    side = f"{args.latent}×{args.latent} latent"
+    for label, cfg, branches in ((f"ComfyUI SD1.5 arch., {side}, cfg 1", 1.0, "cond"),
+                                 (f"ComfyUI SD1.5 arch., {side}, CFG 7.5, cond edited", 7.5, "cond"),
+                                 (f"ComfyUI SD1.5 arch., {side}, CFG 7.5, both edited", 7.5, "both")):
+        results[label] = comfy_measure(comfy_model, patcher, x, args.repeats, positive=text, negative=blank, cfg=cfg,
+                                       edit_branches=branches)
+    del patcher
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "hspace-shapes-ddpm")
+    pixel = pixel_model.pixel_model_patcher(*pixel_model.load_pixel_unet_folder(folder))
+    size = pixel.model.diffusion_model.unet.config.sample_size
+    results[f"ComfyUI bundled pixel model, {size}²"] = comfy_measure(
+        comfy_model, pixel, torch.randn(1, 3, size, size, generator=g), args.repeats)
+    return results
+
+
+def comfy_measure(comfy_model, patcher, x, repeats, **kwargs) -> dict:
+    import copy
+
+    def body(model, latent):
+        reference = copy.copy(model)
+        reference.one_call = False
+        return measure(model, x, repeats, reference)
+
+    with torch.inference_mode():
+        return comfy_model.run_in_comfy(patcher, torch.zeros_like(x), body, **kwargs)
+
+
+def diffusers_results(args) -> dict:
     results = {}
     with torch.no_grad():
         sd = sd15_unet()
@@ -110,6 +162,10 @@ def main():
             results["DDPM CelebA-HQ U-Net, 256², batch 1"] = measure(
                 hs.DiffusersUNet(unet, hs.schedule_from_betas(hs.betas_linear(1000))), torch.randn(1, 3, 256, 256),
                 args.repeats)
+    return results
+
+
+def write_table(results: dict, args) -> None:
     lines = [f"Measured by `python -m benchmarks.step_cost` on {os.cpu_count()} CPU cores, torch "
              f"{torch.__version__}, {torch.get_num_threads()} thread(s), median of {args.repeats}. "
              "Ratios are to a plain DDIM step of the same model in the same run.", ""]

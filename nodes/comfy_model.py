@@ -23,6 +23,7 @@ import comfy.utils
 from ..hspace_core import HSpaceModel, Prediction, schedule_from_sigmas
 from ..hspace_core.adapters.base import autograd_ready, edited_rows, fingerprint_of
 from ..hspace_core.implicit import TimeEmbedding
+from . import edit_batch
 
 log = logging.getLogger("hspace")
 SUPPORTED = "SD1.x, SD2.x (including v-prediction), SDXL, or a pixel UNet2DModel loaded with 'H-Space Load Pixel U-Net'"
@@ -65,6 +66,7 @@ class _HPatch:
     def __init__(self, branches, edit=None, t=None, edit_branches="cond"):
         self.branches, self.edit, self.t, self.edit_branches = branches, edit, t, edit_branches
         self.rows = {"cond": [], "uncond": []}
+        self.recording = True
 
     def __call__(self, h, hsp, transformer_options):
         if transformer_options.get("block") != ("output", 0):
@@ -73,13 +75,18 @@ class _HPatch:
         names = ["cond" if c == 0 else "uncond" for c in order]
         out = []
         for name, rows in zip(names, h.chunk(len(names))):
-            self.rows[name].append(rows.detach())
+            if self.recording:
+                self.rows[name].append(rows.detach())
             if self.edit is not None:
                 label = name if self.branches != ("single",) else "single"
                 rows = edited_rows(rows, self.t, (label,), self.edit, self.edit_branches)
             out.append(rows)
         edited = torch.cat(out)
         return (torch.empty_like(h).copy_(edited) if self.edit is not None else h), hsp
+
+    def start_editing(self, edit, t, edit_branches):
+        """From now on edit h (and stop recording): the decoder pass of ``edit_batch.EditedCopies``."""
+        self.edit, self.t, self.edit_branches, self.recording = edit, t, edit_branches, False
 
     def h(self) -> torch.Tensor:
         if self.branches == ("single",):
@@ -104,6 +111,7 @@ class ComfyHSpaceModel:
         self.model_patcher, self.cfg, self.negative = model_patcher, cfg, negative
         self.negative_override = None  # a cross-attention tensor, or {t: tensor} (null-text inversion)
         self.scale_override = None
+        self.one_call = True  # False: an edited step takes two denoiser calls (the reference path)
 
     # --- guidance (``hspace_core.GuidedModel``) ---
     @property
@@ -138,14 +146,13 @@ class ComfyHSpaceModel:
     def autograd_ready(self):
         return autograd_ready(self.model_patcher.get_model_object("diffusion_model"))
 
-    def _denoise(self, x_t, t, patch):
+    def _denoise(self, x_t, t, patch, wrapper=None):
         a = self.schedule.alpha_bar(t)
         sigma = math.sqrt((1 - a) / a)
         options = comfy.model_patcher.create_model_options_clone(self.extra_args["model_options"])
-        transformer_options = dict(options.get("transformer_options", {}))
-        patches = dict(transformer_options.get("patches", {}))
-        patches["output_block_patch"] = list(patches.get("output_block_patch", [])) + [patch]
-        transformer_options["patches"] = patches
+        transformer_options = edit_batch.with_patch(options.get("transformer_options", {}), patch, first=False)
+        if wrapper is not None:
+            transformer_options = edit_batch.with_wrapper(transformer_options, wrapper)
         options["transformer_options"] = transformer_options
         override = self.negative_override
         if isinstance(override, dict):
@@ -165,11 +172,23 @@ class ComfyHSpaceModel:
     def predict(self, x_t, t, edit=None):
         t = max(int(t), 0)
         record = _HPatch(self.branches)
-        eps = self._denoise(x_t, t, record)
         if edit is None:
-            return Prediction(eps, record.h())
+            return Prediction(self._denoise(x_t, t, record), record.h())
+        if self.one_call and edit_batch.supports_edited_copies(self.model_patcher.get_model_object("diffusion_model")):
+            try:
+                return self._predict_one_call(x_t, t, edit)
+            except edit_batch.UnusualBatch as why:
+                log.info("H-Space: an edited step takes two denoiser calls here (%s).", why)
+        eps = self._denoise(x_t, t, record)
         edited = _HPatch(self.branches, edit, t, self.edit_branches)
         return Prediction(eps, record.h(), self._denoise(x_t, t, edited))
+
+    def _predict_one_call(self, x_t, t, edit):
+        """ε and ε_edited from one denoiser call on [x; x] (see ``edit_batch``)."""
+        record = _HPatch(self.branches)
+        copies = edit_batch.EditedCopies(record, edit, t, self.edit_branches, self.branches == ("single",))
+        eps, eps_edited = self._denoise(torch.cat([x_t, x_t]), t, record, copies).chunk(2)
+        return Prediction(eps, record.h(), eps_edited)
 
 
 def _negative_wrapper(embedding: torch.Tensor, inner):

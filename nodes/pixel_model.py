@@ -15,6 +15,7 @@ import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
+import comfy.patcher_extension
 import comfy.supported_models_base
 
 from ..hspace_core import schedule_from_diffusers_config
@@ -51,6 +52,13 @@ class DiffusersPixelUNet(torch.nn.Module):
         return next(self.unet.parameters()).dtype
 
     def forward(self, x, timesteps, context=None, control=None, transformer_options={}, **kwargs):
+        """Through the DIFFUSION_MODEL wrappers, as ComfyUI's own ``UNetModel.forward``."""
+        wrappers = comfy.patcher_extension.get_all_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
+                                                            transformer_options)
+        return comfy.patcher_extension.WrapperExecutor.new_class_executor(self._forward, self, wrappers).execute(
+            x, timesteps, context, None, control, transformer_options, **kwargs)
+
+    def _forward(self, x, timesteps, context=None, y=None, control=None, transformer_options={}, **kwargs):
         patches = transformer_options.get("patches", {}).get("output_block_patch", [])
         handles, state = [], {}
 

@@ -3,37 +3,18 @@
 ComfyUI's sampler works in VE space and returns denoised x0 for any prediction type; the adapter converts back to
 VP-space ε.  For ε- and v-prediction models both adapters must agree, with and without an h edit.
 """
-import importlib.util
-import os
-import sys
-
 import pytest
 import torch
 
-from harness.server import REPO as ROOT
 from harness.tiny import tiny_pixel_unet
 from hspace_core import DiffusersUNet, schedule_from_diffusers_config
 
 
 @pytest.fixture(scope="module")
 def pack():
-    from harness.server import comfy_dir
+    from harness.inprocess import load_pack
 
-    sys.path.insert(0, comfy_dir())
-    from comfy.cli_args import args
-
-    args.cpu = True
-    import utils.extra_config  # noqa: F401  (before `nodes`, as ComfyUI's main.py does)
-
-    spec = importlib.util.spec_from_file_location("hspace_pack", os.path.join(ROOT, "__init__.py"),
-                                                  submodule_search_locations=[ROOT])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["hspace_pack"] = module
-    spec.loader.exec_module(module)
-    import hspace_pack.nodes.comfy_model as comfy_model
-    import hspace_pack.nodes.pixel_model as pixel_model
-
-    return comfy_model, pixel_model
+    return load_pack()
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])

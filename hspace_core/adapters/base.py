@@ -101,14 +101,29 @@ def autograd_ready(*modules: torch.nn.Module):
             tensor.requires_grad_(True)
 
 
-def edited_rows(h: torch.Tensor, t: int, branches: tuple[str, ...], edit: HEdit, edit_branches: str) -> torch.Tensor:
-    """Apply ``edit`` to the rows of the branches chosen by ``edit_branches`` (cond, uncond or both)."""
+def is_edited(branch: str, edit_branches: str) -> bool:
+    """Whether an h edit touches ``branch`` (cond, uncond or single) under ``edit_branches``."""
     if edit_branches not in EDIT_BRANCHES:
         raise ValueError(f"edit_branches must be one of {EDIT_BRANCHES}, got {edit_branches!r}.")
+    return branch == "single" or edit_branches == "both" or branch == edit_branches
+
+
+def take_rows(value, rows: torch.Tensor, batch: int):
+    """``value`` with every tensor of ``batch`` rows (nested in dicts, lists and tuples) cut to ``rows``."""
+    if torch.is_tensor(value):
+        return value[rows] if value.dim() and value.shape[0] == batch else value
+    if isinstance(value, dict):
+        return {k: take_rows(v, rows, batch) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(take_rows(v, rows, batch) for v in value)
+    return value
+
+
+def edited_rows(h: torch.Tensor, t: int, branches: tuple[str, ...], edit: HEdit, edit_branches: str) -> torch.Tensor:
+    """Apply ``edit`` to the rows of the branches chosen by ``edit_branches`` (cond, uncond or both)."""
     out = []
     for branch, rows in zip(branches, h.chunk(len(branches))):
-        chosen = branch == "single" or edit_branches == "both" or branch == edit_branches
-        out.append(edit(rows, t, branch) if chosen else rows)
+        out.append(edit(rows, t, branch) if is_edited(branch, edit_branches) else rows)
     edited = torch.cat(out)
     if edited.shape != h.shape:
         raise ValueError(f"An h edit changed h's shape from {tuple(h.shape)} to {tuple(edited.shape)}.")

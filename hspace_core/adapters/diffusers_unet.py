@@ -250,7 +250,8 @@ def _capture(unet, keep_encoder: bool):
     handles = []
 
     def keep_h(module, args, output):
-        cache.h = output.detach() if torch.is_tensor(output) else output[0].detach()
+        # a copy: a patch after this hook (FreeU's, in the pixel wrapper) may change the output in place
+        cache.h = (output if torch.is_tensor(output) else output[0]).detach().clone()
 
     def keeper(module, args, output):
         cache.outputs[module] = output

@@ -1,0 +1,59 @@
+"""The node pack and ComfyUI imported in this process (no server), for in-process tests and benchmarks."""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import sys
+
+import torch
+
+from .server import REPO as ROOT
+
+
+def load_pack():
+    """(nodes.comfy_model, nodes.pixel_model) of this checkout, with ComfyUI on the path in CPU mode."""
+    from .server import comfy_dir
+
+    sys.path.insert(0, comfy_dir())
+    from comfy.cli_args import args
+
+    args.cpu = True
+    import utils.extra_config  # noqa: F401  (before `nodes`, as ComfyUI's main.py does)
+
+    if "hspace_pack" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("hspace_pack", os.path.join(ROOT, "__init__.py"),
+                                                      submodule_search_locations=[ROOT])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["hspace_pack"] = module
+        spec.loader.exec_module(module)
+    import hspace_pack.nodes.comfy_model as comfy_model
+    import hspace_pack.nodes.pixel_model as pixel_model
+
+    return comfy_model, pixel_model
+
+
+SD15_UNET = dict(image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2] * 4,
+                 channel_mult=[1, 2, 4, 4], transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_middle=1,
+                 transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], context_dim=768, num_heads=8, num_head_channels=-1,
+                 use_spatial_transformer=True, legacy=False, use_linear_in_transformer=False, adm_in_channels=None)
+
+
+def comfy_patcher(unet_config: dict, prediction: str = "eps", seed: int = 0):
+    """A ModelPatcher over ComfyUI's own UNetModel in an SD1 config (``unet_config``), random weights."""
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    from .tiny_models import _init_all
+
+    config = comfy.supported_models.SD15(copy.deepcopy(dict(unet_config, dtype=torch.float32)))
+    kind = comfy.model_base.ModelType.V_PREDICTION if prediction == "v" else comfy.model_base.ModelType.EPS
+    base = comfy.model_base.BaseModel(config, model_type=kind, device="cpu")
+    _init_all(base.diffusion_model, torch.Generator().manual_seed(seed))
+    return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def sd15_comfy_patcher(seed: int = 0):
+    """Stable Diffusion 1.5's U-Net architecture in ComfyUI (860 M random weights)."""
+    return comfy_patcher(SD15_UNET, seed=seed)

@@ -1,0 +1,192 @@
+"""One denoiser call for an edited step: the encoder runs once, the decoder for the plain and the edited rows.
+
+``ComfyHSpaceModel.predict`` calls ComfyUI's CFG denoiser on ``[x; x]``, so ComfyUI repeats the conds, computes
+ControlNet hints, batches cond/uncond and applies CFG (``sampler_cfg_function``, post-CFG hooks) to each half
+exactly as for a plain call.  Inside, a DIFFUSION_MODEL wrapper (innermost) sees each chunk of the batch
+(cond or uncond) as plain rows followed by identical copies.  It runs the whole U-Net on the plain rows only,
+keeping the skips, the middle-block output and the time embedding, then runs the decoder again on the copies of
+the chunks whose h is edited, with h̃ put in by the same ``output_block_patch`` as before (so FreeU and every other
+patch still apply).  Copies of chunks that are not edited (the uncond rows when only the cond branch is edited)
+take the plain rows' output without running anything.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepBlock, UNetModel, forward_timestep_embed
+
+from ..hspace_core.adapters.base import is_edited, take_rows
+from ..hspace_core.adapters.diffusers_unet import _capture, _EncoderCache, _replay
+
+
+class UnusualBatch(Exception):
+    """The batch the wrapper saw is not [plain; copies] per chunk: the caller falls back to two calls."""
+
+
+def supports_edited_copies(diffusion_model) -> bool:
+    return _decoder_for(diffusion_model) is not None
+
+
+def _decoder_for(diffusion_model):
+    if getattr(diffusion_model, "hspace_pixel_unet", False):
+        return _PixelDecoder(diffusion_model)
+    if type(diffusion_model) is UNetModel and not diffusion_model.predict_codebook_ids:
+        return _UNetDecoder(diffusion_model)
+    return None
+
+
+def with_patch(options: dict, patch, first: bool) -> dict:
+    """A copy of transformer_options with ``patch`` added to output_block_patch (first or last)."""
+    options = dict(options)
+    patches = dict(options.get("patches", {}))
+    current = list(patches.get("output_block_patch", []))
+    patches["output_block_patch"] = [patch, *current] if first else [*current, patch]
+    options["patches"] = patches
+    return options
+
+
+def with_wrapper(options: dict, wrapper) -> dict:
+    """A copy of transformer_options with ``wrapper`` as the innermost DIFFUSION_MODEL wrapper."""
+    import comfy.patcher_extension as ext
+
+    options = dict(options)
+    wrappers = {kind: dict(by_key) for kind, by_key in options.get("wrappers", {}).items()}
+    wrappers.setdefault(ext.WrappersMP.DIFFUSION_MODEL, {})["hspace_edited_copies"] = [wrapper]
+    options["wrappers"] = wrappers
+    return options
+
+
+class EditedCopies:
+    """DIFFUSION_MODEL wrapper: plain rows through the whole U-Net, edited copies through the decoder only.
+
+    ``h_patch`` is the ``_HPatch`` already in output_block_patch: it records h from the plain rows, then
+    ``h_patch.start_editing`` turns it into the edit for the decoder pass.
+    """
+
+    def __init__(self, h_patch, edit, t: int, edit_branches: str, single: bool):
+        self.h_patch, self.edit, self.t = h_patch, edit, t
+        self.edit_branches, self.single = edit_branches, single
+
+    def __call__(self, executor, x, timesteps=None, context=None, y=None, control=None, transformer_options={},
+                 **kwargs):
+        decoder = _decoder_for(executor.class_obj)
+        order = list(transformer_options.get("cond_or_uncond") or [0])
+        plain = _halves(x, len(order))
+        if decoder is None or plain is None:
+            raise UnusualBatch(f"a batch of {x.shape[0]} rows in {len(order)} chunks, or an unknown U-Net")
+        take = lambda value: take_rows(value, plain, x.shape[0])
+        options = dict(transformer_options)
+        if torch.is_tensor(options.get("sigmas")) and options["sigmas"].shape[0] == x.shape[0]:
+            options["sigmas"] = options["sigmas"][plain]
+        args = [take(v) for v in (x, timesteps, context, y, control)]
+        kwargs = take(kwargs)
+        with decoder.capture(options) as (state, options):
+            out = executor(*args, options, **kwargs)
+        rows = x.shape[0] // (2 * len(order))
+        names = ["cond" if c == 0 else "uncond" for c in order]
+        chosen = [i for i, name in enumerate(names) if self.single or is_edited(name, self.edit_branches)]
+        edited = {}
+        if chosen:
+            sel = torch.cat([torch.arange(i * rows, (i + 1) * rows) for i in chosen]).to(x.device)
+            self.h_patch.start_editing(self.edit, self.t, self.edit_branches)
+            decoded = decoder.decode(state, sel, options, [order[i] for i in chosen], args, kwargs)
+            edited = dict(zip(chosen, decoded.chunk(len(chosen))))
+        parts = []
+        for i, chunk in enumerate(out.chunk(len(order))):
+            parts += [chunk, edited.get(i, chunk)]
+        return torch.cat(parts)
+
+
+def _halves(x: torch.Tensor, chunks: int):
+    """Row indices of the plain rows when every chunk is [rows; the same rows again], else None."""
+    if x.shape[0] % (2 * chunks):
+        return None
+    rows = x.shape[0] // (2 * chunks)
+    plain = torch.cat([torch.arange(2 * i * rows, (2 * i + 1) * rows) for i in range(chunks)]).to(x.device)
+    copies = plain + rows
+    if not torch.equal(x[plain], x[copies]):
+        return None
+    return plain
+
+
+class _SkipRecorder:
+    """output_block_patch (first in the list): the decoder's inputs (h at block 0, every skip) of one forward."""
+
+    def __init__(self):
+        self.active, self.skips, self.h, self.index = True, [], None, 0
+
+    def __call__(self, h, hsp, transformer_options):
+        block = transformer_options.get("block", ())
+        if self.active and block[:1] == ("output",):
+            if block[1] == 0:
+                self.h, self.index = h.clone(), transformer_options.get("transformer_index", 0)
+            self.skips.append(hsp.clone())
+        return h, hsp
+
+
+class _UNetDecoder:
+    """ComfyUI's ``UNetModel``: its output-block loop (``UNetModel._forward``) over recorded inputs."""
+
+    def __init__(self, model):
+        self.model = model
+
+    @contextlib.contextmanager
+    def capture(self, options):
+        recorder = _SkipRecorder()
+        state = {"recorder": recorder}
+        first = next((m for m in self.model.output_blocks[0] if isinstance(m, TimestepBlock)), None)
+        if first is None:
+            raise UnusualBatch("the first output block has no timestep block")
+        def keep_emb(module, args):
+            state.setdefault("emb", args[1])
+
+        handle = first.register_forward_pre_hook(keep_emb)
+        try:
+            yield state, with_patch(options, recorder, first=True)
+        finally:
+            handle.remove()
+            recorder.active = False
+
+    def decode(self, state, sel, options, order, args, kwargs):
+        x, _, context, _, _ = args
+        recorder, model = state["recorder"], self.model
+        skips = [s[sel] for s in recorder.skips]
+        options = {**options, "transformer_index": recorder.index, "cond_or_uncond": order,
+                   "original_shape": [len(sel), *x.shape[1:]]}
+        patches = options.get("patches", {}).get("output_block_patch", [])
+        h, emb = recorder.h[sel], state["emb"][sel]
+        context = take_rows(context, sel, x.shape[0])
+        extra = {"time_context": take_rows(kwargs.get("time_context"), sel, x.shape[0]),
+                 "num_video_frames": kwargs.get("num_video_frames", model.default_num_video_frames),
+                 "image_only_indicator": take_rows(kwargs.get("image_only_indicator"), sel, x.shape[0])}
+        for i, module in enumerate(model.output_blocks):
+            options["block"] = ("output", i)
+            hsp = skips[i]
+            for patch in patches:
+                h, hsp = patch(h, hsp, options)
+            h = torch.cat([h, hsp], dim=1)
+            shape = skips[i + 1].shape if i + 1 < len(skips) else None
+            h = forward_timestep_embed(module, h, emb, context, options, shape, **extra)
+        return model.out(h.type(x.dtype))
+
+
+class _PixelDecoder:
+    """'H-Space Load Pixel U-Net' (a diffusers ``UNet2DModel``): the encoder replayed from its cached outputs."""
+
+    def __init__(self, model):
+        self.model = model
+
+    @contextlib.contextmanager
+    def capture(self, options):
+        with _capture(self.model.unet, keep_encoder=True) as cache:
+            yield {"cache": cache}, options
+
+    def decode(self, state, sel, options, order, args, kwargs):
+        x, timesteps = args[0], args[1]
+        cache, rows = _EncoderCache(), x.shape[0]
+        cache.outputs = {m: take_rows(out, sel, rows) for m, out in state["cache"].outputs.items()}
+        options = {**options, "cond_or_uncond": order}
+        with _replay(self.model.unet, cache, state["cache"].h[sel]):
+            return self.model._forward(x[sel], take_rows(timesteps, sel, rows), transformer_options=options)
