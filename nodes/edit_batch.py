@@ -18,7 +18,7 @@ import torch
 from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepBlock, UNetModel, forward_timestep_embed
 
 from ..hspace_core.adapters.base import is_edited, take_rows
-from ..hspace_core.adapters.diffusers_unet import _capture, _EncoderCache, _replay
+from ..hspace_core.adapters.diffusers_unet import capture_pass, EncoderCache, replay_pass
 
 
 class UnusualBatch(Exception):
@@ -180,13 +180,13 @@ class _PixelDecoder:
 
     @contextlib.contextmanager
     def capture(self, options):
-        with _capture(self.model.unet, keep_encoder=True) as cache:
+        with capture_pass(self.model.unet, keep_encoder=True) as cache:
             yield {"cache": cache}, options
 
     def decode(self, state, sel, options, order, args, kwargs):
         x, timesteps = args[0], args[1]
-        cache, rows = _EncoderCache(), x.shape[0]
+        cache, rows = EncoderCache(), x.shape[0]
         cache.outputs = {m: take_rows(out, sel, rows) for m, out in state["cache"].outputs.items()}
         options = {**options, "cond_or_uncond": order}
-        with _replay(self.model.unet, cache, state["cache"].h[sel]):
+        with replay_pass(self.model.unet, cache, state["cache"].h[sel]):
             return self.model._forward(x[sel], take_rows(timesteps, sel, rows), transformer_options=options)

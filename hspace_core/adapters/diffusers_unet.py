@@ -159,7 +159,7 @@ class DiffusersUNet:
     def predict(self, x_t: torch.Tensor, t: int, edit: HEdit | None = None) -> Prediction:
         x_in, kwargs = self._inputs(x_t, t)
         timestep = torch.full((x_in.shape[0],), max(int(t), 0), device=self.device, dtype=torch.long)
-        with _capture(self.unet, self.reuse_encoder and edit is not None) as cache:
+        with capture_pass(self.unet, self.reuse_encoder and edit is not None) as cache:
             out = self._run(x_in, timestep, kwargs)
         h = cache.h
         eps = self._to_eps(out, x_t, t)
@@ -168,7 +168,7 @@ class DiffusersUNet:
         edit_branches = self.conditioning.edit_branches if self.conditioning is not None else "both"
         # same memory layout as h, so an unchanged h takes the same kernels and gives bit-identical ε
         h_edited = torch.empty_like(h).copy_(edited_rows(h, t, self.branches, edit, edit_branches))
-        with _replay(self.unet, cache if self.reuse_encoder else None, h_edited):
+        with replay_pass(self.unet, cache if self.reuse_encoder else None, h_edited):
             out_edited = self._run(x_in, timestep, kwargs)
         return Prediction(eps, h, self._to_eps(out_edited, x_t, t))
 
@@ -237,16 +237,16 @@ def _default_alphas() -> torch.Tensor:
     return torch.cumprod(1 - torch.linspace(1e-4, 2e-2, 1000, dtype=torch.float64), 0)
 
 
-class _EncoderCache:
+class EncoderCache:
     def __init__(self):
         self.h = None
         self.outputs = {}
 
 
 @contextlib.contextmanager
-def _capture(unet, keep_encoder: bool):
+def capture_pass(unet, keep_encoder: bool):
     """Record h (and, if asked, the encoder's outputs) during one forward; hooks always come off."""
-    cache = _EncoderCache()
+    cache = EncoderCache()
     handles = []
 
     def keep_h(module, args, output):
@@ -270,7 +270,7 @@ def _capture(unet, keep_encoder: bool):
 
 
 @contextlib.contextmanager
-def _replay(unet, cache: _EncoderCache | None, h_edited: torch.Tensor):
+def replay_pass(unet, cache: EncoderCache | None, h_edited: torch.Tensor):
     """Make the next forward use ``h_edited`` as the middle-block output (and the cached encoder, if given).
 
     Instance attributes shadow the class's ``forward``; deleting them restores it, whatever happens.
