@@ -96,9 +96,13 @@ class StyleCalibrate(io.ComfyNode):
         return io.Schema(
             node_id="HSpaceStyleCalibrate", display_name="Style Calibrate", category=f"{CATEGORY}/mix",
             description="InjectFusion's style calibration: instead of stepping with the injected ε, move x_t by "
-                        "dx = √ᾱ·dP + ω·√(1−ᾱ)·dε and step with the original network. ω = 1 keeps the style; "
-                        "ω = 0 carries the content fully.",
-            inputs=[io.Float.Input("omega", default=0.3, min=0.0, max=1.0, step=0.01, tooltip="ω in [0, 1].")],
+                        "dx = √ᾱ·dP + ω·√(1−ᾱ)·dε and step with the original network. ω = 0 turns calibration "
+                        "off (the plain injection, as the official code); larger ω pulls the result back toward the "
+                        "style image, and ω = 1 still keeps about a third of the injection's change (it cancels "
+                        "only up to the renormalisation of P_t's std).",
+            inputs=[io.Float.Input("omega", default=0.3, min=0.0, max=1.0, step=0.01,
+                                   tooltip="ω in [0, 1]: 0 = off; on the bundled model the distance to the style "
+                                           "reconstruction is 0.49 / 0.41 / 0.25 / 0.18 (RMS) at ω = 0 / 0.3 / 0.7 / 1.")],
             outputs=[Calibration.Output("calibration", tooltip="Connect to Slerp Content Inject.")],
         )
 
