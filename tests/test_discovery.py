@@ -6,7 +6,7 @@ import torch
 
 import hspace_core as hs
 from hspace_core import discovery as dc
-from conftest import GaussianData, tiny_pixel_unet
+from harness.tiny import GaussianData, tiny_pixel_unet
 
 SHAPE = (4, 2, 2)  # C, H, W: D = 16
 
