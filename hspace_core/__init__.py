@@ -4,7 +4,8 @@ Implements Asyrp (Kwon et al., ICLR 2023; including its CLIP-trained directions)
 interpolation recipe of Diffusion Autoencoders (Preechakul et al., CVPR 2022) over any ``HSpaceModel``; directions found
 without labels (PCA, Jacobian) and by linear probes are in ``discovery``.
 """
-from .adapters import Conditioning, DiffusersUNet, GuidedModel, HSpaceModel, Prediction
+from .adapters import (Conditioning, Denoiser, DiffusersUNet, GuidedModel, HEdit, HSpaceModel, Prediction, edited_rows, fingerprint_of,
+                       guided)
 from .auto_schedule import AutoSchedule, find_t_edit_t_boost, lpips_distance
 from .cfg_inversion import CFG_INVERSIONS, GuidedInversion, invert_guided, null_text_embeddings
 from .clip_directions import CLIPDirectional, DirectionTraining, TrainedDirection, load_open_clip, train_direction
@@ -18,7 +19,8 @@ from .progress import Cancelled, StepLoop, check_latent
 from .processes import (H_SOURCES, INVERSION_CONVENTIONS, capture, combine_directions, content_injection, direction_from_examples, edit,
                         generate, inject, interpolate, invert, run_reverse)
 from .schedules import (NoiseSchedule, betas_cosine, betas_linear, betas_scaled_linear, gamma_ramp, schedule_from_betas,
-                        schedule_from_diffusers_config, schedule_from_sigmas, step_pairs, timestep_grid)
+                        schedule_from_diffusers_config, schedule_from_sigmas, step_pairs, timestep_at_fraction,
+                        timestep_at_sigma, timestep_grid)
 from .state import (Direction, EditSchedule, HTrajectory, Inversion, QualityBoost, ReconstructionReport, XTOrigin,
                     StyleCalibration)
 
@@ -35,5 +37,6 @@ __all__ = [
     "INVERSION_CONVENTIONS", "train_steps_of", "CFG_INVERSIONS", "GuidedInversion", "invert_guided",
     "null_text_embeddings", "GuidedModel", "XTOrigin", "normalized_slerp", "predicted_x0", "run_reverse", "schedule_from_betas",
     "schedule_from_diffusers_config", "schedule_from_sigmas", "slerp", "step_pairs", "timestep_grid",
+    "Denoiser", "timestep_at_fraction", "timestep_at_sigma", "HEdit", "edited_rows", "fingerprint_of", "guided",
     "discovery", "jacobian_directions", "orthogonalise", "pca_directions", "probe_direction", "relative_strength",
 ]

@@ -55,7 +55,9 @@ class NoiseSchedule:
         return alpha_bar_to_sigma(self.alpha_bar(t))
 
     def timestep_of_sigma(self, sigma: float) -> int:
-        """Nearest timestep in log-sigma (what ComfyUI's ModelSamplingDiscrete.timestep does)."""
+        """The timestep t whose σ_t is nearest σ in log σ (what ComfyUI's ModelSamplingDiscrete.timestep does);
+        −1 (the clean image) for σ ≤ 0.  Use it to give t_edit / t_boost as a noise level, e.g.
+        ``schedule.timestep_of_sigma(1.0)``, so they mean the same on any schedule."""
         if sigma <= 0:
             return -1
         log_sigmas = torch.log(sigmas_of(self.alphas_cumprod))
@@ -63,6 +65,22 @@ class NoiseSchedule:
 
     def to_dict(self) -> dict:
         return {"prediction_type": self.prediction_type, "num_train_timesteps": self.num_train_timesteps}
+
+
+def timestep_at_fraction(schedule: NoiseSchedule, fraction: float) -> int:
+    """t = round(f·(T − 1)): a timestep given as a fraction f ∈ [0, 1] of the schedule (t_edit = 400 of 1000 is
+    f = 0.4)."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"A fraction of the schedule must be in [0, 1], got {fraction}.")
+    return int(round(fraction * (schedule.num_train_timesteps - 1)))
+
+
+def timestep_at_sigma(schedule: NoiseSchedule, sigma: float) -> int:
+    """The timestep of noise level σ (nearest in log σ, ``NoiseSchedule.timestep_of_sigma``), clamped to t ≥ 0 so
+    it can be a t_edit / t_boost.  On the DDPM linear schedule t_edit = 400 is σ ≈ 2.04 and t_boost = 200 σ ≈ 0.72."""
+    if not sigma >= 0:
+        raise ValueError(f"σ must be ≥ 0, got {sigma}.")
+    return max(schedule.timestep_of_sigma(sigma), 0)
 
 
 def alpha_bar_to_sigma(alpha_bar: float) -> float:

@@ -291,18 +291,33 @@ class Direction:
 
 @dataclass(frozen=True)
 class ReconstructionReport:
-    """How well regenerate(invert(x)) returns x."""
+    """How well regenerate(invert(x)) returns x: pooled over the batch (``mse``, ``psnr``, ``max_abs_error``,
+    ``rmse``) and per image (``psnr_per_image``, ``rmse_per_image``), so one bad image does not hide in the mean.
+
+    PSNR = 10·log10(range² / MSE) with range = 2 for images in [−1, 1]; RMSE = √MSE.
+    """
 
     mse: float
     psnr: float
     max_abs_error: float
+    psnr_per_image: tuple[float, ...] = ()
+    rmse_per_image: tuple[float, ...] = ()
+
+    @property
+    def rmse(self) -> float:
+        return math.sqrt(self.mse)
 
     @classmethod
     def compare(cls, reference: torch.Tensor, reconstruction: torch.Tensor, data_range: float = 2.0) -> "ReconstructionReport":
         diff = (reconstruction.double() - reference.double())
-        mse = float(diff.pow(2).mean())
-        psnr = float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(data_range**2 / mse)).item()
-        return cls(mse, psnr, float(diff.abs().max()))
+        per_image = diff.pow(2).flatten(1).mean(1) if diff.dim() > 1 else diff.pow(2).mean()[None]
+        return cls(float(diff.pow(2).mean()), _psnr(float(diff.pow(2).mean()), data_range), float(diff.abs().max()),
+                   tuple(_psnr(float(m), data_range) for m in per_image), tuple(float(m) ** 0.5 for m in per_image))
+
+
+def _psnr(mse: float, data_range: float) -> float:
+    """10·log10(range² / MSE); inf for an exact match."""
+    return float("inf") if mse == 0 else 10 * math.log10(data_range**2 / mse)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""H-Space Load Pixel U-Net: a diffusers UNet2DModel (DDPM CelebA-HQ, church, bedroom, the bundled demo) as a MODEL."""
+"""H-Space Load Pixel U-Net: a diffusers UNet2DModel (DDPM CelebA-HQ, church, bedroom, the bundled demo) or a
+DDIM-repo checkpoint file (Asyrp / InjectFusion's celeba_hq.ckpt, ema_lsun_*) as a MODEL."""
 from __future__ import annotations
 
 import os
@@ -8,6 +9,7 @@ from comfy_api.latest import io
 
 import folder_paths
 
+from ..hspace_core.checkpoints import CHECKPOINT_EXTENSIONS, load_checkpoint
 from .common import CATEGORY, file_state
 from .pixel_model import is_pixel_unet_folder, load_pixel_unet_folder, load_pixel_unet_hub, pixel_model_patcher
 
@@ -29,22 +31,49 @@ def diffusers_roots() -> list[str]:
     return [root for root in folder_paths.get_folder_paths("diffusers") if os.path.isdir(root)]
 
 
+def checkpoint_files() -> dict[str, str]:
+    """Checkpoint files (.safetensors, .pt, .pth, .ckpt) in models/diffusion_models and at the top of
+    models/diffusers, by the name the loader lists them under."""
+    found = {}
+    for name in folder_paths.get_filename_list("diffusion_models"):
+        if name.lower().endswith(CHECKPOINT_EXTENSIONS):
+            found[name] = folder_paths.get_full_path("diffusion_models", name)
+    for root in diffusers_roots():
+        for name in sorted(os.listdir(root)):
+            if name.lower().endswith(CHECKPOINT_EXTENSIONS) and os.path.isfile(os.path.join(root, name)):
+                found.setdefault(name, os.path.join(root, name))
+    return found
+
+
+def _model_roots() -> list[str]:
+    roots = diffusers_roots() + list(folder_paths.get_folder_paths("diffusion_models"))
+    return [os.path.realpath(root) for root in roots if os.path.isdir(root)]
+
+
 def local_folder(unet_folder: str, repo_id: str) -> str | None:
-    """The folder to load, or None for a Hub id.  ``repo_id`` is a Hub id (org/name) or a pixel U-Net folder
-    under models/diffusers; any other path is refused, so no file outside the model folders is read."""
+    """The folder or checkpoint file to load, or None for a Hub id.  ``repo_id`` is a Hub id (org/name), a
+    checkpoint file's name in models/diffusion_models, or a pixel U-Net folder / checkpoint file under
+    models/diffusers or models/diffusion_models; any other path is refused, so no file outside the model folders is
+    read."""
     repo_id = (repo_id or "").strip()
     if not repo_id:
-        folders = pixel_unet_folders()
+        folders = {**pixel_unet_folders(), **checkpoint_files()}
         if unet_folder not in folders:
-            raise ValueError(f"No pixel U-Net folder {unet_folder!r}; put a diffusers UNet2DModel folder in models/diffusers.")
+            raise ValueError(f"No pixel U-Net folder or checkpoint {unet_folder!r}; put a diffusers UNet2DModel folder "
+                             "in models/diffusers or a DDIM-repo checkpoint in models/diffusion_models.")
         return folders[unet_folder]
-    if HUB_ID.fullmatch(repo_id) and ".." not in repo_id:
+    files = checkpoint_files()
+    if repo_id in files:
+        return files[repo_id]
+    if HUB_ID.fullmatch(repo_id) and ".." not in repo_id and not repo_id.lower().endswith(CHECKPOINT_EXTENSIONS):
         return None
     path = os.path.realpath(repo_id)
-    inside = any(os.path.commonpath([path, os.path.realpath(root)]) == os.path.realpath(root) for root in diffusers_roots())
-    if not inside or not is_pixel_unet_folder(path):
+    inside = any(os.path.commonpath([path, root]) == root for root in _model_roots())
+    usable = is_pixel_unet_folder(path) or (os.path.isfile(path) and path.lower().endswith(CHECKPOINT_EXTENSIONS))
+    if not inside or not usable:
         raise ValueError(f"repo_id {repo_id!r} is neither a Hub id (org/name, e.g. google/ddpm-celebahq-256) nor a "
-                         "diffusers UNet2DModel folder under models/diffusers; clear it to use unet_folder.")
+                         "diffusers UNet2DModel folder or checkpoint file (.safetensors/.pt/.pth/.ckpt) under "
+                         "models/diffusers or models/diffusion_models; clear it to use unet_folder.")
     return path
 
 
@@ -53,13 +82,19 @@ class LoadPixelUNet(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="HSpaceLoadPixelUNet", display_name="H-Space Load Pixel U-Net", category=f"{CATEGORY}/loaders",
-            description="Load a pixel-space diffusers UNet2DModel and its scheduler as a MODEL (use VAELoader "
-                        "'pixel_space' as its VAE). Folders come from models/diffusers; a Hub repo id works when online.",
-            inputs=[io.Combo.Input("unet_folder", options=sorted(pixel_unet_folders()) or ["(none found)"],
-                                   tooltip="A diffusers folder (config.json + weights + scheduler config) in models/diffusers."),
+            description="Load a pixel-space diffusers UNet2DModel and its scheduler, or a DDIM-repo Model checkpoint "
+                        "(Asyrp / InjectFusion's celeba_hq.ckpt, ema_lsun_*), as a MODEL (use VAELoader 'pixel_space' "
+                        "as its VAE). Folders come from models/diffusers, checkpoint files from models/diffusion_models; "
+                        "a Hub repo id works when online.",
+            inputs=[io.Combo.Input("unet_folder", options=(sorted(pixel_unet_folders()) + sorted(checkpoint_files()))
+                                   or ["(none found)"],
+                                   tooltip="A diffusers folder (config.json + weights + scheduler config) in "
+                                           "models/diffusers, or a DDIM-repo checkpoint file (.ckpt/.pt/.pth/"
+                                           ".safetensors) in models/diffusion_models."),
                     io.String.Input("repo_id", default="", optional=True,
                                     tooltip="Instead of a folder: a Hub id such as google/ddpm-celebahq-256 (downloads "
-                                            "once), or the path of a folder under models/diffusers.")],
+                                            "once), a checkpoint's name in models/diffusion_models, or the path of a "
+                                            "folder or checkpoint file under models/diffusers or models/diffusion_models.")],
             outputs=[io.Model.Output("model", tooltip="The pixel U-Net as a ComfyUI MODEL.")],
         )
 
@@ -76,6 +111,8 @@ class LoadPixelUNet(io.ComfyNode):
         folder = local_folder(unet_folder, repo_id)
         if folder is None:
             unet, scheduler = load_pixel_unet_hub(repo_id.strip())
+        elif os.path.isfile(folder):
+            unet, scheduler = load_checkpoint(folder)
         else:
             unet, scheduler = load_pixel_unet_folder(folder)
         return io.NodeOutput(pixel_model_patcher(unet, scheduler))

@@ -262,6 +262,38 @@ def test_official_asyrp_checkpoints_load_and_edit_through_the_server(comfy):
     _expect_node_error(comfy, prompt, "not an Asyrp direction", "conv1.weight")
 
 
+def test_ddim_repo_checkpoint_loads_through_the_pixel_loader(comfy):
+    """A DDIM-repo Model checkpoint (the layout of Asyrp's celeba_hq.ckpt) in models/diffusion_models, picked by
+    name, inverts and reconstructs through the server; a file of another layout is a clear node error."""
+    import torch
+
+    from ddim_reference import Model
+
+    folder = os.path.join(comfy.base, "models", "diffusion_models")
+    os.makedirs(folder, exist_ok=True)
+    torch.manual_seed(0)
+    torch.save(Model(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,)).state_dict(),
+               os.path.join(folder, "e2e_ddim_celeba.ckpt"))
+    torch.save({"encoder.weight": torch.zeros(2)}, os.path.join(folder, "e2e_not_ddim.ckpt"))
+    prompt = {
+        "1": {"class_type": "HSpaceLoadPixelUNet", "inputs": {"unet_folder": "bundled/hspace-shapes-ddpm",
+                                                              "repo_id": "e2e_ddim_celeba.ckpt"}},
+        "2": {"class_type": "VAELoader", "inputs": {"vae_name": "pixel_space"}},
+        "3": {"class_type": "LoadImage", "inputs": {"image": "hspace_content.png"}},
+        "4": {"class_type": "HSpaceDDIMInversion", "inputs": {"model": ["1", 0], "image": ["3", 0], "vae": ["2", 0],
+                                                              "steps": 10, "refine_iters": 0, "cfg": 1.0, "edit_branches": "cond",
+                                                              "convention": "seed", "cfg_inversion": "plain",
+                                                              "h_source": "inversion"}},
+        "9": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 2], "vae": ["2", 0]}},
+        "10": {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": "e2e/ddim_ckpt_reconstruction"}},
+    }
+    entry = _run(comfy, prompt)
+    (reconstruction,) = _saved(comfy, entry, prompt, "ddim_ckpt_reconstruction")
+    assert reconstruction.ndim == 3 and reconstruction.std() > 0
+    prompt["1"]["inputs"]["repo_id"] = "e2e_not_ddim.ckpt"
+    _expect_node_error(comfy, prompt, "e2e_not_ddim.ckpt", "Unknown checkpoint layout")
+
+
 def test_clip_direction_training_through_an_sd_model(comfy):
     """The same node on a Stable Diffusion MODEL: P_t is decoded by the VAE (with gradients) before CLIP."""
     prompt = load_prompt(os.path.join(ROOT, "workflows", "sd_asyrp_edit_from_examples.json"), comfy.object_info)

@@ -32,7 +32,15 @@ class Prediction:
 
 @runtime_checkable
 class HSpaceModel(Protocol):
-    """A denoiser whose middle-block output h can be read and replaced.
+    """A denoiser whose middle-block output h can be read and replaced (the contract: docs/adapters.md).
+
+    - ``schedule``: ᾱ_t for t = 0 … T−1; the processes work in the VP convention x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε.
+    - ``predict(x_t, t, edit)`` is called with an integer t in [0, T−1] (never −1, the clean image) and returns
+      ``Prediction(eps, h, eps_edited)``: ε(x_t, t) after guidance, the unedited h_t (rows branch-major, one block
+      per entry of ``branches``) and, only when ``edit`` is given, ε(x_t | h̃_t) with h̃_t = edit(h rows, t, branch).
+    - ``branches`` is ``("single",)`` for one branch, ``("uncond", "cond")`` under classifier-free guidance.
+    - ``fingerprint`` identifies architecture and weights (``fingerprint_of``).
+    - Reusing the encoder for the edited pass (only h and the decoder run again) is an optional optimisation.
 
     ``predict`` attaches whatever hooks it needs for that one call and removes them before returning,
     whether the call succeeds, raises or is interrupted.
@@ -138,12 +146,23 @@ def guided(outputs: torch.Tensor, branches: tuple[str, ...], guidance_scale: flo
     return uncond + guidance_scale * (cond - uncond)
 
 
-def fingerprint_of(arch: dict, parameters) -> str:
-    """'arch-hash/weights-hash': what a saved trajectory or direction is checked against."""
+def fingerprint_of(arch: dict, weights) -> str:
+    """'arch-hash/weights-hash': what a saved trajectory or direction is checked against.
+
+    ``weights`` is an iterable of tensors (``module.parameters()``), a state dict (name → tensor; hashed in its
+    order, values only) or raw bytes (e.g. a checkpoint file's contents).  Each tensor contributes its shape, the
+    sum of its first 64 values and the sum of all its values (float64).
+    """
     arch_hash = hashlib.sha1(json.dumps(arch, sort_keys=True, default=str).encode()).hexdigest()[:12]
     h = hashlib.sha1()
+    if isinstance(weights, (bytes, bytearray, memoryview)):
+        h.update(bytes(weights))
+        return f"{arch_hash}/{h.hexdigest()[:12]}"
+    items = weights.items() if isinstance(weights, dict) else enumerate(weights)
     with torch.no_grad():
-        for p in parameters:
+        for name, p in items:
+            if not torch.is_tensor(p):
+                raise ValueError(f"fingerprint_of needs tensors (or bytes); entry {name!r} is a {type(p).__name__}.")
             flat = p.detach().flatten()
             h.update(f"{tuple(p.shape)}:{float(flat[:64].double().sum()):.6e}:{float(flat.double().sum()):.6e}".encode())
     return f"{arch_hash}/{h.hexdigest()[:12]}"
