@@ -81,8 +81,11 @@ def test_bad_guided_inversion_input_is_refused(images):
     unet = tiny_class_unet()
     with pytest.raises(ValueError, match="CFG inversion 'nul' is unknown"):
         hs.invert_guided(guided_model(unet, [0, 1], 3.0), images, 4, method="nul")
+    labelled = hs.DiffusersUNet(unet, class_labels=torch.tensor([0]))
+    with torch.no_grad():  # guidance 1 has no negative branch: negative-prompt inversion is plain inversion (logged)
+        assert torch.equal(hs.invert_guided(labelled, images, 4).inversion.x_T, hs.invert(labelled, images, 4).x_T)
     with pytest.raises(ValueError, match="no negative conditioning"):
-        hs.invert_guided(hs.DiffusersUNet(unet, class_labels=torch.tensor([0])), images, 4)
+        labelled.with_negative("positive")
     c = guided_model(unet, [0, 1], 3.0).conditioning
     with pytest.raises(ValueError, match="at t=5"):
         dataclasses.replace(c, negative_at={5: torch.zeros(3, 64)})
