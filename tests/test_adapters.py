@@ -130,3 +130,27 @@ def test_steps_below_t_edit_run_one_pass(images):
     counter.calls = 0
     generate(model, images, sched)
     assert counter.calls == 10
+
+
+@pytest.mark.parametrize("branch", ["cond", "uncond"])
+def test_guided_edit_of_one_branch_runs_only_its_rows(text_unet, branch):
+    """Under CFG with one branch edited, the edited pass runs that branch's rows only, equal to a full pass."""
+    g = torch.Generator().manual_seed(3)
+    pos, neg = torch.randn(1, 4, 32, generator=g), torch.randn(1, 4, 32, generator=g)
+    x = torch.randn(2, 4, 8, 8, generator=g)
+    shift = lambda h, t, b: h * 1.3 + 0.2
+    cond = Conditioning(pos, neg, 6.0, branch)
+    seen = []
+    handle = text_unet.conv_out.register_forward_hook(lambda m, a, out: seen.append(out.shape[0]))
+    try:
+        with torch.no_grad():
+            fast = DiffusersUNet(text_unet, conditioning=cond).predict(x, 500, shift)
+            full = DiffusersUNet(text_unet, conditioning=cond, reuse_encoder=False).predict(x, 500, shift)
+    finally:
+        handle.remove()
+    assert seen[:2] == [4, 2]  # the plain pass (uncond + cond rows), then only the edited branch's rows
+    assert torch.allclose(fast.eps, full.eps)
+    scale = full.eps_edited.abs().max()
+    assert (fast.eps_edited - full.eps_edited).abs().max() <= 1e-5 * scale
+    assert not torch.allclose(fast.eps_edited, fast.eps)
+    _no_hooks_left(text_unet)

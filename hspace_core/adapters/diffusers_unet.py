@@ -15,7 +15,7 @@ import torch
 
 from ..schedules import NoiseSchedule, schedule_from_diffusers_config
 from ..ddim import eps_from_model_output
-from .base import HEdit, Prediction, autograd_ready, edited_rows, fingerprint_of, guided
+from .base import HEdit, Prediction, autograd_ready, edited_rows, fingerprint_of, guided, is_edited, take_rows
 
 
 @dataclass(frozen=True)
@@ -168,9 +168,27 @@ class DiffusersUNet:
         edit_branches = self.conditioning.edit_branches if self.conditioning is not None else "both"
         # same memory layout as h, so an unchanged h takes the same kernels and gives bit-identical ε
         h_edited = torch.empty_like(h).copy_(edited_rows(h, t, self.branches, edit, edit_branches))
-        with replay_pass(self.unet, cache if self.reuse_encoder else None, h_edited):
-            out_edited = self._run(x_in, timestep, kwargs)
+        rows = self._edited_rows(x_in.shape[0], edit_branches)
+        if rows is None:
+            with replay_pass(self.unet, cache if self.reuse_encoder else None, h_edited):
+                out_edited = self._run(x_in, timestep, kwargs)
+        else:  # under guidance with one branch edited, only that branch's decoder rows run again
+            n = x_in.shape[0]
+            with replay_pass(self.unet, cache.rows(rows, n), h_edited[rows]):
+                out_rows = self._run(x_in[rows], timestep[rows], take_rows(kwargs, rows, n))
+            out_edited = out.clone()
+            out_edited[rows] = out_rows.to(out_edited.dtype)
         return Prediction(eps, h, self._to_eps(out_edited, x_t, t))
+
+    def _edited_rows(self, batch: int, edit_branches: str) -> torch.Tensor | None:
+        """The rows (branch-major) whose h an edit changes, when that is fewer than all and the encoder is cached."""
+        if not self.reuse_encoder or len(self.branches) < 2:
+            return None
+        chosen = [k for k, b in enumerate(self.branches) if is_edited(b, edit_branches)]
+        if len(chosen) == len(self.branches):
+            return None
+        per = batch // len(self.branches)
+        return torch.cat([torch.arange(k * per, (k + 1) * per) for k in chosen]).to(self.device)
 
     def _run(self, x_in, timestep, kwargs) -> torch.Tensor:
         kwargs = dict(kwargs)
@@ -238,9 +256,15 @@ def _default_alphas() -> torch.Tensor:
 
 
 class EncoderCache:
-    def __init__(self):
-        self.h = None
-        self.outputs = {}
+    """h and the encoder modules' outputs of one forward."""
+
+    def __init__(self, h=None, outputs=None):
+        self.h = h
+        self.outputs = {} if outputs is None else outputs
+
+    def rows(self, rows: torch.Tensor, batch: int) -> "EncoderCache":
+        """The cache of some rows of a ``batch``-row forward."""
+        return EncoderCache(take_rows(self.h, rows, batch), take_rows(self.outputs, rows, batch))
 
 
 @contextlib.contextmanager
