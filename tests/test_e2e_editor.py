@@ -40,6 +40,16 @@ def test_every_workflow_loads_and_runs_in_the_editor(comfy, tmp_path):
     assert run.returncode == 0, run.stderr
 
 
+def test_every_ui_file_converts_to_its_api_graph(comfy):
+    """workflows/*.json are generated from workflows/api/*.json by `editor.js export`: notes and groups add nothing
+    to the prompt, and every value and link survives."""
+    from harness.ui_to_api import ui_to_api
+
+    for path in WORKFLOWS:
+        api = json.load(open(os.path.join(ROOT, "workflows", "api", os.path.basename(path))))
+        assert ui_to_api(json.load(open(path)), comfy.object_info) == api, os.path.basename(path)
+
+
 def _stems(paths):
     return sorted(os.path.splitext(os.path.basename(p))[0] for p in paths)
 

@@ -1,5 +1,6 @@
 // Drive the real ComfyUI graph editor in headless Chromium (playwright-core + the system Chromium).
-//   node editor.js export PORT API_DIR OUT_DIR   API workflows -> UI-format workflows + thumbnails, as the editor saves them
+//   node editor.js export PORT API_DIR OUT_DIR   API workflows -> UI-format workflows + thumbnails, as the editor saves them,
+//                                                laid out in named stages with a note (OUT_DIR/layout/stages.json, notes/*.md)
 //   node editor.js check  PORT MANIFEST.json     MANIFEST = [{file, overrides}]: load each UI workflow, list missing node
 //                                                types, set widget overrides, graphToPrompt, queue it through the UI (the
 //                                                Run button's code path), wait for the result
@@ -31,31 +32,126 @@ async function openEditor() {
 async function fitView(page) {
   await page.evaluate(() => {
     for (const b of document.querySelectorAll('button')) if (/close/i.test(b.getAttribute('aria-label') || '')) b.click();
-    const nodes = app.graph.nodes;
-    const x0 = Math.min(...nodes.map(n => n.pos[0])) - 20, y0 = Math.min(...nodes.map(n => n.pos[1])) - 50;
-    const x1 = Math.max(...nodes.map(n => n.pos[0] + n.size[0])) + 20, y1 = Math.max(...nodes.map(n => n.pos[1] + n.size[1])) + 20;
+    try {  // a thumbnail without the minimap
+      app.extensionManager.setting.set('Comfy.Minimap.Visible', false);
+    } catch (e) { /* older frontends have none */ }
+    const rects = app.graph.nodes.map(n => [n.pos[0], n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT, n.size[0],
+                                            n.size[1] + LiteGraph.NODE_TITLE_HEIGHT])
+      .concat((app.graph._groups || app.graph.groups || []).map(g => [...g._bounding]));
+    const x0 = Math.min(...rects.map(r => r[0])) - 70, y0 = Math.min(...rects.map(r => r[1])) - 20;
+    const x1 = Math.max(...rects.map(r => r[0] + r[2])) + 20, y1 = Math.max(...rects.map(r => r[1] + r[3])) + 20;
     app.canvas.ds.fitToBounds([x0, y0, x1 - x0, y1 - y0], { zoom: 0.95 });
     app.canvas.setDirty(true, true);
   });
   await page.waitForTimeout(600);
 }
 
+// Readable layout (workflows/layout/): stages left to right, one named group each; inside a stage, sub-columns by
+// the longest chain of links within the stage; a node sits as level as it can with what feeds it. A MarkdownNote
+// (notes/<name>.md) at the top left says what the workflow does, which models it needs and which knobs matter.
+function layoutGraph([layout, name, note]) {
+  const TITLE = LiteGraph.NODE_TITLE_HEIGHT, GAP_X = 50, GAP_Y = 30, GROUP_GAP = 60, PAD = 20, GROUP_TITLE = 50;
+  const MAX_COLUMN = 1700, NOTE_W = 460;
+  const own = (layout.workflows || {})[name] || {};
+  const stageOf = (n) => (own.nodes || {})[String(n.id)] || layout.class_stage[n.type];
+  const nodes = app.graph.nodes;
+  for (const n of nodes) if (!stageOf(n)) throw new Error(`${name}: no stage for node ${n.id} (${n.type})`);
+  const byId = new Map(nodes.map(n => [n.id, n]));
+  const sources = (n) => (n.inputs || []).filter(i => i.link != null)
+    .map(i => byId.get(app.graph.links[i.link].origin_id)).filter(Boolean);
+  const fanout = new Map(nodes.map(n => [n.id, 0]));
+  for (const n of nodes) for (const s of sources(n)) fanout.set(s.id, fanout.get(s.id) + 1);
+  const rect = (n) => [n.pos[0], n.pos[1] - TITLE, n.size[0], n.size[1] + TITLE];
+  const order = nodes.map(n => n.id);  // the API graph's order
+  let x = 0;
+  const groups = [];
+  if (note) {
+    const md = LiteGraph.createNode(LiteGraph.registered_node_types.MarkdownNote ? 'MarkdownNote' : 'Note');
+    md.title = 'About this workflow';
+    md.widgets[0].value = note;
+    const lines = note.split('\n').reduce((k, l) => k + Math.max(1, Math.ceil(l.length / 58)) + (l.startsWith('#') ? 1 : 0), 0);
+    app.graph.add(md);
+    md.size = [NOTE_W, 40 + 19 * lines];
+    md.pos = [0, GROUP_TITLE + TITLE];
+    x = NOTE_W + GROUP_GAP;
+  }
+  for (const stage of layout.stages) {
+    const members = nodes.filter(n => stageOf(n) === stage.name).sort((a, b) => order.indexOf(a.id) - order.indexOf(b.id));
+    if (!members.length) continue;
+    const inStage = new Set(members.map(n => n.id));
+    const depth = new Map();
+    const depthOf = (n) => {
+      if (!depth.has(n.id)) {
+        depth.set(n.id, 0);
+        depth.set(n.id, Math.max(0, ...sources(n).filter(s => inStage.has(s.id)).map(s => depthOf(s) + 1)));
+      }
+      return depth.get(n.id);
+    };
+    const levels = [];
+    for (const n of members) (levels[depthOf(n)] = levels[depthOf(n)] || []).push(n);
+    const top = GROUP_TITLE + TITLE, gx = x;
+    let cx = x + PAD, bottom = top;
+    for (const level of levels.filter(Boolean)) {
+      // as level as possible with the nodes that feed it (loaders that feed everything count little)
+      const wanted = (n) => {
+        const placed = sources(n).filter(s => s.pos[0] < cx);
+        if (!placed.length) return null;
+        const w = placed.map(s => 1 / fanout.get(s.id));
+        return placed.reduce((a, s, i) => a + w[i] * (s.pos[1] + s.size[1] / 2), 0) / w.reduce((a, b) => a + b, 0);
+      };
+      const keyed = level.map((n, i) => [wanted(n), i, n]);
+      if (keyed.every(k => k[0] !== null)) keyed.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+      let y = top, width = 0;
+      for (const [want, , n] of keyed) {
+        if (y > top && y + n.size[1] > top + MAX_COLUMN) { cx += width + GAP_X; y = top; width = 0; }
+        const goal = want === null ? y : Math.max(y, want - n.size[1] / 2);
+        n.pos = [cx, goal];
+        y = goal + n.size[1] + GAP_Y + TITLE;
+        width = Math.max(width, n.size[0]);
+        bottom = Math.max(bottom, goal + n.size[1]);
+      }
+      cx += width + GAP_X;
+    }
+    const title = (own.titles || {})[stage.name] || stage.name;
+    groups.push({ title, bounding: [gx, 0, cx - GAP_X + PAD - gx, bottom + PAD], color: stage.color });
+    x = cx - GAP_X + PAD + GROUP_GAP;
+  }
+  for (const g of groups) {
+    const group = new LiteGraph.LGraphGroup(g.title);
+    group.configure({ id: -1, title: g.title, bounding: g.bounding, color: g.color, font_size: 24, flags: {} });
+    app.graph.add(group);
+  }
+  // overlap check here too, so a bad layout fails the export rather than the tests
+  const rs = app.graph.nodes.map(n => [n.id, rect(n)]);
+  for (let i = 0; i < rs.length; i++) for (let j = i + 1; j < rs.length; j++) {
+    const [a, b] = [rs[i][1], rs[j][1]];
+    if (a[0] < b[0] + b[2] && b[0] < a[0] + a[2] && a[1] < b[1] + b[3] && b[1] < a[1] + a[3])
+      throw new Error(`${name}: nodes ${rs[i][0]} and ${rs[j][0]} overlap`);
+  }
+}
+
 async function exportAll(page, apiDir, outDir) {
+  const layoutDir = path.join(outDir, 'layout');
+  const layout = JSON.parse(fs.readFileSync(path.join(layoutDir, 'stages.json'), 'utf8'));
   for (const file of fs.readdirSync(apiDir).filter(f => f.endsWith('.json')).sort()) {
     const api = JSON.parse(fs.readFileSync(path.join(apiDir, file), 'utf8'));
-    const ui = await page.evaluate(async ([api, name]) => {
-      await app.loadApiJson(api, name);
-      app.graph.arrange(60);
+    const name = file.replace(/\.json$/, '');
+    const notePath = path.join(layoutDir, 'notes', name + '.md');
+    const note = fs.existsSync(notePath) ? fs.readFileSync(notePath, 'utf8').trim() : null;
+    await page.evaluate(async ([api, file]) => { await app.loadApiJson(api, file); }, [api, file]);
+    await page.waitForTimeout(500);  // let image previews load so node sizes settle
+    const ui = await page.evaluate(`(${layoutGraph})(${JSON.stringify([layout, name, note])}); (() => {
       for (const node of app.graph.nodes)  // sample workflows are reproducible: seeds stay fixed
         for (const w of node.widgets || []) if (w.name === 'control_after_generate') w.value = 'fixed';
+      app.canvas.setDirty(true, true);
       return app.graph.serialize();
-    }, [api, file]);
+    })()`);
     fs.writeFileSync(path.join(outDir, file), JSON.stringify(ui, null, 1) + '\n');
     await fitView(page);
     // the template browser shows custom nodes' templates with the thumbnail <name>.jpg next to <name>.json
     await page.screenshot({ path: path.join(outDir, file.replace(/\.json$/, '.jpg')), type: 'jpeg', quality: 80,
                             clip: { x: 60, y: 80, width: 1540, height: 920 } });
-    console.log(JSON.stringify({ workflow: file, nodes: ui.nodes.length, links: ui.links.length }));
+    console.log(JSON.stringify({ workflow: file, nodes: ui.nodes.length, links: ui.links.length, groups: ui.groups.length }));
   }
 }
 
