@@ -18,7 +18,6 @@ import math
 import os
 import time
 
-import numpy as np
 import torch
 
 import hspace_core as hs

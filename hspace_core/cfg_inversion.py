@@ -76,7 +76,7 @@ def invert_guided(model: GuidedModel, x0: torch.Tensor, num_steps: int = 40, *, 
     result = GuidedInversion(inv, method, negative)
     if not report:
         return result
-    sched = EditSchedule(num_steps, t_edit=0, t_boost=0, grid=grid, num_train_timesteps=model.schedule.num_train_timesteps)
+    sched = EditSchedule.reconstruction(num_steps, grid, model.schedule.num_train_timesteps)
     with torch.no_grad():
         recon = generate(result.guided(model), inv.x_T, sched, should_stop=should_stop)
     return GuidedInversion(inv, method, negative, ReconstructionReport.compare(x0, recon), recon)

@@ -150,7 +150,7 @@ def invert(model: HSpaceModel, x0: torch.Tensor, num_steps: int = 40, *, grid: s
                              source="inversion")
     if not regenerate:
         return Inversion(x, torch.stack(latents), tuple(grid_desc), trajectory, convention=convention)
-    sched = EditSchedule(num_steps, t_edit=0, t_boost=0, grid=grid, num_train_timesteps=model.schedule.num_train_timesteps)
+    sched = EditSchedule.reconstruction(num_steps, grid, model.schedule.num_train_timesteps)
     recon = run_reverse(model, x, sched, record_h=True, progress=lambda d, n: loop.tick())
     chosen = trajectory if h_source == "inversion" else recon.trajectory
     return Inversion(x, torch.stack(latents), tuple(grid_desc), chosen,
@@ -169,7 +169,7 @@ def _inversion_steps(grid_desc: tuple[int, ...], convention: str) -> list[tuple[
 def capture(model: HSpaceModel, x_T: torch.Tensor, num_steps: int = 40, *, grid: str = "asyrp",
             progress: ProgressFn | None = None, should_stop: StopFn | None = None) -> HTrajectory:
     """h_t along the deterministic reverse process from x_T (a reconstruction if x_T came from ``invert``)."""
-    sched = EditSchedule(num_steps, t_edit=0, t_boost=0, grid=grid, num_train_timesteps=model.schedule.num_train_timesteps)
+    sched = EditSchedule.reconstruction(num_steps, grid, model.schedule.num_train_timesteps)
     return run_reverse(model, x_T, sched, record_h=True, progress=progress, should_stop=should_stop).trajectory
 
 

@@ -58,6 +58,11 @@ class EditSchedule:
             if not 0 <= v <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {v}.")
 
+    @classmethod
+    def reconstruction(cls, num_steps: int, grid: str = "asyrp", num_train_timesteps: int = 1000) -> "EditSchedule":
+        """The deterministic reverse process with no edit and no boost (regenerating an inverted x_T)."""
+        return cls(num_steps, t_edit=0, t_boost=0, grid=grid, num_train_timesteps=num_train_timesteps)
+
     def timesteps(self) -> tuple[int, ...]:
         return timestep_grid(self.num_steps, self.num_train_timesteps, self.grid)
 

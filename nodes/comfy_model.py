@@ -20,7 +20,7 @@ import comfy.sample
 import comfy.samplers
 import comfy.utils
 
-from ..hspace_core import HSpaceModel, Prediction, schedule_from_sigmas
+from ..hspace_core import Prediction, schedule_from_sigmas
 from ..hspace_core.adapters.base import autograd_ready, edited_rows, fingerprint_of
 from ..hspace_core.implicit import TimeEmbedding
 from . import edit_batch

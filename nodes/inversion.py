@@ -87,7 +87,7 @@ class DDIMInversion(io.ComfyNode):
 def _reconstruct_guided(model, inv, method, positive, negative, cfg, edit_branches):
     """Negative-prompt / null-text inversion from the guidance-1 pivot ``inv``: ({t: negative embedding} — found
     first, for null-text —, the guided reconstruction)."""
-    sched = EditSchedule(len(inv.timesteps), t_edit=0, t_boost=0)
+    sched = EditSchedule.reconstruction(len(inv.timesteps))
     if method == "null_text":
         def body(m, x):
             found = null_text_embeddings(m, inv, progress=progress_bar(len(inv.timesteps)))
@@ -120,7 +120,7 @@ class Capture(io.ComfyNode):
         negative, negative_at = sampling_inputs(x_T, steps, cfg, positive, negative)
 
         def body(m, x):
-            sched = EditSchedule(steps, t_edit=0, t_boost=0)
+            sched = EditSchedule.reconstruction(steps)
             return run_reverse(m, x, sched, record_h=True, progress=progress_bar(steps))
 
         result = run_in_comfy(model, x_T["samples"], body, positive=positive, negative=negative, cfg=cfg,

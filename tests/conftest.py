@@ -28,6 +28,14 @@ def images():
 
 
 @pytest.fixture(scope="session")
+def pack():
+    """The pack imported in-process inside ComfyUI (its comfy_model and pixel_model modules)."""
+    from harness.inprocess import load_pack
+
+    return load_pack()
+
+
+@pytest.fixture(scope="session")
 def comfy(tmp_path_factory):
     """A real ComfyUI server (HSPACE_COMFYUI or the one scripts/setup.sh installed) with this pack and tiny models."""
     from harness.server import STATE, ComfyServer, prepare_base

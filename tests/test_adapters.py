@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from harness.tiny import tiny_pixel_unet, tiny_text_unet
+from harness.tiny import tiny_pixel_unet
 from hspace_core import Conditioning, DiffusersUNet, Direction, EditSchedule, edit, generate
 
 

@@ -10,13 +10,6 @@ from harness.tiny import tiny_pixel_unet
 from hspace_core import DiffusersUNet, schedule_from_diffusers_config
 
 
-@pytest.fixture(scope="module")
-def pack():
-    from harness.inprocess import load_pack
-
-    return load_pack()
-
-
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_comfy_adapter_matches_diffusers_adapter(pack, prediction_type):
     comfy_model, pixel_model = pack

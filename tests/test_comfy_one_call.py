@@ -6,7 +6,6 @@ import torch
 
 from harness.tiny import tiny_pixel_unet
 from harness.tiny_models import _init_all
-from test_comfy_adapter import pack  # noqa: F401  (fixture)
 
 UNET = dict(image_size=16, in_channels=4, out_channels=4, model_channels=32, num_res_blocks=[1, 1],
             channel_mult=[1, 2], transformer_depth=[1, 1], transformer_depth_output=[1, 1, 1, 1],
