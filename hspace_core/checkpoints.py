@@ -6,12 +6,16 @@
   flip_sin_to_cos=False, freq_shift=1), GroupNorm(32, eps 1e-6), single-head attention over all channels,
   asymmetric-padding strided-conv downsampling and nearest + conv upsampling.
 
+- The openai guided-diffusion / iDDPM ``UNetModel`` (AFHQ-dog, METFACES, ImageNet): see ``guided_diffusion``.
+
 The config is inferred from the state dict; what cannot be inferred or expressed raises a ValueError saying so.
-The schedule those models were trained with (DDPM linear β, 1e-4 … 0.02, 1000 steps) comes back as a diffusers
-scheduler config.  (The openai guided-diffusion / iDDPM ``UNetModel`` layout is not converted yet.)
+The schedule the models were trained with comes back as a diffusers scheduler config: DDPM linear β (1e-4 … 0.02,
+1000 steps) for the DDIM repo's; guided-diffusion files do not record theirs (``unet_from_state_dict``).
 """
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 
@@ -20,8 +24,11 @@ import torch
 CHECKPOINT_EXTENSIONS = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
 DDPM_LINEAR = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 2e-2,
                "prediction_type": "epsilon", "clip_sample": False}
-__all__ = ["CHECKPOINT_EXTENSIONS", "read_state_dict", "layout_of", "ddim_config", "ddim_to_diffusers",
-           "unet_from_state_dict", "load_checkpoint"]
+BETA_SCHEDULES = {"linear": DDPM_LINEAR, "cosine": {**DDPM_LINEAR, "beta_schedule": "squaredcos_cap_v2"}}
+GUIDED_SETTINGS = ("num_heads", "num_head_channels", "new_attention_order", "class_label")
+log = logging.getLogger("hspace")
+__all__ = ["CHECKPOINT_EXTENSIONS", "BETA_SCHEDULES", "read_state_dict", "layout_of", "ddim_config",
+           "ddim_to_diffusers", "unet_from_state_dict", "load_checkpoint", "settings_beside"]
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
@@ -157,37 +164,96 @@ def ddim_to_diffusers(state: dict) -> dict[str, torch.Tensor]:
     return out
 
 
-def unet_from_state_dict(state: dict, sample_size: int | None = None):
-    """A diffusers ``UNet2DModel`` (float32, eval) and the scheduler config for a DDIM-repo state dict."""
+def unet_from_state_dict(state: dict, sample_size: int | None = None, *, beta_schedule: str | None = None,
+                         **guided_settings):
+    """A diffusers ``UNet2DModel`` (float32, eval) and its scheduler config, for a DDIM-repo ``Model`` or an openai
+    guided-diffusion / iDDPM ``UNetModel`` state dict.
+
+    ``beta_schedule``: "linear" (DDPM, 1e-4 … 0.02) or "cosine" (improved DDPM), 1000 steps.  None: the DDIM-repo
+    models' linear; guided-diffusion checkpoints do not record theirs: the recognised published model's, else linear,
+    said in a warning.  ``guided_settings`` (guided-diffusion only; see ``guided_diffusion.guided_unet``):
+    num_heads, num_head_channels, new_attention_order, class_label.
+    """
     from diffusers import UNet2DModel
 
+    unknown = sorted(set(guided_settings) - set(GUIDED_SETTINGS))
+    if unknown:
+        raise ValueError(f"Unknown checkpoint setting(s) {unknown}; the settings are beta_schedule and, for "
+                         f"guided-diffusion checkpoints, {', '.join(GUIDED_SETTINGS)}.")
+    if beta_schedule not in (None, *BETA_SCHEDULES):
+        raise ValueError(f"beta_schedule must be one of {tuple(BETA_SCHEDULES)}, got {beta_schedule!r}.")
     layout = layout_of(state)
-    if layout == "guided_diffusion":
-        raise ValueError("openai guided-diffusion / iDDPM UNetModel checkpoints are not supported yet; convert it to "
-                         "a diffusers UNet2DModel folder, or use a DDIM-repo Model checkpoint.")
     if layout == "diffusers":
         raise ValueError("This is a diffusers UNet2DModel state dict: put it in a diffusers folder with its "
                          "config.json (models/diffusers/<name>/) and pick the folder.")
+    if layout == "guided_diffusion":
+        return _guided_unet(state, sample_size, beta_schedule, guided_settings)
+    given = sorted(name for name, value in guided_settings.items() if value is not None)
+    if given:
+        raise ValueError(f"{', '.join(given)} apply to guided-diffusion checkpoints only; this is a DDIM-repo Model "
+                         "(single-head attention, unconditional): leave them unset.")
     config = ddim_config(state, sample_size)
     unet = UNet2DModel(**config)
     weights = ddim_to_diffusers(state)
-    missing, unexpected = _mismatch(unet.state_dict(), weights)
+    missing, unexpected = key_mismatch(unet.state_dict(), weights)
     if missing or unexpected:
         raise ValueError(f"The checkpoint does not match the inferred config {config}: missing {missing[:4]}, "
                          f"unexpected {unexpected[:4]}; the file is not a complete DDIM-repo Model.")
     unet.load_state_dict({k: v.float() for k, v in weights.items()})
-    return unet.eval(), dict(DDPM_LINEAR)
+    return unet.eval(), dict(BETA_SCHEDULES[beta_schedule or "linear"])
 
 
-def _mismatch(expected: dict, given: dict) -> tuple[list, list]:
+def _guided_unet(state: dict, sample_size: int | None, beta_schedule: str | None, settings: dict):
+    """The guided-diffusion branch of ``unet_from_state_dict``: the U-Net, and the schedule chosen loudly."""
+    from .guided_diffusion import guided_unet, known_model  # guided_diffusion builds on this module
+
+    unet, layout = guided_unet(state, sample_size, **settings)
+    if beta_schedule is None:
+        known = known_model(layout)
+        beta_schedule = known[-1] if known else "linear"
+        if known:
+            log.info("Using the %s β schedule of %s (1000 steps).", beta_schedule, known[0])
+        else:
+            log.warning("guided-diffusion checkpoints do not record their noise schedule: assuming linear β "
+                        "(1e-4 … 0.02, 1000 steps, as the published 256×256 models). For a model trained with the "
+                        "cosine schedule (improved DDPM) pass beta_schedule='cosine' (the loader node's beta_schedule "
+                        "input).")
+    variance = "learned_range" if layout.learned_sigma else "fixed_small"
+    return unet, {**BETA_SCHEDULES[beta_schedule], "variance_type": variance}
+
+
+def key_mismatch(expected: dict, given: dict) -> tuple[list, list]:
     """Keys missing from ``given``, keys it has in excess, and shape mismatches (reported as missing)."""
     missing = [k for k in expected if k not in given or tuple(given[k].shape) != tuple(expected[k].shape)]
     return missing, [k for k in given if k not in expected]
 
 
-def load_checkpoint(path: str, sample_size: int | None = None):
-    """(``UNet2DModel``, scheduler config) of a checkpoint file in a supported layout."""
+def load_checkpoint(path: str, sample_size: int | None = None, **settings):
+    """(``UNet2DModel``, scheduler config) of a checkpoint file in a supported layout.
+
+    Settings the file cannot carry (``unet_from_state_dict``'s beta_schedule, num_heads, num_head_channels,
+    new_attention_order, class_label) come from the keyword arguments, else from a JSON file beside the checkpoint
+    with the same name (``afhqdog_p2.pt`` → ``afhqdog_p2.json``, e.g. ``{"beta_schedule": "cosine"}``)."""
+    name = os.path.basename(path)
     try:
-        return unet_from_state_dict(read_state_dict(path), sample_size)
+        given = {key: value for key, value in settings.items() if value is not None}
+        return unet_from_state_dict(read_state_dict(path), sample_size, **{**settings_beside(path), **given})
     except ValueError as error:
-        raise ValueError(f"{os.path.basename(path)}: {error}") from None
+        raise ValueError(f"{name}: {error}") from None
+
+
+def settings_beside(path: str) -> dict:
+    """The settings in ``<checkpoint name>.json`` next to the checkpoint, or {} when there is none."""
+    sidecar = os.path.splitext(path)[0] + ".json"
+    if not os.path.isfile(sidecar):
+        return {}
+    try:
+        with open(sidecar) as f:
+            settings = json.load(f)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{os.path.basename(sidecar)} is not readable JSON ({error}); fix or remove it.") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"{os.path.basename(sidecar)} must hold a JSON object of settings, e.g. "
+                         '{"num_head_channels": 64}.')
+    log.info("Checkpoint settings from %s: %s", os.path.basename(sidecar), settings)
+    return settings

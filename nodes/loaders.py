@@ -1,5 +1,6 @@
-"""H-Space Load Pixel U-Net: a diffusers UNet2DModel (DDPM CelebA-HQ, church, bedroom, the bundled demo) or a
-DDIM-repo checkpoint file (Asyrp / InjectFusion's celeba_hq.ckpt, ema_lsun_*) as a MODEL."""
+"""H-Space Load Pixel U-Net: a diffusers UNet2DModel (DDPM CelebA-HQ, church, bedroom, the bundled demo), a
+DDIM-repo checkpoint file (Asyrp / InjectFusion's celeba_hq.ckpt, ema_lsun_*) or an openai guided-diffusion / iDDPM
+UNetModel checkpoint (AFHQ-dog, METFACES, ImageNet) as a MODEL."""
 from __future__ import annotations
 
 import os
@@ -9,8 +10,8 @@ from comfy_api.latest import io
 
 import folder_paths
 
-from ..hspace_core.checkpoints import CHECKPOINT_EXTENSIONS, load_checkpoint
-from .common import CATEGORY, file_state
+from ..hspace_core.checkpoints import BETA_SCHEDULES, CHECKPOINT_EXTENSIONS, load_checkpoint
+from .common import CATEGORY, advanced, file_state
 from .pixel_model import is_pixel_unet_folder, load_pixel_unet_folder, load_pixel_unet_hub, pixel_model_patcher
 
 PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,7 +61,8 @@ def local_folder(unet_folder: str, repo_id: str) -> str | None:
         folders = {**pixel_unet_folders(), **checkpoint_files()}
         if unet_folder not in folders:
             raise ValueError(f"No pixel U-Net folder or checkpoint {unet_folder!r}; put a diffusers UNet2DModel folder "
-                             "in models/diffusers or a DDIM-repo checkpoint in models/diffusion_models.")
+                             "in models/diffusers or a DDIM-repo / guided-diffusion checkpoint in "
+                             "models/diffusion_models.")
         return folders[unet_folder]
     files = checkpoint_files()
     if repo_id in files:
@@ -82,37 +84,57 @@ class LoadPixelUNet(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="HSpaceLoadPixelUNet", display_name="H-Space Load Pixel U-Net", category=f"{CATEGORY}/loaders",
-            description="Load a pixel-space diffusers UNet2DModel and its scheduler, or a DDIM-repo Model checkpoint "
-                        "(Asyrp / InjectFusion's celeba_hq.ckpt, ema_lsun_*), as a MODEL (use VAELoader 'pixel_space' "
+            description="Load a pixel-space diffusers UNet2DModel and its scheduler, a DDIM-repo Model checkpoint "
+                        "(Asyrp / InjectFusion's celeba_hq.ckpt, ema_lsun_*) or an openai guided-diffusion / iDDPM "
+                        "UNetModel checkpoint (AFHQ-dog, METFACES, ImageNet), as a MODEL (use VAELoader 'pixel_space' "
                         "as its VAE). Folders come from models/diffusers, checkpoint files from models/diffusion_models; "
                         "a Hub repo id works when online.",
             inputs=[io.Combo.Input("unet_folder", options=(sorted(pixel_unet_folders()) + sorted(checkpoint_files()))
                                    or ["(none found)"],
                                    tooltip="A diffusers folder (config.json + weights + scheduler config) in "
-                                           "models/diffusers, or a DDIM-repo checkpoint file (.ckpt/.pt/.pth/"
-                                           ".safetensors) in models/diffusion_models."),
+                                           "models/diffusers, or a DDIM-repo / guided-diffusion checkpoint file "
+                                           "(.ckpt/.pt/.pth/.safetensors) in models/diffusion_models."),
                     io.String.Input("repo_id", default="", optional=True,
                                     tooltip="Instead of a folder: a Hub id such as google/ddpm-celebahq-256 (downloads "
                                             "once), a checkpoint's name in models/diffusion_models, or the path of a "
-                                            "folder or checkpoint file under models/diffusers or models/diffusion_models.")],
+                                            "folder or checkpoint file under models/diffusers or models/diffusion_models."),
+                    advanced(io.Combo.Input(
+                        "beta_schedule", options=["auto", *BETA_SCHEDULES], default="auto", optional=True,
+                        tooltip="Checkpoint files only (a diffusers folder carries its scheduler): the β schedule the "
+                                "model was trained with. auto: linear for DDIM-repo files, and for guided-diffusion "
+                                "files unless recognised as a cosine-schedule model (a warning says so); cosine for "
+                                "improved-DDPM models.")),
+                    advanced(io.Int.Input(
+                        "class_label", default=-1, min=-1, max=1_000_000, optional=True,
+                        tooltip="Class-conditional guided-diffusion checkpoints (ImageNet) only: the class "
+                                "(0 … classes−1) the model is fixed to; -1 for unconditional models."))],
             outputs=[io.Model.Output("model", tooltip="The pixel U-Net as a ComfyUI MODEL.")],
         )
 
     @classmethod
-    def fingerprint_inputs(cls, unet_folder, repo_id=""):
-        """Re-run when the folder's files change (a Hub id is cached by the Hub client itself)."""
+    def fingerprint_inputs(cls, unet_folder, repo_id="", beta_schedule="auto", class_label=-1):
+        """Re-run when the folder's files (or a checkpoint and its settings JSON) change (a Hub id is cached by the
+        Hub client itself)."""
         try:
-            return file_state(local_folder(unet_folder, repo_id))
+            path = local_folder(unet_folder, repo_id)
         except ValueError:
             return None
+        if path is None or not os.path.isfile(path):
+            return file_state(path)
+        return file_state(path), file_state(os.path.splitext(path)[0] + ".json")
 
     @classmethod
-    def execute(cls, unet_folder, repo_id="") -> io.NodeOutput:
+    def execute(cls, unet_folder, repo_id="", beta_schedule="auto", class_label=-1) -> io.NodeOutput:
         folder = local_folder(unet_folder, repo_id)
-        if folder is None:
-            unet, scheduler = load_pixel_unet_hub(repo_id.strip())
-        elif os.path.isfile(folder):
-            unet, scheduler = load_checkpoint(folder)
-        else:
-            unet, scheduler = load_pixel_unet_folder(folder)
+        if folder is not None and os.path.isfile(folder):
+            unet, scheduler = load_checkpoint(folder, beta_schedule=None if beta_schedule == "auto" else beta_schedule,
+                                              class_label=None if class_label < 0 else class_label)
+            if unet.class_embedding is not None:
+                raise ValueError(f"{os.path.basename(folder)} is class-conditional ({unet.config.num_class_embeds} "
+                                 "classes): set class_label to the class to generate (0 … classes−1).")
+            return io.NodeOutput(pixel_model_patcher(unet, scheduler))
+        if beta_schedule != "auto" or class_label >= 0:
+            raise ValueError("beta_schedule and class_label apply to checkpoint files; a diffusers folder or Hub "
+                             "model carries its own scheduler config and class handling: set them to auto and -1.")
+        unet, scheduler = load_pixel_unet_hub(repo_id.strip()) if folder is None else load_pixel_unet_folder(folder)
         return io.NodeOutput(pixel_model_patcher(unet, scheduler))

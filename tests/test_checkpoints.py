@@ -108,9 +108,3 @@ def test_non_tensors_and_code_in_the_file_are_refused(tmp_path, reference):
     with pytest.raises(ValueError, match="not a checkpoint file"):
         read_state_dict(str(tmp_path / "weights.txt"))
 
-
-def test_guided_diffusion_layout_is_named_not_converted():
-    state = {"input_blocks.0.0.weight": torch.zeros(1), "time_embed.0.weight": torch.zeros(1)}
-    assert layout_of(state) == "guided_diffusion"
-    with pytest.raises(ValueError, match="guided-diffusion / iDDPM UNetModel checkpoints are not supported yet"):
-        unet_from_state_dict(state)

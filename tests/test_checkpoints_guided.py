@@ -1,0 +1,229 @@
+"""openai guided-diffusion / iDDPM UNetModel checkpoints → diffusers UNet2DModel, against a reference forward of the
+original layout (tests/guided_reference.py); what the weights do not say; bad files; the pixel loader node."""
+import json
+import logging
+import os
+
+import pytest
+import torch
+
+from ddim_reference import Model
+from guided_reference import UNetModel
+from hspace_core import DiffusersUNet, schedule_from_diffusers_config
+from hspace_core.checkpoints import layout_of, load_checkpoint, unet_from_state_dict
+from hspace_core.guided_diffusion import GuidedLayout, attention_split, guided_layout, known_model, split_qkv
+
+TINY = dict(in_channels=3, model_channels=32, out_channels=3, num_res_blocks=1, attention_resolutions=(2,),
+            channel_mult=(1, 2))
+VARIANTS = {  # name: (UNetModel arguments, what the loader must be told about the heads)
+    "plain": ({}, {"num_heads": 1}),
+    "learned_sigma": ({"use_scale_shift_norm": True, "out_channels": 6}, {"num_heads": 1}),
+    "class_conditional": ({"num_classes": 5, "use_scale_shift_norm": True}, {"num_heads": 1}),
+    "resblock_updown": ({"resblock_updown": True, "use_scale_shift_norm": True, "channel_mult": (1, 2, 2),
+                         "attention_resolutions": (1, 4)}, {"num_heads": 1}),
+    "new_attention_order": ({"num_heads": 4, "use_new_attention_order": True},
+                            {"num_heads": 4, "new_attention_order": True}),
+    "legacy_order_num_heads": ({"num_heads": 4, "channel_mult": (1, 2, 2), "attention_resolutions": (2, 4)},
+                               {"num_heads": 4, "new_attention_order": False}),
+    "num_head_channels": ({"num_head_channels": 16, "channel_mult": (1, 2, 2), "attention_resolutions": (2, 4),
+                           "num_res_blocks": 2, "resblock_updown": True, "use_scale_shift_norm": True},
+                          {"num_head_channels": 16, "new_attention_order": False}),
+    "half_width_first_level": ({"model_channels": 64, "channel_mult": (0.5, 1, 2), "num_heads": 2,
+                                "attention_resolutions": (1, 4)}, {"num_heads": 2, "new_attention_order": False}),
+}
+
+
+def _reference(seed=0, **kw):
+    torch.manual_seed(seed)
+    model = UNetModel(**{**TINY, **kw}).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # off the init (zero convs, unit norms) so every weight matters
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def _inputs(model, batch=2):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(batch, 3, 16, 16, generator=g)
+    y = torch.tensor([1, 4])[:batch] if model.num_classes else None
+    return x, y
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_unet_model_converts_exactly(name):
+    kw, heads = VARIANTS[name]
+    reference = _reference(1, **kw)
+    assert layout_of(reference.state_dict()) == "guided_diffusion"
+    unet, scheduler = unet_from_state_dict(reference.state_dict(), 16, **heads)
+    x, y = _inputs(reference)
+    for t in (torch.tensor([0, 999]), torch.tensor([250, 600])):
+        assert torch.allclose(unet(x, t, class_labels=y).sample, reference(x, t, y), atol=1e-5)
+    assert scheduler["variance_type"] == ("learned_range" if name == "learned_sigma" else "fixed_small")
+
+
+@torch.no_grad()
+def test_the_head_split_matters():
+    """Both head orders and the head count change the output: the converter is not right by accident."""
+    reference = _reference(**VARIANTS["new_attention_order"][0])
+    x, _ = _inputs(reference)
+    t = torch.tensor([500, 500])
+    for wrong in ({"num_heads": 4, "new_attention_order": False}, {"num_heads": 2, "new_attention_order": True}):
+        unet, _ = unet_from_state_dict(reference.state_dict(), 16, **wrong)
+        assert (unet(x, t).sample - reference(x, t)).abs().max() > 1e-3
+    w = torch.arange(12.0)[:, None]  # legacy order: per head [q_h | k_h | v_h]
+    q, k, v = split_qkv(w, heads=2, new_order=False)
+    assert q.flatten().tolist() == [0, 1, 6, 7] and v.flatten().tolist() == [4, 5, 10, 11]
+
+
+@torch.no_grad()
+def test_h_and_eps_through_the_adapter():
+    """h is the reference's middle-block output; ε is the first half of the learned-σ output."""
+    reference = _reference(**VARIANTS["learned_sigma"][0])
+    unet, scheduler = unet_from_state_dict(reference.state_dict(), 16, num_heads=1)
+    x, seen = torch.randn(1, 3, 16, 16), {}
+    handle = reference.middle_block.register_forward_hook(lambda m, a, o: seen.setdefault("h", o))
+    try:
+        full = reference(x, torch.tensor([400]))
+    finally:
+        handle.remove()
+    pred = DiffusersUNet(unet, schedule_from_diffusers_config(scheduler)).predict(x, 400)
+    assert full.shape[1] == 6 and pred.eps.shape[1] == 3
+    assert torch.allclose(pred.eps, full[:, :3], atol=1e-5)
+    assert torch.allclose(pred.h, seen["h"], atol=1e-5)
+
+
+@torch.no_grad()
+def test_class_label_fixes_a_class_conditional_model():
+    reference = _reference(**VARIANTS["class_conditional"][0])
+    unet, _ = unet_from_state_dict(reference.state_dict(), 16, num_heads=1, class_label=3)
+    assert unet.class_embedding is None
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([100, 700])
+    assert torch.allclose(unet(x, t).sample, reference(x, t, torch.tensor([3, 3])), atol=1e-5)
+    with pytest.raises(ValueError, match=r"class_label must be in 0 … 4"):
+        unet_from_state_dict(reference.state_dict(), num_heads=1, class_label=5)
+    with pytest.raises(ValueError, match="not class-conditional"):
+        unet_from_state_dict(_reference().state_dict(), num_heads=1, class_label=0)
+
+
+def _layout(channels, mult, blocks, rates, updown=True):
+    widths = tuple(int(m * channels) for m in mult)
+    return GuidedLayout(3, 6, channels, widths, blocks, tuple(2 ** i in rates for i in range(len(mult))), updown, True,
+                        None)
+
+
+def test_the_published_models_are_recognised():
+    p2 = _layout(128, (1, 1, 2, 2, 4, 4), 1, (16,))  # AFHQ-dog / METFACES (P2 weighting), Asyrp's AFHQ
+    assert attention_split(p2).num_head_channels == 64 and known_model(p2)[-1] == "linear"
+    imagenet64 = attention_split(_layout(192, (1, 2, 3, 4), 3, (2, 4, 8)))
+    assert (imagenet64.num_head_channels, imagenet64.new_order) == (64, True)
+    assert known_model(_layout(192, (1, 2, 3, 4), 3, (2, 4, 8)))[-1] == "cosine"
+    assert attention_split(_layout(256, (1, 1, 2, 3, 4), 2, (4, 8, 16))).num_heads == 4
+    assert attention_split(_layout(256, (0.5, 1, 1, 2, 2, 4, 4), 2, (16, 32, 64))).num_head_channels == 64
+
+
+def test_what_the_weights_do_not_say_must_be_given():
+    state = _reference(**VARIANTS["num_head_channels"][0]).state_dict()
+    with pytest.raises(ValueError, match="give num_heads or num_head_channels.*P2-weighting 256×256.*"
+                                         "num_head_channels=64"):
+        unet_from_state_dict(state)
+    with pytest.raises(ValueError, match="give new_attention_order"):
+        unet_from_state_dict(state, num_head_channels=16)
+    with pytest.raises(ValueError, match="not both"):
+        unet_from_state_dict(state, num_heads=4, num_head_channels=16)
+    with pytest.raises(ValueError, match="64 channels cannot be split into heads of 24"):
+        unet_from_state_dict(state, num_head_channels=24, new_attention_order=False)
+    with pytest.raises(ValueError, match="Unknown checkpoint setting.*num_head"):
+        unet_from_state_dict(state, num_head=4)
+    with pytest.raises(ValueError, match="beta_schedule must be one of"):
+        unet_from_state_dict(state, num_heads=1, beta_schedule="sigmoid")
+
+
+def test_mismatched_or_foreign_weights_are_refused():
+    state = dict(_reference().state_dict())
+    bad = {**state, "output_blocks.0.0.in_layers.2.weight": state["output_blocks.0.0.in_layers.2.weight"][:, :8]}
+    with pytest.raises(ValueError, match="does not match its inferred config.*up_blocks.0.resnets.0.conv1.weight"):
+        unet_from_state_dict(bad, num_heads=1)
+    with pytest.raises(ValueError, match="has weights its inferred architecture has no place for.*low_res"):
+        unet_from_state_dict({**state, "low_res.weight": torch.zeros(1)}, num_heads=1)
+    truncated = {k: v for k, v in state.items() if not k.startswith("out.")}
+    with pytest.raises(ValueError, match="lacks 'out.2.weight'"):
+        unet_from_state_dict(truncated, num_heads=1)
+    no_block = {k: v for k, v in state.items() if not k.startswith("input_blocks.2.")}
+    with pytest.raises(ValueError, match="do not form a U-Net"):
+        guided_layout(no_block)
+
+
+def test_schedule_default_is_loud_and_cosine_can_be_chosen(caplog):
+    state = _reference().state_dict()
+    with caplog.at_level(logging.INFO, logger="hspace"):
+        _, linear = unet_from_state_dict(state, num_heads=1)
+    assert linear["beta_schedule"] == "linear" and linear["num_train_timesteps"] == 1000
+    assert any(r.levelno == logging.WARNING and "do not record their noise schedule" in r.getMessage()
+               for r in caplog.records)
+    _, cosine = unet_from_state_dict(state, num_heads=1, beta_schedule="cosine")
+    alphas = schedule_from_diffusers_config(cosine).alphas_cumprod
+    assert cosine["beta_schedule"] == "squaredcos_cap_v2" and alphas[500] > 0.45  # linear's ᾱ_500 is ≈ 0.08
+    with pytest.raises(ValueError, match="num_heads apply to guided-diffusion checkpoints only"):
+        unet_from_state_dict(Model(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=()).state_dict(),
+                             num_heads=4)
+
+
+@torch.no_grad()
+def test_checkpoint_files_and_their_settings_file(tmp_path, caplog):
+    reference = _reference(**VARIANTS["new_attention_order"][0])
+    path = tmp_path / "afhqdog_p2.pt"
+    torch.save({"ema": reference.state_dict(), "model": {k: 0 * v for k, v in reference.state_dict().items()}},
+               str(path))
+    with pytest.raises(ValueError, match="afhqdog_p2.pt: The attention head split"):
+        load_checkpoint(str(path))
+    (tmp_path / "afhqdog_p2.json").write_text(json.dumps({"num_heads": 4, "new_attention_order": True,
+                                                          "beta_schedule": "cosine"}))
+    unet, scheduler = load_checkpoint(str(path), 16)
+    x, t = torch.randn(1, 3, 16, 16), torch.tensor([300])
+    assert torch.allclose(unet(x, t).sample, reference(x, t), atol=1e-5)
+    assert scheduler["beta_schedule"] == "squaredcos_cap_v2"
+    _, linear = load_checkpoint(str(path), beta_schedule="linear")  # an argument overrides the file
+    assert linear["beta_schedule"] == "linear"
+    (tmp_path / "afhqdog_p2.json").write_text("[4]")
+    with pytest.raises(ValueError, match="afhqdog_p2.json must hold a JSON object"):
+        load_checkpoint(str(path))
+
+
+@pytest.mark.e2e
+def test_guided_checkpoints_load_through_the_pixel_loader(comfy):
+    """A learned-σ and a class-conditional guided-diffusion checkpoint in models/diffusion_models invert and
+    reconstruct through the server; a class-conditional one without class_label is a clear node error."""
+    from harness.server import PromptRejected, error_message
+
+    folder = os.path.join(comfy.base, "models", "diffusion_models")
+    os.makedirs(folder, exist_ok=True)
+    torch.save(_reference(**VARIANTS["learned_sigma"][0]).state_dict(), os.path.join(folder, "e2e_gd_sigma.pt"))
+    torch.save(_reference(**VARIANTS["class_conditional"][0]).state_dict(), os.path.join(folder, "e2e_gd_class.pt"))
+    for name in ("e2e_gd_sigma", "e2e_gd_class"):
+        with open(os.path.join(folder, name + ".json"), "w") as f:
+            json.dump({"num_heads": 1}, f)
+    prompt = {
+        "1": {"class_type": "HSpaceLoadPixelUNet", "inputs": {"unet_folder": "bundled/hspace-shapes-ddpm",
+                                                              "repo_id": "e2e_gd_sigma.pt", "beta_schedule": "cosine"}},
+        "2": {"class_type": "VAELoader", "inputs": {"vae_name": "pixel_space"}},
+        "3": {"class_type": "LoadImage", "inputs": {"image": "hspace_content.png"}},
+        "4": {"class_type": "HSpaceDDIMInversion", "inputs": {"model": ["1", 0], "image": ["3", 0], "vae": ["2", 0],
+                                                              "steps": 10, "refine_iters": 0, "cfg": 1.0,
+                                                              "edit_branches": "cond", "convention": "seed",
+                                                              "cfg_inversion": "plain", "h_source": "inversion"}},
+        "9": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 2], "vae": ["2", 0]}},
+        "10": {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": "e2e/gd_reconstruction"}},
+    }
+    for repo_id, label in (("e2e_gd_sigma.pt", -1), ("e2e_gd_class.pt", 2)):
+        prompt["1"]["inputs"].update(repo_id=repo_id, class_label=label)
+        entry = comfy.run(prompt)
+        assert entry["status"]["status_str"] == "success", error_message(entry) + "\n" + comfy.tail()
+        assert comfy.images(entry, "10")
+    prompt["1"]["inputs"]["class_label"] = -1
+    try:
+        entry = comfy.run(prompt)
+        message = error_message(entry) if entry["status"]["status_str"] == "error" else "ran"
+    except PromptRejected as rejected:
+        message = json.dumps(rejected.body)
+    assert "e2e_gd_class.pt is class-conditional (5 classes): set class_label" in message
