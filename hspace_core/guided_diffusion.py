@@ -71,12 +71,17 @@ class AttentionSplit:
     new_order: bool = False
 
     def heads(self, channels: int) -> int:
-        width = self.num_head_channels or channels // self.num_heads
-        if channels % width or (self.num_heads and channels % self.num_heads):
-            raise ValueError(f"An attention block of {channels} channels cannot be split into "
-                             f"{'heads of ' + str(width) if self.num_head_channels else str(self.num_heads) + ' heads'}"
-                             "; give the num_heads / num_head_channels the model was trained with.")
-        return channels // width
+        """The number of heads of an attention block ``channels`` wide."""
+        if self.num_head_channels:
+            heads, fits = channels // self.num_head_channels, channels % self.num_head_channels == 0
+            wanted = f"heads of {self.num_head_channels} channels"
+        else:
+            heads, fits = self.num_heads, channels % self.num_heads == 0
+            wanted = f"{self.num_heads} heads"
+        if not fits or heads < 1:
+            raise ValueError(f"An attention block of {channels} channels cannot be split into {wanted}; give the "
+                             "num_heads / num_head_channels the model was trained with.")
+        return heads
 
 
 # (name, model_channels, channel_mult, num_res_blocks, attention rates, resblock_updown, split, β schedule):

@@ -3,6 +3,11 @@ guided-diffusion ``guided_diffusion/unet.py``), written from the published archi
 can be tested against the original layout: same module tree, so the same state-dict keys, and the same forward
 (GroupNorm(32) in float32, cos-first sinusoid, scale-shift norm, avg-pool / nearest resblock resampling, fused qkv
 with the legacy or the "new" head split).  2-D only; no gradient checkpointing, no fp16.
+
+Checked once against openai's own code as packaged on PyPI (guided-diffusion-sdk 1.0.0, ``guided_diffusion/unet.py``,
+which differs from openai/guided-diffusion only in a gradient-checkpointing flag): same state-dict keys and
+bit-identical outputs for every variant in tests/test_checkpoints_guided.py.  That package is not a dependency: an
+unmaintained 2022 sdist whose top-level ``guided_diffusion`` would shadow users' own checkouts.
 """
 import math
 
