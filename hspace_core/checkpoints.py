@@ -171,7 +171,7 @@ def unet_from_state_dict(state: dict, sample_size: int | None = None, *, beta_sc
 
     ``beta_schedule``: "linear" (DDPM, 1e-4 … 0.02) or "cosine" (improved DDPM), 1000 steps.  None: the DDIM-repo
     models' linear; guided-diffusion checkpoints do not record theirs: the recognised published model's, else linear,
-    said in a warning.  ``guided_settings`` (guided-diffusion only; see ``guided_diffusion.guided_unet``):
+    with a warning.  ``guided_settings`` (guided-diffusion only; see ``guided_diffusion.guided_unet``):
     num_heads, num_head_channels, new_attention_order, class_label.
     """
     from diffusers import UNet2DModel
@@ -216,8 +216,8 @@ def _guided_unet(state: dict, sample_size: int | None, beta_schedule: str | None
         else:
             log.warning("guided-diffusion checkpoints do not record their noise schedule: assuming linear β "
                         "(1e-4 … 0.02, 1000 steps, as the published 256×256 models). For a model trained with the "
-                        "cosine schedule (improved DDPM) pass beta_schedule='cosine' (the loader node's beta_schedule "
-                        "input).")
+                        "cosine schedule (improved DDPM) pass beta_schedule='cosine', or put {\"beta_schedule\": "
+                        "\"cosine\"} in a JSON file named like the checkpoint beside it (the loader node reads it).")
     variance = "learned_range" if layout.learned_sigma else "fixed_small"
     return unet, {**BETA_SCHEDULES[beta_schedule], "variance_type": variance}
 

@@ -10,8 +10,8 @@ from comfy_api.latest import io
 
 import folder_paths
 
-from ..hspace_core.checkpoints import BETA_SCHEDULES, CHECKPOINT_EXTENSIONS, load_checkpoint
-from .common import CATEGORY, advanced, file_state
+from ..hspace_core.checkpoints import CHECKPOINT_EXTENSIONS, load_checkpoint
+from .common import CATEGORY, file_state
 from .pixel_model import is_pixel_unet_folder, load_pixel_unet_folder, load_pixel_unet_hub, pixel_model_patcher
 
 PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,7 +88,9 @@ class LoadPixelUNet(io.ComfyNode):
                         "(Asyrp / InjectFusion's celeba_hq.ckpt, ema_lsun_*) or an openai guided-diffusion / iDDPM "
                         "UNetModel checkpoint (AFHQ-dog, METFACES, ImageNet), as a MODEL (use VAELoader 'pixel_space' "
                         "as its VAE). Folders come from models/diffusers, checkpoint files from models/diffusion_models; "
-                        "a Hub repo id works when online.",
+                        "a Hub repo id works when online. What a checkpoint does not record (β schedule: linear "
+                        "unless said; class label; head split) goes in a JSON file beside it: <name>.json, e.g. "
+                        "{\"beta_schedule\": \"cosine\"}.",
             inputs=[io.Combo.Input("unet_folder", options=(sorted(pixel_unet_folders()) + sorted(checkpoint_files()))
                                    or ["(none found)"],
                                    tooltip="A diffusers folder (config.json + weights + scheduler config) in "
@@ -97,22 +99,12 @@ class LoadPixelUNet(io.ComfyNode):
                     io.String.Input("repo_id", default="", optional=True,
                                     tooltip="Instead of a folder: a Hub id such as google/ddpm-celebahq-256 (downloads "
                                             "once), a checkpoint's name in models/diffusion_models, or the path of a "
-                                            "folder or checkpoint file under models/diffusers or models/diffusion_models."),
-                    advanced(io.Combo.Input(
-                        "beta_schedule", options=["auto", *BETA_SCHEDULES], default="auto", optional=True,
-                        tooltip="Checkpoint files only (a diffusers folder carries its scheduler): the β schedule the "
-                                "model was trained with. auto: linear for DDIM-repo files, and for guided-diffusion "
-                                "files unless recognised as a cosine-schedule model (a warning says so); cosine for "
-                                "improved-DDPM models.")),
-                    advanced(io.Int.Input(
-                        "class_label", default=-1, min=-1, max=1_000_000, optional=True,
-                        tooltip="Class-conditional guided-diffusion checkpoints (ImageNet) only: the class "
-                                "(0 … classes−1) the model is fixed to; -1 for unconditional models."))],
+                                            "folder or checkpoint file under models/diffusers or models/diffusion_models.")],
             outputs=[io.Model.Output("model", tooltip="The pixel U-Net as a ComfyUI MODEL.")],
         )
 
     @classmethod
-    def fingerprint_inputs(cls, unet_folder, repo_id="", beta_schedule="auto", class_label=-1):
+    def fingerprint_inputs(cls, unet_folder, repo_id=""):
         """Re-run when the folder's files (or a checkpoint and its settings JSON) change (a Hub id is cached by the
         Hub client itself)."""
         try:
@@ -124,17 +116,19 @@ class LoadPixelUNet(io.ComfyNode):
         return file_state(path), file_state(os.path.splitext(path)[0] + ".json")
 
     @classmethod
-    def execute(cls, unet_folder, repo_id="", beta_schedule="auto", class_label=-1) -> io.NodeOutput:
+    def execute(cls, unet_folder, repo_id="") -> io.NodeOutput:
+        """A checkpoint's settings the file cannot carry (β schedule, class label, head split) come from the JSON
+        file beside it (``hspace_core.checkpoints.settings_beside``)."""
         folder = local_folder(unet_folder, repo_id)
-        if folder is not None and os.path.isfile(folder):
-            unet, scheduler = load_checkpoint(folder, beta_schedule=None if beta_schedule == "auto" else beta_schedule,
-                                              class_label=None if class_label < 0 else class_label)
+        if folder is None:
+            unet, scheduler = load_pixel_unet_hub(repo_id.strip())
+        elif os.path.isfile(folder):
+            unet, scheduler = load_checkpoint(folder)
             if unet.class_embedding is not None:
+                settings = os.path.splitext(os.path.basename(folder))[0] + ".json"
                 raise ValueError(f"{os.path.basename(folder)} is class-conditional ({unet.config.num_class_embeds} "
-                                 "classes): set class_label to the class to generate (0 … classes−1).")
-            return io.NodeOutput(pixel_model_patcher(unet, scheduler))
-        if beta_schedule != "auto" or class_label >= 0:
-            raise ValueError("beta_schedule and class_label apply to checkpoint files; a diffusers folder or Hub "
-                             "model carries its own scheduler config and class handling: set them to auto and -1.")
-        unet, scheduler = load_pixel_unet_hub(repo_id.strip()) if folder is None else load_pixel_unet_folder(folder)
+                                 f"classes): fix the class to generate in {settings} beside it, e.g. "
+                                 '{"class_label": 207}.')
+        else:
+            unet, scheduler = load_pixel_unet_folder(folder)
         return io.NodeOutput(pixel_model_patcher(unet, scheduler))

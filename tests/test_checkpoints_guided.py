@@ -192,20 +192,24 @@ def test_checkpoint_files_and_their_settings_file(tmp_path, caplog):
 
 @pytest.mark.e2e
 def test_guided_checkpoints_load_through_the_pixel_loader(comfy):
-    """A learned-σ and a class-conditional guided-diffusion checkpoint in models/diffusion_models invert and
-    reconstruct through the server; a class-conditional one without class_label is a clear node error."""
+    """A learned-σ and a class-conditional guided-diffusion checkpoint in models/diffusion_models, with their settings
+    in a JSON file beside them, invert and reconstruct through the server; a class-conditional one without a class
+    is a clear node error."""
     from harness.server import PromptRejected, error_message
 
     folder = os.path.join(comfy.base, "models", "diffusion_models")
     os.makedirs(folder, exist_ok=True)
-    torch.save(_reference(**VARIANTS["learned_sigma"][0]).state_dict(), os.path.join(folder, "e2e_gd_sigma.pt"))
-    torch.save(_reference(**VARIANTS["class_conditional"][0]).state_dict(), os.path.join(folder, "e2e_gd_class.pt"))
-    for name in ("e2e_gd_sigma", "e2e_gd_class"):
+
+    def put(name, model, settings):
+        torch.save(model.state_dict(), os.path.join(folder, name + ".pt"))
         with open(os.path.join(folder, name + ".json"), "w") as f:
-            json.dump({"num_heads": 1}, f)
+            json.dump(settings, f)
+
+    put("e2e_gd_sigma", _reference(**VARIANTS["learned_sigma"][0]), {"num_heads": 1, "beta_schedule": "cosine"})
+    put("e2e_gd_class", _reference(**VARIANTS["class_conditional"][0]), {"num_heads": 1})
     prompt = {
         "1": {"class_type": "HSpaceLoadPixelUNet", "inputs": {"unet_folder": "bundled/hspace-shapes-ddpm",
-                                                              "repo_id": "e2e_gd_sigma.pt", "beta_schedule": "cosine"}},
+                                                              "repo_id": "e2e_gd_sigma.pt"}},
         "2": {"class_type": "VAELoader", "inputs": {"vae_name": "pixel_space"}},
         "3": {"class_type": "LoadImage", "inputs": {"image": "hspace_content.png"}},
         "4": {"class_type": "HSpaceDDIMInversion", "inputs": {"model": ["1", 0], "image": ["3", 0], "vae": ["2", 0],
@@ -215,15 +219,17 @@ def test_guided_checkpoints_load_through_the_pixel_loader(comfy):
         "9": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 2], "vae": ["2", 0]}},
         "10": {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": "e2e/gd_reconstruction"}},
     }
-    for repo_id, label in (("e2e_gd_sigma.pt", -1), ("e2e_gd_class.pt", 2)):
-        prompt["1"]["inputs"].update(repo_id=repo_id, class_label=label)
-        entry = comfy.run(prompt)
-        assert entry["status"]["status_str"] == "success", error_message(entry) + "\n" + comfy.tail()
-        assert comfy.images(entry, "10")
-    prompt["1"]["inputs"]["class_label"] = -1
+    entry = comfy.run(prompt)
+    assert entry["status"]["status_str"] == "success", error_message(entry) + "\n" + comfy.tail()
+    assert comfy.images(entry, "10")
+    prompt["1"]["inputs"]["repo_id"] = "e2e_gd_class.pt"
     try:
         entry = comfy.run(prompt)
-        message = error_message(entry) if entry["status"]["status_str"] == "error" else "ran"
+        message = error_message(entry) if entry["status"]["status_str"] == "error" else "it ran"
     except PromptRejected as rejected:
         message = json.dumps(rejected.body)
-    assert "e2e_gd_class.pt is class-conditional (5 classes): set class_label" in message
+    assert "e2e_gd_class.pt is class-conditional (5 classes): fix the class to generate in e2e_gd_class.json" in message
+    put("e2e_gd_class", _reference(**VARIANTS["class_conditional"][0]), {"num_heads": 1, "class_label": 2})
+    entry = comfy.run(prompt)  # the settings file is part of the loader's fingerprint: it runs again
+    assert entry["status"]["status_str"] == "success", error_message(entry) + "\n" + comfy.tail()
+    assert comfy.images(entry, "10")
