@@ -210,9 +210,9 @@ def _guided_unet(state: dict, sample_size: int | None, beta_schedule: str | None
     unet, layout = guided_unet(state, sample_size, **settings)
     if beta_schedule is None:
         known = known_model(layout)
-        beta_schedule = known[-1] if known else "linear"
+        beta_schedule = known.beta_schedule if known else "linear"
         if known:
-            log.info("Using the %s β schedule of %s (1000 steps).", beta_schedule, known[0])
+            log.info("Using the %s β schedule of %s (1000 steps).", beta_schedule, known.name)
         else:
             log.warning("guided-diffusion checkpoints do not record their noise schedule: assuming linear β "
                         "(1e-4 … 0.02, 1000 steps, as the published 256×256 models). For a model trained with the "

@@ -28,7 +28,7 @@ from .checkpoints import key_mismatch
 
 log = logging.getLogger("hspace")
 
-__all__ = ["GuidedLayout", "AttentionSplit", "KNOWN_MODELS", "guided_layout", "attention_split", "guided_unet_config",
+__all__ = ["GuidedLayout", "AttentionSplit", "PublishedModel", "KNOWN_MODELS", "guided_layout", "attention_split", "guided_unet_config",
            "guided_to_diffusers", "guided_unet"]
 
 
@@ -84,23 +84,44 @@ class AttentionSplit:
         return heads
 
 
-# (name, model_channels, channel_mult, num_res_blocks, attention rates, resblock_updown, split, β schedule):
-# the settings of the published checkpoints (their README / training commands).
+@dataclass(frozen=True)
+class PublishedModel:
+    """A published checkpoint's architecture (what the weights show) and the settings they do not record, from its
+    README / training command."""
+
+    name: str
+    model_channels: int
+    channel_mult: tuple[float, ...]
+    num_res_blocks: int
+    attention_rates: tuple[int, ...]
+    split: AttentionSplit
+    beta_schedule: str
+    resblock_updown: bool = True
+
+    def matches(self, layout: GuidedLayout) -> bool:
+        return (layout.model_channels, layout.channel_mult, layout.num_res_blocks, layout.attention_rates,
+                layout.resblock_updown) == (self.model_channels, tuple(map(float, self.channel_mult)),
+                                            self.num_res_blocks, self.attention_rates, self.resblock_updown)
+
+    @property
+    def settings(self) -> str:
+        split = self.split
+        return (f"num_head_channels={split.num_head_channels}" if split.num_head_channels else
+                f"num_heads={split.num_heads}") + (", new_attention_order=True" if split.new_order else "")
+
+
 KNOWN_MODELS = (
-    ("guided-diffusion 256×256 (ImageNet cond./uncond., LSUN bedroom/cat/horse)", 256, (1, 1, 2, 2, 4, 4), 2,
-     (8, 16, 32), True, AttentionSplit(num_head_channels=64), "linear"),
-    ("guided-diffusion 512×512 ImageNet (Asyrp's ImageNet)", 256, (0.5, 1, 1, 2, 2, 4, 4), 2, (16, 32, 64), True,
-     AttentionSplit(num_head_channels=64), "linear"),
-    ("guided-diffusion 128×128 ImageNet", 256, (1, 1, 2, 3, 4), 2, (4, 8, 16), True, AttentionSplit(num_heads=4),
-     "linear"),
-    ("guided-diffusion 64×64 ImageNet", 192, (1, 2, 3, 4), 3, (2, 4, 8), True,
-     AttentionSplit(num_head_channels=64, new_order=True), "cosine"),
-    ("P2-weighting 256×256 (AFHQ-dog, METFACES, FFHQ, CUB; Asyrp / InjectFusion)", 128, (1, 1, 2, 2, 4, 4), 1, (16,),
-     True, AttentionSplit(num_head_channels=64), "linear"),
+    PublishedModel("guided-diffusion 256×256 (ImageNet cond./uncond., LSUN bedroom/cat/horse)", 256,
+                   (1, 1, 2, 2, 4, 4), 2, (8, 16, 32), AttentionSplit(num_head_channels=64), "linear"),
+    PublishedModel("guided-diffusion 512×512 ImageNet (Asyrp's ImageNet)", 256, (0.5, 1, 1, 2, 2, 4, 4), 2,
+                   (16, 32, 64), AttentionSplit(num_head_channels=64), "linear"),
+    PublishedModel("guided-diffusion 128×128 ImageNet", 256, (1, 1, 2, 3, 4), 2, (4, 8, 16),
+                   AttentionSplit(num_heads=4), "linear"),
+    PublishedModel("guided-diffusion 64×64 ImageNet", 192, (1, 2, 3, 4), 3, (2, 4, 8),
+                   AttentionSplit(num_head_channels=64, new_order=True), "cosine"),
+    PublishedModel("P2-weighting 256×256 (AFHQ-dog, METFACES, FFHQ, CUB; Asyrp / InjectFusion)", 128,
+                   (1, 1, 2, 2, 4, 4), 1, (16,), AttentionSplit(num_head_channels=64), "linear"),
 )
-KNOWN_SETTINGS = "; ".join(f"{name}: " + (f"num_head_channels={s.num_head_channels}" if s.num_head_channels else
-                                         f"num_heads={s.num_heads}") + (", new_attention_order=True" if s.new_order else "")
-                           for name, *_, s, _ in KNOWN_MODELS)
 
 
 def _indices(state: dict, prefix: str) -> list[int]:
@@ -155,14 +176,9 @@ def guided_layout(state: dict) -> GuidedLayout:
                         num_classes=int(state["label_emb.weight"].shape[0]) if "label_emb.weight" in state else None)
 
 
-def known_model(layout: GuidedLayout):
-    """The ``KNOWN_MODELS`` entry whose architecture this is, or None."""
-    for entry in KNOWN_MODELS:
-        _, channels, mult, blocks, rates, updown, *_ = entry
-        if (layout.model_channels, layout.channel_mult, layout.num_res_blocks, layout.attention_rates,
-                layout.resblock_updown) == (channels, tuple(map(float, mult)), blocks, rates, updown):
-            return entry
-    return None
+def known_model(layout: GuidedLayout) -> PublishedModel | None:
+    """The published model whose architecture this is, or None."""
+    return next((model for model in KNOWN_MODELS if model.matches(layout)), None)
 
 
 def attention_split(layout: GuidedLayout, num_heads: int | None = None, num_head_channels: int | None = None,
@@ -176,19 +192,21 @@ def attention_split(layout: GuidedLayout, num_heads: int | None = None, num_head
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     if num_heads is None and num_head_channels is None:
-        entry = known_model(layout)
-        if entry is None:
+        known = known_model(layout)
+        if known is None:
             raise ValueError(
                 "The attention head split of this guided-diffusion checkpoint is not in its weights and its "
                 f"architecture (model_channels={layout.model_channels}, channel_mult={layout.channel_mult}, "
                 f"num_res_blocks={layout.num_res_blocks}, attention at downsample rates {layout.attention_rates}) "
                 "is not a published one: give num_heads or num_head_channels (and new_attention_order) as the model "
-                f"was trained with. Published settings: {KNOWN_SETTINGS}; improved-diffusion (iDDPM): num_heads=4.")
-        split = entry[6]
-        if new_attention_order is not None and new_attention_order != split.new_order:
-            split = AttentionSplit(split.num_heads, split.num_head_channels, new_attention_order)
-        log.info("guided-diffusion checkpoint recognised as %s: attention %s.", entry[0], split)
-        return split
+                "was trained with. Published settings: "
+                + "; ".join(f"{model.name}: {model.settings}" for model in KNOWN_MODELS)
+                + "; improved-diffusion (iDDPM): num_heads=4.")
+        log.info("guided-diffusion checkpoint recognised as %s: %s.", known.name, known.settings)
+        if new_attention_order is None or new_attention_order == known.split.new_order:
+            return known.split
+        log.info("new_attention_order=%s as given, instead of the published model's.", new_attention_order)
+        return dataclasses.replace(known.split, new_order=bool(new_attention_order))
     widths = set(layout.widths[i] for i, on in enumerate(layout.attention) if on) | {layout.widths[-1]}
     split = AttentionSplit(num_heads, num_head_channels, bool(new_attention_order))
     if new_attention_order is None and any(split.heads(w) > 1 for w in widths):

@@ -114,10 +114,10 @@ def _layout(channels, mult, blocks, rates, updown=True):
 
 def test_the_published_models_are_recognised():
     p2 = _layout(128, (1, 1, 2, 2, 4, 4), 1, (16,))  # AFHQ-dog / METFACES (P2 weighting), Asyrp's AFHQ
-    assert attention_split(p2).num_head_channels == 64 and known_model(p2)[-1] == "linear"
+    assert attention_split(p2).num_head_channels == 64 and known_model(p2).beta_schedule == "linear"
     imagenet64 = attention_split(_layout(192, (1, 2, 3, 4), 3, (2, 4, 8)))
     assert (imagenet64.num_head_channels, imagenet64.new_order) == (64, True)
-    assert known_model(_layout(192, (1, 2, 3, 4), 3, (2, 4, 8)))[-1] == "cosine"
+    assert known_model(_layout(192, (1, 2, 3, 4), 3, (2, 4, 8))).beta_schedule == "cosine"
     assert attention_split(_layout(256, (1, 1, 2, 3, 4), 2, (4, 8, 16))).num_heads == 4
     assert attention_split(_layout(256, (0.5, 1, 1, 2, 2, 4, 4), 2, (16, 32, 64))).num_head_channels == 64
 
