@@ -39,17 +39,19 @@ SD15_UNET = dict(image_size=32, in_channels=4, out_channels=4, model_channels=32
                  use_spatial_transformer=True, legacy=False, use_linear_in_transformer=False, adm_in_channels=None)
 
 
-def comfy_patcher(unet_config: dict, prediction: str = "eps", seed: int = 0):
-    """A ModelPatcher over ComfyUI's own UNetModel in an SD1 config (``unet_config``), random weights."""
+def comfy_patcher(unet_config: dict, prediction: str = "eps", seed: int = 0, family: str = "SD15"):
+    """A ModelPatcher over ComfyUI's own UNetModel, random weights: ``unet_config`` in the model family
+    ``family`` (a ``comfy.supported_models`` class: SD15, SD20, SDXL), built as that family's ``get_model`` does."""
     import comfy.model_base
     import comfy.model_patcher
     import comfy.supported_models
 
     from .tiny_models import _init_all
 
-    config = comfy.supported_models.SD15(copy.deepcopy(dict(unet_config, dtype=torch.float32)))
+    config = getattr(comfy.supported_models, family)(copy.deepcopy(dict(unet_config, dtype=torch.float32)))
     kind = comfy.model_base.ModelType.V_PREDICTION if prediction == "v" else comfy.model_base.ModelType.EPS
-    base = comfy.model_base.BaseModel(config, model_type=kind, device="cpu")
+    model_class = comfy.model_base.SDXL if family == "SDXL" else comfy.model_base.BaseModel
+    base = model_class(config, model_type=kind, device="cpu")
     _init_all(base.diffusion_model, torch.Generator().manual_seed(seed))
     return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 

@@ -17,6 +17,7 @@ import uuid
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STATE = os.environ.get("HSPACE_HOME", os.path.join(os.path.expanduser("~"), ".cache", "hspace-nodes"))
 PACK_NAME = "hspace-nodes"
+TEST_NODES = "hspace-test-nodes"  # harness/comfy_nodes: stand-ins the tests need (a tiny SDXL loader), not the pack
 
 
 def comfy_dir() -> str:
@@ -33,8 +34,8 @@ def free_port() -> int:
 
 
 def prepare_base(base: str, models_cache: str | None = None) -> None:
-    """base/: custom_nodes/<pack> → this repo, input/ ← workflows/inputs, models/ ← the cached tiny test models
-    (when ``models_cache`` is given), output/, user/."""
+    """base/: custom_nodes/<pack> → this repo, input/ ← workflows/inputs, models/ ← the cached tiny test models and
+    custom_nodes/<TEST_NODES> → harness/comfy_nodes (when ``models_cache`` is given), output/, user/."""
     for sub in ("custom_nodes", "input", "output", "user/default", "models"):
         os.makedirs(os.path.join(base, sub), exist_ok=True)
     link = os.path.join(base, "custom_nodes", PACK_NAME)
@@ -45,6 +46,10 @@ def prepare_base(base: str, models_cache: str | None = None) -> None:
         shutil.copy(os.path.join(inputs, name), os.path.join(base, "input", name))
     if models_cache is not None:
         from .tiny_models import VERSION
+
+        test_nodes = os.path.join(base, "custom_nodes", TEST_NODES)
+        if not os.path.islink(test_nodes):
+            os.symlink(os.path.join(REPO, "harness", "comfy_nodes"), test_nodes)
 
         os.makedirs(models_cache, exist_ok=True)
         if not os.path.exists(os.path.join(models_cache, f".tiny-models-v{VERSION}")):
@@ -76,7 +81,7 @@ class ComfyServer:
         cmd = [sys.executable, "-u", "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", self.base, "--database-url", "sqlite:///:memory:", "--disable-api-nodes",
                "--disable-auto-launch", "--dont-print-server", "--disable-all-custom-nodes",
-               "--whitelist-custom-nodes", PACK_NAME]
+               "--whitelist-custom-nodes", PACK_NAME, TEST_NODES]
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, cwd=comfy_dir(), stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)

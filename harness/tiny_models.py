@@ -39,10 +39,20 @@ def _init_all(module: torch.nn.Module, generator: torch.Generator) -> torch.nn.M
     return module
 
 
+def taesd_state_dict(generator: torch.Generator, scale: float = 0.18215) -> dict:
+    """A random TAESD VAE (the small VAE ComfyUI's VAE class recognises by its keys) as a state dict."""
+    import comfy.taesd.taesd as taesd
+
+    vae = _init_all(taesd.TAESD(latent_channels=4), generator)
+    sd = {f"taesd_encoder.{k}": v for k, v in vae.taesd_encoder.state_dict().items()}
+    sd.update({f"taesd_decoder.{k}": v for k, v in vae.taesd_decoder.state_dict().items()})
+    sd["vae_scale"], sd["vae_shift"] = torch.tensor(scale), torch.tensor(0.0)
+    return sd
+
+
 def build_sd15_checkpoint(path: str, comfy_dir: str, seed: int = 0) -> None:
     import comfy.clip_model
     import comfy.ops
-    import comfy.taesd.taesd as taesd
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
     from safetensors.torch import save_file
 
@@ -55,15 +65,12 @@ def build_sd15_checkpoint(path: str, comfy_dir: str, seed: int = 0) -> None:
                      adm_in_channels=None, dtype=torch.float32, device="cpu",
                      operations=comfy.ops.disable_weight_init)
     _init_all(unet, g)
-    vae = _init_all(taesd.TAESD(latent_channels=4), g)
+    vae = taesd_state_dict(g)
     with open(os.path.join(comfy_dir, "comfy", "sd1_clip_config.json")) as f:
         clip = _init_all(comfy.clip_model.CLIPTextModel(json.load(f), torch.float32, "cpu", comfy.ops.manual_cast), g)
     sd = {f"model.diffusion_model.{k}": v for k, v in unet.state_dict().items()}
     sd.update({f"cond_stage_model.transformer.{k}": v for k, v in clip.state_dict().items()})
-    sd.update({f"first_stage_model.taesd_encoder.{k}": v for k, v in vae.taesd_encoder.state_dict().items()})
-    sd.update({f"first_stage_model.taesd_decoder.{k}": v for k, v in vae.taesd_decoder.state_dict().items()})
-    sd["first_stage_model.vae_scale"] = torch.tensor(0.18215)
-    sd["first_stage_model.vae_shift"] = torch.tensor(0.0)
+    sd.update({f"first_stage_model.{k}": v for k, v in vae.items()})
     os.makedirs(os.path.dirname(path), exist_ok=True)
     save_file({k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}, path + ".tmp")
     os.replace(path + ".tmp", path)

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from e2e_helpers import ROOT, WORKFLOWS, find, fresh, load_prompt, overrides_for, png
+from e2e_helpers import ROOT, WORKFLOWS, find, fresh, is_sd, load_prompt, overrides_for, png
 from harness.server import PromptRejected, error_message
 
 pytestmark = pytest.mark.e2e
@@ -42,7 +42,7 @@ def test_pack_registers_every_node_and_nothing_failed_to_import(comfy):
 def test_workflow_runs(comfy, path):
     prompt = load_prompt(path, comfy.object_info)
     entry = _run(comfy, prompt)
-    size = 64 if os.path.basename(path).startswith("sd_") else 32
+    size = 64 if is_sd(path) else 32
     grids = {i for i, n in prompt.items() if n["class_type"] == "HSpaceDirectionExplorer"}  # one labelled grid image
     saved = [(img, node["inputs"]["images"][0] in grids) for node_id, node in prompt.items()
              if node["class_type"] == "SaveImage" for img in map(png, comfy.images(entry, node_id))]

@@ -211,7 +211,15 @@ async function openTemplate(page, module, name) {
     return { name: e.getAttribute('data-testid').slice('template-workflow-'.length), thumbnail: img ? img.naturalWidth : 0 };
   });
   await page.waitForFunction(`(${shown})().every(c => c.thumbnail > 0)`, null, { timeout: 30000 }).catch(() => {});
-  const cards = await page.evaluate(`(${shown})()`);
+  // the browser loads (and drops) thumbnails as cards scroll in and out of view: look at each card as a user would
+  const cards = [];
+  for (const c of await page.locator('[data-testid^="template-workflow-"]').all()) {
+    await c.scrollIntoViewIfNeeded();
+    const e = await c.elementHandle();
+    await page.waitForFunction(e => (e.querySelector('img') || {}).naturalWidth > 0, e, { timeout: 10000 }).catch(() => {});
+    cards.push(await e.evaluate(e => ({ name: e.getAttribute('data-testid').slice('template-workflow-'.length),
+                                        thumbnail: (e.querySelector('img') || {}).naturalWidth || 0 })));
+  }
   await card.click();
   await page.waitForFunction(() => !document.querySelector('.p-dialog'), null, { timeout: 60000 });
   const nodes = await page.evaluate(() => app.graph.nodes.map(n => n.type));
