@@ -28,6 +28,7 @@ from .adapters.base import HSpaceModel
 from .ddim import ddim_step
 from .processes import run_reverse
 from .schedules import step_pairs, timestep_grid
+from .sites import check_same_site, common_site, site_of
 from .state import Direction, EditSchedule, HTrajectory, check_fingerprint
 
 __all__ = ["NORMALISATIONS", "PROBE_METHODS", "PCAResult", "principal_components", "pca_directions",
@@ -120,6 +121,7 @@ def _stack_trajectories(trajectories: HTrajectory | Sequence[HTrajectory]) -> tu
         if other.h_shape != first.h_shape:
             raise ValueError(f"h shapes differ ({first.h_shape} vs {other.h_shape}): use the same model and image size.")
         check_fingerprint(other.fingerprint, first.fingerprint, "h trajectory")
+    common_site(trajectories, "h trajectories")
     return torch.cat([_rows(t) for t in trajectories], dim=1), first
 
 
@@ -147,7 +149,8 @@ def pca_directions(trajectories: HTrajectory | Sequence[HTrajectory], k: int, *,
     if form == "global":
         pca = principal_components(centred.reshape(-1, centred.shape[-1]), k, shape, normalisation)
         return [Direction("global", (pca.axes[i] * pca.variance[i].sqrt()).float().reshape(shape),
-                          fingerprint=first.fingerprint, name=f"{name} {i}", metadata=meta(i, pca.explained[i]))
+                          fingerprint=first.fingerprint, name=f"{name} {i}", metadata=meta(i, pca.explained[i]),
+                          site=first.site)
                 for i in range(k)]
     per_t = [principal_components(centred[s], k, shape, normalisation) for s in range(centred.shape[0])]
     deltas, signs = [], torch.ones(k, dtype=torch.float64)
@@ -159,7 +162,8 @@ def pca_directions(trajectories: HTrajectory | Sequence[HTrajectory], k: int, *,
     stacked = torch.stack(deltas, 1)  # (k, steps, D)
     explained = torch.stack([p.explained for p in per_t]).mean(0)
     return [Direction("per_timestep", stacked[i].float().reshape(-1, *shape), first.timesteps,
-                      fingerprint=first.fingerprint, name=f"{name} {i}", metadata=meta(i, explained[i]))
+                      fingerprint=first.fingerprint, name=f"{name} {i}", metadata=meta(i, explained[i]),
+                      site=first.site)
             for i in range(k)]
 
 
@@ -242,7 +246,8 @@ def jacobian_directions(model: HSpaceModel, x_t: torch.Tensor, t: int, k: int, *
     target = relative_norm * float(h0.norm())
     return [Direction("global", (target * vectors[i]).float().reshape(h0.shape[1:]), fingerprint=model.fingerprint,
                       name=f"{name} {i}", metadata={"method": "jacobian", "component": i, "t": int(t),
-                                                    "output": output, "singular_value": float(sigma[i])})
+                                                    "output": output, "singular_value": float(sigma[i])},
+                      site=site_of(model))
             for i in range(k)]
 
 
@@ -324,11 +329,13 @@ def probe_direction(positive: HTrajectory, negative: HTrajectory, method: str = 
         pooled = (h - h.mean(1, keepdim=True)).reshape(-1, h.shape[-1])
         delta, accuracy = fit(pooled, labels.repeat(h.shape[0]), diffs.mean(0))
         meta = {"method": method, "l2": l2, "train_accuracy": accuracy}
-        return Direction("global", delta.float().reshape(shape), fingerprint=first.fingerprint, name=name, metadata=meta)
+        return Direction("global", delta.float().reshape(shape), fingerprint=first.fingerprint, name=name, metadata=meta,
+                         site=first.site)
     fitted = [fit(h[s], labels, diffs[s]) for s in range(h.shape[0])]
     meta = {"method": method, "l2": l2, "train_accuracy": sum(a for _, a in fitted) / len(fitted)}
     return Direction("per_timestep", torch.stack([d for d, _ in fitted]).float().reshape(-1, *shape), first.timesteps,
-                     fingerprint=first.fingerprint, name=name, metadata=meta)
+                     fingerprint=first.fingerprint, name=name, metadata=meta,
+                         site=first.site)
 
 
 # ------------------------------------------------------------------------------------------------------ algebra
@@ -336,6 +343,7 @@ def probe_direction(positive: HTrajectory, negative: HTrajectory, method: str = 
 def _check_linear(directions: Sequence[Direction]) -> None:
     if not directions:
         raise ValueError("Give at least one direction.")
+    common_site(directions, "directions")
     for d in directions:
         if d.form == "implicit":
             raise ValueError("Implicit (learnt f_t) directions have no fixed Δh; use global or per-timestep ones here.")
@@ -369,7 +377,8 @@ def combine(directions: Sequence[Direction], weights: Sequence[float], *, normal
     c = 1 / math.sqrt(len(directions)) if normalize else 1.0
     total = sum(float(w) * _delta_on(d, form, timesteps) for d, w in zip(directions, weights))
     return Direction(form, c * total, timesteps, fingerprint=directions[0].fingerprint,
-                     name=name or "+".join(d.name for d in directions), metadata={"method": "combine"})
+                     name=name or "+".join(d.name for d in directions), metadata={"method": "combine"},
+                     site=directions[0].site)
 
 
 def orthogonalise(direction: Direction, against: Sequence[Direction], *, name: str = "") -> Direction:
@@ -400,7 +409,8 @@ def orthogonalise(direction: Direction, against: Sequence[Direction], *, name: s
     delta = result.reshape(target.shape).float()
     meta = {**direction.metadata, "orthogonal_to": [d.name for d in against]}
     return Direction(form, delta, timesteps, fingerprint=direction.fingerprint,
-                     name=name or f"{direction.name} ⟂ {', '.join(d.name for d in against)}", metadata=meta)
+                     name=name or f"{direction.name} ⟂ {', '.join(d.name for d in against)}", metadata=meta,
+                     site=direction.site)
 
 
 def rescale_like(direction: Direction, like: Direction) -> Direction:
@@ -416,7 +426,7 @@ def rescale_like(direction: Direction, like: Direction) -> Direction:
     factor = (flat(target).norm(dim=1) / lengths).reshape(-1, *([1] * (delta.dim() - (form != "global"))))
     factor = factor[0] if form == "global" else factor
     return Direction(form, (delta * factor).float(), timesteps, fingerprint=direction.fingerprint, name=direction.name,
-                     metadata=direction.metadata)
+                     metadata=direction.metadata, site=direction.site)
 
 
 def _mean_h_norm(reference: HTrajectory) -> torch.Tensor:
@@ -427,6 +437,7 @@ def _mean_h_norm(reference: HTrajectory) -> torch.Tensor:
 def relative_strength(direction: Direction, reference: HTrajectory) -> torch.Tensor:
     """‖Δh_t‖ / mean‖h_t‖ at each timestep of ``reference`` (the direction's strength relative to h)."""
     _check_linear([direction])
+    check_same_site(reference.site, direction.site, "reference h trajectory")
     delta = _delta_on(direction, "per_timestep", reference.timesteps).flatten(1).norm(dim=1).double()
     return delta / _mean_h_norm(reference).clamp_min(1e-30)
 
@@ -438,6 +449,7 @@ def normalise(direction: Direction, reference: HTrajectory, relative_norm: float
     if not (math.isfinite(relative_norm) and relative_norm >= 0):
         raise ValueError(f"relative_norm must be a finite number ≥ 0, got {relative_norm}.")
     _check_linear([direction])
+    check_same_site(reference.site, direction.site, "reference h trajectory")
     norms = _mean_h_norm(reference)
     if direction.form == "global":
         length = float((direction.scale * direction.delta).norm())
@@ -445,14 +457,15 @@ def normalise(direction: Direction, reference: HTrajectory, relative_norm: float
             raise ValueError("A zero direction cannot be normalised.")
         delta = direction.delta * direction.scale * (relative_norm * float(norms.mean()) / length)
         return Direction("global", delta, fingerprint=direction.fingerprint, name=direction.name,
-                         metadata={**direction.metadata, "relative_norm": relative_norm})
+                         metadata={**direction.metadata, "relative_norm": relative_norm}, site=direction.site)
     stack = _delta_on(direction, "per_timestep", reference.timesteps).double()
     lengths = stack.flatten(1).norm(dim=1)
     if (lengths == 0).any():
         raise ValueError("The direction is zero at some timestep and cannot be normalised there.")
     delta = stack * (relative_norm * norms / lengths).reshape(-1, 1, 1, 1)
     return Direction("per_timestep", delta.float(), reference.timesteps, fingerprint=direction.fingerprint,
-                     name=direction.name, metadata={**direction.metadata, "relative_norm": relative_norm})
+                     name=direction.name, metadata={**direction.metadata, "relative_norm": relative_norm},
+                     site=direction.site)
 
 
 # ----------------------------------------------------------------------------------------------------- explorer
@@ -467,6 +480,8 @@ def explore(model: HSpaceModel, x_T: torch.Tensor, directions: Sequence[Directio
     directions, strengths = list(directions), [float(s) for s in strengths]
     if not directions or not strengths:
         raise ValueError("Give at least one direction and one strength.")
+    for d in directions:
+        check_same_site(site_of(d), site_of(model), "direction")
     s = torch.tensor(strengths, dtype=x_T.dtype, device=x_T.device)
     rows = []
     for i, d in enumerate(directions):
