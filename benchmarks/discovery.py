@@ -1,6 +1,9 @@
 """Directions nobody had to label, and probe directions, measured on the bundled demo model (issue 16).
 
-    python -m benchmarks.discovery [--images 256] [--test 16] [--steps 10] [--out docs/discovery.md]
+    python -m benchmarks.discovery [--images 256] [--test 16] [--steps 10] [--site middle] [--out docs/discovery.md]
+
+``--site`` reads and edits h at another block (``hspace_core.sites``); per-site swap and injection numbers are
+``benchmarks.sites``.
 
 1. Speed: DDIM inversion + PCA over ``--images`` generated-dataset images; 8 Jacobian directions for one image.
 2. Disentanglement: the top 8 PCA directions (pooled over t, per-position normalisation) and the top 8 Jacobian
@@ -24,8 +27,9 @@ import torch
 
 import hspace_core as hs
 from hspace_core import discovery as dc
+from hspace_core.sites import SITES
 from hspace_demo import readouts as ro
-from hspace_demo.measure import centred_examples, shape_direction_effect
+from hspace_demo.measure import centred_examples, shape_direction_effect, size_direction_effect
 from hspace_demo.run import load_model
 from hspace_demo.shapes import make_batch
 
@@ -51,13 +55,24 @@ def spreads(base: list[dict]) -> dict:
     return out
 
 
+def image_change(b: dict, e: dict, spread: dict) -> dict:
+    """One image's standardised change of each factor (type: 1 if its type changed)."""
+    change = {"type": float(b["type"] != e["type"])}
+    for f in FACTORS[1:]:
+        change[f] = float(np.linalg.norm(np.atleast_1d(np.asarray(e[f]) - np.asarray(b[f]))) / spread[f])
+    return change
+
+
 def standardised_change(base: list[dict], edited: list[dict], spread: dict) -> dict:
     """Mean over images of each factor's standardised change (type: share of images whose type changed)."""
-    change = {"type": float(np.mean([b["type"] != e["type"] for b, e in zip(base, edited)]))}
-    for f in FACTORS[1:]:
-        d = [np.linalg.norm(np.atleast_1d(np.asarray(e[f]) - np.asarray(b[f]))) / spread[f] for b, e in zip(base, edited)]
-        change[f] = float(np.nanmean(d))
-    return change
+    per_image = [image_change(b, e, spread) for b, e in zip(base, edited)]
+    return {f: float(np.nanmean([c[f] for c in per_image])) for f in FACTORS}
+
+
+def top_factor(change: dict) -> tuple[str, float]:
+    """The factor with the largest standardised change, and the total change (NaN factors left out)."""
+    finite = {f: v for f, v in change.items() if np.isfinite(v)}
+    return max(finite, key=finite.get), float(sum(finite.values()))
 
 
 def disentanglement(model, directions, x_T, base, spread, steps: int) -> list[dict]:
@@ -66,14 +81,44 @@ def disentanglement(model, directions, x_T, base, spread, steps: int) -> list[di
     for d in directions:
         row = {"name": d.name, "shares": {}, "totals": {}}
         for s in STRENGTHS:
-            edited = hs.edit(model, x_T, d, s, schedule).numpy()
-            change = standardised_change(base, [factors_of(e) for e in edited], spread)
+            edited = [factors_of(e) for e in hs.edit(model, x_T, d, s, schedule).numpy()]
+            change = standardised_change(base, edited, spread)
             total = sum(change.values())
             top = max(change, key=change.get)
             row["shares"][s] = (top, change[top] / total if total else float("nan"))
             row["totals"][s] = total
+            row.setdefault("per_image", {})[s] = [top_factor(image_change(b, e, spread)) for b, e in zip(base, edited)]
         rows.append(row)
     return rows
+
+
+def transfer(row: dict, strength: float, source: int = 0) -> tuple[str, float, float]:
+    """How a direction found on image ``source`` transfers to the others at ``strength``: the factor it moves most
+    on the source, the share of the other images whose largest mover is that factor, and the other images' mean
+    total standardised change relative to the source's."""
+    per_image = row["per_image"][strength]
+    top, total = per_image[source]
+    others = [p for i, p in enumerate(per_image) if i != source]
+    same = float(np.mean([t == top for t, _ in others]))
+    return top, same, float(np.mean([o for _, o in others]) / total) if total else float("nan")
+
+
+def size_probes(model, steps: int, test: int) -> dict:
+    """Small-vs-large: mean difference, logistic probe and SVM (global) from 32 + 32 paired centred examples
+    (radius 10–11 vs 6–7, same types and colours), the probes rescaled to the mean difference's ‖Δh‖, applied to
+    ``test`` held-out centred shapes of radius 7.5–9.5 at s = ±1, ±2: median area ratio, share moved the intended
+    way, median foreground colour shift (``hspace_demo.measure.size_direction_effect``)."""
+    pos, neg = (hs.invert(model, centred_examples(32, radius, 1605), steps).trajectory
+                for radius in ((10.0, 11.0), (6.0, 7.0)))
+    mean_diff = dc.probe_direction(pos, neg, "mean_difference", form="global", name="mean difference")
+    held_out = centred_examples(test, (7.5, 9.5), 1606)
+    out = {}
+    for method in dc.PROBE_METHODS:
+        d = dc.rescale_like(dc.probe_direction(pos, neg, method, form="global", name=method), mean_diff)
+        cos = float(torch.nn.functional.cosine_similarity(d.delta.flatten(), mean_diff.delta.flatten(), dim=0))
+        effect = size_direction_effect(model, d, held_out, (-2.0, -1.0, 1.0, 2.0), steps)
+        out[method] = (effect, cos, d.metadata.get("train_accuracy", float("nan")))
+    return out
 
 
 def main(argv=None):
@@ -81,11 +126,12 @@ def main(argv=None):
     p.add_argument("--images", type=int, default=256)
     p.add_argument("--test", type=int, default=16)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--site", default="middle", choices=SITES)
     p.add_argument("--out", default="docs/discovery.md")
     p.add_argument("--figure", default="docs/figures/discovery_explorer.png")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    model, steps, timings = load_model(), args.steps, {}
+    model, steps, timings = load_model().with_site(args.site), args.steps, {}
     with torch.no_grad():
         images = torch.from_numpy(make_batch(args.images, seed=1601)[0])
         t0 = time.time()
@@ -124,6 +170,7 @@ def main(argv=None):
             cos = float(torch.nn.functional.cosine_similarity(d.delta.flatten(), mean_diff.delta.flatten(), dim=0))
             effect = shape_direction_effect(model, d, squares, "circle", (1.0, 2.0, 3.0), steps)
             supervised[method] = (effect, cos, d.metadata.get("train_accuracy", float("nan")), fit)
+        sizes = size_probes(model, steps, args.test)
         figure_rows = dc.explore(model, inv.x_T[:1], same(pca[:4]), [-2.0, -1.0, 0.0, 1.0, 2.0],
                                  hs.EditSchedule(steps, t_edit=400))
     if args.figure:
@@ -132,12 +179,13 @@ def main(argv=None):
         from PIL import Image
 
         Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8)).save(args.figure)
-    write(args, table, supervised, timings, pca_explained, sigmas, one_sigma, spread)
+    write(args, table, supervised, sizes, timings, pca_explained, sigmas, one_sigma, spread)
 
 
-def write(args, table, supervised, timings, explained, sigmas, one_sigma, spread):
+def write(args, table, supervised, sizes, timings, explained, sigmas, one_sigma, spread):
+    site = "" if args.site == "middle" else f" --site {args.site}"
     lines = [f"Generated by `python -m benchmarks.discovery --images {args.images} --test {args.test} --steps "
-             f"{args.steps}` on the bundled model (CPU, one thread). Protocol: see the script's docstring.", "",
+             f"{args.steps}{site}` on the bundled model (CPU, one thread). Protocol: see the script's docstring.", "",
              "## Speed", "", "| what | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
     lines += ["", "## Disentanglement of the top 8 PCA and top 8 Jacobian directions", "",
@@ -163,6 +211,23 @@ def write(args, table, supervised, timings, explained, sigmas, one_sigma, spread
         for s, e in effect.items():
             lines.append(f"| {method} | {cos:.3f} | {acc:.2f} | {fit:.1f} | {s:g} | {100 * e['is_target']:.0f} % | "
                          f"{100 * e['unchanged']:.0f} % | {e['fg_colour_shift']:.3f} |")
+    lines += ["", f"## Supervised small-vs-large (on {args.test} held-out centred shapes, radius 7.5–9.5)", "",
+              "All three rescaled to the mean difference's ‖Δh‖; protocol in `size_probes`.", "",
+              "| method | cos with mean diff. | train acc. | s | median area ratio | moved the intended way | "
+              "fg colour shift |", "|---|---|---|---|---|---|---|"]
+    for method, (effect, cos, acc) in sizes.items():
+        for s, e in effect.items():
+            lines.append(f"| {method} | {cos:.3f} | {acc:.2f} | {s:+g} | {e['area_ratio']:.2f} | "
+                         f"{100 * e['moved_intended_way']:.0f} % | {e['fg_colour_shift']:.3f} |")
+    lines += ["", "## Jacobian directions transferred to other images", "",
+              f"Found on test image 0, applied at s = +2 to all {args.test}: the factor each moves most on image 0, the "
+              "share of the other images whose largest mover is that factor, and their mean total standardised change "
+              "relative to image 0's.", "", "| direction | top factor on image 0 | same top factor elsewhere | "
+              "change elsewhere / on image 0 |", "|---|---|---|---|"]
+    for row in table:
+        if row["name"].startswith("jacobian"):
+            top, same, ratio = transfer(row, 2.0)
+            lines.append(f"| {row['name']} | {top} | {100 * same:.0f} % | {ratio:.2f} |")
     notes = ""
     if os.path.exists(args.out):
         with open(args.out) as f:

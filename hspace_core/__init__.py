@@ -21,6 +21,7 @@ from .processes import (H_SOURCES, INVERSION_CONVENTIONS, capture, combine_direc
 from .schedules import (NoiseSchedule, betas_cosine, betas_linear, betas_scaled_linear, gamma_ramp, schedule_from_betas,
                         schedule_from_diffusers_config, schedule_from_sigmas, step_pairs, timestep_at_fraction,
                         timestep_at_sigma, timestep_grid)
+from .sites import SITES
 from .state import (Direction, EditSchedule, HTrajectory, Inversion, QualityBoost, ReconstructionReport, XTOrigin,
                     StyleCalibration)
 
@@ -38,5 +39,5 @@ __all__ = [
     "null_text_embeddings", "GuidedModel", "XTOrigin", "normalized_slerp", "predicted_x0", "run_reverse", "schedule_from_betas",
     "schedule_from_diffusers_config", "schedule_from_sigmas", "slerp", "step_pairs", "timestep_grid",
     "Denoiser", "timestep_at_fraction", "timestep_at_sigma", "HEdit", "edited_rows", "fingerprint_of", "guided",
-    "discovery", "jacobian_directions", "orthogonalise", "pca_directions", "probe_direction", "relative_strength",
+    "discovery", "SITES", "jacobian_directions", "orthogonalise", "pca_directions", "probe_direction", "relative_strength",
 ]

@@ -24,6 +24,7 @@ from .adapters.base import HSpaceModel
 from .ddim import ddim_step, predicted_x0
 from .implicit import ImplicitDirectionNet
 from .schedules import step_pairs, timestep_grid
+from .sites import site_of
 from .state import Direction
 from .progress import StepLoop, check_latent
 from .auto_schedule import find_t_edit_t_boost
@@ -189,10 +190,10 @@ def _parameters_for(form: str, model: HSpaceModel, h_shape: tuple[int, ...], tim
 def _direction_of(form: str, trained, timesteps, h_shape, model: HSpaceModel, meta: dict, name: str) -> Direction:
     if form == "implicit":
         return Direction("implicit", fn=trained.requires_grad_(False), h_shape=h_shape, fingerprint=model.fingerprint,
-                         name=name, metadata=meta)
+                         name=name, metadata=meta, site=site_of(model))
     delta = trained.detach().clone()
     return Direction(form, delta, tuple(timesteps) if form == "per_timestep" else (), fingerprint=model.fingerprint,
-                     name=name, metadata=meta)
+                     name=name, metadata=meta, site=site_of(model))
 
 
 def train_direction(model: HSpaceModel, images: torch.Tensor, clip: CLIPDirectional, source_text: str,

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -28,6 +29,7 @@ from .adapters.base import HSpaceModel
 from .ddim import ddim_step
 from .processes import run_reverse
 from .schedules import step_pairs, timestep_grid
+from .sites import check_same_site, common_site, site_of
 from .state import Direction, EditSchedule, HTrajectory, check_fingerprint
 
 __all__ = ["NORMALISATIONS", "PROBE_METHODS", "PCAResult", "principal_components", "pca_directions",
@@ -120,6 +122,7 @@ def _stack_trajectories(trajectories: HTrajectory | Sequence[HTrajectory]) -> tu
         if other.h_shape != first.h_shape:
             raise ValueError(f"h shapes differ ({first.h_shape} vs {other.h_shape}): use the same model and image size.")
         check_fingerprint(other.fingerprint, first.fingerprint, "h trajectory")
+    common_site(trajectories, "h trajectories")
     return torch.cat([_rows(t) for t in trajectories], dim=1), first
 
 
@@ -147,7 +150,8 @@ def pca_directions(trajectories: HTrajectory | Sequence[HTrajectory], k: int, *,
     if form == "global":
         pca = principal_components(centred.reshape(-1, centred.shape[-1]), k, shape, normalisation)
         return [Direction("global", (pca.axes[i] * pca.variance[i].sqrt()).float().reshape(shape),
-                          fingerprint=first.fingerprint, name=f"{name} {i}", metadata=meta(i, pca.explained[i]))
+                          fingerprint=first.fingerprint, name=f"{name} {i}", metadata=meta(i, pca.explained[i]),
+                          site=first.site)
                 for i in range(k)]
     per_t = [principal_components(centred[s], k, shape, normalisation) for s in range(centred.shape[0])]
     deltas, signs = [], torch.ones(k, dtype=torch.float64)
@@ -159,7 +163,8 @@ def pca_directions(trajectories: HTrajectory | Sequence[HTrajectory], k: int, *,
     stacked = torch.stack(deltas, 1)  # (k, steps, D)
     explained = torch.stack([p.explained for p in per_t]).mean(0)
     return [Direction("per_timestep", stacked[i].float().reshape(-1, *shape), first.timesteps,
-                      fingerprint=first.fingerprint, name=f"{name} {i}", metadata=meta(i, explained[i]))
+                      fingerprint=first.fingerprint, name=f"{name} {i}", metadata=meta(i, explained[i]),
+                      site=first.site)
             for i in range(k)]
 
 
@@ -242,7 +247,8 @@ def jacobian_directions(model: HSpaceModel, x_t: torch.Tensor, t: int, k: int, *
     target = relative_norm * float(h0.norm())
     return [Direction("global", (target * vectors[i]).float().reshape(h0.shape[1:]), fingerprint=model.fingerprint,
                       name=f"{name} {i}", metadata={"method": "jacobian", "component": i, "t": int(t),
-                                                    "output": output, "singular_value": float(sigma[i])})
+                                                    "output": output, "singular_value": float(sigma[i])},
+                      site=site_of(model))
             for i in range(k)]
 
 
@@ -324,11 +330,13 @@ def probe_direction(positive: HTrajectory, negative: HTrajectory, method: str = 
         pooled = (h - h.mean(1, keepdim=True)).reshape(-1, h.shape[-1])
         delta, accuracy = fit(pooled, labels.repeat(h.shape[0]), diffs.mean(0))
         meta = {"method": method, "l2": l2, "train_accuracy": accuracy}
-        return Direction("global", delta.float().reshape(shape), fingerprint=first.fingerprint, name=name, metadata=meta)
+        return Direction("global", delta.float().reshape(shape), fingerprint=first.fingerprint, name=name, metadata=meta,
+                         site=first.site)
     fitted = [fit(h[s], labels, diffs[s]) for s in range(h.shape[0])]
     meta = {"method": method, "l2": l2, "train_accuracy": sum(a for _, a in fitted) / len(fitted)}
     return Direction("per_timestep", torch.stack([d for d, _ in fitted]).float().reshape(-1, *shape), first.timesteps,
-                     fingerprint=first.fingerprint, name=name, metadata=meta)
+                     fingerprint=first.fingerprint, name=name, metadata=meta,
+                         site=first.site)
 
 
 # ------------------------------------------------------------------------------------------------------ algebra
@@ -336,6 +344,7 @@ def probe_direction(positive: HTrajectory, negative: HTrajectory, method: str = 
 def _check_linear(directions: Sequence[Direction]) -> None:
     if not directions:
         raise ValueError("Give at least one direction.")
+    common_site(directions, "directions")
     for d in directions:
         if d.form == "implicit":
             raise ValueError("Implicit (learnt f_t) directions have no fixed Δh; use global or per-timestep ones here.")
@@ -369,7 +378,8 @@ def combine(directions: Sequence[Direction], weights: Sequence[float], *, normal
     c = 1 / math.sqrt(len(directions)) if normalize else 1.0
     total = sum(float(w) * _delta_on(d, form, timesteps) for d, w in zip(directions, weights))
     return Direction(form, c * total, timesteps, fingerprint=directions[0].fingerprint,
-                     name=name or "+".join(d.name for d in directions), metadata={"method": "combine"})
+                     name=name or "+".join(d.name for d in directions), metadata={"method": "combine"},
+                     site=directions[0].site)
 
 
 def orthogonalise(direction: Direction, against: Sequence[Direction], *, name: str = "") -> Direction:
@@ -400,7 +410,8 @@ def orthogonalise(direction: Direction, against: Sequence[Direction], *, name: s
     delta = result.reshape(target.shape).float()
     meta = {**direction.metadata, "orthogonal_to": [d.name for d in against]}
     return Direction(form, delta, timesteps, fingerprint=direction.fingerprint,
-                     name=name or f"{direction.name} ⟂ {', '.join(d.name for d in against)}", metadata=meta)
+                     name=name or f"{direction.name} ⟂ {', '.join(d.name for d in against)}", metadata=meta,
+                     site=direction.site)
 
 
 def rescale_like(direction: Direction, like: Direction) -> Direction:
@@ -416,7 +427,7 @@ def rescale_like(direction: Direction, like: Direction) -> Direction:
     factor = (flat(target).norm(dim=1) / lengths).reshape(-1, *([1] * (delta.dim() - (form != "global"))))
     factor = factor[0] if form == "global" else factor
     return Direction(form, (delta * factor).float(), timesteps, fingerprint=direction.fingerprint, name=direction.name,
-                     metadata=direction.metadata)
+                     metadata=direction.metadata, site=direction.site)
 
 
 def _mean_h_norm(reference: HTrajectory) -> torch.Tensor:
@@ -427,6 +438,7 @@ def _mean_h_norm(reference: HTrajectory) -> torch.Tensor:
 def relative_strength(direction: Direction, reference: HTrajectory) -> torch.Tensor:
     """‖Δh_t‖ / mean‖h_t‖ at each timestep of ``reference`` (the direction's strength relative to h)."""
     _check_linear([direction])
+    check_same_site(reference.site, direction.site, "reference h trajectory")
     delta = _delta_on(direction, "per_timestep", reference.timesteps).flatten(1).norm(dim=1).double()
     return delta / _mean_h_norm(reference).clamp_min(1e-30)
 
@@ -438,6 +450,7 @@ def normalise(direction: Direction, reference: HTrajectory, relative_norm: float
     if not (math.isfinite(relative_norm) and relative_norm >= 0):
         raise ValueError(f"relative_norm must be a finite number ≥ 0, got {relative_norm}.")
     _check_linear([direction])
+    check_same_site(reference.site, direction.site, "reference h trajectory")
     norms = _mean_h_norm(reference)
     if direction.form == "global":
         length = float((direction.scale * direction.delta).norm())
@@ -445,40 +458,59 @@ def normalise(direction: Direction, reference: HTrajectory, relative_norm: float
             raise ValueError("A zero direction cannot be normalised.")
         delta = direction.delta * direction.scale * (relative_norm * float(norms.mean()) / length)
         return Direction("global", delta, fingerprint=direction.fingerprint, name=direction.name,
-                         metadata={**direction.metadata, "relative_norm": relative_norm})
+                         metadata={**direction.metadata, "relative_norm": relative_norm}, site=direction.site)
     stack = _delta_on(direction, "per_timestep", reference.timesteps).double()
     lengths = stack.flatten(1).norm(dim=1)
     if (lengths == 0).any():
         raise ValueError("The direction is zero at some timestep and cannot be normalised there.")
     delta = stack * (relative_norm * norms / lengths).reshape(-1, 1, 1, 1)
     return Direction("per_timestep", delta.float(), reference.timesteps, fingerprint=direction.fingerprint,
-                     name=direction.name, metadata={**direction.metadata, "relative_norm": relative_norm})
+                     name=direction.name, metadata={**direction.metadata, "relative_norm": relative_norm},
+                     site=direction.site)
 
 
 # ----------------------------------------------------------------------------------------------------- explorer
 
+def explorer_rows(directions: Sequence[Direction], t_edits: Sequence[int] = ()) -> list[tuple[Direction, int | None, str]]:
+    """The explorer's rows, direction-major: (direction, t_edit or None, label) for each direction, or with
+    ``t_edits`` for each direction and t_edit; the label is the direction's name (or 'direction i'), with
+    '@ t≥t_edit' on a t_edit axis."""
+    rows = []
+    for i, d in enumerate(directions):
+        name = d.name or f"direction {i}"
+        rows += [(d, t, name if t is None else f"{name} @ t≥{t}") for t in (list(t_edits) or [None])]
+    return rows
+
+
 def explore(model: HSpaceModel, x_T: torch.Tensor, directions: Sequence[Direction], strengths: Sequence[float],
-            schedule: EditSchedule, *, seed: int = 0, progress=None, should_stop=None) -> torch.Tensor:
+            schedule: EditSchedule, *, t_edits: Sequence[int] = (), seed: int = 0, progress=None,
+            should_stop=None) -> torch.Tensor:
     """Asyrp edits of one x_T (1, ...) along each direction at each strength: (rows, columns, ...) with rows =
-    directions and columns = strengths.  Each row runs one batched reverse process (one row of the batch per
-    strength: h̃ = h + s_j·Δh), so a column at strength 0 is the plain reconstruction."""
+    directions (``explorer_rows``: with ``t_edits``, one row per direction and t_edit, the schedule's t_edit replaced)
+    and columns = strengths.  Each row runs one batched reverse process (one row of the batch per strength:
+    h̃ = h + s_j·Δh), so a column at strength 0 is the plain reconstruction."""
     if x_T.shape[0] != 1:
         raise ValueError(f"The explorer takes one x_T, got a batch of {x_T.shape[0]}: pick one latent of the batch.")
     directions, strengths = list(directions), [float(s) for s in strengths]
     if not directions or not strengths:
         raise ValueError("Give at least one direction and one strength.")
+    for d in directions:
+        check_same_site(site_of(d), site_of(model), "direction")
+    schedules = {t: dataclasses.replace(schedule, t_edit=int(t)) for t in t_edits}  # validated before anything runs
+    pairs = explorer_rows(directions, t_edits)
     s = torch.tensor(strengths, dtype=x_T.dtype, device=x_T.device)
     rows = []
-    for i, d in enumerate(directions):
+    for i, (d, t_edit, _) in enumerate(pairs):
+        row_schedule = schedule if t_edit is None else schedules[t_edit]
         scale = s * d.step_scale(schedule.num_steps)
 
         def shift(h, t, branch, d=d, scale=scale):
             return h + scale.to(h).reshape(-1, *([1] * (h.dim() - 1))) * d.at(h, t)
 
         done = i * schedule.num_steps
-        report = None if progress is None else (lambda n, total, done=done: progress(done + n, len(directions) * total))
-        rows.append(run_reverse(model, x_T.expand(len(strengths), *x_T.shape[1:]), schedule, edit=shift, seed=seed,
-                                progress=report, should_stop=should_stop).x0)
+        report = None if progress is None else (lambda n, total, done=done: progress(done + n, len(pairs) * total))
+        rows.append(run_reverse(model, x_T.expand(len(strengths), *x_T.shape[1:]), row_schedule, edit=shift,
+                                seed=seed, progress=report, should_stop=should_stop).x0)
     return torch.stack(rows)
 
 

@@ -19,6 +19,7 @@ from .ddim import calibrated_x_t, clipped_eps, ddim_inverse_step, ddim_sigma, dd
 from .hmath import check_gamma, lerp, mask_to_h_grid, masked_blend, masked_normalized_slerp, normalized_slerp, slerp
 from .progress import Cancelled, ProgressFn, StepLoop, StopFn, check_latent
 from .schedules import step_pairs, timestep_grid
+from .sites import check_same_site, site_of
 from .state import Direction, EditSchedule, HTrajectory, Inversion, ReconstructionReport, check_fingerprint
 
 log = logging.getLogger("hspace")
@@ -89,7 +90,7 @@ def run_reverse(model: HSpaceModel, x_T: torch.Tensor, schedule: EditSchedule, *
     trajectory = None
     if record_h:
         trajectory = HTrajectory(tuple(t for t, _ in pairs), torch.stack(hs), model.branches, model.fingerprint,
-                                 source="reconstruction")
+                                 source="reconstruction", site=site_of(model))
     return ReverseResult(x, trajectory)
 
 
@@ -147,7 +148,7 @@ def invert(model: HSpaceModel, x0: torch.Tensor, num_steps: int = 40, *, grid: s
         x = x_next
     h_inv = [h_at[t] if t in h_at else h_at[max(h_at)] for t in grid_desc]  # T: the last step's h (see above)
     trajectory = HTrajectory(tuple(grid_desc), torch.stack(h_inv), model.branches, model.fingerprint,
-                             source="inversion")
+                             source="inversion", site=site_of(model))
     if not regenerate:
         return Inversion(x, torch.stack(latents), tuple(grid_desc), trajectory, convention=convention)
     sched = EditSchedule.reconstruction(num_steps, grid, model.schedule.num_train_timesteps)
@@ -214,6 +215,7 @@ def edit(model: HSpaceModel, x_T: torch.Tensor, directions: Direction | Sequence
     if len(directions) != len(strengths):
         raise ValueError(f"{len(directions)} directions but {len(strengths)} strengths; give one strength each.")
     for d in directions:
+        check_same_site(site_of(d), site_of(model), "direction")
         if strict_fingerprint:
             check_fingerprint(d.fingerprint, model.fingerprint, "direction")
     strengths = [s * d.step_scale(schedule.num_steps) for d, s in zip(directions, strengths)]
@@ -293,6 +295,7 @@ def inject(model: HSpaceModel, style_x_T: torch.Tensor, content: HTrajectory,
     ``schedule`` (same steps and grid); anything else is refused.
     """
     schedule = schedule or EditSchedule(num_train_timesteps=model.schedule.num_train_timesteps)
+    check_same_site(content.site, site_of(model), "content h trajectory")
     if strict_fingerprint:
         check_fingerprint(content.fingerprint, model.fingerprint, "content h trajectory")
     content.require_timesteps([t for t in schedule.timesteps() if schedule.edits_at(t)], "the injection")
@@ -321,6 +324,8 @@ def interpolate(model: HSpaceModel, x_T_a: torch.Tensor, x_T_b: torch.Tensor, nu
     trajectory_a = trajectory_a or capture(model, x_T_a, schedule.num_steps, grid=grid, should_stop=should_stop)
     trajectory_b = trajectory_b or capture(model, x_T_b, schedule.num_steps, grid=grid, should_stop=should_stop)
     edited = [t for t in schedule.timesteps() if schedule.edits_at(t)]
+    for trajectory in (trajectory_a, trajectory_b):
+        check_same_site(trajectory.site, site_of(model), "h trajectory")
     trajectory_a.require_timesteps(edited, "the interpolation")
     trajectory_b.require_timesteps(edited, "the interpolation")
     frames = []
@@ -348,9 +353,11 @@ def direction_from_examples(positive: HTrajectory, negative: HTrajectory, *, nam
         raise ValueError(f"h shapes differ: {positive.h_shape} vs {negative.h_shape}; use same-size images.")
     if positive.fingerprint and negative.fingerprint:
         check_fingerprint(positive.fingerprint, negative.fingerprint, "negative examples' trajectory")
+    check_same_site(negative.site, positive.site, "negative examples' trajectory")
     pos = _branch_rows(positive).mean(1)
     neg = _branch_rows(negative).mean(1)
-    return Direction("per_timestep", pos - neg, positive.timesteps, fingerprint=positive.fingerprint, name=name)
+    return Direction("per_timestep", pos - neg, positive.timesteps, fingerprint=positive.fingerprint, name=name,
+                     site=positive.site)
 
 
 def _branch_rows(traj: HTrajectory) -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .implicit import ImplicitDirectionNet
+from .sites import DEFAULT_SITE, check_site
 from .schedules import timestep_grid
 
 log = logging.getLogger("hspace")
@@ -111,6 +112,7 @@ class HTrajectory:
     ``timesteps`` is the grid it was captured on (decreasing); h is looked up only at those timesteps.
     ``source`` says where h was read: "inversion" (along DDIM inversion, InjectFusion's content h),
     "reconstruction" (along the reverse process from x_T) or "" (unknown, e.g. files of older versions).
+    ``site`` is the block h was read at (``hspace_core.sites``; files without one were read at "middle").
     """
 
     timesteps: tuple[int, ...]
@@ -118,8 +120,10 @@ class HTrajectory:
     branches: tuple[str, ...] = ("single",)
     fingerprint: str = ""
     source: str = ""
+    site: str = DEFAULT_SITE
 
     def __post_init__(self):
+        check_site(self.site)
         h = torch.as_tensor(self.h)
         if h.dim() != 5:
             raise ValueError(f"An h trajectory is (steps, rows, C, H, W); got shape {tuple(h.shape)}.")
@@ -176,13 +180,13 @@ class HTrajectory:
 
     def save(self, path: str) -> None:
         _save(path, {"h": self.h}, "h_trajectory", timesteps=list(self.timesteps), branches=list(self.branches),
-              fingerprint=self.fingerprint, source=self.source)
+              fingerprint=self.fingerprint, source=self.source, site=self.site)
 
     @classmethod
     def load(cls, path: str, expect_fingerprint: str | None = None) -> "HTrajectory":
         tensors, meta = _load(path, "h_trajectory")
         traj = cls(tuple(meta["timesteps"]), tensors["h"], tuple(meta["branches"]), meta["fingerprint"],
-                   meta.get("source", ""))
+                   meta.get("source", ""), meta.get("site", DEFAULT_SITE))
         if expect_fingerprint is not None:
             check_fingerprint(traj.fingerprint, expect_fingerprint, "h trajectory")
         return traj
@@ -196,6 +200,7 @@ class Direction:
     ``fn`` is a callable f(h, t) → Δh for ``implicit`` (Asyrp's learnt f_t; an ``ImplicitDirectionNet`` can be
     saved).  ``scale`` multiplies every Δh.  A direction learnt with ``train_steps`` DDIM steps (in ``metadata``)
     is rescaled by train_steps / steps when applied with another number of steps, as the official Asyrp code does.
+    ``site`` is the block whose h it moves (``hspace_core.sites``; files without one: "middle").
     """
 
     form: str
@@ -207,8 +212,10 @@ class Direction:
     name: str = ""
     metadata: dict = field(default_factory=dict, compare=False)
     scale: float = 1.0
+    site: str = DEFAULT_SITE
 
     def __post_init__(self):
+        check_site(self.site)
         if not math.isfinite(self.scale):
             raise ValueError(f"A direction's scale must be finite, got {self.scale}.")
         if self.form not in ("global", "per_timestep", "implicit"):
@@ -270,11 +277,11 @@ class Direction:
         if self.form != "per_timestep":
             raise ValueError("Only a per_timestep direction has a mean over timesteps.")
         return Direction("global", self.delta.mean(0), fingerprint=self.fingerprint, name=self.name,
-                         metadata=self.metadata, scale=self.scale)
+                         metadata=self.metadata, scale=self.scale, site=self.site)
 
     def save(self, path: str) -> None:
         common = dict(form=self.form, timesteps=list(self.timesteps), fingerprint=self.fingerprint, name=self.name,
-                      extra=self.metadata, scale=self.scale, h_shape=list(self.h_shape))
+                      extra=self.metadata, scale=self.scale, h_shape=list(self.h_shape), site=self.site)
         if self.form != "implicit":
             _save(path, {"delta": self.delta}, "direction", **common)
             return
@@ -287,7 +294,7 @@ class Direction:
     def load(cls, path: str) -> "Direction":
         tensors, meta = _load(path, "direction")
         common = dict(fingerprint=meta["fingerprint"], name=meta.get("name", ""), metadata=meta.get("extra", {}),
-                      scale=float(meta.get("scale", 1.0)))
+                      scale=float(meta.get("scale", 1.0)), site=meta.get("site", DEFAULT_SITE))
         if meta["form"] == "implicit":
             fn = ImplicitDirectionNet.from_tensors(meta["fn_config"], {k[3:]: v for k, v in tensors.items()})
             return cls("implicit", fn=fn, h_shape=tuple(meta.get("h_shape", ())), **common)

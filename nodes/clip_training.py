@@ -15,7 +15,7 @@ from ..hspace_core.adapters.base import autograd_ready
 from ..hspace_core.clip_directions import DirectionTraining, load_open_clip, train_direction
 from ..hspace_core import load_official_asyrp
 from .comfy_model import check_has_h_space, progress_bar, run_in_comfy, time_embedding_of
-from .common import (CATEGORY, DirectionType, advanced, check_inputs, conditioning_inputs, encode,
+from .common import (CATEGORY, DirectionType, advanced, check_inputs, conditioning_inputs, encode, site_input,
                      list_files, lpips_by_name, model_input, resolve, seed_input, steps_input, stored_file_state)
 
 
@@ -94,6 +94,7 @@ class TrainAsyrpDirection(io.ComfyNode):
                                          tooltip="open_clip weights: a tag (downloads once) or a file in models/open_clip.")),
                 seed_input(),
                 *conditioning_inputs(),
+                site_input(),
             ],
             outputs=[DirectionType.Output("direction", tooltip="The learnt direction (with its texts, t_edit and steps)."),
                      io.Int.Output("trained_t_edit", tooltip="The t_edit it was trained for; connect it to Asyrp Edit's t_edit."),
@@ -104,7 +105,7 @@ class TrainAsyrpDirection(io.ComfyNode):
     def execute(cls, model, images, vae, source_text, target_text, form, epochs, lr, steps, t_edit, inversion_steps,
                 batch_size, clip_weight, recon_weight, lr_step_epochs, lr_gamma, clip_reference, log_clip_loss,
                 init_scale, clip_model, clip_pretrained, seed, cfg, edit_branches, positive=None,
-                negative=None) -> io.NodeOutput:
+                negative=None, site="middle") -> io.NodeOutput:
         check_inputs(cls, locals())
         check_has_h_space(model)
         config = DirectionTraining(form=form, num_steps=steps, inversion_steps=inversion_steps,
@@ -123,7 +124,7 @@ class TrainAsyrpDirection(io.ComfyNode):
                 model, latent["samples"],
                 lambda m, x: train_direction(m, pixels, scorer, source_text, target_text, config, latents=x,
                                              decode=decode, distance=distance, progress=progress_bar(total)),
-                positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed)
+                positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed, site=site)
         per_epoch = len(result.clip_losses) // max(epochs, 1)
         last = result.clip_losses[-per_epoch:] if per_epoch else [float("nan")]
         return io.NodeOutput(result.direction, result.t_edit, float(sum(last) / len(last)))

@@ -3,7 +3,9 @@
 Each core process runs as the body of a custom sampler handed to ``comfy.sample.sample_custom``: ComfyUI
 loads the model, processes CONDITIONING (SDXL pooled/size conds, ControlNet, area conds, hooks) and
 applies CFG exactly as KSampler does.  h is read and replaced by an ``output_block_patch`` acting at
-block ("output", 0), added to a per-call copy of ``model_options``: the MODEL itself is never patched.
+block ("output", 0) for site "middle", or at the first output block after the site's decoder level
+(``site_block``; the vocabulary is ``hspace_core.sites``), added to a per-call copy of ``model_options``: the
+MODEL itself is never patched.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ import comfy.utils
 
 from ..hspace_core import Prediction, schedule_from_sigmas
 from ..hspace_core.adapters.base import autograd_ready, edited_rows, fingerprint_of
+from ..hspace_core.adapters.diffusers_unet import site_module
+from ..hspace_core.sites import DEFAULT_SITE, check_site, up_level
 from ..hspace_core.implicit import TimeEmbedding
 from . import edit_batch
 
@@ -60,16 +64,32 @@ def check_latent(model, latent: torch.Tensor) -> None:
         size_check(*latent.shape[-2:])
 
 
-class _HPatch:
-    """output_block_patch: records h at ("output", 0) per branch and optionally edits it."""
+def site_block(diffusion_model, site: str) -> int:
+    """The output block whose ``output_block_patch`` sees h at ``site`` as its ``h``: 0 for the middle block; for
+    "upk", the number of output blocks in the first k decoder levels (``num_res_blocks + 1`` each in ComfyUI's
+    U-Net, ``len(resnets)`` of each up block in a pixel UNet2DModel), so the same site is the same feature."""
+    level = up_level(check_site(site))
+    if getattr(diffusion_model, "hspace_pixel_unet", False):
+        site_module(diffusion_model.unet, site)
+        return sum(len(block.resnets) for block in diffusion_model.unet.up_blocks[:level])
+    per_level = list(reversed(getattr(diffusion_model, "num_res_blocks", None) or []))
+    if level > len(per_level) - 1:
+        raise ValueError(f"This U-Net has {len(per_level)} decoder levels, so it has no h site {site!r}; use middle"
+                         f"{''.join(f', up{k}' for k in range(1, len(per_level)))}.")
+    return sum(n + 1 for n in per_level[:level])
 
-    def __init__(self, branches, edit=None, t=None, edit_branches="cond"):
+
+class _HPatch:
+    """output_block_patch: records h at ("output", ``block``) per branch and optionally edits it."""
+
+    def __init__(self, branches, edit=None, t=None, edit_branches="cond", block=0):
         self.branches, self.edit, self.t, self.edit_branches = branches, edit, t, edit_branches
+        self.block = block
         self.rows = {"cond": [], "uncond": []}
         self.recording = True
 
     def __call__(self, h, hsp, transformer_options):
-        if transformer_options.get("block") != ("output", 0):
+        if transformer_options.get("block") != ("output", self.block):
             return h, hsp
         order = transformer_options.get("cond_or_uncond") or [0]
         names = ["cond" if c == 0 else "uncond" for c in order]
@@ -102,8 +122,11 @@ class ComfyHSpaceModel:
     That conversion also covers v-prediction models: ComfyUI returns the denoised x0 for any type.
     """
 
-    def __init__(self, denoiser, extra_args: dict, model_patcher, cfg: float, edit_branches: str, negative=None):
+    def __init__(self, denoiser, extra_args: dict, model_patcher, cfg: float, edit_branches: str, negative=None,
+                 site: str = DEFAULT_SITE):
         ms = model_patcher.get_model_object("model_sampling")
+        self.site = site
+        self.h_block = site_block(model_patcher.get_model_object("diffusion_model"), site)
         self.schedule = schedule_from_sigmas(ms.sigmas.detach().double().cpu())
         self.branches = ("uncond", "cond") if not math.isclose(cfg, 1.0) else ("single",)
         self.fingerprint = model_fingerprint(model_patcher)
@@ -171,7 +194,7 @@ class ComfyHSpaceModel:
 
     def predict(self, x_t, t, edit=None):
         t = max(int(t), 0)
-        record = _HPatch(self.branches)
+        record = _HPatch(self.branches, block=self.h_block)
         if edit is None:
             return Prediction(self._denoise(x_t, t, record), record.h())
         if self.one_call and edit_batch.supports_edited_copies(self.model_patcher.get_model_object("diffusion_model")):
@@ -180,12 +203,12 @@ class ComfyHSpaceModel:
             except edit_batch.UnusualBatch as why:
                 log.info("H-Space: an edited step takes two denoiser calls here (%s).", why)
         eps = self._denoise(x_t, t, record)
-        edited = _HPatch(self.branches, edit, t, self.edit_branches)
+        edited = _HPatch(self.branches, edit, t, self.edit_branches, self.h_block)
         return Prediction(eps, record.h(), self._denoise(x_t, t, edited))
 
     def _predict_one_call(self, x_t, t, edit):
         """ε and ε_edited from one denoiser call on [x; x] (see ``edit_batch``)."""
-        record = _HPatch(self.branches)
+        record = _HPatch(self.branches, block=self.h_block)
         copies = edit_batch.EditedCopies(record, edit, t, self.edit_branches, self.branches == ("single",))
         eps, eps_edited = self._denoise(torch.cat([x_t, x_t]), t, record, copies).chunk(2)
         return Prediction(eps, record.h(), eps_edited)
@@ -243,8 +266,9 @@ def model_fingerprint(model_patcher) -> str:
 
 
 def run_in_comfy(model, latent: torch.Tensor, body, *, positive=None, negative=None, cfg: float = 1.0,
-                 edit_branches: str = "cond", seed: int = 0, negative_at: dict | None = None):
-    """Run ``body(hspace_model, x)`` inside ComfyUI's sampling of ``model``.
+                 edit_branches: str = "cond", seed: int = 0, negative_at: dict | None = None,
+                 site: str = DEFAULT_SITE):
+    """Run ``body(hspace_model, x)`` inside ComfyUI's sampling of ``model``, with h read at ``site``.
 
     ``latent`` is a LATENT's ``samples`` (unscaled); ``x`` is the model-space tensor the body works on
     (``process_latent_in`` applied).  ``negative_at`` ({t: cross-attention tensor}, null-text inversion) replaces
@@ -252,6 +276,7 @@ def run_in_comfy(model, latent: torch.Tensor, body, *, positive=None, negative=N
     """
     check_has_h_space(model)
     check_latent(model, latent)
+    site_block(model.get_model_object("diffusion_model"), site)  # refuse a site this U-Net lacks before sampling
     if positive is None:
         if not is_pixel_unet(model):
             raise ValueError("This model is text-conditioned: connect positive (and negative) CONDITIONING.")
@@ -263,7 +288,7 @@ def run_in_comfy(model, latent: torch.Tensor, body, *, positive=None, negative=N
     result = {}
 
     def sampler_function(denoiser, x, sigmas, extra_args=None, callback=None, disable=None):
-        hs_model = ComfyHSpaceModel(denoiser, extra_args, model, cfg, edit_branches, negative)
+        hs_model = ComfyHSpaceModel(denoiser, extra_args, model, cfg, edit_branches, negative, site)
         if negative_at:
             hs_model = hs_model.with_negative(negative_at)
         result["value"] = body(hs_model, x)

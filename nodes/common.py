@@ -13,6 +13,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..hspace_core import EditSchedule, XTOrigin, lpips_distance, timestep_grid
+from ..hspace_core.sites import DEFAULT_SITE, SITES
 
 CATEGORY = "h-space"
 PREFIX = "HSpace"
@@ -52,6 +53,15 @@ def conditioning_inputs():
 def steps_input(default: int = 40):
     return io.Int.Input("steps", default=default, min=2, max=1000,
                         tooltip="DDIM steps on Asyrp's grid over [0, 999]. Use the same number for inversion and editing.")
+
+
+def site_input():
+    """Which U-Net block is h (advanced; the last input, so saved workflows keep their widget order)."""
+    return advanced(io.Combo.Input(
+        "site", options=list(SITES), default=DEFAULT_SITE, optional=True,
+        tooltip="Which U-Net block is h: 'middle' (the bottleneck, Asyrp's h-space) or the output of the first / "
+                "second decoder level ('up1', 'up2': finer, often more semantic on Stable Diffusion). What this node "
+                "makes carries its site; nodes that use it read h there."))
 
 
 def t_edit_input(default: int = 400):
@@ -195,6 +205,19 @@ def parse_strengths(text: str, name: str = "strength_sweep") -> list[float]:
     for value in values:
         check_number(f"a strength in {name}", value, *STRENGTH_RANGE)
     return values
+
+
+def parse_t_edits(text: str, name: str = "t_edit_sweep") -> list[int]:
+    """A t_edit list (the widget ``name``): comma-separated whole timesteps in [0, 999]; empty text is no list."""
+    try:
+        values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{name} {text!r} is not a comma-separated list of timesteps, e.g. 600, 400, 200.") from None
+    for value in values:
+        check_number(f"a t_edit in {name}", value, 0, 999)
+        if value != int(value):
+            raise ValueError(f"{name} holds {value}; t_edit values are whole timesteps, e.g. 600, 400, 200.")
+    return [int(v) for v in values]
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float) -> float:

@@ -4,9 +4,10 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..hspace_core import EditSchedule, discovery
+from ..hspace_core.sites import common_site
 from .comfy_model import latent_out, progress_bar, run_in_comfy
 from .common import (CATEGORY, DirectionSet, DirectionType, Trajectory, advanced, conditioning_inputs, decode,
-                     model_input, parse_strengths, seed_input, steps_input, t_edit_input)
+                     model_input, parse_strengths, parse_t_edits, seed_input, site_input, steps_input, t_edit_input)
 
 CAT = f"{CATEGORY}/discover"
 
@@ -79,20 +80,20 @@ class JacobianDirections(io.ComfyNode):
                     advanced(io.Int.Input("iterations", default=12, min=1, max=200,
                                           tooltip="Subspace iterations (more = closer to the exact singular vectors).")),
                     seed_input(),
-                    *conditioning_inputs()],
+                    *conditioning_inputs(), site_input()],
             outputs=_set_outputs("Jacobian"),
         )
 
     @classmethod
     def execute(cls, model, x_T, steps, t, k, component, output, relative_norm, iterations, seed, cfg, edit_branches,
-                positive=None, negative=None) -> io.NodeOutput:
+                positive=None, negative=None, site="middle") -> io.NodeOutput:
         def body(m, x):
             x_t, t_grid = discovery.latent_at(m, x, t, steps)
             return discovery.jacobian_directions(m, x_t, t_grid, k, output=output, iterations=iterations,
                                                  relative_norm=relative_norm, seed=seed)
 
         directions = run_in_comfy(model, x_T["samples"], body, positive=positive, negative=negative, cfg=cfg,
-                                  edit_branches=edit_branches)
+                                  edit_branches=edit_branches, site=site)
         return _pick(directions, component, "singular_value")
 
 
@@ -154,8 +155,9 @@ class DirectionExplorer(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="HSpaceDirectionExplorer", display_name="H-Space Direction Explorer", category=CAT,
-            description="One labelled grid of what each direction does to one image: rows = directions, columns = "
-                        "strengths (Asyrp edits of x_T, decoded by the VAE).",
+            description="One labelled grid of what each direction does to one image: rows = directions (or, with a "
+                        "t_edit sweep, one row per direction and t_edit), columns = strengths (Asyrp edits of x_T, "
+                        "decoded by the VAE). h is read at the directions' site.",
             inputs=[model_input(),
                     io.Latent.Input("x_T", tooltip="One inverted x_T (batch of 1; use Latent From Batch to pick one)."),
                     io.Vae.Input("vae", tooltip="The VAE to decode with ('pixel_space' for pixel U-Nets)."),
@@ -165,23 +167,30 @@ class DirectionExplorer(io.ComfyNode):
                     steps_input(20), t_edit_input(),
                     io.Int.Input("scale", default=4, min=1, max=16, tooltip="Tile upscaling (nearest) for small images."),
                     seed_input(),
-                    *conditioning_inputs()],
+                    *conditioning_inputs(),
+                    io.String.Input("t_edit_sweep", default="", optional=True,
+                                    tooltip="Comma-separated t_edit values (e.g. 600, 400, 200): one row per direction "
+                                            "and t_edit, labelled 'name @ t≥t_edit'. Overrides t_edit when not empty.")],
             outputs=[io.Image.Output("grid", tooltip="The labelled grid (one image).")],
         )
 
     @classmethod
     def execute(cls, model, x_T, vae, strengths, steps, t_edit, scale, seed, cfg, edit_branches, directions=None,
-                direction=None, positive=None, negative=None) -> io.NodeOutput:
-        rows = [*(directions or ()), *([direction] if direction is not None else [])]
-        if not rows:
+                direction=None, positive=None, negative=None, t_edit_sweep="") -> io.NodeOutput:
+        chosen = [*(directions or ()), *([direction] if direction is not None else [])]
+        if not chosen:
             raise ValueError("Connect a direction set ('directions') or a 'direction' to explore.")
         values = parse_strengths(strengths, "strengths")
+        t_edits = parse_t_edits(t_edit_sweep)
         schedule = EditSchedule(steps, t_edit=t_edit, t_boost=0)
+        rows = discovery.explorer_rows(chosen, t_edits)
         progress = progress_bar(steps * len(rows))
         out = run_in_comfy(model, x_T["samples"],
-                           lambda m, x: discovery.explore(m, x, rows, values, schedule, seed=seed, progress=progress),
-                           positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed)
+                           lambda m, x: discovery.explore(m, x, chosen, values, schedule, t_edits=t_edits, seed=seed,
+                                                          progress=progress),
+                           positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed,
+                           site=common_site(chosen, "directions"))
         images = decode(vae, latent_out(model, out.flatten(0, 1)))
         tiles = images.reshape(len(rows), len(values), *images.shape[1:])[..., :3]
-        labels = [d.name or f"direction {i}" for i, d in enumerate(rows)]
+        labels = [label for _, _, label in rows]
         return io.NodeOutput(discovery.grid_image(tiles.float().cpu(), labels, [f"{s:+g}" for s in values], scale=scale))

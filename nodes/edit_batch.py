@@ -4,8 +4,8 @@
 ControlNet hints, batches cond/uncond and applies CFG (``sampler_cfg_function``, post-CFG hooks) to each half
 exactly as for a plain call.  Inside, a DIFFUSION_MODEL wrapper (innermost) sees each chunk of the batch
 (cond or uncond) as plain rows followed by identical copies.  It runs the whole U-Net on the plain rows only,
-keeping the skips, the middle-block output and the time embedding, then runs the decoder again on the copies of
-the chunks whose h is edited, with h̃ put in by the same ``output_block_patch`` as before (so FreeU and every other
+keeping the skips, h (the input of the output block at the h site) and the time embedding, then runs the decoder
+from the h site on again on the copies of the chunks whose h is edited, with h̃ put in by the same ``output_block_patch`` as before (so FreeU and every other
 patch still apply).  Copies of chunks that are not edited (the uncond rows when only the cond branch is edited)
 take the plain rows' output without running anything.
 """
@@ -82,7 +82,7 @@ class EditedCopies:
             options["sigmas"] = options["sigmas"][plain]
         args = [take(v) for v in (x, timesteps, context, y, control)]
         kwargs = take(kwargs)
-        with decoder.capture(options) as (state, options):
+        with decoder.capture(options, self.h_patch.block) as (state, options):
             out = executor(*args, options, **kwargs)
         rows = x.shape[0] // (2 * len(order))
         names = ["cond" if c == 0 else "uncond" for c in order]
@@ -112,15 +112,16 @@ def _halves(x: torch.Tensor, chunks: int):
 
 
 class _SkipRecorder:
-    """output_block_patch (first in the list): the decoder's inputs (h at block 0, every skip) of one forward."""
+    """output_block_patch (first in the list): the inputs of the decoder from output block ``start`` on (h there and
+    every skip from there) of one forward."""
 
-    def __init__(self):
-        self.active, self.skips, self.h, self.index = True, [], None, 0
+    def __init__(self, start: int = 0):
+        self.active, self.skips, self.h, self.index, self.start = True, [], None, 0, start
 
     def __call__(self, h, hsp, transformer_options):
         block = transformer_options.get("block", ())
-        if self.active and block[:1] == ("output",):
-            if block[1] == 0:
+        if self.active and block[:1] == ("output",) and block[1] >= self.start:
+            if block[1] == self.start:
                 self.h, self.index = h.clone(), transformer_options.get("transformer_index", 0)
             self.skips.append(hsp.clone())
         return h, hsp
@@ -133,12 +134,12 @@ class _UNetDecoder:
         self.model = model
 
     @contextlib.contextmanager
-    def capture(self, options):
-        recorder = _SkipRecorder()
-        state = {"recorder": recorder}
-        first = next((m for m in self.model.output_blocks[0] if isinstance(m, TimestepBlock)), None)
+    def capture(self, options, start: int = 0):
+        recorder = _SkipRecorder(start)
+        state = {"recorder": recorder, "start": start}
+        first = next((m for m in self.model.output_blocks[start] if isinstance(m, TimestepBlock)), None)
         if first is None:
-            raise UnusualBatch("the first output block has no timestep block")
+            raise UnusualBatch(f"output block {start} has no timestep block")
         def keep_emb(module, args):
             state.setdefault("emb", args[1])
 
@@ -161,13 +162,14 @@ class _UNetDecoder:
         extra = {"time_context": take_rows(kwargs.get("time_context"), sel, x.shape[0]),
                  "num_video_frames": kwargs.get("num_video_frames", model.default_num_video_frames),
                  "image_only_indicator": take_rows(kwargs.get("image_only_indicator"), sel, x.shape[0])}
-        for i, module in enumerate(model.output_blocks):
-            options["block"] = ("output", i)
-            hsp = skips[i]
+        start = state["start"]
+        for k, module in enumerate(model.output_blocks[start:]):
+            options["block"] = ("output", start + k)
+            hsp = skips[k]
             for patch in patches:
                 h, hsp = patch(h, hsp, options)
             h = torch.cat([h, hsp], dim=1)
-            shape = skips[i + 1].shape if i + 1 < len(skips) else None
+            shape = skips[k + 1].shape if k + 1 < len(skips) else None
             h = forward_timestep_embed(module, h, emb, context, options, shape, **extra)
         return model.out(h.type(x.dtype))
 
@@ -179,14 +181,16 @@ class _PixelDecoder:
         self.model = model
 
     @contextlib.contextmanager
-    def capture(self, options):
-        with capture_pass(self.model.unet, keep_encoder=True) as cache:
-            yield {"cache": cache}, options
+    def capture(self, options, start: int = 0):
+        site = self.model.site_at_block(start)
+        with capture_pass(self.model.unet, True, site) as cache:
+            yield {"cache": cache, "site": site}, options
 
     def decode(self, state, sel, options, order, args, kwargs):
         x, timesteps = args[0], args[1]
         cache, rows = EncoderCache(), x.shape[0]
         cache.outputs = {m: take_rows(out, sel, rows) for m, out in state["cache"].outputs.items()}
+        cache.output = take_rows(state["cache"].output, sel, rows)
         options = {**options, "cond_or_uncond": order}
-        with replay_pass(self.model.unet, cache, state["cache"].h[sel]):
+        with replay_pass(self.model.unet, cache, state["cache"].h[sel], state["site"]):
             return self.model._forward(x[sel], take_rows(timesteps, sel, rows), transformer_options=options)

@@ -67,7 +67,7 @@ class AsyrpEdit(io.ComfyNode):
             return torch.cat(outs)
 
         out = run_in_comfy(model, x_T["samples"], body, positive=positive, negative=negative, cfg=cfg,
-                           edit_branches=edit_branches, seed=seed, negative_at=negative_at)
+                           edit_branches=edit_branches, seed=seed, negative_at=negative_at, site=direction.site)
         return io.NodeOutput(latent_out(model, out))
 
 

@@ -10,7 +10,7 @@ from ..hspace_core import (CFG_INVERSIONS, H_SOURCES, INVERSION_CONVENTIONS, Edi
                            generate, invert, null_text_embeddings, run_reverse)
 from .comfy_model import is_pixel_unet, latent_out, model_fingerprint, progress_bar, run_in_comfy
 from .common import (CATEGORY, advanced, Trajectory, check_inputs, conditioning_inputs, decode, encoded_pixels, latent_of,
-                     latent_x, model_input, psnr, sampling_inputs, steps_input, with_origin)
+                     latent_x, model_input, psnr, sampling_inputs, site_input, steps_input, with_origin)
 
 
 class DDIMInversion(io.ComfyNode):
@@ -45,6 +45,7 @@ class DDIMInversion(io.ComfyNode):
                                         tooltip="Where the output trajectory's h is read: along the inversion "
                                                 "(InjectFusion's content h) or along the reconstruction from x_T "
                                                 "(what an edit from x_T sees).")),
+                site_input(),
             ],
             outputs=[
                 io.Latent.Output("x_T", display_name="x_T", tooltip="The inverted noise latent; feed it to edit/inject/capture. "
@@ -58,7 +59,7 @@ class DDIMInversion(io.ComfyNode):
     @classmethod
     def execute(cls, model, steps, cfg, edit_branches, refine_iters, cfg_inversion="negative_prompt",
                 convention="seed", h_source="inversion", image=None, vae=None, latent=None, positive=None,
-                negative=None) -> io.NodeOutput:
+                negative=None, site="middle") -> io.NodeOutput:
         check_inputs(cls, locals())
         latent = latent_of(image, vae, latent)
         method = "plain" if math.isclose(cfg, 1.0) else cfg_inversion
@@ -69,7 +70,7 @@ class DDIMInversion(io.ComfyNode):
         inv = run_in_comfy(model, latent["samples"],
                            lambda m, x: invert(m, x, steps, report=method == "plain", progress=progress, **kw),
                            positive=positive, negative=negative if method == "plain" else None,
-                           cfg=cfg if method == "plain" else 1.0, edit_branches=edit_branches)
+                           cfg=cfg if method == "plain" else 1.0, edit_branches=edit_branches, site=site)
         negative_at = {}
         if method != "plain":
             negative_at, recon = _reconstruct_guided(model, inv, method, positive, negative, cfg, edit_branches)
@@ -107,15 +108,16 @@ class Capture(io.ComfyNode):
         return io.Schema(
             node_id="HSpaceCapture", display_name="H-Space Capture", category=CATEGORY,
             description="Run the deterministic reverse process from x_T and record h_t (the U-Net middle-block "
-                        "output) at every step; also returns the generated latent.",
+                        "output, or a decoder level's: site) at every step; also returns the generated latent.",
             inputs=[model_input(), io.Latent.Input("x_T", tooltip="Start latent: an inverted x_T or fresh noise."),
-                    *conditioning_inputs(), steps_input()],
+                    *conditioning_inputs(), steps_input(), site_input()],
             outputs=[Trajectory.Output("trajectory", tooltip="h at every step."),
                      io.Latent.Output("latent", tooltip="The generated (reconstructed) latent.")],
         )
 
     @classmethod
-    def execute(cls, model, x_T, steps, cfg, edit_branches, positive=None, negative=None) -> io.NodeOutput:
+    def execute(cls, model, x_T, steps, cfg, edit_branches, positive=None, negative=None,
+                site="middle") -> io.NodeOutput:
         check_inputs(cls, locals())
         negative, negative_at = sampling_inputs(x_T, steps, cfg, positive, negative)
 
@@ -124,5 +126,5 @@ class Capture(io.ComfyNode):
             return run_reverse(m, x, sched, record_h=True, progress=progress_bar(steps))
 
         result = run_in_comfy(model, x_T["samples"], body, positive=positive, negative=negative, cfg=cfg,
-                              edit_branches=edit_branches, negative_at=negative_at)
+                              edit_branches=edit_branches, negative_at=negative_at, site=site)
         return io.NodeOutput(result.trajectory, latent_out(model, result.x0))

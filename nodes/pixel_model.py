@@ -1,8 +1,9 @@
 """A diffusers ``UNet2DModel`` as a ComfyUI MODEL (pixel space), so KSampler and every H-Space node can use it.
 
 Pair it with the built-in VAE "pixel_space" (VAELoader), which maps IMAGE ↔ LATENT in [-1, 1].  The wrapper
-honours ``output_block_patch`` at block ("output", 0) the way ComfyUI's own U-Net does: the patch gets the
-middle-block output h and the deepest skip, and may return a new h.
+honours ``output_block_patch`` the way ComfyUI's own U-Net does at the blocks where a decoder level starts: at
+("output", 0) the patch gets the middle-block output h and the deepest skip; at ("output", n) with n the number
+of resnets of the up blocks before, the output of those up blocks and the next skip.  It may return a new h.
 """
 from __future__ import annotations
 
@@ -47,6 +48,16 @@ class DiffusersPixelUNet(torch.nn.Module):
             raise ValueError(f"This pixel U-Net cannot take a {width}×{height} image: resize it so both sides are "
                              f"multiples of {factor}{hint}.")
 
+    def site_at_block(self, block: int) -> str:
+        """The h site (``hspace_core.sites``) whose h the output_block_patch sees at ("output", ``block``)."""
+        for level in range(len(self.unet.up_blocks)):
+            if self._level_block(level) == block:
+                return "middle" if level == 0 else f"up{level}"
+        raise ValueError(f"Output block {block} does not start a decoder level of this pixel U-Net.")
+
+    def _level_block(self, level: int) -> int:
+        return sum(len(block.resnets) for block in self.unet.up_blocks[:level])
+
     @property
     def dtype(self):
         return next(self.unet.parameters()).dtype
@@ -60,22 +71,27 @@ class DiffusersPixelUNet(torch.nn.Module):
 
     def _forward(self, x, timesteps, context=None, y=None, control=None, transformer_options={}, **kwargs):
         patches = transformer_options.get("patches", {}).get("output_block_patch", [])
-        handles, state = [], {}
+        handles, skips = [], []
 
-        def keep_skip(module, args, output):
-            state["hsp"] = output[1][-1]
+        def keep_skips(module, args, output):
+            skips.extend(output[1] if isinstance(output, tuple) else [output])
 
-        def patch_h(module, args, h):
-            options = {**transformer_options, "block": ("output", 0), "block_index": 0}
-            hsp = state.get("hsp")
-            for patch in patches:
-                h, hsp = patch(h, hsp, options)
-            return h
+        def patcher(block: int):
+            def patch_h(module, args, output):
+                options = {**transformer_options, "block": ("output", block), "block_index": block}
+                h, hsp = (output if torch.is_tensor(output) else output[0]), skips[-1 - block]
+                for patch in patches:
+                    h, hsp = patch(h, hsp, options)
+                return h if torch.is_tensor(output) else (h, *output[1:])
+            return patch_h
 
         try:
             if patches:
-                handles.append(self.unet.down_blocks[-1].register_forward_hook(keep_skip))
-                handles.append(self.unet.mid_block.register_forward_hook(patch_h))
+                for module in (self.unet.conv_in, *self.unet.down_blocks):
+                    handles.append(module.register_forward_hook(keep_skips))
+                levels = (self.unet.mid_block, *self.unet.up_blocks[:-1])
+                for level, module in enumerate(levels):
+                    handles.append(module.register_forward_hook(patcher(self._level_block(level))))
             out = self.unet(x, timesteps, return_dict=False)[0]
         finally:
             for handle in handles:

@@ -154,3 +154,68 @@ def test_guided_edit_of_one_branch_runs_only_its_rows(text_unet, branch):
     assert (fast.eps_edited - full.eps_edited).abs().max() <= 1e-5 * scale
     assert not torch.allclose(fast.eps_edited, fast.eps)
     _no_hooks_left(text_unet)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("make", ["pixel", "text"])
+def test_site_up1_reads_and_replaces_the_first_up_block_output(pixel_unet, text_unet, images, make):
+    unet = pixel_unet if make == "pixel" else text_unet
+    x = images if make == "pixel" else torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    conditioning = None if make == "pixel" else Conditioning(torch.randn(1, 5, 32, generator=torch.Generator().manual_seed(3)))
+    seen = {}
+    hooks = [unet.mid_block.register_forward_hook(lambda m, a, o: seen.setdefault("middle", o)),
+             unet.up_blocks[0].register_forward_hook(lambda m, a, o: seen.setdefault("up1", o))]
+    try:
+        pred = DiffusersUNet(unet, conditioning=conditioning, site="up1").predict(x, 300)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert torch.equal(pred.h, seen["up1"]) and pred.h.shape != seen["middle"].shape
+    assert pred.h.shape[-1] == 2 * seen["middle"].shape[-1]  # one level finer
+    shift = lambda h, t, b: h * 1.3 + 0.1
+    for t in (700, 200):
+        fast = DiffusersUNet(unet, conditioning=conditioning, site="up1").predict(x, t, shift)
+        full = DiffusersUNet(unet, conditioning=conditioning, site="up1", reuse_encoder=False).predict(x, t, shift)
+        assert torch.allclose(fast.eps_edited, full.eps_edited, atol=1e-5)
+        assert (fast.eps_edited - fast.eps).abs().max() > 1e-3
+        middle = DiffusersUNet(unet, conditioning=conditioning).predict(x, t, shift)
+        assert (middle.eps_edited - fast.eps_edited).abs().max() > 1e-3, "the site changes what the edit moves"
+    identity = DiffusersUNet(unet, conditioning=conditioning, site="up1").predict(x, 500, lambda h, t, b: h)
+    assert torch.equal(identity.eps_edited, identity.eps)
+    _no_hooks_left(unet)
+
+
+def test_site_up1_edit_by_hand_equals_the_adapter(pixel_unet, images):
+    """The edited ε at up1 is the U-Net run with up_blocks[0]'s output replaced by h̃ — nothing else changed."""
+    shift = lambda h, t, b: h * 0.7 - 0.2
+    pred = DiffusersUNet(pixel_unet, site="up1").predict(images, 400, shift)
+    handle = pixel_unet.up_blocks[0].register_forward_hook(lambda m, a, o: shift(o, 400, "single"))
+    try:
+        with torch.no_grad():
+            by_hand = pixel_unet(images, 400).sample
+    finally:
+        handle.remove()
+    assert torch.allclose(pred.eps_edited, by_hand, atol=1e-5)
+
+
+def test_sites_the_unet_lacks_are_refused(pixel_unet):
+    with pytest.raises(ValueError, match="no h site 'up2'.*middle, up1"):
+        DiffusersUNet(pixel_unet, site="up2")
+    with pytest.raises(ValueError, match="unknown"):
+        DiffusersUNet(pixel_unet, site="down1")
+
+
+def test_trajectories_and_directions_carry_their_site_and_refuse_another(pixel_unet, images):
+    from hspace_core import capture, inject
+
+    up1 = DiffusersUNet(pixel_unet, site="up1")
+    traj = capture(up1, images, 4)
+    assert traj.site == "up1" and traj.h_shape == (32, 16, 16)
+    direction = Direction("global", torch.randn(traj.h_shape), site="up1")
+    schedule = EditSchedule(4, t_edit=500)
+    assert edit(up1, images, direction, 1.0, schedule).shape == images.shape
+    middle = DiffusersUNet(pixel_unet)
+    with pytest.raises(ValueError, match="site 'up1'.*set site to 'up1'"):
+        edit(middle, images, direction, 1.0, schedule)
+    with pytest.raises(ValueError, match="content h trajectory holds h read at site 'up1'.*set site to 'up1'"):
+        inject(middle, images, traj, 0.5, schedule, strict_fingerprint=False)

@@ -10,14 +10,14 @@ from harness.tiny import tiny_pixel_unet
 from hspace_core import DiffusersUNet, schedule_from_diffusers_config
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
-def test_comfy_adapter_matches_diffusers_adapter(pack, prediction_type):
+@pytest.mark.parametrize("prediction_type,site", [("epsilon", "middle"), ("v_prediction", "middle"), ("epsilon", "up1")])
+def test_comfy_adapter_matches_diffusers_adapter(pack, prediction_type, site):
     comfy_model, pixel_model = pack
     unet = tiny_pixel_unet(size=16)
     config = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
               "prediction_type": prediction_type}
     patcher = pixel_model.pixel_model_patcher(unet, config)
-    reference = DiffusersUNet(unet, schedule_from_diffusers_config(config))
+    reference = DiffusersUNet(unet, schedule_from_diffusers_config(config), site=site)
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     shift = lambda h, t, branch: h * 1.2 + 0.05
 
@@ -26,7 +26,7 @@ def test_comfy_adapter_matches_diffusers_adapter(pack, prediction_type):
         return [(t, model.predict(x, t), model.predict(x, t, shift)) for t in (999, 500, 20)]
 
     with torch.inference_mode():
-        results = comfy_model.run_in_comfy(patcher, torch.zeros_like(x), body)
+        results = comfy_model.run_in_comfy(patcher, torch.zeros_like(x), body, site=site)
         for t, plain, edited in results:
             want, want_edit = reference.predict(x, t), reference.predict(x, t, shift)
             assert torch.allclose(plain.eps, want.eps, atol=2e-3, rtol=1e-3), t

@@ -140,3 +140,15 @@ def test_schedule_aware_timesteps():
     assert abs(math.log(coarse.sigma(t) / linear.sigma(400))) < 0.1
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         timestep_at_fraction(linear, 1.5)
+
+
+def test_site_labels_what_the_named_module_is(edm, images):
+    up1 = Denoiser(edm, SIGMAS, "F.up_blocks.0", site="up1")
+    with torch.no_grad():
+        inv = invert(up1, images, 4, report=False)
+    assert inv.trajectory.site == "up1" and inv.trajectory.h_shape == (32, 16, 16)
+    with pytest.raises(ValueError, match="set site to 'up1'"):
+        edit(Denoiser(edm, SIGMAS, "F.mid_block"), inv.x_T, Direction("global", torch.ones(32, 16, 16), site="up1"),
+             1.0, EditSchedule(4, t_edit=500))
+    with pytest.raises(ValueError, match="unknown"):
+        Denoiser(edm, SIGMAS, "F.mid_block", site="bottleneck")

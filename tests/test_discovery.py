@@ -250,6 +250,44 @@ def test_explore_rows_are_directions_columns_are_strengths():
         dc.explore(model, x_T.repeat(2, 1, 1, 1), d, [1.0], schedule)
 
 
+def test_explore_t_edit_axis_gives_one_labelled_row_per_direction_and_t_edit():
+    model = hs.DiffusersUNet(tiny_pixel_unet(size=8))
+    x_T = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    schedule = hs.EditSchedule(6, t_edit=400)
+    with torch.no_grad():
+        h = hs.capture(model, x_T, 6).h
+    d = [hs.Direction("global", torch.randn(h.shape[2:], generator=torch.Generator().manual_seed(i)), name=f"d{i}")
+         for i in (1, 2)]
+    with torch.no_grad():
+        grid = dc.explore(model, x_T, d, [0.0, 2.0], schedule, t_edits=[800, 200])
+        late = hs.edit(model, x_T, d[1], 2.0, hs.EditSchedule(6, t_edit=200))
+        early = hs.edit(model, x_T, d[1], 2.0, hs.EditSchedule(6, t_edit=800))
+    assert grid.shape == (4, 2, 3, 8, 8)
+    assert torch.allclose(grid[3, 1], late[0], rtol=1e-4, atol=1e-3) and torch.allclose(grid[2, 1], early[0], rtol=1e-4, atol=1e-3)
+    assert (grid[3, 1] - grid[2, 1]).abs().max() > 1e-3, "a longer edit interval changes more"
+    labels = [label for _, _, label in dc.explorer_rows(d, [800, 200])]
+    assert labels == ["d1 @ t≥800", "d1 @ t≥200", "d2 @ t≥800", "d2 @ t≥200"]
+    with pytest.raises(ValueError, match="t_edit must be a timestep"):
+        dc.explore(model, x_T, d, [1.0], schedule, t_edits=[1200])
+
+
+def test_discovery_keeps_the_site_and_refuses_mixtures():
+    up1 = hs.DiffusersUNet(tiny_pixel_unet(size=8), site="up1")
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        traj = hs.capture(up1, x, 4)
+    pcs = dc.pca_directions(traj, 2)
+    assert traj.site == "up1" and all(p.site == "up1" for p in pcs)
+    assert dc.probe_direction(traj.select([0, 1]), traj.select([2]), "mean_difference").site == "up1"
+    assert dc.orthogonalise(pcs[0], pcs[1:]).site == "up1" and dc.combine(pcs, [1, 1]).site == "up1"
+    assert dc.jacobian_directions(up1, x[:1], 500, 2, iterations=2)[0].site == "up1"
+    middle = hs.Direction("global", torch.randn(pcs[0].h_shape))
+    with pytest.raises(ValueError, match="different h sites"):
+        dc.orthogonalise(pcs[0], [middle])
+    with pytest.raises(ValueError, match="set site to 'up1'"):
+        dc.explore(hs.DiffusersUNet(tiny_pixel_unet(size=8)), x[:1], pcs, [1.0], hs.EditSchedule(4, t_edit=400))
+
+
 def test_latent_at_follows_the_ddim_path():
     model = GaussianData(torch.zeros(1, 1, 4, 4))
     x_T = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(2))

@@ -381,3 +381,44 @@ def test_discovery_nodes_through_the_server(comfy):
     batch = json.loads(json.dumps(prompt))
     batch["84"]["inputs"]["x_T"] = [inversion, 0]
     _expect_node_error(comfy, batch, "pick one")
+
+
+def test_site_choice_through_the_server(comfy):
+    """DDIM Inversion at site up1 → PCA → the explorer (t_edit axis) and Asyrp Edit read h at up1 with no site input
+    of their own; the saved direction records up1; mixing sites is refused with the site to set."""
+    from hspace_core import Direction
+
+    prompt = load_prompt(os.path.join(ROOT, "workflows", "discover_directions.json"), comfy.object_info)
+    inversion, pca = find(prompt, "HSpaceDDIMInversion"), find(prompt, "HSpacePCADirections")
+    model, vae = prompt[inversion]["inputs"]["model"], prompt[inversion]["inputs"]["vae"]
+    prompt = {k: v for k, v in prompt.items() if v["class_type"] not in ("HSpaceDirectionExplorer", "SaveImage")}
+    prompt.update({
+        "90": {**prompt[inversion], "inputs": {**prompt[inversion]["inputs"], "site": "up1"}},
+        "91": {**prompt[pca], "inputs": {**prompt[pca]["inputs"], "trajectory": ["90", 1], "k": 2, "name": "up"}},
+        "92": {"class_type": "LatentFromBatch", "inputs": {"samples": ["90", 0], "batch_index": 0, "length": 1}},
+        "93": {"class_type": "HSpaceDirectionExplorer", "inputs": {
+            "model": model, "x_T": ["92", 0], "vae": vae, "directions": ["91", 0], "strengths": "-1, 1", "steps": 10,
+            "t_edit": 400, "scale": 1, "seed": 0, "cfg": 1.0, "edit_branches": "cond", "t_edit_sweep": "600, 200"}},
+        "94": {"class_type": "SaveImage", "inputs": {"images": ["93", 0], "filename_prefix": "e2e/site_grid"}},
+        "95": {"class_type": "HSpaceSaveDirection", "inputs": {"direction": ["91", 1], "filename_prefix": "e2e_up1"}},
+        "96": {"class_type": "HSpaceAsyrpEdit", "inputs": {
+            "model": model, "x_T": ["92", 0], "direction": ["91", 1], "strength": 1.0, "steps": 10, "t_edit": 400,
+            "seed": 0, "cfg": 1.0, "edit_branches": "cond"}},
+        "97": {"class_type": "VAEDecode", "inputs": {"samples": ["96", 0], "vae": vae}},
+        "98": {"class_type": "SaveImage", "inputs": {"images": ["97", 0], "filename_prefix": "e2e/site_edit"}},
+    })
+    entry = _run(comfy, prompt)
+    saved = Direction.load(os.path.join(comfy.base, "models", "hspace_directions", entry["outputs"]["95"]["text"][0]))
+    assert saved.site == "up1" and saved.h_shape == (128, 8, 8)  # the bundled model's first up level, 32-px images
+    grid = _saved(comfy, entry, prompt, "site_grid")[0]
+    assert grid.shape[0] > 4 * 32 and grid.shape[1] > 2 * 32  # 2 directions × 2 t_edits rows, 2 strength columns
+    assert _saved(comfy, entry, prompt, "site_edit")[0].shape[:2] == (32, 32)
+
+    mixed = json.loads(json.dumps(prompt))
+    mixed["99"] = {"class_type": "HSpaceOrthogonaliseDirection", "inputs": {
+        "direction": ["91", 1], "against": [pca, 1], "keep_norm": False}}
+    mixed["100"] = {"class_type": "HSpaceSaveDirection", "inputs": {"direction": ["99", 0], "filename_prefix": "e2e_mix"}}
+    _expect_node_error(comfy, mixed, "different h sites")
+    bad = json.loads(json.dumps(prompt))
+    bad["90"]["inputs"]["site"] = "up7"
+    _expect_node_error(comfy, bad, "site")

@@ -78,3 +78,20 @@ def test_other_model_names_both_fingerprints_and_the_hint(trajectory_file):
     with pytest.raises(ValueError) as error:
         HTrajectory.load(trajectory_file, expect_fingerprint="arch/other")
     assert "arch/w" in str(error.value) and "arch/other" in str(error.value) and "use the model" in str(error.value)
+
+
+def test_site_is_saved_and_files_without_one_are_middle(tmp_path):
+    traj = HTrajectory((999, 500), torch.randn(2, 1, 4, 4, 4), site="up1")
+    direction = Direction("global", torch.randn(4, 4, 4), name="d", site="up1")
+    traj.save(str(tmp_path / "t.safetensors"))
+    direction.save(str(tmp_path / "d.safetensors"))
+    assert HTrajectory.load(str(tmp_path / "t.safetensors")).site == "up1"
+    assert Direction.load(str(tmp_path / "d.safetensors")).site == "up1"
+    # a file of an older version: the same metadata with no "site" key
+    old = {"kind": "direction", "format_version": "1", "form": "global", "timesteps": [], "fingerprint": "",
+           "name": "old", "extra": {}, "scale": 1.0, "h_shape": [4, 4, 4]}
+    save_file({"delta": torch.randn(4, 4, 4)}, str(tmp_path / "old.safetensors"), metadata={"hspace": json.dumps(old)})
+    assert Direction.load(str(tmp_path / "old.safetensors")).site == "middle"
+    assert HTrajectory((999,), torch.randn(1, 1, 4, 2, 2)).site == "middle"
+    with pytest.raises(ValueError, match="h site 'bottom' is unknown"):
+        Direction("global", torch.randn(4, 4, 4), site="bottom")

@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from ..schedules import NoiseSchedule, schedule_from_sigmas
+from ..sites import DEFAULT_SITE, check_site
 from .base import HEdit, Prediction, autograd_ready, edited_rows, fingerprint_of
 
 OUTPUTS = ("x0", "eps")
@@ -43,16 +44,19 @@ class Denoiser:
       module returning a tuple has h as its first element.
     - ``fingerprint``: defaults to ``fingerprint_of`` the weights of ``fn`` when it is an nn.Module; give one
       otherwise (e.g. ``fingerprint_of({"name": "my-model"}, state_dict)``).
+    - ``site``: which block ``h_module`` is in the site vocabulary (``hspace_core.sites``): "middle" for the
+      bottleneck, "upk" for the output of the k-th decoder level; trajectories and directions carry it.
     """
 
     branches = ("single",)
 
     def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], sigmas, h_module, *,
-                 output: str = "x0", fingerprint: str | None = None):
+                 output: str = "x0", fingerprint: str | None = None, site: str = DEFAULT_SITE):
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS} (what fn returns), got {output!r}.")
         self.fn = fn
         self.output = output
+        self.site = check_site(site)
         self.schedule = sigmas if isinstance(sigmas, NoiseSchedule) else schedule_from_sigmas(sigmas)
         self.h_module = self._resolve(fn, h_module)
         if fingerprint is None:

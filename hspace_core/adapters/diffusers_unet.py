@@ -1,8 +1,10 @@
 """Adapter for diffusers ``UNet2DModel`` (pixel DDPMs) and ``UNet2DConditionModel`` (Stable Diffusion 1.x/2.x, SDXL).
 
-h is the output of ``unet.mid_block``.  When an edit is requested the encoder (conv_in and the down blocks)
-runs once: for the edited pass their forwards are temporarily replaced by the cached outputs and the
-middle block returns h̃, so only the time embedding and the decoder run again.
+h is the output of ``unet.mid_block`` (site "middle"), or of ``unet.up_blocks[k-1]`` for site "upk"
+(``hspace_core.sites``).  When an edit is requested everything before h (conv_in, the down blocks and, at a decoder
+site, the middle block and the earlier up blocks) runs once: for the edited pass their forwards are temporarily
+replaced by the cached outputs and the site's block returns h̃, so only the time embedding and the rest of the
+decoder run again.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import torch
 
 from ..schedules import NoiseSchedule, schedule_from_diffusers_config
 from ..ddim import eps_from_model_output
+from ..sites import DEFAULT_SITE, check_site, up_level
 from .base import HEdit, Prediction, autograd_ready, edited_rows, fingerprint_of, guided, is_edited, take_rows
 
 
@@ -65,7 +68,7 @@ class DiffusersUNet:
 
     def __init__(self, unet: torch.nn.Module, schedule: NoiseSchedule | dict | None = None,
                  conditioning: Conditioning | None = None, class_labels: torch.Tensor | None = None,
-                 reuse_encoder: bool = True):
+                 reuse_encoder: bool = True, site: str = DEFAULT_SITE):
         if getattr(unet, "mid_block", None) is None:
             raise ValueError(
                 f"{type(unet).__name__} has no middle block (mid_block is None), so it has no h-space. "
@@ -76,7 +79,9 @@ class DiffusersUNet:
             schedule = NoiseSchedule(_default_alphas(), "epsilon")
         elif isinstance(schedule, dict):
             schedule = schedule_from_diffusers_config(schedule)
+        site_module(unet, site)  # refuses a site this U-Net does not have
         self.unet = unet
+        self.site = site
         self.schedule = schedule
         self.conditioning = conditioning
         self.class_labels = class_labels
@@ -115,8 +120,14 @@ class DiffusersUNet:
             return self.unet.class_embedding(labels).float().cpu()
 
     def with_conditioning(self, conditioning: Conditioning | None) -> "DiffusersUNet":
-        other = DiffusersUNet(self.unet, self.schedule, conditioning, self.class_labels, self.reuse_encoder)
+        other = DiffusersUNet(self.unet, self.schedule, conditioning, self.class_labels, self.reuse_encoder, self.site)
         other._fingerprint = self._fingerprint  # same weights
+        return other
+
+    def with_site(self, site: str) -> "DiffusersUNet":
+        """The same U-Net with h read (and edited) at another site (``hspace_core.sites``)."""
+        other = DiffusersUNet(self.unet, self.schedule, self.conditioning, self.class_labels, self.reuse_encoder, site)
+        other._fingerprint = self._fingerprint
         return other
 
     # --- guidance (``adapters.base.GuidedModel``): what guided inversion needs ---
@@ -159,7 +170,7 @@ class DiffusersUNet:
     def predict(self, x_t: torch.Tensor, t: int, edit: HEdit | None = None) -> Prediction:
         x_in, kwargs = self._inputs(x_t, t)
         timestep = torch.full((x_in.shape[0],), max(int(t), 0), device=self.device, dtype=torch.long)
-        with capture_pass(self.unet, self.reuse_encoder and edit is not None) as cache:
+        with capture_pass(self.unet, self.reuse_encoder and edit is not None, self.site) as cache:
             out = self._run(x_in, timestep, kwargs)
         h = cache.h
         eps = self._to_eps(out, x_t, t)
@@ -170,11 +181,11 @@ class DiffusersUNet:
         h_edited = torch.empty_like(h).copy_(edited_rows(h, t, self.branches, edit, edit_branches))
         rows = self._edited_rows(x_in.shape[0], edit_branches)
         if rows is None:
-            with replay_pass(self.unet, cache if self.reuse_encoder else None, h_edited):
+            with replay_pass(self.unet, cache if self.reuse_encoder else None, h_edited, self.site):
                 out_edited = self._run(x_in, timestep, kwargs)
         else:  # under guidance with one branch edited, only that branch's decoder rows run again
             n = x_in.shape[0]
-            with replay_pass(self.unet, cache.rows(rows, n), h_edited[rows]):
+            with replay_pass(self.unet, cache.rows(rows, n), h_edited[rows], self.site):
                 out_rows = self._run(x_in[rows], timestep[rows], take_rows(kwargs, rows, n))
             out_edited = out.clone()
             out_edited[rows] = out_rows.to(out_edited.dtype)
@@ -255,47 +266,70 @@ def _default_alphas() -> torch.Tensor:
     return torch.cumprod(1 - torch.linspace(1e-4, 2e-2, 1000, dtype=torch.float64), 0)
 
 
-class EncoderCache:
-    """h and the encoder modules' outputs of one forward."""
+def site_module(unet, site: str) -> torch.nn.Module:
+    """The block whose output is h at ``site``: ``mid_block``, or ``up_blocks[k-1]`` for "upk"; a site past the
+    second-to-last up block (whose output is the decoder's last features, not h) is refused."""
+    level = up_level(check_site(site))
+    if level == 0:
+        return unet.mid_block
+    ups = len(unet.up_blocks)
+    if level > ups - 1:
+        raise ValueError(f"This U-Net has {ups} up blocks, so it has no h site {site!r}; use middle"
+                         f"{''.join(f', up{k}' for k in range(1, ups))}.")
+    return unet.up_blocks[level - 1]
 
-    def __init__(self, h=None, outputs=None):
+
+def _modules_before(unet, site: str) -> tuple:
+    """The modules whose outputs a forward computes before h at ``site`` (and that an edit does not change)."""
+    level = up_level(site)
+    return (unet.conv_in, *unet.down_blocks, *((unet.mid_block, *unet.up_blocks[: level - 1]) if level else ()))
+
+
+class EncoderCache:
+    """h and the outputs of the modules before h of one forward (``output`` is the site block's whole output)."""
+
+    def __init__(self, h=None, outputs=None, output=None):
         self.h = h
         self.outputs = {} if outputs is None else outputs
+        self.output = output
 
     def rows(self, rows: torch.Tensor, batch: int) -> "EncoderCache":
         """The cache of some rows of a ``batch``-row forward."""
-        return EncoderCache(take_rows(self.h, rows, batch), take_rows(self.outputs, rows, batch))
+        return EncoderCache(take_rows(self.h, rows, batch), take_rows(self.outputs, rows, batch),
+                            take_rows(self.output, rows, batch))
 
 
 @contextlib.contextmanager
-def capture_pass(unet, keep_encoder: bool):
-    """Record h (and, if asked, the encoder's outputs) during one forward; hooks always come off."""
+def capture_pass(unet, keep_encoder: bool, site: str = DEFAULT_SITE):
+    """Record h at ``site`` (and, if asked, the outputs of the modules before it) during one forward; hooks always
+    come off."""
     cache = EncoderCache()
     handles = []
 
     def keep_h(module, args, output):
         # a copy: a patch after this hook (FreeU's, in the pixel wrapper) may change the output in place
         cache.h = (output if torch.is_tensor(output) else output[0]).detach().clone()
+        cache.output = output
 
     def keeper(module, args, output):
         cache.outputs[module] = output
 
     try:
-        handles.append(unet.mid_block.register_forward_hook(keep_h))
+        handles.append(site_module(unet, site).register_forward_hook(keep_h))
         if keep_encoder:
-            for module in (unet.conv_in, *unet.down_blocks):
+            for module in _modules_before(unet, site):
                 handles.append(module.register_forward_hook(keeper))
         yield cache
     finally:
         for handle in handles:
             handle.remove()
     if cache.h is None:
-        raise RuntimeError("The U-Net's middle block did not run; this model's forward bypasses mid_block.")
+        raise RuntimeError(f"The U-Net's h block (site {site!r}) did not run; this model's forward bypasses it.")
 
 
 @contextlib.contextmanager
-def replay_pass(unet, cache: EncoderCache | None, h_edited: torch.Tensor):
-    """Make the next forward use ``h_edited`` as the middle-block output (and the cached encoder, if given).
+def replay_pass(unet, cache: EncoderCache | None, h_edited: torch.Tensor, site: str = DEFAULT_SITE):
+    """Make the next forward use ``h_edited`` as h at ``site`` (and the cached modules before it, if given).
 
     Instance attributes shadow the class's ``forward``; deleting them restores it, whatever happens.
     """
@@ -306,9 +340,27 @@ def replay_pass(unet, cache: EncoderCache | None, h_edited: torch.Tensor):
                 module.forward = (lambda out: (lambda *a, **k: out))(output)
                 patched.append(module)
         h = h_edited.to(next(unet.parameters()).dtype)
-        unet.mid_block.forward = lambda *a, **k: h
-        patched.append(unet.mid_block)
+        block = site_module(unet, site)
+        rest = () if cache is None or cache.output is None or torch.is_tensor(cache.output) else tuple(cache.output[1:])
+        if rest:  # a block returning (h, skip…) (AttnSkipUpBlock2D): only h is replaced
+            block.forward = lambda *a, **k: (h, *rest)
+        elif cache is None and site != DEFAULT_SITE:  # the block runs; its output's first element becomes h̃
+            block.forward = _replacing_first(block, h)
+        else:
+            block.forward = lambda *a, **k: h
+        patched.append(block)
         yield
     finally:
         for module in patched:
             module.__dict__.pop("forward", None)
+
+
+def _replacing_first(block: torch.nn.Module, h: torch.Tensor):
+    """A forward for ``block`` that returns ``h`` in place of its output (or of its output's first element)."""
+    original = type(block).forward
+
+    def forward(*args, **kwargs):
+        out = original(block, *args, **kwargs)
+        return h if torch.is_tensor(out) else (h, *out[1:])
+
+    return forward
