@@ -1,0 +1,90 @@
+"""How h trajectories are kept: float16 or float32, only t ≥ t_min, and what injection reads of them."""
+import pytest
+import torch
+
+from harness.tiny import tiny_pixel_unet
+from hspace_core import (DiffusersUNet, EditSchedule, HStorage, HTrajectory, capture, inject, invert,
+                         schedule_from_betas, betas_linear)
+
+STEPS, T_EDIT = 8, 500
+
+
+@pytest.fixture(scope="module")
+def model():
+    return DiffusersUNet(tiny_pixel_unet(), schedule_from_betas(betas_linear(1000)))
+
+
+@pytest.fixture(scope="module")
+def x_T(model):
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(1, 3, 16, 16, generator=g), torch.randn(1, 3, 16, 16, generator=g)
+
+
+def test_float16_halves_the_bytes_and_survives_a_file(tmp_path):
+    h = torch.randn(3, 2, 8, 2, 2)
+    full = HTrajectory((999, 500, 0), h, ("uncond", "cond"))
+    half = HTrajectory((999, 500, 0), h, ("uncond", "cond"), dtype="float16")
+    assert half.h.dtype == torch.float16 and half.nbytes * 2 == full.nbytes == h.numel() * 4
+    assert torch.equal(half.h, h.half())
+    path = str(tmp_path / "half.safetensors")
+    half.save(path)
+    loaded = HTrajectory.load(path)
+    assert loaded.dtype == "float16" and torch.equal(loaded.h, half.h)
+    full.save(path)
+    assert HTrajectory.load(path).dtype == "float32"
+
+
+def test_only_at_keeps_those_steps_and_refuses_missing_ones():
+    traj = HTrajectory((999, 500, 0), torch.randn(3, 1, 4, 2, 2))
+    kept = traj.only_at([999, 500])
+    assert kept.timesteps == (999, 500) and torch.equal(kept.at(500), traj.at(500))
+    with pytest.raises(ValueError, match="set steps to 3"):
+        traj.only_at([400])
+
+
+def test_bad_storage_is_refused_with_what_to_set(model, x_T):
+    with pytest.raises(ValueError, match="float32"):
+        HStorage(dtype="int8")
+    with pytest.raises(ValueError, match="'cpu' or 'model'"):
+        HStorage(device="gpu")
+    with pytest.raises(ValueError, match="lower keep_h_from_t"):
+        HStorage(t_min=999).trajectory([998, 500], [], ("single",), "", "")
+    with pytest.raises(ValueError, match="float32"):
+        HTrajectory((1,), torch.zeros(1, 1, 1, 1, 1), dtype="float64")
+
+
+def test_pruned_capture_and_inversion_equal_the_full_ones_at_the_kept_steps(model, x_T):
+    full = capture(model, x_T[0], STEPS)
+    pruned = capture(model, x_T[0], STEPS, h_storage=HStorage(t_min=T_EDIT))
+    assert pruned.timesteps == tuple(t for t in full.timesteps if t >= T_EDIT) and len(pruned.timesteps) < STEPS
+    assert torch.equal(pruned.h, full.only_at(pruned.timesteps).h)
+    images = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    inv = invert(model, images, STEPS, report=False)
+    inv_pruned = invert(model, images, STEPS, report=False, h_storage=HStorage(t_min=T_EDIT))
+    assert inv_pruned.trajectory.timesteps[0] == inv.timesteps[0]  # T (never evaluated) is still there
+    assert torch.equal(inv_pruned.trajectory.h, inv.trajectory.only_at(inv_pruned.trajectory.timesteps).h)
+    assert torch.equal(inv_pruned.x_T, inv.x_T)
+
+
+def test_injection_from_a_pruned_trajectory_is_bit_identical(model, x_T):
+    content = capture(model, x_T[0], STEPS)
+    schedule = EditSchedule(STEPS, t_edit=T_EDIT)
+    pruned = capture(model, x_T[0], STEPS, h_storage=HStorage(t_min=T_EDIT))
+    for stride in (1, 2):
+        want = inject(model, x_T[1], content, 0.7, schedule, stride=stride)
+        assert torch.equal(inject(model, x_T[1], pruned, 0.7, schedule, stride=stride), want)
+    with pytest.raises(ValueError, match="set steps to"):
+        inject(model, x_T[1], pruned, 0.7, EditSchedule(STEPS, t_edit=T_EDIT - 300))
+
+
+def test_float16_injection_is_close_to_float32(model, x_T):
+    schedule = EditSchedule(STEPS, t_edit=T_EDIT)
+    full = capture(model, x_T[0], STEPS)
+    half = capture(model, x_T[0], STEPS, h_storage=HStorage("float16", t_min=T_EDIT))
+    assert half.dtype == "float16" and half.h.dtype == torch.float16
+    want = inject(model, x_T[1], full, 0.7, schedule)
+    got = inject(model, x_T[1], half, 0.7, schedule)
+    style = inject(model, x_T[1], full, 0.0, schedule)
+    error = (got - want).norm() / (want - style).norm()
+    assert 0 < error < 1e-2, error  # the injection's change, not the image, is what float16 perturbs
+
