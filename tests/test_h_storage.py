@@ -1,4 +1,6 @@
 """How h trajectories are kept: float16 or float32, only t ≥ t_min, and what injection reads of them."""
+import os
+
 import pytest
 import torch
 
@@ -88,3 +90,22 @@ def test_float16_injection_is_close_to_float32(model, x_T):
     error = (got - want).norm() / (want - style).norm()
     assert 0 < error < 1e-2, error  # the injection's change, not the image, is what float16 perturbs
 
+
+
+def test_capture_node_keeps_float16_by_default_and_what_it_is_told(pack):
+    import hspace_pack.nodes.inversion as inversion
+
+    _, pixel_model = pack
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "hspace-shapes-ddpm")
+    patcher = pixel_model.pixel_model_patcher(*pixel_model.load_pixel_unet_folder(folder))
+    x_T = {"samples": torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))}
+    with torch.inference_mode():
+        half, latent = inversion.Capture.execute(patcher, x_T, 6, 1.0, "cond").result
+        full, latent_full = inversion.Capture.execute(patcher, x_T, 6, 1.0, "cond", h_storage="float32 on CPU",
+                                                      keep_h_from_t=T_EDIT).result
+    assert half.dtype == "float16" and len(half.timesteps) == 6 and half.h.device.type == "cpu"
+    assert full.dtype == "float32" and full.timesteps == tuple(t for t in half.timesteps if t >= T_EDIT)
+    assert torch.equal(latent["samples"], latent_full["samples"])
+    assert torch.equal(full.h.half(), half.only_at(full.timesteps).h)
+    with pytest.raises(ValueError, match="h_storage is 'bfloat16'"):
+        inversion.Capture.execute(patcher, x_T, 6, 1.0, "cond", h_storage="bfloat16")
