@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -100,14 +101,14 @@ def peak_of_step(kind: str, latent: int) -> dict:
     def body(model, _x):
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM (peak RSS) to the current RSS
-        before = _rss_kib("VmRSS")
+        before, t0 = _rss_kib("VmRSS"), time.perf_counter()
         if kind == "plain":
             p = model.predict(x, 500)
         else:
             p = model.predict(x, 500, shift)
             if kind == "calibrated":
                 model.predict(calibrated_x_t(x, p.eps, p.eps_edited, model.schedule.alpha_bar(500), 0.3), 500)
-        out.update(peak_kib=_rss_kib("VmHWM") - before, rss_before_kib=before, h_shape=list(p.h.shape),
+        out.update(seconds=time.perf_counter() - t0, peak_kib=_rss_kib("VmHWM") - before, rss_before_kib=before, h_shape=list(p.h.shape),
                    h_dtype=str(p.h.dtype))
 
     with torch.inference_mode():
@@ -152,9 +153,9 @@ def report(sizes, errors, peaks, latent) -> str:
     if peaks:
         lines += ["", f"### Peak memory of one step (measured: ComfyUI SD1.5 architecture, random weights, "
                   f"{latent}×{latent} latent, CFG 7.5, batch 1, CPU)", "",
-                  "| step | peak above the loaded model | h the model returned |", "|---|---|---|"]
+                  "| step | peak above the loaded model | seconds (one run) | h the model returned |", "|---|---|---|---|"]
         for kind, p in peaks.items():
-            lines.append(f"| {kind} | {mib(p['peak_kib'] * 1024)} | {p['h_shape']} {p['h_dtype']} |")
+            lines.append(f"| {kind} | {mib(p['peak_kib'] * 1024)} | {p['seconds']:.1f} s | {p['h_shape']} {p['h_dtype']} |")
         lines.append(f"\nResident before the step (model loaded): {mib(peaks['plain']['rss_before_kib'] * 1024)}.")
     return "\n".join(lines)
 

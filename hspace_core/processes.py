@@ -38,7 +38,7 @@ class ReverseResult:
 def run_reverse(model: HSpaceModel, x_T: torch.Tensor, schedule: EditSchedule, *,
                 edit: HEdit | None = None, edit_every: int = 1, omega: float | None = None,
                 asymmetric: bool = True, seed: int = 0, record_h: bool = False, h_storage: HStorage = HStorage(),
-                progress: ProgressFn | None = None, should_stop: StopFn | None = None) -> ReverseResult:
+                h_only: bool = False, progress: ProgressFn | None = None, should_stop: StopFn | None = None) -> ReverseResult:
     """The three-phase reverse process of Asyrp (Kwon et al. 2023, §3.3 and §4):
 
     - t ≥ t_edit: two predictions per step, ε(x_t | h̃_t) and ε(x_t | h_t), joined by the asymmetric
@@ -49,7 +49,9 @@ def run_reverse(model: HSpaceModel, x_T: torch.Tensor, schedule: EditSchedule, *
     ``edit_every`` > 1 edits only every k-th step of the edit phase (injection stride).
     ``asymmetric=False`` uses ε(x_t | h̃_t) for both P_t and D_t (the ablation the paper shows cancels out).
     ``omega`` = 0 (or None) is no calibration, as in the official code.
-    ``record_h`` keeps h as ``h_storage`` says (precision, device, only t ≥ t_min), converted step by step.
+    ``record_h`` keeps h as ``h_storage`` says (precision, device, only t ≥ t_min), converted step by step;
+    ``h_only`` stops after the last step whose h is kept (for callers that want h only: ``x0`` is then the x
+    reached there, not a clean image).
     """
     check_latent(x_T, "x_T")
     if edit_every < 1:
@@ -62,6 +64,8 @@ def run_reverse(model: HSpaceModel, x_T: torch.Tensor, schedule: EditSchedule, *
     loop = StepLoop(len(pairs), progress, should_stop)
     x, hs, edit_index = x_T, [], 0
     for t, t_prev in pairs:
+        if h_only and not h_storage.keeps(t):
+            break
         loop.tick()
         active = edit is not None and schedule.edits_at(t) and edit_index % edit_every == 0
         edit_index += edit is not None and schedule.edits_at(t)
@@ -177,9 +181,9 @@ def capture(model: HSpaceModel, x_T: torch.Tensor, num_steps: int = 40, *, grid:
             h_storage: HStorage = HStorage(), progress: ProgressFn | None = None,
             should_stop: StopFn | None = None) -> HTrajectory:
     """h_t along the deterministic reverse process from x_T (a reconstruction if x_T came from ``invert``),
-    kept as ``h_storage`` says."""
+    kept as ``h_storage`` says; with ``h_storage.t_min`` > 0 the process stops there (no pass below it)."""
     sched = EditSchedule.reconstruction(num_steps, grid, model.schedule.num_train_timesteps)
-    return run_reverse(model, x_T, sched, record_h=True, h_storage=h_storage, progress=progress,
+    return run_reverse(model, x_T, sched, record_h=True, h_storage=h_storage, h_only=True, progress=progress,
                        should_stop=should_stop).trajectory
 
 

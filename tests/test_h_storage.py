@@ -68,6 +68,20 @@ def test_pruned_capture_and_inversion_equal_the_full_ones_at_the_kept_steps(mode
     assert torch.equal(inv_pruned.x_T, inv.x_T)
 
 
+def test_capture_for_h_from_t_edit_stops_there(model, x_T):
+    calls = []
+
+    class Counting:
+        schedule, branches, fingerprint = model.schedule, model.branches, model.fingerprint
+
+        def predict(self, x, t, edit=None):
+            calls.append(t)
+            return model.predict(x, t, edit)
+
+    traj = capture(Counting(), x_T[0], STEPS, h_storage=HStorage(t_min=T_EDIT))
+    assert calls == list(traj.timesteps) and min(calls) >= T_EDIT
+
+
 def test_injection_from_a_pruned_trajectory_is_bit_identical(model, x_T):
     content = capture(model, x_T[0], STEPS)
     schedule = EditSchedule(STEPS, t_edit=T_EDIT)
