@@ -122,7 +122,7 @@ def setup_comfy():
     import nodes
 
     cache = os.path.expanduser(os.environ.get("HSPACE_E2E_MODELS", "~/.cache/hspace-nodes/e2e-models"))
-    for kind in ("checkpoints", "diffusers"):
+    for kind in ("checkpoints", "diffusers", "open_clip"):
         folder_paths.add_model_folder_path(kind, os.path.join(cache, kind))
     folder_paths.set_input_directory(os.path.join(REPO, "workflows", "inputs"))
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
@@ -160,8 +160,11 @@ def run_graph(graph: dict, classes: dict, counter: PassCounter, model_override=N
         out = call_node(classes[node["class_type"]], inputs)
         if node["class_type"] == "CheckpointLoaderSimple" and model_override is not None:
             out = (model_override, *out[1:])
+        settings = {k: v for k, v in node["inputs"].items() if not isinstance(v, list)}  # with "_" hints
+        settings.update({k: v for k, v in inputs.items() if isinstance(v, (bool, int, float, str))})  # linked ones
+        settings.update({k: True for k in ("calibration", "boost") if inputs.get(k) is not None})
         stats[node_id] = {"class_type": node["class_type"], "seconds": time.perf_counter() - t0,
-                          "rows": (counter.encoder - enc, counter.decoder - dec)}
+                          "rows": (counter.encoder - enc, counter.decoder - dec), "settings": settings}
         results[node_id] = out
         return out
 
@@ -172,16 +175,22 @@ def run_graph(graph: dict, classes: dict, counter: PassCounter, model_override=N
     return stats
 
 
+# The shipped CLIP training workflow asks for ViT-B-16 / openai (a download); the test kit's tiny open_clip stands in.
+TINY_CLIP = {"clip_model": "hspace-tiny-clip", "clip_pretrained": "hspace-tiny-clip.safetensors"}
+
+
 def prepared(path: str, steps: int | None, size: int | None) -> dict:
     graph = json.load(open(path))
     for node in graph.values():
         p = node["inputs"]
+        p.update({k: v for k, v in TINY_CLIP.items() if k in p})
         if steps and "steps" in p and node["class_type"].startswith("HSpace"):
             p["steps"] = steps
         if size and node["class_type"] == "ImageScale":
             p["width"] = p["height"] = size
-        if node["class_type"] == "HSpaceDirectionExplorer":
-            p["_directions"] = 1  # one direction row (PCADirections' chosen component), for the minimum
+        if node["class_type"] == "HSpaceDirectionExplorer":  # one batched process per direction (for the minimum)
+            source = graph[str(p["directions"][0])] if isinstance(p.get("directions"), list) else None
+            p["_directions"] = source["inputs"].get("k", 1) if source else 1
     return graph
 
 
@@ -217,7 +226,8 @@ def measure_workflow(path: str, classes: dict, args, model_override=None) -> dic
     used, cache = consumed_outputs(graph), {}
     total_min, algorithmic = [0, 0], []
     for node_id, s in stats.items():
-        m = minimum_rows(graph[node_id], used.get(node_id, set()), images_of(graph, node_id, cache))
+        node = {"class_type": s["class_type"], "inputs": s["settings"]}
+        m = minimum_rows(node, used.get(node_id, set()), images_of(graph, node_id, cache))
         s["minimum"] = m
         if m is None:
             algorithmic.append(s["class_type"])
