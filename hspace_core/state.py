@@ -129,7 +129,11 @@ class HStorage:
 
     def put(self, h: torch.Tensor) -> torch.Tensor:
         """One step's h as it is kept: a copy in ``dtype`` on the chosen device (detached)."""
-        return h.detach().to("cpu" if self.device == "cpu" else h.device, H_DTYPES[self.dtype], copy=True)
+        kept = h.detach().to("cpu" if self.device == "cpu" else h.device, H_DTYPES[self.dtype], copy=True)
+        if self.dtype == "float16" and not torch.isfinite(kept).all() and torch.isfinite(h).all():
+            raise ValueError(f"h reaches {float(h.abs().max()):.3g}, beyond float16's range (65504): keep h in "
+                             "float32 (h_storage).")
+        return kept
 
     def trajectory(self, timesteps, hs: list, branches, fingerprint: str, source: str) -> "HTrajectory":
         """The trajectory of the kept steps (``hs`` already ``put``) of the grid ``timesteps``."""

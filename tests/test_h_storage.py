@@ -53,6 +53,9 @@ def test_bad_storage_is_refused_with_what_to_set(model, x_T):
         HStorage(t_min=999).trajectory([998, 500], [], ("single",), "", "")
     with pytest.raises(ValueError, match="float32"):
         HTrajectory((1,), torch.zeros(1, 1, 1, 1, 1), dtype="float64")
+    with pytest.raises(ValueError, match="beyond float16's range"):
+        HStorage("float16").put(torch.full((1, 2), 7e4))
+    assert HStorage("float16").put(torch.full((1, 2), 6e4)).dtype == torch.float16
 
 
 def test_pruned_capture_and_inversion_equal_the_full_ones_at_the_kept_steps(model, x_T):
