@@ -230,7 +230,9 @@ class HTrajectory:
         if wanted == set(self.timesteps):
             return self
         keep = [k for k, t in enumerate(self.timesteps) if t in wanted]
-        return dataclasses.replace(self, timesteps=tuple(self.timesteps[k] for k in keep), h=self.h[keep])
+        contiguous = bool(keep) and keep == list(range(keep[0], keep[-1] + 1))  # e.g. t ≥ t_edit: a view
+        h = self.h[keep[0]:keep[-1] + 1] if contiguous else self.h[keep]
+        return dataclasses.replace(self, timesteps=tuple(self.timesteps[k] for k in keep), h=h)
 
     def select(self, indices) -> "HTrajectory":
         """The trajectory of some images of the batch (in every branch)."""

@@ -40,6 +40,8 @@ def test_only_at_keeps_those_steps_and_refuses_missing_ones():
     traj = HTrajectory((999, 500, 0), torch.randn(3, 1, 4, 2, 2))
     kept = traj.only_at([999, 500])
     assert kept.timesteps == (999, 500) and torch.equal(kept.at(500), traj.at(500))
+    assert kept.h.data_ptr() == traj.h.data_ptr()  # t ≥ t_edit is a prefix of the grid: a view, no copy
+    assert traj.only_at([999, 0]).timesteps == (999, 0) and traj.only_at([]).h.shape[0] == 0
     with pytest.raises(ValueError, match="set steps to 3"):
         traj.only_at([400])
 
