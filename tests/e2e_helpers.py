@@ -24,10 +24,10 @@ def overrides_for(path: str) -> dict:
     return {**sd, **CLIP_TEST_OVERRIDES}
 
 
-def load_prompt(path: str, object_info: dict, overrides: dict | None = None) -> dict:
+def load_prompt(path: str, object_info: dict, overrides: dict | None = None, new_widget_defaults: bool = False) -> dict:
     from harness.ui_to_api import ui_to_api
 
-    prompt = ui_to_api(json.load(open(path)), object_info)
+    prompt = ui_to_api(json.load(open(path)), object_info, new_widget_defaults)
     if overrides is None:
         overrides = overrides_for(path)
     for node in prompt.values():
