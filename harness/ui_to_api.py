@@ -21,7 +21,23 @@ def _has_control(spec) -> bool:
     return bool(options.get("control_after_generate"))
 
 
-def ui_to_api(ui: dict, object_info: dict) -> dict:
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def _new_widget_defaults(object_info: dict, node_type: str, listed: set) -> dict:
+    """{name: default} of the node's widgets the file does not list (it predates them): the editor adds them."""
+    found = {}
+    for section in ("required", "optional"):
+        for name, spec in object_info[node_type]["input"].get(section, {}).items():
+            options = spec[1] if len(spec) > 1 else {}
+            is_widget = isinstance(spec[0], list) or spec[0] in WIDGET_TYPES
+            if is_widget and name not in listed and "default" in options and not options.get("forceInput"):
+                found[name] = options["default"]
+    return found
+
+
+def ui_to_api(ui: dict, object_info: dict, new_widget_defaults: bool = False) -> dict:
+    """``new_widget_defaults``: widgets newer than the file get their defaults, as the editor's conversion does."""
     links = {link[0]: link for link in ui.get("links", [])}
     prompt = {}
     for node in ui["nodes"]:
@@ -42,5 +58,8 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
             if slot.get("link") is not None:
                 link = links[slot["link"]]
                 inputs[slot["name"]] = [str(link[1]), link[2]]
+        if new_widget_defaults:
+            listed = {slot["name"] for slot in node.get("inputs", [])}
+            inputs.update(_new_widget_defaults(object_info, node["type"], listed))
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return prompt

@@ -22,7 +22,7 @@ from .schedules import (NoiseSchedule, betas_cosine, betas_linear, betas_scaled_
                         schedule_from_diffusers_config, schedule_from_sigmas, step_pairs, timestep_at_fraction,
                         timestep_at_sigma, timestep_grid)
 from .sites import SITES
-from .state import (Direction, EditSchedule, HTrajectory, Inversion, QualityBoost, ReconstructionReport, XTOrigin,
+from .state import (Direction, EditSchedule, HStorage, HTrajectory, Inversion, QualityBoost, ReconstructionReport, XTOrigin,
                     StyleCalibration)
 
 __version__ = "0.1.0"
@@ -30,7 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AutoSchedule", "CLIPDirectional", "DirectionTraining", "ImplicitDirectionNet", "TimeEmbedding", "TrainedDirection",
     "load_official_asyrp", "load_open_clip", "train_direction", "Cancelled", "Conditioning", "DiffusersUNet", "Direction", "EditSchedule", "HSpaceModel",
-    "HTrajectory", "Inversion", "NoiseSchedule", "Prediction", "QualityBoost", "ReconstructionReport", "StyleCalibration", "betas_cosine",
+    "HStorage", "HTrajectory", "Inversion", "NoiseSchedule", "Prediction", "QualityBoost", "ReconstructionReport", "StyleCalibration", "betas_cosine",
     "betas_linear", "betas_scaled_linear", "calibrated_x_t", "capture", "combine_directions", "content_injection",
     "ddim_inverse_step", "ddim_sigma", "ddim_step", "direction_from_examples", "edit", "eps_from_model_output",
     "find_t_edit_t_boost", "gamma_ramp", "generate", "inject", "interpolate", "invert", "lpips_distance", "mask_to_h_grid",

@@ -105,7 +105,7 @@ def _rows(traj: HTrajectory) -> torch.Tensor:
     """(steps, B, C·H·W): the conditional (or only) branch's h."""
     k = traj.branches.index("cond") if "cond" in traj.branches else 0
     h = traj.h.chunk(len(traj.branches), dim=1)[k]
-    return h.flatten(2)
+    return h.float().flatten(2)
 
 
 def _stack_trajectories(trajectories: HTrajectory | Sequence[HTrajectory]) -> tuple[torch.Tensor, HTrajectory]:

@@ -20,7 +20,7 @@ from .hmath import check_gamma, lerp, mask_to_h_grid, masked_blend, masked_norma
 from .progress import Cancelled, ProgressFn, StepLoop, StopFn, check_latent
 from .schedules import step_pairs, timestep_grid
 from .sites import check_same_site, site_of
-from .state import Direction, EditSchedule, HTrajectory, Inversion, ReconstructionReport, check_fingerprint
+from .state import Direction, EditSchedule, HStorage, HTrajectory, Inversion, ReconstructionReport, check_fingerprint
 
 log = logging.getLogger("hspace")
 INVERSION_CONVENTIONS = ("seed", "diffusers")
@@ -38,8 +38,8 @@ class ReverseResult:
 
 def run_reverse(model: HSpaceModel, x_T: torch.Tensor, schedule: EditSchedule, *,
                 edit: HEdit | None = None, edit_every: int = 1, omega: float | None = None,
-                asymmetric: bool = True, seed: int = 0, record_h: bool = False,
-                progress: ProgressFn | None = None, should_stop: StopFn | None = None) -> ReverseResult:
+                asymmetric: bool = True, seed: int = 0, record_h: bool = False, h_storage: HStorage = HStorage(),
+                h_only: bool = False, progress: ProgressFn | None = None, should_stop: StopFn | None = None) -> ReverseResult:
     """The three-phase reverse process of Asyrp (Kwon et al. 2023, §3.3 and §4):
 
     - t ≥ t_edit: two predictions per step, ε(x_t | h̃_t) and ε(x_t | h_t), joined by the asymmetric
@@ -50,6 +50,9 @@ def run_reverse(model: HSpaceModel, x_T: torch.Tensor, schedule: EditSchedule, *
     ``edit_every`` > 1 edits only every k-th step of the edit phase (injection stride).
     ``asymmetric=False`` uses ε(x_t | h̃_t) for both P_t and D_t (the ablation the paper shows cancels out).
     ``omega`` = 0 (or None) is no calibration, as in the official code.
+    ``record_h`` keeps h as ``h_storage`` says (precision, device, only t ≥ t_min), converted step by step;
+    ``h_only`` stops after the last step whose h is kept (for callers that want h only: ``x0`` is then the x
+    reached there, not a clean image).
     """
     check_latent(x_T, "x_T")
     if edit_every < 1:
@@ -62,12 +65,14 @@ def run_reverse(model: HSpaceModel, x_T: torch.Tensor, schedule: EditSchedule, *
     loop = StepLoop(len(pairs), progress, should_stop)
     x, hs, edit_index = x_T, [], 0
     for t, t_prev in pairs:
+        if h_only and not h_storage.keeps(t):
+            break
         loop.tick()
         active = edit is not None and schedule.edits_at(t) and edit_index % edit_every == 0
         edit_index += edit is not None and schedule.edits_at(t)
         pred = model.predict(x, t, edit if active else None)
-        if record_h:
-            hs.append(pred.h)
+        if record_h and h_storage.keeps(t):
+            hs.append(h_storage.put(pred.h))
         a, a_prev = model.schedule.alpha_bar(t), model.schedule.alpha_bar(t_prev)
         clip = (lambda x_in, e: clipped_eps(x_in, e, a, schedule.clip_x0)) if schedule.clip_x0 else (lambda x_in, e: e)
         eps = clip(x, pred.eps)
@@ -89,14 +94,14 @@ def run_reverse(model: HSpaceModel, x_T: torch.Tensor, schedule: EditSchedule, *
             raise ValueError(f"The reverse process diverged (NaN/inf) at t={t}; lower the edit strength or γ.")
     trajectory = None
     if record_h:
-        trajectory = HTrajectory(tuple(t for t, _ in pairs), torch.stack(hs), model.branches, model.fingerprint,
-                                 source="reconstruction", site=site_of(model))
+        trajectory = h_storage.trajectory([t for t, _ in pairs], hs, model.branches, model.fingerprint,
+                                          "reconstruction", site_of(model))
     return ReverseResult(x, trajectory)
 
 
 def invert(model: HSpaceModel, x0: torch.Tensor, num_steps: int = 40, *, grid: str = "asyrp",
            convention: str = "seed", refine_iters: int = 0, h_source: str = "inversion", report: bool = True,
-           progress: ProgressFn | None = None, should_stop: StopFn | None = None) -> Inversion:
+           h_storage: HStorage = HStorage(), progress: ProgressFn | None = None, should_stop: StopFn | None = None) -> Inversion:
     """Deterministic DDIM inversion x0 → x_T on the grid the reverse process uses (DDIM §4.3).
 
     ``convention`` says where each step t → t_next takes ε:
@@ -115,7 +120,7 @@ def invert(model: HSpaceModel, x0: torch.Tensor, num_steps: int = 40, *, grid: s
       evaluates at T; there h is the last step's, as the official code's nearest-timestep lookup gives.
     - ``"reconstruction"``: h along the reverse process from x_T, exactly what an edit from x_T sees.
     ``report`` regenerates x0 from x_T and measures the error (``num_steps`` more passes; shared with the
-    reconstruction source).
+    reconstruction source).  ``h_storage`` says how h is kept (precision, device, only t ≥ t_min).
     """
     check_latent(x0, "The input image / latent")
     if convention not in INVERSION_CONVENTIONS:
@@ -128,31 +133,38 @@ def invert(model: HSpaceModel, x0: torch.Tensor, num_steps: int = 40, *, grid: s
     regenerate = report or h_source == "reconstruction"
     steps = _inversion_steps(grid_desc, convention)
     loop = StepLoop(len(steps) * (1 + refine_iters) + (num_steps if regenerate else 0), progress, should_stop)
-    x, latents, h_at = x0, [x0], {}
+    x, latents, h_at, last_h = x0, [x0], {}, None
+
+    def keep(t, h):
+        if h_source == "inversion" and h_storage.keeps(t):
+            h_at[t] = h_storage.put(h)
     if steps[0][0] != -1:
         latents.append(x0)  # the input is x at the first grid timestep
     for t_here, t_next, t_eps in steps:
         a_here, a_next = model.schedule.alpha_bar(t_here), model.schedule.alpha_bar(t_next)
         loop.tick()
         pred = model.predict(x, t_eps)
-        h_at[t_eps] = pred.h
+        keep(t_eps, pred.h)
         x_next = ddim_inverse_step(x, pred.eps, a_here, a_next)
         for _ in range(refine_iters):
             loop.tick()
             pred = model.predict(x_next, t_next)
-            h_at[t_next] = pred.h
+            keep(t_next, pred.h)
             x_next = ddim_inverse_step(x, pred.eps, a_here, a_next)
         if not torch.isfinite(x_next).all():
             raise ValueError(f"DDIM inversion diverged at t={t_next}; check the input's range (images in [-1, 1]).")
         latents.append(x_next)
-        x = x_next
-    h_inv = [h_at[t] if t in h_at else h_at[max(h_at)] for t in grid_desc]  # T: the last step's h (see above)
-    trajectory = HTrajectory(tuple(grid_desc), torch.stack(h_inv), model.branches, model.fingerprint,
-                             source="inversion", site=site_of(model))
+        x, last_h = x_next, pred.h
+    trajectory = None
+    if h_source == "inversion":  # at T (never evaluated by the seed convention): the last evaluation's h (see above)
+        h_inv = [h_at[t] if t in h_at else h_storage.put(last_h) for t in grid_desc if h_storage.keeps(t)]
+        trajectory = h_storage.trajectory(grid_desc, h_inv, model.branches, model.fingerprint, "inversion",
+                                          site_of(model))
     if not regenerate:
         return Inversion(x, torch.stack(latents), tuple(grid_desc), trajectory, convention=convention)
     sched = EditSchedule.reconstruction(num_steps, grid, model.schedule.num_train_timesteps)
-    recon = run_reverse(model, x, sched, record_h=True, progress=lambda d, n: loop.tick())
+    recon = run_reverse(model, x, sched, record_h=h_source == "reconstruction", h_storage=h_storage,
+                        progress=lambda d, n: loop.tick())
     chosen = trajectory if h_source == "inversion" else recon.trajectory
     return Inversion(x, torch.stack(latents), tuple(grid_desc), chosen,
                      ReconstructionReport.compare(x0, recon.x0) if report else None, recon.x0, convention)
@@ -168,10 +180,13 @@ def _inversion_steps(grid_desc: tuple[int, ...], convention: str) -> list[tuple[
 
 
 def capture(model: HSpaceModel, x_T: torch.Tensor, num_steps: int = 40, *, grid: str = "asyrp",
-            progress: ProgressFn | None = None, should_stop: StopFn | None = None) -> HTrajectory:
-    """h_t along the deterministic reverse process from x_T (a reconstruction if x_T came from ``invert``)."""
+            h_storage: HStorage = HStorage(), progress: ProgressFn | None = None,
+            should_stop: StopFn | None = None) -> HTrajectory:
+    """h_t along the deterministic reverse process from x_T (a reconstruction if x_T came from ``invert``),
+    kept as ``h_storage`` says; with ``h_storage.t_min`` > 0 the process stops there (no pass below it)."""
     sched = EditSchedule.reconstruction(num_steps, grid, model.schedule.num_train_timesteps)
-    return run_reverse(model, x_T, sched, record_h=True, progress=progress, should_stop=should_stop).trajectory
+    return run_reverse(model, x_T, sched, record_h=True, h_storage=h_storage, h_only=True, progress=progress,
+                       should_stop=should_stop).trajectory
 
 
 def generate(model: HSpaceModel, x_T: torch.Tensor, schedule: EditSchedule, *, seed: int = 0,
@@ -298,7 +313,9 @@ def inject(model: HSpaceModel, style_x_T: torch.Tensor, content: HTrajectory,
     check_same_site(content.site, site_of(model), "content h trajectory")
     if strict_fingerprint:
         check_fingerprint(content.fingerprint, model.fingerprint, "content h trajectory")
-    content.require_timesteps([t for t in schedule.timesteps() if schedule.edits_at(t)], "the injection")
+    edited = [t for t in schedule.timesteps() if schedule.edits_at(t)]
+    content.require_timesteps(edited, "the injection")
+    content = content.only_at(edited[::stride])  # the injection reads h at these steps only
     if content.branches != model.branches and "single" not in content.branches + model.branches:
         raise ValueError(f"Content was captured with branches {content.branches}, the model runs {model.branches}.")
     hook = content_injection(content, gamma, mask=mask, per_channel=per_channel, mode=mode)
@@ -320,9 +337,11 @@ def interpolate(model: HSpaceModel, x_T_a: torch.Tensor, x_T_b: torch.Tensor, nu
         raise ValueError(f"num_frames must be ≥ 2, got {num_frames}.")
     if x_T_a.shape != x_T_b.shape:
         raise ValueError(f"The two inverted latents differ in shape: {tuple(x_T_a.shape)} vs {tuple(x_T_b.shape)}.")
-    grid = schedule.grid
-    trajectory_a = trajectory_a or capture(model, x_T_a, schedule.num_steps, grid=grid, should_stop=should_stop)
-    trajectory_b = trajectory_b or capture(model, x_T_b, schedule.num_steps, grid=grid, should_stop=should_stop)
+    grid, storage = schedule.grid, HStorage(t_min=min(schedule.t_edit, max(schedule.timesteps())))  # only h it reads
+    trajectory_a = trajectory_a or capture(model, x_T_a, schedule.num_steps, grid=grid, h_storage=storage,
+                                           should_stop=should_stop)
+    trajectory_b = trajectory_b or capture(model, x_T_b, schedule.num_steps, grid=grid, h_storage=storage,
+                                           should_stop=should_stop)
     edited = [t for t in schedule.timesteps() if schedule.edits_at(t)]
     for trajectory in (trajectory_a, trajectory_b):
         check_same_site(trajectory.site, site_of(model), "h trajectory")
@@ -363,4 +382,4 @@ def direction_from_examples(positive: HTrajectory, negative: HTrajectory, *, nam
 def _branch_rows(traj: HTrajectory) -> torch.Tensor:
     """The rows of the conditional branch (or the only branch): (steps, B, C, H, W)."""
     k = traj.branches.index("cond") if "cond" in traj.branches else 0
-    return traj.h.chunk(len(traj.branches), dim=1)[k]
+    return traj.h.chunk(len(traj.branches), dim=1)[k].float()

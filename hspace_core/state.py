@@ -1,4 +1,5 @@
-"""What flows between processes (and between ComfyUI nodes): frozen, validated, CPU-resident, savable."""
+"""What flows between processes (and between ComfyUI nodes): frozen, validated, savable; CPU-resident float32
+except h trajectories kept otherwise on purpose (``HStorage``)."""
 from __future__ import annotations
 
 import dataclasses
@@ -103,6 +104,58 @@ class QualityBoost:
             raise ValueError(f"t_boost must be ≥ 0, got {self.t_boost}.")
 
 
+H_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class HStorage:
+    """How a capture or inversion keeps h: precision ``dtype`` (float32, float16, or "model": the precision the model
+    computed h in — float16 stays float16, anything else float32 — which loses nothing), ``device`` "cpu" or "model"
+    (where the model computed h: no copy back and forth on a GPU, but it stays in GPU memory) and only the
+    timesteps t ≥ ``t_min`` (an injection or interpolation with t_edit = t_min reads no other)."""
+
+    dtype: str = "float32"
+    device: str = "cpu"
+    t_min: int = 0
+
+    def __post_init__(self):
+        if self.dtype not in (*H_DTYPES, "model"):
+            raise ValueError(f"h storage dtype {self.dtype!r} is unknown; use one of {(*H_DTYPES, 'model')}.")
+        if self.device not in ("cpu", "model"):
+            raise ValueError(f"h storage device {self.device!r} is unknown; use 'cpu' or 'model'.")
+        if self.t_min < 0:
+            raise ValueError(f"t_min must be ≥ 0 (0 keeps h at every step), got {self.t_min}.")
+
+    def keeps(self, t: int) -> bool:
+        return int(t) >= self.t_min
+
+    def put(self, h: torch.Tensor) -> torch.Tensor:
+        """One step's h as it is kept: a copy in ``dtype`` on the chosen device (detached)."""
+        dtype = H_DTYPES[self.dtype_for(h)]
+        kept = h.detach().to("cpu" if self.device == "cpu" else h.device, dtype, copy=True)
+        if dtype == torch.float16 and h.dtype != torch.float16 and not torch.isfinite(kept).all() and torch.isfinite(h).all():
+            raise ValueError(f"h reaches {float(h.abs().max()):.3g}, beyond float16's range (65504): keep h in "
+                             "float32 (h_storage).")
+        return kept
+
+    def dtype_for(self, h: torch.Tensor) -> str:
+        """The precision ``h`` is kept in (see ``dtype``)."""
+        if self.dtype != "model":
+            return self.dtype
+        return "float16" if h.dtype == torch.float16 else "float32"
+
+    def trajectory(self, timesteps, hs: list, branches, fingerprint: str, source: str,
+                   site: str = DEFAULT_SITE) -> "HTrajectory":
+        """The trajectory of the kept steps (``hs`` already ``put``) of the grid ``timesteps``."""
+        kept = [t for t in timesteps if self.keeps(t)]
+        if not kept:
+            raise ValueError(f"No step of the grid (t = {max(timesteps)} … {min(timesteps)}) is at t ≥ {self.t_min}: "
+                             "lower keep_h_from_t (the t_edit you will use) so that some h is kept.")
+        device = "cpu" if self.device == "cpu" else str(hs[0].device)
+        return HTrajectory(tuple(kept), torch.stack(hs), branches, fingerprint, source, site, self.dtype_for(hs[0]),
+                           device)
+
+
 @dataclass(frozen=True)
 class HTrajectory:
     """h_t (the U-Net middle-block output) at each visited timestep.
@@ -113,6 +166,8 @@ class HTrajectory:
     ``source`` says where h was read: "inversion" (along DDIM inversion, InjectFusion's content h),
     "reconstruction" (along the reverse process from x_T) or "" (unknown, e.g. files of older versions).
     ``site`` is the block h was read at (``hspace_core.sites``; files without one were read at "middle").
+    h is kept as ``dtype`` (float32 or float16) on ``device`` (see ``HStorage``); ``at`` returns it so, and every
+    user converts to the dtype and device it computes in.
     """
 
     timesteps: tuple[int, ...]
@@ -121,6 +176,8 @@ class HTrajectory:
     fingerprint: str = ""
     source: str = ""
     site: str = DEFAULT_SITE
+    dtype: str = "float32"
+    device: str = "cpu"
 
     def __post_init__(self):
         check_site(self.site)
@@ -135,7 +192,10 @@ class HTrajectory:
             raise ValueError("The h trajectory contains NaN or inf; the model or its input diverged.")
         object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
         object.__setattr__(self, "branches", tuple(self.branches))
-        object.__setattr__(self, "h", h.detach().to("cpu", torch.float32).contiguous())
+        if self.dtype not in H_DTYPES:
+            raise ValueError(f"h trajectory dtype {self.dtype!r} is unknown; use one of {tuple(H_DTYPES)}.")
+        object.__setattr__(self, "device", str(torch.device(self.device)))
+        object.__setattr__(self, "h", h.detach().to(self.device, H_DTYPES[self.dtype]).contiguous())
 
     @property
     def batch_size(self) -> int:
@@ -144,6 +204,10 @@ class HTrajectory:
     @property
     def h_shape(self) -> tuple[int, int, int]:
         return tuple(self.h.shape[2:])
+
+    @property
+    def nbytes(self) -> int:
+        return self.h.numel() * self.h.element_size()
 
     def index_of(self, t: int) -> int:
         """Index of timestep t in the captured grid; a timestep that was not captured is refused."""
@@ -172,6 +236,18 @@ class HTrajectory:
                 f"{len(self.timesteps)} there (or capture the trajectory again with the steps you run)."
             )
 
+    def only_at(self, timesteps) -> "HTrajectory":
+        """The trajectory at these captured timesteps only (what a process reads; the rest need not be kept
+        or moved).  A timestep that was not captured is refused, as in ``index_of``."""
+        wanted = set(int(t) for t in timesteps)
+        self.require_timesteps(wanted)
+        if wanted == set(self.timesteps):
+            return self
+        keep = [k for k, t in enumerate(self.timesteps) if t in wanted]
+        contiguous = bool(keep) and keep == list(range(keep[0], keep[-1] + 1))  # e.g. t ≥ t_edit: a view
+        h = self.h[keep[0]:keep[-1] + 1] if contiguous else self.h[keep]
+        return dataclasses.replace(self, timesteps=tuple(self.timesteps[k] for k in keep), h=h)
+
     def select(self, indices) -> "HTrajectory":
         """The trajectory of some images of the batch (in every branch)."""
         idx = torch.as_tensor(list(indices), dtype=torch.long)
@@ -179,14 +255,15 @@ class HTrajectory:
         return dataclasses.replace(self, h=self.h[:, rows])
 
     def save(self, path: str) -> None:
-        _save(path, {"h": self.h}, "h_trajectory", timesteps=list(self.timesteps), branches=list(self.branches),
+        _save(path, {"h": self.h.cpu()}, "h_trajectory", timesteps=list(self.timesteps), branches=list(self.branches),
               fingerprint=self.fingerprint, source=self.source, site=self.site)
 
     @classmethod
     def load(cls, path: str, expect_fingerprint: str | None = None) -> "HTrajectory":
         tensors, meta = _load(path, "h_trajectory")
-        traj = cls(tuple(meta["timesteps"]), tensors["h"], tuple(meta["branches"]), meta["fingerprint"],
-                   meta.get("source", ""), meta.get("site", DEFAULT_SITE))
+        h = tensors["h"]
+        traj = cls(tuple(meta["timesteps"]), h, tuple(meta["branches"]), meta["fingerprint"], meta.get("source", ""),
+                   meta.get("site", DEFAULT_SITE), "float16" if h.dtype == torch.float16 else "float32")
         if expect_fingerprint is not None:
             check_fingerprint(traj.fingerprint, expect_fingerprint, "h trajectory")
         return traj
@@ -394,7 +471,8 @@ def _save(path: str, tensors: dict, kind: str, **meta) -> None:
     meta = {"kind": kind, "format_version": FORMAT_VERSION, **meta}
     shapes = {k: list(v.shape) for k, v in tensors.items()}
     save_file({k: v.contiguous() for k, v in tensors.items()}, path,
-              metadata={"hspace": json.dumps(meta), "shapes": json.dumps(shapes), "dtype": "float32"})
+              metadata={"hspace": json.dumps(meta), "shapes": json.dumps(shapes),
+                        "dtype": str(next(iter(tensors.values())).dtype).removeprefix("torch.")})
 
 
 def _load(path: str, kind: str) -> tuple[dict, dict]:

@@ -12,7 +12,7 @@ import torch
 import folder_paths
 from comfy_api.latest import io
 
-from ..hspace_core import EditSchedule, XTOrigin, lpips_distance, timestep_grid
+from ..hspace_core import EditSchedule, HStorage, XTOrigin, lpips_distance, timestep_grid
 from ..hspace_core.sites import DEFAULT_SITE, SITES
 
 CATEGORY = "h-space"
@@ -67,6 +67,33 @@ def site_input():
 def t_edit_input(default: int = 400):
     return io.Int.Input("t_edit", default=default, min=0, max=999,
                         tooltip="h is changed for t ≥ t_edit. Earlier (larger) t_edit gives stronger, coarser changes.")
+
+
+H_STORAGES = {"model's precision on CPU": HStorage("model", "cpu"), "model's precision on the model's device":
+              HStorage("model", "model"),
+              "float32 on CPU": HStorage("float32", "cpu"), "float16 on CPU": HStorage("float16", "cpu"),
+              "float16 on the model's device": HStorage("float16", "model"),
+              "float32 on the model's device": HStorage("float32", "model")}
+# Lossless (docs/benchmarks.md): float16 when the model runs in float16 (most GPUs), float32 on a float32 CPU run.
+DEFAULT_H_STORAGE = "model's precision on CPU"
+
+
+def h_storage_inputs():
+    """How a node that records h keeps it (docs/benchmarks.md measures the choices)."""
+    return [advanced(io.Combo.Input("h_storage", options=list(H_STORAGES), default=DEFAULT_H_STORAGE, optional=True,
+                                    tooltip="Precision and place of the h trajectory. The model's precision loses "
+                                            "nothing (float16 when the model runs in float16); float16 halves "
+                                            "float32's memory; "
+                                            "the model's device (a GPU) saves the copies to the CPU but keeps it "
+                                            "in GPU memory.")),
+            advanced(io.Int.Input("keep_h_from_t", default=0, min=0, max=999, optional=True,
+                                  tooltip="Keep h only at t ≥ this: the t_edit of the injection or interpolation "
+                                          "that will use it (they read no other step). 0 keeps every step."))]
+
+
+def h_storage_of(h_storage: str, keep_h_from_t: int) -> HStorage:
+    check_option("h_storage", h_storage, list(H_STORAGES))
+    return HStorage(H_STORAGES[h_storage].dtype, H_STORAGES[h_storage].device, keep_h_from_t)
 
 
 def seed_input(tooltip: str = "Seed for the stochastic (quality boost) steps."):

@@ -9,8 +9,9 @@ import math
 from ..hspace_core import (CFG_INVERSIONS, H_SOURCES, INVERSION_CONVENTIONS, EditSchedule, ReconstructionReport, XTOrigin,
                            generate, invert, null_text_embeddings, run_reverse)
 from .comfy_model import is_pixel_unet, latent_out, model_fingerprint, progress_bar, run_in_comfy
-from .common import (CATEGORY, advanced, Trajectory, check_inputs, conditioning_inputs, decode, encoded_pixels, latent_of,
-                     latent_x, model_input, psnr, sampling_inputs, site_input, steps_input, with_origin)
+from .common import (CATEGORY, DEFAULT_H_STORAGE, advanced, Trajectory, check_inputs, conditioning_inputs, decode,
+                     encoded_pixels, h_storage_inputs, h_storage_of, latent_of, latent_x, model_input, psnr,
+                     sampling_inputs, site_input, steps_input, with_origin)
 
 
 class DDIMInversion(io.ComfyNode):
@@ -45,6 +46,7 @@ class DDIMInversion(io.ComfyNode):
                                         tooltip="Where the output trajectory's h is read: along the inversion "
                                                 "(InjectFusion's content h) or along the reconstruction from x_T "
                                                 "(what an edit from x_T sees).")),
+                *h_storage_inputs(),
                 site_input(),
             ],
             outputs=[
@@ -58,14 +60,15 @@ class DDIMInversion(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, steps, cfg, edit_branches, refine_iters, cfg_inversion="negative_prompt",
-                convention="seed", h_source="inversion", image=None, vae=None, latent=None, positive=None,
-                negative=None, site="middle") -> io.NodeOutput:
+                convention="seed", h_source="inversion", h_storage=DEFAULT_H_STORAGE, keep_h_from_t=0, image=None,
+                vae=None, latent=None, positive=None, negative=None, site="middle") -> io.NodeOutput:
         check_inputs(cls, locals())
         latent = latent_of(image, vae, latent)
         method = "plain" if math.isclose(cfg, 1.0) else cfg_inversion
         if method == "null_text" and is_pixel_unet(model):
             raise ValueError("null_text needs a text-conditioned model; pixel U-Nets take cfg 1 (or 'plain').")
-        kw = dict(convention=convention, refine_iters=refine_iters, h_source=h_source)
+        kw = dict(convention=convention, refine_iters=refine_iters, h_source=h_source,
+                  h_storage=h_storage_of(h_storage, keep_h_from_t))
         progress = progress_bar(steps * (2 + refine_iters))
         inv = run_in_comfy(model, latent["samples"],
                            lambda m, x: invert(m, x, steps, report=method == "plain", progress=progress, **kw),
@@ -110,20 +113,21 @@ class Capture(io.ComfyNode):
             description="Run the deterministic reverse process from x_T and record h_t (the U-Net middle-block "
                         "output, or a decoder level's: site) at every step; also returns the generated latent.",
             inputs=[model_input(), io.Latent.Input("x_T", tooltip="Start latent: an inverted x_T or fresh noise."),
-                    *conditioning_inputs(), steps_input(), site_input()],
+                    *conditioning_inputs(), steps_input(), *h_storage_inputs(), site_input()],
             outputs=[Trajectory.Output("trajectory", tooltip="h at every step."),
                      io.Latent.Output("latent", tooltip="The generated (reconstructed) latent.")],
         )
 
     @classmethod
-    def execute(cls, model, x_T, steps, cfg, edit_branches, positive=None, negative=None,
-                site="middle") -> io.NodeOutput:
+    def execute(cls, model, x_T, steps, cfg, edit_branches, h_storage=DEFAULT_H_STORAGE, keep_h_from_t=0,
+                positive=None, negative=None, site="middle") -> io.NodeOutput:
         check_inputs(cls, locals())
         negative, negative_at = sampling_inputs(x_T, steps, cfg, positive, negative)
+        storage = h_storage_of(h_storage, keep_h_from_t)
 
         def body(m, x):
             sched = EditSchedule.reconstruction(steps)
-            return run_reverse(m, x, sched, record_h=True, progress=progress_bar(steps))
+            return run_reverse(m, x, sched, record_h=True, h_storage=storage, progress=progress_bar(steps))
 
         result = run_in_comfy(model, x_T["samples"], body, positive=positive, negative=negative, cfg=cfg,
                               edit_branches=edit_branches, negative_at=negative_at, site=site)

@@ -42,6 +42,7 @@ class PreviewH(io.ComfyNode):
         check_inputs(cls, locals())
         if step >= len(trajectory.timesteps):
             raise ValueError(f"step {step} is past the trajectory's {len(trajectory.timesteps)} steps.")
-        norms = trajectory.h.flatten(2).norm(dim=-1).mean(1)
+        h = trajectory.h.float().cpu()
+        norms = h.flatten(2).norm(dim=-1).mean(1)
         text = ", ".join(f"t={t}: {n:.1f}" for t, n in zip(trajectory.timesteps, norms.tolist()))
-        return io.NodeOutput(pca_rgb(trajectory.h[step], size), text, ui={"text": [text]})
+        return io.NodeOutput(pca_rgb(h[step], size), text, ui={"text": [text]})

@@ -61,10 +61,10 @@ def runnable_copy(path: str, folder: str) -> str:
     return copy
 
 
-def load_prompt(path: str, object_info: dict, overrides: dict | None = None) -> dict:
+def load_prompt(path: str, object_info: dict, overrides: dict | None = None, new_widget_defaults: bool = False) -> dict:
     from harness.ui_to_api import ui_to_api
 
-    prompt = ui_to_api(with_tiny_sdxl_ui(json.load(open(path))), object_info)
+    prompt = ui_to_api(with_tiny_sdxl_ui(json.load(open(path))), object_info, new_widget_defaults)
     if overrides is None:
         overrides = overrides_for(path)
     for node in prompt.values():

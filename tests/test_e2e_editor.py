@@ -37,8 +37,9 @@ def test_every_workflow_loads_and_runs_in_the_editor(comfy, tmp_path):
         r = results[name]
         assert r["missing"] == [] and r["missingDialog"] == 0 and r["errors"] == [], r
         assert r["status"] == "success", (name, r["messages"])
-        # the editor's own UI → API conversion agrees with the one the HTTP tests use
-        ours = load_prompt(item["file"], comfy.object_info, item["overrides"])
+        # the editor's own UI → API conversion agrees with the one the HTTP tests use (widgets newer than the
+        # file, e.g. DDIM Inversion's h_storage, at their defaults)
+        ours = load_prompt(item["file"], comfy.object_info, item["overrides"], new_widget_defaults=True)
         theirs = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in r["prompt"].items()}
         assert theirs == ours, name
     assert run.returncode == 0, run.stderr
