@@ -66,6 +66,28 @@ def _stage_titles(name: str, prompt: dict) -> list[str]:
     return [(own.get("titles") or {}).get(s["name"], s["name"]) for s in layout["stages"] if s["name"] in used]
 
 
+ROLES = {("HSpaceSlerpContentInject", "content"): "content", ("HSpaceSlerpContentInject", "style_x_T"): "style",
+         ("HSpaceDirectionFromExamples", "positive"): "with the attribute",
+         ("HSpaceDirectionFromExamples", "negative"): "without it", ("HSpaceAsyrpEdit", "x_T"): "edited",
+         ("HSpaceSlerpContentInject", "mask"): "mask"}
+
+
+def input_role(prompt: dict, node_id: str) -> str:
+    """What a loaded image is to the workflow (content, style, mask, an example, edited), found along the links."""
+    frontier, seen = [node_id], set()
+    while frontier:
+        source = frontier.pop(0)
+        seen.add(source)
+        for target_id, node in prompt.items():
+            for input_name, value in node["inputs"].items():
+                if isinstance(value, list) and value[0] == source:
+                    if (node["class_type"], input_name) in ROLES:
+                        return ROLES[node["class_type"], input_name]
+                    if target_id not in seen:
+                        frontier.append(target_id)
+    return "input"
+
+
 def sd_diagram(name: str, prompt: dict) -> Image.Image:
     """Inputs (photos, a prompt the style is painted from) → the workflow's stages → its knobs."""
     canvas = Image.new("RGB", SIZE, "white")
@@ -73,15 +95,16 @@ def sd_diagram(name: str, prompt: dict) -> Image.Image:
     draw.text((16, 12), name, fill="black", font=_font(26))
     draw.text((16, 46), "Stable Diffusion 1.5 workflow: load SD weights to see the result", fill=(90, 90, 90),
               font=_font(16))
-    x, y = 16, 86
-    loads = [n["inputs"]["image"] for n in prompt.values() if n["class_type"] == "LoadImage"]
-    for image_name in loads[:4]:
+    x, y, right = 16, 86, 16
+    loads = [(n["inputs"]["image"], input_role(prompt, i)) for i, n in prompt.items() if n["class_type"] == "LoadImage"]
+    for image_name, role in loads[:4]:
         image = Image.open(os.path.join(INPUTS, image_name)).convert("RGB")
         scale = Image.NEAREST if image.width < 64 else Image.LANCZOS
         tile = ImageOps.pad(image, (150, 150), scale, color="white")
         canvas.paste(tile, (x, y))
-        draw.text((x, y + 152), os.path.splitext(image_name)[0][:22], fill="black", font=_font(13))
-        y += 178
+        draw.text((x, y + 152), role if role != "input" else os.path.splitext(image_name)[0][:22], fill="black",
+                  font=_font(13))
+        right, y = x + 150, y + 178
         if y > SIZE[1] - 170:
             x, y = x + 166, 86
     painted = [prompt[n["inputs"]["positive"][0]]["inputs"]["text"] for n in prompt.values()
@@ -89,13 +112,14 @@ def sd_diagram(name: str, prompt: dict) -> Image.Image:
     for text in painted:
         box = (x, y, x + 150, min(y + 150, SIZE[1] - 30))
         draw.rectangle(box, outline=(60, 60, 140), width=2, fill=(236, 236, 250))
+        right = x + 150
         words, lines = text.split(), [""]
         for word in words:
             lines[-1:] = [lines[-1] + " " + word] if _font(13).getlength(lines[-1] + " " + word) < 138 else [lines[-1], word]
-        draw.text((x + 6, y + 6), "style painted from:\n" + "\n".join(l.strip() for l in lines), fill="black",
+        draw.text((x + 6, y + 6), "style, painted from:\n" + "\n".join(l.strip() for l in lines), fill="black",
                   font=_font(13), spacing=3)
         y += 178
-    stages_x = x + 190
+    stages_x = right + 40
     stages = _stage_titles(name, prompt)
     step = (SIZE[1] - 150) // max(1, len(stages))
     for k, title in enumerate(stages):
@@ -106,13 +130,16 @@ def sd_diagram(name: str, prompt: dict) -> Image.Image:
         if k:
             draw.line((stages_x + 60, top - 22, stages_x + 60, top), fill="black", width=3)
             draw.polygon([(stages_x + 53, top - 8), (stages_x + 67, top - 8), (stages_x + 60, top)], fill="black")
-    draw.line((x + 160, SIZE[1] // 2, stages_x - 6, SIZE[1] // 2), fill="black", width=3)
+    draw.line((right + 8, SIZE[1] // 2, stages_x - 6, SIZE[1] // 2), fill="black", width=3)
     knobs = []
     for n in prompt.values():
         if n["class_type"].startswith("HSpace") and n["class_type"] != "HSpaceDDIMInversion":
             knobs += [f"{k} {n['inputs'][k]}" for k in KNOBS if k in n["inputs"] and n["inputs"][k] not in ("", None)
                       and not isinstance(n["inputs"][k], list)]
-    draw.text((stages_x, SIZE[1] - 50), " · ".join(dict.fromkeys(knobs))[:90], fill=(40, 40, 40), font=_font(14))
+    text = " · ".join(dict.fromkeys(knobs))
+    while text and _font(14).getlength(text) > SIZE[0] - 16 - stages_x:
+        text = text[:text.rfind(" · ")] if " · " in text else ""
+    draw.text((stages_x, SIZE[1] - 50), text, fill=(40, 40, 40), font=_font(14))
     return canvas
 
 
