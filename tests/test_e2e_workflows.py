@@ -90,9 +90,13 @@ def test_injection_changes_the_style_reconstruction(comfy):
     path = os.path.join(ROOT, "workflows", "sd_style_mixing.json")
     prompt = load_prompt(path, comfy.object_info)
     entry = _run(comfy, prompt)
-    mix = _saved(comfy, entry, prompt, "sd_style_mix")[0]
+    mixes = _saved(comfy, entry, prompt, "sd_style_mix")
     style = _saved(comfy, entry, prompt, "sd_style_reconstruction")[0]
-    assert np.abs(mix - style).mean() > 0.5
+    gammas = prompt[find(prompt, "HSpaceSlerpContentInject")]["inputs"]["gamma_sweep"].split(",")
+    assert len(mixes) == len(gammas) == 3  # one mix per γ of the sweep, each its own picture
+    for k, mix in enumerate(mixes):
+        assert np.abs(mix - style).mean() > 0.5, gammas[k]
+        assert all(np.abs(mix - other).mean() > 0.1 for other in mixes[k + 1:]), gammas[k]
 
 
 def test_same_seed_same_output_and_cancel_leaves_no_patch(comfy):
