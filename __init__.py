@@ -4,6 +4,8 @@ try:
 except ImportError:  # imported outside ComfyUI (e.g. by pytest collecting the repo root): nothing to register
     ComfyExtension = None
 
+WEB_DIRECTORY = "./web"  # advanced_widgets.js: expert widgets start hidden (node menu: Show Advanced)
+
 if ComfyExtension is not None:
     from .nodes import NODES
 

@@ -11,9 +11,14 @@ FONT = ImageFont.load_default()
 Cell = tuple[str, "bytes | str"]  # caption, PNG bytes or a path
 
 
+LARGE = 128  # images this wide are shown as they are (labelled grids come upscaled by their node)
+
+
 def upscaled(data: bytes | str, scale: int) -> Image.Image:
-    """PNG bytes or a path → RGB image, each pixel a scale × scale block."""
+    """PNG bytes or a path → RGB image, each pixel a scale × scale block unless the image is already large."""
     image = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data).convert("RGB")
+    if image.width >= LARGE:
+        return image
     return image.resize((image.width * scale, image.height * scale), Image.NEAREST)
 
 

@@ -1,6 +1,7 @@
-"""Regenerate the UI workflow files (and their .jpg thumbnails) from workflows/api/ in the real editor.
+"""Regenerate the UI workflow files from workflows/api/ in the real editor, and their .jpg thumbnails.
 
-Starts a headless ComfyUI with this pack and the tiny test models, then runs `editor.js export` against it.
+Starts a headless ComfyUI with this pack and the tiny test models, runs `editor.js export` against it, then
+harness.thumbnails: pixel workflows run on the bundled model and show their results, SD workflows a diagram.
 Usage: python -m harness.export_workflows   (after `source scripts/setup.sh`)
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 import tempfile
 
 from harness.server import STATE, ComfyServer, prepare_base
+from harness.thumbnails import write_thumbnails
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,8 +22,11 @@ def main() -> int:
     prepare_base(base, os.path.join(STATE, "e2e-models"))
     server = ComfyServer(base, os.path.join(base, "server.log")).start()
     try:
-        return subprocess.run(["node", "harness/browser/editor.js", "export", str(server.port), "workflows/api", "workflows"],
-                              cwd=ROOT).returncode
+        exported = subprocess.run(["node", "harness/browser/editor.js", "export", str(server.port), "workflows/api",
+                                   "workflows"], cwd=ROOT).returncode
+        if exported == 0:
+            write_thumbnails(server, os.path.join(ROOT, "workflows", "api"), os.path.join(ROOT, "workflows"))
+        return exported
     finally:
         server.stop()
 

@@ -12,7 +12,8 @@
   §4.2), next to the mean difference.
 - ``orthogonalise``, ``normalise``, ``combine``, ``relative_strength``: Gram–Schmidt projection removal (Haas et al.'s
   disentangling), a target ‖Δh‖ relative to ‖h‖, weighted sums of any number of directions, ‖Δh‖/‖h‖.
-- ``explore``: one x_T edited along each direction at each strength (the Direction Explorer's grid).
+- ``explore``: one x_T edited along each direction at each strength (the Direction Explorer's grid; its picture
+  is ``grids.grid_image``).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from .state import Direction, EditSchedule, HTrajectory, check_fingerprint
 
 __all__ = ["NORMALISATIONS", "PROBE_METHODS", "PCAResult", "principal_components", "pca_directions",
            "latent_at", "jacobian_directions", "linear_probe", "probe_direction", "orthogonalise", "rescale_like", "normalise", "combine",
-           "relative_strength", "explore", "grid_image"]
+           "relative_strength", "explore"]
 
 NORMALISATIONS = ("position", "standardise", "none")
 PROBE_METHODS = ("logistic", "svm", "mean_difference")
@@ -512,31 +513,3 @@ def explore(model: HSpaceModel, x_T: torch.Tensor, directions: Sequence[Directio
         rows.append(run_reverse(model, x_T.expand(len(strengths), *x_T.shape[1:]), row_schedule, edit=shift,
                                 seed=seed, progress=report, should_stop=should_stop).x0)
     return torch.stack(rows)
-
-
-def grid_image(images: torch.Tensor, row_labels: Sequence[str], column_labels: Sequence[str], *,
-               scale: int = 4, pad: int = 2) -> torch.Tensor:
-    """(rows, columns, H, W, 3) images in [0, 1] → one labelled grid (1, H', W', 3) in [0, 1]: tiles upscaled by
-    ``scale`` (nearest), row labels on the left, column labels on top, written with PIL's default font."""
-    import numpy as np
-    from PIL import Image, ImageDraw, ImageFont
-
-    n_rows, n_cols, h, w, _ = images.shape
-    if len(row_labels) != n_rows or len(column_labels) != n_cols:
-        raise ValueError(f"{n_rows}×{n_cols} tiles need {n_rows} row and {n_cols} column labels.")
-    font = ImageFont.load_default()
-    th, tw = h * scale, w * scale
-    left = max(int(font.getlength(label)) for label in row_labels) + 2 * pad + 4
-    top = 14 + 2 * pad
-    canvas = Image.new("RGB", (left + n_cols * (tw + pad) + pad, top + n_rows * (th + pad) + pad), "white")
-    draw = ImageDraw.Draw(canvas)
-    tiles = (images.clamp(0, 1) * 255).round().byte().cpu().numpy()
-    for j, label in enumerate(column_labels):
-        draw.text((left + j * (tw + pad) + tw // 2, pad + 6), label, fill="black", font=font, anchor="mm")
-    for i, label in enumerate(row_labels):
-        y = top + i * (th + pad)
-        draw.text((pad, y + th // 2), label, fill="black", font=font, anchor="lm")
-        for j in range(n_cols):
-            tile = Image.fromarray(tiles[i, j]).resize((tw, th), Image.NEAREST)
-            canvas.paste(tile, (left + j * (tw + pad), y))
-    return torch.from_numpy(np.asarray(canvas).astype("float32") / 255)[None]

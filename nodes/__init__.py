@@ -8,6 +8,7 @@ from .inversion import Capture, DDIMInversion
 from .loaders import LoadPixelUNet
 from .native import PixelConditioning, XTToNative
 from .schedule import AutoSchedule
+from .sweep_grid import LabelSweepGrid
 from .common import register_folders
 from .trajectory_io import PreviewH
 
@@ -16,4 +17,5 @@ register_folders()
 NODES = (DDIMInversion, Capture, AsyrpEdit, SlerpContentInject, StyleCalibrate, QualityBoost, AutoSchedule,
          Interpolate, DirectionFromExamples, CombineDirections, SaveDirection, LoadDirection, SaveTrajectory,
          LoadTrajectory, PreviewH, LoadPixelUNet, TrainAsyrpDirection, LoadAsyrpDirection, XTToNative, PixelConditioning,
-         PCADirections, JacobianDirections, ProbeDirection, OrthogonaliseDirection, DirectionExplorer)
+         PCADirections, JacobianDirections, ProbeDirection, OrthogonaliseDirection, DirectionExplorer,
+         LabelSweepGrid)

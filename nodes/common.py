@@ -28,7 +28,8 @@ BOOST_SEED_RULE = "When a Quality Boost is connected, its seed replaces this nod
 
 
 def advanced(widget):
-    """Mark an expert setting; 0.3.75's schema has no flag for it, so it travels in the input's extra_dict."""
+    """Mark an expert setting; 0.3.75's schema has no flag for it, so it travels in the input's extra_dict, and the
+    editor hides the widget until "Show Advanced" (web/advanced_widgets.js)."""
     widget.extra_dict = {**widget.extra_dict, "advanced": True}
     return widget
 
@@ -221,16 +222,16 @@ def encoded_pixels(vae, image: torch.Tensor) -> torch.Tensor:
 STRENGTH_RANGE = (-100.0, 100.0)
 
 
-def parse_strengths(text: str, name: str = "strength_sweep") -> list[float]:
-    """A strength list (the widget ``name``): comma-separated numbers, each finite and within the strength range."""
+def parse_values(text: str, name: str, low: float, high: float, example: str = "-2, -1, 0, 1, 2") -> list[float]:
+    """A list of numbers (the widget ``name``): comma-separated, each finite and within [low, high]."""
     try:
         values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"{name} {text!r} is not a comma-separated list of numbers, e.g. -2, -1, 0, 1, 2.") from None
+        raise ValueError(f"{name} {text!r} is not a comma-separated list of numbers, e.g. {example}.") from None
     if not values:
-        raise ValueError(f"{name} is empty; give numbers like -2, 0, 2.")
+        raise ValueError(f"{name} is empty; give numbers like {example}.")
     for value in values:
-        check_number(f"a strength in {name}", value, *STRENGTH_RANGE)
+        check_number(f"a value in {name}", value, low, high)
     return values
 
 
@@ -245,6 +246,16 @@ def parse_t_edits(text: str, name: str = "t_edit_sweep") -> list[int]:
         if value != int(value):
             raise ValueError(f"{name} holds {value}; t_edit values are whole timesteps, e.g. 600, 400, 200.")
     return [int(v) for v in values]
+
+
+def parse_strengths(text: str, name: str = "strength_sweep") -> list[float]:
+    """A strength list: comma-separated numbers, each finite and within the strength range."""
+    return parse_values(text, name, *STRENGTH_RANGE)
+
+
+def sweep_text(values) -> str:
+    """The values a sweep node ran, as the comma-separated text Label Sweep Grid reads."""
+    return ", ".join(f"{v:g}" for v in values)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float) -> float:

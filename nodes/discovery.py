@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..hspace_core import EditSchedule, discovery
+from ..hspace_core import EditSchedule, discovery, grids
 from ..hspace_core.sites import common_site
 from .comfy_model import latent_out, progress_bar, run_in_comfy
 from .common import (CATEGORY, DirectionSet, DirectionType, Trajectory, advanced, conditioning_inputs, decode,
@@ -193,4 +193,4 @@ class DirectionExplorer(io.ComfyNode):
         images = decode(vae, latent_out(model, out.flatten(0, 1)))
         tiles = images.reshape(len(rows), len(values), *images.shape[1:])[..., :3]
         labels = [label for _, _, label in rows]
-        return io.NodeOutput(discovery.grid_image(tiles.float().cpu(), labels, [f"{s:+g}" for s in values], scale=scale))
+        return io.NodeOutput(grids.grid_image(tiles.float().cpu(), labels, [f"{s:+g}" for s in values], scale=scale))

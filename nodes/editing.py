@@ -10,7 +10,7 @@ from ..hspace_core.state import check_fingerprint
 from .comfy_model import latent_out, progress_bar, run_in_comfy
 from .common import (BOOST_SEED_RULE, STRENGTH_RANGE, advanced, CATEGORY, Boost, DirectionType, Trajectory,
                      check_inputs, conditioning_inputs, edit_schedule, model_input, parse_strengths, sampling_inputs,
-                     seed_input, seed_of, steps_input, t_edit_input)
+                     seed_input, seed_of, steps_input, sweep_text, t_edit_input)
 
 OTHER_MODEL_HINT = ("use a direction made with this model, or turn on allow_other_model (advanced) if this model is a "
                     "fine-tune or LoRA-patched version of it")
@@ -32,8 +32,9 @@ class AsyrpEdit(io.ComfyNode):
                                tooltip="How far to move along the direction; negative reverses it, 0 reconstructs."),
                 steps_input(), t_edit_input(),
                 io.String.Input("strength_sweep", default="", optional=True,
-                                tooltip="Comma-separated strengths (e.g. -2,-1,0,1,2): returns a batch, one per value, "
-                                        "for a grid. Overrides 'strength' when not empty."),
+                                tooltip="Comma-separated strengths (e.g. -2,-1,0,1,2): returns a batch, one per value; "
+                                        "decode it and connect 'sweep' to Label Sweep Grid for a labelled grid. "
+                                        "Overrides 'strength' when not empty."),
                 Boost.Input("boost", optional=True, tooltip="Quality Boost settings (stochastic steps below t_boost). "
                                                             + BOOST_SEED_RULE),
                 seed_input("Seed for the stochastic (quality boost) steps. " + BOOST_SEED_RULE),
@@ -43,7 +44,9 @@ class AsyrpEdit(io.ComfyNode):
                                                   "is refused.")),
                 *conditioning_inputs(),
             ],
-            outputs=[io.Latent.Output("latent", tooltip="Edited latent(s): batch × strengths, strength-major.")],
+            outputs=[io.Latent.Output("latent", tooltip="Edited latent(s): batch × strengths, strength-major."),
+                     io.String.Output("sweep", tooltip="The strengths run, in batch order: connect to Label Sweep "
+                                                       "Grid's values.")],
         )
 
     @classmethod
@@ -68,7 +71,7 @@ class AsyrpEdit(io.ComfyNode):
 
         out = run_in_comfy(model, x_T["samples"], body, positive=positive, negative=negative, cfg=cfg,
                            edit_branches=edit_branches, seed=seed, negative_at=negative_at, site=direction.site)
-        return io.NodeOutput(latent_out(model, out))
+        return io.NodeOutput(latent_out(model, out), sweep_text(strengths))
 
 
 class DirectionFromExamples(io.ComfyNode):

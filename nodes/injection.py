@@ -1,14 +1,16 @@
 """Slerp Content Inject (DiffStyle / InjectFusion), Style Calibrate, Quality Boost, Interpolate."""
 from __future__ import annotations
 
+import torch
+
 from comfy_api.latest import io
 
 from ..hspace_core import (EditSchedule, QualityBoost as QualityBoostConfig, StyleCalibration, gamma_ramp, inject,
                            interpolate)
 from .comfy_model import is_pixel_unet, latent_out, progress_bar, run_in_comfy
 from .common import (BOOST_SEED_RULE, advanced, CATEGORY, Boost, Calibration, Trajectory, check_inputs,
-                     conditioning_inputs, edit_schedule, latent_x, model_input, seed_input, seed_of, steps_input,
-                     t_edit_input, sampling_inputs)
+                     conditioning_inputs, edit_schedule, latent_x, model_input, parse_values, seed_input, seed_of,
+                     steps_input, sweep_text, t_edit_input, sampling_inputs)
 
 CONSTANT_GAMMA = -1.0  # gamma_end's value for "γ stays constant"
 
@@ -48,6 +50,10 @@ class SlerpContentInject(io.ComfyNode):
                                tooltip="γ at t = t_edit, in [0, 1]; γ varies linearly in between. −1 keeps γ constant (other negative values are refused). A "
                                        "rising γ (e.g. 0 → 0.8) moves more of the content's layout and less of "
                                        "its colours than a constant one.")),
+                io.String.Input("gamma_sweep", default="", optional=True,
+                                tooltip="Comma-separated γ values (e.g. 0.2, 0.4, 0.6): returns a batch, one mix per "
+                                        "value; decode it and connect 'sweep' to Label Sweep Grid for a labelled grid. "
+                                        "Overrides 'gamma' when not empty (gamma_end still ends each ramp)."),
                 advanced(io.Int.Input("stride", default=1, min=1, max=50,
                              tooltip="Inject at every k-th step of [T, t_edit] only.")),
                 steps_input(), t_edit_input(),
@@ -62,32 +68,39 @@ class SlerpContentInject(io.ComfyNode):
                 seed_input("Seed for the stochastic (quality boost) steps. " + BOOST_SEED_RULE),
                 *conditioning_inputs(),
             ],
-            outputs=[io.Latent.Output("latent", tooltip="The mixed latent.")],
+            outputs=[io.Latent.Output("latent", tooltip="The mixed latent(s): batch × γ values, γ-major."),
+                     io.String.Output("sweep", tooltip="The γ values run, in batch order: connect to Label Sweep "
+                                                       "Grid's values.")],
         )
 
     @classmethod
     def execute(cls, model, style_x_T, content, gamma, gamma_end, stride, steps, t_edit, mode, per_channel, seed,
-                cfg, edit_branches, mask=None, calibration=None, boost=None, positive=None,
+                cfg, edit_branches, gamma_sweep="", mask=None, calibration=None, boost=None, positive=None,
                 negative=None) -> io.NodeOutput:
         check_inputs(cls, locals())
         check_content_batch(content, style_x_T)
+        gammas = parse_values(gamma_sweep, "gamma_sweep", 0.0, 1.0, "0.2, 0.4, 0.6") if gamma_sweep.strip() else [gamma]
         schedule = edit_schedule(steps, t_edit, boost)
-        g_end = gamma_end_of(gamma, gamma_end)
         omega = calibration.omega if calibration is not None else None
         seed = seed_of(seed, boost)
         negative, negative_at = sampling_inputs(style_x_T, steps, cfg, positive, negative)
-        progress = progress_bar(steps)
+        total = steps * len(gammas)
+        progress = progress_bar(total)
 
         def mix(m, x):
-            gamma_t = gamma_ramp(gamma, g_end, t_edit, m.schedule.num_train_timesteps - 1)
-            return inject(m, x, content, gamma_t, schedule, stride=stride, mask=mask, omega=omega,
-                          per_channel=per_channel, mode=mode, seed=seed, progress=progress)
+            outs = []
+            for k, g in enumerate(gammas):
+                gamma_t = gamma_ramp(g, gamma_end_of(g, gamma_end), t_edit, m.schedule.num_train_timesteps - 1)
+                outs.append(inject(m, x, content, gamma_t, schedule, stride=stride, mask=mask, omega=omega,
+                                   per_channel=per_channel, mode=mode, seed=seed,
+                                   progress=lambda d, n, done=k * steps: progress(done + d, total)))
+            return torch.cat(outs)
 
         out = run_in_comfy(
             model, style_x_T["samples"], mix,
             positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed,
             negative_at=negative_at, site=content.site)
-        return io.NodeOutput(latent_out(model, out))
+        return io.NodeOutput(latent_out(model, out), sweep_text(gammas))
 
 
 class StyleCalibrate(io.ComfyNode):

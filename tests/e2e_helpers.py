@@ -28,7 +28,9 @@ TINY_SDXL_LOADER = "TinySDXLCheckpointLoader"
 
 
 def is_sd(path: str) -> bool:
-    return os.path.basename(path).startswith(("sd_", "sdxl_"))
+    from harness.thumbnails import is_sd as is_sd_name
+
+    return is_sd_name(os.path.basename(path))
 
 
 def overrides_for(path: str) -> dict:

@@ -42,7 +42,21 @@ def test_every_workflow_loads_and_runs_in_the_editor(comfy, tmp_path):
         ours = load_prompt(item["file"], comfy.object_info, item["overrides"], new_widget_defaults=True)
         theirs = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in r["prompt"].items()}
         assert theirs == ours, name
+        # expert widgets (inputs marked advanced) are hidden until the node menu's "Show Advanced", and only they
+        types = {str(n["id"]): n["type"] for n in json.load(open(item["file"]))["nodes"]}
+        for node_id, hidden in r["hidden"].items():
+            assert sorted(hidden) == sorted(_advanced_inputs(comfy.object_info, types[node_id])), (name, types[node_id])
+        assert r["toggled"] and all(not names for names in r["shownAfterToggle"].values()), (name, r["shownAfterToggle"])
+        assert sorted(r["grown"]) == sorted(r["toggled"]), name  # the node grows to show them
     assert run.returncode == 0, run.stderr
+
+
+def _advanced_inputs(object_info, node_type):
+    if node_type not in object_info:  # MarkdownNote: frontend-only
+        return []
+    spec = object_info[node_type]["input"]
+    return [name for section in ("required", "optional") for name, value in spec.get(section, {}).items()
+            if len(value) > 1 and value[1].get("advanced")]
 
 
 def test_every_ui_file_converts_to_its_api_graph(comfy):

@@ -109,8 +109,8 @@ def test_a_ksampler_latent_is_inverted(comfy):
 def test_native_sampling_from_x_T_on_a_latent_model(comfy):
     """The same on the SD1-shaped test checkpoint: process_latent_in/out (×0.18215) and text conditioning."""
     prompt = load_prompt(os.path.join(ROOT, "workflows", "sd_style_mixing.json"), comfy.object_info)
-    inversion = find(prompt, "HSpaceDDIMInversion", image=["13", 0])
-    inputs = prompt[inversion]["inputs"]
+    inversion = find(prompt, "HSpaceDDIMInversion", latent=[find(prompt, "KSampler"), 0])  # the painted style
+    inputs = {**prompt[inversion]["inputs"], "vae": [find(prompt, "CheckpointLoaderSimple"), 2]}
     prompt.update({
         "80": {"class_type": "HSpaceXTToNative", "inputs": {"model": inputs["model"], "x_T": [inversion, 0],
                                                            "steps": inputs["steps"]}},

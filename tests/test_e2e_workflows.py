@@ -43,7 +43,8 @@ def test_workflow_runs(comfy, path):
     prompt = load_prompt(path, comfy.object_info)
     entry = _run(comfy, prompt)
     size = 64 if is_sd(path) else 32
-    grids = {i for i, n in prompt.items() if n["class_type"] == "HSpaceDirectionExplorer"}  # one labelled grid image
+    grids = {i for i, n in prompt.items()  # one labelled grid image
+             if n["class_type"] in ("HSpaceDirectionExplorer", "HSpaceLabelSweepGrid")}
     saved = [(img, node["inputs"]["images"][0] in grids) for node_id, node in prompt.items()
              if node["class_type"] == "SaveImage" for img in map(png, comfy.images(entry, node_id))]
     assert saved, "the workflow saved no image"
@@ -71,15 +72,31 @@ def test_edit_sweep_strength_zero_is_the_reconstruction_and_others_change_it(com
     for k, s in enumerate(strengths):
         if s != 0:
             assert np.abs(sweep[k] - reconstruction).mean() > 0.5, s
+    # the labelled grid: one cell per strength, left to right, each the sweep's image, under a label of its own
+    grid = _saved(comfy, entry, prompt, "sd_edit_grid")[0]
+    pad, size = 2, sweep[0].shape[0]
+    left, top = grid.shape[1] - len(strengths) * (size + pad) - pad, grid.shape[0] - size - 2 * pad
+    assert left > 0 and top > 0, grid.shape
+    labels = []
+    for k in range(len(strengths)):
+        x = left + k * (size + pad)
+        assert np.abs(grid[top:top + size, x:x + size] - sweep[k]).max() <= 1, k  # SaveImage truncates, the grid rounds
+        labels.append(grid[:top, x:x + size])
+    assert all((label < 128).any() for label in labels)
+    assert len({label.tobytes() for label in labels}) == len(strengths)
 
 
 def test_injection_changes_the_style_reconstruction(comfy):
     path = os.path.join(ROOT, "workflows", "sd_style_mixing.json")
     prompt = load_prompt(path, comfy.object_info)
     entry = _run(comfy, prompt)
-    mix = _saved(comfy, entry, prompt, "sd_style_mix")[0]
+    mixes = _saved(comfy, entry, prompt, "sd_style_mix")
     style = _saved(comfy, entry, prompt, "sd_style_reconstruction")[0]
-    assert np.abs(mix - style).mean() > 0.5
+    gammas = prompt[find(prompt, "HSpaceSlerpContentInject")]["inputs"]["gamma_sweep"].split(",")
+    assert len(mixes) == len(gammas) == 3  # one mix per γ of the sweep, each its own picture
+    for k, mix in enumerate(mixes):
+        assert np.abs(mix - style).mean() > 0.5, gammas[k]
+        assert all(np.abs(mix - other).mean() > 0.1 for other in mixes[k + 1:]), gammas[k]
 
 
 def test_same_seed_same_output_and_cancel_leaves_no_patch(comfy):
@@ -139,10 +156,8 @@ def _expect_node_error(comfy, prompt, *phrases):
 
 def test_bad_inputs_come_back_as_clear_node_errors(comfy):
     base = load_prompt(os.path.join(ROOT, "workflows", "sd_style_mixing.json"), comfy.object_info)
-    mismatched = json.loads(json.dumps(base))
-    style_scale = mismatched[find(mismatched, "LoadImage", image="hspace_style.png")]
-    scale_node = next(i for i, n in mismatched.items() if n["class_type"] == "ImageScale"
-                      and n["inputs"]["image"][0] == find(mismatched, "LoadImage", image="hspace_style.png"))
+    mismatched = json.loads(json.dumps(base))  # the content photo at another size than the painted style latent
+    scale_node = find(mismatched, "ImageScale")
     mismatched[scale_node]["inputs"]["width"] = mismatched[scale_node]["inputs"]["height"] = 128
     _expect_node_error(comfy, mismatched, "same size")
 

@@ -103,3 +103,18 @@ def test_the_ui_file_has_the_api_graphs_nodes_links_and_values(name):
                 continue
             assert value in values, (name, key, input_name, value, values)
             values.remove(value)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_workflow_has_a_thumbnail_of_what_it_makes(name):
+    from PIL import Image
+
+    from harness.thumbnails import SIZE, is_sd, sd_diagram
+
+    shipped = Image.open(os.path.join(WORKFLOW_DIR, name + ".jpg"))
+    assert shipped.size == SIZE, name
+    if is_sd(name):  # a diagram drawn from the API graph: regenerating it gives the same picture
+        import numpy as np
+
+        drawn = np.asarray(sd_diagram(name, _api(name)), dtype=float)
+        assert np.abs(drawn - np.asarray(shipped.convert("RGB"), dtype=float)).mean() < 2, name

@@ -1,9 +1,10 @@
 // Drive the real ComfyUI graph editor in headless Chromium (playwright-core + the system Chromium).
-//   node editor.js export PORT API_DIR OUT_DIR   API workflows -> UI-format workflows + thumbnails, as the editor saves them,
+//   node editor.js export PORT API_DIR OUT_DIR   API workflows -> UI-format workflows, as the editor saves them,
 //                                                laid out in named stages with a note (OUT_DIR/layout/stages.json, notes/*.md)
 //   node editor.js check  PORT MANIFEST.json     MANIFEST = [{file, overrides}]: load each UI workflow, list missing node
-//                                                types, set widget overrides, graphToPrompt, queue it through the UI (the
-//                                                Run button's code path), wait for the result
+//                                                types, set widget overrides, graphToPrompt, list the hidden (advanced)
+//                                                widgets before and after "Show Advanced", queue it through the UI
+//                                                (the Run button's code path), wait for the result
 //   node editor.js template PORT MODULE NAME      open ComfyUI's template browser, pick MODULE under Extensions, click the
 //                                                NAME card; report the thumbnails it shows and the graph it loaded
 // Prints one JSON object per workflow on stdout; exits 1 if anything failed.
@@ -27,23 +28,6 @@ async function openEditor() {
   await page.waitForTimeout(1000);
   if (await page.evaluate(() => document.querySelectorAll('.p-dialog').length)) await page.keyboard.press('Escape');
   return { ctx, page };
-}
-
-async function fitView(page) {
-  await page.evaluate(() => {
-    for (const b of document.querySelectorAll('button')) if (/close/i.test(b.getAttribute('aria-label') || '')) b.click();
-    try {  // a thumbnail without the minimap
-      app.extensionManager.setting.set('Comfy.Minimap.Visible', false);
-    } catch (e) { /* older frontends have none */ }
-    const rects = app.graph.nodes.map(n => [n.pos[0], n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT, n.size[0],
-                                            n.size[1] + LiteGraph.NODE_TITLE_HEIGHT])
-      .concat((app.graph._groups || app.graph.groups || []).map(g => [...g._bounding]));
-    const x0 = Math.min(...rects.map(r => r[0])) - 70, y0 = Math.min(...rects.map(r => r[1])) - 20;
-    const x1 = Math.max(...rects.map(r => r[0] + r[2])) + 20, y1 = Math.max(...rects.map(r => r[1] + r[3])) + 20;
-    app.canvas.ds.fitToBounds([x0, y0, x1 - x0, y1 - y0], { zoom: 0.95 });
-    app.canvas.setDirty(true, true);
-  });
-  await page.waitForTimeout(600);
 }
 
 // Readable layout (workflows/layout/): stages left to right, one named group each; inside a stage, sub-columns by
@@ -147,10 +131,6 @@ async function exportAll(page, apiDir, outDir) {
       return app.graph.serialize();
     })()`);
     fs.writeFileSync(path.join(outDir, file), JSON.stringify(ui, null, 1) + '\n');
-    await fitView(page);
-    // the template browser shows custom nodes' templates with the thumbnail <name>.jpg next to <name>.json
-    await page.screenshot({ path: path.join(outDir, file.replace(/\.json$/, '.jpg')), type: 'jpeg', quality: 80,
-                            clip: { x: 60, y: 80, width: 1540, height: 920 } });
     console.log(JSON.stringify({ workflow: file, nodes: ui.nodes.length, links: ui.links.length, groups: ui.groups.length }));
   }
 }
@@ -169,8 +149,16 @@ async function checkAll(page, manifest) {
       for (const node of app.graph.nodes)  // what a user does: edit widget values in the editor
         for (const w of node.widgets || []) if (w.name in overrides) w.value = overrides[w.name];
       const prompt = await app.graphToPrompt();
+      // expert widgets start hidden; the node menu's "Show Advanced" (toggleAdvanced) brings them back
+      const hiddenNow = () => Object.fromEntries(app.graph.nodes.map(n => [n.id,
+        (n.widgets || []).filter(w => !n.isWidgetVisible(w)).map(w => w.name)]));
+      const hidden = hiddenNow(), heights = Object.fromEntries(app.graph.nodes.map(n => [n.id, n.size[1]]));
+      const toggled = app.graph.nodes.filter(n => (n.widgets || []).some(w => w.advanced));
+      for (const n of toggled) n.toggleAdvanced();
+      const shown = hiddenNow(), grown = toggled.filter(n => n.size[1] > heights[n.id]).map(n => n.id);
+      for (const n of toggled) n.toggleAdvanced();
       return { missing, missingDialog: calls.length, errors: app.graph.nodes.filter(n => n.has_errors).map(n => n.type),
-               prompt: prompt.output };
+               prompt: prompt.output, hidden, shownAfterToggle: shown, toggled: toggled.map(n => n.id), grown };
     }, [ui, path.basename(file), overrides || {}]);
     const response = page.waitForResponse(r => r.url().endsWith('/prompt') && r.request().method() === 'POST', { timeout: 60000 });
     await page.evaluate(() => app.queuePrompt(0, 1));
@@ -192,7 +180,8 @@ async function checkAll(page, manifest) {
       messages = [JSON.stringify(body).slice(0, 500)];
     }
     const result = { workflow: path.basename(file), missing: loaded.missing, missingDialog: loaded.missingDialog,
-                     errors: loaded.errors, status, messages, prompt: loaded.prompt };
+                     errors: loaded.errors, status, messages, prompt: loaded.prompt, hidden: loaded.hidden,
+                     shownAfterToggle: loaded.shownAfterToggle, toggled: loaded.toggled, grown: loaded.grown };
     console.log(JSON.stringify(result));
     ok = ok && status === 'success' && loaded.missing.length === 0;
   }

@@ -1,0 +1,34 @@
+"""Label Sweep Grid: a decoded strength or γ sweep → one labelled grid image (one column per value)."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..hspace_core import grids
+from .common import CATEGORY, check_inputs, parse_values
+
+
+class LabelSweepGrid(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HSpaceLabelSweepGrid", display_name="Label Sweep Grid", category=CATEGORY,
+            description="A decoded sweep (Asyrp Edit's strength_sweep, Slerp Content Inject's gamma_sweep) → one "
+                        "grid image: one column per value, labelled with it; one row per input image.",
+            inputs=[
+                io.Image.Input("images", tooltip="The decoded sweep batch (value-major, as the sweep node returns it)."),
+                io.String.Input("values", default="-2, -1, 0, 1, 2",
+                                tooltip="The sweep's values in batch order: connect the sweep node's 'sweep' output."),
+                io.String.Input("label", default="strength", tooltip="Written before each value, e.g. strength or gamma (PIL's default font: Latin letters)."),
+                io.Int.Input("scale", default=1, min=1, max=16,
+                             tooltip="Tile upscaling (nearest): 4 for the bundled 32-pixel model, 1 for SD."),
+            ],
+            outputs=[io.Image.Output("grid", tooltip="The labelled grid (one image).")],
+        )
+
+    @classmethod
+    def execute(cls, images, values, label, scale) -> io.NodeOutput:
+        check_inputs(cls, locals())
+        numbers = parse_values(values, "values", -1e6, 1e6)
+        tiles = grids.sweep_tiles(images[..., :3].float().cpu(), len(numbers))
+        rows = [f"image {i + 1}" for i in range(tiles.shape[0])] if tiles.shape[0] > 1 else [""]
+        return io.NodeOutput(grids.grid_image(tiles, rows, grids.value_labels(numbers, label), scale=scale))
