@@ -107,6 +107,11 @@ class QualityBoost:
 H_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
+def precision_of(h: torch.Tensor) -> str:
+    """The ``H_DTYPES`` name that keeps ``h`` exactly: float16 stays float16, anything else is float32."""
+    return "float16" if h.dtype == torch.float16 else "float32"
+
+
 @dataclass(frozen=True)
 class HStorage:
     """How a capture or inversion keeps h: precision ``dtype`` (float32, float16, or "model": the precision the model
@@ -133,16 +138,15 @@ class HStorage:
         """One step's h as it is kept: a copy in ``dtype`` on the chosen device (detached)."""
         dtype = H_DTYPES[self.dtype_for(h)]
         kept = h.detach().to("cpu" if self.device == "cpu" else h.device, dtype, copy=True)
-        if dtype == torch.float16 and h.dtype != torch.float16 and not torch.isfinite(kept).all() and torch.isfinite(h).all():
+        narrowed = dtype == torch.float16 and h.dtype != torch.float16
+        if narrowed and not torch.isfinite(kept).all() and torch.isfinite(h).all():
             raise ValueError(f"h reaches {float(h.abs().max()):.3g}, beyond float16's range (65504): keep h in "
                              "float32 (h_storage).")
         return kept
 
     def dtype_for(self, h: torch.Tensor) -> str:
         """The precision ``h`` is kept in (see ``dtype``)."""
-        if self.dtype != "model":
-            return self.dtype
-        return "float16" if h.dtype == torch.float16 else "float32"
+        return precision_of(h) if self.dtype == "model" else self.dtype
 
     def trajectory(self, timesteps, hs: list, branches, fingerprint: str, source: str,
                    site: str = DEFAULT_SITE) -> "HTrajectory":
@@ -263,7 +267,7 @@ class HTrajectory:
         tensors, meta = _load(path, "h_trajectory")
         h = tensors["h"]
         traj = cls(tuple(meta["timesteps"]), h, tuple(meta["branches"]), meta["fingerprint"], meta.get("source", ""),
-                   meta.get("site", DEFAULT_SITE), "float16" if h.dtype == torch.float16 else "float32")
+                   meta.get("site", DEFAULT_SITE), precision_of(h))
         if expect_fingerprint is not None:
             check_fingerprint(traj.fingerprint, expect_fingerprint, "h trajectory")
         return traj

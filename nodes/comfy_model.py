@@ -24,7 +24,6 @@ import comfy.utils
 
 from ..hspace_core import Prediction, schedule_from_sigmas
 from ..hspace_core.adapters.base import autograd_ready, edited_rows, fingerprint_of
-from ..hspace_core.adapters.diffusers_unet import site_module
 from ..hspace_core.sites import DEFAULT_SITE, check_site, up_level
 from ..hspace_core.implicit import TimeEmbedding
 from . import edit_batch
@@ -70,8 +69,7 @@ def site_block(diffusion_model, site: str) -> int:
     U-Net, ``len(resnets)`` of each up block in a pixel UNet2DModel), so the same site is the same feature."""
     level = up_level(check_site(site))
     if getattr(diffusion_model, "hspace_pixel_unet", False):
-        site_module(diffusion_model.unet, site)
-        return sum(len(block.resnets) for block in diffusion_model.unet.up_blocks[:level])
+        return diffusion_model.block_of_site(site)
     per_level = list(reversed(getattr(diffusion_model, "num_res_blocks", None) or []))
     if level > len(per_level) - 1:
         raise ValueError(f"This U-Net has {len(per_level)} decoder levels, so it has no h site {site!r}; use middle"

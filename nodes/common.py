@@ -3,6 +3,7 @@ conversion.  Node modules import from here, ``comfy_model`` / ``pixel_model`` (t
 never from each other."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -94,7 +95,7 @@ def h_storage_inputs():
 
 def h_storage_of(h_storage: str, keep_h_from_t: int) -> HStorage:
     check_option("h_storage", h_storage, list(H_STORAGES))
-    return HStorage(H_STORAGES[h_storage].dtype, H_STORAGES[h_storage].device, keep_h_from_t)
+    return dataclasses.replace(H_STORAGES[h_storage], t_min=keep_h_from_t)
 
 
 def seed_input(tooltip: str = "Seed for the stochastic (quality boost) steps."):
@@ -237,12 +238,8 @@ def parse_values(text: str, name: str, low: float, high: float, example: str = "
 
 def parse_t_edits(text: str, name: str = "t_edit_sweep") -> list[int]:
     """A t_edit list (the widget ``name``): comma-separated whole timesteps in [0, 999]; empty text is no list."""
-    try:
-        values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"{name} {text!r} is not a comma-separated list of timesteps, e.g. 600, 400, 200.") from None
+    values = parse_values(text, name, 0, 999, "600, 400, 200") if text.strip() else []
     for value in values:
-        check_number(f"a t_edit in {name}", value, 0, 999)
         if value != int(value):
             raise ValueError(f"{name} holds {value}; t_edit values are whole timesteps, e.g. 600, 400, 200.")
     return [int(v) for v in values]

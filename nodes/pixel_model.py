@@ -20,7 +20,9 @@ import comfy.patcher_extension
 import comfy.supported_models_base
 
 from ..hspace_core import schedule_from_diffusers_config
+from ..hspace_core.adapters.diffusers_unet import site_module
 from ..hspace_core.schedules import sigmas_of
+from ..hspace_core.sites import up_level
 
 
 class DiffusersPixelUNet(torch.nn.Module):
@@ -47,6 +49,11 @@ class DiffusersPixelUNet(torch.nn.Module):
             hint = f" (it was trained at {size}; e.g. ImageScale to {size})" if trained else ""
             raise ValueError(f"This pixel U-Net cannot take a {width}×{height} image: resize it so both sides are "
                              f"multiples of {factor}{hint}.")
+
+    def block_of_site(self, site: str) -> int:
+        """The output block whose ``output_block_patch`` sees h at ``site`` (``hspace_core.sites``)."""
+        site_module(self.unet, site)  # refuses a site this U-Net does not have
+        return self._level_block(up_level(site))
 
     def site_at_block(self, block: int) -> str:
         """The h site (``hspace_core.sites``) whose h the output_block_patch sees at ("output", ``block``)."""
