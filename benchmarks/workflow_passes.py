@@ -306,7 +306,7 @@ def main():
               flush=True)
     pass_times = {}
     if args.pass_time and override is not None:
-        import hspace_pack.nodes.comfy_model as comfy_model
+        import hspace_pack.nodes.comfy.model as comfy_model
 
         pass_times = {int(s): pass_seconds(override, comfy_model, int(s)) for s in args.pass_time.split(",")}
     text = report(results, args, pass_times)

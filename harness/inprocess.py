@@ -12,7 +12,7 @@ from .server import REPO as ROOT
 
 
 def load_pack():
-    """(nodes.comfy_model, nodes.pixel_model) of this checkout, with ComfyUI on the path in CPU mode."""
+    """(nodes.comfy.model, nodes.comfy.pixel_model) of this checkout, with ComfyUI on the path in CPU mode."""
     from .server import comfy_dir
 
     sys.path.insert(0, comfy_dir())
@@ -27,8 +27,8 @@ def load_pack():
         module = importlib.util.module_from_spec(spec)
         sys.modules["hspace_pack"] = module
         spec.loader.exec_module(module)
-    import hspace_pack.nodes.comfy_model as comfy_model
-    import hspace_pack.nodes.pixel_model as pixel_model
+    import hspace_pack.nodes.comfy.model as comfy_model
+    import hspace_pack.nodes.comfy.pixel_model as pixel_model
 
     return comfy_model, pixel_model
 

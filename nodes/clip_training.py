@@ -14,7 +14,7 @@ from comfy_api.latest import io
 from ..hspace_core.adapters.base import autograd_ready
 from ..hspace_core.clip_directions import DirectionTraining, load_open_clip, train_direction
 from ..hspace_core import load_official_asyrp
-from .comfy_model import check_has_h_space, progress_bar, run_in_comfy, time_embedding_of
+from .comfy.model import check_has_h_space, progress_bar, run_in_comfy, time_embedding_of
 from .common import (CATEGORY, DirectionType, advanced, check_inputs, conditioning_inputs, encode, site_input,
                      list_files, lpips_by_name, model_input, resolve, seed_input, steps_input, stored_file_state)
 

@@ -1,5 +1,5 @@
 """The common layer of the H-Space nodes: custom types, shared inputs, input checks, model folders, LATENT/IMAGE
-conversion.  Node modules import from here, ``comfy_model`` / ``pixel_model`` (the model wrappers) and the core,
+conversion.  Node modules import from here, ``comfy`` (the ComfyUI adapter package) and the core,
 never from each other."""
 from __future__ import annotations
 

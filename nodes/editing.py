@@ -7,7 +7,7 @@ from comfy_api.latest import io
 
 from ..hspace_core import Direction, direction_from_examples, discovery, edit
 from ..hspace_core.state import check_fingerprint
-from .comfy_model import latent_out, progress_bar, run_in_comfy
+from .comfy.model import latent_out, progress_bar, run_in_comfy
 from .common import (BOOST_SEED_RULE, STRENGTH_RANGE, advanced, CATEGORY, Boost, DirectionType, Trajectory,
                      check_inputs, conditioning_inputs, edit_schedule, model_input, parse_strengths, sampling_inputs,
                      seed_input, seed_of, steps_input, sweep_text, t_edit_input)

@@ -7,7 +7,7 @@ from comfy_api.latest import io
 
 from ..hspace_core import (EditSchedule, QualityBoost as QualityBoostConfig, StyleCalibration, gamma_ramp, inject,
                            interpolate)
-from .comfy_model import is_pixel_unet, latent_out, progress_bar, run_in_comfy
+from .comfy.model import is_pixel_unet, latent_out, progress_bar, run_in_comfy
 from .common import (BOOST_SEED_RULE, advanced, CATEGORY, Boost, Calibration, Trajectory, check_inputs,
                      conditioning_inputs, edit_schedule, latent_x, model_input, parse_values, seed_input, seed_of,
                      steps_input, sweep_text, t_edit_input, sampling_inputs)

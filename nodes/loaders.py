@@ -12,7 +12,7 @@ import folder_paths
 
 from ..hspace_core.checkpoints import CHECKPOINT_EXTENSIONS, load_checkpoint
 from .common import CATEGORY, file_state
-from .pixel_model import is_pixel_unet_folder, load_pixel_unet_folder, load_pixel_unet_hub, pixel_model_patcher
+from .comfy.pixel_model import is_pixel_unet_folder, load_pixel_unet_folder, load_pixel_unet_hub, pixel_model_patcher
 
 PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLED = {"bundled/hspace-shapes-ddpm": os.path.join(PACK_ROOT, "models", "hspace-shapes-ddpm")}

@@ -12,7 +12,7 @@ import torch
 from comfy_api.latest import io
 
 from ..hspace_core import timestep_grid
-from .comfy_model import check_has_h_space, latent_out
+from .comfy.model import check_has_h_space, latent_out
 from .common import CATEGORY, latent_x, model_input, origin_of, steps_input
 
 

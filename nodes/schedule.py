@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..hspace_core import find_t_edit_t_boost
-from .comfy_model import progress_bar, run_in_comfy
+from .comfy.model import progress_bar, run_in_comfy
 from .common import (advanced, CATEGORY, check_inputs, conditioning_inputs, latent_of, lpips_by_name, model_input,
                      seed_input)
 

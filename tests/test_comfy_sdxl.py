@@ -1,4 +1,4 @@
-"""SDXL and SD2 v-prediction through the ComfyUI adapter (nodes/comfy_model.py), in-process.
+"""SDXL and SD2 v-prediction through the ComfyUI adapter (nodes/comfy/model.py), in-process.
 
 ComfyUI's checkpoint detection needs full-size SDXL weights, so harness/tiny_sdxl.py builds both models with
 ComfyUI's own classes (comfy.model_base.SDXL with its ADM label embedding, comfy.supported_models.SD20 with

@@ -4,7 +4,7 @@ import glob
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMON_LAYER = {"common", "comfy_model", "pixel_model", "edit_batch"}  # shared inputs/checks/folders, the model wrappers
+COMMON_LAYER = {"common", "comfy"}  # shared inputs/checks/folders; the ComfyUI adapter package (nodes/comfy/)
 
 
 def _relative_imports(path: str) -> set[str]:
@@ -29,3 +29,14 @@ def test_every_module_is_a_node_module_or_common_layer():
         source = open(path).read()
         defines_nodes = "io.ComfyNode" in source
         assert defines_nodes != (name in COMMON_LAYER), name
+
+
+def test_the_comfy_adapter_imports_only_itself_and_the_core():
+    for path in glob.glob(os.path.join(ROOT, "nodes", "comfy", "*.py")):
+        tree = ast.parse(open(path).read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert node.level == 1 or (node.level == 3 and (node.module or "").startswith("hspace_core")), \
+                    f"nodes/comfy/{os.path.basename(path)} imports {'.' * node.level}{node.module}"
+            if isinstance(node, ast.ClassDef):
+                assert "ComfyNode" not in ast.unparse(node), f"node class {node.name} in nodes/comfy/"

@@ -19,10 +19,10 @@ import comfy.model_patcher
 import comfy.patcher_extension
 import comfy.supported_models_base
 
-from ..hspace_core import schedule_from_diffusers_config
-from ..hspace_core.adapters.diffusers_unet import site_module
-from ..hspace_core.schedules import sigmas_of
-from ..hspace_core.sites import up_level
+from ...hspace_core import schedule_from_diffusers_config
+from ...hspace_core.adapters.diffusers_unet import site_module
+from ...hspace_core.schedules import sigmas_of
+from ...hspace_core.sites import up_level
 
 
 class DiffusersPixelUNet(torch.nn.Module):

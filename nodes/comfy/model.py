@@ -22,10 +22,10 @@ import comfy.sample
 import comfy.samplers
 import comfy.utils
 
-from ..hspace_core import Prediction, schedule_from_sigmas
-from ..hspace_core.adapters.base import autograd_ready, edited_rows, fingerprint_of
-from ..hspace_core.sites import DEFAULT_SITE, check_site, up_level
-from ..hspace_core.implicit import TimeEmbedding
+from ...hspace_core import Prediction, schedule_from_sigmas
+from ...hspace_core.adapters.base import autograd_ready, edited_rows, fingerprint_of
+from ...hspace_core.sites import DEFAULT_SITE, check_site, up_level
+from ...hspace_core.implicit import TimeEmbedding
 from . import edit_batch
 
 log = logging.getLogger("hspace")

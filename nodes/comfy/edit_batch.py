@@ -17,8 +17,8 @@ import torch
 
 from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepBlock, UNetModel, forward_timestep_embed
 
-from ..hspace_core.adapters.base import is_edited, take_rows
-from ..hspace_core.adapters.diffusers_unet import capture_pass, EncoderCache, replay_pass
+from ...hspace_core.adapters.base import is_edited, take_rows
+from ...hspace_core.adapters.diffusers_unet import capture_pass, EncoderCache, replay_pass
 
 
 class UnusualBatch(Exception):
