@@ -11,7 +11,7 @@ from ddim_reference import Model
 from guided_reference import UNetModel
 from hspace_core import DiffusersUNet, schedule_from_diffusers_config
 from hspace_core.checkpoints import layout_of, load_checkpoint, unet_from_state_dict
-from hspace_core.guided_diffusion import GuidedLayout, attention_split, guided_layout, known_model, split_qkv
+from hspace_core.checkpoints.guided_diffusion import GuidedLayout, attention_split, guided_layout, known_model, split_qkv
 
 TINY = dict(in_channels=3, model_channels=32, out_channels=3, num_res_blocks=1, attention_resolutions=(2,),
             channel_mult=(1, 2))

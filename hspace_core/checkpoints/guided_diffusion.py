@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .checkpoints import key_mismatch
+from .files import key_mismatch
 
 log = logging.getLogger("hspace")
 
