@@ -1,17 +1,19 @@
 """Run sample workflows (UI format, as the editor saves them) through a real ComfyUI and save their images.
 
-    python -m harness.run_workflows workflows/pixel_content_injection.json ... --out outputs/demo
+    python -m harness.run_workflows workflows/pixel_content_injection.json ... --out outputs/demo [--figure PNG]
 
 Starts ComfyUI headless on 127.0.0.1 with this pack (``HSPACE_COMFYUI`` picks your own install), converts each
 workflow to an API prompt, queues it, waits, writes every SaveImage output to ``OUT/<workflow>/``, and ends with one
 labelled contact sheet of the run, ``OUT/contact_sheet.png``: per workflow its input images, then each SaveImage's
-images (reconstructions and results), upscaled so that 32-pixel images can be seen.
+images (reconstructions and results), upscaled so that 32-pixel images can be seen. ``--figure`` also copies the
+sheet there (the README's figure: ``bash scripts/demo.sh outputs/demo --figure docs/figures/demo_contact_sheet.png``).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -78,6 +80,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("workflows", nargs="+")
     p.add_argument("--out", default="outputs/demo")
+    p.add_argument("--figure", help="also copy the contact sheet to this path (only when every workflow succeeded)")
     args = p.parse_args(argv)
     base = tempfile.mkdtemp(prefix="hspace-demo-")
     prepare_base(base)
@@ -86,6 +89,9 @@ def main(argv=None) -> int:
         sheet, failures = run_all(server, args.workflows, args.out)
     finally:
         server.stop()
+    if args.figure and not failures:
+        shutil.copyfile(sheet, args.figure)
+        print(f"figure: {os.path.abspath(args.figure)}", flush=True)
     print(f"contact sheet: {os.path.abspath(sheet)}", flush=True)
     return 1 if failures else 0
 
