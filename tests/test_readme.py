@@ -1,4 +1,4 @@
-"""The README's library examples run as written, and its commands are the ones CI and the scripts use."""
+"""The library guide's examples run as written, and the README's commands are the ones CI and the scripts use."""
 import os
 import re
 import tomllib
@@ -7,11 +7,11 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = open(os.path.join(ROOT, "README.md")).read()
+LIBRARY = os.path.join(ROOT, "docs", "library.md")
 
 
 def _library_blocks():
-    section = README.split("## Library", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, re.S)
+    return re.findall(r"```python\n(.*?)```", open(LIBRARY).read(), re.S)
 
 
 def test_library_examples_run(tmp_path, monkeypatch):
@@ -20,10 +20,14 @@ def test_library_examples_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace = {}
     for block in blocks:
-        exec(compile(block, "README.md", "exec"), namespace)
+        exec(compile(block, LIBRARY, "exec"), namespace)
     assert namespace["frames"].shape == (5, 3, 32, 32)
     assert namespace["mixed"].shape == (1, 3, 32, 32)
     assert namespace["latents"].trajectory.branches == ("uncond", "cond")
+
+
+def test_readme_links_the_library_guide():
+    assert "(docs/library.md)" in README
 
 
 def test_ci_runs_the_readme_test_command():
