@@ -1,4 +1,5 @@
 """The library guide's examples run as written, and the README's commands are the ones CI and the scripts use."""
+import glob
 import os
 import re
 import tomllib
@@ -57,3 +58,29 @@ def test_core_never_imports_comfy():
             if name.endswith(".py"):
                 text = open(os.path.join(dirpath, name)).read()
                 assert not pattern.search(text), os.path.join(dirpath, name)
+
+
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+PAGES = ["README.md", "CONTRIBUTING.md"] + sorted(
+    os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))
+
+
+def _anchors(path: str) -> set[str]:
+    """GitHub's heading anchors of a Markdown file: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"```.*?```", "", open(path).read(), flags=re.S)
+    titles = re.findall(r"^#+\s+(.*?)\s*$", text, re.M)
+    return {"".join(c for c in t.lower() if c.isalnum() or c in " -_").replace(" ", "-") for t in titles}
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_relative_link_resolves(page):
+    path = os.path.join(ROOT, page)
+    text = re.sub(r"```.*?```", "", open(path).read(), flags=re.S)
+    for target in LINK.findall(text):
+        if re.match(r"[a-z]+:", target):
+            continue
+        file, _, anchor = target.partition("#")
+        linked = os.path.normpath(os.path.join(os.path.dirname(path), file)) if file else path
+        assert os.path.exists(linked), f"{page}: {target} does not exist"
+        if anchor and linked.endswith(".md"):
+            assert anchor in _anchors(linked), f"{page}: {target}: no such heading"
