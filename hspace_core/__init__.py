@@ -22,7 +22,7 @@ from .schedules import (NoiseSchedule, betas_cosine, betas_linear, betas_scaled_
                         schedule_from_diffusers_config, schedule_from_sigmas, step_pairs, timestep_at_fraction,
                         timestep_at_sigma, timestep_grid)
 from .sites import SITES
-from .state import (Direction, EditSchedule, HStorage, HTrajectory, Inversion, QualityBoost, ReconstructionReport, XTOrigin,
+from .state import (Direction, EditSchedule, HStorage, HTrajectory, Inversion, QualityBoost, ReconstructionReport,
                     StyleCalibration)
 
 __version__ = "0.1.0"
@@ -36,7 +36,7 @@ __all__ = [
     "find_t_edit_t_boost", "gamma_ramp", "generate", "inject", "interpolate", "invert", "lpips_distance", "mask_to_h_grid",
     "masked_blend", "masked_normalized_slerp", "check_gamma", "StepLoop", "check_latent", "H_SOURCES",
     "INVERSION_CONVENTIONS", "train_steps_of", "CFG_INVERSIONS", "GuidedInversion", "invert_guided",
-    "null_text_embeddings", "GuidedModel", "XTOrigin", "normalized_slerp", "predicted_x0", "run_reverse", "schedule_from_betas",
+    "null_text_embeddings", "GuidedModel", "normalized_slerp", "predicted_x0", "run_reverse", "schedule_from_betas",
     "schedule_from_diffusers_config", "schedule_from_sigmas", "slerp", "step_pairs", "timestep_grid",
     "Denoiser", "timestep_at_fraction", "timestep_at_sigma", "HEdit", "edited_rows", "fingerprint_of", "guided",
     "discovery", "SITES", "grids", "jacobian_directions", "orthogonalise", "pca_directions", "probe_direction", "relative_strength",

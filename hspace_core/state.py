@@ -426,35 +426,6 @@ class Inversion:
     convention: str = "seed"
 
 
-@dataclass(frozen=True)
-class XTOrigin:
-    """Where an inverted x_T came from, carried with it between nodes: the grid it was inverted on, the model, and
-    how it must be sampled under guidance ("plain"; "negative_prompt": the positive conditioning is also the
-    negative; "null_text": the per-step negative embeddings ``negative_at``, found at ``guidance_scale``)."""
-
-    timesteps: tuple[int, ...]
-    fingerprint: str = ""
-    guidance: str = "plain"
-    guidance_scale: float = 1.0
-    negative_at: dict = field(default_factory=dict, compare=False)
-
-    def __post_init__(self):
-        object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
-        if self.guidance not in ("plain", "negative_prompt", "null_text"):
-            raise ValueError(f"guidance {self.guidance!r} is unknown; use plain, negative_prompt or null_text.")
-        if self.guidance == "null_text" and not self.negative_at:
-            raise ValueError("A null-text x_T needs its per-step negative embeddings (negative_at).")
-
-    def check_grid(self, timesteps) -> None:
-        """Refuse sampling this x_T on another grid than it was inverted on, saying which steps to set."""
-        timesteps = tuple(int(t) for t in timesteps)
-        if timesteps != self.timesteps:
-            raise ValueError(
-                f"This x_T was inverted at {len(self.timesteps)} steps (t = {self.timesteps[0]} … {self.timesteps[-1]}) "
-                f"but this node runs {len(timesteps)} steps on another grid: set steps to {len(self.timesteps)} here, "
-                f"or invert again with steps = {len(timesteps)}.")
-
-
 @functools.lru_cache(maxsize=64)
 def _note_interpolated(name: str, steps: int) -> None:
     log.info("%s was made on a %d-step grid; Δh at other timesteps is interpolated linearly in t.", name, steps)

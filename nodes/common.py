@@ -13,8 +13,9 @@ import torch
 import folder_paths
 from comfy_api.latest import io
 
-from ..hspace_core import EditSchedule, HStorage, XTOrigin, lpips_distance, timestep_grid
+from ..hspace_core import EditSchedule, HStorage, lpips_distance, timestep_grid
 from ..hspace_core.sites import DEFAULT_SITE, SITES
+from .comfy.origin import XTOrigin
 
 CATEGORY = "h-space"
 PREFIX = "HSpace"

@@ -6,9 +6,10 @@ from comfy_api.latest import io
 import dataclasses
 import math
 
-from ..hspace_core import (CFG_INVERSIONS, H_SOURCES, INVERSION_CONVENTIONS, EditSchedule, ReconstructionReport, XTOrigin,
+from ..hspace_core import (CFG_INVERSIONS, H_SOURCES, INVERSION_CONVENTIONS, EditSchedule, ReconstructionReport,
                            generate, invert, null_text_embeddings, run_reverse)
 from .comfy.model import is_pixel_unet, latent_out, model_fingerprint, progress_bar, run_in_comfy
+from .comfy.origin import XTOrigin
 from .common import (CATEGORY, DEFAULT_H_STORAGE, advanced, Trajectory, check_inputs, conditioning_inputs, decode,
                      encoded_pixels, h_storage_inputs, h_storage_of, latent_of, latent_x, model_input, psnr,
                      sampling_inputs, site_input, steps_input, with_origin)

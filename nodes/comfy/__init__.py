@@ -1,2 +1,3 @@
 """The ComfyUI adapter: the pack's model interface over a ComfyUI MODEL (``model``), the one-call edited batch
-(``edit_batch``) and diffusers pixel U-Nets as ComfyUI models (``pixel_model``). No node classes live here."""
+(``edit_batch``), diffusers pixel U-Nets as ComfyUI models (``pixel_model``) and the origin an inverted x_T carries
+between nodes (``origin``). No node classes live here."""
