@@ -33,6 +33,13 @@ def load_pack():
     return comfy_model, pixel_model
 
 
+def node_module(name: str):
+    """A module of the pack's nodes layer by its dotted path in this checkout (e.g. "nodes.comfy.grids"), imported
+    with ComfyUI as ``load_pack`` does."""
+    load_pack()
+    return importlib.import_module(f"hspace_pack.{name}")
+
+
 SD15_UNET = dict(image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2] * 4,
                  channel_mult=[1, 2, 4, 4], transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_middle=1,
                  transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], context_dim=768, num_heads=8, num_head_channels=-1,

@@ -9,7 +9,7 @@ from .adapters import (Conditioning, Denoiser, DiffusersUNet, GuidedModel, HEdit
 from .auto_schedule import AutoSchedule, find_t_edit_t_boost, lpips_distance
 from .cfg_inversion import CFG_INVERSIONS, GuidedInversion, invert_guided, null_text_embeddings
 from .clip_directions import CLIPDirectional, DirectionTraining, TrainedDirection, load_open_clip, train_direction
-from . import discovery, grids
+from . import discovery
 from .discovery import jacobian_directions, orthogonalise, pca_directions, probe_direction, relative_strength
 from .ddim import calibrated_x_t, ddim_inverse_step, ddim_sigma, ddim_step, eps_from_model_output, predicted_x0
 from .implicit import ImplicitDirectionNet, TimeEmbedding
@@ -39,5 +39,5 @@ __all__ = [
     "null_text_embeddings", "GuidedModel", "normalized_slerp", "predicted_x0", "run_reverse", "schedule_from_betas",
     "schedule_from_diffusers_config", "schedule_from_sigmas", "slerp", "step_pairs", "timestep_grid",
     "Denoiser", "timestep_at_fraction", "timestep_at_sigma", "HEdit", "edited_rows", "fingerprint_of", "guided",
-    "discovery", "SITES", "grids", "jacobian_directions", "orthogonalise", "pca_directions", "probe_direction", "relative_strength",
+    "discovery", "SITES", "jacobian_directions", "orthogonalise", "pca_directions", "probe_direction", "relative_strength",
 ]

@@ -13,7 +13,7 @@
 - ``orthogonalise``, ``normalise``, ``combine``, ``relative_strength``: Gram–Schmidt projection removal (Haas et al.'s
   disentangling), a target ‖Δh‖ relative to ‖h‖, weighted sums of any number of directions, ‖Δh‖/‖h‖.
 - ``explore``: one x_T edited along each direction at each strength (the Direction Explorer's grid; its picture
-  is ``grids.grid_image``).
+  is drawn by the nodes' ``nodes/comfy/grids.py``).
 """
 from __future__ import annotations
 

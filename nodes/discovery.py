@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..hspace_core import EditSchedule, discovery, grids
+from ..hspace_core import EditSchedule, discovery
 from ..hspace_core.sites import common_site
+from .comfy import grids
 from .comfy.model import latent_out, progress_bar, run_in_comfy
 from .common import (CATEGORY, DirectionSet, DirectionType, Trajectory, advanced, conditioning_inputs, decode,
                      model_input, parse_strengths, parse_t_edits, seed_input, site_input, steps_input, t_edit_input)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..hspace_core import grids
+from .comfy import grids
 from .common import CATEGORY, check_inputs, parse_values
 
 

@@ -3,14 +3,20 @@ import numpy as np
 import pytest
 import torch
 
-from hspace_core import grids
+from harness.inprocess import node_module
+
+
+@pytest.fixture(scope="module")
+def grids():
+    """nodes/comfy/grids.py (the nodes layer, imported with ComfyUI)."""
+    return node_module("nodes.comfy.grids")
 
 
 def _solid(colours, size=8):
     return torch.stack([torch.tensor(c, dtype=torch.float32).expand(size, size, 3) for c in colours])
 
 
-def test_sweep_tiles_put_each_value_in_its_column():
+def test_sweep_tiles_put_each_value_in_its_column(grids):
     images = torch.arange(6, dtype=torch.float32).reshape(6, 1, 1, 1).expand(6, 2, 2, 3)  # 3 values × 2 images
     tiles = grids.sweep_tiles(images, 3)
     assert tiles.shape == (2, 3, 2, 2, 3)
@@ -21,12 +27,12 @@ def test_sweep_tiles_put_each_value_in_its_column():
         grids.sweep_tiles(images, 4)
 
 
-def test_value_labels_write_signs_only_for_signed_sweeps():
+def test_value_labels_write_signs_only_for_signed_sweeps(grids):
     assert grids.value_labels([-2.0, 0.0, 1.5], "strength") == ["strength -2", "strength +0", "strength +1.5"]
     assert grids.value_labels([0.3, 0.5], "gamma") == ["gamma 0.3", "gamma 0.5"]
 
 
-def test_the_grid_has_one_labelled_cell_per_value():
+def test_the_grid_has_one_labelled_cell_per_value(grids):
     values = [-2.0, -1.0, 0.0, 1.0, 2.0]
     colours = [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (0, 1, 1)]
     scale, pad, tile = 4, 2, 32
@@ -55,7 +61,7 @@ def test_the_grid_has_one_labelled_cell_per_value():
     assert np.array_equal(again[:top], image[:top])
 
 
-def test_rows_are_labelled_and_large_tiles_get_a_larger_font():
+def test_rows_are_labelled_and_large_tiles_get_a_larger_font(grids):
     small = grids.grid_image(_solid([(0, 0, 0)] * 2).reshape(2, 1, 8, 8, 3), ["image 1", "image 2"], ["x"], scale=1)
     large = grids.grid_image(_solid([(0, 0, 0)] * 2, size=256).reshape(2, 1, 256, 256, 3), ["image 1", "image 2"],
                              ["x"], scale=1)
