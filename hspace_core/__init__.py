@@ -22,8 +22,10 @@ from .schedules import (NoiseSchedule, betas_cosine, betas_linear, betas_scaled_
                         schedule_from_diffusers_config, schedule_from_sigmas, step_pairs, timestep_at_fraction,
                         timestep_at_sigma, timestep_grid)
 from .sites import SITES
-from .state import (Direction, EditSchedule, HStorage, HTrajectory, Inversion, QualityBoost, ReconstructionReport,
-                    StyleCalibration)
+from .direction import Direction
+from .file_format import FORMAT_VERSION, check_fingerprint
+from .settings import EditSchedule, QualityBoost, StyleCalibration
+from .trajectory import HStorage, HTrajectory, Inversion, ReconstructionReport
 
 __version__ = "0.1.0"
 
@@ -39,5 +41,5 @@ __all__ = [
     "null_text_embeddings", "GuidedModel", "normalized_slerp", "predicted_x0", "run_reverse", "schedule_from_betas",
     "schedule_from_diffusers_config", "schedule_from_sigmas", "slerp", "step_pairs", "timestep_grid",
     "Denoiser", "timestep_at_fraction", "timestep_at_sigma", "HEdit", "edited_rows", "fingerprint_of", "guided",
-    "discovery", "SITES", "jacobian_directions", "orthogonalise", "pca_directions", "probe_direction", "relative_strength",
+    "discovery", "SITES", "FORMAT_VERSION", "check_fingerprint", "jacobian_directions", "orthogonalise", "pca_directions", "probe_direction", "relative_strength",
 ]

@@ -24,7 +24,8 @@ from .ddim import ddim_step
 from .processes import generate, invert
 from .progress import ProgressFn, StepLoop, StopFn, check_latent
 from .schedules import step_pairs
-from .state import EditSchedule, Inversion, ReconstructionReport
+from .settings import EditSchedule
+from .trajectory import Inversion, ReconstructionReport
 
 log = logging.getLogger("hspace")
 CFG_INVERSIONS = ("plain", "negative_prompt", "null_text")

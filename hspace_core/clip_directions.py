@@ -25,7 +25,7 @@ from .ddim import ddim_step, predicted_x0
 from .implicit import ImplicitDirectionNet
 from .schedules import step_pairs, timestep_grid
 from .sites import site_of
-from .state import Direction
+from .direction import Direction
 from .progress import StepLoop, check_latent
 from .auto_schedule import find_t_edit_t_boost
 from .processes import invert

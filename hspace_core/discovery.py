@@ -31,7 +31,10 @@ from .ddim import ddim_step
 from .processes import run_reverse
 from .schedules import step_pairs, timestep_grid
 from .sites import check_same_site, common_site, site_of
-from .state import Direction, EditSchedule, HTrajectory, check_fingerprint
+from .direction import Direction
+from .file_format import check_fingerprint
+from .settings import EditSchedule
+from .trajectory import HTrajectory
 
 __all__ = ["NORMALISATIONS", "PROBE_METHODS", "PCAResult", "principal_components", "pca_directions",
            "latent_at", "jacobian_directions", "linear_probe", "probe_direction", "orthogonalise", "rescale_like", "normalise", "combine",

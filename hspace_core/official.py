@@ -8,7 +8,7 @@ import re
 import torch
 
 from .implicit import ImplicitDirectionNet, TimeEmbedding
-from .state import Direction
+from .direction import Direction
 
 OFFICIAL_KEYS = {"conv1.weight": 4, "conv1.bias": 1, "temb_proj.weight": 2, "temb_proj.bias": 1,
                  "norm2.weight": 1, "norm2.bias": 1, "conv2.weight": 4, "conv2.bias": 1}

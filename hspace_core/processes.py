@@ -20,7 +20,10 @@ from .hmath import check_gamma, lerp, mask_to_h_grid, masked_blend, masked_norma
 from .progress import Cancelled, ProgressFn, StepLoop, StopFn, check_latent
 from .schedules import step_pairs, timestep_grid
 from .sites import check_same_site, site_of
-from .state import Direction, EditSchedule, HStorage, HTrajectory, Inversion, ReconstructionReport, check_fingerprint
+from .direction import Direction
+from .file_format import check_fingerprint
+from .settings import EditSchedule
+from .trajectory import HStorage, HTrajectory, Inversion, ReconstructionReport
 
 log = logging.getLogger("hspace")
 INVERSION_CONVENTIONS = ("seed", "diffusers")

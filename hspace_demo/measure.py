@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from hspace_core import processes as hp
-from hspace_core.state import EditSchedule
+from hspace_core import EditSchedule
 from . import readouts as ro
 from .shapes import SHAPES, Factors, render, sample_colours
 

@@ -5,8 +5,7 @@ import torch
 
 from comfy_api.latest import io
 
-from ..hspace_core import Direction, direction_from_examples, discovery, edit
-from ..hspace_core.state import check_fingerprint
+from ..hspace_core import Direction, check_fingerprint, direction_from_examples, discovery, edit
 from .comfy.model import latent_out, progress_bar, run_in_comfy
 from .common import (BOOST_SEED_RULE, STRENGTH_RANGE, advanced, CATEGORY, Boost, DirectionType, Trajectory,
                      check_inputs, conditioning_inputs, edit_schedule, model_input, parse_strengths, sampling_inputs,

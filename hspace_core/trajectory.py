@@ -1,0 +1,225 @@
+"""h along a process: how it is kept (``HStorage``), the trajectory itself (``HTrajectory``), and an inversion's
+result (``Inversion``, ``ReconstructionReport``).  CPU-resident float32 unless ``HStorage`` says otherwise."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+import torch
+
+from .file_format import check_fingerprint, load_tensors, save_tensors
+from .sites import DEFAULT_SITE, check_site
+
+
+H_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def precision_of(h: torch.Tensor) -> str:
+    """The ``H_DTYPES`` name that keeps ``h`` exactly: float16 stays float16, anything else is float32."""
+    return "float16" if h.dtype == torch.float16 else "float32"
+
+
+@dataclass(frozen=True)
+class HStorage:
+    """How a capture or inversion keeps h: precision ``dtype`` (float32, float16, or "model": the precision the model
+    computed h in — float16 stays float16, anything else float32 — which loses nothing), ``device`` "cpu" or "model"
+    (where the model computed h: no copy back and forth on a GPU, but it stays in GPU memory) and only the
+    timesteps t ≥ ``t_min`` (an injection or interpolation with t_edit = t_min reads no other)."""
+
+    dtype: str = "float32"
+    device: str = "cpu"
+    t_min: int = 0
+
+    def __post_init__(self):
+        if self.dtype not in (*H_DTYPES, "model"):
+            raise ValueError(f"h storage dtype {self.dtype!r} is unknown; use one of {(*H_DTYPES, 'model')}.")
+        if self.device not in ("cpu", "model"):
+            raise ValueError(f"h storage device {self.device!r} is unknown; use 'cpu' or 'model'.")
+        if self.t_min < 0:
+            raise ValueError(f"t_min must be ≥ 0 (0 keeps h at every step), got {self.t_min}.")
+
+    def keeps(self, t: int) -> bool:
+        return int(t) >= self.t_min
+
+    def put(self, h: torch.Tensor) -> torch.Tensor:
+        """One step's h as it is kept: a copy in ``dtype`` on the chosen device (detached)."""
+        dtype = H_DTYPES[self.dtype_for(h)]
+        kept = h.detach().to("cpu" if self.device == "cpu" else h.device, dtype, copy=True)
+        narrowed = dtype == torch.float16 and h.dtype != torch.float16
+        if narrowed and not torch.isfinite(kept).all() and torch.isfinite(h).all():
+            raise ValueError(f"h reaches {float(h.abs().max()):.3g}, beyond float16's range (65504): keep h in "
+                             "float32 (h_storage).")
+        return kept
+
+    def dtype_for(self, h: torch.Tensor) -> str:
+        """The precision ``h`` is kept in (see ``dtype``)."""
+        return precision_of(h) if self.dtype == "model" else self.dtype
+
+    def trajectory(self, timesteps, hs: list, branches, fingerprint: str, source: str,
+                   site: str = DEFAULT_SITE) -> "HTrajectory":
+        """The trajectory of the kept steps (``hs`` already ``put``) of the grid ``timesteps``."""
+        kept = [t for t in timesteps if self.keeps(t)]
+        if not kept:
+            raise ValueError(f"No step of the grid (t = {max(timesteps)} … {min(timesteps)}) is at t ≥ {self.t_min}: "
+                             "lower keep_h_from_t (the t_edit you will use) so that some h is kept.")
+        device = "cpu" if self.device == "cpu" else str(hs[0].device)
+        return HTrajectory(tuple(kept), torch.stack(hs), branches, fingerprint, source, site, self.dtype_for(hs[0]),
+                           device)
+
+
+@dataclass(frozen=True)
+class HTrajectory:
+    """h_t (the U-Net middle-block output) at each visited timestep.
+
+    ``h`` is (steps, rows, C, H, W); rows are branch-major: all images of ``branches[0]``, then of
+    ``branches[1]`` (``("uncond", "cond")`` under classifier-free guidance, ``("single",)`` otherwise).
+    ``timesteps`` is the grid it was captured on (decreasing); h is looked up only at those timesteps.
+    ``source`` says where h was read: "inversion" (along DDIM inversion, InjectFusion's content h),
+    "reconstruction" (along the reverse process from x_T) or "" (unknown, e.g. files of older versions).
+    ``site`` is the block h was read at (``hspace_core.sites``; files without one were read at "middle").
+    h is kept as ``dtype`` (float32 or float16) on ``device`` (see ``HStorage``); ``at`` returns it so, and every
+    user converts to the dtype and device it computes in.
+    """
+
+    timesteps: tuple[int, ...]
+    h: torch.Tensor
+    branches: tuple[str, ...] = ("single",)
+    fingerprint: str = ""
+    source: str = ""
+    site: str = DEFAULT_SITE
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    def __post_init__(self):
+        check_site(self.site)
+        h = torch.as_tensor(self.h)
+        if h.dim() != 5:
+            raise ValueError(f"An h trajectory is (steps, rows, C, H, W); got shape {tuple(h.shape)}.")
+        if h.shape[0] != len(self.timesteps):
+            raise ValueError(f"{len(self.timesteps)} timesteps but {h.shape[0]} h tensors.")
+        if h.shape[1] % len(self.branches):
+            raise ValueError(f"{h.shape[1]} rows cannot be split into branches {self.branches}.")
+        if not torch.isfinite(h).all():
+            raise ValueError("The h trajectory contains NaN or inf; the model or its input diverged.")
+        object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
+        object.__setattr__(self, "branches", tuple(self.branches))
+        if self.dtype not in H_DTYPES:
+            raise ValueError(f"h trajectory dtype {self.dtype!r} is unknown; use one of {tuple(H_DTYPES)}.")
+        object.__setattr__(self, "device", str(torch.device(self.device)))
+        object.__setattr__(self, "h", h.detach().to(self.device, H_DTYPES[self.dtype]).contiguous())
+
+    @property
+    def batch_size(self) -> int:
+        return self.h.shape[1] // len(self.branches)
+
+    @property
+    def h_shape(self) -> tuple[int, int, int]:
+        return tuple(self.h.shape[2:])
+
+    @property
+    def nbytes(self) -> int:
+        return self.h.numel() * self.h.element_size()
+
+    def index_of(self, t: int) -> int:
+        """Index of timestep t in the captured grid; a timestep that was not captured is refused."""
+        try:
+            return self.timesteps.index(int(t))
+        except ValueError:
+            raise ValueError(
+                f"This h trajectory was captured on a {len(self.timesteps)}-step grid and has no h at t={t}: "
+                f"set steps to {len(self.timesteps)} where it is used, or capture it again at the steps you run."
+            ) from None
+
+    def at(self, t: int, branch: str | None = None) -> torch.Tensor:
+        """h at captured timestep t, for one branch (rows of that branch) or all rows."""
+        h = self.h[self.index_of(t)]
+        if branch is None:
+            return h
+        return h.chunk(len(self.branches))[self.branches.index(branch)]
+
+    def require_timesteps(self, needed, what: str = "this process") -> None:
+        """Refuse, with the step count to set, when ``needed`` timesteps are not all on the captured grid."""
+        missing = sorted(set(int(t) for t in needed) - set(self.timesteps), reverse=True)
+        if missing:
+            raise ValueError(
+                f"The h trajectory was captured at {len(self.timesteps)} steps, but {what} needs h at t = "
+                f"{missing[:4]}{' …' if len(missing) > 4 else ''}, which that grid does not have: set steps to "
+                f"{len(self.timesteps)} there (or capture the trajectory again with the steps you run)."
+            )
+
+    def only_at(self, timesteps) -> "HTrajectory":
+        """The trajectory at these captured timesteps only (what a process reads; the rest need not be kept
+        or moved).  A timestep that was not captured is refused, as in ``index_of``."""
+        wanted = set(int(t) for t in timesteps)
+        self.require_timesteps(wanted)
+        if wanted == set(self.timesteps):
+            return self
+        keep = [k for k, t in enumerate(self.timesteps) if t in wanted]
+        contiguous = bool(keep) and keep == list(range(keep[0], keep[-1] + 1))  # e.g. t ≥ t_edit: a view
+        h = self.h[keep[0]:keep[-1] + 1] if contiguous else self.h[keep]
+        return dataclasses.replace(self, timesteps=tuple(self.timesteps[k] for k in keep), h=h)
+
+    def select(self, indices) -> "HTrajectory":
+        """The trajectory of some images of the batch (in every branch)."""
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        rows = torch.cat([idx + k * self.batch_size for k in range(len(self.branches))])
+        return dataclasses.replace(self, h=self.h[:, rows])
+
+    def save(self, path: str) -> None:
+        save_tensors(path, {"h": self.h.cpu()}, "h_trajectory", timesteps=list(self.timesteps), branches=list(self.branches),
+              fingerprint=self.fingerprint, source=self.source, site=self.site)
+
+    @classmethod
+    def load(cls, path: str, expect_fingerprint: str | None = None) -> "HTrajectory":
+        tensors, meta = load_tensors(path, "h_trajectory")
+        h = tensors["h"]
+        traj = cls(tuple(meta["timesteps"]), h, tuple(meta["branches"]), meta["fingerprint"], meta.get("source", ""),
+                   meta.get("site", DEFAULT_SITE), precision_of(h))
+        if expect_fingerprint is not None:
+            check_fingerprint(traj.fingerprint, expect_fingerprint, "h trajectory")
+        return traj
+
+
+@dataclass(frozen=True)
+class ReconstructionReport:
+    """How well regenerate(invert(x)) returns x: pooled over the batch (``mse``, ``psnr``, ``max_abs_error``,
+    ``rmse``) and per image (``psnr_per_image``, ``rmse_per_image``), so one bad image does not hide in the mean.
+
+    PSNR = 10·log10(range² / MSE) with range = 2 for images in [−1, 1]; RMSE = √MSE.
+    """
+
+    mse: float
+    psnr: float
+    max_abs_error: float
+    psnr_per_image: tuple[float, ...] = ()
+    rmse_per_image: tuple[float, ...] = ()
+
+    @property
+    def rmse(self) -> float:
+        return math.sqrt(self.mse)
+
+    @classmethod
+    def compare(cls, reference: torch.Tensor, reconstruction: torch.Tensor, data_range: float = 2.0) -> "ReconstructionReport":
+        diff = (reconstruction.double() - reference.double())
+        per_image = diff.pow(2).flatten(1).mean(1) if diff.dim() > 1 else diff.pow(2).mean()[None]
+        return cls(float(diff.pow(2).mean()), _psnr(float(diff.pow(2).mean()), data_range), float(diff.abs().max()),
+                   tuple(_psnr(float(m), data_range) for m in per_image), tuple(float(m) ** 0.5 for m in per_image))
+
+
+def _psnr(mse: float, data_range: float) -> float:
+    """10·log10(range² / MSE); inf for an exact match."""
+    return float("inf") if mse == 0 else 10 * math.log10(data_range**2 / mse)
+
+
+@dataclass(frozen=True)
+class Inversion:
+    """DDIM inversion of a batch: x_T, the latent path x_t (clean input first), h along the way."""
+
+    x_T: torch.Tensor
+    latents: torch.Tensor  # (steps + 1, B, ...): the input, then x_t for t in the grid, ascending
+    timesteps: tuple[int, ...]  # the grid, decreasing (sampling order)
+    trajectory: HTrajectory  # h from ``trajectory.source``: the inversion pass or the reconstruction
+    report: ReconstructionReport | None = None
+    reconstruction: torch.Tensor | None = None
+    convention: str = "seed"
+
