@@ -27,7 +27,6 @@ import torch
 
 import hspace_core as hs
 from harness.inprocess import node_module
-from hspace_core import discovery as dc
 from hspace_core.sites import SITES
 from hspace_demo import readouts as ro
 from hspace_demo.measure import centred_examples, shape_direction_effect, size_direction_effect
@@ -111,11 +110,11 @@ def size_probes(model, steps: int, test: int) -> dict:
     way, median foreground colour shift (``hspace_demo.measure.size_direction_effect``)."""
     pos, neg = (hs.invert(model, centred_examples(32, radius, 1605), steps).trajectory
                 for radius in ((10.0, 11.0), (6.0, 7.0)))
-    mean_diff = dc.probe_direction(pos, neg, "mean_difference", form="global", name="mean difference")
+    mean_diff = hs.probe_direction(pos, neg, "mean_difference", form="global", name="mean difference")
     held_out = centred_examples(test, (7.5, 9.5), 1606)
     out = {}
-    for method in dc.PROBE_METHODS:
-        d = dc.rescale_like(dc.probe_direction(pos, neg, method, form="global", name=method), mean_diff)
+    for method in hs.PROBE_METHODS:
+        d = hs.rescale_like(hs.probe_direction(pos, neg, method, form="global", name=method), mean_diff)
         cos = float(torch.nn.functional.cosine_similarity(d.delta.flatten(), mean_diff.delta.flatten(), dim=0))
         effect = size_direction_effect(model, d, held_out, (-2.0, -1.0, 1.0, 2.0), steps)
         out[method] = (effect, cos, d.metadata.get("train_accuracy", float("nan")))
@@ -141,16 +140,16 @@ def main(argv=None):
     t0 = time.time()
     pca = hs.pca_directions(trajectory, 8, name="pca")
     timings[f"PCA over {args.images} images (k = 8, pooled over {steps} timesteps)"] = time.time() - t0
-    one_sigma = float(np.mean([dc.relative_strength(d, trajectory).mean() for d in pca]))
+    one_sigma = float(np.mean([hs.relative_strength(d, trajectory).mean() for d in pca]))
 
     test = torch.from_numpy(make_batch(args.test, seed=1602)[0])
     with torch.no_grad():
         inv = hs.invert(model, test, steps)
-    x_t, t_j = dc.latent_at(model, inv.x_T[:1], 500, steps)
+    x_t, t_j = hs.latent_at(model, inv.x_T[:1], 500, steps)
     t0 = time.time()
     jac = hs.jacobian_directions(model, x_t, t_j, 8, name="jacobian")
     timings[f"8 Jacobian directions, one image, t = {t_j} (12 iterations, block 10)"] = time.time() - t0
-    same = lambda ds: [dc.normalise(d, trajectory, one_sigma) for d in ds]
+    same = lambda ds: [hs.normalise(d, trajectory, one_sigma) for d in ds]
     base = [factors_of(b) for b in inv.reconstruction.numpy()]
     spread = spreads(base)
     with torch.no_grad():
@@ -161,18 +160,18 @@ def main(argv=None):
         supervised = {}
         pos, neg = (hs.invert(model, centred_examples(32, (7.0, 10.0), 1603, s), steps).trajectory
                     for s in ("circle", "square"))
-        mean_diff = dc.probe_direction(pos, neg, "mean_difference", form="global", name="mean difference")
+        mean_diff = hs.probe_direction(pos, neg, "mean_difference", form="global", name="mean difference")
         squares = centred_examples(args.test, (7.0, 10.0), 1604, "square")
-        for method in dc.PROBE_METHODS:
+        for method in hs.PROBE_METHODS:
             t0 = time.time()
-            d = dc.probe_direction(pos, neg, method, form="global", name=method)
+            d = hs.probe_direction(pos, neg, method, form="global", name=method)
             fit = time.time() - t0
-            d = dc.rescale_like(d, mean_diff)
+            d = hs.rescale_like(d, mean_diff)
             cos = float(torch.nn.functional.cosine_similarity(d.delta.flatten(), mean_diff.delta.flatten(), dim=0))
             effect = shape_direction_effect(model, d, squares, "circle", (1.0, 2.0, 3.0), steps)
             supervised[method] = (effect, cos, d.metadata.get("train_accuracy", float("nan")), fit)
         sizes = size_probes(model, steps, args.test)
-        figure_rows = dc.explore(model, inv.x_T[:1], same(pca[:4]), [-2.0, -1.0, 0.0, 1.0, 2.0],
+        figure_rows = hs.explore(model, inv.x_T[:1], same(pca[:4]), [-2.0, -1.0, 0.0, 1.0, 2.0],
                                  hs.EditSchedule(steps, t_edit=400))
     if args.figure:
         tiles = ((figure_rows.permute(0, 1, 3, 4, 2) + 1) / 2).clamp(0, 1)

@@ -131,3 +131,20 @@ def masked_blend(h: torch.Tensor, h_new: torch.Tensor, mask_h: torch.Tensor | No
 def lerp(a: torch.Tensor, b: torch.Tensor, weight: float) -> torch.Tensor:
     """(1 − w)·a + w·b — Diffusion Autoencoders interpolate the semantic code linearly (exact at w = 0 and 1)."""
     return torch.lerp(a, b, weight)
+
+
+def check_rows(x: torch.Tensor, what: str) -> torch.Tensor:
+    """A (rows, features) matrix of h, checked finite, in float64 (PCA and probes fit in float64)."""
+    if x.dim() != 2:
+        raise ValueError(f"{what} must be (rows, features); got shape {tuple(x.shape)}.")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{what} contains NaN or inf: capture the trajectories again (the model or its input diverged).")
+    return x.double()
+
+
+
+def fix_signs(v: torch.Tensor) -> torch.Tensor:
+    """+1/−1 per row so that each row's largest-magnitude entry is positive (singular vectors have no sign)."""
+    idx = v.abs().argmax(dim=1, keepdim=True)
+    return torch.where(v.gather(1, idx)[:, 0] >= 0, 1.0, -1.0).to(v.dtype)
+

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -21,6 +20,7 @@ from .progress import Cancelled, ProgressFn, StepLoop, StopFn, check_latent
 from .schedules import step_pairs, timestep_grid
 from .sites import check_same_site, site_of
 from .direction import Direction
+from .direction_algebra import combine_directions
 from .file_format import check_fingerprint
 from .settings import EditSchedule
 from .trajectory import HStorage, HTrajectory, Inversion, ReconstructionReport
@@ -29,8 +29,7 @@ log = logging.getLogger("hspace")
 INVERSION_CONVENTIONS = ("seed", "diffusers")
 H_SOURCES = ("inversion", "reconstruction")
 __all__ = ["Cancelled", "INVERSION_CONVENTIONS", "H_SOURCES", "ReverseResult", "run_reverse", "invert", "capture",
-           "generate", "combine_directions", "edit", "content_injection", "inject", "interpolate",
-           "direction_from_examples"]
+           "generate", "edit", "content_injection", "inject", "interpolate"]
 
 
 @dataclass(frozen=True)
@@ -198,25 +197,6 @@ def generate(model: HSpaceModel, x_T: torch.Tensor, schedule: EditSchedule, *, s
     return run_reverse(model, x_T, schedule, seed=seed, progress=progress, should_stop=should_stop).x0
 
 
-def combine_directions(directions: Sequence[Direction], strengths: Sequence[float],
-                       normalize: bool = False) -> HEdit:
-    """h̃ = h + c·Σ_i s_i·Δh_i(h, t), c = 1/√k when ``normalize`` (Asyrp §5.3: edits add up linearly)."""
-    if len(directions) != len(strengths):
-        raise ValueError(f"{len(directions)} directions but {len(strengths)} strengths; give one strength each.")
-    if not directions:
-        raise ValueError("Give at least one direction.")
-    c = 1 / math.sqrt(len(directions)) if normalize else 1.0
-
-    def shift(h: torch.Tensor, t: int, branch: str) -> torch.Tensor:
-        total = torch.zeros_like(h)
-        for d, s in zip(directions, strengths):
-            if s != 0:
-                total = total + s * d.at(h, t)
-        return h + c * total
-
-    return shift
-
-
 def edit(model: HSpaceModel, x_T: torch.Tensor, directions: Direction | Sequence[Direction],
          strengths: float | Sequence[float], schedule: EditSchedule, *, normalize: bool = False,
          asymmetric: bool = True, seed: int = 0, strict_fingerprint: bool = False,
@@ -364,25 +344,3 @@ def interpolate(model: HSpaceModel, x_T_a: torch.Tensor, x_T_b: torch.Tensor, nu
         if progress is not None:
             progress(k + 1, num_frames)
     return torch.cat(frames)
-
-
-def direction_from_examples(positive: HTrajectory, negative: HTrajectory, *, name: str = "") -> Direction:
-    """Per-timestep Δh_t = mean(h_t | positive) − mean(h_t | negative) (Diffusion Autoencoders §4.2's linear
-    attribute directions, in h-space).  ``.global_mean()`` gives one Δh."""
-    if positive.timesteps != negative.timesteps:
-        raise ValueError("Positive and negative examples were captured on different timestep grids; use the same steps.")
-    if positive.h_shape != negative.h_shape:
-        raise ValueError(f"h shapes differ: {positive.h_shape} vs {negative.h_shape}; use same-size images.")
-    if positive.fingerprint and negative.fingerprint:
-        check_fingerprint(positive.fingerprint, negative.fingerprint, "negative examples' trajectory")
-    check_same_site(negative.site, positive.site, "negative examples' trajectory")
-    pos = _branch_rows(positive).mean(1)
-    neg = _branch_rows(negative).mean(1)
-    return Direction("per_timestep", pos - neg, positive.timesteps, fingerprint=positive.fingerprint, name=name,
-                     site=positive.site)
-
-
-def _branch_rows(traj: HTrajectory) -> torch.Tensor:
-    """The rows of the conditional branch (or the only branch): (steps, B, C, H, W)."""
-    k = traj.branches.index("cond") if "cond" in traj.branches else 0
-    return traj.h.chunk(len(traj.branches), dim=1)[k].float()

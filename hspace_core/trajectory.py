@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Sequence
+
 import torch
 
 from .file_format import check_fingerprint, load_tensors, save_tensors
-from .sites import DEFAULT_SITE, check_site
+from .sites import DEFAULT_SITE, check_site, common_site
 
 
 H_DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -137,6 +139,11 @@ class HTrajectory:
             return h
         return h.chunk(len(self.branches))[self.branches.index(branch)]
 
+    def conditional(self) -> torch.Tensor:
+        """The rows of the conditional branch (or the only branch), in float32: (steps, B, C, H, W)."""
+        k = self.branches.index("cond") if "cond" in self.branches else 0
+        return self.h.chunk(len(self.branches), dim=1)[k].float()
+
     def require_timesteps(self, needed, what: str = "this process") -> None:
         """Refuse, with the step count to set, when ``needed`` timesteps are not all on the captured grid."""
         missing = sorted(set(int(t) for t in needed) - set(self.timesteps), reverse=True)
@@ -178,6 +185,25 @@ class HTrajectory:
         if expect_fingerprint is not None:
             check_fingerprint(traj.fingerprint, expect_fingerprint, "h trajectory")
         return traj
+
+
+def stack_trajectories(trajectories: HTrajectory | Sequence[HTrajectory]) -> tuple[torch.Tensor, HTrajectory]:
+    """Several trajectories (same grid, model, site and h shape) → their conditional rows (steps, N, C·H·W) and
+    the first trajectory."""
+    if isinstance(trajectories, HTrajectory):
+        trajectories = [trajectories]
+    trajectories = list(trajectories)
+    if not trajectories:
+        raise ValueError("Give at least one h trajectory.")
+    first = trajectories[0]
+    for other in trajectories[1:]:
+        if other.timesteps != first.timesteps:
+            raise ValueError("The trajectories were captured on different timestep grids; capture them with the same steps.")
+        if other.h_shape != first.h_shape:
+            raise ValueError(f"h shapes differ ({first.h_shape} vs {other.h_shape}): use the same model and image size.")
+        check_fingerprint(other.fingerprint, first.fingerprint, "h trajectory")
+    common_site(trajectories, "h trajectories")
+    return torch.cat([t.conditional().flatten(2) for t in trajectories], dim=1), first
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..hspace_core import EditSchedule, discovery
+from ..hspace_core import (NORMALISATIONS, PROBE_METHODS, EditSchedule, explore, explorer_rows, jacobian_directions, latent_at,
+                           orthogonalise, pca_directions, probe_direction, rescale_like)
 from ..hspace_core.sites import common_site
 from .comfy import grids
 from .comfy.model import latent_out, progress_bar, run_in_comfy
@@ -45,7 +46,7 @@ class PCADirections(io.ComfyNode):
                     _component_input(),
                     io.Combo.Input("form", options=["global", "per_timestep"], default="global",
                                    tooltip="global: PCA pooled over timesteps, one Δh; per_timestep: one PCA per t."),
-                    advanced(io.Combo.Input("normalisation", options=list(discovery.NORMALISATIONS), default="position",
+                    advanced(io.Combo.Input("normalisation", options=list(NORMALISATIONS), default="position",
                                             tooltip="position: each spatial position weighs the same (tames high-norm "
                                                     "outlier positions); standardise: z-score every coordinate.")),
                     io.String.Input("name", default="pca", tooltip="Label prefix of the directions.")],
@@ -54,7 +55,7 @@ class PCADirections(io.ComfyNode):
 
     @classmethod
     def execute(cls, trajectory, k, component, form, normalisation, name) -> io.NodeOutput:
-        directions = discovery.pca_directions(trajectory, k, form=form, normalisation=normalisation, name=name)
+        directions = pca_directions(trajectory, k, form=form, normalisation=normalisation, name=name)
         return _pick(directions, component, "explained_variance")
 
 
@@ -89,8 +90,8 @@ class JacobianDirections(io.ComfyNode):
     def execute(cls, model, x_T, steps, t, k, component, output, relative_norm, iterations, seed, cfg, edit_branches,
                 positive=None, negative=None, site="middle") -> io.NodeOutput:
         def body(m, x):
-            x_t, t_grid = discovery.latent_at(m, x, t, steps)
-            return discovery.jacobian_directions(m, x_t, t_grid, k, output=output, iterations=iterations,
+            x_t, t_grid = latent_at(m, x, t, steps)
+            return jacobian_directions(m, x_t, t_grid, k, output=output, iterations=iterations,
                                                  relative_norm=relative_norm, seed=seed)
 
         directions = run_in_comfy(model, x_T["samples"], body, positive=positive, negative=negative, cfg=cfg,
@@ -108,7 +109,7 @@ class ProbeDirection(io.ComfyNode):
                         "as long as the mean difference along it; or the plain mean difference.",
             inputs=[Trajectory.Input("positive", tooltip="Trajectory of images that have the attribute (a batch)."),
                     Trajectory.Input("negative", tooltip="Trajectory of images that lack it."),
-                    io.Combo.Input("method", options=list(discovery.PROBE_METHODS), default="logistic",
+                    io.Combo.Input("method", options=list(PROBE_METHODS), default="logistic",
                                    tooltip="logistic regression, L2-loss linear SVM, or the mean difference."),
                     io.Combo.Input("form", options=["per_timestep", "global"], default="per_timestep",
                                    tooltip="One probe per timestep, or one pooled over timesteps."),
@@ -121,7 +122,7 @@ class ProbeDirection(io.ComfyNode):
 
     @classmethod
     def execute(cls, positive, negative, method, form, l2, name) -> io.NodeOutput:
-        d = discovery.probe_direction(positive, negative, method, form=form, l2=l2, name=name)
+        d = probe_direction(positive, negative, method, form=form, l2=l2, name=name)
         info = f"{method}: training accuracy {d.metadata.get('train_accuracy', float('nan')):.3f}"
         return io.NodeOutput(d, info, ui={"text": [info]})
 
@@ -145,9 +146,9 @@ class OrthogonaliseDirection(io.ComfyNode):
     @classmethod
     def execute(cls, direction, against, keep_norm, against_2=None, against_set=None) -> io.NodeOutput:
         others = [against, *([against_2] if against_2 is not None else []), *(against_set or ())]
-        result = discovery.orthogonalise(direction, others)
+        result = orthogonalise(direction, others)
         if keep_norm:
-            result = discovery.rescale_like(result, direction)
+            result = rescale_like(result, direction)
         return io.NodeOutput(result)
 
 
@@ -184,10 +185,10 @@ class DirectionExplorer(io.ComfyNode):
         values = parse_strengths(strengths, "strengths")
         t_edits = parse_t_edits(t_edit_sweep)
         schedule = EditSchedule(steps, t_edit=t_edit, t_boost=0)
-        rows = discovery.explorer_rows(chosen, t_edits)
+        rows = explorer_rows(chosen, t_edits)
         progress = progress_bar(steps * len(rows))
         out = run_in_comfy(model, x_T["samples"],
-                           lambda m, x: discovery.explore(m, x, chosen, values, schedule, t_edits=t_edits, seed=seed,
+                           lambda m, x: explore(m, x, chosen, values, schedule, t_edits=t_edits, seed=seed,
                                                           progress=progress),
                            positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed,
                            site=common_site(chosen, "directions"))

@@ -5,7 +5,7 @@ import torch
 
 from comfy_api.latest import io
 
-from ..hspace_core import Direction, check_fingerprint, direction_from_examples, discovery, edit
+from ..hspace_core import Direction, check_fingerprint, combine as combine_linear, direction_from_examples, edit
 from .comfy.model import latent_out, progress_bar, run_in_comfy
 from .common import (BOOST_SEED_RULE, STRENGTH_RANGE, advanced, CATEGORY, Boost, DirectionType, Trajectory,
                      check_inputs, conditioning_inputs, edit_schedule, model_input, parse_strengths, sampling_inputs,
@@ -123,4 +123,4 @@ class CombineDirections(io.ComfyNode):
 
 
 def combine(a: Direction, wa: float, b: Direction, wb: float, normalize: bool) -> Direction:
-    return discovery.combine([a, b], [wa, wb], normalize=normalize, name=f"{a.name}+{b.name}")
+    return combine_linear([a, b], [wa, wb], normalize=normalize, name=f"{a.name}+{b.name}")

@@ -1,11 +1,11 @@
-"""hspace_core.discovery: PCA, Jacobian and probe directions, direction algebra, the explorer."""
+"""hspace_core.pca, .jacobian, .probes, .direction_algebra and .explorer: PCA, Jacobian and probe directions, direction
+algebra, the explorer."""
 import math
 
 import pytest
 import torch
 
 import hspace_core as hs
-from hspace_core import discovery as dc
 from harness.tiny import GaussianData, tiny_pixel_unet
 
 SHAPE = (4, 2, 2)  # C, H, W: D = 16
@@ -68,7 +68,7 @@ def test_pca_bad_input():
     with pytest.raises(ValueError, match="at least 2 images"):
         hs.pca_directions(traj.select([0]), 1)
     with pytest.raises(ValueError, match="NaN"):
-        dc.principal_components(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), 1, (2, 1, 1))
+        hs.principal_components(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), 1, (2, 1, 1))
     with pytest.raises(ValueError, match="normalisation"):
         hs.pca_directions(traj, 1, normalisation="whiten")
     other, _ = _planted(n=4, steps=2)
@@ -141,15 +141,15 @@ def _separable(n=40, d=16, seed=0):
 @pytest.mark.parametrize("method", ["logistic", "svm"])
 def test_probes_separate_and_point_to_the_positives(method):
     x, y = _separable()
-    w = dc.linear_probe(x, y, method, l2=1e-4)
+    w = hs.linear_probe(x, y, method, l2=1e-4)
     assert float(w.norm()) == pytest.approx(1.0)
     scores = (x - x.mean(0)).double() @ w
     assert bool(((scores > 0).long() == y).all())  # separates the training set
     assert float((x[y == 1].mean(0) - x[y == 0].mean(0)).double() @ w) > 0  # points to the positives
-    mean_diff = dc.linear_probe(x, y, "mean_difference")
+    mean_diff = hs.linear_probe(x, y, "mean_difference")
     assert abs(float(w[0])) > abs(float(mean_diff[0]))  # closer to the separating axis than the mean difference
     with torch.inference_mode():  # as in a ComfyUI node
-        assert torch.allclose(dc.linear_probe(x.clone(), y.clone(), method, l2=1e-4), w)
+        assert torch.allclose(hs.linear_probe(x.clone(), y.clone(), method, l2=1e-4), w)
 
 
 def _class_trajectories(n=20, steps=2):
@@ -177,11 +177,11 @@ def test_probe_direction_from_trajectories(method, form):
 def test_probe_bad_input():
     x, y = _separable()
     with pytest.raises(ValueError, match="40 labels for 39 rows"):
-        dc.linear_probe(x[:39], y)
+        hs.linear_probe(x[:39], y)
     with pytest.raises(ValueError, match="negative class is empty"):
-        dc.linear_probe(x, torch.ones_like(y))
+        hs.linear_probe(x, torch.ones_like(y))
     with pytest.raises(ValueError, match="NaN"):
-        dc.linear_probe(torch.full((4, 2), float("nan")), torch.tensor([0, 1, 0, 1]))
+        hs.linear_probe(torch.full((4, 2), float("nan")), torch.tensor([0, 1, 0, 1]))
     positive, negative = _class_trajectories()
     with pytest.raises(ValueError, match="method"):
         hs.probe_direction(positive, negative, "forest")
@@ -197,35 +197,35 @@ def _dirs(seed=0):
 
 def test_orthogonalise_is_exact():
     a, b, c = _dirs()
-    ga = dc.orthogonalise(a, [c])
+    ga = hs.orthogonalise(a, [c])
     assert ga.form == "global"
     assert abs(float(ga.delta.flatten() @ c.delta.flatten())) < 1e-5 * float(ga.delta.norm() * c.delta.norm())
-    both = dc.orthogonalise(a, [b, c, c])  # a repeated direction is harmless
+    both = hs.orthogonalise(a, [b, c, c])  # a repeated direction is harmless
     assert both.form == "per_timestep" and both.timesteps == b.timesteps
     for k in range(3):
         v = both.delta[k].flatten().double()
         for other in (b.delta[k], c.delta):
             assert abs(float(v @ other.flatten().double())) < 1e-5 * float(v.norm() * other.norm())
-    assert dc.orthogonalise(a, []) is a
+    assert hs.orthogonalise(a, []) is a
     assert a.delta.norm() > 0  # inputs untouched
-    kept = dc.rescale_like(both, a)
+    kept = hs.rescale_like(both, a)
     assert torch.allclose(kept.delta.flatten(1).norm(dim=1), a.delta.norm().expand(3), rtol=1e-5)
-    parallel = dc.orthogonalise(a, [a.scaled(-3)])
+    parallel = hs.orthogonalise(a, [a.scaled(-3)])
     assert float(parallel.delta.norm()) < 1e-5
 
 
 def test_combine_and_normalise_and_strength():
     a, b, c = _dirs()
-    total = dc.combine([a, b, c], [1.0, -0.5, 2.0])
+    total = hs.combine([a, b, c], [1.0, -0.5, 2.0])
     assert torch.allclose(total.delta[1], a.delta - 0.5 * b.delta[1] + 4.0 * c.delta, atol=1e-5)
-    assert torch.allclose(dc.combine([a, c], [1, 1], normalize=True).delta, (a.delta + 2 * c.delta) / math.sqrt(2),
+    assert torch.allclose(hs.combine([a, c], [1, 1], normalize=True).delta, (a.delta + 2 * c.delta) / math.sqrt(2),
                           atol=1e-6)
     with pytest.raises(ValueError, match="one weight each"):
-        dc.combine([a, b], [1.0])
+        hs.combine([a, b], [1.0])
     traj, _ = _planted()
-    unit = dc.normalise(b, traj, 0.25)
-    assert dc.relative_strength(unit, traj).tolist() == pytest.approx([0.25] * 3, rel=1e-5)
-    ga = dc.normalise(a, traj, 0.5)
+    unit = hs.normalise(b, traj, 0.25)
+    assert hs.relative_strength(unit, traj).tolist() == pytest.approx([0.25] * 3, rel=1e-5)
+    ga = hs.normalise(a, traj, 0.5)
     norms = traj.h.flatten(2).norm(dim=-1).mean(1)
     assert float(ga.delta.norm()) == pytest.approx(0.5 * float(norms.mean()), rel=1e-5)
 
@@ -238,14 +238,14 @@ def test_explore_rows_are_directions_columns_are_strengths():
         h = hs.capture(model, x_T, 6).h
     d = [hs.Direction("global", torch.randn(h.shape[2:], generator=torch.Generator().manual_seed(i))) for i in (1, 2)]
     with torch.no_grad():
-        grid = dc.explore(model, x_T, d, [-1.0, 0.0, 2.0], schedule)
+        grid = hs.explore(model, x_T, d, [-1.0, 0.0, 2.0], schedule)
         plain = hs.generate(model, x_T, schedule)
         single = hs.edit(model, x_T, d[1], 2.0, schedule)
     assert grid.shape == (2, 3, 3, 8, 8)
     assert torch.allclose(grid[0, 1], plain[0], rtol=1e-4, atol=1e-3) and torch.allclose(grid[1, 1], plain[0], rtol=1e-4, atol=1e-3)
     assert torch.allclose(grid[1, 2], single[0], rtol=1e-4, atol=1e-3)
     with pytest.raises(ValueError, match="one x_T"):
-        dc.explore(model, x_T.repeat(2, 1, 1, 1), d, [1.0], schedule)
+        hs.explore(model, x_T.repeat(2, 1, 1, 1), d, [1.0], schedule)
 
 
 def test_explore_t_edit_axis_gives_one_labelled_row_per_direction_and_t_edit():
@@ -257,16 +257,16 @@ def test_explore_t_edit_axis_gives_one_labelled_row_per_direction_and_t_edit():
     d = [hs.Direction("global", torch.randn(h.shape[2:], generator=torch.Generator().manual_seed(i)), name=f"d{i}")
          for i in (1, 2)]
     with torch.no_grad():
-        grid = dc.explore(model, x_T, d, [0.0, 2.0], schedule, t_edits=[800, 200])
+        grid = hs.explore(model, x_T, d, [0.0, 2.0], schedule, t_edits=[800, 200])
         late = hs.edit(model, x_T, d[1], 2.0, hs.EditSchedule(6, t_edit=200))
         early = hs.edit(model, x_T, d[1], 2.0, hs.EditSchedule(6, t_edit=800))
     assert grid.shape == (4, 2, 3, 8, 8)
     assert torch.allclose(grid[3, 1], late[0], rtol=1e-4, atol=1e-3) and torch.allclose(grid[2, 1], early[0], rtol=1e-4, atol=1e-3)
     assert (grid[3, 1] - grid[2, 1]).abs().max() > 1e-3, "a longer edit interval changes more"
-    labels = [label for _, _, label in dc.explorer_rows(d, [800, 200])]
+    labels = [label for _, _, label in hs.explorer_rows(d, [800, 200])]
     assert labels == ["d1 @ t≥800", "d1 @ t≥200", "d2 @ t≥800", "d2 @ t≥200"]
     with pytest.raises(ValueError, match="t_edit must be a timestep"):
-        dc.explore(model, x_T, d, [1.0], schedule, t_edits=[1200])
+        hs.explore(model, x_T, d, [1.0], schedule, t_edits=[1200])
 
 
 def test_discovery_keeps_the_site_and_refuses_mixtures():
@@ -274,23 +274,23 @@ def test_discovery_keeps_the_site_and_refuses_mixtures():
     x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         traj = hs.capture(up1, x, 4)
-    pcs = dc.pca_directions(traj, 2)
+    pcs = hs.pca_directions(traj, 2)
     assert traj.site == "up1" and all(p.site == "up1" for p in pcs)
-    assert dc.probe_direction(traj.select([0, 1]), traj.select([2]), "mean_difference").site == "up1"
-    assert dc.orthogonalise(pcs[0], pcs[1:]).site == "up1" and dc.combine(pcs, [1, 1]).site == "up1"
-    assert dc.jacobian_directions(up1, x[:1], 500, 2, iterations=2)[0].site == "up1"
+    assert hs.probe_direction(traj.select([0, 1]), traj.select([2]), "mean_difference").site == "up1"
+    assert hs.orthogonalise(pcs[0], pcs[1:]).site == "up1" and hs.combine(pcs, [1, 1]).site == "up1"
+    assert hs.jacobian_directions(up1, x[:1], 500, 2, iterations=2)[0].site == "up1"
     middle = hs.Direction("global", torch.randn(pcs[0].h_shape))
     with pytest.raises(ValueError, match="different h sites"):
-        dc.orthogonalise(pcs[0], [middle])
+        hs.orthogonalise(pcs[0], [middle])
     with pytest.raises(ValueError, match="set site to 'up1'"):
-        dc.explore(hs.DiffusersUNet(tiny_pixel_unet(size=8)), x[:1], pcs, [1.0], hs.EditSchedule(4, t_edit=400))
+        hs.explore(hs.DiffusersUNet(tiny_pixel_unet(size=8)), x[:1], pcs, [1.0], hs.EditSchedule(4, t_edit=400))
 
 
 def test_latent_at_follows_the_ddim_path():
     model = GaussianData(torch.zeros(1, 1, 4, 4))
     x_T = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(2))
-    x_T_again, t = dc.latent_at(model, x_T, 999, 10)
+    x_T_again, t = hs.latent_at(model, x_T, 999, 10)
     assert t == 999 and torch.equal(x_T_again, x_T)
-    x_mid, t = dc.latent_at(model, x_T, 480, 10)
+    x_mid, t = hs.latent_at(model, x_T, 480, 10)
     assert t in hs.timestep_grid(10, 1000, "asyrp") and abs(t - 480) <= 56
     assert not torch.equal(x_mid, x_T)

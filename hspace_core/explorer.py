@@ -1,0 +1,59 @@
+"""The Direction Explorer: one x_T edited along each direction at each strength (its picture is drawn by the
+nodes' grid renderer)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import torch
+
+from .adapters.base import HSpaceModel
+from .direction import Direction
+from .processes import run_reverse
+from .settings import EditSchedule
+from .sites import check_same_site, site_of
+
+__all__ = ["explorer_rows", "explore"]
+
+
+def explorer_rows(directions: Sequence[Direction], t_edits: Sequence[int] = ()) -> list[tuple[Direction, int | None, str]]:
+    """The explorer's rows, direction-major: (direction, t_edit or None, label) for each direction, or with
+    ``t_edits`` for each direction and t_edit; the label is the direction's name (or 'direction i'), with
+    '@ t≥t_edit' on a t_edit axis."""
+    rows = []
+    for i, d in enumerate(directions):
+        name = d.name or f"direction {i}"
+        rows += [(d, t, name if t is None else f"{name} @ t≥{t}") for t in (list(t_edits) or [None])]
+    return rows
+
+
+def explore(model: HSpaceModel, x_T: torch.Tensor, directions: Sequence[Direction], strengths: Sequence[float],
+            schedule: EditSchedule, *, t_edits: Sequence[int] = (), seed: int = 0, progress=None,
+            should_stop=None) -> torch.Tensor:
+    """Asyrp edits of one x_T (1, ...) along each direction at each strength: (rows, columns, ...) with rows =
+    directions (``explorer_rows``: with ``t_edits``, one row per direction and t_edit, the schedule's t_edit replaced)
+    and columns = strengths.  Each row runs one batched reverse process (one row of the batch per strength:
+    h̃ = h + s_j·Δh), so a column at strength 0 is the plain reconstruction."""
+    if x_T.shape[0] != 1:
+        raise ValueError(f"The explorer takes one x_T, got a batch of {x_T.shape[0]}: pick one latent of the batch.")
+    directions, strengths = list(directions), [float(s) for s in strengths]
+    if not directions or not strengths:
+        raise ValueError("Give at least one direction and one strength.")
+    for d in directions:
+        check_same_site(site_of(d), site_of(model), "direction")
+    schedules = {t: dataclasses.replace(schedule, t_edit=int(t)) for t in t_edits}  # validated before anything runs
+    pairs = explorer_rows(directions, t_edits)
+    s = torch.tensor(strengths, dtype=x_T.dtype, device=x_T.device)
+    rows = []
+    for i, (d, t_edit, _) in enumerate(pairs):
+        row_schedule = schedule if t_edit is None else schedules[t_edit]
+        scale = s * d.step_scale(schedule.num_steps)
+
+        def shift(h, t, branch, d=d, scale=scale):
+            return h + scale.to(h).reshape(-1, *([1] * (h.dim() - 1))) * d.at(h, t)
+
+        done = i * schedule.num_steps
+        report = None if progress is None else (lambda n, total, done=done: progress(done + n, len(pairs) * total))
+        rows.append(run_reverse(model, x_T.expand(len(strengths), *x_T.shape[1:]), row_schedule, edit=shift,
+                                seed=seed, progress=report, should_stop=should_stop).x0)
+    return torch.stack(rows)

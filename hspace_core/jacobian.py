@@ -1,0 +1,103 @@
+"""Directions nobody had to label, from one image: the top right-singular vectors of J = ∂ε(x_t | h)/∂h (or
+∂x̂0/∂h) at one timestep, by block power (subspace) iteration with ``torch.func.jvp`` / ``torch.func.vjp``; J is
+never built.  (Park et al., NeurIPS 2023, "Understanding the latent space of diffusion models through the lens of
+Riemannian geometry", use the singular vectors of a Jacobian to find a local latent basis; they differentiate
+from x_t to h, here the decoder side h → output is differentiated, whose right-singular vectors live in h.)"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .adapters.base import HSpaceModel
+from .ddim import ddim_step
+from .direction import Direction
+from .hmath import fix_signs
+from .schedules import step_pairs, timestep_grid
+from .sites import site_of
+
+__all__ = ["latent_at", "jacobian_directions"]
+
+
+def latent_at(model: HSpaceModel, x_T: torch.Tensor, t: int, num_steps: int, *, grid: str = "asyrp") -> tuple[torch.Tensor, int]:
+    """x_t on the deterministic DDIM path from x_T (plain steps down the ``num_steps`` grid) at the grid timestep
+    nearest to ``t``; returns (x_t, that timestep)."""
+    timesteps = timestep_grid(num_steps, model.schedule.num_train_timesteps, grid)
+    target = min(timesteps, key=lambda s: (abs(s - int(t)), s))
+    x = x_T
+    with torch.no_grad():
+        for here, below in step_pairs(timesteps):
+            if here == target:
+                break
+            x = ddim_step(x, model.predict(x, here).eps, model.schedule.alpha_bar(here), model.schedule.alpha_bar(below))
+    return x, target
+
+
+def jacobian_directions(model: HSpaceModel, x_t: torch.Tensor, t: int, k: int, *, output: str = "eps",
+                        iterations: int = 12, oversample: int = 2, relative_norm: float = 0.1, seed: int = 0,
+                        name: str = "jacobian") -> list[Direction]:
+    """The top ``k`` right-singular vectors of J = ∂f(h)/∂h at h = h_t(x_t) for one image (Park et al. 2023's
+    Jacobian / pullback-metric basis, on the decoder side; see the module docstring).
+
+    f(h) is ε(x_t | h) from ``model.predict(x_t, t, edit=lambda ...: h)`` (``output="eps"``) or the predicted
+    x̂0 = (x_t − √(1−ᾱ)·ε)/√ᾱ (``output="x0"``: the same vectors, singular values × √((1−ᾱ)/ᾱ)).  Block power
+    (subspace) iteration on JᵀJ: V ← orth(Jᵀ(J V)) with J V from ``torch.func.jvp`` and Jᵀ U from ``torch.func.vjp``,
+    all k + ``oversample`` vectors at once (x_t is repeated, one row per vector: rows are independent), then a
+    Rayleigh–Ritz rotation; J is never materialised.  The start block is seeded Gaussian noise (``seed``).
+    Attention runs on PyTorch's math kernel here, the only one with forward-mode derivatives.
+
+    Each direction is global, of norm ``relative_norm``·‖h_t‖, sign-fixed (largest entry positive); metadata holds
+    the method, component index, t, output and singular value σ_i.
+    """
+    if output not in ("eps", "x0"):
+        raise ValueError(f"output must be 'eps' or 'x0', got {output!r}.")
+    if x_t.shape[0] != 1:
+        raise ValueError(f"Jacobian directions are for one image; got a batch of {x_t.shape[0]}: pick one.")
+    if iterations < 1 or oversample < 0:
+        raise ValueError("iterations must be ≥ 1 and oversample ≥ 0.")
+    if not torch.isfinite(x_t).all():
+        raise ValueError("x_t contains NaN or inf; give a finite latent.")
+    a = model.schedule.alpha_bar(max(int(t), 0))
+    out_scale = 1.0 if output == "eps" else -math.sqrt((1 - a) / a)
+    with torch.inference_mode(False), torch.no_grad():
+        x_t = x_t.clone()
+        h0 = model.predict(x_t, t).h[-1:].clone()
+    dim, rank = h0[0].numel(), min(h0[0].numel(), x_t[0].numel())
+    if not 1 <= k <= rank:
+        raise ValueError(f"k = {k} but the Jacobian from h ({dim} entries) to the output ({x_t[0].numel()}) has rank "
+                         f"at most {rank}: set k between 1 and {rank}.")
+    block = min(k + oversample, dim)
+    x_rep = x_t.expand(block, *x_t.shape[1:])
+
+    def f(h: torch.Tensor) -> torch.Tensor:
+        return out_scale * model.predict(x_rep, t, edit=lambda _h, _t, _b: h).eps_edited
+
+    generator = torch.Generator().manual_seed(int(seed))
+    v = torch.linalg.qr(torch.randn(dim, block, generator=generator, dtype=torch.float64))[0]
+    ready = getattr(model, "autograd_ready", None)  # weights frozen, inference tensors swapped (ComfyUI)
+    with torch.inference_mode(False), torch.enable_grad(), sdpa_kernel(SDPBackend.MATH), \
+            (ready() if ready else contextlib.nullcontext()):
+        h_rep = h0.expand(block, *h0.shape[1:]).clone()
+        _, vjp_fn = torch.func.vjp(f, h_rep)
+
+        def jtj(v):
+            tangents = v.T.reshape(block, *h0.shape[1:]).to(h0.dtype)
+            _, jv = torch.func.jvp(f, (h_rep,), (tangents,))
+            return vjp_fn(jv.detach())[0].detach().reshape(block, dim).T.double()
+
+        for _ in range(iterations):
+            v = torch.linalg.qr(jtj(v))[0]
+        w = jtj(v)
+    eigenvalues, rotation = torch.linalg.eigh(v.T @ w)  # Rayleigh–Ritz, ascending
+    order = eigenvalues.argsort(descending=True)[:k]
+    vectors = (v @ rotation[:, order]).T
+    vectors = vectors * fix_signs(vectors)[:, None]
+    sigma = eigenvalues[order].clamp_min(0).sqrt()
+    target = relative_norm * float(h0.norm())
+    return [Direction("global", (target * vectors[i]).float().reshape(h0.shape[1:]), fingerprint=model.fingerprint,
+                      name=f"{name} {i}", metadata={"method": "jacobian", "component": i, "t": int(t),
+                                                    "output": output, "singular_value": float(sigma[i])},
+                      site=site_of(model))
+            for i in range(k)]
