@@ -52,10 +52,21 @@ def empty_model_folders():
             folder_paths.filename_list_cache = saved[1]
 
 
+def _output_names(schema) -> list[str]:
+    """Each output's display name, else its id (what ComfyUI ≥ 0.4 shows; 0.3.x shows the type), else its type."""
+    return [o.display_name or (o.id if o.id != f"_{i}_{o.io_type}_" else o.io_type)
+            for i, o in enumerate(schema.outputs or [])]
+
+
 def node_infos() -> list[dict]:
-    classes = node_classes()
+    """Each node's /object_info entry, with output names that do not depend on the ComfyUI version."""
+    infos, classes = [], node_classes()
     with empty_model_folders():
-        return [cls.GET_NODE_INFO_V1() for cls in classes]
+        for cls in classes:
+            info = cls.GET_NODE_INFO_V1()
+            info["output_name"] = _output_names(cls.GET_SCHEMA())
+            infos.append(info)
+    return infos
 
 
 def _cell(text) -> str:
