@@ -31,6 +31,10 @@ def test_readme_links_the_library_guide():
     assert "(docs/library.md)" in README
 
 
+def test_readme_stays_short():
+    assert len(README.encode()) < 10 * 1024, "README.md is for ComfyUI users: put details in docs/ and link them"
+
+
 def test_ci_runs_the_readme_test_command():
     commands = re.findall(r"^(bash scripts/\S+)", README, re.M)
     assert "bash scripts/test.sh" in commands and "bash scripts/demo.sh" in commands
