@@ -1,4 +1,4 @@
-"""Directions nobody had to label, and probe directions, measured on the bundled demo model (issue 16).
+"""Directions nobody had to label, and probe directions, measured on the bundled demo model.
 
     python -m benchmarks.discovery [--images 256] [--test 16] [--steps 10] [--site middle] [--out docs/discovery.md]
 

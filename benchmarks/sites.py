@@ -1,4 +1,4 @@
-"""Which block is h: swap-h sensitivity and content injection per site on the bundled demo model (issue 16).
+"""Which block is h: swap-h sensitivity and content injection per site on the bundled demo model.
 
     python -m benchmarks.sites [--pairs 16] [--steps 10] [--out docs/discovery.md]
 

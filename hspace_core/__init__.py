@@ -7,7 +7,7 @@ Direction Explorer (``explorer``).
 """
 from .adapters import (Conditioning, Denoiser, DiffusersUNet, GuidedModel, HEdit, HSpaceModel, Prediction, edited_rows, fingerprint_of,
                        guided)
-from .auto_schedule import AutoSchedule, find_t_edit_t_boost, lpips_distance
+from .auto_schedule import AutoScheduleResult, find_t_edit_t_boost, lpips_distance
 from .cfg_inversion import CFG_INVERSIONS, GuidedInversion, invert_guided, null_text_embeddings
 from .clip_directions import CLIPDirectional, DirectionTraining, TrainedDirection, load_open_clip, train_direction
 from .direction import Direction
@@ -22,26 +22,26 @@ from .ddim import calibrated_x_t, ddim_inverse_step, ddim_sigma, ddim_step, eps_
 from .implicit import ImplicitDirectionNet, TimeEmbedding
 from .official import load_official_asyrp, train_steps_of
 from .hmath import check_gamma, mask_to_h_grid, masked_blend, masked_normalized_slerp, normalized_slerp, slerp
-from .progress import Cancelled, StepLoop, check_latent
+from .progress import Cancelled, StepLoop, check_batch
 from .processes import (H_SOURCES, INVERSION_CONVENTIONS, capture, content_injection, edit, generate, inject, interpolate,
                         invert, run_reverse)
 from .schedules import (NoiseSchedule, betas_cosine, betas_linear, betas_scaled_linear, gamma_ramp, schedule_from_betas,
                         schedule_from_diffusers_config, schedule_from_sigmas, step_pairs, timestep_at_fraction,
                         timestep_at_sigma, timestep_grid)
 from .sites import SITES
-from .settings import EditSchedule, QualityBoost, StyleCalibration
+from .settings import EditSchedule, BoostSettings, StyleCalibration
 from .trajectory import HStorage, HTrajectory, Inversion, ReconstructionReport
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AutoSchedule", "CLIPDirectional", "DirectionTraining", "ImplicitDirectionNet", "TimeEmbedding", "TrainedDirection",
+    "AutoScheduleResult", "CLIPDirectional", "DirectionTraining", "ImplicitDirectionNet", "TimeEmbedding", "TrainedDirection",
     "load_official_asyrp", "load_open_clip", "train_direction", "Cancelled", "Conditioning", "DiffusersUNet", "Direction", "EditSchedule", "HSpaceModel",
-    "HStorage", "HTrajectory", "Inversion", "NoiseSchedule", "Prediction", "QualityBoost", "ReconstructionReport", "StyleCalibration", "betas_cosine",
+    "HStorage", "HTrajectory", "Inversion", "NoiseSchedule", "Prediction", "BoostSettings", "ReconstructionReport", "StyleCalibration", "betas_cosine",
     "betas_linear", "betas_scaled_linear", "calibrated_x_t", "capture", "combine_directions", "content_injection",
     "ddim_inverse_step", "ddim_sigma", "ddim_step", "direction_from_examples", "edit", "eps_from_model_output",
     "find_t_edit_t_boost", "gamma_ramp", "generate", "inject", "interpolate", "invert", "lpips_distance", "mask_to_h_grid",
-    "masked_blend", "masked_normalized_slerp", "check_gamma", "StepLoop", "check_latent", "H_SOURCES",
+    "masked_blend", "masked_normalized_slerp", "check_gamma", "StepLoop", "check_batch", "H_SOURCES",
     "INVERSION_CONVENTIONS", "train_steps_of", "CFG_INVERSIONS", "GuidedInversion", "invert_guided",
     "null_text_embeddings", "GuidedModel", "normalized_slerp", "predicted_x0", "run_reverse", "schedule_from_betas",
     "schedule_from_diffusers_config", "schedule_from_sigmas", "slerp", "step_pairs", "timestep_grid",

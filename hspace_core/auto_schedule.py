@@ -13,13 +13,16 @@ import torch
 
 from .adapters.base import HSpaceModel
 from .ddim import predicted_x0
-from .progress import StepLoop, check_latent
+from .progress import StepLoop, check_batch
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (a, b) images → per-sample distance
 
 
 @dataclass(frozen=True)
-class AutoSchedule:
+class AutoScheduleResult:
+    """What ``find_t_edit_t_boost`` found: t_edit and t_boost, the probed timesteps and the LPIPS distances (and
+    thresholds) they were chosen by."""
+
     t_edit: int
     t_boost: int
     timesteps: tuple[int, ...]
@@ -46,13 +49,13 @@ def find_t_edit_t_boost(model: HSpaceModel, x0: torch.Tensor, *, distance: Dista
                         decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
                         text_cosine: float | None = None, edit_threshold: float = 0.33,
                         boost_threshold: float = 1.2, num_probes: int = 50, seed: int = 0,
-                        progress=None, should_stop=None) -> AutoSchedule:
+                        progress=None, should_stop=None) -> AutoScheduleResult:
     """Probe ``num_probes`` timesteps and return the thresholds' crossing points.
 
     ``decode`` maps model space to images (the VAE for latent models).  Distances are averaged over the batch.
     """
 
-    check_latent(x0, "The image / latent")
+    check_batch(x0, "The image / latent")
     if num_probes < 2:
         raise ValueError(f"num_probes must be ≥ 2, got {num_probes}.")
     distance = distance or lpips_distance()
@@ -74,5 +77,5 @@ def find_t_edit_t_boost(model: HSpaceModel, x0: torch.Tensor, *, distance: Dista
         d_noisy.append(float(distance(image, decode(x_t)).mean()))
     t_edit = next((t for t, d in zip(probes, d_pred) if d >= threshold), T - 1)
     t_boost = next((t for t, d in zip(probes, d_noisy) if d >= boost_threshold), T - 1)
-    return AutoSchedule(t_edit, min(t_boost, t_edit), tuple(probes), tuple(d_pred), tuple(d_noisy),
+    return AutoScheduleResult(t_edit, min(t_boost, t_edit), tuple(probes), tuple(d_pred), tuple(d_noisy),
                         threshold, boost_threshold)

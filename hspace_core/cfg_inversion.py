@@ -22,7 +22,7 @@ import torch
 from .adapters.base import GuidedModel
 from .ddim import ddim_step
 from .processes import generate, invert
-from .progress import ProgressFn, StepLoop, StopFn, check_latent
+from .progress import ProgressFn, StepLoop, StopFn, check_batch
 from .schedules import step_pairs
 from .settings import EditSchedule
 from .trajectory import Inversion, ReconstructionReport
@@ -63,7 +63,7 @@ def invert_guided(model: GuidedModel, x0: torch.Tensor, num_steps: int = 40, *, 
     if not all(hasattr(model, name) for name in ("with_guidance", "with_negative", "negative_embedding")):
         raise ValueError("Guided inversion needs a conditioned model with a negative branch (a DiffusersUNet with "
                          "Conditioning(positive, negative, guidance_scale), or a ComfyUI MODEL).")
-    check_latent(x0, "The input image / latent")
+    check_batch(x0, "The input image / latent")
     if method != "plain" and math.isclose(model.guidance_scale, 1.0):
         log.info("Guidance scale 1 has no negative branch: %s inversion is plain inversion here.", method)
         method = "plain"

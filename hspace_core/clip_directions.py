@@ -26,7 +26,7 @@ from .implicit import ImplicitDirectionNet
 from .schedules import step_pairs, timestep_grid
 from .sites import site_of
 from .direction import Direction
-from .progress import StepLoop, check_latent
+from .progress import StepLoop, check_batch
 from .auto_schedule import find_t_edit_t_boost
 from .processes import invert
 
@@ -211,7 +211,7 @@ def train_direction(model: HSpaceModel, images: torch.Tensor, clip: CLIPDirectio
     import time
 
     latents = images if latents is None else latents
-    check_latent(latents, "The training latents")
+    check_batch(latents, "The training latents")
     if images.shape[0] != latents.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {latents.shape[0]} latents; pass one latent per image.")
     decode = decode or (lambda x: x)

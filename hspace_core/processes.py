@@ -16,7 +16,7 @@ import torch
 from .adapters.base import HEdit, HSpaceModel
 from .ddim import calibrated_x_t, clipped_eps, ddim_inverse_step, ddim_sigma, ddim_step
 from .hmath import check_gamma, lerp, mask_to_h_grid, masked_blend, masked_normalized_slerp, normalized_slerp, slerp
-from .progress import Cancelled, ProgressFn, StepLoop, StopFn, check_latent
+from .progress import Cancelled, ProgressFn, StepLoop, StopFn, check_batch
 from .schedules import step_pairs, timestep_grid
 from .sites import check_same_site, site_of
 from .direction import Direction
@@ -56,7 +56,7 @@ def run_reverse(model: HSpaceModel, x_T: torch.Tensor, schedule: EditSchedule, *
     ``h_only`` stops after the last step whose h is kept (for callers that want h only: ``x0`` is then the x
     reached there, not a clean image).
     """
-    check_latent(x_T, "x_T")
+    check_batch(x_T, "x_T")
     if edit_every < 1:
         raise ValueError(f"edit_every (injection stride) must be ≥ 1, got {edit_every}.")
     if schedule.num_train_timesteps != model.schedule.num_train_timesteps:
@@ -124,7 +124,7 @@ def invert(model: HSpaceModel, x0: torch.Tensor, num_steps: int = 40, *, grid: s
     ``report`` regenerates x0 from x_T and measures the error (``num_steps`` more passes; shared with the
     reconstruction source).  ``h_storage`` says how h is kept (precision, device, only t ≥ t_min).
     """
-    check_latent(x0, "The input image / latent")
+    check_batch(x0, "The input image / latent")
     if convention not in INVERSION_CONVENTIONS:
         raise ValueError(f"Inversion convention {convention!r} is unknown; use one of {INVERSION_CONVENTIONS}.")
     if h_source not in H_SOURCES:
@@ -199,12 +199,14 @@ def generate(model: HSpaceModel, x_T: torch.Tensor, schedule: EditSchedule, *, s
 
 def edit(model: HSpaceModel, x_T: torch.Tensor, directions: Direction | Sequence[Direction],
          strengths: float | Sequence[float], schedule: EditSchedule, *, normalize: bool = False,
-         asymmetric: bool = True, seed: int = 0, strict_fingerprint: bool = False,
+         asymmetric: bool = True, seed: int = 0, strict_fingerprint: bool = True,
          progress: ProgressFn | None = None, should_stop: StopFn | None = None) -> torch.Tensor:
     """Asyrp editing: x_T → edited x0 with h̃_t = h_t + Σ s_i·Δh_i over [T, t_edit] and the asymmetric step.
 
     Strengths may be negative (the opposite attribute).  An all-zero strength gives exactly ``generate``.
     A direction learnt on another number of steps is rescaled by train_steps / steps (``Direction.step_scale``).
+    ``strict_fingerprint`` (default, as in ``inject``) refuses a direction made with another model; False applies
+    it anyway (e.g. to a fine-tune of the model it was made with).
     """
     if isinstance(directions, Direction):
         directions = [directions]
@@ -290,7 +292,8 @@ def inject(model: HSpaceModel, style_x_T: torch.Tensor, content: HTrajectory,
     ``gamma`` is a constant or a function of t; ``stride`` injects every k-th step; ``mask`` (any size,
     soft allowed) limits the mix to a region; ``omega`` > 0 turns on style calibration; ``schedule.t_boost``
     and ``eta_boost`` give quality boosting.  The content trajectory must hold h at every edited timestep of
-    ``schedule`` (same steps and grid); anything else is refused.
+    ``schedule`` (same steps and grid); anything else is refused.  ``strict_fingerprint`` (default, as in ``edit``)
+    refuses a content trajectory captured with another model.
     """
     schedule = schedule or EditSchedule(num_train_timesteps=model.schedule.num_train_timesteps)
     check_same_site(content.site, site_of(model), "content h trajectory")

@@ -27,8 +27,8 @@ class StepLoop:
             self.progress(self.done, self.total)
 
 
-def check_latent(x: torch.Tensor, what: str) -> None:
-    """A finite (B, C, H, W) tensor, or a ValueError naming ``what``."""
+def check_batch(x: torch.Tensor, what: str) -> None:
+    """A finite (B, C, H, W) batch of images or latents, or a ValueError naming ``what``."""
     if not torch.is_tensor(x) or x.dim() != 4:
         raise ValueError(f"{what} must be a (B, C, H, W) tensor, got {getattr(x, 'shape', type(x))}.")
     if not torch.isfinite(x).all():

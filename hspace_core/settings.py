@@ -75,7 +75,7 @@ class StyleCalibration:
 
 
 @dataclass(frozen=True)
-class QualityBoost:
+class BoostSettings:
     """Asyrp's quality boosting: stochastic DDIM (η) for t < t_boost, noise from ``seed``."""
 
     t_boost: int = 200

@@ -64,7 +64,7 @@ class AsyrpEdit(io.ComfyNode):
             outs = []
             for k, s in enumerate(strengths):
                 done = k * steps
-                outs.append(edit(m, x, direction, s, schedule, seed=seed,
+                outs.append(edit(m, x, direction, s, schedule, seed=seed, strict_fingerprint=False,  # checked above
                                  progress=lambda d, n, done=done: progress(done + d, steps * len(strengths))))
             return torch.cat(outs)
 

@@ -5,7 +5,7 @@ import torch
 
 from comfy_api.latest import io
 
-from ..hspace_core import (EditSchedule, QualityBoost as QualityBoostConfig, StyleCalibration, gamma_ramp, inject,
+from ..hspace_core import (EditSchedule, BoostSettings, StyleCalibration, gamma_ramp, inject,
                            interpolate)
 from .comfy.model import is_pixel_unet, latent_out, progress_bar, run_in_comfy
 from .common import (BOOST_SEED_RULE, advanced, CATEGORY, Boost, Calibration, Trajectory, check_inputs,
@@ -142,7 +142,7 @@ class QualityBoost(io.ComfyNode):
     @classmethod
     def execute(cls, t_boost, eta, seed) -> io.NodeOutput:
         check_inputs(cls, locals())
-        return io.NodeOutput(QualityBoostConfig(t_boost, eta, seed))
+        return io.NodeOutput(BoostSettings(t_boost, eta, seed))
 
 
 class Interpolate(io.ComfyNode):

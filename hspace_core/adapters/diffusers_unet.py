@@ -179,7 +179,7 @@ class DiffusersUNet:
         edit_branches = self.conditioning.edit_branches if self.conditioning is not None else "both"
         # same memory layout as h, so an unchanged h takes the same kernels and gives bit-identical ε
         h_edited = torch.empty_like(h).copy_(edited_rows(h, t, self.branches, edit, edit_branches))
-        rows = self._edited_rows(x_in.shape[0], edit_branches)
+        rows = self._edited_row_indices(x_in.shape[0], edit_branches)
         if rows is None:
             with replay_pass(self.unet, cache if self.reuse_encoder else None, h_edited, self.site):
                 out_edited = self._run(x_in, timestep, kwargs)
@@ -191,7 +191,7 @@ class DiffusersUNet:
             out_edited[rows] = out_rows.to(out_edited.dtype)
         return Prediction(eps, h, self._to_eps(out_edited, x_t, t))
 
-    def _edited_rows(self, batch: int, edit_branches: str) -> torch.Tensor | None:
+    def _edited_row_indices(self, batch: int, edit_branches: str) -> torch.Tensor | None:
         """The rows (branch-major) whose h an edit changes, when that is fewer than all and the encoder is cached."""
         if not self.reuse_encoder or len(self.branches) < 2:
             return None
