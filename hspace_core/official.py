@@ -7,6 +7,7 @@ import re
 
 import torch
 
+from .checkpoints.files import load_tensors
 from .implicit import ImplicitDirectionNet, TimeEmbedding
 from .direction import Direction
 
@@ -39,11 +40,8 @@ def train_steps_of(path: str) -> int | None:
 
 
 def _read_official(path: str, time_embedding: TimeEmbedding, h_shape) -> Direction:
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle with code objects, truncated file, not a torch file
-        raise ValueError(f"{path} is not a loadable Asyrp checkpoint ({type(exc).__name__}: {exc}). Official Asyrp "
-                         "checkpoints are .pth files from its checkpoint/ folder.") from None
+    raw = load_tensors(path, "a loadable Asyrp checkpoint", " Official Asyrp checkpoints are .pth files of tensors "
+                       "from its checkpoint/ folder.")
     if not isinstance(raw, dict):
         raise ValueError(f"{path} holds a {type(raw).__name__}, not an Asyrp state dict.")
     block = raw["0"] if isinstance(raw.get("0"), dict) else raw

@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import pickle
 import re
 
 import torch
@@ -158,7 +157,6 @@ class LoadAsyrpDirection(io.ComfyNode):
         check_inputs(cls, locals())
         check_has_h_space(model)
         path = resolve("asyrp", asyrp_file)
-        refuse_unsafe_pickle(path)
         with torch.inference_mode(False):
             direction = load_official_asyrp(path, time_embedding_of(model))
         found = re.search(r"ngen(\d+)", asyrp_file)
@@ -166,16 +164,3 @@ class LoadAsyrpDirection(io.ComfyNode):
         if train_steps:
             direction = dataclasses.replace(direction, metadata={**direction.metadata, "train_steps": train_steps})
         return io.NodeOutput(direction)
-
-
-def refuse_unsafe_pickle(path: str) -> None:
-    """A checkpoint that holds Python objects beyond tensors is refused with a message of our own: torch's advises
-    ``weights_only=False``, which would run whatever code the file carries."""
-    try:
-        torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise ValueError(f"{os.path.basename(path)} was refused as unsafe: it holds Python objects beyond tensors, "
-                         "which are never loaded. Use an official Asyrp checkpoint (.pth of tensors) from its "
-                         "checkpoint/ folder.") from None
-    except Exception:  # truncated or not a torch file: load_official_asyrp says so
-        pass

@@ -10,7 +10,7 @@ from comfy_api.latest import io
 
 import folder_paths
 
-from ..hspace_core.checkpoints import CHECKPOINT_EXTENSIONS, load_checkpoint
+from ..hspace_core.checkpoints import CHECKPOINT_EXTENSIONS, LoadedCheckpoint, read_checkpoint
 from .common import CATEGORY, file_state
 from .comfy.pixel_model import is_pixel_unet_folder, load_pixel_unet_folder, load_pixel_unet_hub, pixel_model_patcher
 
@@ -89,8 +89,10 @@ class LoadPixelUNet(io.ComfyNode):
                         "UNetModel checkpoint (AFHQ-dog, METFACES, ImageNet), as a MODEL (use VAELoader 'pixel_space' "
                         "as its VAE). Folders come from models/diffusers, checkpoint files from models/diffusion_models; "
                         "a Hub repo id works when online. What a checkpoint does not record (β schedule: linear "
-                        "unless said; class label; head split) goes in a JSON file beside it: <name>.json, e.g. "
-                        "{\"beta_schedule\": \"cosine\"}.",
+                        "unless said; ε or v prediction; class label; head split) goes in a JSON file beside it: "
+                        "<name>.json, e.g. {\"beta_schedule\": \"cosine\"} or {\"parameterization\": \"v\"}. "
+                        "σ-parameterised files (EDM, consistency models) are refused: load them with "
+                        "hspace_core.checkpoints.load_checkpoint.",
             inputs=[io.Combo.Input("unet_folder", options=(sorted(pixel_unet_folders()) + sorted(checkpoint_files()))
                                    or ["(none found)"],
                                    tooltip="A diffusers folder (config.json + weights + scheduler config) in "
@@ -123,12 +125,32 @@ class LoadPixelUNet(io.ComfyNode):
         if folder is None:
             unet, scheduler = load_pixel_unet_hub(repo_id.strip())
         elif os.path.isfile(folder):
-            unet, scheduler = load_checkpoint(folder)
-            if unet.class_embedding is not None:
-                settings = os.path.splitext(os.path.basename(folder))[0] + ".json"
-                raise ValueError(f"{os.path.basename(folder)} is class-conditional ({unet.config.num_class_embeds} "
-                                 f"classes): fix the class to generate in {settings} beside it, e.g. "
-                                 '{"class_label": 207}.')
+            unet, scheduler = checkpoint_unet(read_checkpoint(folder))
         else:
             unet, scheduler = load_pixel_unet_folder(folder)
         return io.NodeOutput(pixel_model_patcher(unet, scheduler))
+
+
+def checkpoint_unet(loaded: LoadedCheckpoint):
+    """The U-Net and scheduler config of a checkpoint the pixel MODEL can run (ε or v prediction on its β schedule,
+    no per-image labels); anything else is refused, saying what to use instead."""
+    settings, sidecar = loaded.settings, os.path.splitext(loaded.name)[0] + ".json"
+    if settings.parameterization not in ("eps", "v"):
+        what = ("σ-parameterised (D(x, σ) preconditioning)" if settings.sigma_parameterised else
+                "an x0 predictor on the β schedule")
+        raise ValueError(f"{loaded.name} is {what}: parameterization {settings.parameterization!r} in {sidecar}. "
+                         "H-Space Load Pixel U-Net builds ε- and v-prediction MODELs on a 1000-step β schedule only. "
+                         "Use the library instead: hspace_core.checkpoints.load_checkpoint(path) returns an "
+                         "hs.Denoiser ready for invert / edit / inject (docs/adapters.md, 'Checkpoints'); or, if the "
+                         "model was trained on a β schedule with ε or v prediction, set parameterization to \"eps\" "
+                         "or \"v\" in the file.")
+    unet = loaded.unet
+    if unet.class_embedding is not None:
+        if unet.config.class_embed_type == "identity":
+            raise ValueError(f"{loaded.name} has a continuous conditioning input (a label_emb MLP): fix the input "
+                             f"to generate with in {sidecar} beside it, e.g. {{\"condition\": [0.5, 1.0]}} (as many "
+                             "numbers as label_emb takes).")
+        raise ValueError(f"{loaded.name} is class-conditional ({unet.config.num_class_embeds} classes): fix the class "
+                         f"to generate in {sidecar} beside it, e.g. " '{"class_label": 207}.')
+    return unet, loaded.scheduler
+

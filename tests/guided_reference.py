@@ -90,18 +90,25 @@ class ResBlock(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    def __init__(self, channels, num_heads=1, num_head_channels=-1, new_order=False):
+    """``conv2d``: the projections as 1×1 Conv2d, (C, C, 1, 1) weights, as openai/consistency_models saves them."""
+
+    def __init__(self, channels, num_heads=1, num_head_channels=-1, new_order=False, conv2d=False):
         super().__init__()
         self.heads = num_heads if num_head_channels == -1 else channels // num_head_channels
-        self.new_order = new_order
+        self.new_order, self.conv2d = new_order, conv2d
         self.norm = norm(channels)
-        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
-        self.proj_out = nn.Conv1d(channels, channels, 1)
+        conv = nn.Conv2d if conv2d else nn.Conv1d
+        self.qkv = conv(channels, 3 * channels, 1)
+        self.proj_out = conv(channels, channels, 1)
 
     def forward(self, x):
         b, c, *spatial = x.shape
-        x = x.reshape(b, c, -1)
-        qkv = self.qkv(self.norm(x))
+        if self.conv2d:
+            qkv = self.qkv(self.norm(x)).reshape(b, 3 * c, -1)
+            x = x.reshape(b, c, -1)
+        else:
+            x = x.reshape(b, c, -1)
+            qkv = self.qkv(self.norm(x))
         n, length = self.heads, qkv.shape[-1]
         ch = c // n
         if self.new_order:  # QKVAttention: split q, k, v first, then heads
@@ -111,27 +118,33 @@ class AttentionBlock(nn.Module):
         scale = 1 / math.sqrt(math.sqrt(ch))
         weight = torch.softmax(torch.einsum("bct,bcs->bts", q * scale, k * scale).float(), dim=-1)
         a = torch.einsum("bts,bcs->bct", weight, v).reshape(b, c, length)
+        if self.conv2d:
+            return x.reshape(b, c, *spatial) + self.proj_out(a.reshape(b, c, *spatial))
         return (x + self.proj_out(a)).reshape(b, c, *spatial)
 
 
 class UNetModel(nn.Module):
-    """``attention_resolutions`` are downsample rates (1, 2, 4, …), as in the original."""
+    """``attention_resolutions`` are downsample rates (1, 2, 4, …), as in the original.  Beyond it, the variants a
+    consistency-models-style network adds: ``conv2d_attention`` (1×1 Conv2d projections) and ``label_dims`` (a
+    continuous conditioning input: ``label_emb`` = Linear, SiLU, Linear, added to the time embedding)."""
 
     def __init__(self, in_channels=3, model_channels=32, out_channels=3, num_res_blocks=1, attention_resolutions=(2,),
                  channel_mult=(1, 2), num_classes=None, num_heads=1, num_head_channels=-1, use_scale_shift_norm=False,
-                 resblock_updown=False, use_new_attention_order=False):
+                 resblock_updown=False, use_new_attention_order=False, conv2d_attention=False, label_dims=None):
         super().__init__()
         emb = 4 * model_channels
         self.model_channels, self.num_classes = model_channels, num_classes
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb), nn.SiLU(), nn.Linear(emb, emb))
         if num_classes is not None:
             self.label_emb = nn.Embedding(num_classes, emb)
+        elif label_dims is not None:
+            self.label_emb = nn.Sequential(nn.Linear(label_dims, emb), nn.SiLU(), nn.Linear(emb, emb))
 
         def res(c_in, c_out=None, **kw):
             return ResBlock(c_in, emb, c_out, use_scale_shift_norm, **kw)
 
         def attn(c):
-            return AttentionBlock(c, num_heads, num_head_channels, use_new_attention_order)
+            return AttentionBlock(c, num_heads, num_head_channels, use_new_attention_order, conv2d_attention)
 
         ch = input_ch = int(channel_mult[0] * model_channels)
         self.input_blocks = nn.ModuleList([Step(nn.Conv2d(in_channels, ch, 3, padding=1))])
@@ -164,7 +177,7 @@ class UNetModel(nn.Module):
 
     def forward(self, x, timesteps, y=None):
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
-        if self.num_classes is not None:
+        if hasattr(self, "label_emb"):
             emb = emb + self.label_emb(y)
         hs, h = [], x
         for module in self.input_blocks:

@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 
 from ddim_reference import Model
 from hspace_core import DiffusersUNet, schedule_from_diffusers_config
-from hspace_core.checkpoints import layout_of, load_checkpoint, read_state_dict, unet_from_state_dict
+from hspace_core.checkpoints import layout_of, load_checkpoint, read_checkpoint, read_state_dict, unet_from_state_dict
 
 
 class Pickled:
@@ -67,9 +67,12 @@ def test_checkpoint_files_load(tmp_path, reference, wrap):
                    "dataparallel": {f"module.{k}": v for k, v in state.items()},
                    "ema_dict": {"model": noise, "ema": state}}[wrap]
         torch.save(payload, str(path))
-    unet, _ = load_checkpoint(str(path), 16)
+    unet = read_checkpoint(str(path), 16).unet
     x, t = torch.randn(1, 3, 16, 16), torch.tensor([300])
     assert torch.allclose(unet(x, t).sample, reference(x, t), atol=1e-5)
+    model = load_checkpoint(str(path), 16)  # ready to use: ε on the DDPM linear schedule
+    assert isinstance(model, DiffusersUNet) and model.schedule.prediction_type == "epsilon"
+    assert torch.allclose(model.predict(x, 300).eps, reference(x, t), atol=1e-5)
 
 
 def test_unknown_layout_is_refused(tmp_path):
@@ -84,7 +87,8 @@ def test_unknown_layout_is_refused(tmp_path):
 def test_mismatched_config_is_refused(reference):
     state = dict(reference.state_dict())
     state["up.0.block.0.conv1.weight"] = state["up.0.block.0.conv1.weight"][:, :8]
-    with pytest.raises(ValueError, match="does not match the inferred config.*up_blocks.2.resnets.0.conv1.weight"):
+    with pytest.raises(ValueError, match=r"shape mismatch: up.0.block.0.conv1.weight \(as up_blocks.2.resnets.0.conv1"
+                                         r".weight\) is \[32, 8, 3, 3\] in the file but .* needs \[32, 96, 3, 3\]"):
         unet_from_state_dict(state)
     del state["down.0.block.0.conv1.weight"]
     with pytest.raises(ValueError, match="lacks 'down.0.block.0.conv1.weight'"):
@@ -100,11 +104,16 @@ def test_non_tensors_and_code_in_the_file_are_refused(tmp_path, reference):
     with pytest.raises(ValueError, match="entry 'config' is a str, not a tensor"):
         read_state_dict(str(path))
     torch.save({"model": Pickled()}, str(tmp_path / "code.pt"))  # a class: torch.load(weights_only) refuses it
-    with pytest.raises(ValueError, match="Could not read code.pt as a checkpoint of tensors"):
+    with pytest.raises(ValueError, match=r"code.pt is not a checkpoint of tensors: it holds Python code, not only "
+                                         r"tensors \(it names test_checkpoints.Pickled\), and was refused as unsafe.*"
+                                         r"torch.save\(model.state_dict\(\).*safetensors") as refused:
         read_state_dict(str(tmp_path / "code.pt"))
+    assert "weights_only" not in str(refused.value)
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="Could not read junk.ckpt"):
+    with pytest.raises(ValueError, match="junk.ckpt is not a checkpoint of tensors: it is truncated or not a torch "
+                                         "file") as refused:
         read_state_dict(str(tmp_path / "junk.ckpt"))
+    assert "weights_only" not in str(refused.value)
     with pytest.raises(ValueError, match="not a checkpoint file"):
         read_state_dict(str(tmp_path / "weights.txt"))
 

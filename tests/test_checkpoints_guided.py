@@ -10,7 +10,7 @@ import torch
 from ddim_reference import Model
 from guided_reference import UNetModel
 from hspace_core import DiffusersUNet, schedule_from_diffusers_config
-from hspace_core.checkpoints import layout_of, load_checkpoint, unet_from_state_dict
+from hspace_core.checkpoints import layout_of, load_checkpoint, read_checkpoint, unet_from_state_dict
 from hspace_core.checkpoints.guided_diffusion import GuidedLayout, attention_split, guided_layout, known_model, split_qkv
 
 TINY = dict(in_channels=3, model_channels=32, out_channels=3, num_res_blocks=1, attention_resolutions=(2,),
@@ -102,7 +102,8 @@ def test_class_label_fixes_a_class_conditional_model():
     assert torch.allclose(unet(x, t).sample, reference(x, t, torch.tensor([3, 3])), atol=1e-5)
     with pytest.raises(ValueError, match=r"class_label must be in 0 … 4"):
         unet_from_state_dict(reference.state_dict(), num_heads=1, class_label=5)
-    with pytest.raises(ValueError, match="not class-conditional"):
+    with pytest.raises(ValueError, match="class_label was given but this guided-diffusion model has no label_emb: it "
+                                         "is unconditional; leave it unset"):
         unet_from_state_dict(_reference().state_dict(), num_heads=1, class_label=0)
 
 
@@ -135,14 +136,16 @@ def test_what_the_weights_do_not_say_must_be_given():
         unet_from_state_dict(state, num_head_channels=24, new_attention_order=False)
     with pytest.raises(ValueError, match="Unknown checkpoint setting.*num_head"):
         unet_from_state_dict(state, num_head=4)
-    with pytest.raises(ValueError, match="beta_schedule must be one of"):
+    with pytest.raises(ValueError, match=r"beta_schedule \(keyword argument\) must be one of \"linear\", \"cosine\""):
         unet_from_state_dict(state, num_heads=1, beta_schedule="sigmoid")
 
 
 def test_mismatched_or_foreign_weights_are_refused():
     state = dict(_reference().state_dict())
     bad = {**state, "output_blocks.0.0.in_layers.2.weight": state["output_blocks.0.0.in_layers.2.weight"][:, :8]}
-    with pytest.raises(ValueError, match="does not match its inferred config.*up_blocks.0.resnets.0.conv1.weight"):
+    with pytest.raises(ValueError, match=r"shape mismatch: output_blocks.0.0.in_layers.2.weight \(as up_blocks.0.resnets"
+                                         r".0.conv1.weight\) is \[64, 8, 3, 3\] in the file but the architecture read "
+                                         r"off the other weights needs \[64, 128, 3, 3\]"):
         unet_from_state_dict(bad, num_heads=1)
     with pytest.raises(ValueError, match="has weights its inferred architecture has no place for.*low_res"):
         unet_from_state_dict({**state, "low_res.weight": torch.zeros(1)}, num_heads=1)
@@ -179,11 +182,14 @@ def test_checkpoint_files_and_their_settings_file(tmp_path, caplog):
         load_checkpoint(str(path))
     (tmp_path / "afhqdog_p2.json").write_text(json.dumps({"num_heads": 4, "new_attention_order": True,
                                                           "beta_schedule": "cosine"}))
-    unet, scheduler = load_checkpoint(str(path), 16)
+    loaded = read_checkpoint(str(path), 16)
     x, t = torch.randn(1, 3, 16, 16), torch.tensor([300])
-    assert torch.allclose(unet(x, t).sample, reference(x, t), atol=1e-5)
-    assert scheduler["beta_schedule"] == "squaredcos_cap_v2"
-    _, linear = load_checkpoint(str(path), beta_schedule="linear")  # an argument overrides the file
+    assert torch.allclose(loaded.unet(x, t).sample, reference(x, t), atol=1e-5)
+    assert loaded.scheduler["beta_schedule"] == "squaredcos_cap_v2"
+    model = load_checkpoint(str(path), 16)
+    assert torch.allclose(model.predict(x, 300).eps, reference(x, t), atol=1e-5)
+    assert torch.allclose(model.schedule.alphas_cumprod, schedule_from_diffusers_config(loaded.scheduler).alphas_cumprod)
+    linear = read_checkpoint(str(path), beta_schedule="linear").scheduler  # an argument overrides the file
     assert linear["beta_schedule"] == "linear"
     (tmp_path / "afhqdog_p2.json").write_text("[4]")
     with pytest.raises(ValueError, match="afhqdog_p2.json must hold a JSON object"):

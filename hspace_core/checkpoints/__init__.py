@@ -1,4 +1,5 @@
-"""The checkpoint formats the papers' pixel models ship in, converted to a diffusers ``UNet2DModel``.
+"""The checkpoint formats the papers' pixel models ship in, converted to a diffusers ``UNet2DModel`` and wrapped as an
+``HSpaceModel`` (``load_checkpoint``).
 
 - The DDIM-repo ``Model`` (ermongroup/ddim): Asyrp / InjectFusion's ``celeba_hq.ckpt`` and the ``ema_lsun_*``
   checkpoints (``ddim_repo``).
@@ -13,8 +14,12 @@ Nothing in the method core imports this package: it is the way in for other peop
 """
 from .ddim_repo import ddim_config, ddim_to_diffusers
 from .files import CHECKPOINT_EXTENSIONS, key_mismatch, read_state_dict, state_dict_of
-from .loader import layout_of, load_checkpoint, unet_from_state_dict
-from .settings import BETA_SCHEDULES, settings_beside
+from .loader import LoadedCheckpoint, hspace_model, layout_of, load_checkpoint, read_checkpoint, unet_from_state_dict
+from .preconditioning import PreconditionedUNet, consistency_scalings, edm_scalings, noise_input, sigma_table
+from .settings import BETA_SCHEDULES, PARAMETERIZATIONS, CheckpointSettings, checkpoint_settings, settings_beside
 
 __all__ = ["CHECKPOINT_EXTENSIONS", "BETA_SCHEDULES", "read_state_dict", "state_dict_of", "key_mismatch", "layout_of",
-           "ddim_config", "ddim_to_diffusers", "unet_from_state_dict", "load_checkpoint", "settings_beside"]
+           "ddim_config", "ddim_to_diffusers", "unet_from_state_dict", "load_checkpoint", "settings_beside",
+           "LoadedCheckpoint", "read_checkpoint", "hspace_model", "PARAMETERIZATIONS", "CheckpointSettings",
+           "checkpoint_settings", "PreconditionedUNet", "edm_scalings", "consistency_scalings", "noise_input",
+           "sigma_table"]

@@ -66,20 +66,23 @@ _DDIM_RENAMES = [  # (DDIM-repo pattern, diffusers pattern), applied to the key 
 ]
 
 
-def ddim_to_diffusers(state: dict) -> dict[str, torch.Tensor]:
+def ddim_to_diffusers(state: dict, origins: dict | None = None) -> dict[str, torch.Tensor]:
     """Rename a DDIM-repo ``Model`` state dict to ``UNet2DModel``'s: down.i → down_blocks.i, up.i →
     up_blocks.(L−1−i) (diffusers lists the decoder deepest first), ResnetBlock/AttnBlock parts to diffusers' names,
-    and the attention's 1×1 convolutions to linear weights.  ``logvar`` (the 'bayesian' model type) is dropped."""
+    and the attention's 1×1 convolutions to linear weights.  ``logvar`` (the 'bayesian' model type) is dropped.
+    ``origins``, when given, is filled with {diffusers key: the file's key}."""
     levels = count_indices(state, "down.{}.block.0.conv1.weight")
     out = {}
-    for key, value in state.items():
-        if key == "logvar":
+    for original, value in state.items():
+        if original == "logvar":
             continue
-        key = re.sub(r"^down\.(\d+)\.", r"down_blocks.\1.", key)
+        key = re.sub(r"^down\.(\d+)\.", r"down_blocks.\1.", original)
         key = re.sub(r"^up\.(\d+)\.", lambda m: f"up_blocks.{levels - 1 - int(m.group(1))}.", key)
         for pattern, replacement in _DDIM_RENAMES:
             key = re.sub(pattern, replacement, key)
         if ".attentions." in key and key.endswith(".weight") and value.dim() == 4:
             value = value[:, :, 0, 0]
         out[key] = value
+        if origins is not None:
+            origins[key] = original
     return out

@@ -8,7 +8,8 @@ import re
 import torch
 
 CHECKPOINT_EXTENSIONS = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
-__all__ = ["CHECKPOINT_EXTENSIONS", "read_state_dict", "state_dict_of", "key_mismatch", "count_indices"]
+__all__ = ["CHECKPOINT_EXTENSIONS", "read_state_dict", "state_dict_of", "key_mismatch", "fit_problems", "count_indices",
+           "load_tensors"]
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
@@ -20,18 +21,47 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """
     if not path.lower().endswith(CHECKPOINT_EXTENSIONS):
         raise ValueError(f"{os.path.basename(path)} is not a checkpoint file; use one of {CHECKPOINT_EXTENSIONS}.")
-    try:
-        if path.lower().endswith(".safetensors"):
-            from safetensors.torch import load_file
+    if path.lower().endswith(".safetensors"):
+        from safetensors.torch import load_file
 
+        try:
             raw = load_file(path, device="cpu")
-        else:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file becomes one clear message
-        raise ValueError(f"Could not read {os.path.basename(path)} as a checkpoint of tensors ({type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else ''}); save the model's state_dict with "
-                         "torch.save or as .safetensors.") from None
+        except Exception as error:  # noqa: BLE001 - any unreadable file becomes one clear message
+            raise ValueError(f"Could not read {os.path.basename(path)} as a checkpoint of tensors "
+                             f"({type(error).__name__}: {first_line(error)}); the file is truncated or not "
+                             "safetensors.") from None
+    else:
+        raw = load_tensors(path, "a checkpoint of tensors")
     return state_dict_of(raw, os.path.basename(path))
+
+
+TENSORS_ONLY = ("save the weights alone where the model was made: torch.save(model.state_dict(), \"name.pt\") or "
+                "safetensors.torch.save_file(model.state_dict(), \"name.safetensors\")")
+
+
+def first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else ""
+
+
+def load_tensors(path: str, what: str, hint: str = ""):
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain containers only, no code runs.
+
+    A refusal is our own message, never torch's: torch's advises ``weights_only=False``, which would run whatever
+    code the file carries.  A file naming Python classes or functions is refused as holding code, one torch cannot
+    parse as truncated or foreign; both say the file is not ``what`` (then ``hint``) and how to make a tensors-only
+    file."""
+    name = os.path.basename(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file becomes one clear message
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if found or "Unsupported global" in str(error):
+            why = (f"it holds Python code, not only tensors{f' (it names {found.group(1)})' if found else ''}, and "
+                   "was refused as unsafe: loading it would run that code")
+        else:
+            detail = "" if "weights_only" in str(error) else f" ({type(error).__name__}: {first_line(error)})"
+            why = f"it is truncated or not a torch file{detail}"
+        raise ValueError(f"{name} is not {what}: {why}.{hint} Get a tensors-only file: {TENSORS_ONLY}.") from None
 
 
 def state_dict_of(raw, what: str = "the checkpoint") -> dict[str, torch.Tensor]:
@@ -61,7 +91,28 @@ def count_indices(state: dict, pattern: str) -> int:
     return len({m.group(1) for key in state for m in [regex.match(key)] if m})
 
 
-def key_mismatch(expected: dict, given: dict) -> tuple[list, list]:
-    """Keys missing from ``given``, keys it has in excess, and shape mismatches (reported as missing)."""
-    missing = [k for k in expected if k not in given or tuple(given[k].shape) != tuple(expected[k].shape)]
-    return missing, [k for k in given if k not in expected]
+def key_mismatch(expected: dict, given: dict) -> tuple[list, list, list]:
+    """Keys missing from ``given``, keys it has in excess, and (key, expected shape, given shape) of the keys whose
+    shapes differ."""
+    missing = [k for k in expected if k not in given]
+    shapes = [(k, tuple(expected[k].shape), tuple(given[k].shape)) for k in expected
+              if k in given and tuple(given[k].shape) != tuple(expected[k].shape)]
+    return missing, [k for k in given if k not in expected], shapes
+
+
+def fit_problems(expected: dict, given: dict, origins: dict | None = None) -> str:
+    """What keeps the converted weights ``given`` from filling a module whose state dict is ``expected``, naming the
+    file's keys (``origins``: converted key → the file's), or "" when they fit."""
+    origins = origins or {}
+
+    def named(key):
+        return f"{origins[key]} (as {key})" if key in origins and origins[key] != key else key
+
+    missing, unexpected, shapes = key_mismatch(expected, given)
+    problems = [f"shape mismatch: {named(k)} is {list(got)} in the file but the architecture read off the other "
+                f"weights needs {list(want)}" for k, want, got in shapes[:3]]
+    if missing:
+        problems.append(f"no weights in the file for {', '.join(missing[:4])}")
+    if unexpected:
+        problems.append(f"weights the architecture has no place for: {', '.join(named(k) for k in unexpected[:4])}")
+    return "; ".join(problems)

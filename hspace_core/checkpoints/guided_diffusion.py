@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .files import key_mismatch
+from .files import fit_problems
 
 log = logging.getLogger("hspace")
 
@@ -44,7 +44,9 @@ class GuidedLayout:
     attention: tuple[bool, ...]      # per level; the middle block always has attention
     resblock_updown: bool
     scale_shift: bool
-    num_classes: int | None
+    num_classes: int | None = None
+    condition_dims: int | None = None     # a continuous conditioning input: label_emb is Linear layers, not a table
+    condition_layers: tuple[int, ...] = ()  # the Linear layers' indices in a label_emb nn.Sequential; () for one Linear
 
     @property
     def channel_mult(self) -> tuple[float, ...]:
@@ -173,7 +175,34 @@ def guided_layout(state: dict) -> GuidedLayout:
     return GuidedLayout(in_channels=int(first.shape[1]), out_channels=int(out_channels),
                         model_channels=int(model_channels), widths=widths, num_res_blocks=blocks, attention=attention,
                         resblock_updown=updown, scale_shift=emb == 2 * widths[0],
-                        num_classes=int(state["label_emb.weight"].shape[0]) if "label_emb.weight" in state else None)
+                        **label_input(state, int(state["time_embed.2.weight"].shape[0])))
+
+
+def label_input(state: dict, emb: int) -> dict:
+    """What ``label_emb`` is: a class table (nn.Embedding: weight only, (classes, emb)), or a continuous input's
+    Linear layers (one nn.Linear, or an nn.Sequential of Linear layers with parameter-free activations between:
+    SiLU assumed, as in ``time_embed``).  {} without label_emb."""
+    keys = {key[len("label_emb."):]: value for key, value in state.items() if key.startswith("label_emb.")}
+    if not keys:
+        return {}
+    shapes = ", ".join(f"label_emb.{k} {tuple(v.shape)}" for k, v in keys.items())
+    if set(keys) == {"weight"} and keys["weight"].dim() == 2 and keys["weight"].shape[1] == emb:
+        return {"num_classes": int(keys["weight"].shape[0])}
+    layers = sorted({int(k.split(".")[0]) for k in keys if k.split(".")[0].isdigit()})
+    linears = [f"{i}." for i in layers] if layers else [""]
+    expected = {f"{p}{part}" for p in linears for part in ("weight", "bias")}
+    chain = [keys.get(f"{p}weight") for p in linears]
+    fits = set(keys) == expected and all(w is not None and w.dim() == 2 for w in chain) and all(
+        keys[f"{p}bias"].shape == (w.shape[0],) for p, w in zip(linears, chain))
+    fits = fits and chain[-1].shape[0] == emb and all(a.shape[0] == b.shape[1] for a, b in zip(chain, chain[1:]))
+    if not fits:
+        raise ValueError(f"label_emb ({shapes}) is neither a class table (nn.Embedding(classes, {emb})) nor Linear "
+                         f"layers from a conditioning input to the {emb}-wide time embedding; this loader converts "
+                         "those two.")
+    if len(layers) > 1:
+        log.info("label_emb is an MLP of %d Linear layers (%s): SiLU assumed between them, as in time_embed.",
+                 len(layers), shapes)
+    return {"condition_dims": int(chain[0].shape[1]), "condition_layers": tuple(layers)}
 
 
 def known_model(layout: GuidedLayout) -> PublishedModel | None:
@@ -234,7 +263,8 @@ def guided_unet_config(layout: GuidedLayout, split: AttentionSplit, sample_size:
         time_embedding_dim=4 * layout.model_channels, norm_eps=1e-5, norm_num_groups=32, attn_norm_num_groups=32,
         act_fn="silu", attention_head_dim=split.num_head_channels, downsample_padding=1,
         resnet_time_scale_shift="scale_shift" if layout.scale_shift else "default",
-        num_class_embeds=layout.num_classes, add_attention=True)
+        num_class_embeds=layout.num_classes, class_embed_type="identity" if layout.condition_dims else None,
+        add_attention=True)
 
 
 _RESNET_PARTS = {"in_layers.0": "norm1", "in_layers.2": "conv1", "emb_layers.1": "time_emb_proj",
@@ -286,33 +316,68 @@ def split_qkv(weight: torch.Tensor, heads: int, new_order: bool) -> tuple[torch.
     return tuple(grouped[:, part].reshape(rows, *weight.shape[1:]) for part in range(3))
 
 
-def guided_to_diffusers(state: dict, layout: GuidedLayout, split: AttentionSplit) -> dict[str, torch.Tensor]:
+def _linear(weight: torch.Tensor, key: str) -> torch.Tensor:
+    """An attention projection's weight as a linear one: 1×1 Conv1d (guided-diffusion: (out, in, 1)) and Conv2d
+    (consistency models' conv_nd(2, …): (out, in, 1, 1)) weights squeezed; a bias as it is."""
+    if weight.dim() > 2 and any(n != 1 for n in weight.shape[2:]):
+        raise ValueError(f"{key} has shape {tuple(weight.shape)}: an attention projection must be a 1×1 convolution "
+                         "or a linear layer; the checkpoint is not a UNetModel this loader converts.")
+    return weight.reshape(weight.shape[0], -1) if weight.dim() > 2 else weight
+
+
+def guided_to_diffusers(state: dict, layout: GuidedLayout, split: AttentionSplit, origins: dict | None = None
+                        ) -> dict[str, torch.Tensor]:
     """Rename a ``UNetModel`` state dict to ``UNet2DModel``'s, splitting each fused qkv into to_q / to_k / to_v and
-    squeezing the attention's 1×1 Conv1d weights to linear ones.  A key no module of the layout claims is refused."""
+    squeezing the attention's 1×1 convolution weights (Conv1d or Conv2d) to linear ones.  A key no module of the
+    layout claims is refused.  ``origins``, when given, is filled with {diffusers key: the file's key}."""
     out, used = {}, set()
+    origins = {} if origins is None else origins
     for old, new, kind in _module_plan(layout):
         keys = [key for key in state if key.startswith(old + ".")]
         used.update(keys)
         for key in keys:
             value, rest = state[key], key[len(old) + 1:]
             part, _, param = rest.rpartition(".")  # e.g. "in_layers.0", "weight"
-            if kind == "plain":
-                out[f"{new}.{rest}"] = value
-            elif kind == "resnet":
-                out[f"{new}.{_RESNET_PARTS.get(part, part)}.{param}"] = value
-            elif kind == "attention" and part == "qkv":
+            if kind == "attention" and part == "qkv":
                 heads = split.heads(value.shape[0] // 3)
-                for name, piece in zip(("to_q", "to_k", "to_v"), split_qkv(value, heads, split.new_order)):
-                    out[f"{new}.{name}.{param}"] = piece.squeeze(-1)
+                pieces = split_qkv(_linear(value, key), heads, split.new_order)
+                converted = {f"{new}.{name}.{param}": piece for name, piece in zip(("to_q", "to_k", "to_v"), pieces)}
             elif kind == "attention":
                 name = {"norm": "group_norm", "proj_out": "to_out.0"}.get(part, part)
-                out[f"{new}.{name}.{param}"] = value.squeeze(-1) if part == "proj_out" else value
+                converted = {f"{new}.{name}.{param}": _linear(value, key) if part == "proj_out" else value}
+            elif kind == "resnet":
+                converted = {f"{new}.{_RESNET_PARTS.get(part, part)}.{param}": value}
+            else:
+                converted = {f"{new}.{rest}": value}
+            out.update(converted)
+            origins.update(dict.fromkeys(converted, key))
     unclaimed = [key for key in state if key not in used]
     if unclaimed:
         raise ValueError(f"The guided-diffusion checkpoint has weights its inferred architecture has no place for "
                          f"({', '.join(unclaimed[:4])}); it is not a plain UNetModel (SuperResModel and "
                          "EncoderUNetModel classifiers are not diffusion U-Nets this loader converts).")
     return out
+
+
+def _fix_label(weights: dict, layout: GuidedLayout, class_label: int | None, condition):
+    """The weights and layout with the class or the continuous input fixed, as asked; what does not fit the model's
+    ``label_emb`` is refused, saying what it has."""
+    has = (f"a class table of {layout.num_classes} classes" if layout.num_classes else
+           f"a continuous conditioning input (label_emb: Linear layers from {layout.condition_dims} numbers)"
+           if layout.condition_dims else "no label_emb: it is unconditional")
+    if class_label is not None:
+        if not layout.num_classes:
+            instead = (f"give condition (a list of {layout.condition_dims} numbers) instead"
+                       if layout.condition_dims else "leave it unset")
+            raise ValueError(f"class_label was given but this guided-diffusion model has {has}; {instead}.")
+        return fold_class_label(weights, class_label), dataclasses.replace(layout, num_classes=None)
+    if condition is not None:
+        if not layout.condition_dims:
+            instead = "give class_label instead" if layout.num_classes else "leave it unset"
+            raise ValueError(f"condition was given but this guided-diffusion model has {has}; {instead}.")
+        return fold_condition(weights, layout, tuple(condition)), dataclasses.replace(
+            layout, condition_dims=None, condition_layers=())
+    return weights, layout
 
 
 def fold_class_label(weights: dict, label: int) -> dict:
@@ -327,9 +392,42 @@ def fold_class_label(weights: dict, label: int) -> dict:
     return out
 
 
-def _fix_modules(unet, layout: GuidedLayout, split: AttentionSplit) -> None:
-    """What UNet2DModel's config cannot say: a fixed head count over blocks of several widths, and a sinusoid
-    model_channels wide when the first level is narrower (channel_mult[0] < 1)."""
+def condition_mlp(layout: GuidedLayout, weights: dict) -> torch.nn.Module:
+    """The continuous-input ``label_emb`` as a module shaped like the file's: one Linear, or Linear layers at the
+    file's indices with SiLU between (see ``label_input``)."""
+    def linear(prefix):
+        out_features, in_features = weights[f"{prefix}weight"].shape
+        return torch.nn.Linear(in_features, out_features)
+
+    if not layout.condition_layers:
+        return linear("class_embedding.")
+    layers = [torch.nn.SiLU() for _ in range(layout.condition_layers[-1] + 1)]
+    for i in layout.condition_layers:
+        layers[i] = linear(f"class_embedding.{i}.")
+    return torch.nn.Sequential(*layers)
+
+
+def fold_condition(weights: dict, layout: GuidedLayout, condition: tuple[float, ...]) -> dict:
+    """A continuously conditioned model fixed to one input c: openai adds ``label_emb(c)`` to the time embedding, a
+    constant for a fixed c, so it moves into linear_2's bias and the MLP goes."""
+    if len(condition) != layout.condition_dims:
+        raise ValueError(f"condition has {len(condition)} numbers but this model's label_emb takes "
+                         f"{layout.condition_dims}; give {layout.condition_dims}.")
+    mlp = condition_mlp(layout, weights)
+    mlp.load_state_dict({k[len("class_embedding."):]: v.float() for k, v in weights.items()
+                         if k.startswith("class_embedding.")})
+    with torch.no_grad():
+        constant = mlp(torch.tensor([condition], dtype=torch.float32))[0]
+    out = {k: v for k, v in weights.items() if not k.startswith("class_embedding.")}
+    bias = weights["time_embedding.linear_2.bias"]
+    out["time_embedding.linear_2.bias"] = bias + constant.to(bias.dtype)
+    return out
+
+
+def _fix_modules(unet, layout: GuidedLayout, split: AttentionSplit, weights: dict) -> None:
+    """What UNet2DModel's config cannot say: a fixed head count over blocks of several widths, a sinusoid
+    model_channels wide when the first level is narrower (channel_mult[0] < 1), and a continuous-input label_emb
+    (``class_embed_type="identity"`` in the config, the file's MLP as the module)."""
     from diffusers.models.attention_processor import Attention
     from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 
@@ -341,33 +439,35 @@ def _fix_modules(unet, layout: GuidedLayout, split: AttentionSplit) -> None:
     if layout.widths[0] != layout.model_channels:
         unet.time_proj = Timesteps(layout.model_channels, True, 0)
         unet.time_embedding = TimestepEmbedding(layout.model_channels, 4 * layout.model_channels)
+    if layout.condition_dims:
+        unet.class_embedding = condition_mlp(layout, weights)
 
 
 def guided_unet(state: dict, sample_size: int | None = None, *, num_heads: int | None = None,
                 num_head_channels: int | None = None, new_attention_order: bool | None = None,
-                class_label: int | None = None):
+                class_label: int | None = None, condition: tuple[float, ...] | None = None):
     """A float32 ``UNet2DModel`` (eval) computing what the ``UNetModel`` of ``state`` computes, and its layout.
 
-    ``class_label`` fixes a class-conditional model to one class (an unconditional U-Net results); without it a
-    class-conditional model needs ``class_labels`` at every call (``DiffusersUNet(…, class_labels=…)``)."""
+    ``class_label`` fixes a class-conditional model to one class, ``condition`` a continuously conditioned one (a
+    ``label_emb`` MLP) to one input; an unconditional U-Net results.  Without them such a model needs
+    ``class_labels`` at every call (``DiffusersUNet(…, class_labels=…)``: integer labels for a class table, (B, d)
+    float inputs for an MLP)."""
     from diffusers import UNet2DModel
 
     layout = guided_layout(state)
     split = attention_split(layout, num_heads, num_head_channels, new_attention_order)
-    weights = guided_to_diffusers(state, layout, split)
-    if class_label is not None:
-        if layout.num_classes is None:
-            raise ValueError("class_label was given but this guided-diffusion model is not class-conditional "
-                             "(no label_emb); leave it unset.")
-        weights = fold_class_label(weights, int(class_label))
-        layout = dataclasses.replace(layout, num_classes=None)
+    origins = {}
+    weights = guided_to_diffusers(state, layout, split, origins)
+    weights, layout = _fix_label(weights, layout, class_label, condition)
     config = guided_unet_config(layout, split, sample_size)
     unet = UNet2DModel(**config)
-    _fix_modules(unet, layout, split)
-    missing, unexpected = key_mismatch(unet.state_dict(), weights)
-    if missing or unexpected:
-        raise ValueError(f"The checkpoint does not match its inferred config {config}: missing {missing[:4]}, "
-                         f"unexpected {unexpected[:4]}; the file is not a complete guided-diffusion UNetModel.")
+    _fix_modules(unet, layout, split, weights)
+    problems = fit_problems(unet.state_dict(), weights, origins)
+    if problems:
+        raise ValueError(f"The checkpoint does not fit the UNetModel read off its weights (model_channels="
+                         f"{layout.model_channels}, channel_mult={layout.channel_mult}, num_res_blocks="
+                         f"{layout.num_res_blocks}, attention at downsample rates {layout.attention_rates}): "
+                         f"{problems}.")
     unet.load_state_dict({k: v.float() for k, v in weights.items()})
     if layout.learned_sigma:
         log.info("This guided-diffusion model predicts %d channels (ε, then the learned-σ variance interpolation): "

@@ -1,18 +1,39 @@
 """``load_checkpoint``: a checkpoint file in one of the papers' layouts, recognised, converted to a diffusers
-``UNet2DModel`` and returned with the scheduler config the model was trained with."""
+``UNet2DModel`` and returned as an ``HSpaceModel`` ready to use: ``DiffusersUNet`` on the β schedule the model was
+trained with (ε, v or x0 prediction), or ``Denoiser`` around the σ preconditioning (EDM, consistency models).
+
+``read_checkpoint`` gives the parts instead (the ``UNet2DModel``, its scheduler config, the settings), for callers
+that wrap the U-Net themselves (the ComfyUI loader node, per-image class labels)."""
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 
+import torch
+
+from ..adapters import Denoiser, DiffusersUNet, fingerprint_of
 from .ddim_repo import ddim_config, ddim_to_diffusers
-from .files import key_mismatch, read_state_dict
+from .files import fit_problems, read_state_dict
 from .guided_diffusion import guided_unet, known_model
-from .settings import BETA_SCHEDULES, settings_beside
+from .preconditioning import PreconditionedUNet, sigma_table
+from .settings import (BETA_SCHEDULES, C_NOISE, PREDICTION_TYPE, CheckpointSettings, checkpoint_settings,
+                       settings_beside, sidecar_of)
 
-GUIDED_SETTINGS = ("num_heads", "num_head_channels", "new_attention_order", "class_label")
 log = logging.getLogger("hspace")
-__all__ = ["layout_of", "unet_from_state_dict", "load_checkpoint"]
+__all__ = ["LoadedCheckpoint", "layout_of", "unet_from_state_dict", "read_checkpoint", "hspace_model",
+           "load_checkpoint"]
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """A converted checkpoint: the ``UNet2DModel`` (float32, eval), the diffusers scheduler config of a β-schedule
+    model (None for a σ-parameterised one: ``settings`` holds its σ range) and the settings it was read with."""
+
+    unet: torch.nn.Module
+    scheduler: dict | None
+    settings: CheckpointSettings
+    name: str = "the checkpoint"
 
 
 def layout_of(state: dict) -> str:
@@ -30,49 +51,55 @@ def layout_of(state: dict) -> str:
                      "middle_block.*, output_blocks.*) or a diffusers UNet2DModel state dict.")
 
 
-def unet_from_state_dict(state: dict, sample_size: int | None = None, *, beta_schedule: str | None = None,
-                         **guided_settings):
-    """A diffusers ``UNet2DModel`` (float32, eval) and its scheduler config, for a DDIM-repo ``Model`` or an openai
-    guided-diffusion / iDDPM ``UNetModel`` state dict.
+def unet_from_state_dict(state: dict, sample_size: int | None = None, **settings):
+    """(``UNet2DModel``, scheduler config) of a DDIM-repo ``Model`` or an openai guided-diffusion / iDDPM
+    ``UNetModel`` state dict; the scheduler config is None for a σ-parameterised model.  ``settings``: those of
+    ``settings.checkpoint_settings`` (parameterization, beta_schedule, the head split, class_label, condition, …)."""
+    return convert(state, sample_size, checkpoint_settings(settings))
+
+
+def convert(state: dict, sample_size: int | None, settings: CheckpointSettings):
+    """``unet_from_state_dict`` with checked settings.
 
     ``beta_schedule``: "linear" (DDPM, 1e-4 … 0.02) or "cosine" (improved DDPM), 1000 steps.  None: the DDIM-repo
     models' linear; guided-diffusion checkpoints do not record theirs: the recognised published model's, else linear,
-    with a warning.  ``guided_settings`` (guided-diffusion only; see ``guided_diffusion.guided_unet``):
-    num_heads, num_head_channels, new_attention_order, class_label.
+    with a warning.  A σ-parameterised model has no β schedule.
     """
     from diffusers import UNet2DModel
 
-    unknown = sorted(set(guided_settings) - set(GUIDED_SETTINGS))
-    if unknown:
-        raise ValueError(f"Unknown checkpoint setting(s) {unknown}; the settings are beta_schedule and, for "
-                         f"guided-diffusion checkpoints, {', '.join(GUIDED_SETTINGS)}.")
-    if beta_schedule not in (None, *BETA_SCHEDULES):
-        raise ValueError(f"beta_schedule must be one of {tuple(BETA_SCHEDULES)}, got {beta_schedule!r}.")
     layout = layout_of(state)
     if layout == "diffusers":
         raise ValueError("This is a diffusers UNet2DModel state dict: put it in a diffusers folder with its "
                          "config.json (models/diffusers/<name>/) and pick the folder.")
     if layout == "guided_diffusion":
-        return _guided_unet(state, sample_size, beta_schedule, guided_settings)
-    given = sorted(name for name, value in guided_settings.items() if value is not None)
-    if given:
-        raise ValueError(f"{', '.join(given)} apply to guided-diffusion checkpoints only; this is a DDIM-repo Model "
-                         "(single-head attention, unconditional): leave them unset.")
+        return _guided_unet(state, sample_size, settings)
+    if settings.guided:
+        raise ValueError(f"{', '.join(settings.guided)} apply to guided-diffusion checkpoints only; this is a DDIM-repo "
+                         "Model (single-head attention, unconditional): leave them unset.")
     config = ddim_config(state, sample_size)
     unet = UNet2DModel(**config)
-    weights = ddim_to_diffusers(state)
-    missing, unexpected = key_mismatch(unet.state_dict(), weights)
-    if missing or unexpected:
-        raise ValueError(f"The checkpoint does not match the inferred config {config}: missing {missing[:4]}, "
-                         f"unexpected {unexpected[:4]}; the file is not a complete DDIM-repo Model.")
+    origins = {}
+    weights = ddim_to_diffusers(state, origins)
+    problems = fit_problems(unet.state_dict(), weights, origins)
+    if problems:
+        raise ValueError(f"The checkpoint does not fit the DDIM-repo Model read off its weights (ch="
+                         f"{config['block_out_channels'][0]}, widths {config['block_out_channels']}, "
+                         f"num_res_blocks={config['layers_per_block']}): {problems}.")
     unet.load_state_dict({k: v.float() for k, v in weights.items()})
-    return unet.eval(), dict(BETA_SCHEDULES[beta_schedule or "linear"])
+    return unet.eval(), _scheduler(settings, settings.beta_schedule or "linear")
 
 
-def _guided_unet(state: dict, sample_size: int | None, beta_schedule: str | None, settings: dict):
-    """The guided-diffusion branch of ``unet_from_state_dict``: the U-Net, and the schedule chosen loudly."""
-    unet, layout = guided_unet(state, sample_size, **settings)
-    if beta_schedule is None:
+def _scheduler(settings: CheckpointSettings, beta_schedule: str, **extra) -> dict | None:
+    if settings.sigma_parameterised:
+        return None
+    return {**BETA_SCHEDULES[beta_schedule], "prediction_type": PREDICTION_TYPE[settings.parameterization], **extra}
+
+
+def _guided_unet(state: dict, sample_size: int | None, settings: CheckpointSettings):
+    """The guided-diffusion branch of ``convert``: the U-Net, and the schedule chosen loudly."""
+    unet, layout = guided_unet(state, sample_size, **settings.guided)
+    beta_schedule = settings.beta_schedule
+    if beta_schedule is None and not settings.sigma_parameterised:
         known = known_model(layout)
         beta_schedule = known.beta_schedule if known else "linear"
         if known:
@@ -81,20 +108,61 @@ def _guided_unet(state: dict, sample_size: int | None, beta_schedule: str | None
             log.warning("guided-diffusion checkpoints do not record their noise schedule: assuming linear β "
                         "(1e-4 … 0.02, 1000 steps, as the published 256×256 models). For a model trained with the "
                         "cosine schedule (improved DDPM) pass beta_schedule='cosine', or put {\"beta_schedule\": "
-                        "\"cosine\"} in a JSON file named like the checkpoint beside it (the loader node reads it).")
+                        "\"cosine\"} in a JSON file named like the checkpoint beside it (the loader node reads it); "
+                        "for a σ-parameterised model (EDM, consistency models) set parameterization.")
     variance = "learned_range" if layout.learned_sigma else "fixed_small"
-    return unet, {**BETA_SCHEDULES[beta_schedule], "variance_type": variance}
+    return unet, _scheduler(settings, beta_schedule, variance_type=variance)
+
+
+def read_checkpoint(path: str, sample_size: int | None = None, **settings) -> LoadedCheckpoint:
+    """The converted parts of a checkpoint file in a supported layout.
+
+    Settings the file cannot carry (``settings.checkpoint_settings``) come from the keyword arguments, else from a
+    JSON file beside the checkpoint with the same name (``afhqdog_p2.pt`` → ``afhqdog_p2.json``, e.g.
+    ``{"beta_schedule": "cosine"}`` or ``{"parameterization": "edm"}``)."""
+    name = os.path.basename(path)
+    try:
+        checked = checkpoint_settings(settings, settings_beside(path), os.path.basename(sidecar_of(path)))
+        unet, scheduler = convert(read_state_dict(path), sample_size, checked)
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
+    return LoadedCheckpoint(unet, scheduler, checked, name)
+
+
+def hspace_model(loaded: LoadedCheckpoint):
+    """The ``HSpaceModel`` of a converted checkpoint: ``DiffusersUNet`` on its β schedule, or ``Denoiser`` over
+    D(x, σ) (``preconditioning``) with σ_t log-uniform from σ_min to σ_max over 1000 timesteps."""
+    unet, settings, sidecar = loaded.unet, loaded.settings, os.path.splitext(loaded.name)[0] + ".json"
+    if getattr(unet, "class_embedding", None) is not None:
+        if unet.config.class_embed_type == "identity":
+            dims = next(m for m in unet.class_embedding.modules() if isinstance(m, torch.nn.Linear)).in_features
+            fix = (f"has a continuous conditioning input ({dims} numbers into label_emb): fix it with condition=[…] "
+                   f"({dims} numbers; \"condition\" in {sidecar})")
+        else:
+            fix = (f"is class-conditional ({unet.config.num_class_embeds} classes): fix the class with class_label=k "
+                   f"(\"class_label\" in {sidecar})")
+        raise ValueError(f"{loaded.name} {fix}, or call read_checkpoint and wrap .unet yourself "
+                         "(DiffusersUNet(unet, scheduler, class_labels=…)) for labels per image.")
+    if not settings.sigma_parameterised:
+        return DiffusersUNet(unet, loaded.scheduler)
+    network = PreconditionedUNet(unet, settings)
+    log.info("%s: %s-preconditioned (σ_data %g, σ %g … %g, c_noise %s): an hs.Denoiser over 1000 log-uniform σ.",
+             loaded.name, settings.parameterization, settings.sigma_data, settings.sigma_min, settings.sigma_max,
+             C_NOISE[settings.noise_input])
+    arch = {"class": "PreconditionedUNet", "parameterization": settings.parameterization,
+            "sigma_data": settings.sigma_data, "sigma_min": settings.sigma_min, "sigma_max": settings.sigma_max,
+            "c_noise": settings.noise_input, **{k: v for k, v in dict(unet.config).items() if not k.startswith("_")}}
+    return Denoiser(network, sigma_table(settings), "unet.mid_block", output="x0",
+                    fingerprint=fingerprint_of(arch, unet.state_dict()))
 
 
 def load_checkpoint(path: str, sample_size: int | None = None, **settings):
-    """(``UNet2DModel``, scheduler config) of a checkpoint file in a supported layout.
+    """An ``HSpaceModel`` ready for ``invert`` / ``edit`` / ``inject`` from a checkpoint file in a supported
+    layout (``read_checkpoint``, then ``hspace_model``): settings from the keyword arguments, else the JSON file
+    beside it.
 
-    Settings the file cannot carry (``unet_from_state_dict``'s beta_schedule, num_heads, num_head_channels,
-    new_attention_order, class_label) come from the keyword arguments, else from a JSON file beside the checkpoint
-    with the same name (``afhqdog_p2.pt`` → ``afhqdog_p2.json``, e.g. ``{"beta_schedule": "cosine"}``)."""
-    name = os.path.basename(path)
-    try:
-        given = {key: value for key, value in settings.items() if value is not None}
-        return unet_from_state_dict(read_state_dict(path), sample_size, **{**settings_beside(path), **given})
-    except ValueError as error:
-        raise ValueError(f"{name}: {error}") from None
+    >>> model = load_checkpoint("models/diffusion_models/afhqdog_p2.pt")          # DiffusersUNet, linear β
+    >>> model = load_checkpoint("cm_model.pt", parameterization="consistency")    # Denoiser, D(x, σ)
+    """
+    loaded = read_checkpoint(path, sample_size, **settings)
+    return hspace_model(loaded)
