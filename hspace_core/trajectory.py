@@ -249,3 +249,14 @@ class Inversion:
     reconstruction: torch.Tensor | None = None
     convention: str = "seed"
 
+    def __repr__(self) -> str:
+        """Says where h was read, since ``capture`` (the reconstruction from x_T) reads it elsewhere by default."""
+        source = self.trajectory.source or "unknown"
+        where = {"inversion": "along the inversion (h_source='inversion'); capture(model, x_T) reads h along the "
+                              "reconstruction from x_T, which differs: compare with h_source='reconstruction'",
+                 "reconstruction": "along the reconstruction from x_T (h_source='reconstruction'), as capture "
+                                   "reads it"}.get(source, f"at {source!r}")
+        report = f", PSNR {self.report.psnr:.2f} dB" if self.report is not None else ""
+        return (f"Inversion(x_T {tuple(self.x_T.shape)}, {len(self.timesteps)} timesteps, convention="
+                f"{self.convention!r}{report}; h {where})")
+

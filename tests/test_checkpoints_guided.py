@@ -200,7 +200,7 @@ def test_checkpoint_files_and_their_settings_file(tmp_path, caplog):
 def test_guided_checkpoints_load_through_the_pixel_loader(comfy):
     """A learned-σ and a class-conditional guided-diffusion checkpoint in models/diffusion_models, with their settings
     in a JSON file beside them, invert and reconstruct through the server; a class-conditional one without a class
-    is a clear node error."""
+    and a σ-parameterised one are clear node errors."""
     from harness.server import PromptRejected, error_message
 
     folder = os.path.join(comfy.base, "models", "diffusion_models")
@@ -239,3 +239,10 @@ def test_guided_checkpoints_load_through_the_pixel_loader(comfy):
     entry = comfy.run(prompt)  # the settings file is part of the loader's fingerprint: it runs again
     assert entry["status"]["status_str"] == "success", error_message(entry) + "\n" + comfy.tail()
     assert comfy.images(entry, "10")
+    put("e2e_gd_edm", _reference(), {"num_heads": 1, "parameterization": "edm"})
+    prompt["1"]["inputs"]["repo_id"] = "e2e_gd_edm.pt"
+    entry = comfy.run(prompt)
+    assert entry["status"]["status_str"] == "error"
+    assert ("e2e_gd_edm.pt is σ-parameterised (D(x, σ) preconditioning): parameterization 'edm' in e2e_gd_edm.json. "
+            "H-Space Load Pixel U-Net builds ε- and v-prediction MODELs") in error_message(entry)
+    assert "hspace_core.checkpoints.load_checkpoint(path) returns an hs.Denoiser" in error_message(entry)
