@@ -23,7 +23,9 @@ import asyncio
 import glob
 import json
 import os
+import shutil
 import statistics
+import tempfile
 import time
 
 import torch
@@ -114,7 +116,8 @@ class PassCounter:
 
 
 def setup_comfy():
-    """ComfyUI in this process with this pack, the test kit's models and workflows/inputs as the input folder."""
+    """ComfyUI in this process with this pack, the test kit's models and a copy of workflows/inputs as the input
+    folder."""
     from harness.inprocess import load_pack
 
     comfy_model, _ = load_pack()
@@ -124,7 +127,9 @@ def setup_comfy():
     cache = os.path.expanduser(os.environ.get("HSPACE_E2E_MODELS", "~/.cache/hspace-nodes/e2e-models"))
     for kind in ("checkpoints", "diffusers", "open_clip"):
         folder_paths.add_model_folder_path(kind, os.path.join(cache, kind))
-    folder_paths.set_input_directory(os.path.join(REPO, "workflows", "inputs"))
+    inputs = tempfile.mkdtemp(prefix="hspace-inputs-")  # a copy: ComfyUI writes into its input folder (input/3d)
+    shutil.copytree(os.path.join(REPO, "workflows", "inputs"), inputs, dirs_exist_ok=True)
+    folder_paths.set_input_directory(inputs)
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
     import hspace_pack.nodes as pack_nodes
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -41,9 +42,7 @@ def prepare_base(base: str, models_cache: str | None = None) -> None:
     link = os.path.join(base, "custom_nodes", PACK_NAME)
     if not os.path.islink(link):
         os.symlink(REPO, link)
-    inputs = os.path.join(REPO, "workflows", "inputs")
-    for name in os.listdir(inputs):
-        shutil.copy(os.path.join(inputs, name), os.path.join(base, "input", name))
+    shutil.copytree(os.path.join(REPO, "workflows", "inputs"), os.path.join(base, "input"), dirs_exist_ok=True)
     if models_cache is not None:
         from .tiny_models import VERSION
 
@@ -66,10 +65,17 @@ def _link(src: str, dst: str) -> None:
         os.link(src, dst)
 
 
+def extra_args_from_env() -> list[str]:
+    """More ComfyUI command-line flags from HSPACE_COMFY_ARGS (e.g. "--disable-dynamic-vram"): a test lane's."""
+    return shlex.split(os.environ.get("HSPACE_COMFY_ARGS", ""))
+
+
 class ComfyServer:
-    def __init__(self, base: str, log_path: str):
+    def __init__(self, base: str, log_path: str, extra_args: list[str] | None = None):
+        """``extra_args``: more flags for ComfyUI's main.py, after the harness's own; HSPACE_COMFY_ARGS by default."""
         self.base, self.log_path, self.port, self.proc = base, log_path, free_port(), None
         self.client_id = uuid.uuid4().hex
+        self.extra_args = extra_args_from_env() if extra_args is None else list(extra_args)
 
     @property
     def url(self) -> str:
@@ -81,7 +87,7 @@ class ComfyServer:
         cmd = [sys.executable, "-u", "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", self.base, "--database-url", "sqlite:///:memory:", "--disable-api-nodes",
                "--disable-auto-launch", "--dont-print-server", "--disable-all-custom-nodes",
-               "--whitelist-custom-nodes", PACK_NAME, TEST_NODES]
+               "--whitelist-custom-nodes", PACK_NAME, TEST_NODES, *self.extra_args]
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, cwd=comfy_dir(), stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)

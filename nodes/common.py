@@ -30,9 +30,13 @@ BOOST_SEED_RULE = "When a Quality Boost is connected, its seed replaces this nod
 
 
 def advanced(widget):
-    """Mark an expert setting; 0.3.75's schema has no flag for it, so it travels in the input's extra_dict, and the
-    editor hides the widget until "Show Advanced" (web/advanced_widgets.js)."""
-    widget.extra_dict = {**widget.extra_dict, "advanced": True}
+    """Mark an expert setting: the editor hides it until the node menu's "Show Advanced".  Newer ComfyUI schemas have
+    the flag (``Input(..., advanced=True)``); older ones (0.3.75) carry it in the input's extra_dict, and
+    web/advanced_widgets.js lifts it onto the widget (docs/compatibility.md)."""
+    if hasattr(widget, "advanced"):
+        widget.advanced = True
+    else:
+        widget.extra_dict = {**widget.extra_dict, "advanced": True}
     return widget
 
 

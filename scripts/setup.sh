@@ -23,7 +23,7 @@ if ! "$PY" -c "import torch, torchvision" >/dev/null 2>&1; then
   "$PY" -m pip install --quiet torch torchvision
 fi
 
-stamp="$STATE/.requirements.$(cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" | sha1sum | cut -c1-12)"
+stamp="$VENV/.hspace-requirements.$(cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" | sha1sum | cut -c1-12)"  # per venv
 if [ ! -f "$stamp" ]; then
   echo "[setup] installing the pack's requirements"
   "$PY" -m pip install --quiet -r "$ROOT/requirements.txt" -r "$ROOT/requirements-dev.txt"
