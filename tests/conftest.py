@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 import torch
@@ -49,3 +50,39 @@ def comfy(tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOT_SOURCE = {".git", "node_modules", "__pycache__", ".pytest_cache"}
+
+
+def source_paths(root: str = ROOT) -> set[str]:
+    """Every file and folder of the checkout (relative paths), installed packages and bytecode aside."""
+    paths = set()
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in NOT_SOURCE]
+        rel = os.path.relpath(folder, root)
+        paths.update(os.path.normpath(os.path.join(rel, name)) for name in dirs + files)
+    return paths
+
+
+def tracked_paths(root: str = ROOT) -> set[str]:
+    """Files git tracks and their folders (a merge during a run adds those); empty outside a git checkout."""
+    run = subprocess.run(["git", "-C", root, "ls-files"], capture_output=True, text=True)
+    files = set(run.stdout.split("\n")) - {""} if run.returncode == 0 else set()
+    return files | {p for f in files for p in _parents(f)}
+
+
+def _parents(path: str):
+    while (path := os.path.dirname(path)):
+        yield path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_unchanged():
+    """Tests write under tmp_path, never into the source tree (a ComfyUI pointed at workflows/inputs makes input/3d
+    there): fails the run, naming them, when it leaves new files or folders in the checkout."""
+    before = source_paths()
+    yield
+    new = sorted(source_paths() - before - tracked_paths())
+    assert not new, f"the test run wrote into the source tree: {new[:20]}"

@@ -89,9 +89,13 @@ def test_an_edit_is_finished_by_a_native_sampler(comfy):
 
 
 def test_a_ksampler_latent_is_inverted(comfy):
+    """A pixel-space LATENT of the model's 32×32 (a mid-grey image through the pixel VAE, ≈ 0: the same on every
+    ComfyUI; EmptyLatentImage's side depends on whether ComfyUI reads the latent format's downscale ratio), sampled
+    from noise by KSampler, then inverted and reconstructed by the pack."""
     prompt = _base()
     prompt.update({
-        "10": {"class_type": "EmptyLatentImage", "inputs": {"width": 256, "height": 256, "batch_size": 1}},
+        "9": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 1, "color": 0x808080}},
+        "10": {"class_type": "VAEEncode", "inputs": {"pixels": ["9", 0], "vae": ["2", 0]}},
         "11": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "seed": 3, "steps": STEPS, "cfg": 1.0,
                                                     "sampler_name": "ddim", "scheduler": "simple", "positive": ["3", 0],
                                                     "negative": ["3", 0], "latent_image": ["10", 0], "denoise": 1.0}},

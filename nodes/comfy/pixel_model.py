@@ -106,10 +106,25 @@ class DiffusersPixelUNet(torch.nn.Module):
         return out[:, : x.shape[1]] if out.shape[1] == 2 * x.shape[1] else out
 
 
+class PixelSpace(comfy.latent_formats.LatentFormat):
+    """The LATENT is the image in [-1, 1] (VAELoader "pixel_space"): 3 channels, identity in and out, one latent
+    pixel per image pixel (``spacial_downscale_ratio``, read by newer ComfyUI when it sizes an empty latent)."""
+
+    latent_channels = 3
+    spacial_downscale_ratio = 1
+    latent_rgb_factors = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]  # previews show the image itself
+
+    def process_in(self, latent):
+        return latent
+
+    def process_out(self, latent):
+        return latent
+
+
 class PixelUNetConfig(comfy.supported_models_base.BASE):
     unet_config = {"disable_unet_model_creation": True}
     unet_extra_config = {}
-    latent_format = comfy.latent_formats.ChromaRadiance  # 3 channels, identity in/out: pixel space
+    latent_format = PixelSpace
     memory_usage_factor = 1.0
 
 
