@@ -25,6 +25,7 @@ from hspace_demo.measure import injection_scores
 from hspace_demo.run import BUNDLED, load_model
 from hspace_demo.shapes import make_batch
 from hspace_demo.train_conditional import NULL_CLASS, label_of
+from .report import publish
 
 CONDITIONAL = os.path.join(os.path.dirname(BUNDLED), "hspace-shapes-ddpm-cond")
 STEPS = (10, 20, 50, 100)
@@ -158,10 +159,7 @@ def main(argv=None):
         inject = injection_table(model, args.pairs, print) if "injection" in sections else []
     guided = guidance_table(CONDITIONAL, args.guided_images, args.guided_steps, print) if "guidance" in sections else []
     text = to_markdown(recon, inject, guided, args.images, args.pairs, args.guided_images, args.guided_steps)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

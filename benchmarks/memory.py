@@ -26,6 +26,7 @@ import time
 import torch
 
 import hspace_core as hs
+from .report import publish
 
 H_CHANNELS = 1280
 ARCHS = {"SD1.5, 512²": (64, 8), "SDXL, 1024²": (128, 4)}  # latent side, latent side / h side
@@ -177,11 +178,7 @@ def main():
     sizes = h_sizes(args.steps, args.t_edit)
     errors = None if args.skip_precision else precision_errors()
     peaks = None if args.skip_peak else peak_memory(args.latent)
-    text = report(sizes, errors, peaks, args.latent)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    publish(report(sizes, errors, peaks, args.latent), args.out)
 
 
 if __name__ == "__main__":

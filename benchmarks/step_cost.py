@@ -17,6 +17,7 @@ import torch
 
 import hspace_core as hs
 from hspace_core.ddim import calibrated_x_t, ddim_step
+from .report import publish
 
 
 def sd15_unet():
@@ -177,11 +178,7 @@ def write_table(results: dict, args) -> None:
     lines.append("| plain step, seconds | " + " | ".join(f"{r['base_seconds']:.2f} s" for r in results.values()) + " |")
     lines.append("| h stored per step (float32) | " + " | ".join(
         f"{r['h_bytes_per_step'] / 1024:.0f} KiB {list(r['h_shape'])}" for r in results.values()) + " |")
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write("# Step cost\n\n" + text + "\n")
+    publish("\n".join(lines), args.out, "Step cost")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import time
 import torch
 
 from hspace_core import timestep_grid
+from .report import publish
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKIPPED = {"SaveImage", "PreviewImage", "HSpaceSaveDirection"}
@@ -314,11 +315,7 @@ def main():
         import hspace_pack.nodes.comfy.model as comfy_model
 
         pass_times = {int(s): pass_seconds(override, comfy_model, int(s)) for s in args.pass_time.split(",")}
-    text = report(results, args, pass_times)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    publish(report(results, args, pass_times), args.out)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
-import os
+import importlib
 import sys
 
 import torch
 
+from .packages import import_folder
 from .server import REPO as ROOT
 
 
@@ -21,12 +21,7 @@ def load_pack():
     args.cpu = True
     import utils.extra_config  # noqa: F401  (before `nodes`, as ComfyUI's main.py does)
 
-    if "hspace_pack" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("hspace_pack", os.path.join(ROOT, "__init__.py"),
-                                                      submodule_search_locations=[ROOT])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["hspace_pack"] = module
-        spec.loader.exec_module(module)
+    import_folder("hspace_pack", ROOT)
     import hspace_pack.nodes.comfy.model as comfy_model
     import hspace_pack.nodes.comfy.pixel_model as pixel_model
 

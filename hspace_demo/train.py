@@ -156,37 +156,63 @@ def train(out: str, steps: int, batch: int = 64, lr: float = 3e-4, seed: int = 0
         unet.load_state_dict(weights)
         ema.load_state_dict(weights)
         log.info("starting from the weights in %s", init_from)
-    alphas = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0).float()
     gen = torch.Generator().manual_seed(seed * 1000 + step)
     dropout = SkipDropout(unet, skip_drop, skip_drop_blocks, gen)
     swap = HSwap(unet)
-    unet.train()
-    t0, losses = time.time(), []
-    while step < steps:
+
+    def loss_at(step: int) -> torch.Tensor:
         x0 = torch.from_numpy(training_batch(step, batch, seed, centred_fraction, wide_palette_from))
-        t = torch.randint(0, 1000, (batch,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        a = alphas[t][:, None, None, None]
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        x_t, t, noise, a = diffuse(x0, gen)
         dropout.new_batch(batch)
         if restyle_prob > 0:  # drawn only when used, so runs without it keep their random stream
             mask = (torch.rand(batch, generator=gen) < restyle_prob) & (dropout.keep.flatten() > 0)
             twin = torch.from_numpy(training_batch(step, batch, seed, centred_fraction, wide_palette_from, restyled=True))
             h_twin = swap.capture(unet, a.sqrt() * twin + (1 - a).sqrt() * noise, t)
             swap.mask, swap.h_other = mask, h_twin
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 200)
-        loss = F.mse_loss(unet(x_t, t).sample, noise)
+        return F.mse_loss(unet(x_t, t).sample, noise)
+
+    try:
+        return fit(out, unet, ema, opt, step, steps, loss_at, ema_decay=ema_decay, save_every=save_every,
+                   log_every=50, warmup=200)
+    finally:
+        dropout.remove()
+        swap.remove()
+
+
+ALPHA_BAR = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0).float()  # the linear βs
+
+
+def diffuse(x0: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_t, t, ε, ᾱ_t) for clean images at uniform random t: x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε (DDPM, Ho et al. 2020,
+    Algorithm 1)."""
+    t = torch.randint(0, len(ALPHA_BAR), (x0.shape[0],), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    a = ALPHA_BAR[t][:, None, None, None]
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise, t, noise, a
+
+
+def fit(out: str, unet, ema, opt, step: int, steps: int, loss_at, *, ema_decay: float, save_every: int,
+        log_every: int, warmup: int = 0):
+    """The training loop of both demo models, from ``step`` to ``steps``: ``loss_at(step)`` → one ``update``, a
+    log line every ``log_every`` steps, a ``checkpoint`` every ``save_every`` steps and at the end.  ``warmup`` > 0
+    ramps every parameter group's learning rate linearly over that many steps.  Returns the EMA model."""
+    for group in opt.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    unet.train()
+    t0, losses = time.time(), []
+    while step < steps:
+        if warmup:
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] * min(1.0, (step + 1) / warmup)
+        loss = loss_at(step)
         update(unet, ema, opt, loss, step, ema_decay)
         step += 1
         losses.append(loss.item())
-        if step % 50 == 0:
+        if step % log_every == 0:
             log.info("step %d loss %.4f (%.2f s/step)", step, float(np.mean(losses)), (time.time() - t0) / len(losses))
             losses, t0 = [], time.time()
         if step % save_every == 0 or step == steps:
             checkpoint(out, unet, ema, opt, step)
-    dropout.remove()
-    swap.remove()
     return ema
 
 

@@ -17,7 +17,6 @@ import copy
 import json
 import logging
 import os
-import time
 
 import numpy as np
 import torch
@@ -25,9 +24,8 @@ import torch.nn.functional as F
 
 from .run import BUNDLED
 from .shapes import SHAPES, make_batch
-from .train import SkipDropout, checkpoint, export_bundled, resume, update
+from .train import SkipDropout, diffuse, export_bundled, fit, resume
 
-log = logging.getLogger("hspace.train_conditional")
 CLASSES = tuple(f"{shape}, {polarity}" for polarity in ("dark background", "light background") for shape in SHAPES)
 NULL_CLASS = len(CLASSES)
 
@@ -70,28 +68,19 @@ def train(out: str, steps: int, batch: int = 32, lr: float = 1e-4, seed: int = 0
     rest = [p for n, p in unet.named_parameters() if not n.startswith("class_embedding")]
     opt = torch.optim.AdamW([{"params": rest, "lr": lr}, {"params": embedding, "lr": 100 * lr}], weight_decay=0.0)
     step = resume(os.path.join(out, "train_state.pt"), unet, ema, opt)
-    alphas = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0).float()
     gen = torch.Generator().manual_seed(seed * 1000 + step + 17)
     dropout = SkipDropout(unet, 0.5, 3, gen)
-    unet.train()
-    t0, losses = time.time(), []
-    while step < steps:
+
+    def loss_at(step: int) -> torch.Tensor:
         x0, labels = batch_at(step, batch, seed, p_uncond)
-        t = torch.randint(0, 1000, (batch,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        a = alphas[t][:, None, None, None]
+        x_t, t, noise, _ = diffuse(x0, gen)
         dropout.new_batch(batch)
-        loss = F.mse_loss(unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, class_labels=labels).sample, noise)
-        update(unet, ema, opt, loss, step, ema_decay)
-        step += 1
-        losses.append(loss.item())
-        if step % 25 == 0:
-            log.info("step %d loss %.4f (%.2f s/step)", step, float(np.mean(losses)), (time.time() - t0) / len(losses))
-            losses, t0 = [], time.time()
-        if step % save_every == 0 or step == steps:
-            checkpoint(out, unet, ema, opt, step)
-    dropout.remove()
-    return ema
+        return F.mse_loss(unet(x_t, t, class_labels=labels).sample, noise)
+
+    try:
+        return fit(out, unet, ema, opt, step, steps, loss_at, ema_decay=ema_decay, save_every=save_every, log_every=25)
+    finally:
+        dropout.remove()
 
 
 def main(argv=None):

@@ -6,9 +6,8 @@ detection only accepts a full-size SDXL U-Net (the smallest SDXL-family match, S
 so the end-to-end tests swap the workflow's loader for this node: the same MODEL / CLIP / VAE outputs, built in memory
 by ``harness/tiny_sdxl.py`` with ComfyUI's own SDXL classes.
 """
-import importlib.util
 import os
-import sys
+import runpy
 
 HARNESS = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 
@@ -16,12 +15,7 @@ HARNESS = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 def _tiny_sdxl():
     """harness/tiny_sdxl.py, imported as part of the harness package (under a private name: ComfyUI loads this
     folder by path, and the repository is not on sys.path in the server)."""
-    if "hspace_harness" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("hspace_harness", os.path.join(HARNESS, "__init__.py"),
-                                                      submodule_search_locations=[HARNESS])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["hspace_harness"] = module
-        spec.loader.exec_module(module)
+    runpy.run_path(os.path.join(HARNESS, "packages.py"))["import_folder"]("hspace_harness", HARNESS)
     import hspace_harness.tiny_sdxl as tiny_sdxl
 
     return tiny_sdxl
