@@ -1,7 +1,7 @@
 """Noise schedules and timestep grids, passed around as plain data.
 
 Notation (DDPM / DDIM): ᾱ_t ("alpha bar") is the cumulative product of (1 − β_s) for s ≤ t,
-x_t = √ᾱ_t·x_0 + √(1 − ᾱ_t)·ε.  k-diffusion / ComfyUI sigmas are σ_t = √((1 − ᾱ_t)/ᾱ_t).
+x_t = √ᾱ_t·x_0 + √(1 − ᾱ_t)·ε.  k-diffusion / ComfyUI sigmas are σ_t = √((1 − ᾱ_t)/ᾱ_t) (``sigmas``).
 
 Everything is computed in float64; a timestep of −1 stands for "the clean image" (ᾱ = 1).
 """
@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from .sigmas import alphas_cumprod_of, sigma_of_alpha_bar, sigmas_of  # noqa: F401  (sigmas_of: the old home)
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 GRID_KINDS = ("asyrp", "leading", "trailing", "uniform")
@@ -52,7 +54,7 @@ class NoiseSchedule:
 
     def sigma(self, t: int) -> float:
         """σ_t = √((1 − ᾱ_t)/ᾱ_t), the k-diffusion / ComfyUI noise level of timestep t."""
-        return alpha_bar_to_sigma(self.alpha_bar(t))
+        return sigma_of_alpha_bar(self.alpha_bar(t))
 
     def timestep_of_sigma(self, sigma: float) -> int:
         """The timestep t whose σ_t is nearest σ in log σ (what ComfyUI's ModelSamplingDiscrete.timestep does);
@@ -83,16 +85,6 @@ def timestep_at_sigma(schedule: NoiseSchedule, sigma: float) -> int:
     return max(schedule.timestep_of_sigma(sigma), 0)
 
 
-def alpha_bar_to_sigma(alpha_bar: float) -> float:
-    return math.sqrt((1.0 - alpha_bar) / alpha_bar)
-
-
-def sigmas_of(alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """σ_t = √((1 − ᾱ_t)/ᾱ_t) for a whole table."""
-    ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
-    return ((1 - ac) / ac).sqrt()
-
-
 def betas_linear(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 2e-2) -> torch.Tensor:
     """DDPM (Ho et al. 2020, §4): β linear in t."""
     return torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
@@ -118,8 +110,7 @@ def schedule_from_betas(betas: torch.Tensor, prediction_type: str = "epsilon") -
 
 def schedule_from_sigmas(sigmas: torch.Tensor, prediction_type: str = "epsilon") -> NoiseSchedule:
     """ᾱ_t = 1/(1 + σ_t²): recovers ᾱ from a k-diffusion / ComfyUI sigma table."""
-    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
-    return NoiseSchedule(1 / (1 + sigmas**2), prediction_type)
+    return NoiseSchedule(alphas_cumprod_of(sigmas), prediction_type)
 
 
 def schedule_from_diffusers_config(config: dict) -> NoiseSchedule:

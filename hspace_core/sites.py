@@ -29,6 +29,27 @@ def up_level(site: str) -> int:
     return 0 if check_site(site) == "middle" else int(site[2:])
 
 
+def output_block_of_site(site: str, blocks_per_level) -> int:
+    """The index of the output block whose input is h at ``site``: 0 for the middle block, for "upk" the number of
+    output blocks in the first k decoder levels.  ``blocks_per_level`` lists the output blocks of each decoder
+    level, deepest first (ComfyUI: ``num_res_blocks + 1`` per level, reversed; diffusers: ``len(resnets)`` of each
+    up block).  A site deeper than the U-Net's levels is refused, naming the sites it has."""
+    level, per_level = up_level(site), list(blocks_per_level)
+    if level > len(per_level) - 1:
+        raise ValueError(f"This U-Net has {len(per_level)} decoder levels, so it has no h site {site!r}; use middle"
+                         f"{''.join(f', up{k}' for k in range(1, len(per_level)))}.")
+    return sum(per_level[:level])
+
+
+def site_at_output_block(block: int, blocks_per_level) -> str:
+    """The site whose h is the input of output block ``block`` (the inverse of ``output_block_of_site``)."""
+    per_level = list(blocks_per_level)
+    for level in range(len(per_level)):
+        if sum(per_level[:level]) == block and level < len(SITES):
+            return SITES[level]
+    raise ValueError(f"Output block {block} does not start a decoder level of this U-Net.")
+
+
 def check_same_site(made_at: str, used_at: str, what: str) -> None:
     """Refuse an h-space object made at one site being used at another, saying which site to set."""
     made_at, used_at = made_at or DEFAULT_SITE, used_at or DEFAULT_SITE

@@ -7,6 +7,7 @@ from .injection import Interpolate, QualityBoost, SlerpContentInject, StyleCalib
 from .inversion import Capture, DDIMInversion
 from .loaders import LoadPixelUNet
 from .native import PixelConditioning, XTToNative
+from .samplers import AsyrpSampler, ContentInjectionSampler, HShiftPatch, InvertedXT, InversionSampler
 from .schedule import AutoSchedule
 from .sweep_grid import LabelSweepGrid
 from .common import register_folders
@@ -18,4 +19,4 @@ NODES = (DDIMInversion, Capture, AsyrpEdit, SlerpContentInject, StyleCalibrate, 
          Interpolate, DirectionFromExamples, CombineDirections, SaveDirection, LoadDirection, SaveTrajectory,
          LoadTrajectory, PreviewH, LoadPixelUNet, TrainAsyrpDirection, LoadAsyrpDirection, XTToNative, PixelConditioning,
          PCADirections, JacobianDirections, ProbeDirection, OrthogonaliseDirection, DirectionExplorer,
-         LabelSweepGrid)
+         LabelSweepGrid, AsyrpSampler, ContentInjectionSampler, InversionSampler, InvertedXT, HShiftPatch)

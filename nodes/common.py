@@ -57,6 +57,19 @@ def conditioning_inputs():
     ]
 
 
+def mixing_inputs():
+    """A content injection's optional region, calibration and boost, and its expert knobs (mode, per_channel)."""
+    return [
+        io.Mask.Input("mask", optional=True,
+                      tooltip="Local mixing: 1 = inject here, 0 = keep the style image. Any size; soft edges allowed."),
+        Calibration.Input("calibration", optional=True, tooltip="Style Calibrate settings (ω)."),
+        Boost.Input("boost", optional=True, tooltip="Quality Boost settings. " + BOOST_SEED_RULE),
+        advanced(io.Combo.Input("mode", options=["slerp", "replace"], default="slerp",
+                                tooltip="'replace' is the naive baseline h̃ = h_content.")),
+        advanced(io.Boolean.Input("per_channel", default=False, tooltip="Normalise and slerp each channel separately.")),
+    ]
+
+
 def steps_input(default: int = 40):
     return io.Int.Input("steps", default=default, min=2, max=1000,
                         tooltip="DDIM steps on Asyrp's grid over [0, 999]. Use the same number for inversion and editing.")
@@ -142,6 +155,15 @@ def edit_schedule(steps: int, t_edit: int, boost) -> EditSchedule:
         raise ValueError(f"t_edit ({t_edit}) is below the Quality Boost's t_boost ({boost.t_boost}): raise t_edit on "
                          "this node or lower t_boost on the Quality Boost node.")
     return EditSchedule(steps, t_edit=t_edit, t_boost=boost.t_boost, eta_boost=boost.eta)
+
+
+def gamma_end_of(gamma: float, gamma_end: float) -> float:
+    """gamma_end as the ramp's end: exactly −1 means constant γ; other negatives are refused, not read as −1."""
+    if gamma_end == -1.0:
+        return gamma
+    if not 0.0 <= gamma_end <= 1.0:
+        raise ValueError(f"gamma_end is {gamma_end}: set it to −1 (γ stays constant) or to a value in [0, 1].")
+    return gamma_end
 
 
 def seed_of(seed: int, boost) -> int:

@@ -5,8 +5,11 @@ import torch
 
 from comfy_api.latest import io
 
-from ..hspace_core import Direction, check_fingerprint, combine as combine_linear, direction_from_examples, edit
+from ..hspace_core import (Direction, check_fingerprint, combine as combine_linear, combine_directions,
+                           direction_from_examples)
+from ..hspace_core.sites import check_same_site
 from .comfy.model import latent_out, progress_bar, run_in_comfy
+from .comfy.samplers import run_h_edit
 from .common import (BOOST_SEED_RULE, STRENGTH_RANGE, advanced, CATEGORY, Boost, DirectionType, Trajectory,
                      check_inputs, conditioning_inputs, edit_schedule, model_input, parse_strengths, sampling_inputs,
                      seed_input, seed_of, steps_input, sweep_text, t_edit_input)
@@ -61,11 +64,13 @@ class AsyrpEdit(io.ComfyNode):
         def body(m, x):
             if not allow_other_model:
                 check_fingerprint(direction.fingerprint, m.fingerprint, "direction", hint=OTHER_MODEL_HINT)
+            check_same_site(direction.site, m.site, "direction")
             outs = []
             for k, s in enumerate(strengths):
-                done = k * steps
-                outs.append(edit(m, x, direction, s, schedule, seed=seed, strict_fingerprint=False,  # checked above
-                                 progress=lambda d, n, done=done: progress(done + d, steps * len(strengths))))
+                s = s * direction.step_scale(steps)
+                shift = combine_directions([direction], [s]) if s != 0 else None
+                outs.append(run_h_edit(m, x, shift, schedule, seed=seed,
+                                       progress=lambda d, n, done=k * steps: progress(done + d, steps * len(strengths))))
             return torch.cat(outs)
 
         out = run_in_comfy(model, x_T["samples"], body, positive=positive, negative=negative, cfg=cfg,

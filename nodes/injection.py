@@ -9,20 +9,8 @@ from ..hspace_core import (EditSchedule, BoostSettings, StyleCalibration, gamma_
                            interpolate)
 from .comfy.model import is_pixel_unet, latent_out, progress_bar, run_in_comfy
 from .common import (BOOST_SEED_RULE, advanced, CATEGORY, Boost, Calibration, Trajectory, check_inputs,
-                     conditioning_inputs, edit_schedule, latent_x, model_input, parse_values, seed_input, seed_of,
+                     conditioning_inputs, edit_schedule, gamma_end_of, latent_x, mixing_inputs, model_input, parse_values, seed_input, seed_of,
                      steps_input, sweep_text, t_edit_input, sampling_inputs)
-
-CONSTANT_GAMMA = -1.0  # gamma_end's value for "γ stays constant"
-
-
-def gamma_end_of(gamma: float, gamma_end: float) -> float:
-    """gamma_end as the ramp's end: exactly −1 means constant γ; other negatives are refused, not read as −1."""
-    if gamma_end == CONSTANT_GAMMA:
-        return gamma
-    if not 0.0 <= gamma_end <= 1.0:
-        raise ValueError(f"gamma_end is {gamma_end}: set it to −1 (γ stays constant) or to a value in [0, 1].")
-    return gamma_end
-
 
 def check_content_batch(content, style_x_T: dict) -> None:
     """One content image for all style images, or one per style image (said in the widgets' words)."""
@@ -46,7 +34,7 @@ class SlerpContentInject(io.ComfyNode):
                 Trajectory.Input("content", tooltip="h trajectory of the content image (DDIM Inversion or Capture)."),
                 io.Float.Input("gamma", default=0.5, min=0.0, max=1.0, step=0.01,
                                tooltip="Content strength γ at t = T: 0 keeps the style image, 1 takes the content's h."),
-                advanced(io.Float.Input("gamma_end", default=CONSTANT_GAMMA, min=-1.0, max=1.0, step=0.01,
+                advanced(io.Float.Input("gamma_end", default=-1.0, min=-1.0, max=1.0, step=0.01,
                                tooltip="γ at t = t_edit, in [0, 1]; γ varies linearly in between. −1 keeps γ constant (other negative values are refused). A "
                                        "rising γ (e.g. 0 → 0.8) moves more of the content's layout and less of "
                                        "its colours than a constant one.")),
@@ -57,14 +45,7 @@ class SlerpContentInject(io.ComfyNode):
                 advanced(io.Int.Input("stride", default=1, min=1, max=50,
                              tooltip="Inject at every k-th step of [T, t_edit] only.")),
                 steps_input(), t_edit_input(),
-                io.Mask.Input("mask", optional=True,
-                              tooltip="Local mixing: 1 = inject here, 0 = keep the style image. Any size; soft edges allowed."),
-                Calibration.Input("calibration", optional=True, tooltip="Style Calibrate settings (ω)."),
-                Boost.Input("boost", optional=True, tooltip="Quality Boost settings. " + BOOST_SEED_RULE),
-                advanced(io.Combo.Input("mode", options=["slerp", "replace"], default="slerp",
-                               tooltip="'replace' is the naive baseline h̃ = h_content.")),
-                advanced(io.Boolean.Input("per_channel", default=False,
-                                 tooltip="Normalise and slerp each channel separately.")),
+                *mixing_inputs(),
                 seed_input("Seed for the stochastic (quality boost) steps. " + BOOST_SEED_RULE),
                 *conditioning_inputs(),
             ],

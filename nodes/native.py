@@ -6,12 +6,12 @@ SIGMAS of the pack's grid retraces the pack's own DDIM; x_T in VP space is x_VE/
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 from comfy_api.latest import io
 
 from ..hspace_core import timestep_grid
+from ..hspace_core.sigmas import ve_scale
 from .comfy.model import check_has_h_space, latent_out
 from .common import CATEGORY, latent_x, model_input, origin_of, steps_input
 
@@ -22,7 +22,7 @@ class _InvertedNoise:
     seed = 0
 
     def __init__(self, model, x_T: torch.Tensor, sigma_max: float):
-        self.model, self.x_T, self.scale = model, x_T, math.sqrt(1 + sigma_max**2)
+        self.model, self.x_T, self.scale = model, x_T, ve_scale(sigma_max)
 
     def generate_noise(self, input_latent: dict) -> torch.Tensor:
         samples = input_latent["samples"]

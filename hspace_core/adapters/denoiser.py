@@ -1,36 +1,22 @@
 """Adapter for any denoiser D(x, σ): EDM / k-diffusion / VE models that predict x0, or ε(x, σ) predictors.
 
 The processes work in the VP convention x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε; a σ-parameterised denoiser works in the VE
-convention x = x0 + σ·ε.  With ᾱ = 1/(1 + σ²) the two are the same point up to scale, x = x_t/√ᾱ, and
-
-    ε = (x − D(x, σ))/σ          (x0-prediction, Karras et al. 2022, eq. 3 rearranged)
-
-is the ε the VP processes need.  h is the output of a module the caller names; an edit replaces it through a
+convention x = x0 + σ·ε; ``hspace_core.sigmas`` converts (x = x_t/√ᾱ, ε = (x − D(x, σ))/σ).  h is the output of a module the caller names; an edit replaces it through a
 forward hook that returns h̃, and the edited pass runs the whole network again (no encoder reuse).
 """
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Callable
 
 import torch
 
 from ..schedules import NoiseSchedule, schedule_from_sigmas
+from ..sigmas import eps_of_denoised, vp_to_ve
 from ..sites import DEFAULT_SITE, check_site
 from .base import HEdit, Prediction, autograd_ready, edited_rows, fingerprint_of
 
 OUTPUTS = ("x0", "eps")
-
-
-def ve_input(x_t: torch.Tensor, alpha_bar: float) -> torch.Tensor:
-    """x = x_t/√ᾱ: the VP sample as the VE denoiser's input (x = x0 + σ·ε, σ = √((1−ᾱ)/ᾱ))."""
-    return x_t / math.sqrt(alpha_bar)
-
-
-def eps_of_denoised(x: torch.Tensor, denoised: torch.Tensor, sigma: float) -> torch.Tensor:
-    """ε = (x − D(x, σ))/σ for a VE input x and the denoiser's x0 estimate D."""
-    return (x - denoised) / sigma
 
 
 class Denoiser:
@@ -104,7 +90,7 @@ class Denoiser:
     def _eps(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
         alpha_bar = self.schedule.alpha_bar(t)
         sigma = self.schedule.sigma(t)
-        x = ve_input(x_t, alpha_bar)
+        x = vp_to_ve(x_t, alpha_bar)
         out = self.fn(x, torch.full((x.shape[0],), sigma, device=x.device, dtype=x.dtype)).to(x_t.dtype)
         return eps_of_denoised(x, out, sigma) if self.output == "x0" else out
 

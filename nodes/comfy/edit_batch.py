@@ -37,6 +37,13 @@ def _decoder_for(diffusion_model):
     return None
 
 
+def branch_names(transformer_options: dict) -> list[str]:
+    """The guidance branch of each chunk of a U-Net batch, in order: ComfyUI's ``cond_or_uncond`` lists 0 for the
+    positive CONDITIONING and 1 for the negative (any other index, e.g. a DualCFGGuider's middle cond, counts as
+    "uncond": only ``edit_branches`` "both" edits it).  The one rule for which rows an h edit touches."""
+    return ["cond" if c == 0 else "uncond" for c in (transformer_options.get("cond_or_uncond") or [0])]
+
+
 def with_patch(options: dict, patch, first: bool) -> dict:
     """A copy of transformer_options with ``patch`` added to output_block_patch (first or last)."""
     options = dict(options)
@@ -85,7 +92,7 @@ class EditedCopies:
         with decoder.capture(options, self.h_patch.block) as (state, options):
             out = executor(*args, options, **kwargs)
         rows = x.shape[0] // (2 * len(order))
-        names = ["cond" if c == 0 else "uncond" for c in order]
+        names = branch_names(transformer_options)
         chosen = [i for i, name in enumerate(names) if self.single or is_edited(name, self.edit_branches)]
         edited = {}
         if chosen:
@@ -121,6 +128,8 @@ class _SkipRecorder:
     def __call__(self, h, hsp, transformer_options):
         block = transformer_options.get("block", ())
         if self.active and block[:1] == ("output",) and block[1] >= self.start:
+            if hsp is None:  # newer ComfyUI may skip the skip concatenation: nothing to replay from
+                raise UnusualBatch("an output block without a skip connection")
             if block[1] == self.start:
                 self.h, self.index = h.clone(), transformer_options.get("transformer_index", 0)
             self.skips.append(hsp.clone())

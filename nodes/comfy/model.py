@@ -24,7 +24,8 @@ import comfy.utils
 
 from ...hspace_core import Prediction, schedule_from_sigmas
 from ...hspace_core.adapters.base import autograd_ready, edited_rows, fingerprint_of
-from ...hspace_core.sites import DEFAULT_SITE, check_site, up_level
+from ...hspace_core.sigmas import eps_of_denoised, sigma_of_alpha_bar, vp_to_ve
+from ...hspace_core.sites import DEFAULT_SITE, check_site, output_block_of_site
 from ...hspace_core.implicit import TimeEmbedding
 from . import edit_batch
 
@@ -64,33 +65,28 @@ def check_latent(model, latent: torch.Tensor) -> None:
 
 
 def site_block(diffusion_model, site: str) -> int:
-    """The output block whose ``output_block_patch`` sees h at ``site`` as its ``h``: 0 for the middle block; for
-    "upk", the number of output blocks in the first k decoder levels (``num_res_blocks + 1`` each in ComfyUI's
-    U-Net, ``len(resnets)`` of each up block in a pixel UNet2DModel), so the same site is the same feature."""
-    level = up_level(check_site(site))
+    """The output block whose ``output_block_patch`` sees h at ``site`` as its ``h`` (``sites.output_block_of_site``
+    over ComfyUI's ``num_res_blocks + 1`` output blocks per decoder level, or the pixel U-Net's own levels)."""
+    check_site(site)
     if getattr(diffusion_model, "hspace_pixel_unet", False):
         return diffusion_model.block_of_site(site)
-    per_level = list(reversed(getattr(diffusion_model, "num_res_blocks", None) or []))
-    if level > len(per_level) - 1:
-        raise ValueError(f"This U-Net has {len(per_level)} decoder levels, so it has no h site {site!r}; use middle"
-                         f"{''.join(f', up{k}' for k in range(1, len(per_level)))}.")
-    return sum(n + 1 for n in per_level[:level])
+    per_level = [n + 1 for n in reversed(getattr(diffusion_model, "num_res_blocks", None) or [])]
+    return output_block_of_site(site, per_level)
 
 
 class _HPatch:
     """output_block_patch: records h at ("output", ``block``) per branch and optionally edits it."""
 
-    def __init__(self, branches, edit=None, t=None, edit_branches="cond", block=0):
+    def __init__(self, branches, edit=None, t=None, edit_branches="cond", block=0, t_key=None):
         self.branches, self.edit, self.t, self.edit_branches = branches, edit, t, edit_branches
-        self.block = block
+        self.block, self.t_key = block, t_key  # t_key: the step's timestep (per-step negatives are looked up by it)
         self.rows = {"cond": [], "uncond": []}
         self.recording = True
 
     def __call__(self, h, hsp, transformer_options):
         if transformer_options.get("block") != ("output", self.block):
             return h, hsp
-        order = transformer_options.get("cond_or_uncond") or [0]
-        names = ["cond" if c == 0 else "uncond" for c in order]
+        names = edit_batch.branch_names(transformer_options)
         out = []
         for name, rows in zip(names, h.chunk(len(names))):
             if self.recording:
@@ -109,15 +105,15 @@ class _HPatch:
     def h(self) -> torch.Tensor:
         if self.branches == ("single",):
             return torch.cat(self.rows["cond"])
-        return torch.cat([torch.cat(self.rows["uncond"]), torch.cat(self.rows["cond"])])
+        return torch.cat([torch.cat(self.rows[name]) for name in ("uncond", "cond") if self.rows[name]])
 
 
 class ComfyHSpaceModel:
     """``HSpaceModel`` over the CFG-wrapped denoiser ComfyUI passes to a sampler function.
 
-    The core works in VP space (x_t = √ᾱ·x0 + √(1−ᾱ)·ε, ᾱ = 1/(1+σ²) from the model's sigma table);
-    ComfyUI's denoiser works in VE space (x = x0 + σ·ε), so x_VE = x_t/√ᾱ and ε = (x_VE − denoised)/σ.
-    That conversion also covers v-prediction models: ComfyUI returns the denoised x0 for any type.
+    The core works in VP space, ComfyUI's denoiser in VE space (``hspace_core.sigmas`` converts; ComfyUI
+    returns the denoised x0 for every prediction type, v included).  ``denoised`` is the σ-space view the
+    pack's SAMPLERs use, ``predict`` the VP view of the same call.
     """
 
     def __init__(self, denoiser, extra_args: dict, model_patcher, cfg: float, edit_branches: str, negative=None,
@@ -133,6 +129,14 @@ class ComfyHSpaceModel:
         self.negative_override = None  # a cross-attention tensor, or {t: tensor} (null-text inversion)
         self.scale_override = None
         self.one_call = True  # False: an edited step takes two denoiser calls (the reference path)
+
+    @classmethod
+    def for_guider(cls, denoiser, extra_args: dict, model_patcher, edit_branches: str, site: str = DEFAULT_SITE):
+        """Over whatever guider a SAMPLER was given: its branches are named by ComfyUI's ``cond_or_uncond``
+        (``edit_batch.branch_names``), whatever the guider batches."""
+        model = cls(denoiser, extra_args, model_patcher, 2.0, edit_branches, None, site)
+        model.branches = ("uncond", "cond")
+        return model
 
     # --- guidance (``hspace_core.GuidedModel``) ---
     @property
@@ -167,9 +171,9 @@ class ComfyHSpaceModel:
     def autograd_ready(self):
         return autograd_ready(self.model_patcher.get_model_object("diffusion_model"))
 
-    def _denoise(self, x_t, t, patch, wrapper=None):
-        a = self.schedule.alpha_bar(t)
-        sigma = math.sqrt((1 - a) / a)
+    def denoise(self, x, sigma, patch, wrapper=None):
+        """D(x, σ): the guided denoiser at the VE point ``x`` (``sigma`` a float or a 0-dim tensor on x's device),
+        with ``patch`` in output_block_patch and ``wrapper`` (the one-call batch) in a per-call model_options."""
         options = comfy.model_patcher.create_model_options_clone(self.extra_args["model_options"])
         transformer_options = edit_batch.with_patch(options.get("transformer_options", {}), patch, first=False)
         if wrapper is not None:
@@ -177,7 +181,7 @@ class ComfyHSpaceModel:
         options["transformer_options"] = transformer_options
         override = self.negative_override
         if isinstance(override, dict):
-            override = override.get(t)
+            override = override.get(patch.t_key)
         if override is not None:
             options["model_function_wrapper"] = _negative_wrapper(override, options.get("model_function_wrapper"))
         if self.scale_override is not None:
@@ -185,31 +189,36 @@ class ComfyHSpaceModel:
                 log.info("The MODEL's own sampler_cfg_function is not used while inverting at guidance %s.",
                          self.scale_override)
             options["sampler_cfg_function"] = _linear_cfg(self.scale_override)
-        x_ve = x_t / math.sqrt(a)
-        sigma_in = torch.full((x_t.shape[0],), sigma, device=x_t.device, dtype=x_t.dtype)
-        denoised = self.denoiser(x_ve, sigma_in, denoise_mask=None, model_options=options, seed=self.extra_args.get("seed"))
-        return ((x_ve - denoised) / sigma).to(x_t.dtype)
+        sigma_in = x.new_ones((x.shape[0],)) * sigma
+        return self.denoiser(x, sigma_in, denoise_mask=None, model_options=options, seed=self.extra_args.get("seed"))
 
-    def predict(self, x_t, t, edit=None):
-        t = max(int(t), 0)
-        record = _HPatch(self.branches, block=self.h_block)
+    def denoised(self, x, sigma, t: int, edit=None):
+        """(D(x | h), h, D(x | h̃) or None) at the VE point ``x``; ``t`` is the timestep the edit is evaluated at.
+        An edit takes one denoiser call on [x; x] where the U-Net allows it (``edit_batch``), else two."""
+        record = _HPatch(self.branches, block=self.h_block, t_key=t)
         if edit is None:
-            return Prediction(self._denoise(x_t, t, record), record.h())
+            return self.denoise(x, sigma, record), record.h(), None
         if self.one_call and edit_batch.supports_edited_copies(self.model_patcher.get_model_object("diffusion_model")):
             try:
-                return self._predict_one_call(x_t, t, edit)
+                copies = edit_batch.EditedCopies(record, edit, t, self.edit_branches, self.branches == ("single",))
+                plain, edited = self.denoise(torch.cat([x, x]), sigma, record, copies).chunk(2)
+                return plain, record.h(), edited
             except edit_batch.UnusualBatch as why:
                 log.info("H-Space: an edited step takes two denoiser calls here (%s).", why)
-        eps = self._denoise(x_t, t, record)
-        edited = _HPatch(self.branches, edit, t, self.edit_branches, self.h_block)
-        return Prediction(eps, record.h(), self._denoise(x_t, t, edited))
+                record = _HPatch(self.branches, block=self.h_block, t_key=t)
+        plain = self.denoise(x, sigma, record)
+        edited = _HPatch(self.branches, edit, t, self.edit_branches, self.h_block, t_key=t)
+        return plain, record.h(), self.denoise(x, sigma, edited)
 
-    def _predict_one_call(self, x_t, t, edit):
-        """ε and ε_edited from one denoiser call on [x; x] (see ``edit_batch``)."""
-        record = _HPatch(self.branches, block=self.h_block)
-        copies = edit_batch.EditedCopies(record, edit, t, self.edit_branches, self.branches == ("single",))
-        eps, eps_edited = self._denoise(torch.cat([x_t, x_t]), t, record, copies).chunk(2)
-        return Prediction(eps, record.h(), eps_edited)
+    def predict(self, x_t, t, edit=None):
+        """The VP view of ``denoised`` (``hspace_core.sigmas``): x = x_t/√ᾱ_t, ε = (x − D)/σ_t."""
+        t = max(int(t), 0)
+        a = self.schedule.alpha_bar(t)
+        sigma = sigma_of_alpha_bar(a)
+        x = vp_to_ve(x_t, a)
+        plain, h, edited = self.denoised(x, sigma, t, edit)
+        eps = lambda d: eps_of_denoised(x, d, sigma).to(x_t.dtype)
+        return Prediction(eps(plain), h, None if edited is None else eps(edited))
 
 
 def _negative_wrapper(embedding: torch.Tensor, inner):

@@ -22,7 +22,7 @@ import comfy.supported_models_base
 from ...hspace_core import schedule_from_diffusers_config
 from ...hspace_core.adapters.diffusers_unet import site_module
 from ...hspace_core.schedules import sigmas_of
-from ...hspace_core.sites import up_level
+from ...hspace_core.sites import output_block_of_site, site_at_output_block
 
 
 class DiffusersPixelUNet(torch.nn.Module):
@@ -53,17 +53,14 @@ class DiffusersPixelUNet(torch.nn.Module):
     def block_of_site(self, site: str) -> int:
         """The output block whose ``output_block_patch`` sees h at ``site`` (``hspace_core.sites``)."""
         site_module(self.unet, site)  # refuses a site this U-Net does not have
-        return self._level_block(up_level(site))
+        return output_block_of_site(site, self._blocks_per_level())
 
     def site_at_block(self, block: int) -> str:
         """The h site (``hspace_core.sites``) whose h the output_block_patch sees at ("output", ``block``)."""
-        for level in range(len(self.unet.up_blocks)):
-            if self._level_block(level) == block:
-                return "middle" if level == 0 else f"up{level}"
-        raise ValueError(f"Output block {block} does not start a decoder level of this pixel U-Net.")
+        return site_at_output_block(block, self._blocks_per_level())
 
-    def _level_block(self, level: int) -> int:
-        return sum(len(block.resnets) for block in self.unet.up_blocks[:level])
+    def _blocks_per_level(self) -> list[int]:
+        return [len(block.resnets) for block in self.unet.up_blocks]
 
     @property
     def dtype(self):
@@ -98,7 +95,7 @@ class DiffusersPixelUNet(torch.nn.Module):
                     handles.append(module.register_forward_hook(keep_skips))
                 levels = (self.unet.mid_block, *self.unet.up_blocks[:-1])
                 for level, module in enumerate(levels):
-                    handles.append(module.register_forward_hook(patcher(self._level_block(level))))
+                    handles.append(module.register_forward_hook(patcher(sum(self._blocks_per_level()[:level]))))
             out = self.unet(x, timesteps, return_dict=False)[0]
         finally:
             for handle in handles:

@@ -1,0 +1,160 @@
+"""The h-space processes as samplers over explicit sigmas (k-diffusion's shape: ``sample(denoise, x, sigmas)``).
+
+Derivation (why the pack's DDIM is a σ-space sampler).  With ᾱ = 1/(1 + σ²) and x = x_t/√ᾱ (``sigmas``), the
+deterministic DDIM step (Song et al. 2021, eq. 12)
+
+    x_{t−1} = √ᾱ_{t−1}·P_t + √(1 − ᾱ_{t−1})·ε,     P_t = (x_t − √(1 − ᾱ_t)·ε)/√ᾱ_t
+
+divided by √ᾱ_{t−1} reads x_next = P + σ_next·ε, and P_t = x − σ·ε = D(x, σ) is the denoiser's x0.  With
+ε = (x − D)/σ that is x_next = x + (σ_next − σ)·(x − D)/σ: one Euler step of the probability-flow ODE
+dx/dσ = (x − D(x, σ))/σ (Karras et al. 2022, eq. 4 / Alg. 1), exact on any σ grid, not only DDPM's.
+
+Asyrp's asymmetric reverse process (Kwon et al. 2023, eq. 4) takes P_t from the edited prediction ε(x_t | h̃_t) and
+the direction D_t from the original ε(x_t | h_t).  In σ space:
+
+    x_next = D(x | h̃) + σ_next·(x − D(x | h))/σ
+
+(``asymmetric_step``).  On the DDIM grid it is ``ddim.ddim_step(..., eps_direction=eps)`` after the VP ↔ VE
+conversion; on any other grid (karras, exponential, AYS) it is the same ODE step with the edited x0.  The stochastic
+DDIM step (η > 0, Asyrp's quality boost) is converted the same way (``ddim_sigma_step``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .ddim import calibrated_x_t, ddim_sigma
+from .sigmas import alpha_bar_of_sigma, ve_scale, ve_to_vp
+
+# denoise(x, i, edit) -> (D(x | h), D(x | h̃) or None) at sigmas[i]; ``edit`` says whether h is edited this step.
+Denoise = Callable[[torch.Tensor, int, bool], tuple]
+# callback(i, denoised, x): after step i, ComfyUI's sampler-callback shape (previews, progress, Cancel).
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+def asymmetric_step(x: torch.Tensor, denoised_edited: torch.Tensor, denoised: torch.Tensor, sigma, sigma_next):
+    """x_next = D(x | h̃) + σ_next·(x − D(x | h))/σ: Asyrp's asymmetric step (eq. 4) in σ space (module docstring).
+
+    Written as the Euler step x + (σ_next − σ)·(x − D)/σ plus the edit's change of x0, D(x | h̃) − D(x | h), so
+    that with no edit it is k-diffusion's ``sample_euler`` operation for operation (σ may be floats or 0-dim
+    tensors, as a sampler holds them)."""
+    return x + (x - denoised) / sigma * (sigma_next - sigma) + (denoised_edited - denoised)
+
+
+def ddim_sigma_step(x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_next: float, eta: float = 0.0,
+                    noise: torch.Tensor | None = None, denoised_direction: torch.Tensor | None = None) -> torch.Tensor:
+    """DDIM eq. 12 with η (eq. 16) in σ space: x_next = P + √(σ_next² − s²·(1 + σ_next²))·ε_dir + s·√(1 + σ_next²)·z,
+    s = ``ddim.ddim_sigma``(ᾱ, ᾱ_next, η), P = ``denoised`` (the edited x0 in the asymmetric step) and
+    ε_dir = (x − ``denoised_direction``)/σ (default: ``denoised``).  η = 0 is ``asymmetric_step``."""
+    direction = denoised if denoised_direction is None else denoised_direction
+    s = ddim_sigma(alpha_bar_of_sigma(sigma), alpha_bar_of_sigma(sigma_next), eta)
+    if s == 0:
+        return asymmetric_step(x, denoised, direction, sigma, sigma_next)
+    if noise is None:
+        raise ValueError("η > 0 needs a noise tensor z; pass one drawn from a seeded generator.")
+    scale = ve_scale(sigma_next)
+    coeff = math.sqrt(max(0.0, sigma_next**2 - (s * scale) ** 2))
+    return denoised + (coeff / sigma) * (x - direction) + (s * scale) * noise
+
+
+def inverse_euler_step(x: torch.Tensor, x_eps: torch.Tensor, denoised: torch.Tensor, sigma_eps: float, sigma: float,
+                       sigma_next: float) -> torch.Tensor:
+    """DDIM inversion in σ space (DDIM §4.3): x_next = x + (σ_next − σ)·ε, ε = (x_ε − D(x_ε, σ_ε))/σ_ε, with D
+    evaluated at the point x_ε of noise level σ_ε: x itself (seed convention) or the next point (refinement).
+    ``inverse_euler_step(x, x, D, σ, σ, σ_next)`` is ``ddim.ddim_inverse_step`` in VE."""
+    return x + (sigma_next - sigma) * ((x_eps - denoised) / sigma_eps)
+
+
+@dataclass(frozen=True)
+class SigmaWindow:
+    """Where an edit (or the quality boost) acts, in noise level: σ_end ≤ σ ≤ σ_start.  ``made_with`` says how the
+    user gave it ("t_edit=400": the paper's timestep, t ≥ t_edit; "percent 0.00–0.60": ComfyUI's start/end percent,
+    ``model_sampling.percent_to_sigma``) and travels with what the edit made."""
+
+    sigma_start: float
+    sigma_end: float
+    made_with: str = ""
+
+    def __post_init__(self):
+        if not (self.sigma_start >= self.sigma_end >= 0):
+            raise ValueError(f"An edit window needs σ_start ≥ σ_end ≥ 0, got {self.sigma_start} and {self.sigma_end}: "
+                             "start_percent must be below end_percent.")
+
+    def contains(self, sigma: float) -> bool:
+        return self.sigma_end <= sigma <= self.sigma_start
+
+
+def sample_h_edit(denoise: Denoise, x: torch.Tensor, sigmas: Sequence[float], edits: Sequence[bool], *,
+                  etas: Sequence[float] | None = None, omega: float | None = None, seed: int = 0,
+                  callback: StepCallback | None = None) -> torch.Tensor:
+    """Asyrp's reverse process (Kwon et al. 2023, §3.3–4) over the σ grid ``sigmas`` (decreasing, last 0):
+
+    - steps with ``edits[i]``: two predictions, joined by the asymmetric step, or (``omega`` set) by style
+      calibration then a plain step from the calibrated point (InjectFusion §3.3, ``ddim.calibrated_x_t``);
+    - other steps: the plain DDIM step with η = ``etas[i]`` (quality boost) and noise from ``seed``, drawn in step
+      order on the CPU as ``processes.run_reverse`` draws it.
+
+    ``sigmas`` is a 1-D tensor (or floats); the deterministic steps compute with its entries, as k-diffusion's
+    samplers do, and the choices (η > 0, which noise) are made on one host copy taken before the loop.
+    """
+    host = sigmas.tolist() if torch.is_tensor(sigmas) else [float(s) for s in sigmas]  # one copy, before the loop
+    n = len(host) - 1
+    etas = list(etas) if etas is not None else [0.0] * n
+    if len(edits) != n or len(etas) != n:
+        raise ValueError(f"{n} steps but {len(edits)} edit flags and {len(etas)} η values.")
+    generator = torch.Generator().manual_seed(int(seed))
+    for i in range(n):
+        plain, edited = denoise(x, i, bool(edits[i]))
+        noise = None
+        if ddim_sigma(alpha_bar_of_sigma(host[i]), alpha_bar_of_sigma(host[i + 1]), etas[i]) > 0:
+            noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
+        if noise is None and not (edited is not None and omega):
+            x = asymmetric_step(x, plain if edited is None else edited, plain, sigmas[i], sigmas[i + 1])
+        elif edited is None:
+            x = ddim_sigma_step(x, plain, host[i], host[i + 1], etas[i], noise)
+        elif omega:
+            x = _calibrated(x, plain, edited, host[i], omega)
+            x = ddim_sigma_step(x, denoise(x, i, False)[0], host[i], host[i + 1], etas[i], noise)
+        else:
+            x = ddim_sigma_step(x, edited, host[i], host[i + 1], etas[i], noise, denoised_direction=plain)
+        if callback is not None:
+            callback(i, plain if edited is None else edited, x)
+    return x
+
+
+def _calibrated(x, plain, edited, sigma, omega):
+    """``ddim.calibrated_x_t`` on the VP view of the VE point x (ε = (x − D)/σ), back in VE."""
+    a, x_t = alpha_bar_of_sigma(sigma), ve_to_vp(x, sigma)
+    eps, eps_edited = (x - plain) / sigma, (x - edited) / sigma
+    return calibrated_x_t(x_t, eps, eps_edited, a, omega) * ve_scale(sigma)
+
+
+def invert_sigmas(denoise: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, sigmas: Sequence[float], *,
+                  clean_start: bool, refine_iters: int = 0, callback: StepCallback | None = None) -> torch.Tensor:
+    """DDIM inversion on increasing ``sigmas`` (ComfyUI's flipped sigmas), seed convention (Diffusion Autoencoders'
+    encoder; Asyrp's and InjectFusion's official inversion): step k → k+1 takes ε at the current point,
+    ε = (x_k − D(x_k, σ_k))/σ_k, and x_{k+1} = x_k + (σ_{k+1} − σ_k)·ε (the reverse Euler step run backwards).
+
+    ``clean_start``: ``x`` is the clean input and sigmas[0] only marks it (0, or FlipSigmas' 1e-4); as in
+    ``processes.invert`` it stands at the first grid point sigmas[1] (VP x_t = x0 there, so x = x0·√(1 + σ_1²)).
+    ``refine_iters`` = k solves x_{k+1} = x_k + (σ_{k+1} − σ_k)·ε(x_{k+1}, σ_{k+1}) by k fixed-point iterations:
+    the exact inverse of the reverse step.  ``denoise(x, i)`` returns D(x, sigmas[i]).
+    """
+    if refine_iters < 0:
+        raise ValueError(f"refine_iters must be ≥ 0, got {refine_iters}.")
+    first = 1 if clean_start else 0
+    if clean_start:
+        x = x * ve_scale(float(sigmas[1]))
+    for k in range(first, len(sigmas) - 1):
+        sigma, sigma_next = float(sigmas[k]), float(sigmas[k + 1])
+        d = denoise(x, k)
+        x_next = inverse_euler_step(x, x, d, sigma, sigma, sigma_next)
+        for _ in range(refine_iters):
+            x_next = inverse_euler_step(x, x_next, denoise(x_next, k + 1), sigma_next, sigma, sigma_next)
+        x = x_next
+        if callback is not None:
+            callback(k, d, x)
+    return x

@@ -1,0 +1,73 @@
+"""A MODEL patch that moves h: h̃ = h + s·Δh inside a σ window, for plain KSampler graphs (shaped like core's FreeU).
+
+This is the symmetric simplification (Haas et al. 2024, "Discovering Interpretable Directions in h-space"): the
+edited h feeds both the predicted x0 and the direction of every step, unlike Asyrp's asymmetric process (the pack's
+Asyrp Sampler).  The patch goes on a clone; the MODEL it was given is never changed.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ...hspace_core.adapters.base import is_edited
+from .edit_batch import branch_names
+from .model import is_pixel_unet, site_block
+
+log = logging.getLogger("hspace")
+
+
+def shifted_h(h: torch.Tensor, direction, strength: float, t: int, names, edit_branches: str) -> torch.Tensor:
+    """h + strength·Δh_t on the rows of the branches ``edit_branches`` chooses (each chunk of ``h`` is a branch)."""
+    rows = h.chunk(len(names))
+    return torch.cat([r + strength * direction.at(r, t).to(r) if is_edited(n, edit_branches) else r
+                      for n, r in zip(names, rows)])
+
+
+class HShift:
+    """The patch closure: reads the step's σ from ``transformer_options["sigmas"]`` (one host read per U-Net pass,
+    as core's σ-gated patches do) and shifts h when σ_end ≤ σ ≤ σ_start."""
+
+    def __init__(self, direction, strength: float, window, edit_branches: str, timestep_of, block: int):
+        self.direction, self.strength, self.window = direction, float(strength), window
+        self.edit_branches, self.timestep_of, self.block = edit_branches, timestep_of, block
+
+    def _apply(self, h, transformer_options):
+        sigmas = transformer_options.get("sigmas")
+        if sigmas is None:
+            return h
+        sigma = float(sigmas.detach().flatten()[0])
+        if not self.window.contains(sigma):
+            return h
+        t = self.timestep_of(sigma)
+        return shifted_h(h, self.direction, self.strength, t, branch_names(transformer_options), self.edit_branches)
+
+    def output_block(self, h, hsp, transformer_options):
+        if transformer_options.get("block") != ("output", self.block):
+            return h, hsp
+        return self._apply(h, transformer_options), hsp  # hsp may be None on newer ComfyUI: passed on untouched
+
+    def middle_block_after(self, args: dict) -> dict:
+        return {**args, "h": self._apply(args["h"], args["transformer_options"])}
+
+
+def patched_with_h_shift(model, direction, strength: float, window, edit_branches: str):
+    """A clone of ``model`` whose h at the direction's site is shifted.  The middle site uses core's
+    ``set_model_middle_block_after_patch`` where this ComfyUI has it (and the U-Net is ComfyUI's own), else the
+    ``output_block_patch`` of the first output block, which sees the same h."""
+    dm = model.get_model_object("diffusion_model")
+    ms = model.get_model_object("model_sampling")
+    table = ms.sigmas.detach().float().cpu().log()
+
+    def timestep_of(sigma: float) -> int:
+        return int((table - torch.tensor(sigma).log()).abs().argmin())
+
+    patch = HShift(direction, strength, window, edit_branches, timestep_of, site_block(dm, direction.site))
+    clone = model.clone()
+    if direction.site == "middle" and hasattr(clone, "set_model_middle_block_after_patch") and not is_pixel_unet(model):
+        clone.set_model_middle_block_after_patch(patch.middle_block_after)
+    else:
+        if direction.site == "middle":
+            log.info("h-space: this ComfyUI has no middle-block hook; h is shifted by an output_block_patch.")
+        clone.set_model_output_block_patch(patch.output_block)
+    return clone

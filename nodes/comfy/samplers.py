@@ -1,0 +1,175 @@
+"""The h-space processes as ComfyUI SAMPLERs: ``comfy.samplers.KSAMPLER`` over the sigmas and the guider they get.
+
+Each sampler function has k-diffusion's signature ``(model, x, sigmas, extra_args, callback, disable)``: ``model``
+is whatever guider SamplerCustomAdvanced was given (CFGGuider, DualCFGGuider, PerpNegGuider, …) and ``sigmas``
+whatever scheduler made.  The h patch (and the one-call [x; x] batch of ``edit_batch``) goes into a per-call copy of
+``model_options``, so every guider pass sees it; the loops are ``hspace_core.sampling``'s.  ComfyUI's ``callback``
+gets every step (latent previews, progress, Cancel).
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+import comfy.samplers
+
+from ...hspace_core.sampling import SigmaWindow, invert_sigmas, sample_h_edit
+from ...hspace_core.sigmas import ve_scale
+from .model import ComfyHSpaceModel
+
+log = logging.getLogger("hspace")
+CLEAN = 1e-3  # a first sigma below this only marks the clean input (FlipSigmas puts 1e-4 where 0 was)
+
+
+def window_of(model_patcher, mode: str, t_edit: int, start_percent: float, end_percent: float) -> SigmaWindow:
+    """The edit window in σ: the paper's t ≥ t_edit (σ ≥ σ_{t_edit} of the model's table), or core's start/end
+    percent of the schedule (``model_sampling.percent_to_sigma``, as IPAdapter and ControlNet gate)."""
+    ms = model_patcher.get_model_object("model_sampling")
+    if mode == "t_edit":
+        return SigmaWindow(float("inf"), float(ms.sigmas[int(t_edit)]), f"t_edit={int(t_edit)}")
+    if not 0 <= start_percent <= end_percent <= 1:
+        raise ValueError(f"start_percent ({start_percent}) must be ≤ end_percent ({end_percent}), both in [0, 1].")
+    return SigmaWindow(float(ms.percent_to_sigma(start_percent)), float(ms.percent_to_sigma(end_percent)),
+                       f"percent {start_percent:.2f}–{end_percent:.2f}")
+
+
+def timesteps_of(model_patcher, sigmas: list[float]) -> list[int]:
+    """The model's timestep nearest (in log σ) to each σ > 0: where h edits and trajectories are looked up.  A σ
+    between table entries is logged once per sampler run."""
+    ms = model_patcher.get_model_object("model_sampling")
+    table = ms.sigmas.detach().float().cpu()
+    positive = torch.tensor([s for s in sigmas if s > 0], dtype=torch.float32)
+    ts = (positive.log()[:, None] - table.log()[None]).abs().argmin(dim=1)
+    off = (table[ts] - positive).abs() > 1e-4 * positive
+    if bool(off.any()):
+        log.info("h-space: %d of these sigmas lie between the model's timesteps; h edits use the nearest timestep.",
+                 int(off.sum()))
+    return [int(t) for t in ts]
+
+
+def _host(sigmas: torch.Tensor) -> list[float]:
+    return sigmas.detach().float().cpu().tolist()  # one copy before the loop, none inside it
+
+
+def _comfy_callback(callback, sigmas):
+    if callback is None:
+        return None
+    return lambda i, denoised, x: callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i],
+                                            "denoised": denoised})
+
+
+def guider_patcher(model, node: str):
+    """The ModelPatcher of the guider SamplerCustomAdvanced runs (``KSamplerX0Inpaint.inner_model``)."""
+    patcher = getattr(getattr(model, "inner_model", None), "model_patcher", None)
+    if patcher is None:
+        raise ValueError(f"{node}: this SAMPLER runs inside SamplerCustomAdvanced (or SamplerCustom) with a guider; "
+                         "connect it there.")
+    return patcher
+
+
+def _refuse_noise_mask(extra_args: dict, node: str) -> None:
+    if extra_args.get("denoise_mask") is not None:
+        raise ValueError(f"{node} does not take a latent noise mask: remove SetLatentNoiseMask from its latent "
+                         "(an injection's region is its 'mask' input).")
+
+
+def h_edit_sampler(node: str, edit_for, window_for, *, edit_branches: str, site: str, boost=None, seed: int = 0,
+                   omega: float | None = None, edit_every: int = 1, check=None):
+    """A KSAMPLER running Asyrp's asymmetric process (``sampling.sample_h_edit``) under the guider it is given.
+
+    ``edit_for(num_steps, hs_model)`` makes the h edit (an ``HEdit``, or None for none) once the sigmas and the model are known;
+    ``window_for(model_patcher)`` the ``SigmaWindow`` it acts in.  ``boost`` (a QualityBoost) makes the steps below
+    its t_boost stochastic (η, noise from ``seed``); ``omega`` calibrates and ``edit_every`` strides (content
+    injection).  ``check(timesteps, hs_model)`` may refuse the sigmas given."""
+
+    def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        extra_args = extra_args or {}
+        _refuse_noise_mask(extra_args, node)
+        patcher = guider_patcher(model, node)
+        host = _host(sigmas)
+        ts = timesteps_of(patcher, host)
+        hs = ComfyHSpaceModel.for_guider(model, extra_args, patcher, edit_branches, site)
+        if check is not None:
+            check(ts, hs)
+        window = window_for(patcher)
+        edits, k = [], 0
+        for sigma in host[:-1]:
+            inside = window.contains(sigma)
+            edits.append(inside and k % edit_every == 0)
+            k += inside
+        etas = [boost.eta if boost is not None and t < boost.t_boost else 0.0 for t in ts]
+        etas += [0.0] * (len(host) - 1 - len(etas))
+        edit = edit_for(len(host) - 1, hs)
+        if edit is None:
+            edits = [False] * len(edits)
+
+        def denoise(x_i, i, edit_now):
+            plain, _, edited = hs.denoised(x_i, sigmas[i], ts[min(i, len(ts) - 1)], edit if edit_now else None)
+            return plain, edited
+
+        return sample_h_edit(denoise, x, sigmas, edits, etas=etas, omega=omega, seed=seed,
+                             callback=_comfy_callback(callback, sigmas))
+
+    return comfy.samplers.KSAMPLER(sample)
+
+
+def run_h_edit(hs, x_T: torch.Tensor, edit, schedule, *, seed: int = 0, progress=None) -> torch.Tensor:
+    """The pack nodes' reverse process (x_T → x0 on ``schedule``'s DDIM grid) through the SAMPLERs' loop
+    (``sampling.sample_h_edit``), inside ``run_in_comfy``: the one code path of Asyrp Edit and the Asyrp Sampler.
+    ``edit`` None is the reconstruction; ``progress(done, total)`` is told after every step."""
+    if schedule.clip_x0:
+        raise ValueError("run_h_edit does not clip x0; use hspace_core.run_reverse for clip_x0 schedules.")
+    grid = list(schedule.timesteps())
+    table = hs.model_patcher.get_model_object("model_sampling").sigmas.detach().float().cpu()
+    sigmas = torch.cat([table[grid], torch.zeros(1)]).to(x_T.device)
+    edits = [edit is not None and schedule.edits_at(t) for t in grid]
+
+    def denoise(x, i, edit_now):
+        plain, _, edited = hs.denoised(x, sigmas[i], grid[i], edit if edit_now else None)
+        return plain, edited
+
+    done = None if progress is None else (lambda i, denoised, x: progress(i + 1, len(grid)))
+    x = x_T * ve_scale(float(table[grid[0]]))
+    return sample_h_edit(denoise, x, sigmas, edits, etas=[schedule.eta_at(t) for t in grid], seed=seed,
+                         callback=done)
+
+
+class InversionRecord:
+    """What an inversion sampler saw on its last run (read by 'H-Space Inverted x_T'): the sigmas, their timesteps,
+    the VE x_T it returned and h at each evaluation ({timestep: h rows})."""
+
+    def __init__(self):
+        self.sigmas, self.timesteps, self.x_T, self.h_at, self.fingerprint, self.site = (), (), None, {}, "", "middle"
+
+
+def inversion_sampler(node: str, *, refine_iters: int, site: str, record: InversionRecord):
+    """A KSAMPLER doing DDIM inversion on increasing (flipped) sigmas, seed convention (``sampling.invert_sigmas``);
+    decreasing sigmas are refused, naming FlipSigmas."""
+
+    def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        extra_args = extra_args or {}
+        _refuse_noise_mask(extra_args, node)
+        model_patcher = guider_patcher(model, node)
+        host = _host(sigmas)
+        if len(host) < 2 or any(b <= a for a, b in zip(host, host[1:])):
+            raise ValueError(f"{node}: these sigmas do not increase. Put FlipSigmas between the "
+                             "scheduler and SamplerCustomAdvanced (inversion runs from the image to the noise).")
+        clean = host[0] < CLEAN
+        ts = timesteps_of(model_patcher, host if not clean else host[1:])
+        offset = 1 if clean else 0
+        hs = ComfyHSpaceModel.for_guider(model, extra_args, model_patcher, "both", site)
+        h_at = {}
+
+        def denoise(x_k, k):
+            plain, h, _ = hs.denoised(x_k, sigmas[k], ts[k - offset])
+            h_at[ts[k - offset]] = h
+            return plain
+
+        x_T = invert_sigmas(denoise, x, host, clean_start=clean, refine_iters=refine_iters,
+                            callback=_comfy_callback(callback, sigmas))
+        record.sigmas, record.timesteps, record.x_T = tuple(host), tuple(ts), x_T.detach().clone()
+        record.h_at, record.fingerprint, record.site = h_at, hs.fingerprint, site
+        return x_T
+
+    return comfy.samplers.KSAMPLER(sample)

@@ -1,0 +1,243 @@
+"""The h-space methods as ComfyUI SAMPLERs (SamplerCustomAdvanced, any guider, any scheduler) and as a MODEL patch."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from comfy_api.latest import io
+
+from ..hspace_core import HTrajectory, check_fingerprint, combine_directions, content_injection, gamma_ramp
+from ..hspace_core.sigmas import ve_scale
+from ..hspace_core.sites import check_same_site
+from .comfy.model import check_has_h_space, latent_out
+from .comfy.origin import XTOrigin
+from .comfy.patches import patched_with_h_shift
+from .comfy.samplers import InversionRecord, h_edit_sampler, inversion_sampler, window_of
+from .common import (BOOST_SEED_RULE, STRENGTH_RANGE, CATEGORY, Boost, DirectionType, Trajectory,
+                     advanced, check_inputs, gamma_end_of, latent_x, mixing_inputs, model_input, seed_input, seed_of, site_input, with_origin)
+
+SAMPLERS = f"{CATEGORY}/samplers"
+WINDOWS = ["t_edit", "percent"]
+Record = io.Custom("HSPACE_INVERSION_RECORD")
+OTHER_MODEL_HINT = ("use one made with this model, or turn on allow_other_model (advanced) if this model is a "
+                    "fine-tune or LoRA-patched version of it")
+
+
+def window_inputs(end_default: float = 0.6):
+    """The edit window: the paper's t ≥ t_edit, or core's start/end percent of the schedule."""
+    return [
+        io.Combo.Input("window", options=WINDOWS, default="t_edit",
+                       tooltip="How the edit window is given: 't_edit' (the paper's timestep, edits for t ≥ t_edit, "
+                               "on the model's 1000-step table) or 'percent' (start/end percent of the schedule, as "
+                               "ControlNet and IPAdapter gate: meaningful on any scheduler)."),
+        io.Int.Input("t_edit", default=400, min=0, max=999,
+                     tooltip="window = t_edit: h is changed for t ≥ t_edit (larger = stronger, coarser changes)."),
+        io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                       tooltip="window = percent: where the edit starts (0 = the first, noisiest step)."),
+        io.Float.Input("end_percent", default=end_default, min=0.0, max=1.0, step=0.01,
+                       tooltip="window = percent: where the edit ends (1 = the last step)."),
+    ]
+
+
+def edit_branches_input():
+    return advanced(io.Combo.Input("edit_branches", options=["cond", "uncond", "both"], default="cond",
+                                   tooltip="Which guidance branch's h is edited: the positive conditioning's ('cond'), "
+                                           "the negative's, or both (other guiders' extra conds count as uncond)."))
+
+
+def _window_for(window, t_edit, start_percent, end_percent):
+    return lambda patcher: window_of(patcher, window, t_edit, start_percent, end_percent)
+
+
+class AsyrpSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HSpaceAsyrpSampler", display_name="Asyrp Sampler", category=SAMPLERS,
+            description="Asyrp as a SAMPLER for SamplerCustomAdvanced: over the sigmas and the guider it is given, "
+                        "h̃ = h + strength·Δh inside the edit window with the asymmetric step (x0 from the edited "
+                        "prediction, the direction from the original; DDIM is Euler in σ space). From an inverted x_T: "
+                        "x_T to Native Sampler's NOISE + SIGMAS, or the Inversion Sampler's latent with DisableNoise.",
+            inputs=[
+                DirectionType.Input("direction", tooltip="An h-space direction (from examples, combined or loaded)."),
+                io.Float.Input("strength", default=1.0, min=STRENGTH_RANGE[0], max=STRENGTH_RANGE[1], step=0.05,
+                               tooltip="How far to move along the direction; 0 is the plain Euler / DDIM sampler."),
+                *window_inputs(),
+                Boost.Input("boost", optional=True, tooltip="Quality Boost: stochastic steps below t_boost. "
+                                                            + BOOST_SEED_RULE),
+                seed_input("Seed for the quality boost's noise. " + BOOST_SEED_RULE),
+                edit_branches_input(),
+                advanced(io.Boolean.Input("allow_other_model", default=False, optional=True,
+                                          tooltip="Apply a direction made with another model (a fine-tune or LoRA of "
+                                                  "it). Off: such a direction is refused.")),
+            ],
+            outputs=[io.Sampler.Output("sampler", tooltip="Connect to SamplerCustomAdvanced's sampler.")],
+        )
+
+    @classmethod
+    def execute(cls, direction, strength, window, t_edit, start_percent, end_percent, seed, edit_branches="cond",
+                boost=None, allow_other_model=False) -> io.NodeOutput:
+        check_inputs(cls, locals())
+
+        def edit_for(num_steps, hs):
+            check_same_site(direction.site, hs.site, "direction")
+            if not allow_other_model:
+                check_fingerprint(direction.fingerprint, hs.fingerprint, "direction", hint=OTHER_MODEL_HINT)
+            if strength == 0:
+                return None  # exactly the plain sampler, as Asyrp Edit at strength 0 is the reconstruction
+            return combine_directions([direction], [strength * direction.step_scale(num_steps)])
+
+        windowed = _window_for(window, t_edit, start_percent, end_percent)
+        return io.NodeOutput(h_edit_sampler("Asyrp Sampler", edit_for, windowed, edit_branches=edit_branches,
+                                            site=direction.site, boost=boost, seed=seed_of(seed, boost)))
+
+
+def content_check(content, node: str):
+    """Refuse sigmas whose timesteps the content trajectory has no h at, naming what to change."""
+
+    def check(timesteps, hs):
+        check_same_site(content.site, hs.site, "content h trajectory")
+        check_fingerprint(content.fingerprint, hs.fingerprint, "content h trajectory")
+        missing = sorted(set(timesteps) - set(content.timesteps), reverse=True)
+        if missing:
+            raise ValueError(
+                f"{node}: the content h trajectory was captured at {len(content.timesteps)} timesteps (t = "
+                f"{content.timesteps[0]} … {content.timesteps[-1]}), but these sigmas visit t = {missing[:4]}"
+                f"{' …' if len(missing) > 4 else ''}, where it has no h. Give this sampler the sigmas the content "
+                "was captured on (the same scheduler and steps), or capture the content on these sigmas.")
+
+    return check
+
+
+class ContentInjectionSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HSpaceContentInjectionSampler", display_name="Content Injection Sampler", category=SAMPLERS,
+            description="DiffStyle / InjectFusion as a SAMPLER: from the style image's x_T, h̃ = Slerp(h, "
+                        "h_c·‖h‖/‖h_c‖, γ) inside the edit window, with the asymmetric step, under any guider. The "
+                        "content trajectory must be captured on these sigmas.",
+            inputs=[
+                Trajectory.Input("content", tooltip="h trajectory of the content image."),
+                io.Float.Input("gamma", default=0.5, min=0.0, max=1.0, step=0.01,
+                               tooltip="Content strength γ at t = T: 0 keeps the style image, 1 takes the content's h."),
+                advanced(io.Float.Input("gamma_end", default=-1.0, min=-1.0, max=1.0, step=0.01,
+                                        tooltip="γ at the window's end (linear in t in between); −1 keeps γ constant.")),
+                advanced(io.Int.Input("stride", default=1, min=1, max=50,
+                                      tooltip="Inject at every k-th step of the window only.")),
+                *window_inputs(),
+                *mixing_inputs(),
+                seed_input("Seed for the quality boost's noise. " + BOOST_SEED_RULE),
+                edit_branches_input(),
+            ],
+            outputs=[io.Sampler.Output("sampler", tooltip="Connect to SamplerCustomAdvanced's sampler.")],
+        )
+
+    @classmethod
+    def execute(cls, content, gamma, gamma_end, stride, window, t_edit, start_percent, end_percent, mode, per_channel,
+                seed, edit_branches="cond", mask=None, calibration=None, boost=None) -> io.NodeOutput:
+        check_inputs(cls, locals())
+        end = gamma_end_of(gamma, gamma_end)
+        windowed = _window_for(window, t_edit, start_percent, end_percent)
+
+        def edit_for(num_steps, hs):
+            t_end = t_edit if window == "t_edit" else hs.schedule.timestep_of_sigma(max(windowed(hs.model_patcher).sigma_end, 1e-6))
+            gamma_t = gamma_ramp(gamma, end, t_end, hs.schedule.num_train_timesteps - 1)
+            return content_injection(content, gamma_t, mask=mask, per_channel=per_channel, mode=mode)
+
+        omega = calibration.omega if calibration is not None else None
+        return io.NodeOutput(h_edit_sampler("Content Injection Sampler", edit_for, windowed,
+                                            edit_branches=edit_branches, site=content.site, boost=boost,
+                                            seed=seed_of(seed, boost), omega=omega, edit_every=stride,
+                                            check=content_check(content, "Content Injection Sampler")))
+
+
+class InversionSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HSpaceInversionSampler", display_name="Inversion Sampler", category=SAMPLERS,
+            description="DDIM inversion as a SAMPLER: run it in SamplerCustomAdvanced on FLIPPED sigmas (FlipSigmas) "
+                        "with DisableNoise and the image's latent; the output latent is x_T at σ_max, ready for a "
+                        "second SamplerCustomAdvanced (DisableNoise, the unflipped sigmas). 'H-Space Inverted x_T' "
+                        "turns it into the pack's x_T and the content h trajectory, both carrying these sigmas.",
+            inputs=[
+                advanced(io.Int.Input("refine_iters", default=0, min=0, max=20,
+                                      tooltip="Fixed-point iterations per step: each makes the step the exact "
+                                              "inverse of the reverse step (one more U-Net pass each).")),
+                site_input(),
+            ],
+            outputs=[io.Sampler.Output("sampler", tooltip="Connect to SamplerCustomAdvanced's sampler."),
+                     Record.Output("inversion", tooltip="Connect to 'H-Space Inverted x_T' with the sampler's output.")],
+        )
+
+    @classmethod
+    def execute(cls, refine_iters, site="middle") -> io.NodeOutput:
+        check_inputs(cls, locals())
+        record = InversionRecord()
+        return io.NodeOutput(inversion_sampler("Inversion Sampler", refine_iters=refine_iters, site=site,
+                                               record=record), record)
+
+
+class InvertedXT(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HSpaceInvertedXT", display_name="H-Space Inverted x_T", category=SAMPLERS,
+            description="The Inversion Sampler's result as the pack's types: x_T (for Asyrp Edit, Slerp Content "
+                        "Inject, …; it carries the timesteps of the sigmas it was inverted on) and the h trajectory "
+                        "along the inversion (InjectFusion's content h).",
+            inputs=[model_input(),
+                    io.Latent.Input("latent", tooltip="SamplerCustomAdvanced's output with the Inversion Sampler."),
+                    Record.Input("inversion", tooltip="The Inversion Sampler's second output.")],
+            outputs=[io.Latent.Output("x_T", tooltip="x_T in the pack's convention (unit variance)."),
+                     Trajectory.Output("trajectory", tooltip="h at each timestep of the inversion.")],
+        )
+
+    @classmethod
+    def execute(cls, model, latent, inversion) -> io.NodeOutput:
+        check_has_h_space(model)
+        x = latent_x(model, latent)
+        if inversion.x_T is None or inversion.x_T.shape != x.shape or not torch.allclose(
+                inversion.x_T.to(x), x, rtol=1e-4, atol=1e-4):
+            raise ValueError("H-Space Inverted x_T: this latent is not the last output of the connected Inversion "
+                             "Sampler: connect SamplerCustomAdvanced's 'output' from the run with that sampler.")
+        ts = tuple(reversed(inversion.timesteps))
+        x_T = inversion.x_T.to(x) / ve_scale(inversion.sigmas[-1])
+        last = inversion.h_at[inversion.timesteps[-2]] if len(inversion.timesteps) > 1 else None
+        hs = [inversion.h_at.get(t, last) for t in ts]
+        branches = ("single",) if hs[0].shape[0] == x.shape[0] else ("uncond", "cond")
+        trajectory = HTrajectory(ts, torch.stack([h.float().cpu() for h in hs]), branches, inversion.fingerprint,
+                                 "inversion", inversion.site)
+        logging.info("h-space: x_T inverted on %d sigmas (σ_max %.3f).", len(inversion.sigmas), inversion.sigmas[-1])
+        origin = XTOrigin(ts, inversion.fingerprint)
+        return io.NodeOutput(with_origin(latent_out(model, x_T), origin), trajectory)
+
+
+class HShiftPatch(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HSpaceHShiftPatch", display_name="H-Space Shift (model patch)", category=SAMPLERS,
+            description="The simplest use, shaped like FreeU: a MODEL whose h is h + strength·Δh inside a σ window, "
+                        "for a plain KSampler. This is the symmetric simplification (Haas et al.): the edited h drives "
+                        "both parts of every step, not Asyrp's asymmetric process (use the Asyrp Sampler for that).",
+            inputs=[model_input(),
+                    DirectionType.Input("direction", tooltip="An h-space direction."),
+                    io.Float.Input("strength", default=1.0, min=STRENGTH_RANGE[0], max=STRENGTH_RANGE[1], step=0.05,
+                                   tooltip="How far to move along the direction at every step in the window."),
+                    io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                                   tooltip="Where the shift starts (0 = the first, noisiest step)."),
+                    io.Float.Input("end_percent", default=0.6, min=0.0, max=1.0, step=0.01,
+                                   tooltip="Where the shift ends (1 = the last step)."),
+                    edit_branches_input()],
+            outputs=[io.Model.Output("model", tooltip="The patched MODEL (a clone; the input is unchanged).")],
+        )
+
+    @classmethod
+    def execute(cls, model, direction, strength, start_percent, end_percent, edit_branches="cond") -> io.NodeOutput:
+        check_inputs(cls, locals())
+        check_has_h_space(model)
+        window = window_of(model, "percent", 0, start_percent, end_percent)
+        return io.NodeOutput(patched_with_h_shift(model, direction, strength, window, edit_branches))
