@@ -232,7 +232,7 @@ class HShiftPatch(io.ComfyNode):
                     io.Float.Input("end_percent", default=0.6, min=0.0, max=1.0, step=0.01,
                                    tooltip="Where the shift ends (1 = the last step)."),
                     edit_branches_input()],
-            outputs=[io.Model.Output("model", tooltip="The patched MODEL (a clone; the input is unchanged).")],
+            outputs=[io.Model.Output(display_name="model", tooltip="The patched MODEL (a clone; the input is unchanged).")],
         )
 
     @classmethod

@@ -38,3 +38,32 @@ def test_the_sampler_loop_gives_todays_asyrp_edit(pack, samplers, cfg, boost):
     assert relative(native, today) < 1e-5, relative(native, today)
     assert relative(plain, today) > 1e-3  # the edit shows, so the agreement above is about the edit
     assert steps == [(k, 8) for k in range(1, 9)]
+
+
+@pytest.mark.parametrize("edit_branches", ["both", "cond"])
+def test_the_h_shift_patch_is_the_edit_inside_its_window_only(pack, samplers, edit_branches):
+    comfy_model, _ = pack
+    import hspace_pack.nodes.comfy.patches as patches
+
+    positive, negative = conditioning()
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(6))
+    model = tiny_sd()
+    h = {}
+    with torch.inference_mode():
+        comfy_model.run_in_comfy(model, x, lambda m, _: h.setdefault("h", m.predict(x, 500).h), positive=positive)
+    direction = Direction("global", torch.randn(h["h"].shape[1:], generator=torch.Generator().manual_seed(7)))
+    window = samplers.window_of(model, "percent", 0, 0.0, 0.6)
+    patched = patches.patched_with_h_shift(model, direction, 1.5, window, edit_branches)
+    shift = combine_directions([direction], [1.5])
+
+    def run(m, body):
+        with torch.inference_mode():
+            return comfy_model.run_in_comfy(m, x, body, positive=positive, negative=negative, cfg=7.5,
+                                            edit_branches=edit_branches)
+
+    for t, inside in ((800, True), (100, False)):
+        got = run(patched, lambda m, _: m.predict(x, t).eps)
+        want = run(model, lambda m, _: m.predict(x, t, shift))
+        assert relative(got, want.eps_edited if inside else want.eps) < 1e-5, (t, inside)
+        assert relative(want.eps_edited, want.eps) > 1e-3
+    assert not model.model_options["transformer_options"].get("patches")  # the input MODEL is unchanged
