@@ -11,6 +11,7 @@ from ddim_reference import Model
 from guided_reference import UNetModel
 from hspace_core import DiffusersUNet, schedule_from_diffusers_config
 from hspace_core.checkpoints import layout_of, load_checkpoint, read_checkpoint, unet_from_state_dict
+from hspace_core.checkpoints import candidate_splits, rank_head_splits
 from hspace_core.checkpoints.guided_diffusion import GuidedLayout, attention_split, guided_layout, known_model, split_qkv
 
 TINY = dict(in_channels=3, model_channels=32, out_channels=3, num_res_blocks=1, attention_resolutions=(2,),
@@ -125,8 +126,9 @@ def test_the_published_models_are_recognised():
 
 def test_what_the_weights_do_not_say_must_be_given():
     state = _reference(**VARIANTS["num_head_channels"][0]).state_dict()
-    with pytest.raises(ValueError, match="give num_heads or num_head_channels.*P2-weighting 256×256.*"
-                                         "num_head_channels=64"):
+    with pytest.raises(ValueError, match="is none of the published ones.*P2-weighting 256×256.*num_head_channels=64.*"
+                                         "give num_heads or num_head_channels.*rank_head_splits\\(path\\) loads every "
+                                         "split that fits"):
         unet_from_state_dict(state)
     with pytest.raises(ValueError, match="give new_attention_order"):
         unet_from_state_dict(state, num_head_channels=16)
@@ -138,6 +140,38 @@ def test_what_the_weights_do_not_say_must_be_given():
         unet_from_state_dict(state, num_head=4)
     with pytest.raises(ValueError, match=r"beta_schedule \(keyword argument\) must be one of \"linear\", \"cosine\""):
         unet_from_state_dict(state, num_heads=1, beta_schedule="sigmoid")
+
+
+def test_the_candidate_head_splits_are_the_distinct_ones_that_fit():
+    layout = guided_layout(_reference(**VARIANTS["new_attention_order"][0]).state_dict())  # attention 64 wide
+    found = [(split.heads(64), split.new_order) for split in candidate_splits(layout)]
+    assert found == [(1, False), (2, False), (2, True), (4, False), (4, True), (8, False), (8, True)]
+    wide = _layout(128, (1, 1, 2, 2, 4, 4), 1, (16,))  # P2: attention at 512 wide (and the 512-wide middle)
+    assert {(s.heads(512), s.new_order) for s in candidate_splits(wide)} >= {(8, False), (8, True), (64, False)}
+    assert all(512 // s.heads(512) >= 8 for s in candidate_splits(wide))
+
+
+@torch.no_grad()
+def test_rank_head_splits_measures_the_denoising_loss_of_every_candidate(tmp_path):
+    reference = _reference(**VARIANTS["new_attention_order"][0])
+    path = tmp_path / "unknown.pt"
+    torch.save(reference.state_dict(), str(path))
+    (tmp_path / "unknown.json").write_text(json.dumps({"num_heads": 2, "beta_schedule": "linear"}))  # split ignored
+    ranked = rank_head_splits(str(path), 8, fractions=(0.5,))
+    losses = [loss for _, loss in ranked]
+    assert len(ranked) == 7 and losses == sorted(losses) and len(set(losses)) == 7  # every split is another network
+    best, loss = ranked[0]
+    model = load_checkpoint(str(path), 8, **best)  # the loss is the DDPM loss E‖ε̂ − ε‖² on the probes, as said
+    from hspace_core.checkpoints.head_split import probe_images
+    images, noise = probe_images(8, 8), torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    a = model.schedule.alpha_bar(500)
+    eps = model.predict(a**0.5 * images + (1 - a) ** 0.5 * noise, 500).eps
+    assert abs(float(((eps - noise) ** 2).mean()) - loss) < 1e-6
+    with pytest.raises(ValueError, match="is not a guided-diffusion UNetModel; only that layout has a head split"):
+        from ddim_reference import Model
+        torch.save(Model(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=()).state_dict(),
+                   str(tmp_path / "ddim.pt"))
+        rank_head_splits(str(tmp_path / "ddim.pt"))
 
 
 def test_mismatched_or_foreign_weights_are_refused():

@@ -14,6 +14,7 @@ Nothing in the method core imports this package: it is the way in for other peop
 """
 from .ddim_repo import ddim_config, ddim_to_diffusers
 from .files import CHECKPOINT_EXTENSIONS, key_mismatch, read_state_dict, state_dict_of
+from .head_split import candidate_splits, rank_head_splits
 from .loader import LoadedCheckpoint, hspace_model, layout_of, load_checkpoint, read_checkpoint, unet_from_state_dict
 from .preconditioning import PreconditionedUNet, consistency_scalings, edm_scalings, noise_input, sigma_table
 from .settings import BETA_SCHEDULES, PARAMETERIZATIONS, CheckpointSettings, checkpoint_settings, settings_beside
@@ -22,4 +23,4 @@ __all__ = ["CHECKPOINT_EXTENSIONS", "BETA_SCHEDULES", "read_state_dict", "state_
            "ddim_config", "ddim_to_diffusers", "unet_from_state_dict", "load_checkpoint", "settings_beside",
            "LoadedCheckpoint", "read_checkpoint", "hspace_model", "PARAMETERIZATIONS", "CheckpointSettings",
            "checkpoint_settings", "PreconditionedUNet", "edm_scalings", "consistency_scalings", "noise_input",
-           "sigma_table"]
+           "sigma_table", "candidate_splits", "rank_head_splits"]

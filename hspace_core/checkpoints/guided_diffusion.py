@@ -227,10 +227,11 @@ def attention_split(layout: GuidedLayout, num_heads: int | None = None, num_head
                 "The attention head split of this guided-diffusion checkpoint is not in its weights and its "
                 f"architecture (model_channels={layout.model_channels}, channel_mult={layout.channel_mult}, "
                 f"num_res_blocks={layout.num_res_blocks}, attention at downsample rates {layout.attention_rates}) "
-                "is not a published one: give num_heads or num_head_channels (and new_attention_order) as the model "
-                "was trained with. Published settings: "
-                + "; ".join(f"{model.name}: {model.settings}" for model in KNOWN_MODELS)
-                + "; improved-diffusion (iDDPM): num_heads=4.")
+                "is none of the published ones (" + "; ".join(f"{model.name}: {model.settings}" for model in KNOWN_MODELS)
+                + "; improved-diffusion (iDDPM): num_heads=4): give num_heads or num_head_channels (and "
+                "new_attention_order) as the model was trained with, from its training command or config. Without "
+                "them, hspace_core.checkpoints.rank_head_splits(path) loads every split that fits and ranks them by "
+                "denoising loss on noised probe images: try the first, and check a sample with it.")
         log.info("guided-diffusion checkpoint recognised as %s: %s.", known.name, known.settings)
         if new_attention_order is None or new_attention_order == known.split.new_order:
             return known.split
