@@ -4,7 +4,8 @@ Layers are named as ComfyUI numbers them: ``"b.k"`` is transformer block k of ou
 ``output_blocks[b]``'s SpatialTransformer).  A diffusers ``up_blocks[i].attentions[j].transformer_blocks[k]`` is
 output block ``Σ_{m<i} len(up_blocks[m].resnets) + j`` (``adapters.attention``), so one name is one layer in both
 families.  For SD 1.x the official StyleID code's decoder layers 7–11 (``up_blocks[i // 3].attentions[i % 3]``) are
-output blocks 7–11, transformer 0.
+output blocks 7–11, transformer 0.  ``"middle.k"`` is transformer k of the middle block (not a StyleID layer; for
+U-Nets whose decoder has no self-attention).
 """
 from __future__ import annotations
 
@@ -31,14 +32,17 @@ def layer_name(block: int, transformer: int = 0) -> str:
 
 def parse_layers(text: str, available: tuple[str, ...] | None = None, what: str = "layers") -> tuple[str, ...]:
     """Comma-separated layers: ``"7"`` (every transformer block of output block 7, needs ``available``) or
-    ``"7.0"`` (one); ``"all"`` is every available layer.  Each must be in ``available`` when it is given."""
+    ``"7.0"`` (one); ``"all"`` is every decoder layer available; ``"middle.k"`` is the middle block's k-th.  Each must be in ``available`` when it is given."""
     entries = [e.strip() for e in str(text).replace(";", ",").split(",") if e.strip()]
     if not entries:
         raise ValueError(f"{what} is empty; give output blocks like '7, 8, 9, 10, 11' or layers like '7.0, 8.0'.")
     layers: list[str] = []
     for entry in entries:
-        if entry == "all":
-            layers += list(_need(available, what))
+        if entry == "all":  # the decoder's: StyleID's layers are decoder layers
+            layers += [name for name in _need(available, what) if not name.startswith("middle")]
+            continue
+        if entry.startswith("middle.") and entry[7:].isdigit():
+            layers.append(entry)
             continue
         parts = entry.split(".")
         if len(parts) > 2 or not all(p.isdigit() for p in parts):

@@ -10,6 +10,7 @@ from .native import PixelConditioning, XTToNative
 from .samplers import AsyrpSampler, ContentInjectionSampler, HShiftPatch, InvertedXT, InversionSampler
 from .schedule import AutoSchedule
 from .sweep_grid import LabelSweepGrid
+from .styleid import StyleIDFeatures, StyleIDInject
 from .common import register_folders
 from .trajectory_io import PreviewH
 
@@ -19,4 +20,5 @@ NODES = (DDIMInversion, Capture, AsyrpEdit, SlerpContentInject, StyleCalibrate, 
          Interpolate, DirectionFromExamples, CombineDirections, SaveDirection, LoadDirection, SaveTrajectory,
          LoadTrajectory, PreviewH, LoadPixelUNet, TrainAsyrpDirection, LoadAsyrpDirection, XTToNative, PixelConditioning,
          PCADirections, JacobianDirections, ProbeDirection, OrthogonaliseDirection, DirectionExplorer,
-         LabelSweepGrid, AsyrpSampler, ContentInjectionSampler, InversionSampler, InvertedXT, HShiftPatch)
+         LabelSweepGrid, AsyrpSampler, ContentInjectionSampler, InversionSampler, InvertedXT, HShiftPatch,
+         StyleIDFeatures, StyleIDInject)

@@ -21,14 +21,24 @@ class LabelSweepGrid(io.ComfyNode):
                 io.String.Input("label", default="strength", tooltip="Written before each value, e.g. strength or gamma (PIL's default font: Latin letters)."),
                 io.Int.Input("scale", default=1, min=1, max=16,
                              tooltip="Tile upscaling (nearest): 4 for the bundled 32-pixel model, 1 for SD."),
+                io.String.Input("row_values", default="", optional=True,
+                                tooltip="A second sweep inside the first (StyleID Inject's h_sweep): one row per "
+                                        "value, labelled with row_label. Empty: one row per input image."),
+                io.String.Input("row_label", default="gamma_h", optional=True, tooltip="Written before each row value."),
             ],
             outputs=[io.Image.Output("grid", tooltip="The labelled grid (one image).")],
         )
 
     @classmethod
-    def execute(cls, images, values, label, scale) -> io.NodeOutput:
+    def execute(cls, images, values, label, scale, row_values="", row_label="gamma_h") -> io.NodeOutput:
         check_inputs(cls, locals())
         numbers = parse_values(values, "values", -1e6, 1e6)
         tiles = grids.sweep_tiles(images[..., :3].float().cpu(), len(numbers))
         rows = [f"image {i + 1}" for i in range(tiles.shape[0])] if tiles.shape[0] > 1 else [""]
+        if row_values.strip():
+            inner = parse_values(row_values, "row_values", -1e6, 1e6)
+            if tiles.shape[0] != len(inner):
+                raise ValueError(f"row_values holds {len(inner)} values but each column has {tiles.shape[0]} images: "
+                                 "connect the sweep node's h_sweep, for one image.")
+            rows = grids.value_labels(inner, row_label)
         return io.NodeOutput(grids.grid_image(tiles, rows, grids.value_labels(numbers, label), scale=scale))

@@ -13,7 +13,8 @@ WORKFLOWS = sorted(glob.glob(os.path.join(ROOT, "workflows", "*.json")))
 
 # What the tests change in the shipped workflows: SD images at 64 px (the tiny checkpoint stands in for SD1.5)
 # and fewer steps for SD; pixel workflows run as shipped on the bundled model.
-SD_TEST_OVERRIDES = {"width": 64, "height": 64, "steps": 8}
+# StyleID's layer presets name real SD1.5 / SDXL layers; the tiny checkpoints have two decoder attention layers.
+SD_TEST_OVERRIDES = {"width": 64, "height": 64, "steps": 8, "attention_layers": "custom", "custom_layers": "all"}
 # CLIP direction training runs on the tiny open_clip that harness/tiny_models.py writes into models/open_clip
 # (no download here); the shipped file asks for ViT-B-16 / openai.
 CLIP_TEST_OVERRIDES = {"clip_model": "hspace-tiny-clip", "clip_pretrained": "hspace-tiny-clip.safetensors"}

@@ -1,7 +1,7 @@
 """Decoder self-attention (attn1) access on diffusers U-Nets: layer names, and a patch that always comes off.
 
 An attention patch is called at every patched layer with the projected q, k, v (batch, tokens, heads·dim), the
-layer's name (``attention_store``'s "block.transformer"), the branch of each chunk of the batch (``chunks``) and
+layer's name (``attention_store``'s "block.transformer", or "middle.k"), the branch of each chunk of the batch (``chunks``) and
 ``attend(q, k, v)``, the layer's own attention (heads split as the layer does).  It returns the attention output
 before the output projection; ``attend(q, k, v)`` itself leaves the layer as it was.
 """
@@ -35,6 +35,20 @@ def decoder_self_attention(unet) -> dict:
                     layers[f"{block + j}.{k}"] = transformer.attn1
         block += len(up.resnets)
     return layers
+
+
+def self_attention_layers(unet) -> dict:
+    """The middle block's self-attention ("middle.k": transformer k of the middle block, or its plain attention k),
+    then the decoder's (``decoder_self_attention``).  StyleID injects in the decoder; the middle block is offered
+    for U-Nets whose decoder has no attention (the bundled pixel model)."""
+    layers = {}
+    for j, attention in enumerate(getattr(getattr(unet, "mid_block", None), "attentions", None) or []):
+        if attention is None:
+            continue
+        transformers = getattr(attention, "transformer_blocks", None)
+        for k, module in enumerate([attention] if transformers is None else [t.attn1 for t in transformers]):
+            layers[f"middle.{j + k}"] = module
+    return {**layers, **decoder_self_attention(unet)}
 
 
 class _Processor:
@@ -77,10 +91,10 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> to
 def self_attention_patched(unet, layers, patch: AttentionPatch, chunks: tuple = ("single",)):
     """During the block, the decoder self-attention ``layers`` run ``patch``; their processors are put back on exit,
     whatever happens.  A layer the U-Net lacks is refused before anything is attached."""
-    modules = decoder_self_attention(unet)
+    modules = self_attention_layers(unet)
     missing = [name for name in layers if name not in modules]
     if missing:
-        raise ValueError(f"This U-Net has no decoder self-attention layer {', '.join(missing)}; it has "
+        raise ValueError(f"This U-Net has no self-attention layer {', '.join(missing)}; it has "
                          f"{', '.join(modules) or 'none'}.")
     previous = []
     try:
@@ -102,7 +116,7 @@ class DiffusersAttention:
 
     @property
     def layers(self) -> tuple[str, ...]:
-        return tuple(decoder_self_attention(self.model.unet))
+        return tuple(self_attention_layers(self.model.unet))
 
     @contextlib.contextmanager
     def patched(self, layers, patch: AttentionPatch):

@@ -1,0 +1,182 @@
+"""StyleID Features (invert an image, record its decoder self-attention) and StyleID Inject (StyleID, alone or with
+h-space content injection)."""
+from __future__ import annotations
+
+import torch
+
+from comfy_api.latest import io
+
+from ..hspace_core import XTOrigin
+from ..hspace_core.attention_store import CONTENT_KINDS, LAYER_PRESETS, STYLE_KINDS, parse_layers
+from ..hspace_core.styleid import FEATURE_SOURCES, STARTS, StyleIDSettings, record_features, styleid
+from .comfy.attention import ComfyAttention, decoder_self_attention_layers
+from .comfy.model import latent_out, model_fingerprint, progress_bar, run_in_comfy
+from .common import (CATEGORY, DEFAULT_H_STORAGE, Calibration, Trajectory, advanced, check_inputs, decode,
+                     encoded_pixels, h_storage_inputs, h_storage_of, latent_of, latent_x, model_input, origin_of,
+                     parse_values, psnr, steps_input, sweep_text, t_edit_input, with_origin)
+from ..hspace_core.state import ReconstructionReport
+
+Features = io.Custom("HSPACE_ATTENTION_FEATURES")
+ROLES = {"style (K, V)": STYLE_KINDS, "content (Q)": CONTENT_KINDS}
+CUSTOM = "custom"
+
+
+def layer_inputs():
+    return [io.Combo.Input("attention_layers", options=[*LAYER_PRESETS, CUSTOM], default="StyleID SD1.x",
+                           tooltip="Decoder self-attention layers (ComfyUI output_blocks.transformer): 'StyleID SD1.x' "
+                                   "= output blocks 7–11 (the official code's decoder layers 7–11); 'SDXL' = output "
+                                   "blocks 3–5, both transformers (64² tokens at 1024²); 'custom' reads custom_layers."),
+            io.String.Input("custom_layers", default="7, 8, 9, 10, 11",
+                            tooltip="With 'custom': output blocks ('7': all its transformers) or block.transformer "
+                                    "pairs ('7.0'), comma-separated; 'all' is every decoder self-attention layer."),
+            advanced(io.Int.Input("t_start", default=999, min=0, max=999,
+                                  tooltip="K/V are injected for t_start ≥ t ≥ t_stop (999 … 0: the whole process, "
+                                          "as the official code).")),
+            advanced(io.Int.Input("t_stop", default=0, min=0, max=999,
+                                  tooltip="The window's low end; a later stop (e.g. 300) leaves the last steps free.")),
+            io.Int.Input("steps", default=20, min=2, max=1000,
+                         tooltip="DDIM steps; the same on both StyleID nodes (the official code uses 50, its diffusers "
+                                 "version 20).")]
+
+
+def layers_of(model, attention_layers: str, custom_layers: str) -> tuple[str, ...]:
+    available = decoder_self_attention_layers(model)
+    chosen = custom_layers if attention_layers == CUSTOM else ", ".join(LAYER_PRESETS[attention_layers])
+    return parse_layers(chosen, available, "attention_layers" if attention_layers != CUSTOM else "custom_layers")
+
+
+def text_input(tooltip: str):
+    return io.Conditioning.Input("positive", optional=True,
+                                 tooltip=tooltip + " The official code uses an empty prompt, without CFG.")
+
+
+class StyleIDFeatures(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HSpaceStyleIDFeatures", display_name="StyleID Features", category=f"{CATEGORY}/mix",
+            description="DDIM-inverts an image and records its decoder self-attention for StyleID: K and V of a "
+                        "style image, or Q of a content image (query preservation), at the chosen layers and "
+                        "steps only. Also returns x_T and h along the inversion (the content h of the combined mode).",
+            inputs=[
+                model_input(),
+                io.Image.Input("image", optional=True, tooltip="Image to invert (needs the VAE), or connect a latent."),
+                io.Vae.Input("vae", optional=True, tooltip="VAE that encodes the image."),
+                io.Latent.Input("latent", optional=True, tooltip="Latent to invert, instead of an image."),
+                io.Combo.Input("role", options=list(ROLES), default="style (K, V)",
+                               tooltip="style: keep K, V (what StyleID injects); content: keep Q (query preservation)."),
+                *layer_inputs(),
+                advanced(io.Combo.Input("features_source", options=list(FEATURE_SOURCES), default="inversion",
+                                        tooltip="Where Q/K/V are read: along the inversion (the official code) or "
+                                                "along the reconstruction from x_T.")),
+                *h_storage_inputs(),
+                text_input("Text conditioning for SD models (cfg 1)."),
+            ],
+            outputs=[io.Latent.Output("x_T", display_name="x_T", tooltip="The inverted latent (carries its grid)."),
+                     Features.Output("features", tooltip="The recorded self-attention features: connect to StyleID "
+                                                         "Inject's style_features or content_features."),
+                     Trajectory.Output("trajectory", tooltip="h along the inversion: content h for the combined mode."),
+                     io.Float.Output("psnr", tooltip="PSNR (dB) of the reconstruction from x_T.")],
+        )
+
+    @classmethod
+    def execute(cls, model, role, attention_layers, custom_layers, t_start, t_stop, steps,
+                features_source="inversion", h_storage=DEFAULT_H_STORAGE, keep_h_from_t=0, image=None, vae=None,
+                latent=None, positive=None) -> io.NodeOutput:
+        check_inputs(cls, locals())
+        latent = latent_of(image, vae, latent)
+        layers = layers_of(model, attention_layers, custom_layers)
+        storage = h_storage_of(h_storage, 0)
+        progress = progress_bar(2 * steps)
+        inv, features = run_in_comfy(
+            model, latent["samples"],
+            lambda m, x: record_features(m, x, steps, layers, ROLES[role], source=features_source,
+                                         window=(t_start, t_stop), storage=storage,
+                                         h_storage=h_storage_of(h_storage, keep_h_from_t), access=ComfyAttention(m),
+                                         progress=progress),
+            positive=positive)
+        reconstruction = latent_out(model, inv.reconstruction)
+        quality = ReconstructionReport.compare(latent_x(model, latent), inv.reconstruction).psnr
+        if image is not None:
+            quality = psnr(decode(vae, reconstruction), encoded_pixels(vae, image), 1.0)
+        x_T = with_origin(latent_out(model, inv.x_T), XTOrigin(inv.timesteps, model_fingerprint(model)))
+        return io.NodeOutput(x_T, features, inv.trajectory, quality)
+
+
+class StyleIDInject(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HSpaceStyleIDInject", display_name="StyleID Inject", category=f"{CATEGORY}/mix",
+            description="StyleID (Chung et al., CVPR 2024): regenerate the content with the style image's K/V in the "
+                        "decoder self-attention, the query blended with the content's (γ), the attention sharpened "
+                        "(τ), from AdaIN(x_T content, x_T style). Connect the content's h trajectory for the "
+                        "combined mode: h-space content injection (InjectFusion's Slerp, γ_h) in the same run.",
+            inputs=[
+                model_input(),
+                io.Latent.Input("content_x_T", tooltip="x_T of the content image (StyleID Features, role content)."),
+                io.Latent.Input("style_x_T", tooltip="x_T of the style image (StyleID Features, role style)."),
+                Features.Input("style_features", tooltip="K/V of the style image (StyleID Features, role style)."),
+                Features.Input("content_features", optional=True,
+                               tooltip="Q of the content image (role content); needed when gamma > 0."),
+                io.Float.Input("gamma", default=0.75, min=0.0, max=1.0, step=0.05,
+                               tooltip="Query preservation γ: 1 keeps the content's query (layout), 0 the "
+                                       "generation's; the paper uses 0.75, 0.3 for stronger style."),
+                io.Float.Input("tau", default=1.5, min=0.1, max=5.0, step=0.05,
+                               tooltip="Attention temperature τ (logits × τ): 1.5 in the paper; 1 is plain attention."),
+                *layer_inputs(),
+                io.Combo.Input("start", options=list(STARTS), default="adain",
+                               tooltip="x_T the generation starts from: 'adain' = the content's x_T with the style "
+                                       "x_T's channel mean/std (StyleID), 'content', or 'style' (InjectFusion's)."),
+                io.String.Input("gamma_sweep", default="", optional=True,
+                                tooltip="Comma-separated γ values: one result per value (γ-major; columns of Label "
+                                        "Sweep Grid). Overrides gamma when not empty."),
+                Trajectory.Input("content_h", optional=True,
+                                 tooltip="Combined mode: the content's h trajectory (StyleID Features or DDIM "
+                                         "Inversion), Slerped into h for t ≥ t_edit."),
+                io.Float.Input("gamma_h", default=0.5, min=0.0, max=1.0, step=0.05, optional=True,
+                               tooltip="Combined mode: h content strength γ_h (InjectFusion's γ)."),
+                io.String.Input("gamma_h_sweep", default="", optional=True,
+                                tooltip="Combined mode: comma-separated γ_h values, inner to the γ sweep (rows of "
+                                        "Label Sweep Grid)."),
+                t_edit_input(),
+                io.Mask.Input("mask", optional=True, tooltip="Combined mode: local mixing of h (1 = inject h here)."),
+                Calibration.Input("calibration", optional=True, tooltip="Combined mode: Style Calibrate settings (ω)."),
+                text_input("Text conditioning for SD models (cfg 1)."),
+            ],
+            outputs=[io.Latent.Output("latent", tooltip="The stylised latent(s): γ-major, then γ_h."),
+                     io.String.Output("sweep", tooltip="The γ values, in batch order (Label Sweep Grid's values)."),
+                     io.String.Output("h_sweep", tooltip="The γ_h values (Label Sweep Grid's row_values).")],
+        )
+
+    @classmethod
+    def execute(cls, model, content_x_T, style_x_T, style_features, gamma, tau, attention_layers, custom_layers,
+                t_start, t_stop, steps, start, t_edit, gamma_sweep="", content_h=None, gamma_h=0.5, gamma_h_sweep="",
+                content_features=None, mask=None, calibration=None, positive=None) -> io.NodeOutput:
+        check_inputs(cls, locals())
+        for x_T in (content_x_T, style_x_T):
+            origin_of(x_T, steps)
+        layers = layers_of(model, attention_layers, custom_layers)
+        gammas = parse_values(gamma_sweep, "gamma_sweep", 0.0, 1.0, "0.3, 0.5, 0.75") if gamma_sweep.strip() else [gamma]
+        if content_h is None and (gamma_h_sweep.strip() or mask is not None or calibration is not None):
+            raise ValueError("gamma_h_sweep, mask and calibration belong to the combined mode: connect content_h "
+                             "(the content's h trajectory), or disconnect them.")
+        gamma_hs = parse_values(gamma_h_sweep, "gamma_h_sweep", 0.0, 1.0, "0.3, 0.6") if gamma_h_sweep.strip() \
+            else [gamma_h]
+        omega = calibration.omega if calibration is not None else None
+        runs = [(g, gh) for g in gammas for gh in gamma_hs]
+        progress = progress_bar(steps * len(runs))
+        style_x = latent_x(model, style_x_T)
+
+        def body(m, x):
+            outs = []
+            for k, (g, gh) in enumerate(runs):
+                settings = StyleIDSettings(layers, g, tau, (t_start, t_stop), start)
+                outs.append(styleid(m, x, style_x.to(x), style_features, settings, steps,
+                                    content_q=content_features, content_h=content_h, gamma_h=gh, t_edit=t_edit,
+                                    mask=mask, omega=omega, access=ComfyAttention(m),
+                                    progress=lambda d, n, done=k * steps: progress(done + d, len(runs) * steps)))
+            return torch.cat(outs)
+
+        out = run_in_comfy(model, content_x_T["samples"], body, positive=positive)
+        return io.NodeOutput(latent_out(model, out), sweep_text(gammas), sweep_text(gamma_hs))
