@@ -70,12 +70,12 @@ def table(results: dict, base: dict, args) -> list[str]:
     return lines
 
 
-def write_block(path: str, lines: list[str]) -> None:
+def write_block(path: str, lines: list[str], begin: str = BEGIN, end: str = END) -> None:
     """Put the table between the markers in ``path`` (appended with its markers if they are missing)."""
-    block = BEGIN + "\n" + "\n".join(lines) + "\n" + END
+    block = begin + "\n" + "\n".join(lines) + "\n" + end
     text = open(path).read() if os.path.exists(path) else ""
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     with open(path, "w") as f:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 import hspace_core as hs
-from hspace_core.styleid import StyleIDSettings, record_features, styleid
+from hspace_core.styleid import StyleIDSettings, record_features, styleid_inject
 from hspace_demo import readouts as ro
 from hspace_demo.measure import injection_scores
 from hspace_demo.run import load_model
@@ -57,7 +57,7 @@ def methods(steps: int):
         def run(m, c_inv, c_q, s_inv, s_kv):
             settings = StyleIDSettings(LAYERS, gamma, tau, start=start)
             extra = {} if gamma_h is None else {"content_h": c_inv.trajectory, "gamma_h": gamma_h, "t_edit": 400}
-            return styleid(m, c_inv.x_T, s_inv.x_T, s_kv, settings, steps, content_q=c_q, **extra)
+            return styleid_inject(m, c_inv.x_T, s_inv.x_T, s_kv, settings, steps, content_q=c_q, **extra)
         return run
 
     return {
@@ -107,7 +107,7 @@ def main(argv=None):
         lines.append(f"| {name} | {r['iou_content']:.3f} | {r['iou_style']:.3f} | {100 * r['type_content']:.0f} % | "
                      f"{r['bg_to_style']:.3f} | {r['bg_to_content']:.3f} | {fg:.3f} | {own:.1f} | {seconds:.0f} |")
     if args.out:
-        write_block(args.out, lines)
+        write_block(args.out, lines, BEGIN, END)
     print("\n".join(lines))
 
 

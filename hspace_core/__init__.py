@@ -29,6 +29,8 @@ from .schedules import (NoiseSchedule, betas_cosine, betas_linear, betas_scaled_
                         schedule_from_diffusers_config, schedule_from_sigmas, step_pairs, timestep_at_fraction,
                         timestep_at_sigma, timestep_grid)
 from .sites import SITES
+from .attention_store import LAYER_PRESETS, AttentionFeatures
+from .styleid import StyleIDSettings, adain, preserve_query, record_features, styleid_inject, temperature_attention
 from .settings import EditSchedule, BoostSettings, StyleCalibration
 from .trajectory import HStorage, HTrajectory, Inversion, ReconstructionReport
 
@@ -49,4 +51,6 @@ __all__ = [
     "SITES", "jacobian_directions", "orthogonalise", "pca_directions", "probe_direction", "relative_strength",
     "combine", "normalise", "rescale_like", "sum_weights", "explore", "explorer_rows", "FORMAT_VERSION", "check_fingerprint",
     "latent_at", "NORMALISATIONS", "PCAResult", "principal_components", "PROBE_METHODS", "linear_probe",
+    "AttentionFeatures", "LAYER_PRESETS", "StyleIDSettings", "adain", "preserve_query", "record_features",
+    "styleid_inject", "temperature_attention",
 ]

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .state import H_DTYPES, HStorage, check_fingerprint
+from .file_format import check_fingerprint
+from .trajectory import H_DTYPES, HStorage
 
 KINDS = ("q", "k", "v")
 STYLE_KINDS = ("k", "v")  # what the style pass keeps

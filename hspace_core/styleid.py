@@ -24,17 +24,19 @@ from .attention_store import (CONTENT_KINDS, STYLE_KINDS, AttentionFeatures, che
                               keeps_window)
 from .hmath import check_gamma
 from .processes import content_injection, invert, run_reverse
-from .progress import ProgressFn, StepLoop, StopFn, check_latent
+from .progress import ProgressFn, StepLoop, StopFn, check_batch
 from .schedules import timestep_grid
 from .sites import check_same_site, site_of
-from .state import EditSchedule, HStorage, HTrajectory, Inversion, ReconstructionReport, check_fingerprint
+from .file_format import check_fingerprint
+from .settings import EditSchedule
+from .trajectory import HStorage, HTrajectory, Inversion, ReconstructionReport
 
 log = logging.getLogger("hspace")
 FEATURE_SOURCES = ("inversion", "reconstruction")
 STARTS = ("adain", "content", "style")
 FULL_WINDOW = (999, 0)
 __all__ = ["FEATURE_SOURCES", "STARTS", "StyleIDSettings", "adain", "preserve_query", "temperature_attention",
-           "record_features", "styleid", "attention_access"]
+           "record_features", "styleid_inject", "attention_access"]
 
 
 # --- the math ---
@@ -206,7 +208,7 @@ def _rows(feature: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return feature.to(like.device, like.dtype).repeat(like.shape[0] // feature.shape[0], 1, 1)
 
 
-def styleid(model: HSpaceModel, content_x_T: torch.Tensor, style_x_T: torch.Tensor, style: AttentionFeatures,
+def styleid_inject(model: HSpaceModel, content_x_T: torch.Tensor, style_x_T: torch.Tensor, style: AttentionFeatures,
             settings: StyleIDSettings, num_steps: int, *, content_q: AttentionFeatures | None = None,
             content_h: HTrajectory | None = None, gamma_h: float | Callable[[int], float] = 0.0,
             t_edit: int = 400, mask: torch.Tensor | None = None, omega: float | None = None, grid: str = "asyrp",
@@ -219,8 +221,8 @@ def styleid(model: HSpaceModel, content_x_T: torch.Tensor, style_x_T: torch.Tens
     h_c,t·‖h_t‖/‖h_c,t‖, γ_h) for t ≥ t_edit as well (``mask`` limits that to a region, ``omega`` > 0 calibrates),
     in the same reverse process.  ``content_q`` is needed when γ > 0.
     """
-    check_latent(content_x_T, "content x_T")
-    check_latent(style_x_T, "style x_T")
+    check_batch(content_x_T, "content x_T")
+    check_batch(style_x_T, "style x_T")
     access = attention_access(model, access)
     _check_layers(access, settings.layers)
     fingerprint = model.fingerprint if strict_fingerprint else ""

@@ -6,15 +6,15 @@ import torch
 
 from comfy_api.latest import io
 
-from ..hspace_core import XTOrigin
+from ..hspace_core import ReconstructionReport
 from ..hspace_core.attention_store import CONTENT_KINDS, LAYER_PRESETS, STYLE_KINDS, parse_layers
-from ..hspace_core.styleid import FEATURE_SOURCES, STARTS, StyleIDSettings, record_features, styleid
+from ..hspace_core.styleid import FEATURE_SOURCES, STARTS, StyleIDSettings, record_features, styleid_inject
 from .comfy.attention import ComfyAttention, decoder_self_attention_layers
+from .comfy.origin import XTOrigin
 from .comfy.model import latent_out, model_fingerprint, progress_bar, run_in_comfy
 from .common import (CATEGORY, DEFAULT_H_STORAGE, Calibration, Trajectory, advanced, check_inputs, decode,
                      encoded_pixels, h_storage_inputs, h_storage_of, latent_of, latent_x, model_input, origin_of,
                      parse_values, psnr, steps_input, sweep_text, t_edit_input, with_origin)
-from ..hspace_core.state import ReconstructionReport
 
 Features = io.Custom("HSPACE_ATTENTION_FEATURES")
 ROLES = {"style (K, V)": STYLE_KINDS, "content (Q)": CONTENT_KINDS}
@@ -172,7 +172,7 @@ class StyleIDInject(io.ComfyNode):
             outs = []
             for k, (g, gh) in enumerate(runs):
                 settings = StyleIDSettings(layers, g, tau, (t_start, t_stop), start)
-                outs.append(styleid(m, x, style_x.to(x), style_features, settings, steps,
+                outs.append(styleid_inject(m, x, style_x.to(x), style_features, settings, steps,
                                     content_q=content_features, content_h=content_h, gamma_h=gh, t_edit=t_edit,
                                     mask=mask, omega=omega, access=ComfyAttention(m),
                                     progress=lambda d, n, done=k * steps: progress(done + d, len(runs) * steps)))

@@ -10,7 +10,7 @@ from hspace_core import Conditioning, DiffusersUNet, EditSchedule, HStorage, gen
 from hspace_core.adapters.attention import decoder_self_attention
 from hspace_core.attention_store import bytes_per_image, parse_layers
 from hspace_core.progress import Cancelled
-from hspace_core.styleid import StyleIDSettings, adain, record_features, styleid
+from hspace_core.styleid import StyleIDSettings, adain, record_features, styleid_inject
 
 STEPS = 6
 LAYERS = ("2.0", "3.0")  # the tiny U-Net's decoder self-attention: up_blocks[1].attentions[0, 1]
@@ -68,7 +68,7 @@ def test_injected_layer_is_hand_written_attention_with_style_kv_blended_query_an
     handle = attn.register_forward_hook(lambda m, args, out: seen.setdefault("io", (args[0], out)) and None)
     try:
         settings = StyleIDSettings(LAYERS, gamma, tau, window=(t, t), start="content")
-        styleid(model, c_inv.x_T, s_inv.x_T, s_kv, settings, STEPS, content_q=c_q)
+        styleid_inject(model, c_inv.x_T, s_inv.x_T, s_kv, settings, STEPS, content_q=c_q)
     finally:
         handle.remove()
     x, out = seen["io"]  # the first call: the first step, t = T
@@ -86,9 +86,9 @@ def test_own_features_at_tau_one_without_adain_give_the_plain_reconstruction(mod
     inv, q = record_features(model, content, STEPS, LAYERS, ("q",), source="reconstruction")
     _, kv = record_features(model, content, STEPS, LAYERS, source="reconstruction")
     plain = generate(model, inv.x_T, EditSchedule.reconstruction(STEPS))
-    out = styleid(model, inv.x_T, inv.x_T, kv, StyleIDSettings(LAYERS, gamma, 1.0, start="content"), STEPS, content_q=q)
+    out = styleid_inject(model, inv.x_T, inv.x_T, kv, StyleIDSettings(LAYERS, gamma, 1.0, start="content"), STEPS, content_q=q)
     assert torch.allclose(out, plain, atol=1e-5), (out - plain).abs().max()
-    hot = styleid(model, inv.x_T, inv.x_T, kv, StyleIDSettings(LAYERS, gamma, 1.5, start="content"), STEPS, content_q=q)
+    hot = styleid_inject(model, inv.x_T, inv.x_T, kv, StyleIDSettings(LAYERS, gamma, 1.5, start="content"), STEPS, content_q=q)
     assert (hot - plain).abs().max() > 1e-3  # τ does act
 
 
@@ -96,11 +96,11 @@ def test_style_equal_to_content_returns_the_reconstruction(model):
     content = _latents(1)
     inv, q = record_features(model, content, STEPS, LAYERS, ("q",), source="reconstruction")
     _, kv = record_features(model, content, STEPS, LAYERS, source="reconstruction")
-    out = styleid(model, inv.x_T, inv.x_T, kv, StyleIDSettings(LAYERS, 0.75, 1.0), STEPS, content_q=q)  # AdaIN on
+    out = styleid_inject(model, inv.x_T, inv.x_T, kv, StyleIDSettings(LAYERS, 0.75, 1.0), STEPS, content_q=q)  # AdaIN on
     scale = inv.reconstruction.abs().max()  # AdaIN(x, x) = x up to rounding, which 6 steps amplify
     assert torch.allclose(out, inv.reconstruction, atol=1e-5 * scale)
     assert torch.allclose(adain(inv.x_T, inv.x_T), inv.x_T, atol=1e-6)
-    hot = styleid(model, inv.x_T, inv.x_T, kv, StyleIDSettings(LAYERS, 0.75, 1.5), STEPS, content_q=q)
+    hot = styleid_inject(model, inv.x_T, inv.x_T, kv, StyleIDSettings(LAYERS, 0.75, 1.5), STEPS, content_q=q)
     assert (hot - inv.reconstruction).abs().max() > 1e-3 * scale
 
 
@@ -128,18 +128,18 @@ def test_bad_inputs_are_refused_clearly(model, content_style):
     c_inv, c_q, s_inv, s_kv = content_style
     settings = StyleIDSettings(LAYERS, 0.75, 1.5)
     with pytest.raises(ValueError, match="recorded on a 6-step grid"):
-        styleid(model, c_inv.x_T, s_inv.x_T, s_kv, settings, 8, content_q=c_q)
+        styleid_inject(model, c_inv.x_T, s_inv.x_T, s_kv, settings, 8, content_q=c_q)
     with pytest.raises(ValueError, match="different weights"):
-        styleid(_model(seed=5), c_inv.x_T, s_inv.x_T, s_kv, settings, STEPS, content_q=c_q)
+        styleid_inject(_model(seed=5), c_inv.x_T, s_inv.x_T, s_kv, settings, STEPS, content_q=c_q)
     _, only_one = record_features(model, _latents(2), STEPS, ("3.0",))
     with pytest.raises(ValueError, match="hold layers 3.0, not 2.0"):
-        styleid(model, c_inv.x_T, s_inv.x_T, only_one, settings, STEPS, content_q=c_q)
+        styleid_inject(model, c_inv.x_T, s_inv.x_T, only_one, settings, STEPS, content_q=c_q)
     with pytest.raises(ValueError, match="no decoder self-attention layer 7.0"):
-        styleid(model, c_inv.x_T, s_inv.x_T, s_kv, StyleIDSettings(("7.0",)), STEPS, content_q=c_q)
+        styleid_inject(model, c_inv.x_T, s_inv.x_T, s_kv, StyleIDSettings(("7.0",)), STEPS, content_q=c_q)
     with pytest.raises(ValueError, match="needs the content's Q"):
-        styleid(model, c_inv.x_T, s_inv.x_T, s_kv, settings, STEPS)
+        styleid_inject(model, c_inv.x_T, s_inv.x_T, s_kv, settings, STEPS)
     with pytest.raises(ValueError, match="rank 5"):
-        styleid(model, c_inv.x_T, s_inv.x_T, s_kv, settings, STEPS, content_q=c_q, content_h=c_inv.trajectory,
+        styleid_inject(model, c_inv.x_T, s_inv.x_T, s_kv, settings, STEPS, content_q=c_q, content_h=c_inv.trajectory,
                 gamma_h=0.5, mask=torch.ones(1, 1, 1, 8, 8))
     with pytest.raises(ValueError, match="τ"):
         StyleIDSettings(LAYERS, 0.75, 0.0)
@@ -149,11 +149,11 @@ def test_processors_are_restored_after_success_error_and_cancel(model, content_s
     c_inv, c_q, s_inv, s_kv = content_style
     before = {name: m.processor for name, m in decoder_self_attention(model.unet).items()}
     settings = StyleIDSettings(LAYERS, 0.75, 1.5)
-    styleid(model, c_inv.x_T, s_inv.x_T, s_kv, settings, STEPS, content_q=c_q)
+    styleid_inject(model, c_inv.x_T, s_inv.x_T, s_kv, settings, STEPS, content_q=c_q)
     with pytest.raises(Cancelled):
-        styleid(model, c_inv.x_T, s_inv.x_T, s_kv, settings, STEPS, content_q=c_q, should_stop=iter([0, 0, 1]).__next__)
+        styleid_inject(model, c_inv.x_T, s_inv.x_T, s_kv, settings, STEPS, content_q=c_q, should_stop=iter([0, 0, 1]).__next__)
     with pytest.raises(ValueError):
-        styleid(model, c_inv.x_T, s_inv.x_T, s_kv, settings, STEPS, content_q=c_q.__class__(
+        styleid_inject(model, c_inv.x_T, s_inv.x_T, s_kv, settings, STEPS, content_q=c_q.__class__(
             c_q.grid, c_q.timesteps, c_q.layers, c_q.kinds, {k: v[:, :, :7] for k, v in c_q.tensors.items()}))
     assert {name: m.processor for name, m in decoder_self_attention(model.unet).items()} == before
 
@@ -161,12 +161,12 @@ def test_processors_are_restored_after_success_error_and_cancel(model, content_s
 def test_combined_mode_differs_from_each_method_alone(model, content_style):
     c_inv, c_q, s_inv, s_kv = content_style
     settings = StyleIDSettings(LAYERS, 0.75, 1.5, start="style")
-    alone = styleid(model, c_inv.x_T, s_inv.x_T, s_kv, settings, STEPS, content_q=c_q)
-    combined = styleid(model, c_inv.x_T, s_inv.x_T, s_kv, settings, STEPS, content_q=c_q,
+    alone = styleid_inject(model, c_inv.x_T, s_inv.x_T, s_kv, settings, STEPS, content_q=c_q)
+    combined = styleid_inject(model, c_inv.x_T, s_inv.x_T, s_kv, settings, STEPS, content_q=c_q,
                        content_h=c_inv.trajectory, gamma_h=0.6, t_edit=200)
     from hspace_core import inject
     fusion = inject(model, s_inv.x_T, c_inv.trajectory, 0.6, EditSchedule(STEPS, t_edit=200))
     assert (combined - alone).abs().mean() > 1e-3 and (combined - fusion).abs().mean() > 1e-3
-    masked = styleid(model, c_inv.x_T, s_inv.x_T, s_kv, settings, STEPS, content_q=c_q, content_h=c_inv.trajectory,
+    masked = styleid_inject(model, c_inv.x_T, s_inv.x_T, s_kv, settings, STEPS, content_q=c_q, content_h=c_inv.trajectory,
                      gamma_h=0.6, t_edit=200, mask=torch.zeros(8, 8))
     assert torch.allclose(masked, alone, atol=1e-5)  # an empty mask injects no h

@@ -13,7 +13,7 @@ from harness.inprocess import SD15_UNET
 from hspace_core import EditSchedule, generate
 from hspace_core.adapters.attention import decoder_self_attention
 from hspace_core.attention_store import LAYER_PRESETS, bytes_per_image
-from hspace_core.styleid import StyleIDSettings, record_features, styleid
+from hspace_core.styleid import StyleIDSettings, record_features, styleid_inject
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SDXL_UNET = dict(SD15_UNET, num_res_blocks=[2] * 3, channel_mult=[1, 2, 4], transformer_depth=[0, 0, 2, 2, 10, 10],
@@ -125,9 +125,9 @@ def test_attn1_patch_on_comfy_sdxl_own_features_reconstruct_and_nothing_leaks(pa
         inv, q = record_features(m, x0, steps, layers, ("q",), source="reconstruction", access=access)
         _, kv = record_features(m, x0, steps, layers, source="reconstruction", access=access)
         plain = generate(m, inv.x_T, EditSchedule.reconstruction(steps))
-        same = styleid(m, inv.x_T, inv.x_T, kv, StyleIDSettings(layers, 0.75, 1.0, start="content"), steps,
+        same = styleid_inject(m, inv.x_T, inv.x_T, kv, StyleIDSettings(layers, 0.75, 1.0, start="content"), steps,
                        content_q=q, access=access)
-        hot = styleid(m, inv.x_T, inv.x_T, kv, StyleIDSettings(layers, 0.75, 1.5, start="content"), steps,
+        hot = styleid_inject(m, inv.x_T, inv.x_T, kv, StyleIDSettings(layers, 0.75, 1.5, start="content"), steps,
                       content_q=q, access=access)
         return plain, same, hot, kv
 
