@@ -280,3 +280,12 @@ def test_guided_checkpoints_load_through_the_pixel_loader(comfy):
     assert ("e2e_gd_edm.pt is σ-parameterised (D(x, σ) preconditioning): parameterization 'edm' in e2e_gd_edm.json. "
             "H-Space Load Pixel U-Net builds ε- and v-prediction MODELs") in error_message(entry)
     assert "hspace_core.checkpoints.load_checkpoint(path) returns an hs.Denoiser" in error_message(entry)
+    put("e2e_gd_mlp", _reference(label_dims=4), {"num_heads": 1})
+    prompt["1"]["inputs"]["repo_id"] = "e2e_gd_mlp.pt"
+    entry = comfy.run(prompt)
+    assert ("e2e_gd_mlp.pt has a continuous conditioning input (a label_emb MLP): fix the input to generate with in "
+            'e2e_gd_mlp.json beside it, e.g. {"condition": [0.5, 1.0]}') in error_message(entry)
+    put("e2e_gd_mlp", _reference(label_dims=4), {"num_heads": 1, "condition": [0.1, 0.2, 0.3, 0.4],
+                                                   "parameterization": "x0"})
+    entry = comfy.run(prompt)
+    assert "e2e_gd_mlp.pt is an x0 predictor on the β schedule: parameterization 'x0'" in error_message(entry)
