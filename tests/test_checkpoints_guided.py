@@ -183,6 +183,10 @@ def test_mismatched_or_foreign_weights_are_refused():
         unet_from_state_dict(bad, num_heads=1)
     with pytest.raises(ValueError, match="has weights its inferred architecture has no place for.*low_res"):
         unet_from_state_dict({**state, "low_res.weight": torch.zeros(1)}, num_heads=1)
+    no_norm = {k: v for k, v in state.items() if not k.startswith("middle_block.1.norm.")}
+    with pytest.raises(ValueError, match=r"no weights in the file for mid_block.attentions.0.group_norm.weight, "
+                                         r"mid_block.attentions.0.group_norm.bias \(diffusers names: the file lacks"):
+        unet_from_state_dict(no_norm, num_heads=1)
     truncated = {k: v for k, v in state.items() if not k.startswith("out.")}
     with pytest.raises(ValueError, match="lacks 'out.2.weight'"):
         unet_from_state_dict(truncated, num_heads=1)

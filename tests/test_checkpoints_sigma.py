@@ -209,3 +209,4 @@ def test_keyword_arguments_override_the_files_head_split(tmp_path, reference, ca
     with torch.no_grad():
         assert torch.allclose(model.fn(x, sigma), by_hand(x, sigma), atol=1e-5)
     assert checkpoint_settings({"num_head_channels": 8}, {"num_heads": 2}).num_heads is None
+    assert checkpoint_settings({}, {"class_label": None, "num_heads": 2}).class_label is None  # JSON null: unset

@@ -112,7 +112,8 @@ def fit_problems(expected: dict, given: dict, origins: dict | None = None) -> st
     problems = [f"shape mismatch: {named(k)} is {list(got)} in the file but the architecture read off the other "
                 f"weights needs {list(want)}" for k, want, got in shapes[:3]]
     if missing:
-        problems.append(f"no weights in the file for {', '.join(missing[:4])}")
+        problems.append(f"no weights in the file for {', '.join(missing[:4])} (diffusers names: the file lacks a "
+                        "layer this architecture has, or is truncated)")
     if unexpected:
         problems.append(f"weights the architecture has no place for: {', '.join(named(k) for k in unexpected[:4])}")
     return "; ".join(problems)

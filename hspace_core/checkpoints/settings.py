@@ -111,12 +111,12 @@ def _checked(name: str, value, where: str):
 
 def checkpoint_settings(given: dict | None = None, beside: dict | None = None, sidecar: str = "the settings file"
                         ) -> CheckpointSettings:
-    """The settings of a checkpoint: keyword arguments ``given`` (None values ignored) over the JSON file's
-    ``beside`` (named ``sidecar`` in messages).  A head split in the arguments replaces the file's (num_heads and
+    """The settings of a checkpoint: keyword arguments ``given`` over the JSON file's ``beside`` (named ``sidecar``
+    in messages); None / null values count as not given.  A head split in the arguments replaces the file's (num_heads and
     num_head_channels exclude each other).  Unknown names, wrong types and settings that do not apply to the
     parameterization are refused, naming the setting and where it came from."""
     given = {k: v for k, v in (given or {}).items() if v is not None}
-    beside = dict(beside or {})
+    beside = {k: v for k, v in (beside or {}).items() if v is not None}  # JSON null: not set
     for source, values in ((f"in {sidecar}", beside), ("(keyword argument)", given)):
         unknown = sorted(set(values) - set(SETTINGS))
         if unknown:
