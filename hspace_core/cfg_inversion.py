@@ -100,7 +100,7 @@ def null_text_embeddings(model: GuidedModel, pivot: Inversion, *, inner_steps: i
         for t, t_prev in step_pairs(pivot.timesteps):
             loop.tick()
             a, a_prev = sched.alpha_bar(t), sched.alpha_bar(t_prev)
-            x_t, target = x.detach().clone(), target_of[t_prev].detach().clone()
+            x_t, target = x.detach().clone(), target_of[t_prev].detach().to(x.device, x.dtype, copy=True)
             embedding = embedding.detach().clone().requires_grad_(True)
             opt = torch.optim.Adam([embedding], lr=lr)
             for j in range(inner_steps):

@@ -4,36 +4,41 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .devices import wide_dtype
+
 _COLLINEAR = 1e-4  # below this sin θ, slerp is numerically a lerp
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, gamma: float | torch.Tensor, per_channel: bool = False) -> torch.Tensor:
     """Spherical interpolation Slerp(a, b, γ) = sin((1−γ)θ)/sin θ·a + sin(γθ)/sin θ·b, θ = ∠(a, b).
 
-    Angles are taken per sample over the whole C×H×W tensor (or per channel over H×W).  NaN-safe: the cosine
-    is clamped to [−1, 1]; nearly parallel pairs (sin θ → 0, θ → 0) are a lerp, which is exact there; nearly
+    Angles are taken per sample over the whole C×H×W tensor (or per channel over H×W).  NaN-safe: θ comes from
+    atan2, never outside [0, π]; nearly parallel pairs (sin θ → 0, θ → 0) are a lerp, which is exact there; nearly
     antipodal pairs (θ → π, where the great circle is not unique) rotate from a toward b in the plane of a and b's
     component orthogonal to a (any fixed plane orthogonal to a when there is none), so the norm still goes
     smoothly from ‖a‖ to ‖b‖ (equal norms, as in ``normalized_slerp``, are kept).
+    Computed in float64 on the CPU and float32 elsewhere (``devices.wide_dtype``; half-precision h too), cast back
+    to a's dtype, with no host read (both branches are computed and selected on the device).
     """
     if a.shape != b.shape:
         raise ValueError(f"slerp needs tensors of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}.")
     flat_dims = 2 if per_channel else 1
-    af, bf = a.flatten(flat_dims).double(), b.flatten(flat_dims).double()
-    gamma = torch.as_tensor(gamma, dtype=torch.float64, device=a.device)
+    wide = wide_dtype(a.device)
+    af, bf = a.flatten(flat_dims).to(wide), b.flatten(flat_dims).to(wide)
+    gamma = torch.as_tensor(gamma).to(a.device, wide)
     gamma = gamma.reshape(-1, *([1] * (af.dim() - 1))) if gamma.dim() else gamma
     norm_a, norm_b = af.norm(dim=-1, keepdim=True), bf.norm(dim=-1, keepdim=True)
-    cos = (af * bf).sum(-1, keepdim=True) / (norm_a * norm_b).clamp_min(1e-30)
-    theta = torch.arccos(cos.clamp(-1.0, 1.0))
-    sin = torch.sin(theta)
+    a_hat, b_hat = af / norm_a.clamp_min(1e-30), bf / norm_b.clamp_min(1e-30)
+    # θ = 2·atan2(‖â − b̂‖, ‖â + b̂‖) (Kahan): accurate to the working precision near 0 and π, where arccos is not
+    theta = 2 * torch.atan2((a_hat - b_hat).norm(dim=-1, keepdim=True), (a_hat + b_hat).norm(dim=-1, keepdim=True))
+    sin, cos = torch.sin(theta), torch.cos(theta)
     safe = sin.abs() > _COLLINEAR
     sin_safe = torch.where(safe, sin, torch.ones_like(sin))
     wa = torch.where(safe, torch.sin((1 - gamma) * theta) / sin_safe, 1 - gamma)
     wb = torch.where(safe, torch.sin(gamma * theta) / sin_safe, gamma)
     out = wa * af + wb * bf
     antipodal = ~safe & (cos < 0)
-    if antipodal.any():
-        out = torch.where(antipodal, _rotate_toward(af, bf, norm_a, norm_b, theta, gamma), out)
+    out = torch.where(antipodal, _rotate_toward(af, bf, norm_a, norm_b, theta, gamma), out)
     return out.reshape(a.shape).to(a.dtype)
 
 
@@ -65,8 +70,9 @@ def normalized_slerp(h: torch.Tensor, h_content: torch.Tensor, gamma: float | to
         )
     check_gamma(gamma)
     flat_dims = 2 if per_channel else 1
-    norm_h = h.flatten(flat_dims).norm(dim=-1)
-    norm_c = h_content.flatten(flat_dims).norm(dim=-1).clamp_min(1e-12)
+    wide = wide_dtype(h.device)
+    norm_h = h.flatten(flat_dims).to(wide).norm(dim=-1)
+    norm_c = h_content.flatten(flat_dims).to(wide).norm(dim=-1).clamp_min(1e-12)
     ratio = (norm_h / norm_c).reshape(*norm_h.shape, *([1] * (h.dim() - norm_h.dim())))
     return slerp(h, h_content * ratio, gamma, per_channel=per_channel)
 
@@ -87,7 +93,7 @@ def masked_normalized_slerp(h: torch.Tensor, h_content: torch.Tensor, gamma: flo
 
 def check_gamma(gamma) -> None:
     """γ must be finite and in [0, 1]."""
-    g = torch.as_tensor(gamma, dtype=torch.float64)
+    g = torch.as_tensor(gamma).detach().to("cpu", torch.float64)
     if not torch.isfinite(g).all() or (g < 0).any() or (g > 1).any():
         raise ValueError(f"γ must be in [0, 1] (0 keeps the style's h, 1 takes the content's), got {gamma}.")
 

@@ -45,17 +45,22 @@ class TimeEmbedding(nn.Module):
         return F.pad(emb, (0, self.dim % 2))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(F.silu(self.linear_1(self.sinusoid(t))))
+        """temb(t) in float32 on t's device (the frozen copy may live elsewhere, e.g. on the CPU)."""
+        p = {k: v.to(t.device, torch.float32) for k, v in self.state_dict(keep_vars=True).items()}
+        x = F.linear(self.sinusoid(t), p["linear_1.weight"], p["linear_1.bias"])
+        return F.linear(F.silu(x), p["linear_2.weight"], p["linear_2.bias"])
 
     @classmethod
     def copy_of(cls, linear_1: nn.Linear, linear_2: nn.Linear, dim: int, flip_sin_to_cos: bool,
                 freq_shift: float) -> "TimeEmbedding":
-        """A frozen, autograd-usable copy of a model's time MLP (its weights may be inference tensors)."""
+        """A frozen, autograd-usable float32 copy of a model's time MLP, on the model's device (its weights may be
+        inference tensors)."""
         with torch.inference_mode(False), torch.no_grad():
             emb = cls(dim, linear_2.out_features, flip_sin_to_cos, freq_shift, hidden=linear_1.out_features)
+            emb = emb.to(linear_1.weight.device)
             for mine, theirs in ((emb.linear_1, linear_1), (emb.linear_2, linear_2)):
-                mine.weight.copy_(theirs.weight.detach().float().cpu().clone())
-                mine.bias.copy_(theirs.bias.detach().float().cpu().clone())
+                mine.weight.copy_(theirs.weight.detach().float())
+                mine.bias.copy_(theirs.bias.detach().float())
         return emb.requires_grad_(False)
 
     @classmethod
@@ -96,7 +101,7 @@ class ImplicitDirectionNet(nn.Module):
             raise ValueError(f"This f_t was made for h with {self.channels} channels; the model's h has {h.shape[1]}.")
         p = {k: v.to(h.device, h.dtype) for k, v in self.state_dict(keep_vars=True).items()
              if not k.startswith("time_embedding.")}
-        temb = self.time_embedding(torch.tensor([int(t)], device=h.device)).to(h.dtype)
+        temb = self.time_embedding(torch.full((1,), int(t), device=h.device)).to(h.dtype)
         x = F.conv2d(h, p["conv1.weight"], p["conv1.bias"])
         x = x + F.linear(F.silu(temb), p["temb_proj.weight"], p["temb_proj.bias"])[:, :, None, None]
         x = F.silu(F.group_norm(x, self.norm2.num_groups, p["norm2.weight"], p["norm2.bias"], self.norm2.eps))

@@ -15,6 +15,7 @@ import torch
 
 from .adapters.base import HEdit, HSpaceModel
 from .ddim import calibrated_x_t, clipped_eps, ddim_inverse_step, ddim_sigma, ddim_step
+from .devices import FiniteWatch, host_ready, step_dtype, to_host
 from .hmath import check_gamma, lerp, mask_to_h_grid, masked_blend, masked_normalized_slerp, normalized_slerp, slerp
 from .progress import Cancelled, ProgressFn, StepLoop, StopFn, check_batch
 from .schedules import step_pairs, timestep_grid
@@ -55,6 +56,8 @@ def run_reverse(model: HSpaceModel, x_T: torch.Tensor, schedule: EditSchedule, *
     ``record_h`` keeps h as ``h_storage`` says (precision, device, only t ≥ t_min), converted step by step;
     ``h_only`` stops after the last step whose h is kept (for callers that want h only: ``x0`` is then the x
     reached there, not a clean image).
+    The step math runs in at least float32 (a half-precision x_T is widened, x0 cast back); finiteness is read once,
+    after the loop.
     """
     check_batch(x_T, "x_T")
     if edit_every < 1:
@@ -65,7 +68,7 @@ def run_reverse(model: HSpaceModel, x_T: torch.Tensor, schedule: EditSchedule, *
     generator = torch.Generator().manual_seed(int(seed))
     pairs = step_pairs(schedule.timesteps())
     loop = StepLoop(len(pairs), progress, should_stop)
-    x, hs, edit_index = x_T, [], 0
+    x, hs, edit_index, watch = x_T.to(step_dtype(x_T.dtype)), [], 0, FiniteWatch()
     for t, t_prev in pairs:
         if h_only and not h_storage.keeps(t):
             break
@@ -92,18 +95,20 @@ def run_reverse(model: HSpaceModel, x_T: torch.Tensor, schedule: EditSchedule, *
             x = ddim_step(x, eps_edited, a, a_prev, eta, noise, eps_direction=eps)
         else:
             x = ddim_step(x, eps_edited, a, a_prev, eta, noise)
-        if not torch.isfinite(x).all():
-            raise ValueError(f"The reverse process diverged (NaN/inf) at t={t}; lower the edit strength or γ.")
+        watch.see(x, t)
+    if (t_bad := watch.first()) is not None:
+        raise ValueError(f"The reverse process diverged (NaN/inf) at t={t_bad}; lower the edit strength or γ.")
     trajectory = None
     if record_h:
         trajectory = h_storage.trajectory([t for t, _ in pairs], hs, model.branches, model.fingerprint,
                                           "reconstruction", site_of(model))
-    return ReverseResult(x, trajectory)
+    return ReverseResult(x.to(x_T.dtype), trajectory)
 
 
 def invert(model: HSpaceModel, x0: torch.Tensor, num_steps: int = 40, *, grid: str = "asyrp",
            convention: str = "seed", refine_iters: int = 0, h_source: str = "inversion", report: bool = True,
-           h_storage: HStorage = HStorage(), progress: ProgressFn | None = None, should_stop: StopFn | None = None) -> Inversion:
+           h_storage: HStorage = HStorage(), latents_on: str = "cpu", progress: ProgressFn | None = None,
+           should_stop: StopFn | None = None) -> Inversion:
     """Deterministic DDIM inversion x0 → x_T on the grid the reverse process uses (DDIM §4.3).
 
     ``convention`` says where each step t → t_next takes ε:
@@ -123,6 +128,10 @@ def invert(model: HSpaceModel, x0: torch.Tensor, num_steps: int = 40, *, grid: s
     - ``"reconstruction"``: h along the reverse process from x_T, exactly what an edit from x_T sees.
     ``report`` regenerates x0 from x_T and measures the error (``num_steps`` more passes; shared with the
     reconstruction source).  ``h_storage`` says how h is kept (precision, device, only t ≥ t_min).
+    ``latents_on``: where the intermediate x_t (``Inversion.latents``) are kept, "cpu" (copied asynchronously from
+    a CUDA device) or "model" (on the model's device); x_T stays where the model computed it.
+    The steps and the fixed-point refinement run in at least float32 (a half-precision x0 is widened); x_T and the
+    latents are cast back to x0's dtype.  Finiteness is read once, after the loop.
     """
     check_batch(x0, "The input image / latent")
     if convention not in INVERSION_CONVENTIONS:
@@ -131,17 +140,20 @@ def invert(model: HSpaceModel, x0: torch.Tensor, num_steps: int = 40, *, grid: s
         raise ValueError(f"h_source {h_source!r} is unknown; use one of {H_SOURCES}.")
     if refine_iters < 0:
         raise ValueError(f"refine_iters must be ≥ 0, got {refine_iters}.")
+    if latents_on not in ("cpu", "model"):
+        raise ValueError(f"latents_on must be 'cpu' or 'model', got {latents_on!r}.")
     grid_desc = timestep_grid(num_steps, model.schedule.num_train_timesteps, grid)
     regenerate = report or h_source == "reconstruction"
     steps = _inversion_steps(grid_desc, convention)
     loop = StepLoop(len(steps) * (1 + refine_iters) + (num_steps if regenerate else 0), progress, should_stop)
-    x, latents, h_at, last_h = x0, [x0], {}, None
+    kept = (lambda x_t: to_host(x_t, x0.dtype)) if latents_on == "cpu" else (lambda x_t: x_t.to(x0.dtype))
+    x, latents, h_at, last_h, watch = x0.to(step_dtype(x0.dtype)), [kept(x0)], {}, None, FiniteWatch()
 
     def keep(t, h):
         if h_source == "inversion" and h_storage.keeps(t):
             h_at[t] = h_storage.put(h)
     if steps[0][0] != -1:
-        latents.append(x0)  # the input is x at the first grid timestep
+        latents.append(latents[0])  # the input is x at the first grid timestep
     for t_here, t_next, t_eps in steps:
         a_here, a_next = model.schedule.alpha_bar(t_here), model.schedule.alpha_bar(t_next)
         loop.tick()
@@ -153,10 +165,13 @@ def invert(model: HSpaceModel, x0: torch.Tensor, num_steps: int = 40, *, grid: s
             pred = model.predict(x_next, t_next)
             keep(t_next, pred.h)
             x_next = ddim_inverse_step(x, pred.eps, a_here, a_next)
-        if not torch.isfinite(x_next).all():
-            raise ValueError(f"DDIM inversion diverged at t={t_next}; check the input's range (images in [-1, 1]).")
-        latents.append(x_next)
+        watch.see(x_next, t_next)
+        latents.append(kept(x_next))
         x, last_h = x_next, pred.h
+    if (t_bad := watch.first()) is not None:
+        raise ValueError(f"DDIM inversion diverged at t={t_bad}; check the input's range (images in [-1, 1]).")
+    x = x.to(x0.dtype)
+    host_ready(latents)
     trajectory = None
     if h_source == "inversion":  # at T (never evaluated by the seed convention): the last evaluation's h (see above)
         h_inv = [h_at[t] if t in h_at else h_storage.put(last_h) for t in grid_desc if h_storage.keeps(t)]
@@ -323,7 +338,8 @@ def interpolate(model: HSpaceModel, x_T_a: torch.Tensor, x_T_b: torch.Tensor, nu
         raise ValueError(f"num_frames must be ≥ 2, got {num_frames}.")
     if x_T_a.shape != x_T_b.shape:
         raise ValueError(f"The two inverted latents differ in shape: {tuple(x_T_a.shape)} vs {tuple(x_T_b.shape)}.")
-    grid, storage = schedule.grid, HStorage(t_min=min(schedule.t_edit, max(schedule.timesteps())))  # only h it reads
+    # only the h it reads, where the model computes (read back at every step of every frame)
+    grid, storage = schedule.grid, HStorage("model", "model", t_min=min(schedule.t_edit, max(schedule.timesteps())))
     trajectory_a = trajectory_a or capture(model, x_T_a, schedule.num_steps, grid=grid, h_storage=storage,
                                            should_stop=should_stop)
     trajectory_b = trajectory_b or capture(model, x_T_b, schedule.num_steps, grid=grid, h_storage=storage,

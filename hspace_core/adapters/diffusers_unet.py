@@ -246,11 +246,9 @@ def _class_embedding_rows(unet, rows: torch.Tensor | None):
     if rows is None:
         yield
         return
-    try:
-        unet.class_embedding.forward = lambda labels: rows
+    with forwards_replaced() as replace:
+        replace(unet.class_embedding, lambda labels: rows)
         yield
-    finally:
-        unet.class_embedding.__dict__.pop("forward", None)
 
 
 def _repeat_to(x: torch.Tensor, batch: int) -> torch.Tensor:
@@ -331,36 +329,54 @@ def capture_pass(unet, keep_encoder: bool, site: str = DEFAULT_SITE):
 def replay_pass(unet, cache: EncoderCache | None, h_edited: torch.Tensor, site: str = DEFAULT_SITE):
     """Make the next forward use ``h_edited`` as h at ``site`` (and the cached modules before it, if given).
 
-    Instance attributes shadow the class's ``forward``; deleting them restores it, whatever happens.
+    Instance attributes shadow the class's ``forward``; afterwards each module's previous forward is back.
     """
-    patched = []
-    try:
+    with forwards_replaced() as replace:
         if cache is not None:
             for module, output in cache.outputs.items():
-                module.forward = (lambda out: (lambda *a, **k: out))(output)
-                patched.append(module)
+                replace(module, (lambda out: (lambda *a, **k: out))(output))
         h = h_edited.to(next(unet.parameters()).dtype)
         block = site_module(unet, site)
         rest = () if cache is None or cache.output is None or torch.is_tensor(cache.output) else tuple(cache.output[1:])
         if rest:  # a block returning (h, skip…) (AttnSkipUpBlock2D): only h is replaced
-            block.forward = lambda *a, **k: (h, *rest)
+            replace(block, lambda *a, **k: (h, *rest))
         elif cache is None and site != DEFAULT_SITE:  # the block runs; its output's first element becomes h̃
-            block.forward = _replacing_first(block, h)
+            replace(block, _replacing_first(block.forward, h))
         else:
-            block.forward = lambda *a, **k: h
-        patched.append(block)
+            replace(block, lambda *a, **k: h)
         yield
+
+
+_NO_FORWARD = object()
+
+
+@contextlib.contextmanager
+def forwards_replaced():
+    """``replace(module, forward)`` for the duration: on exit each module gets back the forward it had before — an
+    instance attribute installed by someone else (accelerate's offloading, diffusers' hooks) or none (the class's),
+    as diffusers' ``HookRegistry`` restores it — whatever happens."""
+    saved = []
+
+    def replace(module: torch.nn.Module, forward) -> None:
+        saved.append((module, module.__dict__.get("forward", _NO_FORWARD)))
+        module.forward = forward
+
+    try:
+        yield replace
     finally:
-        for module in patched:
-            module.__dict__.pop("forward", None)
+        for module, previous in reversed(saved):
+            if previous is _NO_FORWARD:
+                module.__dict__.pop("forward", None)
+            else:
+                module.forward = previous
 
 
-def _replacing_first(block: torch.nn.Module, h: torch.Tensor):
-    """A forward for ``block`` that returns ``h`` in place of its output (or of its output's first element)."""
-    original = type(block).forward
+def _replacing_first(original, h: torch.Tensor):
+    """A forward that runs ``original`` (the block's forward until now) and returns ``h`` in place of its output (or
+    of its output's first element)."""
 
     def forward(*args, **kwargs):
-        out = original(block, *args, **kwargs)
+        out = original(*args, **kwargs)
         return h if torch.is_tensor(out) else (h, *out[1:])
 
     return forward
