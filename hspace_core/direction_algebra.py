@@ -132,8 +132,8 @@ def rescale_like(direction: Direction, like: Direction) -> Direction:
 
 
 def _mean_h_norm(reference: HTrajectory) -> torch.Tensor:
-    """Mean over images of ‖h_t‖ at each captured timestep: (steps,)."""
-    return reference.conditional().flatten(2).norm(dim=-1).mean(1).double()
+    """Mean over images of ‖h_t‖ at each captured timestep: (steps,), on the CPU, where directions live."""
+    return reference.conditional().flatten(2).float().norm(dim=-1).mean(1).to("cpu", torch.float64)
 
 
 def relative_strength(direction: Direction, reference: HTrajectory) -> torch.Tensor:

@@ -140,12 +140,13 @@ def lerp(a: torch.Tensor, b: torch.Tensor, weight: float) -> torch.Tensor:
 
 
 def check_rows(x: torch.Tensor, what: str) -> torch.Tensor:
-    """A (rows, features) matrix of h, checked finite, in float64 (PCA and probes fit in float64)."""
+    """A (rows, features) matrix of h, checked finite, in ``devices.wide_dtype`` (PCA and probes fit in float64 on the
+    CPU, float32 on other devices)."""
     if x.dim() != 2:
         raise ValueError(f"{what} must be (rows, features); got shape {tuple(x.shape)}.")
     if not torch.isfinite(x).all():
         raise ValueError(f"{what} contains NaN or inf: capture the trajectories again (the model or its input diverged).")
-    return x.double()
+    return x.to(wide_dtype(x.device))
 
 
 

@@ -13,6 +13,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .adapters.base import HSpaceModel
 from .ddim import ddim_step
+from .devices import wide_dtype
 from .direction import Direction
 from .hmath import fix_signs
 from .schedules import step_pairs, timestep_grid
@@ -75,7 +76,9 @@ def jacobian_directions(model: HSpaceModel, x_t: torch.Tensor, t: int, k: int, *
         return out_scale * model.predict(x_rep, t, edit=lambda _h, _t, _b: h).eps_edited
 
     generator = torch.Generator().manual_seed(int(seed))
-    v = torch.linalg.qr(torch.randn(dim, block, generator=generator, dtype=torch.float64))[0]
+    # drawn and orthonormalised on the CPU (the same start on every device), then moved to h's device
+    wide = wide_dtype(h0.device)
+    v = torch.linalg.qr(torch.randn(dim, block, generator=generator, dtype=torch.float64))[0].to(h0.device, wide)
     ready = getattr(model, "autograd_ready", None)  # weights frozen, inference tensors swapped (ComfyUI)
     with torch.inference_mode(False), torch.enable_grad(), sdpa_kernel(SDPBackend.MATH), \
             (ready() if ready else contextlib.nullcontext()):
@@ -85,7 +88,7 @@ def jacobian_directions(model: HSpaceModel, x_t: torch.Tensor, t: int, k: int, *
         def jtj(v):
             tangents = v.T.reshape(block, *h0.shape[1:]).to(h0.dtype)
             _, jv = torch.func.jvp(f, (h_rep,), (tangents,))
-            return vjp_fn(jv.detach())[0].detach().reshape(block, dim).T.double()
+            return vjp_fn(jv.detach())[0].detach().reshape(block, dim).T.to(wide)
 
         for _ in range(iterations):
             v = torch.linalg.qr(jtj(v))[0]

@@ -8,6 +8,7 @@ from typing import Sequence
 
 import torch
 
+from .devices import wide
 from .direction import Direction
 from .hmath import check_rows, fix_signs
 from .trajectory import HTrajectory, stack_trajectories
@@ -36,7 +37,7 @@ def _position_scale(x: torch.Tensor, h_shape: tuple[int, ...], normalisation: st
     if normalisation not in NORMALISATIONS:
         raise ValueError(f"normalisation {normalisation!r} is unknown; use one of {NORMALISATIONS}.")
     if normalisation == "none":
-        return torch.ones(x.shape[1], dtype=x.dtype)
+        return torch.ones(x.shape[1], dtype=x.dtype, device=x.device)
     if normalisation == "standardise":
         return x.std(0).clamp_min(1e-12)
     c, hh, ww = h_shape
@@ -47,7 +48,8 @@ def _position_scale(x: torch.Tensor, h_shape: tuple[int, ...], normalisation: st
 def principal_components(x: torch.Tensor, k: int, h_shape: tuple[int, ...], normalisation: str = "position") -> PCAResult:
     """PCA of already centred rows ``x`` (N, D) after dividing each feature by ``_position_scale``; the axes are
     mapped back to h units (a unit axis ṽ of the scaled data is h-direction s⊙ṽ, renormalised) and the variance
-    reported is the raw data's along that h-direction.  Exact SVD (``torch.linalg.svd``) in float64."""
+    reported is the raw data's along that h-direction.  Exact SVD (``torch.linalg.svd``) in float64 on the CPU
+    (float32 on other devices)."""
     x = check_rows(x, "h")
     scale = _position_scale(x, h_shape, normalisation)
     _, singular, vh = torch.linalg.svd(x / scale, full_matrices=False)
@@ -82,7 +84,7 @@ def pca_directions(trajectories: HTrajectory | Sequence[HTrajectory], k: int, *,
     if h.shape[1] < 2:
         raise ValueError(f"PCA needs at least 2 images, got {h.shape[1]}: invert or capture more images.")
     shape = first.h_shape
-    centred = h.double() - h.double().mean(1, keepdim=True)
+    centred = wide(h) - wide(h).mean(1, keepdim=True)
     meta = lambda i, explained: {"method": "pca", "component": i, "explained_variance": float(explained),
                                  "normalisation": normalisation, "images": int(h.shape[1])}
     if form == "global":
@@ -92,7 +94,7 @@ def pca_directions(trajectories: HTrajectory | Sequence[HTrajectory], k: int, *,
                           site=first.site)
                 for i in range(k)]
     per_t = [principal_components(centred[s], k, shape, normalisation) for s in range(centred.shape[0])]
-    deltas, signs = [], torch.ones(k, dtype=torch.float64)
+    deltas, signs = [], torch.ones(k, dtype=centred.dtype, device=centred.device)
     for s, pca in enumerate(per_t):
         axes = pca.axes
         if s:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from .devices import wide
 from .direction import Direction
 from .file_format import check_fingerprint
 from .hmath import check_rows
@@ -31,24 +32,25 @@ def linear_probe(x: torch.Tensor, labels: torch.Tensor, method: str = "logistic"
     if method not in PROBE_METHODS:
         raise ValueError(f"method {method!r} is unknown; use one of {PROBE_METHODS}.")
     x = check_rows(x, "h")
-    labels = torch.as_tensor(labels).reshape(-1)
+    labels = torch.as_tensor(labels).reshape(-1).to(x.device)
     if labels.shape[0] != x.shape[0]:
         raise ValueError(f"{labels.shape[0]} labels for {x.shape[0]} rows of h: give one label per image.")
-    if not torch.isin(labels, torch.tensor([0, 1], dtype=labels.dtype)).all():
+    if not torch.isin(labels, torch.tensor([0, 1], dtype=labels.dtype, device=x.device)).all():
         raise ValueError("Labels must be 0 (negative) or 1 (positive).")
     pos, neg = labels == 1, labels == 0
     if not pos.any() or not neg.any():
         empty = "positive" if not pos.any() else "negative"
         raise ValueError(f"The {empty} class is empty: a probe needs examples of both classes.")
-    diff = x[pos].mean(0) - x[neg].mean(0)
+    w_pos, w_neg = pos.to(x.dtype), neg.to(x.dtype)  # class means as weighted sums: no mask indexing (a host sync)
+    diff = w_pos @ x / w_pos.sum() - w_neg @ x / w_neg.sum()
     if method == "mean_difference":
         return diff / diff.norm().clamp_min(1e-30)
     with torch.inference_mode(False), torch.enable_grad():  # a ComfyUI node runs under inference mode
         centred = x.clone() - x.mean(0)
         xs = centred / centred.norm(dim=1).pow(2).mean().sqrt().clamp_min(1e-30)
-        y = labels.double().clone() * 2 - 1
-        w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-        b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        y = labels.to(x.dtype) * 2 - 1
+        w = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device, requires_grad=True)
+        b = torch.zeros((), dtype=x.dtype, device=x.device, requires_grad=True)
         optimiser = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, tolerance_grad=1e-10, tolerance_change=1e-12,
                                       history_size=20, line_search_fn="strong_wolfe")
 
@@ -62,7 +64,7 @@ def linear_probe(x: torch.Tensor, labels: torch.Tensor, method: str = "logistic"
 
         optimiser.step(loss)
     normal = w.detach()
-    if normal.norm() == 0:
+    if not normal.norm() > 0:  # zero (or NaN)
         raise ValueError("The probe learnt nothing (all weights zero); lower l2.")
     return normal / normal.norm()
 
@@ -79,12 +81,12 @@ def probe_direction(positive: HTrajectory, negative: HTrajectory, method: str = 
         raise ValueError(f"form must be 'global' or 'per_timestep', got {form!r}.")
     h, first = stack_trajectories([positive, negative])
     n_pos, shape = positive.batch_size, first.h_shape
-    labels = torch.cat([torch.ones(n_pos), torch.zeros(h.shape[1] - n_pos)]).long()
-    h = h.double()
+    labels = (torch.arange(h.shape[1], device=h.device) < n_pos).long()
+    h = wide(h)
 
     def fit(rows: torch.Tensor, lab: torch.Tensor, d: torch.Tensor):
         normal = linear_probe(rows, lab, method, l2)
-        accuracy = float((((rows - rows.mean(0)) @ normal > 0).long() == lab).double().mean())
+        accuracy = float((((rows - rows.mean(0)) @ normal > 0).long() == lab).to(rows.dtype).mean())
         return (d @ normal) * normal, accuracy
 
     diffs = h[:, :n_pos].mean(1) - h[:, n_pos:].mean(1)  # (steps, D)

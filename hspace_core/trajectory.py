@@ -9,6 +9,7 @@ from typing import Sequence
 
 import torch
 
+from .devices import host_ready, to_host, wide_dtype
 from .file_format import check_fingerprint, load_tensors, save_tensors
 from .sites import DEFAULT_SITE, check_site, common_site
 
@@ -44,11 +45,12 @@ class HStorage:
         return int(t) >= self.t_min
 
     def put(self, h: torch.Tensor) -> torch.Tensor:
-        """One step's h as it is kept: a copy in ``dtype`` on the chosen device (detached)."""
+        """One step's h as it is kept: a copy in ``dtype`` on the chosen device (detached).  From a CUDA device to the
+        CPU the copy is asynchronous (pinned memory); off the CPU float16's range is checked once, in ``trajectory``."""
         dtype = H_DTYPES[self.dtype_for(h)]
-        kept = h.detach().to("cpu" if self.device == "cpu" else h.device, dtype, copy=True)
+        kept = to_host(h, dtype) if self.device == "cpu" else h.detach().to(h.device, dtype, copy=True)
         narrowed = dtype == torch.float16 and h.dtype != torch.float16
-        if narrowed and not torch.isfinite(kept).all() and torch.isfinite(h).all():
+        if narrowed and h.device.type == "cpu" and not torch.isfinite(kept).all() and torch.isfinite(h).all():
             raise ValueError(f"h reaches {float(h.abs().max()):.3g}, beyond float16's range (65504): keep h in "
                              "float32 (h_storage).")
         return kept
@@ -65,8 +67,11 @@ class HStorage:
             raise ValueError(f"No step of the grid (t = {max(timesteps)} … {min(timesteps)}) is at t ≥ {self.t_min}: "
                              "lower keep_h_from_t (the t_edit you will use) so that some h is kept.")
         device = "cpu" if self.device == "cpu" else str(hs[0].device)
-        return HTrajectory(tuple(kept), torch.stack(hs), branches, fingerprint, source, site, self.dtype_for(hs[0]),
-                           device)
+        host_ready(hs)
+        h = torch.stack(hs)
+        if h.dtype == torch.float16 and h.device.type != "cpu" and not torch.isfinite(h).all():
+            raise ValueError("h is beyond float16's range (65504) or not finite: keep h in float32 (h_storage).")
+        return HTrajectory(tuple(kept), h, branches, fingerprint, source, site, self.dtype_for(hs[0]), device)
 
 
 @dataclass(frozen=True)
@@ -226,7 +231,8 @@ class ReconstructionReport:
 
     @classmethod
     def compare(cls, reference: torch.Tensor, reconstruction: torch.Tensor, data_range: float = 2.0) -> "ReconstructionReport":
-        diff = (reconstruction.double() - reference.double())
+        wide = wide_dtype(reconstruction.device)  # float64 on the CPU only
+        diff = reconstruction.to(wide) - reference.to(reconstruction.device, wide)
         per_image = diff.pow(2).flatten(1).mean(1) if diff.dim() > 1 else diff.pow(2).mean()[None]
         return cls(float(diff.pow(2).mean()), _psnr(float(diff.pow(2).mean()), data_range), float(diff.abs().max()),
                    tuple(_psnr(float(m), data_range) for m in per_image), tuple(float(m) ** 0.5 for m in per_image))

@@ -7,7 +7,7 @@ A meta tensor has a device and a dtype but no values, and PyTorch refuses to mix
   the device.  The read returns a fixed plausible value (True, 1.0, ``int_value``), so the code goes on;
 - ``host_copies``: copies from the device to the CPU (``.cpu()``, ``.to("cpu")``); they return zeros of the right
   shape;
-- ``float64``: ops that produced a float64 tensor off the CPU (Apple's MPS has no float64).
+- ``float64``: ops that produced a float64 tensor (not a wrapped Python number) off the CPU (Apple's MPS has none).
 """
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ class Accelerator(TorchDispatchMode):
             return args[0].zero_()
         out = func(*args, **kwargs)
         for o in (out if isinstance(out, (tuple, list)) else (out,)):
-            if torch.is_tensor(o) and o.dtype == torch.float64 and o.device.type != "cpu":
+            # 0-dim: a Python number wrapped by an op (functorch moves them to the device); MPS takes those
+            if torch.is_tensor(o) and o.dtype == torch.float64 and o.device.type != "cpu" and o.dim():
                 self.float64.append(str(func))
         return out
 

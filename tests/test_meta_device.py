@@ -13,7 +13,9 @@ ON_DEVICE = HStorage(dtype="model", device="model")
 
 @pytest.fixture(scope="module")
 def model():
-    return DiffusersUNet(meta(tiny_pixel_unet()))
+    model = DiffusersUNet(meta(tiny_pixel_unet()))
+    assert model.fingerprint  # computed once, on the CPU (a host copy of every weight), before the counting starts
+    return model
 
 
 def _x(batch=2, channels=3, size=16):

@@ -216,3 +216,14 @@ def test_the_refined_inversion_of_a_half_image_is_exact_to_its_precision(dtype):
     resolution = max(torch.finfo(dtype).eps, 8 * torch.finfo(torch.float32).eps) * float(exact.x_T.abs().max())
     assert float((inv.x_T.double() - exact.x_T).abs().max()) <= resolution
     assert inv.report.max_abs_error <= max(4 * torch.finfo(dtype).eps, 1e-5)
+
+
+def test_the_gpu_benchmark_runs_in_its_dry_run():
+    from benchmarks import gpu
+
+    text = gpu.main(["--dry-run"])
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| SD")]
+    assert len(rows) == 8 and {r[0].strip() for r in rows} == {"SD1.5 (dry run)", "SDXL (dry run)"}
+    assert all(float(r[2]) > 0 for r in rows)
+    assert [r[1].strip() for r in rows[:4]] == ["plain step", "edited step (CFG, cond edited)", "calibrated step",
+                                                "invert + edit, 2 steps"]

@@ -151,7 +151,7 @@ def fingerprint_of(arch: dict, weights) -> str:
 
     ``weights`` is an iterable of tensors (``module.parameters()``), a state dict (name → tensor; hashed in its
     order, values only) or raw bytes (e.g. a checkpoint file's contents).  Each tensor contributes its shape, the
-    sum of its first 64 values and the sum of all its values (float64).
+    sum of its first 64 values and the sum of all its values (float64, on the CPU: the same fingerprint on every device).
     """
     arch_hash = hashlib.sha1(json.dumps(arch, sort_keys=True, default=str).encode()).hexdigest()[:12]
     h = hashlib.sha1()
@@ -163,6 +163,6 @@ def fingerprint_of(arch: dict, weights) -> str:
         for name, p in items:
             if not torch.is_tensor(p):
                 raise ValueError(f"fingerprint_of needs tensors (or bytes); entry {name!r} is a {type(p).__name__}.")
-            flat = p.detach().flatten()
-            h.update(f"{tuple(p.shape)}:{float(flat[:64].double().sum()):.6e}:{float(flat.double().sum()):.6e}".encode())
+            flat = p.detach().flatten().to("cpu", torch.float64)
+            h.update(f"{tuple(p.shape)}:{float(flat[:64].sum()):.6e}:{float(flat.sum()):.6e}".encode())
     return f"{arch_hash}/{h.hexdigest()[:12]}"
