@@ -8,10 +8,12 @@ of resnets of the up blocks before, the output of those up blocks and the next s
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import torch
 
+import comfy.cli_args
 import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management
@@ -23,6 +25,15 @@ from ...hspace_core import schedule_from_diffusers_config
 from ...hspace_core.adapters.diffusers_unet import site_module
 from ...hspace_core.schedules import sigmas_of
 from ...hspace_core.sites import output_block_of_site, site_at_output_block
+
+log = logging.getLogger("hspace")
+UNET_DTYPE_FLAGS = (("fp16_unet", torch.float16), ("bf16_unet", torch.bfloat16), ("fp32_unet", torch.float32))
+
+
+def flagged_unet_dtype() -> torch.dtype | None:
+    """The U-Net precision asked for on ComfyUI's command line (--fp16-unet, --bf16-unet, --fp32-unet), else None."""
+    args = comfy.cli_args.args
+    return next((dtype for flag, dtype in UNET_DTYPE_FLAGS if getattr(args, flag, False)), None)
 
 
 class DiffusersPixelUNet(torch.nn.Module):
@@ -131,6 +142,10 @@ def pixel_model_patcher(unet, scheduler_config: dict):
     types = {"epsilon": comfy.model_base.ModelType.EPS, "v_prediction": comfy.model_base.ModelType.V_PREDICTION}
     if prediction not in types:
         raise ValueError(f"prediction_type {prediction!r} is not supported for pixel models; use epsilon or v_prediction.")
+    dtype = flagged_unet_dtype()
+    if dtype is not None and dtype != next(unet.parameters()).dtype:
+        log.info("The pixel U-Net runs in %s, as ComfyUI's command line asks.", str(dtype).replace("torch.", ""))
+        unet = unet.to(dtype)
     config = PixelUNetConfig({"disable_unet_model_creation": True})
     base = comfy.model_base.BaseModel(config, model_type=types[prediction], device=comfy.model_management.get_torch_device())
     base.diffusion_model = DiffusersPixelUNet(unet.eval())
