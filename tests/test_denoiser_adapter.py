@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from harness.tiny import GaussianData, tiny_pixel_unet
-from hspace_core import (Denoiser, Direction, EditSchedule, HSpaceModel, betas_linear, edit, fingerprint_of, inject,
-                         invert, schedule_from_betas, timestep_at_fraction, timestep_at_sigma)
+from hspace_core import (Denoiser, Direction, EditSchedule, HSpaceModel, betas_linear, edit, fingerprint_of, generate,
+                         inject, invert, normalized_slerp, schedule_from_betas, timestep_at_fraction, timestep_at_sigma)
 from hspace_core.schedules import sigmas_of
 
 
@@ -27,7 +27,8 @@ class TinyEDM(torch.nn.Module):
         return c_skip * x + c_out * self.F(c_in * x, c_noise).sample
 
 
-SIGMAS = sigmas_of(schedule_from_betas(betas_linear(1000)).alphas_cumprod)
+SCHEDULE = schedule_from_betas(betas_linear(1000))
+SIGMAS = sigmas_of(SCHEDULE.alphas_cumprod)
 
 
 @pytest.fixture
@@ -84,17 +85,45 @@ def test_inversion_round_trip(edm, images):
     assert inv.trajectory.h.shape[1:] == (2, 32, 8, 8) and inv.trajectory.fingerprint == model.fingerprint
 
 
+def _edm_eps(edm, x_t, t, h_map=None):
+    """ε of the VP point x_t from the EDM network, written out: x = x_t/√ᾱ_t, σ = √((1−ᾱ_t)/ᾱ_t), ε = (x − D(x, σ))/σ;
+    ``h_map`` replaces the mid block's output h by h_map(h) (a plain forward hook)."""
+    a = SCHEDULE.alpha_bar(t)
+    sigma = math.sqrt((1 - a) / a)
+    x = x_t / math.sqrt(a)
+    handle = edm.F.mid_block.register_forward_hook(lambda m, args, out: None if h_map is None else h_map(out))
+    try:
+        denoised = edm(x, torch.full((x.shape[0],), sigma))
+    finally:
+        handle.remove()
+    return (x - denoised) / sigma
+
+
+def _asymmetric_by_hand(edm, x_T, sched, h_map):
+    """Asyrp's process (eq. 4, η = 0): P_t from the edited ε over [T, t_edit], D_t from the original; plain below."""
+    x = x_T
+    for t, t_prev in zip(sched.timesteps(), (*sched.timesteps()[1:], -1)):
+        a, a_prev = SCHEDULE.alpha_bar(t), SCHEDULE.alpha_bar(t_prev)
+        e = _edm_eps(edm, x, t)
+        e_p = _edm_eps(edm, x, t, lambda h, t=t: h_map(h, t)) if t >= sched.t_edit else e
+        x = math.sqrt(a_prev) * (x - math.sqrt(1 - a) * e_p) / math.sqrt(a) + math.sqrt(1 - a_prev) * e
+    return x
+
+
 @torch.no_grad()
-def test_edit_and_inject_run(edm, images):
+def test_edit_and_inject_equal_the_processes_written_out_on_the_network(edm, images):
     model = Denoiser(edm, SIGMAS, "F.mid_block")
     inv = invert(model, images, 10, report=False)
     sched = EditSchedule(10, t_edit=timestep_at_fraction(model.schedule, 0.5))
-    direction = Direction("global", torch.randn(32, 8, 8, generator=torch.Generator().manual_seed(0)))
-    edited = edit(model, inv.x_T, direction, 0.5, sched)
-    plain = edit(model, inv.x_T, direction, 0.0, sched)
-    assert torch.isfinite(edited).all() and (edited - plain).abs().max() > 1e-3
-    mixed = inject(model, inv.x_T.flip(0), inv.trajectory, 0.5, sched)
-    assert mixed.shape == images.shape and torch.isfinite(mixed).all()
+    delta = torch.randn(32, 8, 8, generator=torch.Generator().manual_seed(0))
+    edited = edit(model, inv.x_T, Direction("global", delta), 0.5, sched)
+    assert torch.allclose(edited, _asymmetric_by_hand(edm, inv.x_T, sched, lambda h, t: h + 0.5 * delta), atol=1e-4)
+    assert (edited - generate(model, inv.x_T, sched)).abs().max() > 0.05  # the edit is large against the tolerance
+    style = inv.x_T.flip(0)
+    mixed = inject(model, style, inv.trajectory, 0.5, sched)
+    by_hand = _asymmetric_by_hand(edm, style, sched, lambda h, t: normalized_slerp(h, inv.trajectory.at(t), 0.5))
+    assert torch.allclose(mixed, by_hand, atol=1e-4)
+    assert (mixed - generate(model, style, sched)).abs().max() > 0.05
     identity = model.predict(images, 700, lambda h, t, b: h)
     assert torch.equal(identity.eps_edited, identity.eps)
     assert not edm.F.mid_block._forward_hooks

@@ -287,10 +287,21 @@ def test_discovery_keeps_the_site_and_refuses_mixtures():
 
 
 def test_latent_at_follows_the_ddim_path():
-    model = GaussianData(torch.zeros(1, 1, 4, 4))
-    x_T = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(2))
-    x_T_again, t = hs.latent_at(model, x_T, 999, 10)
-    assert t == 999 and torch.equal(x_T_again, x_T)
-    x_mid, t = hs.latent_at(model, x_T, 480, 10)
-    assert t in hs.timestep_grid(10, 1000, "asyrp") and abs(t - 480) <= 56
-    assert not torch.equal(x_mid, x_T)
+    """x_t at every grid point equals the deterministic DDIM path written out (DDIM eq. 12, η = 0); a t between grid
+    points takes the nearest one."""
+    model = GaussianData(0.3 * torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    x_T = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    grid = hs.timestep_grid(10, 1000, "asyrp")
+    ab = model.schedule.alpha_bar
+    path, x = {}, x_T
+    for t, t_prev in hs.step_pairs(grid):
+        path[t] = x
+        e = model.eps(x, t)
+        x = math.sqrt(ab(t_prev)) * (x - math.sqrt(1 - ab(t)) * e) / math.sqrt(ab(t)) + math.sqrt(1 - ab(t_prev)) * e
+    for t in grid:
+        x_t, found = hs.latent_at(model, x_T, t, 10)
+        assert found == t and torch.allclose(x_t, path[t], atol=1e-12, rtol=0), t
+    upper, lower = grid[4], grid[5]
+    for asked, nearest in ((upper - 1, upper), (lower + 1, lower), (upper - 50, upper), (lower + 50, lower)):
+        x_t, found = hs.latent_at(model, x_T, asked, 10)
+        assert found == nearest and torch.equal(x_t, hs.latent_at(model, x_T, nearest, 10)[0]), (asked, found)

@@ -67,6 +67,9 @@ def test_refinement_solves_the_exact_inverse_for_both_conventions(analytic, x0):
     assert (seed.reconstruction - last).abs().max() < 1e-8
     plain = invert(analytic, x0, 50)
     assert plain.report.mse > 100 * seed.report.mse
+    assert diffusers.latents.shape == (51, 2, 3, 8, 8)  # the input, then x_t at each of the 50 grid points
+    # naive inversion is a first-order method: its error shrinks with more steps
+    assert invert(analytic, x0, 100).report.mse < invert(analytic, x0, 20).report.mse
 
 
 def test_content_h_from_the_inversion_pass_is_read_where_the_model_was_evaluated(analytic, x0):

@@ -145,12 +145,32 @@ def test_slerp_per_channel_norms():
     assert torch.allclose(mid.flatten(2).norm(dim=-1), h.flatten(2).norm(dim=-1), rtol=1e-5)
 
 
+def _angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The angle between rows, 2·atan2(‖â − b̂‖, ‖â + b̂‖): well conditioned near 0 and near π (arccos is not)."""
+    a, b = a.flatten(1), b.flatten(1)
+    a, b = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+    return 2 * torch.atan2((a - b).norm(dim=1), (a + b).norm(dim=1))
+
+
 def test_slerp_is_nan_safe():
-    h = torch.randn(1, 4, 2, 2)
-    for other in (h.clone(), 2 * h, -h, torch.zeros_like(h)):
-        out = normalized_slerp(h, other, 0.5)
-        assert torch.isfinite(out).all()
-    assert torch.allclose(slerp(h, h, 0.3), h, atol=1e-6)
+    """Near-antipodal, antipodal, equal and zero content h: the result is finite, keeps ‖h‖, and lies at γ·θ from
+    h on the great circle toward the content (θ the angle between them)."""
+    g = torch.Generator().manual_seed(11)
+    h = torch.randn(3, 4, 2, 2, generator=g, dtype=torch.float64)
+    for eps in (1e-3, 1e-6, 0.0):
+        other = -1.7 * h + eps * torch.randn(3, 4, 2, 2, generator=g, dtype=torch.float64)
+        theta = _angle(h, other)
+        for gamma in (0.1, 0.5, 0.9):
+            out = normalized_slerp(h, other, gamma)
+            assert torch.isfinite(out).all()
+            assert torch.allclose(out.flatten(1).norm(dim=1), h.flatten(1).norm(dim=1), rtol=1e-9)
+            assert torch.allclose(_angle(h, out), gamma * theta, atol=1e-7), (eps, gamma)
+            assert torch.allclose(_angle(out, other), (1 - gamma) * theta, atol=1e-7), (eps, gamma)
+    for same in (h.clone(), 2 * h):
+        assert torch.allclose(normalized_slerp(h, same, 0.5), h, atol=1e-12)
+    assert torch.allclose(normalized_slerp(h, torch.zeros_like(h), 0.0), h)
+    assert torch.isfinite(normalized_slerp(h, torch.zeros_like(h), 0.5)).all()
+    assert torch.allclose(slerp(h, h, 0.3), h, atol=1e-12)
 
 
 def test_gamma_outside_unit_interval_is_refused():
