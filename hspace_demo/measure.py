@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hspace_core import processes as hp
+import hspace_core as hs
 from hspace_core import EditSchedule
 from . import readouts as ro
 from .shapes import SHAPES, Factors, render, sample_colours
@@ -54,8 +54,8 @@ def centred_examples(n: int, radius: tuple[float, float], seed: int, shape: str 
 
 def _direction(model, positive: torch.Tensor, negative: torch.Tensor, steps: int, name: str):
     """Global Δh = mean h of the positive examples − mean h of the negative ones, averaged over timesteps."""
-    return hp.direction_from_examples(hp.invert(model, positive, steps).trajectory,
-                                      hp.invert(model, negative, steps).trajectory, name=name).global_mean()
+    return hs.direction_from_examples(hs.invert(model, positive, steps).trajectory,
+                                      hs.invert(model, negative, steps).trajectory, name=name).global_mean()
 
 
 def size_direction(model, n: int, seed: int, steps: int):
@@ -72,10 +72,10 @@ def shape_direction(model, n: int, seed: int, steps: int, positive: str = "circl
 
 def _edit_sweep(model, direction, test_images: torch.Tensor, strengths, steps: int, t_edit: int):
     """Yields (strength, reconstructions, edited images, median foreground colour shift) for each strength."""
-    inv = hp.invert(model, test_images, steps)
+    inv = hs.invert(model, test_images, steps)
     base = inv.reconstruction.numpy()
     for s in strengths:
-        edited = hp.edit(model, inv.x_T, direction, s, EditSchedule(steps, t_edit=t_edit)).numpy()
+        edited = hs.edit(model, inv.x_T, direction, s, EditSchedule(steps, t_edit=t_edit)).numpy()
         shift = [ro.colour_distance(ro.foreground_colour(o), ro.foreground_colour(b)) for o, b in zip(edited, base)]
         yield s, base, edited, float(np.nanmedian(shift))
 
@@ -112,7 +112,7 @@ def samples_from_noise(model, n: int, steps: int, seed: int = 0, clip_x0: float 
     generator = torch.Generator().manual_seed(seed)
     x_T = torch.randn(n, 3, 32, 32, generator=generator)
     sampler_seed = int(torch.randint(2**62, (1,), generator=generator))
-    return hp.generate(model, x_T, EditSchedule(steps, t_edit=0, clip_x0=clip_x0, eta=eta), seed=sampler_seed)
+    return hs.generate(model, x_T, EditSchedule(steps, t_edit=0, clip_x0=clip_x0, eta=eta), seed=sampler_seed)
 
 
 def sample_quality(model, n: int, steps: int, seed: int = 0, clip_x0: float | None = None, eta: float = 0.0) -> float:

@@ -22,8 +22,11 @@ def test_benchmark_runs_on_two_pairs_and_writes_every_section():
 
     text = bench.to_markdown(results, pairs=2, steps=10)
     for heading in ("## How much h carries", "## DDIM inversion (2 images)", "## Content injection (DiffStyle)",
-                    "## Asyrp size direction", "## Asyrp shape direction", "## Samples from pure noise", "## Timings"):
+                    "## Asyrp size direction", "## Asyrp shape direction", "## Samples from pure noise",
+                    "## Against the floors", "## Timings"):
         assert heading in text
+    floors = text.split("## Against the floors")[1].split("##")[0]
+    assert floors.count("| yes |") + floors.count("| **no** |") == len(bench.FLOORS)
     assert set(results["samples"]) == {(n, c, eta) for n in (20, 50, 100) for c, eta in bench.SAMPLERS}
     inversion_table = text.split("## DDIM inversion")[1].split("##")[0]
     assert "| 5 | " in inversion_table and "| 100 | " not in inversion_table  # the step counts measured

@@ -22,7 +22,9 @@ def test_bundled_model_inverts_shapes_images():
     images = torch.from_numpy(make_batch(4, seed=123)[0])
     with torch.no_grad():
         inv = invert(model, images, 20, refine_iters=1)
-    assert inv.report.psnr > 20.0, inv.report
+        plain = invert(model, images, 20)
+    # fixed-point refinement solves each step's exact inverse: the reconstruction is far closer than without it
+    assert inv.report.mse < plain.report.mse / 10, (inv.report, plain.report)
     assert inv.trajectory.h.shape == (20, 4, 128, 4, 4)  # h = 128×4×4 for 32×32 images
 
 
@@ -36,26 +38,15 @@ def test_training_can_start_from_the_shipped_fp16_weights(tmp_path):
     assert (tmp_path / "train_state.pt").exists()  # a rerun resumes from here, not from --init-from
 
 
-# What the papers claim, measured on the bundled model with one seeded set of 8 pairs (seconds each). Thresholds
-# are the worst value over seeds 0–2 minus a margin (docs/demo_model.md); issue 4's bars themselves are for the
-# 64-pair benchmark — 8 pairs are too few for some of them (a pair's two backgrounds may be close, for instance).
-import numpy as np  # noqa: E402
+# What the papers claim, on the bundled model with one seeded set of 8 pairs (seconds each).  The bars are the
+# methods' own claims (h carries more of ε than the skips; injection moves content toward the content image and keeps
+# the style's; the symmetric step cancels most of it), not this model's measurements: the regression floors on the
+# measured values live in benchmarks/demo_model.py (FLOORS, `--check`) with their report, docs/demo_model.md.
 import pytest  # noqa: E402
 
 import hspace_core as hs  # noqa: E402
-from hspace_demo.measure import (centred_examples, h_swap_ratio, injection_scores, sample_quality,  # noqa: E402
-                                      size_direction, size_direction_effect)
-
-# Seeds 0 / 1 / 2 at step 6,000 measured 1.43 / 1.23 / 1.29 (h swap), +0.29 / +0.17 / +0.13 (content IoU gain),
-# 0.56 / 0.50 / 0.52 (style IoU drop), 0.21 / 0.21 / 0.13 (background → style), 0.20 / 0.30 / 0.41 (background
-# margin to the content), 0.69 / 0.50 / 0.81 (samples); these tests run seed 0.
-MIN_H_SWAP_400 = 1.0
-MIN_CONTENT_GAIN = 0.1
-MIN_STYLE_DROP = 0.3  # issue 4's bar
-MAX_BACKGROUND_TO_STYLE = 0.25
-MIN_BACKGROUND_MARGIN = 0.15
-MIN_SAMPLE_QUALITY = 0.4
-MIN_ANCESTRAL_SAMPLE_QUALITY = 0.6  # 16 samples, 20 steps, η = 1: 0.69–0.94 over seeds 0–3 (η = 0: 0.50–0.81)
+from hspace_demo.measure import (centred_examples, h_swap_ratio, injection_scores, size_direction,  # noqa: E402
+                                 size_direction_effect)
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +65,11 @@ def pairs(demo):
 
 
 def test_h_carries_most_of_the_prediction_at_t_400(demo, pairs):
+    """Swapping h alone moves ε more than half the way to the other image's ε: h, not the skips, carries most of
+    the difference (ratio > 1/2)."""
     _, _, content, style, _, _ = pairs
     with torch.no_grad():
-        assert h_swap_ratio(demo, content, style, 400) > MIN_H_SWAP_400
+        assert h_swap_ratio(demo, content, style, 400) > 0.5
 
 
 def test_content_injection_moves_the_shape_and_keeps_the_style(demo, pairs):
@@ -88,9 +81,10 @@ def test_content_injection_moves_the_shape_and_keeps_the_style(demo, pairs):
         symmetric = hs.run_reverse(demo, inv_s.x_T, hs.EditSchedule(20, t_edit=400),
                                    edit=hs.content_injection(inv_c.trajectory, 0.5), asymmetric=False).x0
     gain = mixed["iou_content"] - base["iou_content"]
-    assert gain > MIN_CONTENT_GAIN and base["iou_style"] - mixed["iou_style"] > MIN_STYLE_DROP
-    assert mixed["bg_to_style"] < MAX_BACKGROUND_TO_STYLE
-    assert mixed["bg_to_content"] - mixed["bg_to_style"] > MIN_BACKGROUND_MARGIN
+    # content moves toward the content image's shape, away from the style's; the style (background) stays nearer
+    # the style image's than the content image's
+    assert gain > 0 and base["iou_style"] - mixed["iou_style"] > 0, (base, mixed)
+    assert mixed["iou_content"] > mixed["iou_style"] and mixed["bg_to_style"] < mixed["bg_to_content"], mixed
     assert base["type_style"] >= 0.8, "reconstructions keep the style's shape type (readouts.classify_shape)"
     symmetric_gain = injection_scores(symmetric, content_np, style_np)["iou_content"] - base["iou_content"]
     assert gain > 2 * symmetric_gain, "Asyrp: the symmetric step largely cancels the injection"
@@ -114,12 +108,5 @@ def test_size_direction_from_examples_grows_and_shrinks_shapes(demo):
     with torch.no_grad():
         effect = size_direction_effect(demo, size_direction(demo, 16, 10, 20), centred_examples(8, (7.5, 9.5), 30),
                                        (-1.0, 2.0), 20)
-    assert effect[-1.0]["area_ratio"] < 0.9 and effect[2.0]["area_ratio"] > 1.2, effect
-    assert effect[-1.0]["moved_intended_way"] >= 0.75 and effect[2.0]["moved_intended_way"] >= 0.75, effect
-
-
-def test_samples_from_pure_noise_look_like_the_dataset_with_clipping(demo):
-    with torch.no_grad():
-        deterministic = sample_quality(demo, 16, 20, seed=0, clip_x0=1.0)
-        ancestral = sample_quality(demo, 16, 20, seed=0, clip_x0=1.0, eta=1.0)
-    assert deterministic > MIN_SAMPLE_QUALITY and ancestral > MIN_ANCESTRAL_SAMPLE_QUALITY, (deterministic, ancestral)
+    assert effect[-1.0]["area_ratio"] < 1 < effect[2.0]["area_ratio"], effect
+    assert effect[-1.0]["moved_intended_way"] > 0.5 and effect[2.0]["moved_intended_way"] > 0.5, effect  # most images
