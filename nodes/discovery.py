@@ -95,7 +95,8 @@ class JacobianDirections(io.ComfyNode):
                                                  relative_norm=relative_norm, seed=seed)
 
         directions = run_in_comfy(model, x_T["samples"], body, positive=positive, negative=negative, cfg=cfg,
-                                  edit_branches=edit_branches, site=site)
+                                  edit_branches=edit_branches, site=site,
+                                  rows=(k + 2) * x_T["samples"].shape[0])  # k + oversample probe rows
         return _pick(directions, component, "singular_value")
 
 
@@ -191,7 +192,8 @@ class DirectionExplorer(io.ComfyNode):
                            lambda m, x: explore(m, x, chosen, values, schedule, t_edits=t_edits, seed=seed,
                                                           progress=progress),
                            positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed,
-                           site=common_site(chosen, "directions"))
+                           site=common_site(chosen, "directions"),
+                           rows=2 * len(values) * x_T["samples"].shape[0])  # one row per strength, [x; x]
         images = decode(vae, latent_out(model, out.flatten(0, 1)))
         tiles = images.reshape(len(rows), len(values), *images.shape[1:])[..., :3]
         labels = [label for _, _, label in rows]

@@ -59,7 +59,8 @@ class AsyrpEdit(io.ComfyNode):
         schedule = edit_schedule(steps, t_edit, boost)
         seed = seed_of(seed, boost)
         negative, negative_at = sampling_inputs(x_T, steps, cfg, positive, negative)
-        progress = progress_bar(steps * len(strengths))
+        total = steps * len(strengths)
+        progress = progress_bar(total, model)
 
         def body(m, x):
             if not allow_other_model:
@@ -70,11 +71,12 @@ class AsyrpEdit(io.ComfyNode):
                 s = s * direction.step_scale(steps)
                 shift = combine_directions([direction], [s]) if s != 0 else None
                 outs.append(run_h_edit(m, x, shift, schedule, seed=seed,
-                                       progress=lambda d, n, done=k * steps: progress(done + d, steps * len(strengths))))
+                                       progress=lambda d, n, x0, done=k * steps: progress(done + d, total, x0)))
             return torch.cat(outs)
 
         out = run_in_comfy(model, x_T["samples"], body, positive=positive, negative=negative, cfg=cfg,
-                           edit_branches=edit_branches, seed=seed, negative_at=negative_at, site=direction.site)
+                           edit_branches=edit_branches, seed=seed, negative_at=negative_at, site=direction.site,
+                           rows=2 * x_T["samples"].shape[0])  # the one-call [x; x] of an edited step
         return io.NodeOutput(latent_out(model, out), sweep_text(strengths))
 
 

@@ -80,7 +80,7 @@ class SlerpContentInject(io.ComfyNode):
         out = run_in_comfy(
             model, style_x_T["samples"], mix,
             positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed,
-            negative_at=negative_at, site=content.site)
+            negative_at=negative_at, site=content.site, rows=2 * style_x_T["samples"].shape[0])  # [x; x] per step
         return io.NodeOutput(latent_out(model, out), sweep_text(gammas))
 
 

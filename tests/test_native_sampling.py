@@ -28,7 +28,7 @@ def test_the_sampler_loop_gives_todays_asyrp_edit(pack, samplers, cfg, boost):
         direction = Direction("global", torch.randn(h.shape[1:], generator=torch.Generator().manual_seed(5)))
         today = edit(m, x, direction, 2.0, schedule, seed=7)
         native = samplers.run_h_edit(m, x, combine_directions([direction], [2.0]), schedule, seed=7,
-                                     progress=lambda d, n: steps.append((d, n)))
+                                     progress=lambda d, n, x0: steps.append((d, n, x0.shape)))
         plain = samplers.run_h_edit(m, x, None, schedule, seed=7)
         return today, native, plain
 
@@ -37,7 +37,7 @@ def test_the_sampler_loop_gives_todays_asyrp_edit(pack, samplers, cfg, boost):
                                                         cfg=cfg, seed=7)
     assert relative(native, today) < 1e-5, relative(native, today)
     assert relative(plain, today) > 1e-3  # the edit shows, so the agreement above is about the edit
-    assert steps == [(k, 8) for k in range(1, 9)]
+    assert steps == [(k, 8, x_T.shape) for k in range(1, 9)]
 
 
 @pytest.mark.parametrize("edit_branches", ["both", "cond"])
@@ -67,3 +67,81 @@ def test_the_h_shift_patch_is_the_edit_inside_its_window_only(pack, samplers, ed
         assert relative(got, want.eps_edited if inside else want.eps) < 1e-5, (t, inside)
         assert relative(want.eps_edited, want.eps) > 1e-3
     assert not model.model_options["transformer_options"].get("patches")  # the input MODEL is unchanged
+
+
+def test_memory_is_reserved_for_the_rows_the_body_runs(pack, monkeypatch):
+    """A spy on ComfyUI's model-management call: rows=4 reserves what ComfyUI reserves for a 4-row latent."""
+    import comfy.model_management
+
+    comfy_model, _ = pack
+    seen = []
+    real = comfy.model_management.load_models_gpu
+
+    def spy(models, memory_required=0, *args, **kwargs):
+        seen.append(memory_required)
+        return real(models, memory_required, *args, **kwargs)
+
+    monkeypatch.setattr(comfy.model_management, "load_models_gpu", spy)
+    positive, negative = conditioning()
+    model = tiny_sd()
+    one, four = torch.zeros(1, 4, 16, 16), torch.zeros(4, 4, 16, 16)
+    with torch.inference_mode():
+        for latent, rows in ((one, None), (one, 4), (four, None)):
+            comfy_model.run_in_comfy(model, latent, lambda m, x: None, positive=positive, negative=negative, cfg=7.5,
+                                     rows=rows)
+    assert seen[1] == seen[2] > seen[0], seen
+    assert not model.get_wrappers("prepare_sampling", "hspace_rows")  # the MODEL given is not changed
+
+
+def _lora_pair(seed):
+    """A tiny SD MODEL and a clone with a weight patch (what a LoRA loader adds), sharing one diffusion_model."""
+    plain = tiny_sd(seed=seed)
+    key = "diffusion_model.out.2.weight"
+    weight = plain.model.state_dict()[key]
+    lora = plain.clone()
+    lora.add_patches({key: (0.05 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(9)),)}, 1.0)
+    return plain, lora
+
+
+def test_the_fingerprint_is_of_the_weights_that_run_whatever_ran_first(pack):
+    comfy_model, _ = pack
+    positive, _ = conditioning()
+    x = torch.zeros(1, 4, 16, 16)
+
+    def seen_in_sampling(model):  # the fingerprint a node sees while its MODEL runs
+        with torch.inference_mode():
+            return comfy_model.run_in_comfy(model, x, lambda m, _: m.fingerprint, positive=positive)
+
+    plain, lora = _lora_pair(11)
+    first = (seen_in_sampling(plain), seen_in_sampling(lora))
+    plain, lora = _lora_pair(11)
+    second = (seen_in_sampling(lora), seen_in_sampling(plain))[::-1]
+    assert first == second and first[0] != first[1]
+    plain, lora = _lora_pair(11)
+    seen_in_sampling(lora)  # the LoRA'd weights are in place in the shared diffusion_model now
+    assert comfy_model.model_fingerprint(plain) == first[0]  # asked outside sampling: still the plain weights
+
+
+def test_asyrp_edit_progress_sends_latent_previews(pack, monkeypatch):
+    """Every step of a long node reaches ComfyUI's ProgressBar with a preview of the step's x0."""
+    import comfy.utils
+    import latent_preview
+
+    comfy_model, _ = pack
+    decoded, sent = [], []
+
+    class Previewer:
+        def decode_latent_to_preview_image(self, fmt, x0):
+            decoded.append(x0.shape)
+            return (fmt, "image", 8)
+
+    monkeypatch.setattr(latent_preview, "get_previewer", lambda device, latent_format: Previewer())
+    monkeypatch.setattr(comfy.utils.ProgressBar, "update_absolute",
+                        lambda self, value, total=None, preview=None: sent.append((value, total, preview)))
+    model = tiny_sd()
+    update = comfy_model.progress_bar(3, model)
+    for k in range(1, 4):
+        update(k, 3, torch.zeros(1, 4, 16, 16))
+    update(3, 3)  # a step with no latent sends no preview
+    assert decoded == [(1, 4, 16, 16)] * 3
+    assert sent == [(1, 3, ("JPEG", "image", 8)), (2, 3, ("JPEG", "image", 8)), (3, 3, ("JPEG", "image", 8)), (3, 3, None)]

@@ -259,27 +259,53 @@ def time_embedding_of(model_patcher) -> TimeEmbedding:
     return TimeEmbedding.copy_of(dm.time_embed[0], dm.time_embed[2], dm.model_channels, True, 0.0)
 
 
-_FINGERPRINTS: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
+_FINGERPRINTS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
 def model_fingerprint(model_patcher) -> str:
-    """'arch/weights' hash of the diffusion model, cached per model object (hashing SD's weights takes ~1 s)."""
+    """'arch/weights' hash of the diffusion model as it runs: with this MODEL's weight patches (LoRA, merges)
+    applied.  ComfyUI's clones share one ``diffusion_model`` and patch it in place, so the hash is cached per
+    (model object, patch state ``patches_uuid``) and taken while this patch state is the one loaded (loading it
+    first if another clone's is): the same MODEL gets the same fingerprint whatever ran before (~1 s for SD)."""
     dm = model_patcher.get_model_object("diffusion_model")
-    if dm not in _FINGERPRINTS:
+    state = getattr(model_patcher, "patches_uuid", None)
+    cached = _FINGERPRINTS.setdefault(dm, {})
+    if state not in cached:
+        current = getattr(model_patcher.model, "current_weight_patches_uuid", state)
+        if current != state and (current is not None or model_patcher.patches):
+            comfy.model_management.load_models_gpu([model_patcher])  # put this clone's weights in place
+        if getattr(model_patcher.model, "model_lowvram", False) and model_patcher.patches:
+            log.info("h-space: this MODEL is loaded in low-VRAM mode, where weight patches are applied on the fly; "
+                     "its fingerprint is that of the unpatched weights.")
         arch = {"class": type(dm).__name__, "model_type": model_patcher.model.model_type.name,
                 "config": type(getattr(model_patcher.model, "model_config", None)).__name__}
-        _FINGERPRINTS[dm] = fingerprint_of(arch, dm.parameters())
-    return _FINGERPRINTS[dm]
+        cached[state] = fingerprint_of(arch, dm.parameters())
+    return cached[state]
+
+
+def with_row_reservation(model, rows: int):
+    """A clone of ``model`` for which ComfyUI reserves memory as for a batch of ``rows`` latents (a
+    PREPARE_SAMPLING wrapper hands ``estimate_memory`` that batch size; nothing else changes)."""
+    import comfy.patcher_extension as ext
+
+    def reserve(executor, model_patcher, noise_shape, conds, *args, **kwargs):
+        return executor(model_patcher, [rows, *noise_shape[1:]], conds, *args, **kwargs)
+
+    clone = model.clone()
+    clone.add_wrapper_with_key(ext.WrappersMP.PREPARE_SAMPLING, "hspace_rows", reserve)
+    return clone
 
 
 def run_in_comfy(model, latent: torch.Tensor, body, *, positive=None, negative=None, cfg: float = 1.0,
                  edit_branches: str = "cond", seed: int = 0, negative_at: dict | None = None,
-                 site: str = DEFAULT_SITE):
+                 site: str = DEFAULT_SITE, rows: int | None = None):
     """Run ``body(hspace_model, x)`` inside ComfyUI's sampling of ``model``, with h read at ``site``.
 
     ``latent`` is a LATENT's ``samples`` (unscaled); ``x`` is the model-space tensor the body works on
     (``process_latent_in`` applied).  ``negative_at`` ({t: cross-attention tensor}, null-text inversion) replaces
-    the negative's embedding at those timesteps.  Returns what ``body`` returns.
+    the negative's embedding at those timesteps.  ``rows`` is the batch the body really runs through the U-Net
+    when it is not the latent's (an edit's one-call [x; x] is 2×, the explorer's S strengths 2S×, the Jacobian's
+    k + oversample): ComfyUI then reserves memory for that many rows.  Returns what ``body`` returns.
     """
     check_has_h_space(model)
     check_latent(model, latent)
@@ -304,7 +330,8 @@ def run_in_comfy(model, latent: torch.Tensor, body, *, positive=None, negative=N
     sampler = comfy.samplers.KSAMPLER(sampler_function)
     ms = model.get_model_object("model_sampling")
     sigmas = torch.stack([ms.sigma_max.float().cpu(), torch.tensor(0.0)])
-    comfy.sample.sample_custom(model, torch.zeros_like(latent), cfg, sampler, sigmas, positive, negative, latent,
+    runner = with_row_reservation(model, rows) if rows is not None and rows != latent.shape[0] else model
+    comfy.sample.sample_custom(runner, torch.zeros_like(latent), cfg, sampler, sigmas, positive, negative, latent,
                                disable_pbar=True, seed=seed)
     return result["value"]
 
@@ -314,12 +341,22 @@ def latent_out(model, x: torch.Tensor) -> dict:
     return {"samples": model.model.process_latent_out(x.float()).to(comfy.model_management.intermediate_device())}
 
 
-def progress_bar(total: int):
-    """A progress callback for the core that also honours Cancel at every step."""
+def progress_bar(total: int, model=None):
+    """A progress callback ``update(done, total, x0=None)`` for the core that also honours Cancel at every step.
+    Given the MODEL, an ``x0`` passed to it (the step's denoised latent, model space) is sent as ComfyUI's latent
+    preview (``latent_preview``'s previewer, as core samplers do; none when the server runs without previews)."""
     bar = comfy.utils.ProgressBar(total)
+    previewer = None
+    if model is not None:
+        import latent_preview
 
-    def update(done, total_now):
+        previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
+
+    def update(done, total_now, x0=None):
         comfy.model_management.throw_exception_if_processing_interrupted()
-        bar.update_absolute(done, total_now)
+        preview = None
+        if previewer is not None and x0 is not None:
+            preview = previewer.decode_latent_to_preview_image("JPEG", x0)
+        bar.update_absolute(done, total_now, preview)
 
     return update

@@ -117,7 +117,8 @@ def h_edit_sampler(node: str, edit_for, window_for, *, edit_branches: str, site:
 def run_h_edit(hs, x_T: torch.Tensor, edit, schedule, *, seed: int = 0, progress=None) -> torch.Tensor:
     """The pack nodes' reverse process (x_T → x0 on ``schedule``'s DDIM grid) through the SAMPLERs' loop
     (``sampling.sample_h_edit``), inside ``run_in_comfy``: the one code path of Asyrp Edit and the Asyrp Sampler.
-    ``edit`` None is the reconstruction; ``progress(done, total)`` is told after every step."""
+    ``edit`` None is the reconstruction; ``progress(done, total, x0)`` is told after every step (x0: the step's
+    denoised latent, for previews)."""
     if schedule.clip_x0:
         raise ValueError("run_h_edit does not clip x0; use hspace_core.run_reverse for clip_x0 schedules.")
     grid = list(schedule.timesteps())
@@ -129,7 +130,7 @@ def run_h_edit(hs, x_T: torch.Tensor, edit, schedule, *, seed: int = 0, progress
         plain, _, edited = hs.denoised(x, sigmas[i], grid[i], edit if edit_now else None)
         return plain, edited
 
-    done = None if progress is None else (lambda i, denoised, x: progress(i + 1, len(grid)))
+    done = None if progress is None else (lambda i, denoised, x: progress(i + 1, len(grid), denoised))
     x = x_T * ve_scale(float(table[grid[0]]))
     return sample_h_edit(denoise, x, sigmas, edits, etas=[schedule.eta_at(t) for t in grid], seed=seed,
                          callback=done)
