@@ -1,6 +1,6 @@
 """H-Space Load Pixel U-Net: a diffusers UNet2DModel (DDPM CelebA-HQ, church, bedroom, the bundled demo), a
 DDIM-repo checkpoint file (Asyrp / InjectFusion's celeba_hq.ckpt, ema_lsun_*) or an openai guided-diffusion / iDDPM
-UNetModel checkpoint (AFHQ-dog, METFACES, ImageNet) as a MODEL."""
+UNetModel checkpoint (AFHQ-dog, METFACES, ImageNet; EDM-preconditioned ones as an EDM MODEL) as a MODEL."""
 from __future__ import annotations
 
 import os
@@ -12,7 +12,8 @@ import folder_paths
 
 from ..hspace_core.checkpoints import CHECKPOINT_EXTENSIONS, LoadedCheckpoint, read_checkpoint
 from .common import CATEGORY, file_state
-from .comfy.pixel_model import is_pixel_unet_folder, load_pixel_unet_folder, load_pixel_unet_hub, pixel_model_patcher
+from .comfy.pixel_model import (is_pixel_unet_folder, load_pixel_unet_folder, load_pixel_unet_hub, pixel_edm_patcher,
+                                pixel_model_patcher)
 
 PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLED = {"bundled/hspace-shapes-ddpm": os.path.join(PACK_ROOT, "models", "hspace-shapes-ddpm")}
@@ -91,8 +92,8 @@ class LoadPixelUNet(io.ComfyNode):
                         "a Hub repo id works when online. What a checkpoint does not record (β schedule: linear "
                         "unless said; ε or v prediction; class label; head split) goes in a JSON file beside it: "
                         "<name>.json, e.g. {\"beta_schedule\": \"cosine\"} or {\"parameterization\": \"v\"}. "
-                        "σ-parameterised files (EDM, consistency models) are refused: load them with "
-                        "hspace_core.checkpoints.load_checkpoint.",
+                        "EDM files ({\"parameterization\": \"edm\"}) load as ComfyUI EDM MODELs; consistency "
+                        "models and x0 predictors are refused: load them with hspace_core.checkpoints.load_checkpoint.",
             inputs=[io.Combo.Input("unet_folder", options=(sorted(pixel_unet_folders()) + sorted(checkpoint_files()))
                                    or ["(none found)"],
                                    tooltip="A diffusers folder (config.json + weights + scheduler config) in "
@@ -125,26 +126,24 @@ class LoadPixelUNet(io.ComfyNode):
         if folder is None:
             unet, scheduler = load_pixel_unet_hub(repo_id.strip())
         elif os.path.isfile(folder):
-            unet, scheduler = checkpoint_unet(read_checkpoint(folder))
+            return io.NodeOutput(checkpoint_model(read_checkpoint(folder)))
         else:
             unet, scheduler = load_pixel_unet_folder(folder)
         return io.NodeOutput(pixel_model_patcher(unet, scheduler))
 
 
-def checkpoint_unet(loaded: LoadedCheckpoint):
-    """The U-Net and scheduler config of a checkpoint the pixel MODEL can run (ε or v prediction on its β schedule,
-    no per-image labels); anything else is refused, saying what to use instead."""
-    settings, sidecar = loaded.settings, os.path.splitext(loaded.name)[0] + ".json"
-    if settings.parameterization not in ("eps", "v"):
-        what = ("σ-parameterised (D(x, σ) preconditioning)" if settings.sigma_parameterised else
-                "an x0 predictor on the β schedule")
+def checkpoint_model(loaded: LoadedCheckpoint):
+    """The MODEL of a checkpoint: ε or v prediction on its β schedule, or EDM-preconditioned (ComfyUI's EDM model
+    type); consistency-model scalings, x0 prediction and per-image labels are refused, saying what to use."""
+    settings, sidecar, unet = loaded.settings, os.path.splitext(loaded.name)[0] + ".json", loaded.unet
+    if settings.parameterization in ("x0", "consistency"):
+        what = ("a consistency model (boundary-condition c_skip, c_out, which ComfyUI's EDM model type does not "
+                "apply)" if settings.sigma_parameterised else "an x0 predictor on the β schedule")
         raise ValueError(f"{loaded.name} is {what}: parameterization {settings.parameterization!r} in {sidecar}. "
-                         "H-Space Load Pixel U-Net builds ε- and v-prediction MODELs on a 1000-step β schedule only. "
-                         "Use the library instead: hspace_core.checkpoints.load_checkpoint(path) returns an "
-                         "hs.Denoiser ready for invert / edit / inject (docs/adapters.md, 'Checkpoints'); or, if the "
-                         "model was trained on a β schedule with ε or v prediction, set parameterization to \"eps\" "
-                         "or \"v\" in the file.")
-    unet = loaded.unet
+                         "H-Space Load Pixel U-Net builds ε- and v-prediction MODELs on a 1000-step β schedule and "
+                         "EDM MODELs. Use the library instead: hspace_core.checkpoints.load_checkpoint(path) returns "
+                         "an hs.Denoiser ready for invert / edit / inject (docs/adapters.md, 'Checkpoints'); or, if "
+                         "that is what the model is, set parameterization to \"eps\", \"v\" or \"edm\" in the file.")
     if unet.class_embedding is not None:
         if unet.config.class_embed_type == "identity":
             raise ValueError(f"{loaded.name} has a continuous conditioning input (a label_emb MLP): fix the input "
@@ -152,5 +151,7 @@ def checkpoint_unet(loaded: LoadedCheckpoint):
                              "numbers as label_emb takes).")
         raise ValueError(f"{loaded.name} is class-conditional ({unet.config.num_class_embeds} classes): fix the class "
                          f"to generate in {sidecar} beside it, e.g. " '{"class_label": 207}.')
-    return unet, loaded.scheduler
-
+    if settings.sigma_parameterised:
+        scale = 1000.0 if settings.noise_input == "consistency" else 1.0  # ComfyUI gives ¼ ln σ
+        return pixel_edm_patcher(unet, settings.sigma_data, settings.sigma_min, settings.sigma_max, scale)
+    return pixel_model_patcher(unet, loaded.scheduler)

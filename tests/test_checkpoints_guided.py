@@ -1,17 +1,20 @@
 """openai guided-diffusion / iDDPM UNetModel checkpoints → diffusers UNet2DModel, against a reference forward of the
 original layout (tests/guided_reference.py); what the weights do not say; bad files; the pixel loader node."""
+import io
 import json
 import logging
 import os
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from ddim_reference import Model
 from guided_reference import UNetModel
-from hspace_core import DiffusersUNet, schedule_from_diffusers_config
-from hspace_core.checkpoints import layout_of, load_checkpoint, read_checkpoint, unet_from_state_dict
-from hspace_core.checkpoints import candidate_splits, rank_head_splits
+from hspace_core import DiffusersUNet, invert, schedule_from_diffusers_config
+from hspace_core.checkpoints import (candidate_splits, layout_of, load_checkpoint, rank_head_splits, read_checkpoint,
+                                     unet_from_state_dict)
 from hspace_core.checkpoints.guided_diffusion import GuidedLayout, attention_split, guided_layout, known_model, split_qkv
 
 TINY = dict(in_channels=3, model_channels=32, out_channels=3, num_res_blocks=1, attention_resolutions=(2,),
@@ -238,7 +241,8 @@ def test_checkpoint_files_and_their_settings_file(tmp_path, caplog):
 def test_guided_checkpoints_load_through_the_pixel_loader(comfy):
     """A learned-σ and a class-conditional guided-diffusion checkpoint in models/diffusion_models, with their settings
     in a JSON file beside them, invert and reconstruct through the server; a class-conditional one without a class
-    and a σ-parameterised one are clear node errors."""
+    an EDM one inverts as the library does, and x0 / consistency-model / continuous-input files are clear node
+    errors."""
     from harness.server import PromptRejected, error_message
 
     folder = os.path.join(comfy.base, "models", "diffusion_models")
@@ -277,12 +281,25 @@ def test_guided_checkpoints_load_through_the_pixel_loader(comfy):
     entry = comfy.run(prompt)  # the settings file is part of the loader's fingerprint: it runs again
     assert entry["status"]["status_str"] == "success", error_message(entry) + "\n" + comfy.tail()
     assert comfy.images(entry, "10")
-    put("e2e_gd_edm", _reference(), {"num_heads": 1, "parameterization": "edm"})
+    edm = {"num_heads": 1, "parameterization": "edm", "c_noise": "consistency", "sigma_max": 40.0}
+    put("e2e_gd_edm", _reference(), edm)
     prompt["1"]["inputs"]["repo_id"] = "e2e_gd_edm.pt"
+    entry = comfy.run(prompt)  # an EDM MODEL: ComfyUI's EDM sampling with the network's 250 ln σ time input
+    assert entry["status"]["status_str"] == "success", error_message(entry) + "\n" + comfy.tail()
+    image = torch.from_numpy(np.array(Image.open(io.BytesIO(comfy.images(entry, "10")[0])).convert("RGB")))
+    source = torch.from_numpy(np.array(Image.open(os.path.join(comfy.base, "input", "hspace_content.png"))
+                                       .convert("RGB")))
+    to_model = lambda pixels: pixels.permute(2, 0, 1)[None].float() / 127.5 - 1
+    with torch.no_grad():  # the same inversion in-process through load_checkpoint's Denoiser
+        inverted = invert(load_checkpoint(os.path.join(folder, "e2e_gd_edm.pt")), to_model(source), num_steps=10)
+    expected = ((inverted.reconstruction.clamp(-1, 1) + 1) * 127.5).round()
+    assert (to_model(image) - to_model(expected[0].permute(1, 2, 0))).abs().max() < 0.05
+    assert inverted.report.psnr > 10, inverted.report  # a reconstruction (14.8 dB at 10 plain steps), not noise
+    put("e2e_gd_edm", _reference(), {**edm, "parameterization": "consistency"})
     entry = comfy.run(prompt)
-    assert entry["status"]["status_str"] == "error"
-    assert ("e2e_gd_edm.pt is σ-parameterised (D(x, σ) preconditioning): parameterization 'edm' in e2e_gd_edm.json. "
-            "H-Space Load Pixel U-Net builds ε- and v-prediction MODELs") in error_message(entry)
+    assert ("e2e_gd_edm.pt is a consistency model (boundary-condition c_skip, c_out, which ComfyUI's EDM model type "
+            "does not apply): parameterization 'consistency' in e2e_gd_edm.json. H-Space Load Pixel U-Net builds ε- "
+            "and v-prediction MODELs") in error_message(entry)
     assert "hspace_core.checkpoints.load_checkpoint(path) returns an hs.Denoiser" in error_message(entry)
     put("e2e_gd_mlp", _reference(label_dims=4), {"num_heads": 1})
     prompt["1"]["inputs"]["repo_id"] = "e2e_gd_mlp.pt"

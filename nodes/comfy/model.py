@@ -47,7 +47,7 @@ def check_has_h_space(model) -> None:
             f"Use {SUPPORTED}."
         )
     model_type = model.model.model_type.name
-    if model_type not in ("EPS", "V_PREDICTION"):
+    if model_type not in ("EPS", "V_PREDICTION") and not (model_type == "EDM" and is_pixel_unet(model)):
         raise ValueError(f"Model type {model_type} is not a DDPM-style discrete-time model; use {SUPPORTED}.")
 
 

@@ -41,11 +41,14 @@ class DiffusersPixelUNet(torch.nn.Module):
 
     hspace_pixel_unet = True
 
-    def __init__(self, unet):
+    def __init__(self, unet, time_scale: float = 1.0):
+        """``time_scale`` multiplies the time input ComfyUI gives (an EDM MODEL gives ¼ ln σ; networks trained on
+        openai/consistency_models' 250 ln σ take it × 1000)."""
         super().__init__()
         if getattr(unet, "mid_block", None) is None:
             raise ValueError("This UNet2DModel has no middle block (mid_block_type=None), so it has no h-space.")
         self.unet = unet
+        self.time_scale = time_scale
 
     @property
     def size_factor(self) -> int:
@@ -107,7 +110,8 @@ class DiffusersPixelUNet(torch.nn.Module):
                 levels = (self.unet.mid_block, *self.unet.up_blocks[:-1])
                 for level, module in enumerate(levels):
                     handles.append(module.register_forward_hook(patcher(sum(self._blocks_per_level()[:level]))))
-            out = self.unet(x, timesteps, return_dict=False)[0]
+            out = self.unet(x, timesteps * self.time_scale if self.time_scale != 1.0 else timesteps,
+                            return_dict=False)[0]
         finally:
             for handle in handles:
                 handle.remove()
@@ -142,17 +146,33 @@ def pixel_model_patcher(unet, scheduler_config: dict):
     types = {"epsilon": comfy.model_base.ModelType.EPS, "v_prediction": comfy.model_base.ModelType.V_PREDICTION}
     if prediction not in types:
         raise ValueError(f"prediction_type {prediction!r} is not supported for pixel models; use epsilon or v_prediction.")
+    base = _pixel_base(unet, types[prediction])
+    schedule = schedule_from_diffusers_config(scheduler_config)
+    base.model_sampling.set_sigmas(sigmas_of(schedule.alphas_cumprod).float())
+    return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+def pixel_edm_patcher(unet, sigma_data: float, sigma_min: float, sigma_max: float, time_scale: float = 1.0):
+    """An EDM-preconditioned ``UNet2DModel`` (Karras et al. 2022, Table 1) as a ComfyUI ``ModelPatcher``: ComfyUI's
+    EDM model type gives c_in·x and c_noise = ¼ ln σ (× ``time_scale``) to the network and applies c_skip, c_out
+    with σ_data; its σ table is 1000 levels log-uniform over [σ_min, σ_max]."""
+    sampling = {"sigma_data": sigma_data, "sigma_min": sigma_min, "sigma_max": sigma_max}
+    base = _pixel_base(unet, comfy.model_base.ModelType.EDM, sampling, time_scale)
+    return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+def _pixel_base(unet, model_type, sampling_settings: dict | None = None, time_scale: float = 1.0):
     dtype = flagged_unet_dtype()
     if dtype is not None and dtype != next(unet.parameters()).dtype:
         log.info("The pixel U-Net runs in %s, as ComfyUI's command line asks.", str(dtype).replace("torch.", ""))
         unet = unet.to(dtype)
     config = PixelUNetConfig({"disable_unet_model_creation": True})
-    base = comfy.model_base.BaseModel(config, model_type=types[prediction], device=comfy.model_management.get_torch_device())
-    base.diffusion_model = DiffusersPixelUNet(unet.eval())
-    schedule = schedule_from_diffusers_config(scheduler_config)
-    base.model_sampling.set_sigmas(sigmas_of(schedule.alphas_cumprod).float())
-    return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
-                                            offload_device=comfy.model_management.unet_offload_device())
+    config.sampling_settings = dict(sampling_settings or {})
+    base = comfy.model_base.BaseModel(config, model_type=model_type, device=comfy.model_management.get_torch_device())
+    base.diffusion_model = DiffusersPixelUNet(unet.eval(), time_scale)
+    return base
 
 
 def is_pixel_unet_folder(path: str) -> bool:
