@@ -5,11 +5,13 @@ ComfyUI's own classes (comfy.model_base.SDXL with its ADM label embedding, comfy
 v-prediction sampling) and their text encoders (SDXLClipModel, SD2ClipModel) small, with the real tokenizers.  The
 SDXL conditioning comes from ComfyUI's CLIPTextEncodeSDXL node: pooled output plus width/height/crop/target sizes.
 """
+import math
+
 import pytest
 import torch
 
 from harness.tiny_sdxl import SDXL_POOLED, sdxl_conditioning, tiny_sd2, tiny_sd2_clip, tiny_sdxl, tiny_sdxl_clip
-from hspace_core import Direction, EditSchedule, capture, edit, generate, inject, invert, normalized_slerp
+from hspace_core import Direction, EditSchedule, capture, edit, generate, inject, invert, normalized_slerp, step_pairs
 from test_comfy_one_call import compare, relative
 
 SIZE = 128  # pixels; latents are 16×16
@@ -141,8 +143,9 @@ def test_asyrp_edit_with_real_conditioning(pack, model):
 
 
 def test_content_injection_with_real_conditioning(pack, model):
-    """γ = 0 regenerates the style; γ > 0 changes it, and the h the decoder gets is InjectFusion's normalised slerp
-    of the style's h towards the content's."""
+    """γ = 0 regenerates the style; γ = 0.5 is the asymmetric process written out (DDIM eq. 12 with P_t from the
+    ε whose cond-branch h is InjectFusion's normalised slerp toward the content's, D_t from the plain ε) on the
+    guided SDXL model; the h the decoder gets is that slerp."""
     comfy_model, _ = pack
     patcher, positive, negative = model
     style_x_T, content_x_T = latent(3), latent(4)
@@ -152,15 +155,23 @@ def test_content_injection_with_real_conditioning(pack, model):
         content = capture(m, content_x_T, 8)
         style = generate(m, style_x_T, schedule)
         mixes = [inject(m, style_x_T, content, gamma, schedule) for gamma in (0.0, 0.5)]
+        x = style_x_T
+        for t, t_prev in step_pairs(schedule.timesteps()):
+            a, a_prev = m.schedule.alpha_bar(t), m.schedule.alpha_bar(t_prev)
+            p = m.predict(x, t, (lambda h, tt, b: normalized_slerp(h, content.at(tt, b), 0.5)) if t >= 500 else None)
+            e_p = p.eps_edited if t >= 500 else p.eps
+            x = math.sqrt(a_prev) * (x - math.sqrt(1 - a) * e_p) / math.sqrt(a) + math.sqrt(1 - a_prev) * p.eps
+        mixes.append(x)
         h_style = m.predict(style_x_T, 999).h
         seen = []
         hook = lambda h, t, branch: seen.append(normalized_slerp(h, content.at(t, branch), 0.5)) or seen[-1]
         m.predict(style_x_T, 999, hook)
         return style, mixes, h_style, content, seen
 
-    style, (same, mix), h_style, content, seen = run(comfy_model, patcher, style_x_T, body, positive, negative, 5.0)
+    style, (same, mix, by_hand), h_style, content, seen = run(comfy_model, patcher, style_x_T, body, positive,
+                                                              negative, 5.0)
     assert relative(same, style) < 1e-5
-    assert relative(mix, style) > 1e-3
+    assert relative(mix, by_hand) < 1e-5 and relative(mix, style) > 1e-3
     assert content.branches == ("uncond", "cond") and len(seen) == 1  # only the cond branch is edited (default)
     h_c = content.at(999, "cond")
     assert relative(seen[0], normalized_slerp(h_style[1:], h_c, 0.5)) < 1e-6
