@@ -279,7 +279,9 @@ def test_official_asyrp_checkpoints_load_and_edit_through_the_server(comfy):
 
 def test_ddim_repo_checkpoint_loads_through_the_pixel_loader(comfy):
     """A DDIM-repo Model checkpoint (the layout of Asyrp's celeba_hq.ckpt) in models/diffusion_models, picked by
-    name, inverts and reconstructs through the server; a file of another layout is a clear node error."""
+    name, inverts and reconstructs through the server; the node's PSNR output is the PSNR of the saved reconstruction
+    against the input (to 8-bit rounding; the weights are random, so its value says nothing); a file of another
+    layout is a clear node error."""
     import torch
 
     from ddim_reference import Model
@@ -301,10 +303,14 @@ def test_ddim_repo_checkpoint_loads_through_the_pixel_loader(comfy):
                                                               "h_source": "inversion"}},
         "9": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 2], "vae": ["2", 0]}},
         "10": {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": "e2e/ddim_ckpt_reconstruction"}},
+        "11": {"class_type": "PreviewAny", "inputs": {"source": ["4", 3]}},
     }
     entry = _run(comfy, prompt)
     (reconstruction,) = _saved(comfy, entry, prompt, "ddim_ckpt_reconstruction")
-    assert reconstruction.ndim == 3 and reconstruction.std() > 0
+    node_psnr = float(entry["outputs"]["11"]["text"][0])
+    image = png(open(os.path.join(ROOT, "workflows", "inputs", "hspace_content.png"), "rb").read())
+    mse = (((reconstruction.astype(np.float64) - image) / 255) ** 2).mean()
+    assert np.isfinite(node_psnr) and abs(node_psnr - 10 * np.log10(1 / mse)) < 0.2, (node_psnr, mse)
     prompt["1"]["inputs"]["repo_id"] = "e2e_not_ddim.ckpt"
     _expect_node_error(comfy, prompt, "e2e_not_ddim.ckpt", "Unknown checkpoint layout")
 
@@ -331,11 +337,13 @@ def test_clip_direction_training_through_an_sd_model(comfy):
 
 
 def test_the_main_job_writes_one_contact_sheet(comfy, tmp_path):
-    """scripts/demo.sh's workflows through the main job's own code; its sheet: present, one PNG, big enough to see."""
+    """scripts/demo.sh's workflows through the main job's own code; its sheet: one PNG in which every input and
+    every saved image of each workflow is a cell (upscaled as the sheet shows it)."""
     import re
 
     from PIL import Image
 
+    from harness.contact_sheet import upscaled
     from harness.run_workflows import run_all
 
     demo = open(os.path.join(ROOT, "scripts", "demo.sh")).read()
@@ -346,7 +354,26 @@ def test_the_main_job_writes_one_contact_sheet(comfy, tmp_path):
     assert [p.name for p in tmp_path.glob("*.png")] == ["contact_sheet.png"]
     width, height = Image.open(sheet).size
     assert width >= 6 * 4 * 32 and height >= 3 * 2 * 4 * 32  # the widest row: 6 frames at 4×; 3 workflows of ≥ 2 rows
-    assert os.path.getsize(sheet) > 20_000
+    sheet_pixels = np.asarray(Image.open(sheet).convert("RGB"))
+    for path in paths:  # every input and every saved image of every workflow is a cell, pixel for pixel
+        name = os.path.splitext(os.path.basename(path))[0]
+        saved = sorted((tmp_path / name).glob("*.png"))
+        inputs = re.findall(r'"(\w+\.png)"', open(path).read())
+        assert saved and inputs, name
+        for cell in [*saved, *(os.path.join(ROOT, "workflows", "inputs", i) for i in inputs)]:
+            assert _is_cell(sheet_pixels, np.asarray(upscaled(str(cell), 4))), (name, cell)
+
+
+def _is_cell(sheet: np.ndarray, cell: np.ndarray) -> bool:
+    """Whether ``cell`` appears in ``sheet`` exactly (candidates: positions where five probe pixels agree)."""
+    h, w = cell.shape[:2]
+    rows, cols = sheet.shape[0] - h + 1, sheet.shape[1] - w + 1
+    if rows < 1 or cols < 1:
+        return False
+    mask = np.ones((rows, cols), bool)
+    for dy, dx in ((0, 0), (h - 1, w - 1), (h // 2, w // 2), (0, w - 1), (h - 1, 0)):
+        mask &= (sheet[dy:dy + rows, dx:dx + cols] == cell[dy, dx]).all(-1)
+    return any(np.array_equal(sheet[y:y + h, x:x + w], cell) for y, x in zip(*np.nonzero(mask)))
 
 
 def test_discovery_nodes_through_the_server(comfy):
