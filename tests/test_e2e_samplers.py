@@ -38,6 +38,13 @@ def _asyrp_sampler(strength, window="t_edit"):
         "end_percent": 0.6, "seed": 0, "edit_branches": "cond", "allow_other_model": False}}
 
 
+def _injection_sampler():
+    return {"class_type": "HSpaceContentInjectionSampler", "inputs": {
+        "content": ["21", 1], "gamma": 0.6, "gamma_end": -1.0, "stride": 1, "window": "t_edit", "t_edit": 400,
+        "start_percent": 0.0, "end_percent": 0.6, "mode": "slerp", "per_channel": False, "seed": 0,
+        "edit_branches": "cond"}}
+
+
 def _inversion(image):
     return {"class_type": "HSpaceDDIMInversion", "inputs": {
         "model": ["1", 0], "image": image, "vae": ["1", 2], "steps": STEPS, "refine_iters": 0, "cfg": 1.0,
@@ -93,8 +100,16 @@ def _prompt():
          "74": _custom(["71", 0], ["72", 0], ["73", 0], ["70", 0], ["13", 0]),
          "75": {"class_type": "HSpaceInvertedXT", "inputs": {"model": ["1", 0], "latent": ["74", 0],
                                                              "inversion": ["73", 1]}},
+         # content injection: the pack's node and the sampler, on the DDIM grid
+         "90": {"class_type": "HSpaceSlerpContentInject", "inputs": {
+             "model": ["1", 0], "style_x_T": ["20", 0], "content": ["21", 1], "gamma": 0.6, "gamma_end": -1.0,
+             "stride": 1, "steps": STEPS, "t_edit": 400, "mode": "slerp", "per_channel": False, "seed": 0, "cfg": CFG,
+             "edit_branches": "cond", "gamma_sweep": "", "positive": ["2", 0], "negative": ["3", 0]}},
+         "91": _injection_sampler(),
+         "92": _custom(["40", 0], ["41", 0], ["91", 0], ["40", 1], ["20", 0]),
+         "95": _asyrp_sampler(0.0), "96": _custom(["40", 0], ["41", 0], ["95", 0], ["40", 1], ["20", 0]),
          }
-    for node_id, samples in {"80": ["31", 0], "81": ["43", 0], "82": ["55", 0], "83": ["56", 0], "84": ["57", 0],
+    for node_id, samples in {"88": ["90", 0], "89": ["92", 0], "97": ["96", 0], "80": ["31", 0], "81": ["43", 0], "82": ["55", 0], "83": ["56", 0], "84": ["57", 0],
                              "85": ["61", 0], "86": ["20", 0], "87": ["75", 0]}.items():
         _save(p, node_id, samples)
     return p
@@ -127,3 +142,20 @@ def test_a_dual_cfg_guider_runs_the_pack_sampler(run):
 def test_the_inversion_sampler_equals_ddim_inversion(run):
     pack, native = run("86"), run("87")
     assert relative(native, pack) < 1e-5, relative(native, pack)
+
+
+def test_the_injection_sampler_equals_slerp_content_inject(run):
+    pack, native, plain = run("88"), run("89"), run("97")
+    assert relative(native, pack) < 1e-5, relative(native, pack)
+    assert relative(pack, plain) > 1e-3  # the injection changed the style image's reconstruction
+
+
+def test_a_trajectory_from_other_sigmas_is_refused_naming_the_sigmas(comfy):
+    prompt = {k: v for k, v in _prompt().items() if k in ("1", "2", "3", "10", "10s", "11", "11s", "13", "20", "21",
+                                                          "41", "50", "51", "91")}
+    prompt["93"] = _custom(["51", 0], ["41", 0], ["91", 0], ["50", 0], ["13", 0])  # karras sigmas, DDIM-grid content
+    _save(prompt, "94", ["93", 0])
+    entry = comfy.run(prompt)
+    assert entry["status"]["status_str"] == "error"
+    message = error_message(entry)
+    assert "Content Injection Sampler" in message and "sigmas the content was captured on" in message, message
