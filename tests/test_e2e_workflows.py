@@ -40,8 +40,23 @@ def test_pack_registers_every_node_and_nothing_failed_to_import(comfy):
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[os.path.basename(p) for p in WORKFLOWS])
 def test_workflow_runs(comfy, path):
+    """Every sample workflow runs and saves images of the model's size (labelled grids larger); every DDIM Inversion
+    of a pixel workflow (the bundled, trained model) reconstructs its input better than the input's own mean colour
+    does (PSNR above 10·log10(2² / Var x), x in [−1, 1]), read from the node's PSNR output."""
     prompt = load_prompt(path, comfy.object_info)
+    inversions = [i for i, n in prompt.items() if n["class_type"] == "HSpaceDDIMInversion"]
+    for i in inversions:
+        prompt[f"psnr_{i}"] = {"class_type": "PreviewAny", "inputs": {"source": [i, 3]}}
     entry = _run(comfy, prompt)
+    for i in inversions:
+        psnr = float(entry["outputs"][f"psnr_{i}"]["text"][0])
+        source = prompt[i]["inputs"].get("image")
+        if is_sd(path) or not isinstance(source, list) or prompt[source[0]]["class_type"] != "LoadImage":
+            assert np.isfinite(psnr), (i, psnr)
+            continue
+        name = prompt[source[0]]["inputs"]["image"]
+        x = png(open(os.path.join(ROOT, "workflows", "inputs", name), "rb").read()) / 127.5 - 1
+        assert psnr > 10 * np.log10(4 / x.var()), (i, name, psnr, 10 * np.log10(4 / x.var()))
     size = 64 if is_sd(path) else 32
     grids = {i for i, n in prompt.items()  # one labelled grid image
              if n["class_type"] in ("HSpaceDirectionExplorer", "HSpaceLabelSweepGrid")}
