@@ -106,13 +106,18 @@ def test_global_rng_is_untouched(pixel_unet):
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_injection_moves_h_toward_content_and_mask_limits_it(pixel_unet):
+def _style_and_content(pixel_unet, seed):
+    """(model, a style x_T, a content x_T, the content's h trajectory, an 8-step schedule with t_edit = 300)."""
     model = DiffusersUNet(pixel_unet)
-    g = torch.Generator().manual_seed(7)
+    g = torch.Generator().manual_seed(seed)
     style_T, content_T = torch.randn(1, 3, 16, 16, generator=g), torch.randn(1, 3, 16, 16, generator=g)
-    sched = EditSchedule(num_steps=8, t_edit=300)
     with torch.no_grad():
-        content = capture(model, content_T, 8)
+        return model, style_T, content_T, capture(model, content_T, 8), EditSchedule(num_steps=8, t_edit=300)
+
+
+def test_injection_moves_h_toward_content_and_mask_limits_it(pixel_unet):
+    model, style_T, content_T, content, sched = _style_and_content(pixel_unet, 7)
+    with torch.no_grad():
         style_rec = generate(model, style_T, sched)
         content_rec = generate(model, content_T, sched)
         dist = lambda x: (x - content_rec).norm().item()
@@ -127,12 +132,8 @@ def test_injection_moves_h_toward_content_and_mask_limits_it(pixel_unet):
 
 
 def test_calibration_limits_through_the_process(pixel_unet):
-    model = DiffusersUNet(pixel_unet)
-    g = torch.Generator().manual_seed(8)
-    style_T, content_T = torch.randn(1, 3, 16, 16, generator=g), torch.randn(1, 3, 16, 16, generator=g)
-    sched = EditSchedule(num_steps=8, t_edit=300)
+    model, style_T, _, content, sched = _style_and_content(pixel_unet, 8)
     with torch.no_grad():
-        content = capture(model, content_T, 8)
         plain = generate(model, style_T, sched)
         injected = inject(model, style_T, content, 0.8, sched)
         omega1 = inject(model, style_T, content, 0.8, sched, omega=1.0)
