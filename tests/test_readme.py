@@ -88,3 +88,9 @@ def test_every_relative_link_resolves(page):
         assert os.path.exists(linked), f"{page}: {target} does not exist"
         if anchor and linked.endswith(".md"):
             assert anchor in _anchors(linked), f"{page}: {target}: no such heading"
+
+
+def test_the_guide_has_a_section_per_sample_workflow():
+    sections = set(re.findall(r"^## (\S+)\s*$", open(os.path.join(ROOT, "docs", "guide.md")).read(), re.M))
+    shipped = {os.path.basename(p)[:-5] for p in glob.glob(os.path.join(ROOT, "workflows", "*.json"))}
+    assert shipped <= sections, f"docs/guide.md needs a section per workflow: {sorted(shipped - sections)}"
