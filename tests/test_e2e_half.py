@@ -9,19 +9,20 @@ import os
 import numpy as np
 import pytest
 
-from e2e_helpers import ROOT, fresh, load_prompt, png
+from e2e_helpers import ROOT, fresh, load_prompt, overrides_for, png
 from harness.server import STATE, ComfyServer, error_message, extra_args_from_env, prepare_base
 
 pytestmark = pytest.mark.e2e
 
 WORKFLOWS = ["pixel_asyrp_edit", "pixel_content_injection", "interpolation", "sd_style_mixing"]
 FLAGS = {"float16": "--fp16-unet", "bfloat16": "--bf16-unet"}
-# Mean absolute difference from the float32 server, in 8-bit levels, over every saved image of the workflow:
-# measured (docs/precision.md) with about 2× headroom.
+# Mean absolute difference from the float32 server, in 8-bit levels, of the worst saved image of the workflow, with
+# about 2× headroom over the measured worst (docs/precision.md: float16 ≤ 0.76 on the pixel workflows and 0 on SD,
+# whose test checkpoint is stored in float16 already; bfloat16 ≤ 5.9 and 0.27).
 MARGIN = {"float16": {"pixel_asyrp_edit": 2.0, "pixel_content_injection": 2.0, "interpolation": 2.0,
-                      "sd_style_mixing": 2.0},
-          "bfloat16": {"pixel_asyrp_edit": 12.0, "pixel_content_injection": 12.0, "interpolation": 12.0,
-                       "sd_style_mixing": 6.0}}
+                      "sd_style_mixing": 0.5},
+          "bfloat16": {"pixel_asyrp_edit": 12.0, "pixel_content_injection": 8.0, "interpolation": 10.0,
+                       "sd_style_mixing": 1.0}}
 
 
 @pytest.fixture(scope="module", params=list(FLAGS))
@@ -38,8 +39,14 @@ def half(request, tmp_path_factory):
         server.stop()
 
 
+# Fewer steps than shipped for the pixel workflows (half precision runs slowly on a CPU): the lane stays near 2 min.
+PIXEL_OVERRIDES = {"steps": 6, "step": 3}
+
+
 def _saved(server, name: str) -> dict:
-    prompt = load_prompt(os.path.join(ROOT, "workflows", f"{name}.json"), server.object_info)
+    path = os.path.join(ROOT, "workflows", f"{name}.json")
+    prompt = load_prompt(path, server.object_info, None if name.startswith("sd") else {**overrides_for(path),
+                                                                                       **PIXEL_OVERRIDES})
     fresh(server)
     entry = server.run(prompt)
     assert entry["status"]["status_str"] == "success", error_message(entry) + "\n" + server.tail()
