@@ -11,7 +11,8 @@ from .samplers import AsyrpSampler, ContentInjectionSampler, HShiftPatch, Invert
 from .schedule import AutoSchedule
 from .sweep_grid import LabelSweepGrid
 from .styleid import StyleIDFeatures, StyleIDInject
-from .common import register_folders
+from .layer import register_folders
+from .layer.prompt_types import install as install_type_gate
 from .trajectory_io import PreviewH
 
 register_folders()
@@ -22,3 +23,4 @@ NODES = (DDIMInversion, Capture, AsyrpEdit, SlerpContentInject, StyleCalibrate, 
          PCADirections, JacobianDirections, ProbeDirection, OrthogonaliseDirection, DirectionExplorer,
          LabelSweepGrid, AsyrpSampler, ContentInjectionSampler, InversionSampler, InvertedXT, HShiftPatch,
          StyleIDFeatures, StyleIDInject)
+install_type_gate(NODES)

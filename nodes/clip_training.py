@@ -13,9 +13,9 @@ from comfy_api.latest import io
 from ..hspace_core.adapters.base import autograd_ready
 from ..hspace_core.clip_directions import DirectionTraining, load_open_clip, train_direction
 from ..hspace_core import load_official_asyrp
-from .comfy.model import check_has_h_space, progress_bar, run_in_comfy, time_embedding_of
-from .common import (CATEGORY, DirectionType, advanced, check_inputs, conditioning_inputs, encode, site_input,
-                     list_files, lpips_by_name, model_input, resolve, seed_input, steps_input, stored_file_state)
+from .comfy.model import progress_bar, run_in_comfy, time_embedding_of
+from .layer import (CATEGORY, DirectionType, HSpaceNode, advanced, conditioning_inputs, encode, list_files,
+                    lpips_by_name, model_input, resolve, seed_input, site_input, steps_input, stored_file_state)
 
 
 @functools.lru_cache(maxsize=1)
@@ -50,7 +50,7 @@ def differentiable_decode(vae, model):
     return decode, decoder
 
 
-class TrainAsyrpDirection(io.ComfyNode):
+class TrainAsyrpDirection(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -105,8 +105,6 @@ class TrainAsyrpDirection(io.ComfyNode):
                 batch_size, clip_weight, recon_weight, lr_step_epochs, lr_gamma, clip_reference, log_clip_loss,
                 init_scale, clip_model, clip_pretrained, seed, cfg, edit_branches, positive=None,
                 negative=None, site="middle") -> io.NodeOutput:
-        check_inputs(cls, locals())
-        check_has_h_space(model)
         config = DirectionTraining(form=form, num_steps=steps, inversion_steps=inversion_steps,
                                    t_edit=None if t_edit < 0 else t_edit, epochs=epochs, batch_size=batch_size, lr=lr,
                                    lr_step_epochs=lr_step_epochs, lr_gamma=lr_gamma, clip_weight=clip_weight,
@@ -129,7 +127,7 @@ class TrainAsyrpDirection(io.ComfyNode):
         return io.NodeOutput(result.direction, result.t_edit, float(sum(last) / len(last)))
 
 
-class LoadAsyrpDirection(io.ComfyNode):
+class LoadAsyrpDirection(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -154,8 +152,6 @@ class LoadAsyrpDirection(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, asyrp_file, train_steps) -> io.NodeOutput:
-        check_inputs(cls, locals())
-        check_has_h_space(model)
         path = resolve("asyrp", asyrp_file)
         with torch.inference_mode(False):
             direction = load_official_asyrp(path, time_embedding_of(model))

@@ -8,10 +8,17 @@ from ..hspace_core import (NORMALISATIONS, PROBE_METHODS, EditSchedule, explore,
 from ..hspace_core.sites import common_site
 from .comfy import grids
 from .comfy.model import latent_out, progress_bar, run_in_comfy
-from .common import (CATEGORY, DirectionSet, DirectionType, Trajectory, advanced, conditioning_inputs, decode,
-                     model_input, parse_strengths, parse_t_edits, seed_input, site_input, steps_input, t_edit_input)
+from .layer import (CATEGORY, EXPLORER_STRENGTHS, T_EDITS, DirectionSet, DirectionType, HSpaceNode, Trajectory,
+                    advanced, allow_other_model_input, check_work, conditioning_inputs, decode, model_input,
+                    sampling_inputs, seed_input, site_input, steps_input, t_edit_input, values_input, values_of,
+                    x_T_input)
 
 CAT = f"{CATEGORY}/discover"
+# Work bounds (docs/hardening.md): PCA's cost grows with k × images, the Jacobian's with k × iterations (each
+# iteration is k + 2 jvp and vjp through the decoder), the explorer's with its tiles (one edit each).
+PCA_WORK = 16384
+JACOBIAN_WORK = 512
+EXPLORER_TILES = 256
 
 
 def _component_input():
@@ -33,7 +40,7 @@ def _pick(directions, component: int, info_key: str) -> io.NodeOutput:
     return io.NodeOutput(tuple(directions), directions[component], info, ui={"text": [info]})
 
 
-class PCADirections(io.ComfyNode):
+class PCADirections(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -42,7 +49,8 @@ class PCADirections(io.ComfyNode):
                         "images of a trajectory batch (invert or capture many images), after per-position "
                         "normalisation. Strength 1 = one standard deviation of h along the component.",
             inputs=[Trajectory.Input("trajectory", tooltip="h trajectories of many images (a batch; 2 or more)."),
-                    io.Int.Input("k", default=4, min=1, max=64, tooltip="How many leading components."),
+                    io.Int.Input("k", default=4, min=1, max=64,
+                                 tooltip=f"How many leading components (k × images at most {PCA_WORK})."),
                     _component_input(),
                     io.Combo.Input("form", options=["global", "per_timestep"], default="global",
                                    tooltip="global: PCA pooled over timesteps, one Δh; per_timestep: one PCA per t."),
@@ -55,11 +63,12 @@ class PCADirections(io.ComfyNode):
 
     @classmethod
     def execute(cls, trajectory, k, component, form, normalisation, name) -> io.NodeOutput:
+        check_work("k × images", k * trajectory.batch_size, PCA_WORK, "lower k or use fewer images")
         directions = pca_directions(trajectory, k, form=form, normalisation=normalisation, name=name)
         return _pick(directions, component, "explained_variance")
 
 
-class JacobianDirections(io.ComfyNode):
+class JacobianDirections(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -69,11 +78,12 @@ class JacobianDirections(io.ComfyNode):
                         "subspace iteration (the Jacobian is never built). The directions the output is most "
                         "sensitive to; also usable on other images.",
             inputs=[model_input(),
-                    io.Latent.Input("x_T", tooltip="One inverted x_T (batch of 1; use Latent From Batch to pick one)."),
+                    x_T_input(tooltip="One inverted x_T (batch of 1; use Latent From Batch to pick one)."),
                     steps_input(20),
                     io.Int.Input("t", default=500, min=0, max=999,
                                  tooltip="Timestep of the Jacobian (the nearest one on the steps grid is used)."),
-                    io.Int.Input("k", default=4, min=1, max=64, tooltip="How many singular directions."),
+                    io.Int.Input("k", default=4, min=1, max=64,
+                                 tooltip=f"How many singular directions (k × iterations at most {JACOBIAN_WORK})."),
                     _component_input(),
                     io.Combo.Input("output", options=["eps", "x0"], default="eps",
                                    tooltip="Differentiate ε or the predicted x0 (same directions, scaled σ)."),
@@ -89,18 +99,21 @@ class JacobianDirections(io.ComfyNode):
     @classmethod
     def execute(cls, model, x_T, steps, t, k, component, output, relative_norm, iterations, seed, cfg, edit_branches,
                 positive=None, negative=None, site="middle") -> io.NodeOutput:
+        check_work("k × iterations", k * iterations, JACOBIAN_WORK, "lower k or iterations")
+        negative, negative_at = sampling_inputs(x_T, cfg, positive, negative)
+
         def body(m, x):
             x_t, t_grid = latent_at(m, x, t, steps)
             return jacobian_directions(m, x_t, t_grid, k, output=output, iterations=iterations,
                                                  relative_norm=relative_norm, seed=seed)
 
         directions = run_in_comfy(model, x_T["samples"], body, positive=positive, negative=negative, cfg=cfg,
-                                  edit_branches=edit_branches, site=site,
+                                  edit_branches=edit_branches, negative_at=negative_at, site=site,
                                   rows=(k + 2) * x_T["samples"].shape[0])  # k + oversample probe rows
         return _pick(directions, component, "singular_value")
 
 
-class ProbeDirection(io.ComfyNode):
+class ProbeDirection(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -128,7 +141,7 @@ class ProbeDirection(io.ComfyNode):
         return io.NodeOutput(d, info, ui={"text": [info]})
 
 
-class OrthogonaliseDirection(io.ComfyNode):
+class OrthogonaliseDirection(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -153,7 +166,7 @@ class OrthogonaliseDirection(io.ComfyNode):
         return io.NodeOutput(result)
 
 
-class DirectionExplorer(io.ComfyNode):
+class DirectionExplorer(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -162,37 +175,43 @@ class DirectionExplorer(io.ComfyNode):
                         "t_edit sweep, one row per direction and t_edit), columns = strengths (Asyrp edits of x_T, "
                         "decoded by the VAE). h is read at the directions' site.",
             inputs=[model_input(),
-                    io.Latent.Input("x_T", tooltip="One inverted x_T (batch of 1; use Latent From Batch to pick one)."),
+                    x_T_input(tooltip="One inverted x_T (batch of 1; use Latent From Batch to pick one)."),
                     io.Vae.Input("vae", tooltip="The VAE to decode with ('pixel_space' for pixel U-Nets)."),
                     DirectionSet.Input("directions", optional=True, tooltip="Directions from PCA / Jacobian Directions."),
                     DirectionType.Input("direction", optional=True, tooltip="One more direction (a row after the set)."),
-                    io.String.Input("strengths", default="-2, -1, 0, 1, 2", tooltip="Comma-separated strengths: the columns."),
+                    values_input("strengths", EXPLORER_STRENGTHS, "Comma-separated strengths: the columns",
+                                 default="-2, -1, 0, 1, 2", optional=False),
                     steps_input(20), t_edit_input(),
                     io.Int.Input("scale", default=4, min=1, max=16, tooltip="Tile upscaling (nearest) for small images."),
                     seed_input(),
                     *conditioning_inputs(),
-                    io.String.Input("t_edit_sweep", default="", optional=True,
-                                    tooltip="Comma-separated t_edit values (e.g. 600, 400, 200): one row per direction "
-                                            "and t_edit, labelled 'name @ t≥t_edit'. Overrides t_edit when not empty.")],
+                    values_input("t_edit_sweep", T_EDITS,
+                                 "Comma-separated t_edit values (e.g. 600, 400, 200): one row per direction and "
+                                 f"t_edit, labelled 'name @ t≥t_edit'. Overrides t_edit when not empty. At most "
+                                 f"{EXPLORER_TILES} tiles (rows × strengths)"),
+                    allow_other_model_input()],
             outputs=[io.Image.Output("grid", tooltip="The labelled grid (one image).")],
         )
 
     @classmethod
     def execute(cls, model, x_T, vae, strengths, steps, t_edit, scale, seed, cfg, edit_branches, directions=None,
-                direction=None, positive=None, negative=None, t_edit_sweep="") -> io.NodeOutput:
+                direction=None, positive=None, negative=None, t_edit_sweep="", allow_other_model=False) -> io.NodeOutput:
         chosen = [*(directions or ()), *([direction] if direction is not None else [])]
         if not chosen:
             raise ValueError("Connect a direction set ('directions') or a 'direction' to explore.")
-        values = parse_strengths(strengths, "strengths")
-        t_edits = parse_t_edits(t_edit_sweep)
+        values = values_of(strengths, "strengths", EXPLORER_STRENGTHS)
+        t_edits = values_of(t_edit_sweep, "t_edit_sweep", T_EDITS)
         schedule = EditSchedule(steps, t_edit=t_edit, t_boost=0)
         rows = explorer_rows(chosen, t_edits)
+        check_work("tiles (rows × strengths)", len(rows) * len(values), EXPLORER_TILES,
+                   "use fewer directions, t_edit values or strengths")
+        negative, negative_at = sampling_inputs(x_T, cfg, positive, negative)
         progress = progress_bar(steps * len(rows))
         out = run_in_comfy(model, x_T["samples"],
                            lambda m, x: explore(m, x, chosen, values, schedule, t_edits=t_edits, seed=seed,
                                                           progress=progress),
                            positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed,
-                           site=common_site(chosen, "directions"),
+                           negative_at=negative_at, site=common_site(chosen, "directions"),
                            rows=2 * len(values) * x_T["samples"].shape[0])  # one row per strength, [x; x]
         images = decode(vae, latent_out(model, out.flatten(0, 1)))
         tiles = images.reshape(len(rows), len(values), *images.shape[1:])[..., :3]

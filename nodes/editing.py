@@ -1,24 +1,18 @@
 """Asyrp Edit and the direction nodes (from examples, combine, save, load)."""
 from __future__ import annotations
 
-import torch
-
 from comfy_api.latest import io
 
-from ..hspace_core import (Direction, check_fingerprint, combine as combine_linear, combine_directions,
-                           direction_from_examples)
-from ..hspace_core.sites import check_same_site
-from .comfy.model import latent_out, progress_bar, run_in_comfy
+from ..hspace_core import Direction, combine as combine_linear, combine_directions, direction_from_examples
+from .comfy.model import latent_out, run_in_comfy
 from .comfy.samplers import run_h_edit
-from .common import (BOOST_SEED_RULE, STRENGTH_RANGE, advanced, CATEGORY, Boost, DirectionType, Trajectory,
-                     check_inputs, conditioning_inputs, edit_schedule, model_input, parse_strengths, sampling_inputs,
-                     seed_input, seed_of, steps_input, sweep_text, t_edit_input)
-
-OTHER_MODEL_HINT = ("use a direction made with this model, or turn on allow_other_model (advanced) if this model is a "
-                    "fine-tune or LoRA-patched version of it")
+from .layer import (BOOST_SEED_RULE, STRENGTH_RANGE, STRENGTHS, CATEGORY, Boost, DirectionType, HSpaceNode, Trajectory,
+                    advanced, allow_other_model_input, conditioning_inputs, edit_schedule, model_input, sampling_inputs,
+                    seed_input, seed_of, steps_input, sweep, sweep_text, t_edit_input, values_input, values_of,
+                    x_T_input)
 
 
-class AsyrpEdit(io.ComfyNode):
+class AsyrpEdit(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -28,22 +22,19 @@ class AsyrpEdit(io.ComfyNode):
                         "push the other way; a sweep returns one image per strength.",
             inputs=[
                 model_input(),
-                io.Latent.Input("x_T", tooltip="Inverted latent from DDIM Inversion (or noise)."),
+                x_T_input(),
                 DirectionType.Input("direction", tooltip="An h-space direction (from examples, combined or loaded)."),
                 io.Float.Input("strength", default=1.0, min=STRENGTH_RANGE[0], max=STRENGTH_RANGE[1], step=0.05,
                                tooltip="How far to move along the direction; negative reverses it, 0 reconstructs."),
                 steps_input(), t_edit_input(),
-                io.String.Input("strength_sweep", default="", optional=True,
-                                tooltip="Comma-separated strengths (e.g. -2,-1,0,1,2): returns a batch, one per value; "
-                                        "decode it and connect 'sweep' to Label Sweep Grid for a labelled grid. "
-                                        "Overrides 'strength' when not empty."),
+                values_input("strength_sweep", STRENGTHS,
+                             "Comma-separated strengths (e.g. -2,-1,0,1,2): returns a batch, one per value; decode it "
+                             "and connect 'sweep' to Label Sweep Grid for a labelled grid. Overrides 'strength' when "
+                             "not empty"),
                 Boost.Input("boost", optional=True, tooltip="Quality Boost settings (stochastic steps below t_boost). "
                                                             + BOOST_SEED_RULE),
                 seed_input("Seed for the stochastic (quality boost) steps. " + BOOST_SEED_RULE),
-                advanced(io.Boolean.Input("allow_other_model", default=False, optional=True,
-                                          tooltip="Apply a direction made with another model (other weights), e.g. on "
-                                                  "a fine-tuned or LoRA-patched version of it. Off: such a direction "
-                                                  "is refused.")),
+                allow_other_model_input(),
                 *conditioning_inputs(),
             ],
             outputs=[io.Latent.Output("latent", tooltip="Edited latent(s): batch × strengths, strength-major."),
@@ -54,33 +45,25 @@ class AsyrpEdit(io.ComfyNode):
     @classmethod
     def execute(cls, model, x_T, direction, strength, steps, t_edit, seed, cfg, edit_branches, strength_sweep="",
                 boost=None, allow_other_model=False, positive=None, negative=None) -> io.NodeOutput:
-        check_inputs(cls, locals())
-        strengths = parse_strengths(strength_sweep) if strength_sweep and strength_sweep.strip() else [strength]
+        strengths = values_of(strength_sweep, "strength_sweep", STRENGTHS) or [strength]
         schedule = edit_schedule(steps, t_edit, boost)
         seed = seed_of(seed, boost)
-        negative, negative_at = sampling_inputs(x_T, steps, cfg, positive, negative)
-        total = steps * len(strengths)
-        progress = progress_bar(total, model)
+        negative, negative_at = sampling_inputs(x_T, cfg, positive, negative)
 
-        def body(m, x):
-            if not allow_other_model:
-                check_fingerprint(direction.fingerprint, m.fingerprint, "direction", hint=OTHER_MODEL_HINT)
-            check_same_site(direction.site, m.site, "direction")
-            outs = []
-            for k, s in enumerate(strengths):
-                s = s * direction.step_scale(steps)
-                shift = combine_directions([direction], [s]) if s != 0 else None
-                outs.append(run_h_edit(m, x, shift, schedule, seed=seed,
-                                       progress=lambda d, n, x0, done=k * steps: progress(done + d, total, x0)))
-            return torch.cat(outs)
+        def run(m, x, s, progress):
+            s = s * direction.step_scale(steps)
+            shift = combine_directions([direction], [s]) if s != 0 else None
+            return run_h_edit(m, x, shift, schedule, seed=seed, progress=progress)
 
-        out = run_in_comfy(model, x_T["samples"], body, positive=positive, negative=negative, cfg=cfg,
-                           edit_branches=edit_branches, seed=seed, negative_at=negative_at, site=direction.site,
+        out = run_in_comfy(model, x_T["samples"],
+                           lambda m, x: sweep(strengths, steps, lambda s, p: run(m, x, s, p), model),
+                           positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed,
+                           negative_at=negative_at, site=direction.site,
                            rows=2 * x_T["samples"].shape[0])  # the one-call [x; x] of an edited step
         return io.NodeOutput(latent_out(model, out), sweep_text(strengths))
 
 
-class DirectionFromExamples(io.ComfyNode):
+class DirectionFromExamples(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -100,12 +83,11 @@ class DirectionFromExamples(io.ComfyNode):
 
     @classmethod
     def execute(cls, positive, negative, form, name) -> io.NodeOutput:
-        check_inputs(cls, locals())
         d = direction_from_examples(positive, negative, name=name)
         return io.NodeOutput(d.global_mean() if form == "global" else d)
 
 
-class CombineDirections(io.ComfyNode):
+class CombineDirections(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -125,7 +107,6 @@ class CombineDirections(io.ComfyNode):
 
     @classmethod
     def execute(cls, direction_a, weight_a, direction_b, weight_b, normalize) -> io.NodeOutput:
-        check_inputs(cls, locals())
         return io.NodeOutput(combine(direction_a, weight_a, direction_b, weight_b, normalize))
 
 

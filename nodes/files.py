@@ -6,14 +6,14 @@ import os
 from comfy_api.latest import io
 
 from ..hspace_core import Direction, HTrajectory
-from .common import CATEGORY, DirectionType, Trajectory, list_files, resolve, save_path, stored_file_state
+from .layer import CATEGORY, DirectionType, HSpaceNode, Trajectory, list_files, resolve, save_path, stored_file_state
 
 
 def save_and_load_nodes(kind: str, label: str, io_type, cls, folder: str, category: str):
     """Two node classes: 'H-Space Save <label>' (output node) and 'H-Space Load <label>' over models/<folder>."""
     noun = label.lower()
 
-    class Save(io.ComfyNode):
+    class Save(HSpaceNode):
         @classmethod
         def define_schema(c):
             return io.Schema(
@@ -30,7 +30,7 @@ def save_and_load_nodes(kind: str, label: str, io_type, cls, folder: str, catego
             value[noun].save(path)
             return io.NodeOutput(ui={"text": [os.path.basename(path)]})
 
-    class Load(io.ComfyNode):
+    class Load(HSpaceNode):
         @classmethod
         def define_schema(c):
             return io.Schema(

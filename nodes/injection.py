@@ -1,16 +1,15 @@
 """Slerp Content Inject (DiffStyle / InjectFusion), Style Calibrate, Quality Boost, Interpolate."""
 from __future__ import annotations
 
-import torch
-
 from comfy_api.latest import io
 
 from ..hspace_core import (EditSchedule, BoostSettings, StyleCalibration, gamma_ramp, inject,
                            interpolate)
 from .comfy.model import is_pixel_unet, latent_out, progress_bar, run_in_comfy
-from .common import (BOOST_SEED_RULE, advanced, CATEGORY, Boost, Calibration, Trajectory, check_inputs,
-                     conditioning_inputs, edit_schedule, gamma_end_of, latent_x, mixing_inputs, model_input, parse_values, seed_input, seed_of,
-                     steps_input, sweep_text, t_edit_input, sampling_inputs)
+from .layer import (BOOST_SEED_RULE, CATEGORY, GAMMAS, Boost, Calibration, HSpaceNode, Trajectory, advanced,
+                    conditioning_inputs, edit_schedule, gamma_end_of, latent_x, mixing_inputs, model_input,
+                    sampling_inputs, seed_input, seed_of, steps_input, sweep, sweep_text, t_edit_input, values_input,
+                    values_of, x_T_input)
 
 def check_content_batch(content, style_x_T: dict) -> None:
     """One content image for all style images, or one per style image (said in the widgets' words)."""
@@ -20,7 +19,7 @@ def check_content_batch(content, style_x_T: dict) -> None:
                          f"content image, or {styles} (one per style image).")
 
 
-class SlerpContentInject(io.ComfyNode):
+class SlerpContentInject(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -30,7 +29,7 @@ class SlerpContentInject(io.ComfyNode):
                         "region; Style Calibrate and Quality Boost plug in.",
             inputs=[
                 model_input(),
-                io.Latent.Input("style_x_T", tooltip="x_T of the style image (DDIM Inversion)."),
+                x_T_input("style_x_T", "x_T of the style image (DDIM Inversion)."),
                 Trajectory.Input("content", tooltip="h trajectory of the content image (DDIM Inversion or Capture)."),
                 io.Float.Input("gamma", default=0.5, min=0.0, max=1.0, step=0.01,
                                tooltip="Content strength γ at t = T: 0 keeps the style image, 1 takes the content's h."),
@@ -38,10 +37,10 @@ class SlerpContentInject(io.ComfyNode):
                                tooltip="γ at t = t_edit, in [0, 1]; γ varies linearly in between. −1 keeps γ constant (other negative values are refused). A "
                                        "rising γ (e.g. 0 → 0.8) moves more of the content's layout and less of "
                                        "its colours than a constant one.")),
-                io.String.Input("gamma_sweep", default="", optional=True,
-                                tooltip="Comma-separated γ values (e.g. 0.2, 0.4, 0.6): returns a batch, one mix per "
-                                        "value; decode it and connect 'sweep' to Label Sweep Grid for a labelled grid. "
-                                        "Overrides 'gamma' when not empty (gamma_end still ends each ramp)."),
+                values_input("gamma_sweep", GAMMAS,
+                             "Comma-separated γ values (e.g. 0.2, 0.4, 0.6): returns a batch, one mix per value; "
+                             "decode it and connect 'sweep' to Label Sweep Grid for a labelled grid. Overrides 'gamma' "
+                             "when not empty (gamma_end still ends each ramp)"),
                 advanced(io.Int.Input("stride", default=1, min=1, max=50,
                              tooltip="Inject at every k-th step of [T, t_edit] only.")),
                 steps_input(), t_edit_input(),
@@ -58,33 +57,26 @@ class SlerpContentInject(io.ComfyNode):
     def execute(cls, model, style_x_T, content, gamma, gamma_end, stride, steps, t_edit, mode, per_channel, seed,
                 cfg, edit_branches, gamma_sweep="", mask=None, calibration=None, boost=None, positive=None,
                 negative=None) -> io.NodeOutput:
-        check_inputs(cls, locals())
         check_content_batch(content, style_x_T)
-        gammas = parse_values(gamma_sweep, "gamma_sweep", 0.0, 1.0, "0.2, 0.4, 0.6") if gamma_sweep.strip() else [gamma]
+        gammas = values_of(gamma_sweep, "gamma_sweep", GAMMAS) or [gamma]
         schedule = edit_schedule(steps, t_edit, boost)
         omega = calibration.omega if calibration is not None else None
         seed = seed_of(seed, boost)
-        negative, negative_at = sampling_inputs(style_x_T, steps, cfg, positive, negative)
-        total = steps * len(gammas)
-        progress = progress_bar(total)
+        negative, negative_at = sampling_inputs(style_x_T, cfg, positive, negative)
 
-        def mix(m, x):
-            outs = []
-            for k, g in enumerate(gammas):
-                gamma_t = gamma_ramp(g, gamma_end_of(g, gamma_end), t_edit, m.schedule.num_train_timesteps - 1)
-                outs.append(inject(m, x, content, gamma_t, schedule, stride=stride, mask=mask, omega=omega,
-                                   per_channel=per_channel, mode=mode, seed=seed,
-                                   progress=lambda d, n, done=k * steps: progress(done + d, total)))
-            return torch.cat(outs)
+        def mix(m, x, g, progress):
+            gamma_t = gamma_ramp(g, gamma_end_of(g, gamma_end), t_edit, m.schedule.num_train_timesteps - 1)
+            return inject(m, x, content, gamma_t, schedule, stride=stride, mask=mask, omega=omega,
+                          per_channel=per_channel, mode=mode, seed=seed, progress=progress)
 
         out = run_in_comfy(
-            model, style_x_T["samples"], mix,
+            model, style_x_T["samples"], lambda m, x: sweep(gammas, steps, lambda g, p: mix(m, x, g, p)),
             positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed,
             negative_at=negative_at, site=content.site, rows=2 * style_x_T["samples"].shape[0])  # [x; x] per step
         return io.NodeOutput(latent_out(model, out), sweep_text(gammas))
 
 
-class StyleCalibrate(io.ComfyNode):
+class StyleCalibrate(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -102,11 +94,10 @@ class StyleCalibrate(io.ComfyNode):
 
     @classmethod
     def execute(cls, omega) -> io.NodeOutput:
-        check_inputs(cls, locals())
         return io.NodeOutput(StyleCalibration(omega))
 
 
-class QualityBoost(io.ComfyNode):
+class QualityBoost(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -122,11 +113,10 @@ class QualityBoost(io.ComfyNode):
 
     @classmethod
     def execute(cls, t_boost, eta, seed) -> io.NodeOutput:
-        check_inputs(cls, locals())
         return io.NodeOutput(BoostSettings(t_boost, eta, seed))
 
 
-class Interpolate(io.ComfyNode):
+class Interpolate(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -134,8 +124,8 @@ class Interpolate(io.ComfyNode):
             description="Diffusion Autoencoders' interpolation: Slerp between two inverted x_T and Lerp between their "
                         "h trajectories; returns a batch of frames from A to B.",
             inputs=[model_input(),
-                    io.Latent.Input("x_T_a", tooltip="Inverted latent of image A."),
-                    io.Latent.Input("x_T_b", tooltip="Inverted latent of image B (same size)."),
+                    x_T_input("x_T_a", "Inverted latent of image A."),
+                    x_T_input("x_T_b", "Inverted latent of image B (same size)."),
                     io.Int.Input("frames", default=5, min=2, max=64, tooltip="Number of frames, A and B included."),
                     steps_input(), t_edit_input(default=200),
                     advanced(io.Boolean.Input("clip_x0", default=False,
@@ -149,15 +139,13 @@ class Interpolate(io.ComfyNode):
     @classmethod
     def execute(cls, model, x_T_a, x_T_b, frames, steps, t_edit, cfg, edit_branches, clip_x0=False, positive=None,
                 negative=None) -> io.NodeOutput:
-        check_inputs(cls, locals())
         if x_T_a["samples"].shape != x_T_b["samples"].shape:
             raise ValueError(f"x_T_a {tuple(x_T_a['samples'].shape)} and x_T_b {tuple(x_T_b['samples'].shape)} differ: "
                              "invert images of the same size.")
         if clip_x0 and not is_pixel_unet(model):
             raise ValueError("clip_x0 is for pixel U-Nets (images in [-1, 1]); latents of SD models must not be clipped.")
         schedule = EditSchedule(steps, t_edit=t_edit, t_boost=0, clip_x0=1.0 if clip_x0 else None)
-        negative, negative_at = sampling_inputs(x_T_a, steps, cfg, positive, negative)
-        sampling_inputs(x_T_b, steps, cfg, positive, negative)
+        negative, negative_at = sampling_inputs(x_T_a, cfg, positive, negative)  # x_T_b's is the same (base node)
         x_b = latent_x(model, x_T_b)
         progress = progress_bar(frames)
         out = run_in_comfy(model, x_T_a["samples"],

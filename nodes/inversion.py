@@ -10,12 +10,12 @@ from ..hspace_core import (CFG_INVERSIONS, H_SOURCES, INVERSION_CONVENTIONS, Edi
                            generate, invert, null_text_embeddings, run_reverse)
 from .comfy.model import is_pixel_unet, latent_out, model_fingerprint, progress_bar, run_in_comfy
 from .comfy.origin import XTOrigin
-from .common import (CATEGORY, DEFAULT_H_STORAGE, advanced, Trajectory, check_inputs, conditioning_inputs, decode,
-                     encoded_pixels, h_storage_inputs, h_storage_of, latent_of, latent_x, model_input, psnr,
-                     sampling_inputs, site_input, steps_input, with_origin)
+from .layer import (CATEGORY, DEFAULT_H_STORAGE, HSpaceNode, Trajectory, advanced, conditioning_inputs, decode,
+                    encoded_pixels, h_storage_inputs, h_storage_of, latent_of, latent_x, model_input, psnr,
+                    sampling_inputs, site_input, steps_input, with_origin, x_T_input)
 
 
-class DDIMInversion(io.ComfyNode):
+class DDIMInversion(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -63,7 +63,6 @@ class DDIMInversion(io.ComfyNode):
     def execute(cls, model, steps, cfg, edit_branches, refine_iters, cfg_inversion="negative_prompt",
                 convention="seed", h_source="inversion", h_storage=DEFAULT_H_STORAGE, keep_h_from_t=0, image=None,
                 vae=None, latent=None, positive=None, negative=None, site="middle") -> io.NodeOutput:
-        check_inputs(cls, locals())
         latent = latent_of(image, vae, latent)
         method = "plain" if math.isclose(cfg, 1.0) else cfg_inversion
         if method == "null_text" and is_pixel_unet(model):
@@ -106,14 +105,14 @@ def _reconstruct_guided(model, inv, method, positive, negative, cfg, edit_branch
     return {}, recon
 
 
-class Capture(io.ComfyNode):
+class Capture(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
             node_id="HSpaceCapture", display_name="H-Space Capture", category=CATEGORY,
             description="Run the deterministic reverse process from x_T and record h_t (the U-Net middle-block "
                         "output, or a decoder level's: site) at every step; also returns the generated latent.",
-            inputs=[model_input(), io.Latent.Input("x_T", tooltip="Start latent: an inverted x_T or fresh noise."),
+            inputs=[model_input(), x_T_input(tooltip="Start latent: an inverted x_T or fresh noise."),
                     *conditioning_inputs(), steps_input(), *h_storage_inputs(), site_input()],
             outputs=[Trajectory.Output("trajectory", tooltip="h at every step."),
                      io.Latent.Output("latent", tooltip="The generated (reconstructed) latent.")],
@@ -122,8 +121,7 @@ class Capture(io.ComfyNode):
     @classmethod
     def execute(cls, model, x_T, steps, cfg, edit_branches, h_storage=DEFAULT_H_STORAGE, keep_h_from_t=0,
                 positive=None, negative=None, site="middle") -> io.NodeOutput:
-        check_inputs(cls, locals())
-        negative, negative_at = sampling_inputs(x_T, steps, cfg, positive, negative)
+        negative, negative_at = sampling_inputs(x_T, cfg, positive, negative)
         storage = h_storage_of(h_storage, keep_h_from_t)
 
         def body(m, x):

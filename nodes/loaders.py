@@ -11,7 +11,7 @@ from comfy_api.latest import io
 import folder_paths
 
 from ..hspace_core.checkpoints import CHECKPOINT_EXTENSIONS, LoadedCheckpoint, read_checkpoint
-from .common import CATEGORY, file_state
+from .layer import CATEGORY, HSpaceNode, file_state
 from .comfy.pixel_model import (is_pixel_unet_folder, load_pixel_unet_folder, load_pixel_unet_hub, pixel_edm_patcher,
                                 pixel_model_patcher)
 
@@ -80,7 +80,7 @@ def local_folder(unet_folder: str, repo_id: str) -> str | None:
     return path
 
 
-class LoadPixelUNet(io.ComfyNode):
+class LoadPixelUNet(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

@@ -12,8 +12,8 @@ from comfy_api.latest import io
 
 from ..hspace_core import timestep_grid
 from ..hspace_core.sigmas import ve_scale
-from .comfy.model import check_has_h_space, latent_out
-from .common import CATEGORY, latent_x, model_input, origin_of, steps_input
+from .comfy.model import latent_out
+from .layer import CATEGORY, HSpaceNode, latent_x, model_input, origin_of, steps_input, x_T_input
 
 
 class _InvertedNoise:
@@ -33,7 +33,7 @@ class _InvertedNoise:
         return (self.x_T - latent_x(self.model, input_latent) / self.scale).cpu()
 
 
-class XTToNative(io.ComfyNode):
+class XTToNative(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -42,7 +42,7 @@ class XTToNative(io.ComfyNode):
                         "SIGMAS with the 'euler' or 'ddim' sampler retrace the pack's DDIM exactly. KSamplerAdvanced: "
                         "LATENT with add_noise disabled and a scheduler that starts at σ_max (normal, simple, karras; "
                         "not ddim_uniform).",
-            inputs=[model_input(), io.Latent.Input("x_T", tooltip="x_T from DDIM Inversion (or fresh unit noise)."),
+            inputs=[model_input(), x_T_input(tooltip="x_T from DDIM Inversion (or fresh unit noise)."),
                     steps_input(20)],
             outputs=[io.Noise.Output("noise", tooltip="For SamplerCustomAdvanced: sampling starts at x_T."),
                      io.Sigmas.Output("sigmas", tooltip="The pack's DDIM grid as ComfyUI sigmas (σ_max … 0)."),
@@ -51,8 +51,7 @@ class XTToNative(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, x_T, steps) -> io.NodeOutput:
-        check_has_h_space(model)
-        origin = origin_of(x_T, steps)
+        origin = origin_of(x_T)
         if origin is not None and origin.guidance != "plain":
             logging.info("h-space: x_T comes from a %s inversion; under cfg ≠ 1 a native sampler needs the positive "
                          "prompt as its negative too (null-text embeddings do not reach native samplers).",
@@ -64,7 +63,7 @@ class XTToNative(io.ComfyNode):
         return io.NodeOutput(noise, sigmas, latent_out(model, x * noise.scale))
 
 
-class PixelConditioning(io.ComfyNode):
+class PixelConditioning(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

@@ -10,18 +10,17 @@ from comfy_api.latest import io
 from ..hspace_core import HTrajectory, check_fingerprint, combine_directions, content_injection, gamma_ramp
 from ..hspace_core.sigmas import ve_scale
 from ..hspace_core.sites import check_same_site
-from .comfy.model import check_has_h_space, latent_out
+from .comfy.model import latent_out
 from .comfy.origin import XTOrigin
 from .comfy.patches import patched_with_h_shift
 from .comfy.samplers import InversionRecord, h_edit_sampler, inversion_sampler, window_of
-from .common import (BOOST_SEED_RULE, STRENGTH_RANGE, CATEGORY, Boost, DirectionType, Trajectory,
-                     advanced, check_inputs, gamma_end_of, latent_x, mixing_inputs, model_input, seed_input, seed_of, site_input, with_origin)
+from .layer import (BOOST_SEED_RULE, OTHER_MODEL_HINT, STRENGTH_RANGE, CATEGORY, Boost, DirectionType, HSpaceNode,
+                    Trajectory, advanced, allow_other_model_input, gamma_end_of, latent_x, mixing_inputs, model_input,
+                    seed_input, seed_of, site_input, with_origin)
 
 SAMPLERS = f"{CATEGORY}/samplers"
 WINDOWS = ["t_edit", "percent"]
 Record = io.Custom("HSPACE_INVERSION_RECORD")
-OTHER_MODEL_HINT = ("use one made with this model, or turn on allow_other_model (advanced) if this model is a "
-                    "fine-tune or LoRA-patched version of it")
 
 
 def window_inputs(end_default: float = 0.6):
@@ -50,7 +49,7 @@ def _window_for(window, t_edit, start_percent, end_percent):
     return lambda patcher: window_of(patcher, window, t_edit, start_percent, end_percent)
 
 
-class AsyrpSampler(io.ComfyNode):
+class AsyrpSampler(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -68,9 +67,7 @@ class AsyrpSampler(io.ComfyNode):
                                                             + BOOST_SEED_RULE),
                 seed_input("Seed for the quality boost's noise. " + BOOST_SEED_RULE),
                 edit_branches_input(),
-                advanced(io.Boolean.Input("allow_other_model", default=False, optional=True,
-                                          tooltip="Apply a direction made with another model (a fine-tune or LoRA of "
-                                                  "it). Off: such a direction is refused.")),
+                allow_other_model_input(),
             ],
             outputs=[io.Sampler.Output("sampler", tooltip="Connect to SamplerCustomAdvanced's sampler.")],
         )
@@ -78,7 +75,6 @@ class AsyrpSampler(io.ComfyNode):
     @classmethod
     def execute(cls, direction, strength, window, t_edit, start_percent, end_percent, seed, edit_branches="cond",
                 boost=None, allow_other_model=False) -> io.NodeOutput:
-        check_inputs(cls, locals())
 
         def edit_for(num_steps, hs):
             check_same_site(direction.site, hs.site, "direction")
@@ -110,7 +106,7 @@ def content_check(content, node: str):
     return check
 
 
-class ContentInjectionSampler(io.ComfyNode):
+class ContentInjectionSampler(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -137,7 +133,6 @@ class ContentInjectionSampler(io.ComfyNode):
     @classmethod
     def execute(cls, content, gamma, gamma_end, stride, window, t_edit, start_percent, end_percent, mode, per_channel,
                 seed, edit_branches="cond", mask=None, calibration=None, boost=None) -> io.NodeOutput:
-        check_inputs(cls, locals())
         end = gamma_end_of(gamma, gamma_end)
         windowed = _window_for(window, t_edit, start_percent, end_percent)
 
@@ -153,7 +148,7 @@ class ContentInjectionSampler(io.ComfyNode):
                                             check=content_check(content, "Content Injection Sampler")))
 
 
-class InversionSampler(io.ComfyNode):
+class InversionSampler(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -174,13 +169,12 @@ class InversionSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, refine_iters, site="middle") -> io.NodeOutput:
-        check_inputs(cls, locals())
         record = InversionRecord()
         return io.NodeOutput(inversion_sampler("Inversion Sampler", refine_iters=refine_iters, site=site,
                                                record=record), record)
 
 
-class InvertedXT(io.ComfyNode):
+class InvertedXT(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -197,7 +191,6 @@ class InvertedXT(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, latent, inversion) -> io.NodeOutput:
-        check_has_h_space(model)
         x = latent_x(model, latent)
         if inversion.x_T is None or inversion.x_T.shape != x.shape or not torch.allclose(
                 inversion.x_T.to(x), x, rtol=1e-4, atol=1e-4):
@@ -215,7 +208,7 @@ class InvertedXT(io.ComfyNode):
         return io.NodeOutput(with_origin(latent_out(model, x_T), origin), trajectory)
 
 
-class HShiftPatch(io.ComfyNode):
+class HShiftPatch(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -231,13 +224,12 @@ class HShiftPatch(io.ComfyNode):
                                    tooltip="Where the shift starts (0 = the first, noisiest step)."),
                     io.Float.Input("end_percent", default=0.6, min=0.0, max=1.0, step=0.01,
                                    tooltip="Where the shift ends (1 = the last step)."),
-                    edit_branches_input()],
+                    edit_branches_input(), allow_other_model_input()],
             outputs=[io.Model.Output(display_name="model", tooltip="The patched MODEL (a clone; the input is unchanged).")],
         )
 
     @classmethod
-    def execute(cls, model, direction, strength, start_percent, end_percent, edit_branches="cond") -> io.NodeOutput:
-        check_inputs(cls, locals())
-        check_has_h_space(model)
+    def execute(cls, model, direction, strength, start_percent, end_percent, edit_branches="cond",
+                allow_other_model=False) -> io.NodeOutput:
         window = window_of(model, "percent", 0, start_percent, end_percent)
         return io.NodeOutput(patched_with_h_shift(model, direction, strength, window, edit_branches))

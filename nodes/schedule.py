@@ -5,11 +5,11 @@ from comfy_api.latest import io
 
 from ..hspace_core import find_t_edit_t_boost
 from .comfy.model import progress_bar, run_in_comfy
-from .common import (advanced, CATEGORY, check_inputs, conditioning_inputs, latent_of, lpips_by_name, model_input,
-                     seed_input)
+from .layer import (CATEGORY, HSpaceNode, advanced, conditioning_inputs, latent_of, lpips_by_name, model_input,
+                    seed_input)
 
 
-class AutoSchedule(io.ComfyNode):
+class AutoSchedule(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -44,7 +44,6 @@ class AutoSchedule(io.ComfyNode):
     @classmethod
     def execute(cls, model, edit_threshold, boost_threshold, text_cosine, probes, lpips_backbone, seed, cfg,
                 edit_branches, image=None, vae=None, latent=None, positive=None, negative=None) -> io.NodeOutput:
-        check_inputs(cls, locals())
         if vae is None:
             raise ValueError("Connect the VAE ('pixel_space' for pixel U-Nets): LPIPS is measured on decoded images.")
         latent = latent_of(image, vae, latent)

@@ -2,8 +2,6 @@
 h-space content injection)."""
 from __future__ import annotations
 
-import torch
-
 from comfy_api.latest import io
 
 from ..hspace_core import ReconstructionReport
@@ -12,11 +10,12 @@ from ..hspace_core.styleid import FEATURE_SOURCES, STARTS, StyleIDSettings, reco
 from .comfy.attention import ComfyAttention, decoder_self_attention_layers
 from .comfy.origin import XTOrigin
 from .comfy.model import latent_out, model_fingerprint, progress_bar, run_in_comfy
-from .common import (CATEGORY, DEFAULT_H_STORAGE, Calibration, Trajectory, advanced, check_inputs, decode,
-                     encoded_pixels, h_storage_inputs, h_storage_of, latent_of, latent_x, model_input, origin_of,
-                     parse_values, psnr, steps_input, sweep_text, t_edit_input, with_origin)
+from .layer import (CATEGORY, DEFAULT_H_STORAGE, GAMMAS, Calibration, HSpaceNode, Trajectory, advanced, check_work,
+                    decode, encoded_pixels, h_storage_inputs, h_storage_of, latent_of, latent_x, model_input, psnr,
+                    sweep, sweep_text, t_edit_input, values_input, values_of, with_origin, x_T_input)
 
 Features = io.Custom("HSPACE_ATTENTION_FEATURES")
+STYLEID_RUNS = 32  # one full run per (γ, γ_h): the cells of one sweep grid
 ROLES = {"style (K, V)": STYLE_KINDS, "content (Q)": CONTENT_KINDS}
 CUSTOM = "custom"
 
@@ -50,7 +49,7 @@ def text_input(tooltip: str):
                                  tooltip=tooltip + " The official code uses an empty prompt, without CFG.")
 
 
-class StyleIDFeatures(io.ComfyNode):
+class StyleIDFeatures(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -83,7 +82,6 @@ class StyleIDFeatures(io.ComfyNode):
     def execute(cls, model, role, attention_layers, custom_layers, t_start, t_stop, steps,
                 features_source="inversion", h_storage=DEFAULT_H_STORAGE, keep_h_from_t=0, image=None, vae=None,
                 latent=None, positive=None) -> io.NodeOutput:
-        check_inputs(cls, locals())
         latent = latent_of(image, vae, latent)
         layers = layers_of(model, attention_layers, custom_layers)
         storage = h_storage_of(h_storage, 0)
@@ -103,7 +101,7 @@ class StyleIDFeatures(io.ComfyNode):
         return io.NodeOutput(x_T, features, inv.trajectory, quality)
 
 
-class StyleIDInject(io.ComfyNode):
+class StyleIDInject(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -114,8 +112,8 @@ class StyleIDInject(io.ComfyNode):
                         "combined mode: h-space content injection (InjectFusion's Slerp, γ_h) in the same run.",
             inputs=[
                 model_input(),
-                io.Latent.Input("content_x_T", tooltip="x_T of the content image (StyleID Features, role content)."),
-                io.Latent.Input("style_x_T", tooltip="x_T of the style image (StyleID Features, role style)."),
+                x_T_input("content_x_T", "x_T of the content image (StyleID Features, role content)."),
+                x_T_input("style_x_T", "x_T of the style image (StyleID Features, role style)."),
                 Features.Input("style_features", tooltip="K/V of the style image (StyleID Features, role style)."),
                 Features.Input("content_features", optional=True,
                                tooltip="Q of the content image (role content); needed when gamma > 0."),
@@ -128,17 +126,16 @@ class StyleIDInject(io.ComfyNode):
                 io.Combo.Input("start", options=list(STARTS), default="adain",
                                tooltip="x_T the generation starts from: 'adain' = the content's x_T with the style "
                                        "x_T's channel mean/std (StyleID), 'content', or 'style' (InjectFusion's)."),
-                io.String.Input("gamma_sweep", default="", optional=True,
-                                tooltip="Comma-separated γ values: one result per value (γ-major; columns of Label "
-                                        "Sweep Grid). Overrides gamma when not empty."),
+                values_input("gamma_sweep", GAMMAS, "Comma-separated γ values: one result per value (γ-major; "
+                             f"columns of Label Sweep Grid). Overrides gamma when not empty. At most {STYLEID_RUNS} "
+                             "runs in all (γ values × γ_h values)"),
                 Trajectory.Input("content_h", optional=True,
                                  tooltip="Combined mode: the content's h trajectory (StyleID Features or DDIM "
                                          "Inversion), Slerped into h for t ≥ t_edit."),
                 io.Float.Input("gamma_h", default=0.5, min=0.0, max=1.0, step=0.05, optional=True,
                                tooltip="Combined mode: h content strength γ_h (InjectFusion's γ)."),
-                io.String.Input("gamma_h_sweep", default="", optional=True,
-                                tooltip="Combined mode: comma-separated γ_h values, inner to the γ sweep (rows of "
-                                        "Label Sweep Grid)."),
+                values_input("gamma_h_sweep", GAMMAS, "Combined mode: comma-separated γ_h values, inner to the γ "
+                             "sweep (rows of Label Sweep Grid)"),
                 t_edit_input(),
                 io.Mask.Input("mask", optional=True, tooltip="Combined mode: local mixing of h (1 = inject h here)."),
                 Calibration.Input("calibration", optional=True, tooltip="Combined mode: Style Calibrate settings (ω)."),
@@ -153,30 +150,23 @@ class StyleIDInject(io.ComfyNode):
     def execute(cls, model, content_x_T, style_x_T, style_features, gamma, tau, attention_layers, custom_layers,
                 t_start, t_stop, steps, start, t_edit, gamma_sweep="", content_h=None, gamma_h=0.5, gamma_h_sweep="",
                 content_features=None, mask=None, calibration=None, positive=None) -> io.NodeOutput:
-        check_inputs(cls, locals())
-        for x_T in (content_x_T, style_x_T):
-            origin_of(x_T, steps)
         layers = layers_of(model, attention_layers, custom_layers)
-        gammas = parse_values(gamma_sweep, "gamma_sweep", 0.0, 1.0, "0.3, 0.5, 0.75") if gamma_sweep.strip() else [gamma]
+        gammas = values_of(gamma_sweep, "gamma_sweep", GAMMAS) or [gamma]
         if content_h is None and (gamma_h_sweep.strip() or mask is not None or calibration is not None):
             raise ValueError("gamma_h_sweep, mask and calibration belong to the combined mode: connect content_h "
                              "(the content's h trajectory), or disconnect them.")
-        gamma_hs = parse_values(gamma_h_sweep, "gamma_h_sweep", 0.0, 1.0, "0.3, 0.6") if gamma_h_sweep.strip() \
-            else [gamma_h]
+        gamma_hs = values_of(gamma_h_sweep, "gamma_h_sweep", GAMMAS) or [gamma_h]
         omega = calibration.omega if calibration is not None else None
         runs = [(g, gh) for g in gammas for gh in gamma_hs]
-        progress = progress_bar(steps * len(runs))
+        check_work("γ values × γ_h values", len(runs), STYLEID_RUNS, "shorten gamma_sweep or gamma_h_sweep")
         style_x = latent_x(model, style_x_T)
 
-        def body(m, x):
-            outs = []
-            for k, (g, gh) in enumerate(runs):
-                settings = StyleIDSettings(layers, g, tau, (t_start, t_stop), start)
-                outs.append(styleid_inject(m, x, style_x.to(x), style_features, settings, steps,
-                                    content_q=content_features, content_h=content_h, gamma_h=gh, t_edit=t_edit,
-                                    mask=mask, omega=omega, access=ComfyAttention(m),
-                                    progress=lambda d, n, done=k * steps: progress(done + d, len(runs) * steps)))
-            return torch.cat(outs)
+        def run(m, x, g, gh, progress):
+            settings = StyleIDSettings(layers, g, tau, (t_start, t_stop), start)
+            return styleid_inject(m, x, style_x.to(x), style_features, settings, steps, content_q=content_features,
+                                  content_h=content_h, gamma_h=gh, t_edit=t_edit, mask=mask, omega=omega,
+                                  access=ComfyAttention(m), progress=progress)
 
-        out = run_in_comfy(model, content_x_T["samples"], body, positive=positive)
+        out = run_in_comfy(model, content_x_T["samples"],
+                           lambda m, x: sweep(runs, steps, lambda r, p: run(m, x, *r, p)), positive=positive)
         return io.NodeOutput(latent_out(model, out), sweep_text(gammas), sweep_text(gamma_hs))

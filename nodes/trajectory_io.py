@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from comfy_api.latest import io
 
-from .common import CATEGORY, Trajectory, check_inputs
+from .layer import CATEGORY, HSpaceNode, Trajectory
 
 
 def pca_rgb(h: torch.Tensor, size: int) -> torch.Tensor:
@@ -23,7 +23,7 @@ def pca_rgb(h: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(rgb.permute(0, 3, 1, 2), size=(size, size), mode="nearest").permute(0, 2, 3, 1)
 
 
-class PreviewH(io.ComfyNode):
+class PreviewH(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -39,7 +39,6 @@ class PreviewH(io.ComfyNode):
 
     @classmethod
     def execute(cls, trajectory, step, size) -> io.NodeOutput:
-        check_inputs(cls, locals())
         if step >= len(trajectory.timesteps):
             raise ValueError(f"step {step} is past the trajectory's {len(trajectory.timesteps)} steps.")
         h = trajectory.h.float().cpu()

@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_expert_widgets_use_the_schemas_own_flag_where_it_has_one(pack):
     from comfy_api.latest import io
-    from hspace_pack.nodes.common import advanced
+    from hspace_pack.nodes.layer import advanced
 
     native = hasattr(io.Float.Input("probe"), "advanced")  # ComfyUI 0.33 has it, 0.3.75 does not
     widget = advanced(io.Float.Input("x", default=1.0))
@@ -59,7 +59,7 @@ def test_the_archive_keeps_the_pack_and_leaves_the_tests_only_files():
     patterns = _comfyignore()
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         includes = tomllib.load(f)["tool"]["comfy"]["includes"]
-    kept = ["__init__.py", "nodes/common.py", "hspace_core/ddim.py", "web/advanced_widgets.js", "LICENSE",
+    kept = ["__init__.py", "nodes/layer/node.py", "hspace_core/ddim.py", "web/advanced_widgets.js", "LICENSE",
             "requirements.txt", "pyproject.toml", "docs/icon.png", "workflows/sd_style_mixing.json",
             "models/hspace-shapes-ddpm/unet/diffusion_pytorch_model.safetensors"]
     for path in kept:

@@ -4,7 +4,7 @@ import glob
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMON_LAYER = {"common", "comfy"}  # shared inputs/checks/folders; the ComfyUI adapter package (nodes/comfy/)
+COMMON_LAYER = {"layer", "comfy"}  # the node-execution layer (nodes/layer/); the ComfyUI adapter (nodes/comfy/)
 
 
 def _relative_imports(path: str) -> set[str]:
@@ -27,7 +27,7 @@ def test_node_modules_import_only_the_common_layer():
 def test_every_module_is_a_node_module_or_common_layer():
     for name, path in _modules().items():
         source = open(path).read()
-        defines_nodes = "io.ComfyNode" in source
+        defines_nodes = "(HSpaceNode)" in source
         assert defines_nodes != (name in COMMON_LAYER), name
 
 
@@ -40,3 +40,14 @@ def test_the_comfy_adapter_imports_only_itself_and_the_core():
                     f"nodes/comfy/{os.path.basename(path)} imports {'.' * node.level}{node.module}"
             if isinstance(node, ast.ClassDef):
                 assert "ComfyNode" not in ast.unparse(node), f"node class {node.name} in nodes/comfy/"
+
+
+def test_the_node_layer_imports_only_itself_the_adapter_and_the_core():
+    for path in glob.glob(os.path.join(ROOT, "nodes", "layer", "*.py")):
+        tree = ast.parse(open(path).read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                module = node.module or ""
+                assert node.level == 1 or (node.level == 2 and module.startswith("comfy")) or \
+                    (node.level == 3 and module.startswith("hspace_core")), \
+                    f"nodes/layer/{os.path.basename(path)} imports {'.' * node.level}{module}"

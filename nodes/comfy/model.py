@@ -174,6 +174,7 @@ class ComfyHSpaceModel:
     def denoise(self, x, sigma, patch, wrapper=None):
         """D(x, σ): the guided denoiser at the VE point ``x`` (``sigma`` a float or a 0-dim tensor on x's device),
         with ``patch`` in output_block_patch and ``wrapper`` (the one-call batch) in a per-call model_options."""
+        comfy.model_management.throw_exception_if_processing_interrupted()  # Cancel lands within one U-Net pass
         options = comfy.model_patcher.create_model_options_clone(self.extra_args["model_options"])
         transformer_options = edit_batch.with_patch(options.get("transformer_options", {}), patch, first=False)
         if wrapper is not None:

@@ -1,0 +1,86 @@
+"""x_T carries its origin (grid, model, guidance) between nodes; checked in this order: the model first (channels,
+then fingerprint), then the grid, then the guidance, so a message names the real cause and its advice works."""
+from __future__ import annotations
+
+import logging
+import math
+
+from ...hspace_core import timestep_grid
+from ..comfy.origin import XTOrigin
+from ..comfy.model import check_latent, model_fingerprint
+
+log = logging.getLogger("hspace")
+ORIGIN_KEY = "hspace_origin"
+
+
+def with_origin(latent: dict, origin: XTOrigin) -> dict:
+    return {**latent, ORIGIN_KEY: origin}
+
+
+def origin_of(x_T: dict) -> XTOrigin | None:
+    """The x_T's origin (None for latents that did not come from DDIM Inversion)."""
+    return x_T.get(ORIGIN_KEY) if isinstance(x_T, dict) else None
+
+
+def check_x_T_model(name: str, x_T, model) -> None:
+    """Refuse an x_T of another model (channels, size, or another architecture's fingerprint); log one made with
+    other weights of the same architecture (a fine-tune edits it legitimately)."""
+    if not isinstance(x_T, dict) or "samples" not in x_T:
+        raise ValueError(f"{name} is not a LATENT; connect the x_T output of DDIM Inversion (or a latent).")
+    try:
+        check_latent(model, x_T["samples"])
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
+    origin = origin_of(x_T)
+    if origin is None or not origin.fingerprint:
+        return
+    here = model_fingerprint(model)
+    if origin.fingerprint == here:
+        return
+    if origin.fingerprint.split("/")[0] != here.split("/")[0]:
+        raise ValueError(f"{name} was inverted with a model of another architecture (fingerprint {origin.fingerprint}) "
+                         f"than this MODEL ({here}): it does not belong to this model. Invert the image again with "
+                         f"this MODEL.")
+    log.info("h-space: %s was inverted with other weights (fingerprint %s) than this MODEL (%s), e.g. a fine-tune "
+             "or a LoRA; it is used as it is (invert with this MODEL to reconstruct the image exactly).",
+             name, origin.fingerprint, here)
+
+
+def check_x_T_grid(name: str, x_T, steps: int) -> None:
+    """Refuse sampling an x_T on another grid than it was inverted on, naming the steps to set."""
+    origin = origin_of(x_T)
+    if origin is not None:
+        try:
+            origin.check_grid(timestep_grid(steps))
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
+
+
+def check_same_guidance(x_Ts: dict, cfg: float) -> None:
+    """Under guidance, all x_T of one node must be sampled the same way (one negative for the whole run)."""
+    if math.isclose(cfg, 1.0):
+        return
+    kinds = {name: origin.guidance for name, origin in ((n, origin_of(x)) for n, x in x_Ts.items()) if origin}
+    if len(set(kinds.values())) > 1:
+        said = ", ".join(f"{name} from a {kind} inversion" for name, kind in kinds.items())
+        raise ValueError(f"Under cfg {cfg} these x_T need different negatives ({said}): invert them with the same "
+                         "cfg_inversion, or set cfg to 1.")
+    if len(kinds) > 1 and "null_text" in kinds.values():
+        raise ValueError("Two null-text x_T carry two sets of per-step negative embeddings and one run has one "
+                         "negative: invert them with cfg_inversion 'negative_prompt', or set cfg to 1.")
+
+
+def sampling_inputs(x_T: dict, cfg: float, positive, negative):
+    """(negative, negative_at) for sampling from ``x_T`` at ``cfg`` (its grid and model were checked by the base
+    node): a negative-prompt inversion's positive becomes the negative; a null-text inversion's per-step negative
+    embeddings are used.  Latents that did not come from DDIM Inversion pass unchanged."""
+    origin = origin_of(x_T)
+    if origin is None or math.isclose(cfg, 1.0) or origin.guidance == "plain":
+        return negative, None
+    if origin.guidance == "negative_prompt":
+        log.info("h-space: x_T comes from a negative-prompt inversion; the positive conditioning is the negative.")
+        return positive, None
+    if not math.isclose(cfg, origin.guidance_scale):
+        log.info("h-space: the null-text embeddings were optimised at cfg %s and are used at cfg %s.",
+                 origin.guidance_scale, cfg)
+    return negative, origin.negative_at

@@ -1,0 +1,186 @@
+"""Schema helpers: the pack's custom types and the inputs many nodes share (model, conditioning, steps, site, t_edit,
+h storage, seed, x_T, lists of values).  What a helper marks here (an x_T, a list's bounds) the base node checks."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from comfy_api.latest import io
+
+from ...hspace_core import EditSchedule, HStorage
+from ...hspace_core.sites import DEFAULT_SITE, SITES
+from .checks import ValueList, check_option, parse_list
+
+CATEGORY = "h-space"
+PREFIX = "HSpace"
+
+Trajectory = io.Custom("HSPACE_TRAJECTORY")
+DirectionType = io.Custom("HSPACE_DIRECTION")
+Calibration = io.Custom("HSPACE_CALIBRATION")
+Boost = io.Custom("HSPACE_BOOST")
+DirectionSet = io.Custom("HSPACE_DIRECTIONS")  # a tuple of Direction (PCA / Jacobian directions)
+
+BOOST_SEED_RULE = "When a Quality Boost is connected, its seed replaces this node's seed."
+STRENGTH_RANGE = (-100.0, 100.0)
+
+# The bounds of list widgets: one run (steps U-Net passes) per value; a sweep grid wider than this is unreadable.
+STRENGTHS = ValueList(*STRENGTH_RANGE, max_count=32, example="-2, -1, 0, 1, 2")
+GAMMAS = ValueList(0.0, 1.0, max_count=32, example="0.2, 0.4, 0.6")
+T_EDITS = ValueList(0, 999, max_count=16, example="600, 400, 200", whole=True)
+EXPLORER_STRENGTHS = ValueList(*STRENGTH_RANGE, max_count=16, example="-2, -1, 0, 1, 2", optional=False)
+GRID_VALUES = ValueList(-1e6, 1e6, max_count=64, example="-2, -1, 0, 1, 2", optional=False)
+
+
+def advanced(widget):
+    """Mark an expert setting: the editor hides it until the node menu's "Show Advanced".  Newer ComfyUI schemas have
+    the flag (``Input(..., advanced=True)``); older ones (0.3.75) carry it in the input's extra_dict, and
+    web/advanced_widgets.js lifts it onto the widget (docs/compatibility.md)."""
+    if hasattr(widget, "advanced"):
+        widget.advanced = True
+    else:
+        widget.extra_dict = {**widget.extra_dict, "advanced": True}
+    return widget
+
+
+def values_input(name: str, spec: ValueList, tooltip: str, default: str = "", optional: bool = True):
+    """A comma-separated list widget with bounds the base node checks (said at the end of the tooltip)."""
+    widget = io.String.Input(name, default=default, optional=optional, tooltip=f"{tooltip} ({spec.describe()}.)")
+    widget.hspace_values = spec
+    return widget
+
+
+def values_of(text: str, name: str, spec: ValueList) -> list:
+    """The values of a list widget (already checked by the base node; parsed again here)."""
+    return parse_list(text, name, spec)
+
+
+def x_T_input(name: str = "x_T", tooltip: str = "Inverted latent from DDIM Inversion (or noise)."):
+    """A LATENT the node samples from: the base node checks its model (channels, fingerprint), then its grid against
+    ``steps``, then its guidance, in that order, before the node runs."""
+    widget = io.Latent.Input(name, tooltip=tooltip)
+    widget.hspace_x_T = True
+    return widget
+
+
+def is_x_T(spec) -> bool:
+    return getattr(spec, "hspace_x_T", False)
+
+
+def allow_other_model_input(what: str = "direction"):
+    return advanced(io.Boolean.Input(
+        "allow_other_model", default=False, optional=True,
+        tooltip=f"Apply a {what} made with another model (other weights), e.g. on a fine-tuned or LoRA-patched "
+                f"version of it. Off: such a {what} is refused."))
+
+
+def model_input():
+    return io.Model.Input("model", tooltip="An SD1.x/SD2.x/SDXL MODEL, or a pixel U-Net from 'H-Space Load Pixel U-Net'.")
+
+
+def conditioning_inputs():
+    return [
+        io.Conditioning.Input("positive", optional=True,
+                              tooltip="Text conditioning (SD models). Leave empty for pixel U-Nets."),
+        io.Conditioning.Input("negative", optional=True,
+                              tooltip="Negative conditioning, needed when cfg ≠ 1."),
+        advanced(io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1,
+                       tooltip="Classifier-free guidance scale; 1 runs only the positive branch (best for inversion).")),
+        advanced(io.Combo.Input("edit_branches", options=["cond", "uncond", "both"], default="cond",
+                       tooltip="Under CFG, which branch's h is edited or injected.")),
+    ]
+
+
+def mixing_inputs():
+    """A content injection's optional region, calibration and boost, and its expert knobs (mode, per_channel)."""
+    return [
+        io.Mask.Input("mask", optional=True,
+                      tooltip="Local mixing: 1 = inject here, 0 = keep the style image. Any size; soft edges allowed."),
+        Calibration.Input("calibration", optional=True, tooltip="Style Calibrate settings (ω)."),
+        Boost.Input("boost", optional=True, tooltip="Quality Boost settings. " + BOOST_SEED_RULE),
+        advanced(io.Combo.Input("mode", options=["slerp", "replace"], default="slerp",
+                                tooltip="'replace' is the naive baseline h̃ = h_content.")),
+        advanced(io.Boolean.Input("per_channel", default=False, tooltip="Normalise and slerp each channel separately.")),
+    ]
+
+
+def steps_input(default: int = 40):
+    return io.Int.Input("steps", default=default, min=2, max=1000,
+                        tooltip="DDIM steps on Asyrp's grid over [0, 999]. Use the same number for inversion and editing.")
+
+
+def site_input():
+    """Which U-Net block is h (advanced; the last input, so saved workflows keep their widget order)."""
+    return advanced(io.Combo.Input(
+        "site", options=list(SITES), default=DEFAULT_SITE, optional=True,
+        tooltip="Which U-Net block is h: 'middle' (the bottleneck, Asyrp's h-space) or the output of the first / "
+                "second decoder level ('up1', 'up2': finer, often more semantic on Stable Diffusion). What this node "
+                "makes carries its site; nodes that use it read h there."))
+
+
+def t_edit_input(default: int = 400):
+    return io.Int.Input("t_edit", default=default, min=0, max=999,
+                        tooltip="h is changed for t ≥ t_edit. Earlier (larger) t_edit gives stronger, coarser changes.")
+
+
+H_STORAGES = {"model's precision on CPU": HStorage("model", "cpu"), "model's precision on the model's device":
+              HStorage("model", "model"),
+              "float32 on CPU": HStorage("float32", "cpu"), "float16 on CPU": HStorage("float16", "cpu"),
+              "float16 on the model's device": HStorage("float16", "model"),
+              "float32 on the model's device": HStorage("float32", "model")}
+# Lossless (docs/benchmarks.md): float16 when the model runs in float16 (most GPUs), float32 on a float32 CPU run.
+DEFAULT_H_STORAGE = "model's precision on CPU"
+
+
+def h_storage_inputs():
+    """How a node that records h keeps it (docs/benchmarks.md measures the choices)."""
+    return [advanced(io.Combo.Input("h_storage", options=list(H_STORAGES), default=DEFAULT_H_STORAGE, optional=True,
+                                    tooltip="Precision and place of the h trajectory. The model's precision loses "
+                                            "nothing (float16 when the model runs in float16); float16 halves "
+                                            "float32's memory; "
+                                            "the model's device (a GPU) saves the copies to the CPU but keeps it "
+                                            "in GPU memory.")),
+            advanced(io.Int.Input("keep_h_from_t", default=0, min=0, max=999, optional=True,
+                                  tooltip="Keep h only at t ≥ this: the t_edit of the injection or interpolation "
+                                          "that will use it (they read no other step). 0 keeps every step."))]
+
+
+def h_storage_of(h_storage: str, keep_h_from_t: int) -> HStorage:
+    check_option("h_storage", h_storage, list(H_STORAGES))
+    return dataclasses.replace(H_STORAGES[h_storage], t_min=keep_h_from_t)
+
+
+def seed_input(tooltip: str = "Seed for the stochastic (quality boost) steps."):
+    return io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip=tooltip)
+
+
+def edit_schedule(steps: int, t_edit: int, boost) -> EditSchedule:
+    """The node's schedule, with the Quality Boost's t_boost and η when one is connected."""
+    if boost is None:
+        return EditSchedule(steps, t_edit=t_edit, t_boost=0)
+    if t_edit < boost.t_boost:
+        raise ValueError(f"t_edit ({t_edit}) is below the Quality Boost's t_boost ({boost.t_boost}): raise t_edit on "
+                         "this node or lower t_boost on the Quality Boost node.")
+    return EditSchedule(steps, t_edit=t_edit, t_boost=boost.t_boost, eta_boost=boost.eta)
+
+
+def gamma_end_of(gamma: float, gamma_end: float) -> float:
+    """gamma_end as the ramp's end: exactly −1 means constant γ; other negatives are refused, not read as −1."""
+    if gamma_end == -1.0:
+        return gamma
+    if not 0.0 <= gamma_end <= 1.0:
+        raise ValueError(f"gamma_end is {gamma_end}: set it to −1 (γ stays constant) or to a value in [0, 1].")
+    return gamma_end
+
+
+def seed_of(seed: int, boost) -> int:
+    """BOOST_SEED_RULE: a connected Quality Boost's seed replaces the node's own."""
+    if boost is None:
+        return seed
+    if boost.seed != seed:
+        logging.info("h-space: using the Quality Boost's seed %s instead of the node's seed %s.", boost.seed, seed)
+    return boost.seed
+
+
+def sweep_text(values) -> str:
+    """The values a sweep node ran, as the comma-separated text Label Sweep Grid reads."""
+    return ", ".join(f"{v:g}" for v in values)
