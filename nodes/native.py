@@ -13,6 +13,7 @@ from comfy_api.latest import io
 from ..hspace_core import timestep_grid
 from ..hspace_core.sigmas import ve_scale
 from .comfy.model import latent_out
+from .comfy.pixel_model import pixel_only_conditioning
 from .layer import CATEGORY, HSpaceNode, latent_x, model_input, origin_of, steps_input, x_T_input
 
 
@@ -76,4 +77,4 @@ class PixelConditioning(HSpaceNode):
 
     @classmethod
     def execute(cls) -> io.NodeOutput:
-        return io.NodeOutput([[torch.zeros(1, 1, 1), {}]])
+        return io.NodeOutput(pixel_only_conditioning())

@@ -230,3 +230,31 @@ def load_pixel_unet_hub(repo_id: str):
             f"model{' (HF_HUB_OFFLINE is set)' if constants.HF_HUB_OFFLINE else ''}. Put the diffusers folder in "
             "models/diffusers (then pick it in unet_folder), or connect once so the repo id downloads.") from error
     return unet, dict(scheduler.config)
+
+
+class PixelOnlyContext(torch.Tensor):
+    """The empty text context of 'H-Space Pixel Conditioning'.  It travels through ComfyUI's conditioning code like
+    any tensor (repeat, cat, to); a pixel U-Net never reads it.  A text-conditioned model that uses it as its text
+    (a linear layer, a matmul, attention) gets a message that says what to connect instead of a shape error."""
+
+    MESSAGE = ("H-Space Pixel Conditioning is the empty conditioning of pixel U-Nets ('H-Space Load Pixel U-Net'), "
+               "but a text-conditioned model (SD, SDXL) is using it as its text: connect CLIPTextEncode's "
+               "CONDITIONING to this model's positive and negative instead.")
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in _USES_AS_TEXT:
+            raise ValueError(cls.MESSAGE)
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+    def __deepcopy__(self, memo):
+        return self.detach().clone()
+
+
+_USES_AS_TEXT = {torch.nn.functional.linear, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm,
+                 torch.baddbmm, torch.einsum, torch.nn.functional.scaled_dot_product_attention, torch.mm, torch.addmm}
+
+
+def pixel_only_conditioning() -> list:
+    """CONDITIONING for native samplers on pixel U-Nets, refused by name when a text-conditioned model uses it."""
+    return [[torch.zeros(1, 1, 1).as_subclass(PixelOnlyContext), {}]]
