@@ -475,7 +475,7 @@ def test_site_choice_through_the_server(comfy):
     mixed["99"] = {"class_type": "HSpaceOrthogonaliseDirection", "inputs": {
         "direction": ["91", 1], "against": [pca, 1], "keep_norm": False}}
     mixed["100"] = {"class_type": "HSpaceSaveDirection", "inputs": {"direction": ["99", 0], "filename_prefix": "e2e_mix"}}
-    _expect_node_error(comfy, mixed, "different h sites")
+    _expect_node_error(comfy, mixed, "different sites", "direction at site 'up1'", "against at site 'middle'")
     bad = json.loads(json.dumps(prompt))
     bad["90"]["inputs"]["site"] = "up7"
     _expect_node_error(comfy, bad, "site")
