@@ -6,8 +6,8 @@ before any U-Net pass):
 1. every widget value is checked against the node's schema by ``checks.widget_problem`` (type, finiteness,
    [min, max], combo options, list entries and bounds);
 2. the model comes first: it must have an h-space and the site; every x_T must be of this model (channels, size,
-   architecture; other weights of the same architecture are logged), and every direction too (other weights are
-   refused unless ``allow_other_model``, then logged); trajectories of other weights are logged;
+   architecture; other weights of the same architecture are logged: fine-tunes edit it legitimately), every
+   direction too (other weights are refused unless ``allow_other_model``, then logged), and every trajectory;
 3. the h-space objects a node combines must share one site and, for trajectories, one model, and the message
    names the inputs;
 4. then every x_T's grid is checked against ``steps``, then the x_T share one guidance.
@@ -121,10 +121,12 @@ def check_model(model, inputs: dict, x_Ts: dict, h_objects: dict) -> None:
             what = "h trajectory" if isinstance(item, HTrajectory) else "direction"
             if found.split("/")[0] != here.split("/")[0]:
                 check_fingerprint(found, here, f"{what} ({label})", hint=f"make the {what} with this MODEL")
-            if what == "direction" and not allow:
+            if what == "h trajectory":  # h of other weights is not this model's h: injected, it mixes two models
+                check_fingerprint(found, here, f"h trajectory ({label})", hint="invert or capture it with this MODEL")
+            if not allow:
                 check_fingerprint(found, here, f"direction ({label})", hint=OTHER_MODEL_HINT)
-            log.info("h-space: the %s %s was made with other weights (fingerprint %s) than this MODEL (%s); it is "
-                     "used as it is.", what, label, found, here)
+            log.info("h-space: the direction %s was made with other weights (fingerprint %s) than this MODEL (%s); "
+                     "allow_other_model is on, so it is applied.", label, found, here)
 
 
 def check_h_objects(h_objects: dict, with_model: bool) -> None:
