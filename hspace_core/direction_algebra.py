@@ -2,6 +2,7 @@
 et al.'s disentangling), rescaling, and strength relative to ‖h‖."""
 from __future__ import annotations
 
+import logging
 import math
 from typing import Sequence
 
@@ -11,6 +12,8 @@ from .adapters.base import HEdit
 from .direction import Direction
 from .sites import check_same_site, common_site
 from .trajectory import HTrajectory
+
+log = logging.getLogger("hspace")
 
 __all__ = ["sum_weights", "combine_directions", "combine", "orthogonalise", "rescale_like", "relative_strength",
            "normalise"]
@@ -86,7 +89,8 @@ def combine(directions: Sequence[Direction], weights: Sequence[float], *, normal
 def orthogonalise(direction: Direction, against: Sequence[Direction], *, name: str = "") -> Direction:
     """Δh minus its projection on span(``against``) (Gram–Schmidt in float64, per timestep for per-timestep
     directions): the result is exactly orthogonal to every direction in ``against`` — Haas et al.'s removal of a
-    correlated attribute.  Against nothing it returns ``direction`` unchanged."""
+    correlated attribute.  Against nothing it returns ``direction`` unchanged; a direction in their span (e.g. against
+    itself) becomes exactly zero there, with a log line (never rescaled rounding noise)."""
     against = list(against)
     if not against:
         return direction
@@ -96,6 +100,7 @@ def orthogonalise(direction: Direction, against: Sequence[Direction], *, name: s
     others = [_delta_on(d, form, timesteps).double() for d in against]
     flat = lambda x: x.reshape(1, -1) if form == "global" else x.flatten(1)
     result = flat(target).clone()
+    emptied = []
     for rows in range(result.shape[0]):
         basis = []
         for other in others:
@@ -108,6 +113,13 @@ def orthogonalise(direction: Direction, against: Sequence[Direction], *, name: s
         for _ in range(2):
             for q in basis:
                 result[rows] = result[rows] - (result[rows] @ q) * q
+        if result[rows].norm() <= 1e-9 * flat(target)[rows].norm():  # in their span: rounding noise, not a direction
+            result[rows] = 0
+            emptied.append(rows)
+    if emptied:
+        log.info("%s lies in the span of %s%s: nothing is left of it, the result is exactly zero there.",
+                 direction.name or "The direction", ", ".join(d.name or "a direction" for d in against),
+                 "" if form == "global" else f" at {len(emptied)} of {result.shape[0]} timesteps")
     delta = result.reshape(target.shape).float()
     meta = {**direction.metadata, "orthogonal_to": [d.name for d in against]}
     return Direction(form, delta, timesteps, fingerprint=direction.fingerprint,
@@ -124,7 +136,9 @@ def rescale_like(direction: Direction, like: Direction) -> Direction:
     flat = (lambda x: x.reshape(1, -1)) if form == "global" else (lambda x: x.flatten(1))
     lengths = flat(delta).norm(dim=1)
     if (lengths == 0).any():
-        raise ValueError("Nothing is left of the direction (it lies in the span of the others); it cannot be rescaled.")
+        raise ValueError("Nothing is left of the direction (it lies in the span of the directions it was made "
+                         "orthogonal to, e.g. itself): a zero direction cannot be rescaled. Turn keep_norm off to get "
+                         "the zero direction, or orthogonalise against other directions.")
     factor = (flat(target).norm(dim=1) / lengths).reshape(-1, *([1] * (delta.dim() - (form != "global"))))
     factor = factor[0] if form == "global" else factor
     return Direction(form, (delta * factor).float(), timesteps, fingerprint=direction.fingerprint, name=direction.name,

@@ -6,6 +6,8 @@ import json
 
 from safetensors.torch import load_file, save_file
 
+from .sites import DEFAULT_SITE, SITES
+
 FORMAT_VERSION = "1"
 
 
@@ -62,4 +64,6 @@ def load_tensors(path: str, kind: str) -> tuple[dict, dict]:
     missing = [key for key in needs.get(kind, ()) if key not in meta and key not in tensors]
     if missing:
         raise invalid(f"missing {', '.join(missing)}")
+    if meta.get("site", DEFAULT_SITE) not in SITES:
+        raise invalid(f"its metadata names the h site {meta['site']!r}, which this pack does not know: one of {SITES}")
     return tensors, meta

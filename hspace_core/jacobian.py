@@ -16,29 +16,34 @@ from .ddim import ddim_step
 from .devices import wide_dtype
 from .direction import Direction
 from .hmath import fix_signs
+from .progress import ProgressFn, StepLoop, StopFn
 from .schedules import step_pairs, timestep_grid
 from .sites import site_of
 
 __all__ = ["latent_at", "jacobian_directions"]
 
 
-def latent_at(model: HSpaceModel, x_T: torch.Tensor, t: int, num_steps: int, *, grid: str = "asyrp") -> tuple[torch.Tensor, int]:
+def latent_at(model: HSpaceModel, x_T: torch.Tensor, t: int, num_steps: int, *, grid: str = "asyrp",
+              progress: ProgressFn | None = None, should_stop: StopFn | None = None) -> tuple[torch.Tensor, int]:
     """x_t on the deterministic DDIM path from x_T (plain steps down the ``num_steps`` grid) at the grid timestep
     nearest to ``t``; returns (x_t, that timestep)."""
     timesteps = timestep_grid(num_steps, model.schedule.num_train_timesteps, grid)
     target = min(timesteps, key=lambda s: (abs(s - int(t)), s))
     x = x_T
+    loop = StepLoop(list(timesteps).index(target), progress, should_stop)
     with torch.no_grad():
         for here, below in step_pairs(timesteps):
             if here == target:
                 break
+            loop.tick()
             x = ddim_step(x, model.predict(x, here).eps, model.schedule.alpha_bar(here), model.schedule.alpha_bar(below))
     return x, target
 
 
 def jacobian_directions(model: HSpaceModel, x_t: torch.Tensor, t: int, k: int, *, output: str = "eps",
                         iterations: int = 12, oversample: int = 2, relative_norm: float = 0.1, seed: int = 0,
-                        name: str = "jacobian") -> list[Direction]:
+                        name: str = "jacobian", progress: ProgressFn | None = None,
+                        should_stop: StopFn | None = None) -> list[Direction]:
     """The top ``k`` right-singular vectors of J = ∂f(h)/∂h at h = h_t(x_t) for one image (Park et al. 2023's
     Jacobian / pullback-metric basis, on the decoder side; see the module docstring).
 
@@ -90,8 +95,11 @@ def jacobian_directions(model: HSpaceModel, x_t: torch.Tensor, t: int, k: int, *
             _, jv = torch.func.jvp(f, (h_rep,), (tangents,))
             return vjp_fn(jv.detach())[0].detach().reshape(block, dim).T.to(wide)
 
+        loop = StepLoop(iterations + 1, progress, should_stop)  # one jvp and one vjp pass of the block each
         for _ in range(iterations):
+            loop.tick()
             v = torch.linalg.qr(jtj(v))[0]
+        loop.tick()
         w = jtj(v)
     eigenvalues, rotation = torch.linalg.eigh(v.T @ w)  # Rayleigh–Ritz, ascending
     order = eigenvalues.argsort(descending=True)[:k]

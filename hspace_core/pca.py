@@ -54,6 +54,9 @@ def principal_components(x: torch.Tensor, k: int, h_shape: tuple[int, ...], norm
     scale = _position_scale(x, h_shape, normalisation)
     _, singular, vh = torch.linalg.svd(x / scale, full_matrices=False)
     rank = int((singular > singular.max() * max(x.shape) * torch.finfo(x.dtype).eps * 16).sum())
+    if rank == 0:
+        raise ValueError(f"The h of these {x.shape[0]} rows are all the same (nothing varies between the images), so "
+                         "there is no principal direction: invert or capture different images.")
     if not 1 <= k <= rank:
         raise ValueError(f"k = {k} principal directions were asked for, but the centred h of these {x.shape[0]} rows "
                          f"has rank {rank}: set k between 1 and {rank}, or add images.")

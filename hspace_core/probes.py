@@ -10,7 +10,7 @@ from .direction import Direction
 from .file_format import check_fingerprint
 from .hmath import check_rows
 from .sites import check_same_site
-from .trajectory import HTrajectory, stack_trajectories
+from .trajectory import HTrajectory, check_same_grid, stack_trajectories
 
 __all__ = ["PROBE_METHODS", "linear_probe", "probe_direction", "direction_from_examples"]
 
@@ -79,7 +79,8 @@ def probe_direction(positive: HTrajectory, negative: HTrajectory, method: str = 
     mean over t of the mean differences.  Metadata: method, l2, the probe's training accuracy."""
     if form not in ("global", "per_timestep"):
         raise ValueError(f"form must be 'global' or 'per_timestep', got {form!r}.")
-    h, first = stack_trajectories([positive, negative])
+    check_examples_differ(positive, negative)
+    h, first = stack_trajectories([positive, negative], ["positive", "negative"])
     n_pos, shape = positive.batch_size, first.h_shape
     labels = (torch.arange(h.shape[1], device=h.device) < n_pos).long()
     h = wide(h)
@@ -102,15 +103,25 @@ def probe_direction(positive: HTrajectory, negative: HTrajectory, method: str = 
                      fingerprint=first.fingerprint, name=name, metadata=meta, site=first.site)
 
 
+def check_examples_differ(positive: HTrajectory, negative: HTrajectory) -> None:
+    """Refuse positive and negative examples that hold the same h: no probe or mean difference can tell them apart."""
+    if positive.timesteps == negative.timesteps and positive.h.shape == negative.h.shape and \
+            torch.equal(positive.h, negative.h):
+        raise ValueError("The positive and negative examples hold the same h (the same images): nothing tells them "
+                         "apart, so no setting can give a direction. Connect trajectories of images that have the "
+                         "attribute to positive and of images that lack it to negative.")
+
+
 def direction_from_examples(positive: HTrajectory, negative: HTrajectory, *, name: str = "") -> Direction:
     """Per-timestep Δh_t = mean(h_t | positive) − mean(h_t | negative) (Diffusion Autoencoders §4.2's linear
     attribute directions, in h-space).  ``.global_mean()`` gives one Δh."""
-    if positive.timesteps != negative.timesteps:
-        raise ValueError("Positive and negative examples were captured on different timestep grids; use the same steps.")
+    check_same_grid(positive, negative, "positive", "negative")
+    check_examples_differ(positive, negative)
     if positive.h_shape != negative.h_shape:
         raise ValueError(f"h shapes differ: {positive.h_shape} vs {negative.h_shape}; use same-size images.")
     if positive.fingerprint and negative.fingerprint:
-        check_fingerprint(positive.fingerprint, negative.fingerprint, "negative examples' trajectory")
+        check_fingerprint(negative.fingerprint, positive.fingerprint, "negative examples' trajectory",
+                          hint="capture the positive and the negative examples with the same MODEL")
     check_same_site(negative.site, positive.site, "negative examples' trajectory")
     pos = positive.conditional().mean(1)
     neg = negative.conditional().mean(1)

@@ -340,10 +340,24 @@ def interpolate(model: HSpaceModel, x_T_a: torch.Tensor, x_T_b: torch.Tensor, nu
         raise ValueError(f"The two inverted latents differ in shape: {tuple(x_T_a.shape)} vs {tuple(x_T_b.shape)}.")
     # only the h it reads, where the model computes (read back at every step of every frame)
     grid, storage = schedule.grid, HStorage("model", "model", t_min=min(schedule.t_edit, max(schedule.timesteps())))
-    trajectory_a = trajectory_a or capture(model, x_T_a, schedule.num_steps, grid=grid, h_storage=storage,
-                                           should_stop=should_stop)
-    trajectory_b = trajectory_b or capture(model, x_T_b, schedule.num_steps, grid=grid, h_storage=storage,
-                                           should_stop=should_stop)
+    steps, runs = schedule.num_steps, num_frames + (trajectory_a is None) + (trajectory_b is None)
+    done = [0]  # steps of the runs before this one: progress counts the captures and every frame's run
+
+    def report(step, _total, *_):
+        if progress is not None:
+            progress(done[0] + step, runs * steps)
+
+    def run_done():
+        done[0] += steps
+
+    if trajectory_a is None:
+        trajectory_a = capture(model, x_T_a, steps, grid=grid, h_storage=storage, progress=report,
+                               should_stop=should_stop)
+        run_done()
+    if trajectory_b is None:
+        trajectory_b = capture(model, x_T_b, steps, grid=grid, h_storage=storage, progress=report,
+                               should_stop=should_stop)
+        run_done()
     edited = [t for t in schedule.timesteps() if schedule.edits_at(t)]
     for trajectory in (trajectory_a, trajectory_b):
         check_same_site(trajectory.site, site_of(model), "h trajectory")
@@ -359,7 +373,7 @@ def interpolate(model: HSpaceModel, x_T_a: torch.Tensor, x_T_b: torch.Tensor, nu
             return lerp(ha, hb, alpha)
 
         x_T = slerp(x_T_a, x_T_b, alpha)
-        frames.append(run_reverse(model, x_T, schedule, edit=mix, seed=seed, should_stop=should_stop).x0)
-        if progress is not None:
-            progress(k + 1, num_frames)
+        frames.append(run_reverse(model, x_T, schedule, edit=mix, seed=seed, progress=report,
+                                  should_stop=should_stop).x0)
+        run_done()
     return torch.cat(frames)

@@ -152,6 +152,11 @@ class HTrajectory:
     def require_timesteps(self, needed, what: str = "this process") -> None:
         """Refuse, with the step count to set, when ``needed`` timesteps are not all on the captured grid."""
         missing = sorted(set(int(t) for t in needed) - set(self.timesteps), reverse=True)
+        if missing and max(missing) < min(self.timesteps):  # kept only from a timestep on (HStorage.t_min)
+            raise ValueError(
+                f"The h trajectory holds h only for t ≥ {min(self.timesteps)} (it was captured with keep_h_from_t = "
+                f"{min(self.timesteps)} or so), but {what} needs h down to t = {missing[-1]}: capture it with "
+                f"keep_h_from_t at most {missing[-1]} (at most the t_edit it is used with; 0 keeps every step).")
         if missing:
             raise ValueError(
                 f"The h trajectory was captured at {len(self.timesteps)} steps, but {what} needs h at t = "
@@ -192,21 +197,38 @@ class HTrajectory:
         return traj
 
 
-def stack_trajectories(trajectories: HTrajectory | Sequence[HTrajectory]) -> tuple[torch.Tensor, HTrajectory]:
+def check_same_grid(a: HTrajectory, b: HTrajectory, name_a: str = "the first trajectory",
+                    name_b: str = "the second") -> None:
+    """Refuse two trajectories on different timesteps, naming the cause: keep_h_from_t (one holds only the top of
+    the other's grid) or the steps."""
+    if a.timesteps == b.timesteps:
+        return
+    short, long_ = sorted(((a, name_a), (b, name_b)), key=lambda item: len(item[0].timesteps))
+    if long_[0].timesteps[:len(short[0].timesteps)] == short[0].timesteps:
+        raise ValueError(f"{short[1]} holds h only for t ≥ {min(short[0].timesteps)} (captured with keep_h_from_t), "
+                         f"{long_[1]} down to t = {min(long_[0].timesteps)}: capture both with the same keep_h_from_t "
+                         "(0 keeps every step) and the same steps.")
+    raise ValueError(f"{name_a} was captured at {len(a.timesteps)} steps and {name_b} at {len(b.timesteps)} (other "
+                     "timesteps): capture both with the same steps.")
+
+
+def stack_trajectories(trajectories: HTrajectory | Sequence[HTrajectory],
+                       names: Sequence[str] | None = None) -> tuple[torch.Tensor, HTrajectory]:
     """Several trajectories (same grid, model, site and h shape) → their conditional rows (steps, N, C·H·W) and
-    the first trajectory."""
+    the first trajectory; ``names`` (e.g. "positive", "negative") say which one differs in a refusal."""
     if isinstance(trajectories, HTrajectory):
         trajectories = [trajectories]
     trajectories = list(trajectories)
     if not trajectories:
         raise ValueError("Give at least one h trajectory.")
+    names = list(names or [f"trajectory {i + 1}" for i in range(len(trajectories))])
     first = trajectories[0]
-    for other in trajectories[1:]:
-        if other.timesteps != first.timesteps:
-            raise ValueError("The trajectories were captured on different timestep grids; capture them with the same steps.")
+    for other, name in zip(trajectories[1:], names[1:]):
+        check_same_grid(first, other, names[0], name)
         if other.h_shape != first.h_shape:
             raise ValueError(f"h shapes differ ({first.h_shape} vs {other.h_shape}): use the same model and image size.")
-        check_fingerprint(other.fingerprint, first.fingerprint, "h trajectory")
+        check_fingerprint(other.fingerprint, first.fingerprint, f"h trajectory ({name})",
+                          hint=f"capture {names[0]} and {name} with the same MODEL")
     common_site(trajectories, "h trajectories")
     return torch.cat([t.conditional().flatten(2) for t in trajectories], dim=1), first
 

@@ -103,9 +103,9 @@ class JacobianDirections(HSpaceNode):
         negative, negative_at = sampling_inputs(x_T, cfg, positive, negative)
 
         def body(m, x):
-            x_t, t_grid = latent_at(m, x, t, steps)
+            x_t, t_grid = latent_at(m, x, t, steps, progress=progress_bar(steps))
             return jacobian_directions(m, x_t, t_grid, k, output=output, iterations=iterations,
-                                                 relative_norm=relative_norm, seed=seed)
+                                       relative_norm=relative_norm, seed=seed, progress=progress_bar(iterations + 1))
 
         directions = run_in_comfy(model, x_T["samples"], body, positive=positive, negative=negative, cfg=cfg,
                                   edit_branches=edit_branches, negative_at=negative_at, site=site,

@@ -147,7 +147,7 @@ class Interpolate(HSpaceNode):
         schedule = EditSchedule(steps, t_edit=t_edit, t_boost=0, clip_x0=1.0 if clip_x0 else None)
         negative, negative_at = sampling_inputs(x_T_a, cfg, positive, negative)  # x_T_b's is the same (base node)
         x_b = latent_x(model, x_T_b)
-        progress = progress_bar(frames)
+        progress = progress_bar(steps * (frames + 2))  # two captures, then a run per frame
         out = run_in_comfy(model, x_T_a["samples"],
                            lambda m, x: interpolate(m, x, x_b.to(x), frames, schedule, progress=progress),
                            positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches,

@@ -95,12 +95,13 @@ def _reconstruct_guided(model, inv, method, positive, negative, cfg, edit_branch
     if method == "null_text":
         def body(m, x):
             found = null_text_embeddings(m, inv, progress=progress_bar(len(inv.timesteps)))
-            return found, generate(m.with_negative(found), inv.x_T, sched)
+            return found, generate(m.with_negative(found), inv.x_T, sched, progress=progress_bar(len(inv.timesteps)))
 
         found, recon = run_in_comfy(model, latent_out(model, inv.x_T)["samples"], body, positive=positive,
                                     negative=negative, cfg=cfg, edit_branches=edit_branches)
         return found, recon
-    recon = run_in_comfy(model, latent_out(model, inv.x_T)["samples"], lambda m, x: generate(m, inv.x_T, sched),
+    recon = run_in_comfy(model, latent_out(model, inv.x_T)["samples"],
+                         lambda m, x: generate(m, inv.x_T, sched, progress=progress_bar(len(inv.timesteps))),
                          positive=positive, negative=positive, cfg=cfg, edit_branches=edit_branches)
     return {}, recon
 

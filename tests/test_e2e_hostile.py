@@ -384,3 +384,218 @@ def test_unsafe_weights_hub_ids_and_paths_get_clear_loader_errors(comfy, referen
               "show": _node("PreviewAny", source=["load", 0])}
     expect_error(comfy, prompt, "hostile_unsafe.pth", "refused as unsafe", absent=("weights_only=False",))
     good_is_unchanged(comfy, reference)
+
+
+# --- second round: the node-execution layer (types, x_T origin, fingerprints, bounds, messages, Cancel) ---
+
+def _jacobian(x_T, steps=STEPS, **extra):
+    return _node("HSpaceJacobianDirections", model=["unet", 0], x_T=x_T, steps=steps, t=500, k=2, component=0,
+                 output="eps", relative_norm=0.1, iterations=2, seed=0, **_common(**extra))
+
+
+def _explorer(x_T, direction, steps=STEPS, **extra):
+    return _node("HSpaceDirectionExplorer", model=["unet", 0], x_T=x_T, vae=["vae", 0], direction=direction,
+                 strengths="-1, 1", steps=steps, t_edit=400, scale=1, seed=0, **_common(**extra))
+
+
+def _with(graph, **nodes):
+    """``graph`` plus ``nodes``, with a PreviewAny of the last one's first output."""
+    last = list(nodes)[-1]
+    return preview(plus(graph, **nodes), [last, 0])
+
+
+def test_api_types_are_checked_not_coerced(comfy, reference):
+    g = good_graph()
+    for node, output, name, value, phrase in (
+            ("edit", "save_edit", "allow_other_model", "false", "not a boolean"),
+            ("edit", "save_edit", "allow_other_model", 0, "not a boolean"),
+            ("edit", "save_edit", "steps", 4.5, "not a whole number"),
+            ("edit", "save_edit", "seed", True, "not a whole number"),
+            ("edit", "save_edit", "strength", "1", "not a number"),
+            ("mix", "save_mix", "per_channel", "false", "not a boolean"),
+            ("mix", "save_mix", "gamma", float("nan"), "gamma is nan")):
+        expect_error(comfy, only(with_inputs(g, node, **{name: value}), output), name, phrase,
+                     "Asyrp Edit" if node == "edit" else "Slerp Content Inject")
+    base = only(g, "unet", "vae", "inv_c", "dir")
+    jac = _with(base, jac=_jacobian(["inv_c", 0], relative_norm=float("nan")))
+    expect_error(comfy, jac, "H-Space Jacobian Directions", "relative_norm is nan", absent=("direction contains",))
+    probe = _with(base, probe=_node("HSpaceProbeDirection", positive=["inv_c", 1], negative=["inv_c", 1],
+                                    method="logistic", form="global", l2=float("nan"), name="p"))
+    expect_error(comfy, probe, "H-Space Probe Direction", "l2 is nan")
+    good_is_unchanged(comfy, reference)
+
+
+def test_every_x_T_is_checked_model_first_then_grid(comfy, reference):
+    g = good_graph()
+    base = only(g, "unet", "vae", "inv_c", "inv_s", "dir")
+    for name, node in (("jac", _jacobian(["inv_c", 0], steps=STEPS + 2)),
+                       ("explore", _explorer(["inv_c", 0], ["dir", 0], steps=STEPS + 2)),
+                       ("native", _node("HSpaceXTToNative", model=["unet", 0], x_T=["inv_c", 0], steps=STEPS + 2))):
+        expect_error(comfy, _with(base, **{name: node}), "x_T", f"inverted at {STEPS} steps", f"set steps to {STEPS}")
+    interp = _node("HSpaceInterpolate", model=["unet", 0], x_T_a=["inv_c", 0], x_T_b=["inv_s", 0], frames=2,
+                   steps=STEPS + 2, t_edit=200, **_common())
+    expect_error(comfy, _with(base, interp=interp), "x_T_a", f"set steps to {STEPS}")
+    # an SD x_T in the pixel model: the model is named, not the steps (which would not help)
+    sd = sd_graph(64, 64)
+    del sd["show"]
+    sd_into_pixel = {**sd, **base}
+    for name, node in (("edit", _node("HSpaceAsyrpEdit", model=["unet", 0], x_T=["inv", 0], direction=["dir", 0],
+                                      strength=1.0, steps=STEPS + 2, t_edit=400, seed=0, **_common())),
+                       ("native", _node("HSpaceXTToNative", model=["unet", 0], x_T=["inv", 0], steps=STEPS + 2)),
+                       ("jac", _jacobian(["inv", 0], steps=STEPS + 2))):
+        expect_error(comfy, _with(sd_into_pixel, **{name: node}), "does not belong to this model", "3-channel",
+                     absent=("set steps", "Given groups"))
+    good_is_unchanged(comfy, reference)
+
+
+def test_an_x_T_of_other_weights_is_logged_and_a_direction_of_other_weights_refused(comfy, reference):
+    _perturbed_copy(comfy, "hostile-other-weights-2", 3)
+    g = plus(good_graph(), other=_node("HSpaceLoadPixelUNet", unet_folder="hostile-other-weights-2", repo_id=""))
+    g["inv_o"] = _node("HSpaceDDIMInversion", model=["other", 0], image=["content", 0], vae=["vae", 0],
+                       steps=STEPS, refine_iters=0, **_common())
+    _run_ok(comfy, only(with_inputs(g, "edit", x_T=["inv_o", 0]), "save_edit"))  # a fine-tune's x_T: edited
+    assert "inverted with other weights" in comfy.tail(200)
+    g["dir_o"] = _node("HSpaceDirectionFromExamples", positive=["inv_o", 1], negative=["inv_s", 1], form="global",
+                       name="two models")
+    expect_error(comfy, preview(only(g, "dir_o"), ["dir_o", 0]), "H-Space Direction from Examples", "different models",
+                 "positive", "negative", absent=("use the model it was made with",))
+    explore = plus(only(g, "unet", "vae", "inv_c", "dir", "other", "inv_o"),
+                   explore=_explorer(["inv_c", 0], ["dir", 0]))
+    explore["explore"]["inputs"]["model"] = ["other", 0]
+    explore = preview(explore, ["explore", 0])
+    expect_error(comfy, explore, "H-Space Direction Explorer", "different weights", "allow_other_model")
+    expect_error(comfy, with_inputs(explore, "explore", allow_other_model="false"), "not a boolean")
+    _run_ok(comfy, with_inputs(explore, "explore", allow_other_model=True))
+    good_is_unchanged(comfy, reference)
+
+
+def test_every_list_input_is_bounded_and_strict(comfy, reference):
+    g = good_graph()
+    many = lambda n: ", ".join(["1"] * n)
+    for node, output, name, text, phrase in (
+            ("edit", "save_edit", "strength_sweep", many(33), "at most 32"),
+            ("edit", "save_edit", "strength_sweep", "1,,2", "empty entry"),
+            ("mix", "save_mix", "gamma_sweep", many(33), "at most 32"),
+            ("mix", "save_mix", "gamma_sweep", "0.2, 0.4,", "empty entry")):
+        expect_error(comfy, only(with_inputs(g, node, **{name: text}), output), name, phrase)
+    base = only(g, "unet", "vae", "inv_c", "dir")
+    for sweep, phrase in (("strengths", many(17)), ("t_edit_sweep", ", ".join(["400"] * 17))):
+        expect_error(comfy, _with(base, explore=_explorer(["inv_c", 0], ["dir", 0], **{sweep: phrase})), sweep,
+                     "at most 16")
+    expect_error(comfy, _with(base, jac=_jacobian(["inv_c", 0], k=64, iterations=200)), "k × iterations", "512")
+    grid = _node("HSpaceLabelSweepGrid", images=["content", 0], values=many(65), label="s", scale=1)
+    expect_error(comfy, _with(only(g, "content"), grid=grid), "values", "at most 64")
+    good_is_unchanged(comfy, reference)
+
+
+def test_discovery_and_examples_say_the_real_cause(comfy, reference):
+    g = good_graph()
+    base = only(g, "unet", "vae", "content", "style", "inv_c", "inv_s", "dir")
+    same = _with(base, orth=_node("HSpaceOrthogonaliseDirection", direction=["dir", 0], against=["dir", 0],
+                                  keep_norm=True))
+    expect_error(comfy, same, "H-Space Orthogonalise Direction", "Nothing is left", "keep_norm off", absent=("nan",))
+    _run_ok(comfy, with_inputs(same, "orth", keep_norm=False))
+    assert "nothing is left of it" in comfy.tail(200)
+    twins = plus(base, twins=_node("ImageBatch", image1=["content", 0], image2=["content", 0]))
+    twins["inv_t"] = _node("HSpaceDDIMInversion", model=["unet", 0], image=["twins", 0], vae=["vae", 0], steps=STEPS,
+                           refine_iters=0, **_common())
+    pca = _node("HSpacePCADirections", trajectory=["inv_t", 1], k=1, component=0, form="global",
+                normalisation="position", name="pca")
+    expect_error(comfy, _with(twins, pca=pca), "all the same", "different images", absent=("between 1 and 0",))
+    probe = _node("HSpaceProbeDirection", positive=["inv_c", 1], negative=["inv_c", 1], method="logistic",
+                  form="global", l2=0.001, name="p")
+    expect_error(comfy, _with(base, probe=probe), "the same h", absent=("lower l2",))
+    sited = plus(base, inv_up=_node("HSpaceDDIMInversion", model=["unet", 0], image=["style", 0], vae=["vae", 0],
+                                    steps=STEPS, refine_iters=0, site="up1", **_common()))
+    for node in ("HSpaceProbeDirection", "HSpaceDirectionFromExamples"):
+        inputs = {"positive": ["inv_c", 1], "negative": ["inv_up", 1], "form": "global", "name": "p",
+                  **({"method": "logistic", "l2": 0.001} if node == "HSpaceProbeDirection" else {})}
+        expect_error(comfy, _with(sited, made=_node(node, **inputs)), "positive at site 'middle'",
+                     "negative at site 'up1'", absent=("same-size images",))
+    kept = plus(base, inv_k=_node("HSpaceDDIMInversion", model=["unet", 0], image=["style", 0], vae=["vae", 0],
+                                  steps=STEPS, refine_iters=0, keep_h_from_t=999, **_common()))
+    examples = _node("HSpaceDirectionFromExamples", positive=["inv_c", 1], negative=["inv_k", 1], form="global",
+                     name="k")
+    expect_error(comfy, _with(kept, ex=examples), "keep_h_from_t", absent=("different timestep grids",))
+    inject = {**only(g, "mix"), **kept}
+    inject["mix"]["inputs"]["content"] = ["inv_k", 1]
+    expect_error(comfy, _with(inject, mix=inject.pop("mix")), "keep_h_from_t at most", absent=("set steps to 1",))
+    good_is_unchanged(comfy, reference)
+
+
+def test_files_with_an_unknown_site_are_named(comfy, reference):
+    from hspace_core import Direction
+    from safetensors.torch import load_file, save_file
+
+    path = _models(comfy, "hspace_directions", "hostile_site.safetensors")
+    Direction("global", torch.zeros(8, 2, 2), name="sited").save(path)
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        meta = dict(f.metadata())
+    hspace = json.loads(meta["hspace"])
+    meta["hspace"] = json.dumps({**hspace, "site": "up9"})
+    save_file(load_file(path), path, metadata=meta)
+    prompt = {"load": _node("HSpaceLoadDirection", direction_file="hostile_site.safetensors"),
+              "show": _node("PreviewAny", source=["load", 0])}
+    expect_error(comfy, prompt, "hostile_site.safetensors", "'up9'", "Save node", absent=("where the model runs",))
+    good_is_unchanged(comfy, reference)
+
+
+def test_pixel_conditioning_into_an_sd_model_says_what_to_connect(comfy):
+    graph = {
+        "ckpt": _node("CheckpointLoaderSimple", ckpt_name=SD_CHECKPOINT),
+        "empty": _node("EmptyLatentImage", width=64, height=64, batch_size=1),
+        "cond": _node("HSpacePixelConditioning"),
+        "sample": _node("KSampler", model=["ckpt", 0], seed=0, steps=2, cfg=1.0, sampler_name="euler",
+                        scheduler="normal", positive=["cond", 0], negative=["cond", 0], latent_image=["empty", 0],
+                        denoise=1.0),
+        "show": _node("PreviewAny", source=["sample", 0]),
+    }
+    expect_error(comfy, graph, "Pixel Conditioning", "CLIPTextEncode", absent=("mat1 and mat2",))
+
+
+def _stop_latency(comfy, prompt, after_s: float) -> float:
+    """Queue ``prompt``, interrupt it ``after_s`` seconds after it starts running; the seconds until it ended."""
+    import time
+
+    prompt_id = comfy.queue(prompt)
+    deadline = time.time() + 120
+    while not comfy.get("/queue")["queue_running"] and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(after_s)
+    assert comfy.get(f"/history/{prompt_id}") == {}, "the run ended before the interrupt: make it longer"
+    start = time.time()
+    comfy.post("/interrupt", {})
+    entry = comfy.wait(prompt_id)
+    latency = time.time() - start
+    assert entry["status"]["status_str"] == "error"
+    assert any(kind == "execution_interrupted" for kind, _ in entry["status"]["messages"]), entry["status"]
+    return latency
+
+
+def test_cancel_lands_within_a_pass_in_every_sub_run(comfy, reference):
+    """Each run below takes a minute or more uninterrupted; Cancel stops it in well under the 22 s a Jacobian run
+    took before every U-Net pass (and jvp/vjp) checked for it.  The good workflow is bit-identical afterwards."""
+    g = good_graph()
+    base = only(g, "unet", "vae", "inv_c", "inv_s")
+    slow_x_T = lambda name, image: _node("HSpaceDDIMInversion", model=["unet", 0], image=[image, 0], vae=["vae", 0],
+                                         steps=100, refine_iters=0, **_common())
+    runs = {
+        "jacobian": (_with(base, jac=_jacobian(["inv_c", 0], k=8, iterations=60)), 3.0),
+        "interpolate": (_with(plus(only(g, "unet", "vae", "content", "style"), a=slow_x_T("a", "content"),
+                                   b=slow_x_T("b", "style")),
+                              interp=_node("HSpaceInterpolate", model=["unet", 0], x_T_a=["a", 0], x_T_b=["b", 0],
+                                           frames=64, steps=100, t_edit=200, **_common())), 8.0),
+    }
+    sd = sd_graph(64, 64)
+    sd["inv"]["inputs"].update(cfg=3.0, negative=["text", 0], steps=400, cfg_inversion="negative_prompt")
+    runs["inversion negative_prompt"] = (sd, 4.0)
+    null = copy.deepcopy(sd)
+    null["inv"]["inputs"].update(steps=60, cfg_inversion="null_text")
+    runs["inversion null_text"] = (null, 4.0)
+    for name, (prompt, after) in runs.items():
+        fresh(comfy)
+        latency = _stop_latency(comfy, prompt, after)
+        assert latency < 3.0, (name, latency)
+    good_is_unchanged(comfy, reference)

@@ -94,7 +94,7 @@ def test_injection_from_a_pruned_trajectory_is_bit_identical(model, x_T):
     for stride in (1, 2):
         want = inject(model, x_T[1], content, 0.7, schedule, stride=stride)
         assert torch.equal(inject(model, x_T[1], pruned, 0.7, schedule, stride=stride), want)
-    with pytest.raises(ValueError, match="set steps to"):
+    with pytest.raises(ValueError, match=r"holds h only for t ≥ \d+ .*keep_h_from_t at most \d+"):
         inject(model, x_T[1], pruned, 0.7, EditSchedule(STEPS, t_edit=T_EDIT - 300))
 
 

@@ -167,8 +167,12 @@ def test_direction_from_examples_is_mean_difference():
     assert torch.allclose(d.at(torch.zeros(1, 2, 2, 2), 500)[0], d.delta[1])
     # off its grid a per-timestep direction is interpolated linearly in t (here 480 is 4 % of the way to 0)
     assert torch.allclose(d.at(torch.zeros(1, 2, 2, 2), 480)[0], torch.lerp(d.delta[1], d.delta[2], 0.04))
-    with pytest.raises(ValueError, match="different timestep grids"):
+    with pytest.raises(ValueError, match="positive was captured at 3 steps and negative at 3 .* same steps"):
         direction_from_examples(pos, HTrajectory((900, 400, 0), h[:, 2:]))
+    with pytest.raises(ValueError, match="negative holds h only for t ≥ 500 .*same keep_h_from_t"):
+        direction_from_examples(pos, HTrajectory((900, 500), h[:2, 2:]))
+    with pytest.raises(ValueError, match="the same h .*images that have the attribute"):
+        direction_from_examples(pos, HTrajectory((900, 500, 0), h[:, :2].clone()))
 
 
 def test_save_load_round_trip_and_fingerprint_check(tmp_path, pixel_unet):

@@ -18,6 +18,7 @@ progress are the adapter's: every U-Net pass checks for Cancel (``nodes.comfy.mo
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 
 from comfy_api.latest import io
@@ -45,8 +46,12 @@ class HSpaceNode(io.ComfyNode):
             return  # ComfyUI's per-run class clones copy the already wrapped execute
         body = execute.__func__
 
+        names = [p.name for p in inspect.signature(body).parameters.values()
+                 if p.kind is p.POSITIONAL_OR_KEYWORD][1:]
+
         @functools.wraps(body)
-        def checked(node_cls, **inputs):
+        def checked(node_cls, *args, **inputs):
+            inputs = {**dict(zip(names, args)), **inputs}  # ComfyUI passes keywords; tests may pass positions
             schema = node_cls.define_schema()
             try:
                 check_node_inputs(schema, inputs)
