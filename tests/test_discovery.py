@@ -305,3 +305,18 @@ def test_latent_at_follows_the_ddim_path():
     for asked, nearest in ((upper - 1, upper), (lower + 1, lower), (upper - 50, upper), (lower + 50, lower)):
         x_t, found = hs.latent_at(model, x_T, asked, 10)
         assert found == nearest and torch.equal(x_t, hs.latent_at(model, x_T, nearest, 10)[0]), (asked, found)
+
+
+def test_degenerate_inputs_are_named_not_turned_into_nan(caplog):
+    traj, _ = _planted(n=6, steps=2)
+    d = hs.direction_from_examples(traj.select([0, 1, 2]), traj.select([3, 4, 5]))
+    with caplog.at_level("INFO", logger="hspace"):
+        zero = hs.orthogonalise(d, [d])
+    assert torch.count_nonzero(zero.delta) == 0 and "nothing is left" in caplog.text  # exactly zero, said
+    with pytest.raises(ValueError, match="Nothing is left .*keep_norm off"):
+        hs.rescale_like(zero, d)
+    twins = hs.HTrajectory(traj.timesteps, traj.h[:, :1].repeat(1, 3, 1, 1, 1), fingerprint="fp")
+    with pytest.raises(ValueError, match="all the same"):
+        hs.pca_directions(twins, 1)
+    with pytest.raises(ValueError, match="the same h"):
+        hs.probe_direction(traj, traj)
