@@ -110,3 +110,40 @@ def test_the_prompt_gate_refuses_what_comfyui_would_coerce(layer):
     assert inputs["t_edit"] == 400 and type(inputs["t_edit"]) is int and inputs["x_T"] == ["2", 0]
     assert prompt["2"]["inputs"]["steps"] == 2.7  # other packs' nodes are left alone
     assert "not a boolean" in inputs["allow_other_model"].message and "'false'" == str(inputs["allow_other_model"])
+
+
+def test_every_node_that_takes_an_x_T_refuses_one_of_another_model_before_any_pass(layer):
+    import os
+
+    import torch
+    import hspace_pack.nodes.comfy.pixel_model as pixel_model
+
+    nodes, io = layer
+    from hspace_pack.nodes.layer.schema import is_x_T
+
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "hspace-shapes-ddpm")
+    patcher = pixel_model.pixel_model_patcher(*pixel_model.load_pixel_unet_folder(folder))
+    unet = patcher.get_model_object("diffusion_model")
+
+    def no_pass(*_):
+        raise AssertionError("a U-Net pass ran before the foreign x_T was refused")
+
+    hook = unet.register_forward_pre_hook(no_pass)
+    sd_latent = {"samples": torch.zeros(1, 4, 8, 8)}  # an SD latent: 4 channels, the pixel model takes 3
+    seen = []
+    try:
+        for node in nodes.NODES:
+            schema = node.define_schema()
+            for spec in (s for s in schema.inputs if is_x_T(s)):
+                inputs = {s.id: _good_value(s, io) if isinstance(s, io.WidgetInput) else Untouchable()
+                          for s in schema.inputs if not s.optional or isinstance(s, io.WidgetInput)}
+                inputs = {k: v for k, v in inputs.items() if v is not None}
+                inputs.update({s.id: {"samples": torch.zeros(1, 3, 32, 32)} for s in schema.inputs if is_x_T(s)})
+                inputs.update(model=patcher, **{spec.id: sd_latent})
+                with pytest.raises(ValueError, match=f"^{schema.display_name}: {spec.id}: .*does not belong to this model"):
+                    node.execute(**inputs)
+                seen.append((schema.node_id, spec.id))
+    finally:
+        hook.remove()
+    assert {"HSpaceAsyrpEdit", "HSpaceJacobianDirections", "HSpaceDirectionExplorer", "HSpaceXTToNative",
+            "HSpaceInterpolate", "HSpaceCapture", "HSpaceSlerpContentInject"} <= {n for n, _ in seen}, seen

@@ -107,13 +107,13 @@ def _items(name: str, value):
 def check_model(model, inputs: dict, x_Ts: dict, h_objects: dict) -> None:
     """The model first: an h-space, the site, the x_T's model, the directions' and trajectories' model."""
     check_has_h_space(model)
+    for name, x_T in x_Ts.items():
+        check_x_T_model(name, x_T, model)
     diffusion_model = model.get_model_object("diffusion_model")
     sites = {inputs.get("site") or DEFAULT_SITE} if "site" in inputs else set()
     sites |= {site_of(item) for value in h_objects.values() for _, item in _items("", value)}
     for site in sorted(sites):
         site_block(diffusion_model, site)
-    for name, x_T in x_Ts.items():
-        check_x_T_model(name, x_T, model)
     if not h_objects:
         return
     here = model_fingerprint(model)
