@@ -389,13 +389,15 @@ def test_unsafe_weights_hub_ids_and_paths_get_clear_loader_errors(comfy, referen
 # --- second round: the node-execution layer (types, x_T origin, fingerprints, bounds, messages, Cancel) ---
 
 def _jacobian(x_T, steps=STEPS, **extra):
-    return _node("HSpaceJacobianDirections", model=["unet", 0], x_T=x_T, steps=steps, t=500, k=2, component=0,
-                 output="eps", relative_norm=0.1, iterations=2, seed=0, **_common(**extra))
+    inputs = dict(model=["unet", 0], x_T=x_T, steps=steps, t=500, k=2, component=0, output="eps", relative_norm=0.1,
+                  iterations=2, seed=0, **_common())
+    return _node("HSpaceJacobianDirections", **{**inputs, **extra})
 
 
 def _explorer(x_T, direction, steps=STEPS, **extra):
-    return _node("HSpaceDirectionExplorer", model=["unet", 0], x_T=x_T, vae=["vae", 0], direction=direction,
-                 strengths="-1, 1", steps=steps, t_edit=400, scale=1, seed=0, **_common(**extra))
+    inputs = dict(model=["unet", 0], x_T=x_T, vae=["vae", 0], direction=direction, strengths="-1, 1", steps=steps,
+                  t_edit=400, scale=1, seed=0, **_common())
+    return _node("HSpaceDirectionExplorer", **{**inputs, **extra})
 
 
 def _with(graph, **nodes):
@@ -433,7 +435,7 @@ def test_every_x_T_is_checked_model_first_then_grid(comfy, reference):
                        ("native", _node("HSpaceXTToNative", model=["unet", 0], x_T=["inv_c", 0], steps=STEPS + 2))):
         expect_error(comfy, _with(base, **{name: node}), "x_T", f"inverted at {STEPS} steps", f"set steps to {STEPS}")
     interp = _node("HSpaceInterpolate", model=["unet", 0], x_T_a=["inv_c", 0], x_T_b=["inv_s", 0], frames=2,
-                   steps=STEPS + 2, t_edit=200, **_common())
+                   steps=STEPS + 2, t_edit=200, clip_x0=False, **_common())
     expect_error(comfy, _with(base, interp=interp), "x_T_a", f"set steps to {STEPS}")
     # an SD x_T in the pixel model: the model is named, not the steps (which would not help)
     sd = sd_graph(64, 64)
@@ -586,7 +588,8 @@ def test_cancel_lands_within_a_pass_in_every_sub_run(comfy, reference):
         "interpolate": (_with(plus(only(g, "unet", "vae", "content", "style"), a=slow_x_T("a", "content"),
                                    b=slow_x_T("b", "style")),
                               interp=_node("HSpaceInterpolate", model=["unet", 0], x_T_a=["a", 0], x_T_b=["b", 0],
-                                           frames=64, steps=100, t_edit=200, **_common())), 8.0),
+                                           frames=64, steps=100, t_edit=200, clip_x0=False, **_common())),
+                        8.0),
     }
     sd = sd_graph(64, 64)
     sd["inv"]["inputs"].update(cfg=3.0, negative=["text", 0], steps=400, cfg_inversion="negative_prompt")
