@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from .comfy import grids
-from .layer import CATEGORY, GRID_VALUES, HSpaceNode, values_input, values_of
+from .layer import CATEGORY, GRID_ROWS, GRID_VALUES, HSpaceNode, values_input, values_of
 
 
 class LabelSweepGrid(HSpaceNode):
@@ -21,7 +21,7 @@ class LabelSweepGrid(HSpaceNode):
                 io.String.Input("label", default="strength", tooltip="Written before each value, e.g. strength or gamma (PIL's default font: Latin letters)."),
                 io.Int.Input("scale", default=1, min=1, max=16,
                              tooltip="Tile upscaling (nearest): 4 for the bundled 32-pixel model, 1 for SD."),
-                values_input("row_values", GRID_VALUES, "A second sweep inside the first (StyleID Inject's "
+                values_input("row_values", GRID_ROWS, "A second sweep inside the first (StyleID Inject's "
                              "h_sweep): one row per value, labelled with row_label. Empty: one row per input image"),
                 io.String.Input("row_label", default="gamma_h", optional=True, tooltip="Written before each row value."),
             ],
@@ -34,7 +34,7 @@ class LabelSweepGrid(HSpaceNode):
         tiles = grids.sweep_tiles(images[..., :3].float().cpu(), len(numbers))
         rows = [f"image {i + 1}" for i in range(tiles.shape[0])] if tiles.shape[0] > 1 else [""]
         if row_values.strip():
-            inner = values_of(row_values, "row_values", GRID_VALUES)
+            inner = values_of(row_values, "row_values", GRID_ROWS)
             if tiles.shape[0] != len(inner):
                 raise ValueError(f"row_values holds {len(inner)} values but each column has {tiles.shape[0]} images: "
                                  "connect the sweep node's h_sweep, for one image.")

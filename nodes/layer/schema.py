@@ -29,6 +29,7 @@ GAMMAS = ValueList(0.0, 1.0, max_count=32, example="0.2, 0.4, 0.6")
 T_EDITS = ValueList(0, 999, max_count=16, example="600, 400, 200", whole=True)
 EXPLORER_STRENGTHS = ValueList(*STRENGTH_RANGE, max_count=16, example="-2, -1, 0, 1, 2", optional=False)
 GRID_VALUES = ValueList(-1e6, 1e6, max_count=64, example="-2, -1, 0, 1, 2", optional=False)
+GRID_ROWS = ValueList(-1e6, 1e6, max_count=64, example="0.3, 0.6")
 
 
 def advanced(widget):
