@@ -12,6 +12,24 @@ from harness.tiny import tiny_pixel_unet, tiny_text_unet
 torch.set_num_threads(1)
 
 
+COMFY_USES = ("harness.inprocess", "node_module(", "load_pack(", "hspace_pack", "node_docs", "comfy_api", "import comfy", "from comfy", "workflow_passes")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that runs ComfyUI code, in-process or through a server, as ``comfy``: the lane of another
+    ComfyUI version (``.ci/run``) runs ``-m comfy``, since the other tests never touch ComfyUI."""
+    sources = {}
+    for item in items:
+        path = str(item.fspath)
+        if path not in sources:
+            with open(path, encoding="utf-8") as f:
+                source = f.read()
+            sources[path] = any(use in source for use in COMFY_USES)
+        if sources[path] or {"pack", "comfy"} & set(item.fixturenames) or item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.comfy)
+
+
 @pytest.fixture
 def pixel_unet():
     return tiny_pixel_unet()
