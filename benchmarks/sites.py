@@ -82,17 +82,27 @@ def write_block(path: str, lines: list[str], begin: str = BEGIN, end: str = END)
         f.write(text)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def pair_arguments(argv, description: str, steps: int, out: str) -> argparse.Namespace:
+    """The command line of a benchmark over content/style pairs of the demo shapes: --pairs, --steps, --out."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", type=int, default=16)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--out", default="docs/discovery.md")
-    args = p.parse_args(argv)
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--out", default=out)
+    return p.parse_args(argv)
+
+
+def content_style_pairs(n: int):
+    """The demo shapes' fixed content and style images (seeds 2001 / 2002): numpy arrays and tensors."""
+    content_np, _ = make_batch(n, seed=2001)
+    style_np, _ = make_batch(n, seed=2002)
+    return content_np, style_np, torch.from_numpy(content_np), torch.from_numpy(style_np)
+
+
+def main(argv=None):
+    args = pair_arguments(argv, __doc__, steps=10, out="docs/discovery.md")
     torch.set_num_threads(1)
     model = load_model()
-    content_np, _ = make_batch(args.pairs, seed=2001)
-    style_np, _ = make_batch(args.pairs, seed=2002)
-    content, style = torch.from_numpy(content_np), torch.from_numpy(style_np)
+    content_np, style_np, content, style = content_style_pairs(args.pairs)
     results = {}
     with torch.no_grad():
         base = baseline(model, content_np, style_np, args.steps)

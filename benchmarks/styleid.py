@@ -15,7 +15,6 @@ The table replaces the block between ``<!-- styleid -->`` and ``<!-- /styleid --
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
@@ -26,9 +25,8 @@ from hspace_core.styleid import StyleIDSettings, record_features, styleid_inject
 from hspace_demo import readouts as ro
 from hspace_demo.measure import injection_scores
 from hspace_demo.run import load_model
-from hspace_demo.shapes import make_batch
 
-from .sites import write_block
+from .sites import content_style_pairs, pair_arguments, write_block
 
 LAYERS = ("middle.0",)
 BEGIN, END = "<!-- styleid -->", "<!-- /styleid -->"
@@ -74,16 +72,10 @@ def methods(steps: int):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pairs", type=int, default=16)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--out", default="docs/styleid.md")
-    args = p.parse_args(argv)
+    args = pair_arguments(argv, __doc__, steps=20, out="docs/styleid.md")
     torch.set_num_threads(1)
     model = load_model()
-    content_np, _ = make_batch(args.pairs, seed=2001)
-    style_np, _ = make_batch(args.pairs, seed=2002)
-    content, style = torch.from_numpy(content_np), torch.from_numpy(style_np)
+    content_np, style_np, content, style = content_style_pairs(args.pairs)
     rows = []
     with torch.no_grad():
         t0 = time.time()
