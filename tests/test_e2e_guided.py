@@ -19,7 +19,7 @@ def _node(class_type, **inputs):
 
 def graph(cfg: float, cfg_inversion: str, **edit) -> dict:
     """Invert one 64-px image on the tiny SD model at ``cfg``; show the PSNR, save the reconstruction and an edit at
-    strength 0 (same cfg) from the x_T."""
+    strength 0 (same cfg) from the x_T, along a direction from it and a second image (identical examples are refused)."""
     g = {
         "ckpt": _node("CheckpointLoaderSimple", ckpt_name="v1-5-pruned-emaonly.safetensors"),
         "pos": _node("CLIPTextEncode", text="a red circle", clip=["ckpt", 1]),
@@ -29,7 +29,9 @@ def graph(cfg: float, cfg_inversion: str, **edit) -> dict:
         "inv": _node("HSpaceDDIMInversion", model=["ckpt", 0], image=["small", 0], vae=["ckpt", 2], steps=STEPS,
                      refine_iters=0, cfg=cfg, edit_branches="cond", cfg_inversion=cfg_inversion, convention="seed",
                      h_source="inversion", positive=["pos", 0], negative=["neg", 0]),
-        "dir": _node("HSpaceDirectionFromExamples", positive=["inv", 1], negative=["inv", 1], form="global", name="z"),
+        "img2": _node("LoadImage", image="hspace_style.png"),
+        "small2": _node("ImageScale", image=["img2", 0], upscale_method="bicubic", width=64, height=64, crop="disabled"),
+        "dir": _node("HSpaceDirectionFromExamples", positive=["inv", 1], negative=["inv2", 1], form="global", name="z"),
         "edit": _node("HSpaceAsyrpEdit", model=["ckpt", 0], x_T=["inv", 0], direction=["dir", 0], strength=0.0,
                       steps=STEPS, t_edit=400, strength_sweep="", seed=0, cfg=cfg, edit_branches="cond",
                       allow_other_model=False, positive=["pos", 0], negative=["neg", 0]),
@@ -39,6 +41,7 @@ def graph(cfg: float, cfg_inversion: str, **edit) -> dict:
         "save_r": _node("SaveImage", images=["dec_r", 0], filename_prefix="guided/recon"),
         "save_e": _node("SaveImage", images=["dec_e", 0], filename_prefix="guided/edit"),
     }
+    g["inv2"] = _node("HSpaceDDIMInversion", **{**g["inv"]["inputs"], "image": ["small2", 0]})  # the negative example
     g["edit"]["inputs"].update(edit)
     return g
 
