@@ -67,11 +67,16 @@ def test_workflow_runs(comfy, path):
         [img.shape for img, _ in saved]
 
 
+def assert_same_up_to_rounding(a, b, share: float = 1e-3):
+    """The same image up to one 8-bit level on a few pixels (two float32 paths of the same math)."""
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    assert diff.max() <= 1 and (diff > 0).mean() < share, (diff.max(), (diff > 0).mean())
+
+
 def assert_same_up_to_latent_rounding(a, b):
     """x_T reaches an SD edit through a LATENT (SD's latent scale applied and undone in float32): the same image up
     to one 8-bit level on a few pixels."""
-    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
-    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
+    assert_same_up_to_rounding(a, b)
 
 
 def test_edit_sweep_strength_zero_is_the_reconstruction_and_others_change_it(comfy):
@@ -286,7 +291,9 @@ def test_official_asyrp_checkpoints_load_and_edit_through_the_server(comfy):
     }
     entry = _run(comfy, prompt)
     zero, half = _saved(comfy, entry, prompt, "official_sweep")
-    assert np.array_equal(zero, _saved(comfy, entry, prompt, "official_reconstruction")[0])
+    # Asyrp Edit runs the σ-space loop, the inversion's reconstruction the ᾱ-space one: equal to float rounding
+    # (1e-5 relative), which can move a pixel by one 8-bit level
+    assert_same_up_to_rounding(zero, _saved(comfy, entry, prompt, "official_reconstruction")[0])
     assert np.abs(half - zero).mean() > 0.5
     prompt["5"]["inputs"]["asyrp_file"] = "not_asyrp.pth"
     _expect_node_error(comfy, prompt, "not an Asyrp direction", "conv1.weight")
