@@ -1,4 +1,4 @@
-"""Train Asyrp Direction (CLIP directional loss) and Load Asyrp Direction (official checkpoints)."""
+"""H-Space Train Asyrp Direction (CLIP directional loss) and H-Space Load Asyrp Direction (official checkpoints)."""
 from __future__ import annotations
 
 import dataclasses
@@ -54,10 +54,10 @@ class TrainAsyrpDirection(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="HSpaceTrainAsyrpDirection", display_name="Train Asyrp Direction", category=f"{CATEGORY}/direction",
+            node_id="HSpaceTrainAsyrpDirection", display_name="H-Space Train Asyrp Direction", category=f"{CATEGORY}/direction",
             description="Learn an h-space direction from a text pair with Asyrp's CLIP directional loss on a frozen "
                         "model: one SGD step per timestep ≥ t_edit along each training image's edited path. Global Δh, "
-                        "per-timestep Δh_t or the implicit f_t(h_t, t). Plug the result into Asyrp Edit.",
+                        "per-timestep Δh_t or the implicit f_t(h_t, t). Plug the result into H-Space Asyrp Edit.",
             inputs=[
                 model_input(),
                 io.Image.Input("images", tooltip="Training images (a batch; the official recipe uses tens to ~100)."),
@@ -96,7 +96,7 @@ class TrainAsyrpDirection(HSpaceNode):
                 site_input(),
             ],
             outputs=[DirectionType.Output("direction", tooltip="The learnt direction (with its texts, t_edit and steps)."),
-                     io.Int.Output("trained_t_edit", tooltip="The t_edit it was trained for; connect it to Asyrp Edit's t_edit."),
+                     io.Int.Output("trained_t_edit", tooltip="The t_edit it was trained for; connect it to H-Space Asyrp Edit's t_edit."),
                      io.Float.Output("final_clip_loss", tooltip="Mean CLIP directional loss over the last epoch.")],
         )
 
@@ -131,7 +131,7 @@ class LoadAsyrpDirection(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="HSpaceLoadAsyrpDirection", display_name="Load Asyrp Direction", category=f"{CATEGORY}/direction",
+            node_id="HSpaceLoadAsyrpDirection", display_name="H-Space Load Asyrp Direction", category=f"{CATEGORY}/direction",
             description="Load an official Asyrp checkpoint (.pth from its checkpoint/ folder, e.g. "
                         "smiling_LC_CelebA_HQ_t999_ninv40_ngen40_0.pth) from models/asyrp: the implicit f_t (conv1, "
                         "temb_proj, norm2, conv2) or Δh tensors. Read with torch.load(weights_only=True).",
@@ -142,7 +142,7 @@ class LoadAsyrpDirection(HSpaceNode):
                                       tooltip="DDIM steps it was trained with; the strength is rescaled by "
                                               "train_steps / steps. 0: read 'ngen<N>' from the file name, else none.")),
             ],
-            outputs=[DirectionType.Output("direction", tooltip="The direction, ready for Asyrp Edit.")],
+            outputs=[DirectionType.Output("direction", tooltip="The direction, ready for H-Space Asyrp Edit.")],
         )
 
     @classmethod

@@ -28,7 +28,7 @@ def _component_input():
 
 def _set_outputs(kind: str):
     return [DirectionSet.Output("directions", tooltip=f"All k {kind} directions, for the Direction Explorer."),
-            DirectionType.Output("direction", tooltip="The direction chosen by 'component' (for Asyrp Edit, Save, …)."),
+            DirectionType.Output("direction", tooltip="The direction chosen by 'component' (for H-Space Asyrp Edit, Save, …)."),
             io.String.Output("info", tooltip="One line per direction: its metadata.")]
 
 

@@ -1,4 +1,4 @@
-"""Asyrp Edit and the direction nodes (from examples, combine, save, load)."""
+"""H-Space Asyrp Edit and the direction nodes (from examples, combine, save, load)."""
 from __future__ import annotations
 
 from comfy_api.latest import io
@@ -16,7 +16,7 @@ class AsyrpEdit(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="HSpaceAsyrpEdit", display_name="Asyrp Edit", category=f"{CATEGORY}/edit",
+            node_id="HSpaceAsyrpEdit", display_name="H-Space Asyrp Edit", category=f"{CATEGORY}/edit",
             description="Asyrp: regenerate x_T with h̃_t = h_t + strength·Δh_t for t ≥ t_edit, using the asymmetric "
                         "reverse process (P_t from the edited h, D_t from the original ε). Negative strengths "
                         "push the other way; a sweep returns one image per strength.",
@@ -29,9 +29,9 @@ class AsyrpEdit(HSpaceNode):
                 steps_input(), t_edit_input(),
                 values_input("strength_sweep", STRENGTHS,
                              "Comma-separated strengths (e.g. -2,-1,0,1,2): returns a batch, one per value; decode it "
-                             "and connect 'sweep' to Label Sweep Grid for a labelled grid. Overrides 'strength' when "
+                             "and connect 'sweep' to H-Space Label Sweep Grid for a labelled grid. Overrides 'strength' when "
                              "not empty"),
-                Boost.Input("boost", optional=True, tooltip="Quality Boost settings (stochastic steps below t_boost). "
+                Boost.Input("boost", optional=True, tooltip="H-Space Quality Boost settings (stochastic steps below t_boost). "
                                                             + BOOST_SEED_RULE),
                 seed_input("Seed for the stochastic (quality boost) steps. " + BOOST_SEED_RULE),
                 allow_other_model_input(),

@@ -1,4 +1,4 @@
-"""Slerp Content Inject (DiffStyle / InjectFusion), Style Calibrate, Quality Boost, Interpolate."""
+"""H-Space Slerp Content Inject (DiffStyle / InjectFusion), H-Space Style Calibrate, H-Space Quality Boost, Interpolate."""
 from __future__ import annotations
 
 from comfy_api.latest import io
@@ -23,10 +23,10 @@ class SlerpContentInject(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="HSpaceSlerpContentInject", display_name="Slerp Content Inject", category=f"{CATEGORY}/mix",
+            node_id="HSpaceSlerpContentInject", display_name="H-Space Slerp Content Inject", category=f"{CATEGORY}/mix",
             description="DiffStyle / InjectFusion: generate from the style image's x_T while injecting the content "
                         "image's h with h̃ = Slerp(h, h_c·‖h‖/‖h_c‖, γ) for t ≥ t_edit. A mask limits the mix to a "
-                        "region; Style Calibrate and Quality Boost plug in.",
+                        "region; H-Space Style Calibrate and H-Space Quality Boost plug in.",
             inputs=[
                 model_input(),
                 x_T_input("style_x_T", "x_T of the style image (DDIM Inversion)."),
@@ -39,7 +39,7 @@ class SlerpContentInject(HSpaceNode):
                                        "its colours than a constant one.")),
                 values_input("gamma_sweep", GAMMAS,
                              "Comma-separated γ values (e.g. 0.2, 0.4, 0.6): returns a batch, one mix per value; "
-                             "decode it and connect 'sweep' to Label Sweep Grid for a labelled grid. Overrides 'gamma' "
+                             "decode it and connect 'sweep' to H-Space Label Sweep Grid for a labelled grid. Overrides 'gamma' "
                              "when not empty (gamma_end still ends each ramp)"),
                 advanced(io.Int.Input("stride", default=1, min=1, max=50,
                              tooltip="Inject at every k-th step of [T, t_edit] only.")),
@@ -80,7 +80,7 @@ class StyleCalibrate(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="HSpaceStyleCalibrate", display_name="Style Calibrate", category=f"{CATEGORY}/mix",
+            node_id="HSpaceStyleCalibrate", display_name="H-Space Style Calibrate", category=f"{CATEGORY}/mix",
             description="InjectFusion's style calibration: instead of stepping with the injected ε, move x_t by "
                         "dx = √ᾱ·dP + ω·√(1−ᾱ)·dε and step with the original network. ω = 0 turns calibration "
                         "off (the plain injection, as the official code); larger ω pulls the result back toward the "
@@ -89,7 +89,7 @@ class StyleCalibrate(HSpaceNode):
             inputs=[io.Float.Input("omega", default=0.3, min=0.0, max=1.0, step=0.01,
                                    tooltip="ω in [0, 1]: 0 = off; on the bundled model the distance to the style "
                                            "reconstruction is 0.49 / 0.41 / 0.25 / 0.18 (RMS) at ω = 0 / 0.3 / 0.7 / 1.")],
-            outputs=[Calibration.Output("calibration", tooltip="Connect to Slerp Content Inject.")],
+            outputs=[Calibration.Output("calibration", tooltip="Connect to H-Space Slerp Content Inject.")],
         )
 
     @classmethod
@@ -101,14 +101,14 @@ class QualityBoost(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="HSpaceQualityBoost", display_name="Quality Boost", category=f"{CATEGORY}/mix",
+            node_id="HSpaceQualityBoost", display_name="H-Space Quality Boost", category=f"{CATEGORY}/mix",
             description="Asyrp's quality boosting: stochastic DDIM steps (η) below t_boost add fine detail. Seeded.",
             inputs=[io.Int.Input("t_boost", default=200, min=0, max=999,
                                  tooltip="Steps with t < t_boost are stochastic. Must not exceed t_edit."),
                     io.Float.Input("eta", default=1.0, min=0.0, max=1.0, step=0.05, tooltip="η: 1 is DDPM noise."),
-                    seed_input("Seed for the stochastic steps. It replaces the seed of the Asyrp Edit or Slerp "
+                    seed_input("Seed for the stochastic steps. It replaces the seed of the H-Space Asyrp Edit or Slerp "
                                "Content Inject node this boost is connected to.")],
-            outputs=[Boost.Output("boost", tooltip="Connect to Asyrp Edit or Slerp Content Inject.")],
+            outputs=[Boost.Output("boost", tooltip="Connect to H-Space Asyrp Edit or H-Space Slerp Content Inject.")],
         )
 
     @classmethod

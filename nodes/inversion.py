@@ -19,7 +19,7 @@ class DDIMInversion(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="HSpaceDDIMInversion", display_name="DDIM Inversion (H-Space)", category=CATEGORY,
+            node_id="HSpaceDDIMInversion", display_name="H-Space DDIM Inversion", category=CATEGORY,
             description="Deterministic DDIM inversion of an image (through the VAE) or a latent to x_T, with the h "
                         "trajectory along its reconstruction and the reconstruction's PSNR.",
             inputs=[

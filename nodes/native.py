@@ -38,7 +38,7 @@ class XTToNative(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="HSpaceXTToNative", display_name="x_T to Native Sampler", category=CATEGORY,
+            node_id="HSpaceXTToNative", display_name="H-Space x_T to Native Sampler", category=CATEGORY,
             description="Turn an inverted x_T into what ComfyUI's own samplers take. SamplerCustomAdvanced: NOISE + "
                         "SIGMAS with the 'euler' or 'ddim' sampler retrace the pack's DDIM exactly. KSamplerAdvanced: "
                         "LATENT with add_noise disabled and a scheduler that starts at σ_max (normal, simple, karras; "

@@ -53,17 +53,17 @@ class AsyrpSampler(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="HSpaceAsyrpSampler", display_name="Asyrp Sampler", category=SAMPLERS,
+            node_id="HSpaceAsyrpSampler", display_name="H-Space Asyrp Sampler", category=SAMPLERS,
             description="Asyrp as a SAMPLER for SamplerCustomAdvanced: over the sigmas and the guider it is given, "
                         "h̃ = h + strength·Δh inside the edit window with the asymmetric step (x0 from the edited "
                         "prediction, the direction from the original; DDIM is Euler in σ space). From an inverted x_T: "
-                        "x_T to Native Sampler's NOISE + SIGMAS, or the Inversion Sampler's latent with DisableNoise.",
+                        "H-Space x_T to Native Sampler's NOISE + SIGMAS, or the H-Space Inversion Sampler's latent with DisableNoise.",
             inputs=[
                 DirectionType.Input("direction", tooltip="An h-space direction (from examples, combined or loaded)."),
                 io.Float.Input("strength", default=1.0, min=STRENGTH_RANGE[0], max=STRENGTH_RANGE[1], step=0.05,
                                tooltip="How far to move along the direction; 0 is the plain Euler / DDIM sampler."),
                 *window_inputs(),
-                Boost.Input("boost", optional=True, tooltip="Quality Boost: stochastic steps below t_boost. "
+                Boost.Input("boost", optional=True, tooltip="H-Space Quality Boost: stochastic steps below t_boost. "
                                                             + BOOST_SEED_RULE),
                 seed_input("Seed for the quality boost's noise. " + BOOST_SEED_RULE),
                 edit_branches_input(),
@@ -81,11 +81,11 @@ class AsyrpSampler(HSpaceNode):
             if not allow_other_model:
                 check_fingerprint(direction.fingerprint, hs.fingerprint, "direction", hint=OTHER_MODEL_HINT)
             if strength == 0:
-                return None  # exactly the plain sampler, as Asyrp Edit at strength 0 is the reconstruction
+                return None  # exactly the plain sampler, as H-Space Asyrp Edit at strength 0 is the reconstruction
             return combine_directions([direction], [strength * direction.step_scale(num_steps)])
 
         windowed = _window_for(window, t_edit, start_percent, end_percent)
-        return io.NodeOutput(h_edit_sampler("Asyrp Sampler", edit_for, windowed, edit_branches=edit_branches,
+        return io.NodeOutput(h_edit_sampler("H-Space Asyrp Sampler", edit_for, windowed, edit_branches=edit_branches,
                                             site=direction.site, boost=boost, seed=seed_of(seed, boost)))
 
 
@@ -110,7 +110,7 @@ class ContentInjectionSampler(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="HSpaceContentInjectionSampler", display_name="Content Injection Sampler", category=SAMPLERS,
+            node_id="HSpaceContentInjectionSampler", display_name="H-Space Content Injection Sampler", category=SAMPLERS,
             description="DiffStyle / InjectFusion as a SAMPLER: from the style image's x_T, h̃ = Slerp(h, "
                         "h_c·‖h‖/‖h_c‖, γ) inside the edit window, with the asymmetric step, under any guider. The "
                         "content trajectory must be captured on these sigmas.",
@@ -142,17 +142,17 @@ class ContentInjectionSampler(HSpaceNode):
             return content_injection(content, gamma_t, mask=mask, per_channel=per_channel, mode=mode)
 
         omega = calibration.omega if calibration is not None else None
-        return io.NodeOutput(h_edit_sampler("Content Injection Sampler", edit_for, windowed,
+        return io.NodeOutput(h_edit_sampler("H-Space Content Injection Sampler", edit_for, windowed,
                                             edit_branches=edit_branches, site=content.site, boost=boost,
                                             seed=seed_of(seed, boost), omega=omega, edit_every=stride,
-                                            check=content_check(content, "Content Injection Sampler")))
+                                            check=content_check(content, "H-Space Content Injection Sampler")))
 
 
 class InversionSampler(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="HSpaceInversionSampler", display_name="Inversion Sampler", category=SAMPLERS,
+            node_id="HSpaceInversionSampler", display_name="H-Space Inversion Sampler", category=SAMPLERS,
             description="DDIM inversion as a SAMPLER: run it in SamplerCustomAdvanced on FLIPPED sigmas (FlipSigmas) "
                         "with DisableNoise and the image's latent; the output latent is x_T at σ_max, ready for a "
                         "second SamplerCustomAdvanced (DisableNoise, the unflipped sigmas). 'H-Space Inverted x_T' "
@@ -170,7 +170,7 @@ class InversionSampler(HSpaceNode):
     @classmethod
     def execute(cls, refine_iters, site="middle") -> io.NodeOutput:
         record = InversionRecord()
-        return io.NodeOutput(inversion_sampler("Inversion Sampler", refine_iters=refine_iters, site=site,
+        return io.NodeOutput(inversion_sampler("H-Space Inversion Sampler", refine_iters=refine_iters, site=site,
                                                record=record), record)
 
 
@@ -179,12 +179,12 @@ class InvertedXT(HSpaceNode):
     def define_schema(cls):
         return io.Schema(
             node_id="HSpaceInvertedXT", display_name="H-Space Inverted x_T", category=SAMPLERS,
-            description="The Inversion Sampler's result as the pack's types: x_T (for Asyrp Edit, Slerp Content "
+            description="The H-Space Inversion Sampler's result as the pack's types: x_T (for H-Space Asyrp Edit, Slerp Content "
                         "Inject, …; it carries the timesteps of the sigmas it was inverted on) and the h trajectory "
                         "along the inversion (InjectFusion's content h).",
             inputs=[model_input(),
-                    io.Latent.Input("latent", tooltip="SamplerCustomAdvanced's output with the Inversion Sampler."),
-                    Record.Input("inversion", tooltip="The Inversion Sampler's second output.")],
+                    io.Latent.Input("latent", tooltip="SamplerCustomAdvanced's output with the H-Space Inversion Sampler."),
+                    Record.Input("inversion", tooltip="The H-Space Inversion Sampler's second output.")],
             outputs=[io.Latent.Output("x_T", tooltip="x_T in the pack's convention (unit variance)."),
                      Trajectory.Output("trajectory", tooltip="h at each timestep of the inversion.")],
         )
@@ -215,7 +215,7 @@ class HShiftPatch(HSpaceNode):
             node_id="HSpaceHShiftPatch", display_name="H-Space Shift (model patch)", category=SAMPLERS,
             description="The simplest use, shaped like FreeU: a MODEL whose h is h + strength·Δh inside a σ window, "
                         "for a plain KSampler. This is the symmetric simplification (Haas et al.): the edited h drives "
-                        "both parts of every step, not Asyrp's asymmetric process (use the Asyrp Sampler for that).",
+                        "both parts of every step, not Asyrp's asymmetric process (use the H-Space Asyrp Sampler for that).",
             inputs=[model_input(),
                     DirectionType.Input("direction", tooltip="An h-space direction."),
                     io.Float.Input("strength", default=1.0, min=STRENGTH_RANGE[0], max=STRENGTH_RANGE[1], step=0.05,

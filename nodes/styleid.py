@@ -1,4 +1,4 @@
-"""StyleID Features (invert an image, record its decoder self-attention) and StyleID Inject (StyleID, alone or with
+"""H-Space StyleID Features (invert an image, record its decoder self-attention) and H-Space StyleID Inject (StyleID, alone or with
 h-space content injection)."""
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ class StyleIDFeatures(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="HSpaceStyleIDFeatures", display_name="StyleID Features", category=f"{CATEGORY}/mix",
+            node_id="HSpaceStyleIDFeatures", display_name="H-Space StyleID Features", category=f"{CATEGORY}/mix",
             description="DDIM-inverts an image and records its decoder self-attention for StyleID: K and V of a "
                         "style image, or Q of a content image (query preservation), at the chosen layers and "
                         "steps only. Also returns x_T and h along the inversion (the content h of the combined mode).",
@@ -105,16 +105,16 @@ class StyleIDInject(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="HSpaceStyleIDInject", display_name="StyleID Inject", category=f"{CATEGORY}/mix",
+            node_id="HSpaceStyleIDInject", display_name="H-Space StyleID Inject", category=f"{CATEGORY}/mix",
             description="StyleID (Chung et al., CVPR 2024): regenerate the content with the style image's K/V in the "
                         "decoder self-attention, the query blended with the content's (γ), the attention sharpened "
                         "(τ), from AdaIN(x_T content, x_T style). Connect the content's h trajectory for the "
                         "combined mode: h-space content injection (InjectFusion's Slerp, γ_h) in the same run.",
             inputs=[
                 model_input(),
-                x_T_input("content_x_T", "x_T of the content image (StyleID Features, role content)."),
-                x_T_input("style_x_T", "x_T of the style image (StyleID Features, role style)."),
-                Features.Input("style_features", tooltip="K/V of the style image (StyleID Features, role style)."),
+                x_T_input("content_x_T", "x_T of the content image (H-Space StyleID Features, role content)."),
+                x_T_input("style_x_T", "x_T of the style image (H-Space StyleID Features, role style)."),
+                Features.Input("style_features", tooltip="K/V of the style image (H-Space StyleID Features, role style)."),
                 Features.Input("content_features", optional=True,
                                tooltip="Q of the content image (role content); needed when gamma > 0."),
                 io.Float.Input("gamma", default=0.75, min=0.0, max=1.0, step=0.05,
@@ -127,23 +127,23 @@ class StyleIDInject(HSpaceNode):
                                tooltip="x_T the generation starts from: 'adain' = the content's x_T with the style "
                                        "x_T's channel mean/std (StyleID), 'content', or 'style' (InjectFusion's)."),
                 values_input("gamma_sweep", GAMMAS, "Comma-separated γ values: one result per value (γ-major; "
-                             f"columns of Label Sweep Grid). Overrides gamma when not empty. At most {STYLEID_RUNS} "
+                             f"columns of H-Space Label Sweep Grid). Overrides gamma when not empty. At most {STYLEID_RUNS} "
                              "runs in all (γ values × γ_h values)"),
                 Trajectory.Input("content_h", optional=True,
-                                 tooltip="Combined mode: the content's h trajectory (StyleID Features or DDIM "
+                                 tooltip="Combined mode: the content's h trajectory (H-Space StyleID Features or DDIM "
                                          "Inversion), Slerped into h for t ≥ t_edit."),
                 io.Float.Input("gamma_h", default=0.5, min=0.0, max=1.0, step=0.05, optional=True,
                                tooltip="Combined mode: h content strength γ_h (InjectFusion's γ)."),
                 values_input("gamma_h_sweep", GAMMAS, "Combined mode: comma-separated γ_h values, inner to the γ "
-                             "sweep (rows of Label Sweep Grid)"),
+                             "sweep (rows of H-Space Label Sweep Grid)"),
                 t_edit_input(),
                 io.Mask.Input("mask", optional=True, tooltip="Combined mode: local mixing of h (1 = inject h here)."),
-                Calibration.Input("calibration", optional=True, tooltip="Combined mode: Style Calibrate settings (ω)."),
+                Calibration.Input("calibration", optional=True, tooltip="Combined mode: H-Space Style Calibrate settings (ω)."),
                 text_input("Text conditioning for SD models (cfg 1)."),
             ],
             outputs=[io.Latent.Output("latent", tooltip="The stylised latent(s): γ-major, then γ_h."),
-                     io.String.Output("sweep", tooltip="The γ values, in batch order (Label Sweep Grid's values)."),
-                     io.String.Output("h_sweep", tooltip="The γ_h values (Label Sweep Grid's row_values).")],
+                     io.String.Output("sweep", tooltip="The γ values, in batch order (H-Space Label Sweep Grid's values)."),
+                     io.String.Output("h_sweep", tooltip="The γ_h values (H-Space Label Sweep Grid's row_values).")],
         )
 
     @classmethod

@@ -1,4 +1,4 @@
-"""Label Sweep Grid: a decoded strength or γ sweep → one labelled grid image (one column per value)."""
+"""H-Space Label Sweep Grid: a decoded strength or γ sweep → one labelled grid image (one column per value)."""
 from __future__ import annotations
 
 from comfy_api.latest import io
@@ -11,8 +11,8 @@ class LabelSweepGrid(HSpaceNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="HSpaceLabelSweepGrid", display_name="Label Sweep Grid", category=CATEGORY,
-            description="A decoded sweep (Asyrp Edit's strength_sweep, Slerp Content Inject's gamma_sweep) → one "
+            node_id="HSpaceLabelSweepGrid", display_name="H-Space Label Sweep Grid", category=CATEGORY,
+            description="A decoded sweep (H-Space Asyrp Edit's strength_sweep, H-Space Slerp Content Inject's gamma_sweep) → one "
                         "grid image: one column per value, labelled with it; one row per input image.",
             inputs=[
                 io.Image.Input("images", tooltip="The decoded sweep batch (value-major, as the sweep node returns it)."),
@@ -21,7 +21,7 @@ class LabelSweepGrid(HSpaceNode):
                 io.String.Input("label", default="strength", tooltip="Written before each value, e.g. strength or gamma (PIL's default font: Latin letters)."),
                 io.Int.Input("scale", default=1, min=1, max=16,
                              tooltip="Tile upscaling (nearest): 4 for the bundled 32-pixel model, 1 for SD."),
-                values_input("row_values", GRID_ROWS, "A second sweep inside the first (StyleID Inject's "
+                values_input("row_values", GRID_ROWS, "A second sweep inside the first (H-Space StyleID Inject's "
                              "h_sweep): one row per value, labelled with row_label. Empty: one row per input image"),
                 io.String.Input("row_label", default="gamma_h", optional=True, tooltip="Written before each row value."),
             ],

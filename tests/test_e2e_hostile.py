@@ -173,7 +173,7 @@ def test_nan_and_inf_name_the_widget(comfy, reference):
     nan, inf = float("nan"), float("inf")
     expect_error(comfy, only(with_inputs(g, "edit", strength=nan), "save_edit"), "strength is nan", "[-100.0, 100.0]")
     expect_error(comfy, only(with_inputs(g, "inv_c", cfg=nan), "save_edit"), "cfg is nan", "[0.0, 30.0]")
-    expect_error(comfy, only(with_inputs(g, "edit", cfg=inf), "save_edit"), "Asyrp Edit: cfg is inf", "[0.0, 30.0]")
+    expect_error(comfy, only(with_inputs(g, "edit", cfg=inf), "save_edit"), "H-Space Asyrp Edit: cfg is inf", "[0.0, 30.0]")
     expect_error(comfy, only(with_inputs(g, "mix", gamma=nan), "save_mix"), "gamma is nan", "[0.0, 1.0]")
     calibrated = plus(g, cal=_node("HSpaceStyleCalibrate", omega=nan))
     calibrated["mix"]["inputs"]["calibration"] = ["cal", 0]
@@ -417,7 +417,7 @@ def test_api_types_are_checked_not_coerced(comfy, reference):
             ("mix", "save_mix", "per_channel", "false", "not a boolean"),
             ("mix", "save_mix", "gamma", float("nan"), "gamma is nan")):
         expect_error(comfy, only(with_inputs(g, node, **{name: value}), output), name, phrase,
-                     "Asyrp Edit" if node == "edit" else "Slerp Content Inject")
+                     "H-Space Asyrp Edit" if node == "edit" else "H-Space Slerp Content Inject")
     base = only(g, "unet", "vae", "inv_c", "dir")
     jac = _with(base, jac=_jacobian(["inv_c", 0], relative_norm=float("nan")))
     expect_error(comfy, jac, "H-Space Jacobian Directions", "relative_norm is nan", absent=("direction contains",))

@@ -72,7 +72,7 @@ def _prompt():
              "model": ["1", 0], "x_T": ["20", 0], "direction": ["30", 0], "strength": 1.0, "steps": STEPS, "t_edit": 400,
              "strength_sweep": "", "seed": 0, "cfg": CFG, "edit_branches": "cond", "positive": ["2", 0],
              "negative": ["3", 0], "allow_other_model": False}},
-         # the native path: x_T → NOISE + DDIM SIGMAS, CFGGuider, the Asyrp Sampler
+         # the native path: x_T → NOISE + DDIM SIGMAS, CFGGuider, the H-Space Asyrp Sampler
          "40": {"class_type": "HSpaceXTToNative", "inputs": {"model": ["1", 0], "x_T": ["20", 0], "steps": STEPS}},
          "41": {"class_type": "CFGGuider", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0],
                                                       "cfg": CFG}},
@@ -158,4 +158,4 @@ def test_a_trajectory_from_other_sigmas_is_refused_naming_the_sigmas(comfy):
     entry = comfy.run(prompt)
     assert entry["status"]["status_str"] == "error"
     message = error_message(entry)
-    assert "Content Injection Sampler" in message and "sigmas the content was captured on" in message, message
+    assert "H-Space Content Injection Sampler" in message and "sigmas the content was captured on" in message, message

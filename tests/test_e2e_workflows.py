@@ -291,7 +291,7 @@ def test_official_asyrp_checkpoints_load_and_edit_through_the_server(comfy):
     }
     entry = _run(comfy, prompt)
     zero, half = _saved(comfy, entry, prompt, "official_sweep")
-    # Asyrp Edit runs the σ-space loop, the inversion's reconstruction the ᾱ-space one: equal to float rounding
+    # H-Space Asyrp Edit runs the σ-space loop, the inversion's reconstruction the ᾱ-space one: equal to float rounding
     # (1e-5 relative), which can move a pixel by one 8-bit level
     assert_same_up_to_rounding(zero, _saved(comfy, entry, prompt, "official_reconstruction")[0])
     assert np.abs(half - zero).mean() > 0.5
@@ -448,7 +448,7 @@ def test_discovery_nodes_through_the_server(comfy):
 
 
 def test_site_choice_through_the_server(comfy):
-    """DDIM Inversion at site up1 → PCA → the explorer (t_edit axis) and Asyrp Edit read h at up1 with no site input
+    """DDIM Inversion at site up1 → PCA → the explorer (t_edit axis) and H-Space Asyrp Edit read h at up1 with no site input
     of their own; the saved direction records up1; mixing sites is refused with the site to set."""
     from hspace_core import Direction
 

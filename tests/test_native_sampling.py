@@ -1,4 +1,4 @@
-"""One code path: Asyrp Edit's reverse process now runs through the SAMPLERs' σ-space loop; it gives today's results
+"""One code path: H-Space Asyrp Edit's reverse process now runs through the SAMPLERs' σ-space loop; it gives today's results
 (``hspace_core.edit``, the VP DDIM loop) on the DDIM grid, in-process on an SD-shaped ComfyUI U-Net under CFG."""
 import pytest
 import torch

@@ -76,6 +76,13 @@ def test_every_registered_node_runs_behind_the_layer(layer):
         assert getattr(node.execute.__func__, "hspace_checked", False), node
 
 
+def test_every_node_is_named_h_space_in_the_menu_and_has_a_unique_id(layer):
+    nodes, _ = layer
+    schemas = [node.define_schema() for node in nodes.NODES]
+    assert [s.display_name for s in schemas if not s.display_name.startswith("H-Space ")] == []
+    assert len({s.node_id for s in schemas}) == len(schemas) and all(s.node_id.startswith("HSpace") for s in schemas)
+
+
 def test_every_widget_of_every_node_refuses_bad_values_by_name_before_any_work(layer):
     nodes, io = layer
     checked = 0
@@ -105,7 +112,7 @@ def test_the_prompt_gate_refuses_what_comfyui_would_coerce(layer):
     inputs = prompt["1"]["inputs"]
     for name, convert in (("allow_other_model", bool), ("steps", int), ("strength", float), ("seed", int),
                           ("cfg", float)):
-        with pytest.raises(ValueError, match=f"^Asyrp Edit: {name} is "):
+        with pytest.raises(ValueError, match=f"^H-Space Asyrp Edit: {name} is "):
             convert(inputs[name])
     assert inputs["t_edit"] == 400 and type(inputs["t_edit"]) is int and inputs["x_T"] == ["2", 0]
     assert prompt["2"]["inputs"]["steps"] == 2.7  # other packs' nodes are left alone

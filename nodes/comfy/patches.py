@@ -2,7 +2,7 @@
 
 This is the symmetric simplification (Haas et al. 2024, "Discovering Interpretable Directions in h-space"): the
 edited h feeds both the predicted x0 and the direction of every step, unlike Asyrp's asymmetric process (the pack's
-Asyrp Sampler).  The patch goes on a clone; the MODEL it was given is never changed.
+H-Space Asyrp Sampler).  The patch goes on a clone; the MODEL it was given is never changed.
 """
 from __future__ import annotations
 

@@ -116,7 +116,7 @@ def h_edit_sampler(node: str, edit_for, window_for, *, edit_branches: str, site:
 
 def run_h_edit(hs, x_T: torch.Tensor, edit, schedule, *, seed: int = 0, progress=None) -> torch.Tensor:
     """The pack nodes' reverse process (x_T → x0 on ``schedule``'s DDIM grid) through the SAMPLERs' loop
-    (``sampling.sample_h_edit``), inside ``run_in_comfy``: the one code path of Asyrp Edit and the Asyrp Sampler.
+    (``sampling.sample_h_edit``), inside ``run_in_comfy``: the one code path of H-Space Asyrp Edit and the H-Space Asyrp Sampler.
     ``edit`` None is the reconstruction; ``progress(done, total, x0)`` is told after every step (x0: the step's
     denoised latent, for previews)."""
     if schedule.clip_x0:

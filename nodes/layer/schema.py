@@ -20,7 +20,7 @@ Calibration = io.Custom("HSPACE_CALIBRATION")
 Boost = io.Custom("HSPACE_BOOST")
 DirectionSet = io.Custom("HSPACE_DIRECTIONS")  # a tuple of Direction (PCA / Jacobian directions)
 
-BOOST_SEED_RULE = "When a Quality Boost is connected, its seed replaces this node's seed."
+BOOST_SEED_RULE = "When an H-Space Quality Boost is connected, its seed replaces this node's seed."
 STRENGTH_RANGE = (-100.0, 100.0)
 
 # The bounds of list widgets: one run (steps U-Net passes) per value; a sweep grid wider than this is unreadable.
@@ -96,8 +96,8 @@ def mixing_inputs():
     return [
         io.Mask.Input("mask", optional=True,
                       tooltip="Local mixing: 1 = inject here, 0 = keep the style image. Any size; soft edges allowed."),
-        Calibration.Input("calibration", optional=True, tooltip="Style Calibrate settings (ω)."),
-        Boost.Input("boost", optional=True, tooltip="Quality Boost settings. " + BOOST_SEED_RULE),
+        Calibration.Input("calibration", optional=True, tooltip="H-Space Style Calibrate settings (ω)."),
+        Boost.Input("boost", optional=True, tooltip="H-Space Quality Boost settings. " + BOOST_SEED_RULE),
         advanced(io.Combo.Input("mode", options=["slerp", "replace"], default="slerp",
                                 tooltip="'replace' is the naive baseline h̃ = h_content.")),
         advanced(io.Boolean.Input("per_channel", default=False, tooltip="Normalise and slerp each channel separately.")),
@@ -155,12 +155,12 @@ def seed_input(tooltip: str = "Seed for the stochastic (quality boost) steps."):
 
 
 def edit_schedule(steps: int, t_edit: int, boost) -> EditSchedule:
-    """The node's schedule, with the Quality Boost's t_boost and η when one is connected."""
+    """The node's schedule, with the H-Space Quality Boost's t_boost and η when one is connected."""
     if boost is None:
         return EditSchedule(steps, t_edit=t_edit, t_boost=0)
     if t_edit < boost.t_boost:
-        raise ValueError(f"t_edit ({t_edit}) is below the Quality Boost's t_boost ({boost.t_boost}): raise t_edit on "
-                         "this node or lower t_boost on the Quality Boost node.")
+        raise ValueError(f"t_edit ({t_edit}) is below the H-Space Quality Boost's t_boost ({boost.t_boost}): raise t_edit on "
+                         "this node or lower t_boost on the H-Space Quality Boost node.")
     return EditSchedule(steps, t_edit=t_edit, t_boost=boost.t_boost, eta_boost=boost.eta)
 
 
@@ -174,14 +174,14 @@ def gamma_end_of(gamma: float, gamma_end: float) -> float:
 
 
 def seed_of(seed: int, boost) -> int:
-    """BOOST_SEED_RULE: a connected Quality Boost's seed replaces the node's own."""
+    """BOOST_SEED_RULE: a connected H-Space Quality Boost's seed replaces the node's own."""
     if boost is None:
         return seed
     if boost.seed != seed:
-        logging.info("h-space: using the Quality Boost's seed %s instead of the node's seed %s.", boost.seed, seed)
+        logging.info("h-space: using the H-Space Quality Boost's seed %s instead of the node's seed %s.", boost.seed, seed)
     return boost.seed
 
 
 def sweep_text(values) -> str:
-    """The values a sweep node ran, as the comma-separated text Label Sweep Grid reads."""
+    """The values a sweep node ran, as the comma-separated text H-Space Label Sweep Grid reads."""
     return ", ".join(f"{v:g}" for v in values)
