@@ -99,3 +99,20 @@ def png(data: bytes) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(np.int16)
+
+
+def expect_node_error(comfy, prompt: dict, *phrases: str) -> None:
+    """The prompt fails, refused by validation or by a node, with a message holding every phrase; the server keeps
+    serving."""
+    from harness.server import PromptRejected, error_message
+
+    try:
+        entry = comfy.run(prompt)
+    except PromptRejected as rejected:  # caught by validation, before running
+        message = json.dumps(rejected.body)
+    else:
+        assert entry["status"]["status_str"] == "error"
+        message = error_message(entry)
+    for phrase in phrases:
+        assert phrase in message, message
+    assert comfy.get("/system_stats")["system"]

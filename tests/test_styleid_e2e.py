@@ -9,8 +9,8 @@ import os
 import numpy as np
 import pytest
 
-from e2e_helpers import ROOT, SDXL_CHECKPOINT, TINY_SDXL_LOADER, find, overrides_for, png
-from harness.server import PromptRejected, error_message
+from e2e_helpers import ROOT, SDXL_CHECKPOINT, TINY_SDXL_LOADER, expect_node_error, find, overrides_for, png
+from harness.server import error_message
 
 pytestmark = pytest.mark.e2e
 WORKFLOWS = {name: os.path.join(ROOT, "workflows", "api", f"{name}.json")
@@ -84,18 +84,6 @@ def test_shipped_graphs_use_the_presets_of_their_model(comfy):
     assert sdxl[find(sdxl, TINY_SDXL_LOADER)]["inputs"]["ckpt_name"] == SDXL_CHECKPOINT
 
 
-def _expect_error(comfy, prompt, *phrases):
-    try:
-        entry = comfy.run(prompt)
-    except PromptRejected as rejected:
-        message = json.dumps(rejected.body)
-    else:
-        assert entry["status"]["status_str"] == "error"
-        message = error_message(entry)
-    for phrase in phrases:
-        assert phrase in message, message
-
-
 def test_bad_inputs_are_clear_node_errors(comfy):
     base = load_prompt(WORKFLOWS["sd_styleid"], comfy.object_info)
     inject = find(base, "HSpaceStyleIDInject")
@@ -103,15 +91,15 @@ def test_bad_inputs_are_clear_node_errors(comfy):
     for node in preset.values():
         if node["class_type"].startswith("HSpaceStyleID"):
             node["inputs"]["attention_layers"] = "StyleID SD1.x"
-    _expect_error(comfy, preset, "no decoder self-attention layer 7.0")
+    expect_node_error(comfy, preset, "no decoder self-attention layer 7.0")
     other_layers = json.loads(json.dumps(base))  # features recorded at one layer, injected at both
     for node_id in (find(other_layers, "HSpaceStyleIDFeatures", role="style (K, V)"),):
         other_layers[node_id]["inputs"]["custom_layers"] = "0.0"
-    _expect_error(comfy, other_layers, "hold layers 0.0, not 1.0")
+    expect_node_error(comfy, other_layers, "hold layers 0.0, not 1.0")
     other_grid = json.loads(json.dumps(base))
     other_grid[inject]["inputs"]["steps"] = 6
-    _expect_error(comfy, other_grid, "set steps to 8")
+    expect_node_error(comfy, other_grid, "set steps to 8")
     wrong_role = json.loads(json.dumps(base))
     wrong_role[inject]["inputs"]["style_features"] = wrong_role[inject]["inputs"]["content_features"]
-    _expect_error(comfy, wrong_role, "record them with the other role")
+    expect_node_error(comfy, wrong_role, "record them with the other role")
     assert comfy.get("/system_stats")["system"]
