@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 import hspace_core as hs
-from hspace_core.ddim import calibrated_x_t, ddim_step
+from .step_cost import step_functions
 
 GUIDANCE = 7.5
 STEPS = 20
@@ -109,7 +109,7 @@ class Clock:
 
 
 def rows_for(model: hs.DiffusersUNet, arch: Architecture, clock: Clock, steps: int) -> list[tuple[str, float, float | None]]:
-    device, dtype = model.device, model.dtype
+    device = model.device
     g = torch.Generator().manual_seed(2)
     x = torch.randn(1, 4, arch.latent, arch.latent, generator=g).to(device)  # latents in float32, as ComfyUI's
     t, a, a_prev = 500, model.schedule.alpha_bar(500), model.schedule.alpha_bar(450)
@@ -119,17 +119,7 @@ def rows_for(model: hs.DiffusersUNet, arch: Architecture, clock: Clock, steps: i
     content = hs.HTrajectory((t,), h_rows[None] * 0.9, model.branches, device=str(device), dtype="float32")
     inject = hs.content_injection(content, 0.5)
 
-    def plain():
-        ddim_step(x, model.predict(x, t).eps, a, a_prev)
-
-    def edited():
-        p = model.predict(x, t, shift)
-        ddim_step(x, p.eps_edited, a, a_prev, eps_direction=p.eps)
-
-    def calibrated():
-        p = model.predict(x, t, inject)
-        x_cal = calibrated_x_t(x, p.eps, p.eps_edited, a, 0.3)
-        ddim_step(x_cal, model.predict(x_cal, t).eps, a, a_prev)
+    steps_of = step_functions(model, x, t, a, a_prev, shift, inject)
 
     direction = hs.Direction("global", torch.randn(h_rows.shape[1:], generator=g) * 0.1)
     sched = hs.EditSchedule(num_steps=steps, t_edit=400)
@@ -140,8 +130,8 @@ def rows_for(model: hs.DiffusersUNet, arch: Architecture, clock: Clock, steps: i
 
     out = []
     with torch.no_grad():
-        for name, fn in (("plain step", plain), ("edited step (CFG, cond edited)", edited),
-                         ("calibrated step", calibrated), (f"invert + edit, {steps} steps", invert_and_edit)):
+        for name, fn in (("plain step", steps_of["plain"]), ("edited step (CFG, cond edited)", steps_of["asymmetric"]),
+                         ("calibrated step", steps_of["calibrated"]), (f"invert + edit, {steps} steps", invert_and_edit)):
             seconds, peak = clock(fn)
             out.append((name, seconds, peak))
     return out

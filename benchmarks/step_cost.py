@@ -38,6 +38,31 @@ def celebahq_unet():
                        up_block_types=("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4).eval()
 
 
+def step_functions(model, x: torch.Tensor, t: int, a, a_prev, shift, inject) -> dict:
+    """The steps whose costs the benchmarks compare, each a call with no arguments, from x at t to t_prev:
+    a plain DDIM step, Asyrp's asymmetric step with the edit ``shift`` (P_t from the edited ε, D_t from the
+    original), InjectFusion's injection step with ``inject``, and the calibrated injection step (ω = 0.3: the
+    calibrated x_t, then a plain step from it)."""
+
+    def plain():
+        ddim_step(x, model.predict(x, t).eps, a, a_prev)
+
+    def asymmetric():
+        p = model.predict(x, t, shift)
+        ddim_step(x, p.eps_edited, a, a_prev, eps_direction=p.eps)
+
+    def injection():
+        p = model.predict(x, t, inject)
+        ddim_step(x, p.eps_edited, a, a_prev, eps_direction=p.eps)
+
+    def calibrated():
+        p = model.predict(x, t, inject)
+        x_cal = calibrated_x_t(x, p.eps, p.eps_edited, a, 0.3)
+        ddim_step(x_cal, model.predict(x_cal, t).eps, a, a_prev)
+
+    return {"plain": plain, "asymmetric": asymmetric, "injection": injection, "calibrated": calibrated}
+
+
 def median_seconds(fn, repeats):
     fn()  # warm-up
     times = []
@@ -57,26 +82,12 @@ def measure(model, x: torch.Tensor, repeats: int, reference=None) -> dict:
     shift = lambda h, tt, b: h + 0.1
     inject = hs.content_injection(content, 0.5)
 
-    def plain():
-        ddim_step(x, model.predict(x, t).eps, a, a_prev)
-
-    def asymmetric():
-        p = model.predict(x, t, shift)
-        ddim_step(x, p.eps_edited, a, a_prev, eps_direction=p.eps)
-
-    def injection():
-        p = model.predict(x, t, inject)
-        ddim_step(x, p.eps_edited, a, a_prev, eps_direction=p.eps)
-
-    def calibrated():
-        p = model.predict(x, t, inject)
-        x_cal = calibrated_x_t(x, p.eps, p.eps_edited, a, 0.3)
-        ddim_step(x_cal, model.predict(x_cal, t).eps, a, a_prev)
-
-    base = median_seconds(plain, repeats)
+    steps = step_functions(model, x, t, a, a_prev, shift, inject)
+    base = median_seconds(steps["plain"], repeats)
     rows = {"plain DDIM step (below t_edit)": 1.0}
-    for name, fn in (("asymmetric edit step (Asyrp)", asymmetric), ("content injection step (DiffStyle)", injection),
-                     ("calibrated injection step (ω)", calibrated)):
+    for name, fn in (("asymmetric edit step (Asyrp)", steps["asymmetric"]),
+                     ("content injection step (DiffStyle)", steps["injection"]),
+                     ("calibrated injection step (ω)", steps["calibrated"])):
         rows[name] = median_seconds(fn, repeats) / base
     full = reference or hs.DiffusersUNet(model.unet, model.schedule, model.conditioning, reuse_encoder=False)
 
