@@ -73,6 +73,7 @@ def find_t_edit_t_boost(model: HSpaceModel, x0: torch.Tensor, *, distance: Dista
         a = model.schedule.alpha_bar(t)
         x_t = a**0.5 * x0 + (1 - a) ** 0.5 * noise
         p_t = predicted_x0(x_t, model.predict(x_t, t).eps, a)
+        loop.show(p_t)
         d_pred.append(float(distance(image, decode(p_t)).mean()))
         d_noisy.append(float(distance(image, decode(x_t)).mean()))
     t_edit = next((t for t, d in zip(probes, d_pred) if d >= threshold), T - 1)

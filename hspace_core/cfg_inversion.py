@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from .adapters.base import GuidedModel
-from .ddim import ddim_step
+from .ddim import ddim_step, predicted_x0
 from .processes import generate, invert
 from .progress import ProgressFn, StepLoop, StopFn, check_batch
 from .schedules import step_pairs
@@ -113,5 +113,8 @@ def null_text_embeddings(model: GuidedModel, pivot: Inversion, *, inner_steps: i
                     break
             found[t] = embedding.detach().clone()
             with torch.no_grad():
-                x = ddim_step(x_t, model.with_negative(found[t]).predict(x_t, t).eps, a, a_prev)
+                eps = model.with_negative(found[t]).predict(x_t, t).eps
+                if loop.wants_x0:
+                    loop.show(predicted_x0(x_t, eps, a))
+                x = ddim_step(x_t, eps, a, a_prev)
     return found

@@ -235,7 +235,8 @@ def train_direction(model: HSpaceModel, images: torch.Tensor, clip: CLIPDirectio
             inversions = []
             for b in range(n_batches):
                 chunk = latents[b * config.batch_size:(b + 1) * config.batch_size]
-                inversions.append(invert(model, chunk, config.inversion_steps, report=False, should_stop=should_stop))
+                inversions.append(invert(model, chunk, config.inversion_steps, report=False, should_stop=should_stop,
+                                         progress=loop.previews()))
                 loop.tick()
         x_T, h_shape = [inv.x_T for inv in inversions], inversions[0].trajectory.h_shape
         generator = torch.Generator().manual_seed(int(config.seed))
@@ -262,6 +263,7 @@ def train_direction(model: HSpaceModel, images: torch.Tensor, clip: CLIPDirectio
                             p_src = predicted_x0(x_src, src.eps, a)
                             x_src = ddim_step(x_src, src.eps, a, a_prev, 0.0)
                             x_edit = ddim_step(x_edit, pred.eps_edited.detach(), a, a_prev, 0.0, eps_direction=pred.eps)
+                        loop.show(p_edit.detach())  # the edit it trains on (P_t of the edited h)
                         edited_image = decode(p_edit)
                         ref = reference if config.clip_reference == "input" else decode(p_src).detach()
                         clip_loss = clip.directional_loss(ref, edited_image, text_dir).mean()

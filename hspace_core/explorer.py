@@ -10,6 +10,7 @@ import torch
 from .adapters.base import HSpaceModel
 from .direction import Direction
 from .processes import run_reverse
+from .progress import offset
 from .settings import EditSchedule
 from .sites import check_same_site, site_of
 
@@ -52,8 +53,7 @@ def explore(model: HSpaceModel, x_T: torch.Tensor, directions: Sequence[Directio
         def shift(h, t, branch, d=d, scale=scale):
             return h + scale.to(h).reshape(-1, *([1] * (h.dim() - 1))) * d.at(h, t)
 
-        done = i * schedule.num_steps
-        report = None if progress is None else (lambda n, total, done=done: progress(done + n, len(pairs) * total))
+        report = offset(progress, i * schedule.num_steps, len(pairs) * schedule.num_steps)
         rows.append(run_reverse(model, x_T.expand(len(strengths), *x_T.shape[1:]), row_schedule, edit=shift,
                                 seed=seed, progress=report, should_stop=should_stop).x0)
     return torch.stack(rows)

@@ -12,7 +12,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .adapters.base import HSpaceModel
-from .ddim import ddim_step
+from .ddim import ddim_step, predicted_x0
 from .devices import wide_dtype
 from .direction import Direction
 from .hmath import fix_signs
@@ -36,7 +36,10 @@ def latent_at(model: HSpaceModel, x_T: torch.Tensor, t: int, num_steps: int, *, 
             if here == target:
                 break
             loop.tick()
-            x = ddim_step(x, model.predict(x, here).eps, model.schedule.alpha_bar(here), model.schedule.alpha_bar(below))
+            eps, a = model.predict(x, here).eps, model.schedule.alpha_bar(here)
+            if loop.wants_x0:
+                loop.show(predicted_x0(x, eps, a))
+            x = ddim_step(x, eps, a, model.schedule.alpha_bar(below))
     return x, target
 
 

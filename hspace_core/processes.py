@@ -1,7 +1,8 @@
 """The library API: invert, capture, edit (Asyrp), inject (DiffStyle), interpolate (Diffusion Autoencoders).
 
 Every process runs one loop, ``run_reverse``: a DDIM reverse process over an explicit ``EditSchedule``
-whose steps in [T, t_edit] may change h.  Loops report through ``progress(done, total)`` and stop when
+whose steps in [T, t_edit] may change h.  Loops report through ``progress(done, total)`` (and the step's x0, P_t, to a callback that takes a third
+argument: ``progress.takes_x0``) and stop when
 ``should_stop()`` is true, raising ``Cancelled``.
 """
 from __future__ import annotations
@@ -14,10 +15,10 @@ from typing import Callable, Sequence
 import torch
 
 from .adapters.base import HEdit, HSpaceModel
-from .ddim import calibrated_x_t, clipped_eps, ddim_inverse_step, ddim_sigma, ddim_step
+from .ddim import calibrated_x_t, clipped_eps, ddim_inverse_step, ddim_sigma, ddim_step, predicted_x0
 from .devices import FiniteWatch, host_ready, step_dtype, to_host
 from .hmath import check_gamma, lerp, mask_to_h_grid, masked_blend, masked_normalized_slerp, normalized_slerp, slerp
-from .progress import Cancelled, ProgressFn, StepLoop, StopFn, check_batch
+from .progress import Cancelled, ProgressFn, StepLoop, StopFn, check_batch, offset
 from .schedules import step_pairs, timestep_grid
 from .sites import check_same_site, site_of
 from .direction import Direction
@@ -86,6 +87,8 @@ def run_reverse(model: HSpaceModel, x_T: torch.Tensor, schedule: EditSchedule, *
         noise = None
         if ddim_sigma(a, a_prev, eta) > 0:
             noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
+        if loop.wants_x0:  # the step's P_t (eq. 4), of the edited prediction where the step is edited
+            loop.show(predicted_x0(x, eps_edited if active else eps, a))
         if not active:
             x = ddim_step(x, eps, a, a_prev, eta, noise)
         elif omega:
@@ -165,6 +168,8 @@ def invert(model: HSpaceModel, x0: torch.Tensor, num_steps: int = 40, *, grid: s
             pred = model.predict(x_next, t_next)
             keep(t_next, pred.h)
             x_next = ddim_inverse_step(x, pred.eps, a_here, a_next)
+        if loop.wants_x0:  # the step's P (the clean input it predicts, DDIM §4.3), from the ε it used
+            loop.show(predicted_x0(x, pred.eps, a_here))
         watch.see(x_next, t_next)
         latents.append(kept(x_next))
         x, last_h = x_next, pred.h
@@ -181,7 +186,7 @@ def invert(model: HSpaceModel, x0: torch.Tensor, num_steps: int = 40, *, grid: s
         return Inversion(x, torch.stack(latents), tuple(grid_desc), trajectory, convention=convention)
     sched = EditSchedule.reconstruction(num_steps, grid, model.schedule.num_train_timesteps)
     recon = run_reverse(model, x, sched, record_h=h_source == "reconstruction", h_storage=h_storage,
-                        progress=lambda d, n: loop.tick())
+                        progress=loop.sub())
     chosen = trajectory if h_source == "inversion" else recon.trajectory
     return Inversion(x, torch.stack(latents), tuple(grid_desc), chosen,
                      ReconstructionReport.compare(x0, recon.x0) if report else None, recon.x0, convention)
@@ -343,19 +348,18 @@ def interpolate(model: HSpaceModel, x_T_a: torch.Tensor, x_T_b: torch.Tensor, nu
     steps, runs = schedule.num_steps, num_frames + (trajectory_a is None) + (trajectory_b is None)
     done = [0]  # steps of the runs before this one: progress counts the captures and every frame's run
 
-    def report(step, _total, *_):
-        if progress is not None:
-            progress(done[0] + step, runs * steps)
+    def report():  # the run that starts now, as part of the whole
+        return offset(progress, done[0], runs * steps)
 
     def run_done():
         done[0] += steps
 
     if trajectory_a is None:
-        trajectory_a = capture(model, x_T_a, steps, grid=grid, h_storage=storage, progress=report,
+        trajectory_a = capture(model, x_T_a, steps, grid=grid, h_storage=storage, progress=report(),
                                should_stop=should_stop)
         run_done()
     if trajectory_b is None:
-        trajectory_b = capture(model, x_T_b, steps, grid=grid, h_storage=storage, progress=report,
+        trajectory_b = capture(model, x_T_b, steps, grid=grid, h_storage=storage, progress=report(),
                                should_stop=should_stop)
         run_done()
     edited = [t for t in schedule.timesteps() if schedule.edits_at(t)]
@@ -373,7 +377,7 @@ def interpolate(model: HSpaceModel, x_T_a: torch.Tensor, x_T_b: torch.Tensor, nu
             return lerp(ha, hb, alpha)
 
         x_T = slerp(x_T_a, x_T_b, alpha)
-        frames.append(run_reverse(model, x_T, schedule, edit=mix, seed=seed, progress=report,
+        frames.append(run_reverse(model, x_T, schedule, edit=mix, seed=seed, progress=report(),
                                   should_stop=should_stop).x0)
         run_done()
     return torch.cat(frames)

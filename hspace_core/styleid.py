@@ -168,7 +168,7 @@ def record_features(model: HSpaceModel, x0: torch.Tensor, num_steps: int, layers
     per_step: dict = {}
     from_inversion = _PerStep(model, access, layers, _recorder(per_step, kinds, storage, lambda t: t in kept))
     loop = StepLoop(num_steps * (2 + refine_iters), progress, should_stop)
-    tick = lambda done, total: loop.tick()
+    tick = loop.sub()
     inv = invert(from_inversion if source == "inversion" else model, x0, num_steps, grid=grid, convention=convention,
                  refine_iters=refine_iters, report=False, h_storage=h_storage, progress=tick)
     if source == "inversion" and max(grid_desc) in kept and max(grid_desc) not in per_step and per_step:

@@ -120,7 +120,7 @@ class TrainAsyrpDirection(HSpaceNode):
             result = run_in_comfy(
                 model, latent["samples"],
                 lambda m, x: train_direction(m, pixels, scorer, source_text, target_text, config, latents=x,
-                                             decode=decode, distance=distance, progress=progress_bar(total)),
+                                             decode=decode, distance=distance, progress=progress_bar(total, model)),
                 positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed, site=site)
         per_epoch = len(result.clip_losses) // max(epochs, 1)
         last = result.clip_losses[-per_epoch:] if per_epoch else [float("nan")]

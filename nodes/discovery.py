@@ -103,7 +103,7 @@ class JacobianDirections(HSpaceNode):
         negative, negative_at = sampling_inputs(x_T, cfg, positive, negative)
 
         def body(m, x):
-            x_t, t_grid = latent_at(m, x, t, steps, progress=progress_bar(steps))
+            x_t, t_grid = latent_at(m, x, t, steps, progress=progress_bar(steps, model))
             return jacobian_directions(m, x_t, t_grid, k, output=output, iterations=iterations,
                                        relative_norm=relative_norm, seed=seed, progress=progress_bar(iterations + 1))
 
@@ -206,7 +206,7 @@ class DirectionExplorer(HSpaceNode):
         check_work("tiles (rows × strengths)", len(rows) * len(values), EXPLORER_TILES,
                    "use fewer directions, t_edit values or strengths")
         negative, negative_at = sampling_inputs(x_T, cfg, positive, negative)
-        progress = progress_bar(steps * len(rows))
+        progress = progress_bar(steps * len(rows), model)
         out = run_in_comfy(model, x_T["samples"],
                            lambda m, x: explore(m, x, chosen, values, schedule, t_edits=t_edits, seed=seed,
                                                           progress=progress),

@@ -57,7 +57,7 @@ class AutoSchedule(HSpaceNode):
             model, latent["samples"],
             lambda m, x: find_t_edit_t_boost(m, x, distance=distance, decode=decode, text_cosine=text_cosine,
                                              edit_threshold=edit_threshold, boost_threshold=boost_threshold,
-                                             num_probes=probes, seed=seed, progress=progress_bar(probes)),
+                                             num_probes=probes, seed=seed, progress=progress_bar(probes, model)),
             positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches)
         return io.NodeOutput(result.t_edit, result.t_boost)
 

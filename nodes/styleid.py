@@ -85,7 +85,7 @@ class StyleIDFeatures(HSpaceNode):
         latent = latent_of(image, vae, latent)
         layers = layers_of(model, attention_layers, custom_layers)
         storage = h_storage_of(h_storage, 0)
-        progress = progress_bar(2 * steps)
+        progress = progress_bar(2 * steps, model)
         inv, features = run_in_comfy(
             model, latent["samples"],
             lambda m, x: record_features(m, x, steps, layers, ROLES[role], source=features_source,
@@ -168,5 +168,5 @@ class StyleIDInject(HSpaceNode):
                                   access=ComfyAttention(m), progress=progress)
 
         out = run_in_comfy(model, content_x_T["samples"],
-                           lambda m, x: sweep(runs, steps, lambda r, p: run(m, x, *r, p)), positive=positive)
+                           lambda m, x: sweep(runs, steps, lambda r, p: run(m, x, *r, p), model), positive=positive)
         return io.NodeOutput(latent_out(model, out), sweep_text(gammas), sweep_text(gamma_hs))
