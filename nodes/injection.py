@@ -70,7 +70,7 @@ class SlerpContentInject(HSpaceNode):
                           per_channel=per_channel, mode=mode, seed=seed, progress=progress)
 
         out = run_in_comfy(
-            model, style_x_T["samples"], lambda m, x: sweep(gammas, steps, lambda g, p: mix(m, x, g, p)),
+            model, style_x_T["samples"], lambda m, x: sweep(gammas, steps, lambda g, p: mix(m, x, g, p), model),
             positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed,
             negative_at=negative_at, site=content.site, rows=2 * style_x_T["samples"].shape[0])  # [x; x] per step
         return io.NodeOutput(latent_out(model, out), sweep_text(gammas))
@@ -147,7 +147,7 @@ class Interpolate(HSpaceNode):
         schedule = EditSchedule(steps, t_edit=t_edit, t_boost=0, clip_x0=1.0 if clip_x0 else None)
         negative, negative_at = sampling_inputs(x_T_a, cfg, positive, negative)  # x_T_b's is the same (base node)
         x_b = latent_x(model, x_T_b)
-        progress = progress_bar(steps * (frames + 2))  # two captures, then a run per frame
+        progress = progress_bar(steps * (frames + 2), model)  # two captures, then a run per frame
         out = run_in_comfy(model, x_T_a["samples"],
                            lambda m, x: interpolate(m, x, x_b.to(x), frames, schedule, progress=progress),
                            positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches,

@@ -69,7 +69,7 @@ class DDIMInversion(HSpaceNode):
             raise ValueError("null_text needs a text-conditioned model; pixel U-Nets take cfg 1 (or 'plain').")
         kw = dict(convention=convention, refine_iters=refine_iters, h_source=h_source,
                   h_storage=h_storage_of(h_storage, keep_h_from_t))
-        progress = progress_bar(steps * (2 + refine_iters))
+        progress = progress_bar(steps * (2 + refine_iters), model)
         inv = run_in_comfy(model, latent["samples"],
                            lambda m, x: invert(m, x, steps, report=method == "plain", progress=progress, **kw),
                            positive=positive, negative=negative if method == "plain" else None,
@@ -94,14 +94,15 @@ def _reconstruct_guided(model, inv, method, positive, negative, cfg, edit_branch
     sched = EditSchedule.reconstruction(len(inv.timesteps))
     if method == "null_text":
         def body(m, x):
-            found = null_text_embeddings(m, inv, progress=progress_bar(len(inv.timesteps)))
-            return found, generate(m.with_negative(found), inv.x_T, sched, progress=progress_bar(len(inv.timesteps)))
+            found = null_text_embeddings(m, inv, progress=progress_bar(len(inv.timesteps), model))
+            progress = progress_bar(len(inv.timesteps), model)
+            return found, generate(m.with_negative(found), inv.x_T, sched, progress=progress)
 
         found, recon = run_in_comfy(model, latent_out(model, inv.x_T)["samples"], body, positive=positive,
                                     negative=negative, cfg=cfg, edit_branches=edit_branches)
         return found, recon
     recon = run_in_comfy(model, latent_out(model, inv.x_T)["samples"],
-                         lambda m, x: generate(m, inv.x_T, sched, progress=progress_bar(len(inv.timesteps))),
+                         lambda m, x: generate(m, inv.x_T, sched, progress=progress_bar(len(inv.timesteps), model)),
                          positive=positive, negative=positive, cfg=cfg, edit_branches=edit_branches)
     return {}, recon
 
@@ -127,7 +128,7 @@ class Capture(HSpaceNode):
 
         def body(m, x):
             sched = EditSchedule.reconstruction(steps)
-            return run_reverse(m, x, sched, record_h=True, h_storage=storage, progress=progress_bar(steps))
+            return run_reverse(m, x, sched, record_h=True, h_storage=storage, progress=progress_bar(steps, model))
 
         result = run_in_comfy(model, x_T["samples"], body, positive=positive, negative=negative, cfg=cfg,
                               edit_branches=edit_branches, negative_at=negative_at, site=site)

@@ -142,10 +142,11 @@ def _check(frames, node, size, at_least=STEPS - 1):
     return got
 
 
-def test_previews_arrive_for_asyrp_edit_and_the_asyrp_sampler(previews_server):
+def test_previews_arrive_for_inversion_asyrp_edit_and_the_asyrp_sampler(previews_server):
     frames, _ = _run_with_previews(previews_server, _sd_prompt())
     size = _contained(WIDTH // 8, HEIGHT // 8)  # the SD latent grid, through latent2rgb's factors
     assert size == (64, 48)
+    _check(frames, "inv", size, at_least=2 * STEPS - 1)  # the inversion's steps, then its reconstruction's
     _check(frames, "edit", size)
     _check(frames, "sample", size)
 
