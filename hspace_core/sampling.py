@@ -20,6 +20,7 @@ DDIM step (η > 0, Asyrp's quality boost) is converted the same way (``ddim_sigm
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -27,6 +28,7 @@ from typing import Callable, Sequence
 import torch
 
 from .ddim import calibrated_x_t, ddim_sigma
+from .settings import EditSchedule
 from .sigmas import alpha_bar_of_sigma, ve_scale, ve_to_vp
 
 # denoise(x, i, edit) -> (D(x | h), D(x | h̃) or None) at sigmas[i]; ``edit`` says whether h is edited this step.
@@ -85,6 +87,18 @@ class SigmaWindow:
 
     def contains(self, sigma: float) -> bool:
         return self.sigma_end <= sigma <= self.sigma_start
+
+
+def schedule_in_window(schedule: EditSchedule, window: SigmaWindow, sigma_of: Callable[[int], float]) -> EditSchedule:
+    """``schedule`` editing at the timesteps of its DDIM grid whose σ_t (``sigma_of(t)``) lies in ``window``: the one
+    rule by which a σ window (a percent window) acts on a loop that works on t.  Its t_edit becomes the lowest of
+    them (what reads "where the edit ends", e.g. a γ ramp); ``made_with`` is the window's."""
+    inside = tuple(t for t in schedule.timesteps() if window.contains(sigma_of(t)))
+    if inside and min(inside) < schedule.t_boost:
+        raise ValueError(f"The edit window {window.made_with} reaches t = {min(inside)}, below the quality boost's "
+                         f"t_boost ({schedule.t_boost}): end the window earlier or start the boost later.")
+    return dataclasses.replace(schedule, t_edit=min(inside, default=schedule.t_edit), edit_timesteps=inside,
+                               made_with=window.made_with)
 
 
 def sample_h_edit(denoise: Denoise, x: torch.Tensor, sigmas: Sequence[float], edits: Sequence[bool], *,

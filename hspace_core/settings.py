@@ -24,6 +24,9 @@ class EditSchedule:
     grid: str = "asyrp"
     num_train_timesteps: int = 1000
     clip_x0: float | None = None
+    # A percent window on this grid (``sampling.schedule_in_window``): the timesteps that edit, replacing t ≥ t_edit.
+    edit_timesteps: tuple[int, ...] | None = None
+    made_with: str = ""  # how the window was given ("t_edit=400", "percent 0.00–0.60"); no effect on the math
 
     def __post_init__(self):
         if self.clip_x0 is not None and not self.clip_x0 > 0:
@@ -57,7 +60,8 @@ class EditSchedule:
         return self.eta_boost if t < self.t_boost else self.eta
 
     def edits_at(self, t: int) -> bool:
-        return t >= self.t_edit
+        """t ≥ t_edit (the paper's window), or t in ``edit_timesteps`` when a percent window set them."""
+        return t >= self.t_edit if self.edit_timesteps is None else t in self.edit_timesteps
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from .comfy.samplers import run_h_edit
 from .layer import (BOOST_SEED_RULE, STRENGTH_RANGE, STRENGTHS, CATEGORY, Boost, DirectionType, HSpaceNode, Trajectory,
                     advanced, allow_other_model_input, conditioning_inputs, edit_schedule, model_input, sampling_inputs,
                     seed_input, seed_of, steps_input, sweep, sweep_text, t_edit_input, values_input, values_of,
-                    x_T_input)
+                    window_inputs, x_T_input)
 
 
 class AsyrpEdit(HSpaceNode):
@@ -36,6 +36,7 @@ class AsyrpEdit(HSpaceNode):
                 seed_input("Seed for the stochastic (quality boost) steps. " + BOOST_SEED_RULE),
                 allow_other_model_input(),
                 *conditioning_inputs(),
+                *window_inputs(),
             ],
             outputs=[io.Latent.Output("latent", tooltip="Edited latent(s): batch × strengths, strength-major."),
                      io.String.Output("sweep", tooltip="The strengths run, in batch order: connect to Label Sweep "
@@ -44,9 +45,10 @@ class AsyrpEdit(HSpaceNode):
 
     @classmethod
     def execute(cls, model, x_T, direction, strength, steps, t_edit, seed, cfg, edit_branches, strength_sweep="",
-                boost=None, allow_other_model=False, positive=None, negative=None) -> io.NodeOutput:
+                boost=None, allow_other_model=False, positive=None, negative=None, window="t_edit",
+                start_percent=0.0, end_percent=0.6) -> io.NodeOutput:
         strengths = values_of(strength_sweep, "strength_sweep", STRENGTHS) or [strength]
-        schedule = edit_schedule(steps, t_edit, boost)
+        schedule = edit_schedule(steps, t_edit, boost, model, window, start_percent, end_percent)
         seed = seed_of(seed, boost)
         negative, negative_at = sampling_inputs(x_T, cfg, positive, negative)
 

@@ -13,30 +13,13 @@ from ..hspace_core.sites import check_same_site
 from .comfy.model import latent_out
 from .comfy.origin import XTOrigin
 from .comfy.patches import patched_with_h_shift
-from .comfy.samplers import InversionRecord, h_edit_sampler, inversion_sampler, window_of
+from .comfy.samplers import InversionRecord, h_edit_sampler, inversion_sampler
 from .layer import (BOOST_SEED_RULE, OTHER_MODEL_HINT, STRENGTH_RANGE, CATEGORY, Boost, DirectionType, HSpaceNode,
-                    Trajectory, advanced, allow_other_model_input, gamma_end_of, latent_x, mixing_inputs, model_input,
-                    seed_input, seed_of, site_input, with_origin)
+                    Trajectory, advanced, allow_other_model_input, edit_window, gamma_end_of, latent_x, mixing_inputs,
+                    model_input, node_name, sampler_window_inputs, seed_input, seed_of, site_input, with_origin)
 
 SAMPLERS = f"{CATEGORY}/samplers"
-WINDOWS = ["t_edit", "percent"]
 Record = io.Custom("HSPACE_INVERSION_RECORD")
-
-
-def window_inputs(end_default: float = 0.6):
-    """The edit window: the paper's t ≥ t_edit, or core's start/end percent of the schedule."""
-    return [
-        io.Combo.Input("window", options=WINDOWS, default="t_edit",
-                       tooltip="How the edit window is given: 't_edit' (the paper's timestep, edits for t ≥ t_edit, "
-                               "on the model's 1000-step table) or 'percent' (start/end percent of the schedule, as "
-                               "ControlNet and IPAdapter gate: meaningful on any scheduler)."),
-        io.Int.Input("t_edit", default=400, min=0, max=999,
-                     tooltip="window = t_edit: h is changed for t ≥ t_edit (larger = stronger, coarser changes)."),
-        io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
-                       tooltip="window = percent: where the edit starts (0 = the first, noisiest step)."),
-        io.Float.Input("end_percent", default=end_default, min=0.0, max=1.0, step=0.01,
-                       tooltip="window = percent: where the edit ends (1 = the last step)."),
-    ]
 
 
 def edit_branches_input():
@@ -45,8 +28,8 @@ def edit_branches_input():
                                            "the negative's, or both (other guiders' extra conds count as uncond)."))
 
 
-def _window_for(window, t_edit, start_percent, end_percent):
-    return lambda patcher: window_of(patcher, window, t_edit, start_percent, end_percent)
+def _window_for(node, window, t_edit, start_percent, end_percent):
+    return lambda patcher: edit_window(node, patcher, window, t_edit, start_percent, end_percent)
 
 
 class AsyrpSampler(HSpaceNode):
@@ -62,7 +45,7 @@ class AsyrpSampler(HSpaceNode):
                 DirectionType.Input("direction", tooltip="An h-space direction (from examples, combined or loaded)."),
                 io.Float.Input("strength", default=1.0, min=STRENGTH_RANGE[0], max=STRENGTH_RANGE[1], step=0.05,
                                tooltip="How far to move along the direction; 0 is the plain Euler / DDIM sampler."),
-                *window_inputs(),
+                *sampler_window_inputs(),
                 Boost.Input("boost", optional=True, tooltip="H-Space Quality Boost: stochastic steps below t_boost. "
                                                             + BOOST_SEED_RULE),
                 seed_input("Seed for the quality boost's noise. " + BOOST_SEED_RULE),
@@ -84,7 +67,7 @@ class AsyrpSampler(HSpaceNode):
                 return None  # exactly the plain sampler, as H-Space Asyrp Edit at strength 0 is the reconstruction
             return combine_directions([direction], [strength * direction.step_scale(num_steps)])
 
-        windowed = _window_for(window, t_edit, start_percent, end_percent)
+        windowed = _window_for(node_name(cls.define_schema()), window, t_edit, start_percent, end_percent)
         return io.NodeOutput(h_edit_sampler("H-Space Asyrp Sampler", edit_for, windowed, edit_branches=edit_branches,
                                             site=direction.site, boost=boost, seed=seed_of(seed, boost)))
 
@@ -122,7 +105,7 @@ class ContentInjectionSampler(HSpaceNode):
                                         tooltip="γ at the window's end (linear in t in between); −1 keeps γ constant.")),
                 advanced(io.Int.Input("stride", default=1, min=1, max=50,
                                       tooltip="Inject at every k-th step of the window only.")),
-                *window_inputs(),
+                *sampler_window_inputs(),
                 *mixing_inputs(),
                 seed_input("Seed for the quality boost's noise. " + BOOST_SEED_RULE),
                 edit_branches_input(),
@@ -134,7 +117,7 @@ class ContentInjectionSampler(HSpaceNode):
     def execute(cls, content, gamma, gamma_end, stride, window, t_edit, start_percent, end_percent, mode, per_channel,
                 seed, edit_branches="cond", mask=None, calibration=None, boost=None) -> io.NodeOutput:
         end = gamma_end_of(gamma, gamma_end)
-        windowed = _window_for(window, t_edit, start_percent, end_percent)
+        windowed = _window_for(node_name(cls.define_schema()), window, t_edit, start_percent, end_percent)
 
         def edit_for(num_steps, hs):
             t_end = t_edit if window == "t_edit" else hs.schedule.timestep_of_sigma(max(windowed(hs.model_patcher).sigma_end, 1e-6))
@@ -231,5 +214,5 @@ class HShiftPatch(HSpaceNode):
     @classmethod
     def execute(cls, model, direction, strength, start_percent, end_percent, edit_branches="cond",
                 allow_other_model=False) -> io.NodeOutput:
-        window = window_of(model, "percent", 0, start_percent, end_percent)
+        window = edit_window(node_name(cls.define_schema()), model, "percent", 0, start_percent, end_percent)
         return io.NodeOutput(patched_with_h_shift(model, direction, strength, window, edit_branches))

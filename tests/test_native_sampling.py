@@ -44,6 +44,7 @@ def test_the_sampler_loop_gives_todays_asyrp_edit(pack, samplers, cfg, boost):
 def test_the_h_shift_patch_is_the_edit_inside_its_window_only(pack, samplers, edit_branches):
     comfy_model, _ = pack
     import hspace_pack.nodes.comfy.patches as patches
+    from hspace_pack.nodes.layer.schema import edit_window
 
     positive, negative = conditioning()
     x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(6))
@@ -52,7 +53,7 @@ def test_the_h_shift_patch_is_the_edit_inside_its_window_only(pack, samplers, ed
     with torch.inference_mode():
         comfy_model.run_in_comfy(model, x, lambda m, _: h.setdefault("h", m.predict(x, 500).h), positive=positive)
     direction = Direction("global", torch.randn(h["h"].shape[1:], generator=torch.Generator().manual_seed(7)))
-    window = samplers.window_of(model, "percent", 0, 0.0, 0.6)
+    window = edit_window("test", model, "percent", 0, 0.0, 0.6)
     patched = patches.patched_with_h_shift(model, direction, 1.5, window, edit_branches)
     shift = combine_directions([direction], [1.5])
 

@@ -14,24 +14,12 @@ import torch
 
 import comfy.samplers
 
-from ...hspace_core.sampling import SigmaWindow, invert_sigmas, sample_h_edit
+from ...hspace_core.sampling import invert_sigmas, sample_h_edit
 from ...hspace_core.sigmas import ve_scale
 from .model import ComfyHSpaceModel
 
 log = logging.getLogger("hspace")
 CLEAN = 1e-3  # a first sigma below this only marks the clean input (FlipSigmas puts 1e-4 where 0 was)
-
-
-def window_of(model_patcher, mode: str, t_edit: int, start_percent: float, end_percent: float) -> SigmaWindow:
-    """The edit window in σ: the paper's t ≥ t_edit (σ ≥ σ_{t_edit} of the model's table), or core's start/end
-    percent of the schedule (``model_sampling.percent_to_sigma``, as IPAdapter and ControlNet gate)."""
-    ms = model_patcher.get_model_object("model_sampling")
-    if mode == "t_edit":
-        return SigmaWindow(float("inf"), float(ms.sigmas[int(t_edit)]), f"t_edit={int(t_edit)}")
-    if not 0 <= start_percent <= end_percent <= 1:
-        raise ValueError(f"start_percent ({start_percent}) must be ≤ end_percent ({end_percent}), both in [0, 1].")
-    return SigmaWindow(float(ms.percent_to_sigma(start_percent)), float(ms.percent_to_sigma(end_percent)),
-                       f"percent {start_percent:.2f}–{end_percent:.2f}")
 
 
 def timesteps_of(model_patcher, sigmas: list[float]) -> list[int]:

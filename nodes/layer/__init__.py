@@ -8,9 +8,9 @@ from .images import decode, encode, encoded_pixels, latent_of, latent_x, lpips_b
 from .node import OTHER_MODEL_HINT, HSpaceNode, node_name
 from .origin import ORIGIN_KEY, origin_of, sampling_inputs, with_origin
 from .schema import (BOOST_SEED_RULE, CATEGORY, DEFAULT_H_STORAGE, EXPLORER_STRENGTHS, GAMMAS, GRID_ROWS,
-                     GRID_VALUES, H_STORAGES, PREFIX, STRENGTH_RANGE, STRENGTHS, T_EDITS, Boost, Calibration,
-                     DirectionSet, DirectionType, Trajectory, advanced, allow_other_model_input, conditioning_inputs,
-                     edit_schedule, gamma_end_of, h_storage_inputs, h_storage_of, mixing_inputs, model_input,
-                     seed_input, seed_of, site_input, steps_input, sweep_text, t_edit_input, values_input, values_of,
-                     x_T_input)
+                     GRID_VALUES, H_STORAGES, PREFIX, STRENGTH_RANGE, STRENGTHS, T_EDITS, WINDOWS, Boost, Calibration,
+                     DirectionSet, DirectionType, Trajectory, advanced, allow_other_model_input, check_window,
+                     conditioning_inputs, edit_schedule, edit_window, gamma_end_of, h_storage_inputs, h_storage_of,
+                     mixing_inputs, model_input, sampler_window_inputs, seed_input, seed_of, site_input, steps_input,
+                     sweep_text, t_edit_input, values_input, values_of, window_inputs, x_T_input)
 from .runs import sweep

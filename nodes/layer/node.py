@@ -28,7 +28,7 @@ from ...hspace_core.sites import DEFAULT_SITE, site_of
 from ..comfy.model import check_has_h_space, model_fingerprint, site_block
 from .checks import widget_problem
 from .origin import check_same_guidance, check_x_T_grid, check_x_T_model
-from .schema import DirectionSet, DirectionType, Trajectory, is_x_T
+from .schema import DirectionSet, DirectionType, Trajectory, check_window, is_x_T
 
 log = logging.getLogger("hspace")
 
@@ -84,6 +84,7 @@ def check_node_inputs(schema, inputs: dict) -> None:
             problem = widget_problem(spec, value)
             if problem is not None:
                 raise ValueError(problem)
+    check_window(inputs)
     x_Ts = {name: inputs[name] for name, spec in specs.items() if is_x_T(spec) and inputs.get(name) is not None}
     h_objects = {name: inputs[name] for name, spec in specs.items()
                  if isinstance(spec, H_OBJECTS) and inputs.get(name) is not None}

@@ -1,5 +1,5 @@
-"""Schema helpers: the pack's custom types and the inputs many nodes share (model, conditioning, steps, site, t_edit,
-h storage, seed, x_T, lists of values).  What a helper marks here (an x_T, a list's bounds) the base node checks."""
+"""Schema helpers: the pack's custom types and the inputs many nodes share (model, conditioning, steps, site, t_edit
+and the edit window, h storage, seed, x_T, lists of values).  What a helper marks here (an x_T, a list's bounds) the base node checks."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,6 +8,7 @@ import logging
 from comfy_api.latest import io
 
 from ...hspace_core import EditSchedule, HStorage
+from ...hspace_core.sampling import SigmaWindow, schedule_in_window
 from ...hspace_core.sites import DEFAULT_SITE, SITES
 from .checks import ValueList, check_option, parse_list
 
@@ -123,6 +124,69 @@ def t_edit_input(default: int = 400):
                         tooltip="h is changed for t ≥ t_edit. Earlier (larger) t_edit gives stronger, coarser changes.")
 
 
+WINDOWS = ["t_edit", "percent"]
+_WINDOW_TIP = ("How the edit window is given: 't_edit' (the paper's timestep, edits for t ≥ t_edit, on the model's "
+               "1000-step table) or 'percent' (start/end percent of the schedule, as ControlNet and IPAdapter gate: "
+               "meaningful on any scheduler).")
+
+
+def _percent_inputs(end_default: float, optional: bool):
+    return [io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01, optional=optional,
+                           tooltip="window = percent: where the edit starts (0 = the first, noisiest step)."),
+            io.Float.Input("end_percent", default=end_default, min=0.0, max=1.0, step=0.01, optional=optional,
+                           tooltip="window = percent: where the edit ends (1 = the last step).")]
+
+
+def sampler_window_inputs(end_default: float = 0.6):
+    """The SAMPLER nodes' edit window, in this order: window, t_edit, start_percent, end_percent."""
+    return [io.Combo.Input("window", options=WINDOWS, default="t_edit", tooltip=_WINDOW_TIP),
+            io.Int.Input("t_edit", default=400, min=0, max=999,
+                         tooltip="window = t_edit: h is changed for t ≥ t_edit (larger = stronger, coarser changes)."),
+            *_percent_inputs(end_default, optional=False)]
+
+
+def window_inputs(end_default: float = 0.6, grid_note: str = ""):
+    """The edit window for a node that has its t_edit widget already: window (default 't_edit', so saved workflows
+    and their images are unchanged), start_percent, end_percent; advanced, optional, for the END of its inputs.  On a
+    DDIM grid a percent window edits the grid timesteps whose σ lies in it (``edit_schedule``)."""
+    note = grid_note or " On this node's DDIM grid: the steps whose σ lies in [σ(end_percent), σ(start_percent)]."
+    return [advanced(io.Combo.Input("window", options=WINDOWS, default="t_edit", optional=True,
+                                    tooltip=_WINDOW_TIP + note)),
+            *(advanced(w) for w in _percent_inputs(end_default, optional=True))]
+
+
+def check_window(inputs: dict) -> None:
+    """A percent window runs from start_percent to end_percent (checked for every node before it runs)."""
+    if inputs.get("window") != "percent":
+        return
+    start, end = inputs.get("start_percent", 0.0), inputs.get("end_percent", 0.6)
+    if start > end:
+        raise ValueError(f"start_percent ({start}) is after end_percent ({end}); the window runs from start_percent "
+                         "to end_percent: lower start_percent or raise end_percent.")
+
+
+def edit_window(node: str, model_patcher, window: str = "t_edit", t_edit: int = 400, start_percent: float = 0.0,
+                end_percent: float = 0.6) -> SigmaWindow:
+    """The edit window in σ, the one resolver of every node's window widgets: the paper's t ≥ t_edit (σ ≥ σ_{t_edit}
+    of the model's table), or core's start/end percent of the schedule (``model_sampling.percent_to_sigma``, as
+    IPAdapter and ControlNet gate).  ``made_with`` says which ("t_edit=400", "percent 0.00–0.60")."""
+    check_option("window", window, WINDOWS)
+    ms = model_patcher.get_model_object("model_sampling")
+    if window == "t_edit":
+        if not 0 <= int(t_edit) < len(ms.sigmas):
+            raise ValueError(f"{node}: t_edit ({t_edit}) must be a timestep in [0, {len(ms.sigmas) - 1}].")
+        return SigmaWindow(float("inf"), float(ms.sigmas[int(t_edit)]), f"t_edit={int(t_edit)}")
+    for name, v in (("start_percent", start_percent), ("end_percent", end_percent)):
+        if not 0 <= v <= 1:
+            raise ValueError(f"{node}: {name} ({v}) must be in [0, 1].")
+    try:
+        check_window({"window": window, "start_percent": start_percent, "end_percent": end_percent})
+    except ValueError as error:
+        raise ValueError(f"{node}: {error}") from None
+    return SigmaWindow(float(ms.percent_to_sigma(start_percent)), float(ms.percent_to_sigma(end_percent)),
+                       f"percent {start_percent:.2f}–{end_percent:.2f}")
+
+
 H_STORAGES = {"model's precision on CPU": HStorage("model", "cpu"), "model's precision on the model's device":
               HStorage("model", "model"),
               "float32 on CPU": HStorage("float32", "cpu"), "float16 on CPU": HStorage("float16", "cpu"),
@@ -154,14 +218,29 @@ def seed_input(tooltip: str = "Seed for the stochastic (quality boost) steps."):
     return io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip=tooltip)
 
 
-def edit_schedule(steps: int, t_edit: int, boost) -> EditSchedule:
-    """The node's schedule, with the H-Space Quality Boost's t_boost and η when one is connected."""
-    if boost is None:
-        return EditSchedule(steps, t_edit=t_edit, t_boost=0)
-    if t_edit < boost.t_boost:
-        raise ValueError(f"t_edit ({t_edit}) is below the H-Space Quality Boost's t_boost ({boost.t_boost}): raise t_edit on "
-                         "this node or lower t_boost on the H-Space Quality Boost node.")
-    return EditSchedule(steps, t_edit=t_edit, t_boost=boost.t_boost, eta_boost=boost.eta)
+def edit_schedule(steps: int, t_edit: int, boost, model_patcher=None, window: str = "t_edit",
+                  start_percent: float = 0.0, end_percent: float = 0.6, node: str = "") -> EditSchedule:
+    """The node's schedule, with the H-Space Quality Boost's t_boost and η when one is connected, and its edit window:
+    window = 't_edit' edits t ≥ t_edit as the paper does (the record ``made_with`` aside, today's schedule, so results
+    are bit-identical); 'percent' edits the grid timesteps whose σ lies in the window (``sampling.schedule_in_window``:
+    one rule for every node whose loop runs on the DDIM grid)."""
+    t_boost, eta = (0, 1.0) if boost is None else (boost.t_boost, boost.eta)
+    if window == "t_edit" or model_patcher is None:
+        if boost is not None and t_edit < t_boost:
+            raise ValueError(f"t_edit ({t_edit}) is below the H-Space Quality Boost's t_boost ({t_boost}): raise t_edit "
+                             "on this node or lower t_boost on the H-Space Quality Boost node.")
+        schedule = EditSchedule(steps, t_edit=t_edit, t_boost=t_boost, eta_boost=eta, made_with=f"t_edit={t_edit}")
+        if model_patcher is not None:
+            edit_window(node, model_patcher, window, t_edit)  # the widget's checks
+        return schedule
+    span = edit_window(node, model_patcher, window, t_edit, start_percent, end_percent)
+    schedule = EditSchedule(steps, t_edit=max(t_edit, t_boost), t_boost=t_boost, eta_boost=eta)
+    table = model_patcher.get_model_object("model_sampling").sigmas.detach().float().cpu().tolist()
+    windowed = schedule_in_window(schedule, span, lambda t: table[t])
+    if not windowed.edit_timesteps:
+        raise ValueError(f"no step of the {steps}-step grid lies in the window {span.made_with}: widen start_percent / "
+                         "end_percent or use more steps.")
+    return windowed
 
 
 def gamma_end_of(gamma: float, gamma_end: float) -> float:

@@ -1,0 +1,130 @@
+"""Edit windows as the paper's t_edit or core's start/end percent (``nodes/layer/schema.py``): a percent window edits
+exactly the grid steps whose σ lies in it, the t_edit default is bit-identical to the t_edit path, and a window
+whose start is after its end is refused by every node that has one, naming the node and the widget."""
+import pytest
+import torch
+
+from hspace_core import Direction, EditSchedule, combine_directions
+from hspace_core.sampling import SigmaWindow, schedule_in_window
+
+from test_comfy_one_call import conditioning, tiny_sd
+from test_node_layer import Untouchable, _good_value
+
+
+@pytest.fixture(scope="module")
+def layer(pack):
+    import hspace_pack.nodes as nodes
+    from comfy_api.latest import io
+
+    return nodes, io
+
+
+def test_schedule_in_window_edits_the_grid_timesteps_whose_sigma_is_inside():
+    schedule = EditSchedule(10, t_edit=400)
+    sigma = {t: float(t) for t in range(1000)}.__getitem__  # any increasing σ_t
+    windowed = schedule_in_window(schedule, SigmaWindow(700.0, 300.0, "percent x"), sigma)
+    grid = schedule.timesteps()
+    assert windowed.edit_timesteps == tuple(t for t in grid if 300 <= t <= 700) != ()
+    assert [t for t in grid if windowed.edits_at(t)] == list(windowed.edit_timesteps)
+    assert windowed.t_edit == min(windowed.edit_timesteps) and windowed.made_with == "percent x"
+    with pytest.raises(ValueError, match="t_boost"):  # an edit reaching into the boost's steps
+        schedule_in_window(EditSchedule(10, t_edit=400, t_boost=500), SigmaWindow(700.0, 300.0), sigma)
+
+
+def edited_steps(monkeypatch, pack):
+    """A hook on the pack's h-space model: (timestep, edited?) of every prediction a node's loop asks for."""
+    from hspace_pack.nodes.comfy.model import ComfyHSpaceModel
+
+    seen, inner = [], ComfyHSpaceModel.denoised
+
+    def denoised(self, x, sigma, t, edit=None):
+        seen.append((t, edit is not None))
+        return inner(self, x, sigma, t, edit)
+
+    monkeypatch.setattr(ComfyHSpaceModel, "denoised", denoised)
+    return seen
+
+
+def _asyrp_edit(nodes, model, x_T, direction, **window):
+    positive, _ = conditioning()
+    return nodes.editing.AsyrpEdit.execute(model=model, x_T={"samples": x_T}, direction=direction, strength=2.0,
+                                           steps=8, t_edit=400, seed=3, cfg=1.0, edit_branches="cond",
+                                           positive=positive, **window).result[0]["samples"]
+
+
+def _direction(comfy_model, model, x_T):
+    positive, _ = conditioning()
+    with torch.inference_mode():
+        h = comfy_model.run_in_comfy(model, x_T, lambda m, x: m.predict(x, 500).h, positive=positive)
+    return Direction("global", torch.randn(h.shape[1:], generator=torch.Generator().manual_seed(5)))
+
+
+@pytest.mark.parametrize("start, end", [(0.0, 0.6), (0.3, 0.8), (0.4, 0.6)])
+def test_asyrp_edit_with_a_percent_window_edits_exactly_the_grid_steps_inside(pack, layer, monkeypatch, start, end):
+    nodes, _ = layer
+    comfy_model, _ = pack
+    model = tiny_sd()
+    x_T = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(4))
+    direction = _direction(comfy_model, model, x_T)
+    ms = model.get_model_object("model_sampling")
+    lo, hi = float(ms.percent_to_sigma(end)), float(ms.percent_to_sigma(start))
+    grid = EditSchedule(8).timesteps()
+    seen = edited_steps(monkeypatch, pack)
+    with torch.inference_mode():
+        _asyrp_edit(nodes, model, x_T, direction, window="percent", start_percent=start, end_percent=end)
+    assert seen == [(t, lo <= float(ms.sigmas[t]) <= hi) for t in grid] and any(e for _, e in seen), seen
+
+
+def test_asyrp_edit_t_edit_default_is_bit_identical_to_the_t_edit_path(pack, layer):
+    nodes, _ = layer
+    comfy_model, _ = pack
+    model = tiny_sd()
+    x_T = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(4))
+    direction = _direction(comfy_model, model, x_T)
+    positive, _ = conditioning()
+    with torch.inference_mode():
+        default = _asyrp_edit(nodes, model, x_T, direction)
+        said = _asyrp_edit(nodes, model, x_T, direction, window="t_edit", start_percent=0.9, end_percent=1.0)
+        today = comfy_model.run_in_comfy(
+            model, x_T, lambda m, x: nodes.comfy.samplers.run_h_edit(
+                m, x, combine_directions([direction], [2.0 * direction.step_scale(8)]), EditSchedule(8, t_edit=400),
+                seed=3), positive=positive, rows=2)
+        # a percent window holding the same grid steps as t ≥ 400 gives the same image, bit for bit
+        ms = model.get_model_object("model_sampling")
+        grid = EditSchedule(8).timesteps()
+        lowest = min(t for t in grid if t >= 400)
+        end = next(p / 1000 for p in range(1001) if float(ms.percent_to_sigma(p / 1000)) <= float(ms.sigmas[lowest]))
+        same = _asyrp_edit(nodes, model, x_T, direction, window="percent", start_percent=0.0, end_percent=end)
+    assert torch.equal(default, said)
+    assert torch.equal(default, nodes.comfy.model.latent_out(model, today)["samples"])
+    assert torch.equal(default, same)
+
+
+def test_every_node_with_a_window_refuses_start_after_end_by_name(layer):
+    nodes, io = layer
+    checked = []
+    for node in nodes.NODES:
+        schema = node.define_schema()
+        ids = {s.id for s in schema.inputs}
+        if not {"window", "start_percent", "end_percent"} <= ids:
+            continue
+        inputs = {s.id: _good_value(s, io) if isinstance(s, io.WidgetInput) else Untouchable() for s in schema.inputs
+                  if not s.optional or isinstance(s, io.WidgetInput)}
+        inputs = {k: v for k, v in inputs.items() if v is not None}
+        inputs.update(window="percent", start_percent=0.8, end_percent=0.2)
+        with pytest.raises(ValueError) as caught:
+            node.execute(**inputs)
+        message = str(caught.value)
+        assert message.startswith(f"{schema.display_name}: ") and "start_percent" in message, message
+        checked.append(schema.node_id)
+    assert {"HSpaceAsyrpEdit", "HSpaceAsyrpSampler", "HSpaceContentInjectionSampler"} <= set(checked), checked
+
+
+def test_a_percent_window_holding_no_grid_step_is_refused_by_name(pack, layer):
+    nodes, _ = layer
+    model = tiny_sd()
+    x_T = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(4))
+    with pytest.raises(ValueError, match="^H-Space Asyrp Edit: no step of the 8-step grid lies in the window percent "
+                                         "0.50–0.50: widen start_percent / end_percent"):
+        _asyrp_edit(nodes, model, x_T, Direction("global", torch.zeros(8, 2, 2)), window="percent", start_percent=0.5,
+                    end_percent=0.5)
