@@ -13,7 +13,7 @@ from comfy_api.latest import io
 from ..hspace_core.adapters.base import autograd_ready
 from ..hspace_core.clip_directions import DirectionTraining, load_open_clip, train_direction
 from ..hspace_core import load_official_asyrp
-from .comfy.model import progress_bar, run_in_comfy, time_embedding_of
+from .comfy.model import progress_bar, rows_run, run_in_comfy, time_embedding_of
 from .layer import (CATEGORY, DirectionType, HSpaceNode, advanced, conditioning_inputs, encode, list_files,
                     lpips_by_name, model_input, resolve, seed_input, site_input, steps_input, stored_file_state)
 
@@ -121,7 +121,8 @@ class TrainAsyrpDirection(HSpaceNode):
                 model, latent["samples"],
                 lambda m, x: train_direction(m, pixels, scorer, source_text, target_text, config, latents=x,
                                              decode=decode, distance=distance, progress=progress_bar(total, model)),
-                positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed, site=site)
+                positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed, site=site,
+                rows=rows_run(model, min(batch_size, latent["samples"].shape[0]), edited=True))  # a batch's [x; x]
         per_epoch = len(result.clip_losses) // max(epochs, 1)
         last = result.clip_losses[-per_epoch:] if per_epoch else [float("nan")]
         return io.NodeOutput(result.direction, result.t_edit, float(sum(last) / len(last)))

@@ -7,7 +7,7 @@ from ..hspace_core import (NORMALISATIONS, PROBE_METHODS, EditSchedule, explore,
                            orthogonalise, pca_directions, probe_direction, rescale_like)
 from ..hspace_core.sites import common_site
 from .comfy import grids
-from .comfy.model import latent_out, progress_bar, run_in_comfy
+from .comfy.model import latent_out, progress_bar, rows_run, run_in_comfy
 from .layer import (CATEGORY, EXPLORER_STRENGTHS, T_EDITS, DirectionSet, DirectionType, HSpaceNode, Trajectory,
                     advanced, allow_other_model_input, check_work, conditioning_inputs, decode, model_input,
                     sampling_inputs, seed_input, site_input, steps_input, t_edit_input, values_input, values_of,
@@ -109,7 +109,7 @@ class JacobianDirections(HSpaceNode):
 
         directions = run_in_comfy(model, x_T["samples"], body, positive=positive, negative=negative, cfg=cfg,
                                   edit_branches=edit_branches, negative_at=negative_at, site=site,
-                                  rows=(k + 2) * x_T["samples"].shape[0])  # k + oversample probe rows
+                                  rows=rows_run(model, x_T["samples"].shape[0], copies=k + 2))  # k + oversample probe rows
         return _pick(directions, component, "singular_value")
 
 
@@ -212,7 +212,7 @@ class DirectionExplorer(HSpaceNode):
                                                           progress=progress),
                            positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed,
                            negative_at=negative_at, site=common_site(chosen, "directions"),
-                           rows=2 * len(values) * x_T["samples"].shape[0])  # one row per strength, [x; x]
+                           rows=rows_run(model, x_T["samples"].shape[0], copies=len(values), edited=True))
         images = decode(vae, latent_out(model, out.flatten(0, 1)))
         tiles = images.reshape(len(rows), len(values), *images.shape[1:])[..., :3]
         labels = [label for _, _, label in rows]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..hspace_core import Direction, combine as combine_linear, combine_directions, direction_from_examples
-from .comfy.model import latent_out, run_in_comfy
+from .comfy.model import latent_out, rows_run, run_in_comfy
 from .comfy.samplers import run_h_edit
 from .layer import (BOOST_SEED_RULE, STRENGTH_RANGE, STRENGTHS, CATEGORY, Boost, DirectionType, HSpaceNode, Trajectory,
                     advanced, allow_other_model_input, conditioning_inputs, edit_schedule, model_input, sampling_inputs,
@@ -61,7 +61,7 @@ class AsyrpEdit(HSpaceNode):
                            lambda m, x: sweep(strengths, steps, lambda s, p: run(m, x, s, p), model),
                            positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed,
                            negative_at=negative_at, site=direction.site,
-                           rows=2 * x_T["samples"].shape[0])  # the one-call [x; x] of an edited step
+                           rows=rows_run(model, x_T["samples"].shape[0], edited=True))
         return io.NodeOutput(latent_out(model, out), sweep_text(strengths))
 
 

@@ -5,7 +5,7 @@ from comfy_api.latest import io
 
 from ..hspace_core import (EditSchedule, BoostSettings, StyleCalibration, gamma_ramp, inject,
                            interpolate)
-from .comfy.model import is_pixel_unet, latent_out, progress_bar, run_in_comfy
+from .comfy.model import is_pixel_unet, latent_out, progress_bar, rows_run, run_in_comfy
 from .layer import (BOOST_SEED_RULE, CATEGORY, GAMMAS, Boost, Calibration, HSpaceNode, Trajectory, advanced,
                     conditioning_inputs, edit_schedule, gamma_end_of, latent_x, mixing_inputs, model_input,
                     sampling_inputs, seed_input, seed_of, steps_input, sweep, sweep_text, t_edit_input, values_input,
@@ -72,7 +72,7 @@ class SlerpContentInject(HSpaceNode):
         out = run_in_comfy(
             model, style_x_T["samples"], lambda m, x: sweep(gammas, steps, lambda g, p: mix(m, x, g, p), model),
             positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed,
-            negative_at=negative_at, site=content.site, rows=2 * style_x_T["samples"].shape[0])  # [x; x] per step
+            negative_at=negative_at, site=content.site, rows=rows_run(model, style_x_T["samples"].shape[0], edited=True))
         return io.NodeOutput(latent_out(model, out), sweep_text(gammas))
 
 
@@ -151,5 +151,5 @@ class Interpolate(HSpaceNode):
         out = run_in_comfy(model, x_T_a["samples"],
                            lambda m, x: interpolate(m, x, x_b.to(x), frames, schedule, progress=progress),
                            positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches,
-                           negative_at=negative_at)
+                           negative_at=negative_at, rows=rows_run(model, x_T_a["samples"].shape[0], edited=True))
         return io.NodeOutput(latent_out(model, out))

@@ -4,7 +4,8 @@ Each sampler function has k-diffusion's signature ``(model, x, sigmas, extra_arg
 is whatever guider SamplerCustomAdvanced was given (CFGGuider, DualCFGGuider, PerpNegGuider, …) and ``sigmas``
 whatever scheduler made.  The h patch (and the one-call [x; x] batch of ``edit_batch``) goes into a per-call copy of
 ``model_options``, so every guider pass sees it; the loops are ``hspace_core.sampling``'s.  ComfyUI's ``callback``
-gets every step (latent previews, progress, Cancel).
+gets every step (latent previews, progress, Cancel).  The guider reserved memory for the latent's rows; before its
+first step each sampler reserves for the rows it really runs (``model.rows_run``, ``model.reserve_rows``).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import comfy.samplers
 
 from ...hspace_core.sampling import invert_sigmas, sample_h_edit
 from ...hspace_core.sigmas import ve_scale
-from .model import ComfyHSpaceModel
+from .model import ComfyHSpaceModel, reserve_rows, rows_run
 
 log = logging.getLogger("hspace")
 CLEAN = 1e-3  # a first sigma below this only marks the clean input (FlipSigmas puts 1e-4 where 0 was)
@@ -91,6 +92,7 @@ def h_edit_sampler(node: str, edit_for, window_for, *, edit_branches: str, site:
         edit = edit_for(len(host) - 1, hs)
         if edit is None:
             edits = [False] * len(edits)
+        reserve_rows(model.inner_model, rows_run(patcher, x.shape[0], edited=any(edits)), x.shape)
 
         def denoise(x_i, i, edit_now):
             plain, _, edited = hs.denoised(x_i, sigmas[i], ts[min(i, len(ts) - 1)], edit if edit_now else None)
@@ -148,6 +150,7 @@ def inversion_sampler(node: str, *, refine_iters: int, site: str, record: Invers
         ts = timesteps_of(model_patcher, host if not clean else host[1:])
         offset = 1 if clean else 0
         hs = ComfyHSpaceModel.for_guider(model, extra_args, model_patcher, "both", site)
+        reserve_rows(model.inner_model, rows_run(model_patcher, x.shape[0]), x.shape)  # the latent's: a no-op today
         h_at = {}
 
         def denoise(x_k, k):
