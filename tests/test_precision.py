@@ -160,6 +160,8 @@ def test_the_processes_run_in_half_precision_close_to_float32(dtype, float32_lan
         assert torch.isfinite(value).all(), name
         if name in ("pca", "jacobian", "probe"):  # directions: compare their orientation
             cos = float(torch.nn.functional.cosine_similarity(value.flatten(), want.flatten(), dim=0))
+            if name == "jacobian":  # a singular vector's sign is a convention (fix_signs) that bfloat16 can tip
+                cos = abs(cos)
             print(f"{dtype} {name}: cosine {cos:.4f}")
             assert cos > DIRECTION_COSINE[dtype], (name, cos)
             continue
