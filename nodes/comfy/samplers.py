@@ -5,7 +5,8 @@ is whatever guider SamplerCustomAdvanced was given (CFGGuider, DualCFGGuider, Pe
 whatever scheduler made.  The h patch (and the one-call [x; x] batch of ``edit_batch``) goes into a per-call copy of
 ``model_options``, so every guider pass sees it; the loops are ``hspace_core.sampling``'s.  ComfyUI's ``callback``
 gets every step (latent previews, progress, Cancel).  The guider reserved memory for the latent's rows; before its
-first step each sampler reserves for the rows it really runs (``model.rows_run``, ``model.reserve_rows``).
+first step each edit sampler reserves for the rows it really runs (``model.rows_run``, ``model.reserve_rows``); the
+inversion sampler runs the latent's own rows.
 """
 from __future__ import annotations
 
@@ -150,7 +151,6 @@ def inversion_sampler(node: str, *, refine_iters: int, site: str, record: Invers
         ts = timesteps_of(model_patcher, host if not clean else host[1:])
         offset = 1 if clean else 0
         hs = ComfyHSpaceModel.for_guider(model, extra_args, model_patcher, "both", site)
-        reserve_rows(model.inner_model, rows_run(model_patcher, x.shape[0]), x.shape)  # the latent's: a no-op today
         h_at = {}
 
         def denoise(x_k, k):

@@ -155,14 +155,20 @@ def window_inputs(end_default: float = 0.6, grid_note: str = ""):
             *(advanced(w) for w in _percent_inputs(end_default, optional=True))]
 
 
-def check_window(inputs: dict) -> None:
-    """A percent window runs from start_percent to end_percent (checked for every node before it runs)."""
+def check_window(inputs: dict, node: str = "") -> None:
+    """A percent window runs from start_percent to end_percent (checked for every node before it runs; ``node``
+    prefixes the message where the caller's own message does not name it)."""
     if inputs.get("window") != "percent":
         return
     start, end = inputs.get("start_percent", 0.0), inputs.get("end_percent", 0.6)
     if start > end:
-        raise ValueError(f"start_percent ({start}) is after end_percent ({end}); the window runs from start_percent "
-                         "to end_percent: lower start_percent or raise end_percent.")
+        raise ValueError(f"{node + ': ' if node else ''}start_percent ({start}) is after end_percent ({end}); the "
+                         "window runs from start_percent to end_percent: lower start_percent or raise end_percent.")
+
+
+def _t_edit_label(t_edit: int) -> str:
+    """How a paper's-t window is recorded (``made_with``)."""
+    return f"t_edit={int(t_edit)}"
 
 
 def edit_window(node: str, model_patcher, window: str = "t_edit", t_edit: int = 400, start_percent: float = 0.0,
@@ -175,14 +181,11 @@ def edit_window(node: str, model_patcher, window: str = "t_edit", t_edit: int = 
     if window == "t_edit":
         if not 0 <= int(t_edit) < len(ms.sigmas):
             raise ValueError(f"{node}: t_edit ({t_edit}) must be a timestep in [0, {len(ms.sigmas) - 1}].")
-        return SigmaWindow(float("inf"), float(ms.sigmas[int(t_edit)]), f"t_edit={int(t_edit)}")
+        return SigmaWindow(float("inf"), float(ms.sigmas[int(t_edit)]), _t_edit_label(t_edit))
     for name, v in (("start_percent", start_percent), ("end_percent", end_percent)):
         if not 0 <= v <= 1:
             raise ValueError(f"{node}: {name} ({v}) must be in [0, 1].")
-    try:
-        check_window({"window": window, "start_percent": start_percent, "end_percent": end_percent})
-    except ValueError as error:
-        raise ValueError(f"{node}: {error}") from None
+    check_window({"window": window, "start_percent": start_percent, "end_percent": end_percent}, node)
     return SigmaWindow(float(ms.percent_to_sigma(start_percent)), float(ms.percent_to_sigma(end_percent)),
                        f"percent {start_percent:.2f}–{end_percent:.2f}")
 
@@ -225,14 +228,16 @@ def edit_schedule(steps: int, t_edit: int, boost, model_patcher=None, window: st
     are bit-identical); 'percent' edits the grid timesteps whose σ lies in the window (``sampling.schedule_in_window``:
     one rule for every node whose loop runs on the DDIM grid)."""
     t_boost, eta = (0, 1.0) if boost is None else (boost.t_boost, boost.eta)
-    if window == "t_edit" or model_patcher is None:
+    if window == "t_edit":
         if boost is not None and t_edit < t_boost:
             raise ValueError(f"t_edit ({t_edit}) is below the H-Space Quality Boost's t_boost ({t_boost}): raise t_edit "
                              "on this node or lower t_boost on the H-Space Quality Boost node.")
-        schedule = EditSchedule(steps, t_edit=t_edit, t_boost=t_boost, eta_boost=eta, made_with=f"t_edit={t_edit}")
-        if model_patcher is not None:
-            edit_window(node, model_patcher, window, t_edit)  # the widget's checks
-        return schedule
+        # with the MODEL, its σ table bounds t_edit (edit_window); without, EditSchedule's own range check does
+        made_with = (_t_edit_label(t_edit) if model_patcher is None
+                     else edit_window(node, model_patcher, window, t_edit).made_with)
+        return EditSchedule(steps, t_edit=t_edit, t_boost=t_boost, eta_boost=eta, made_with=made_with)
+    if model_patcher is None:
+        raise ValueError(f"{node}: a percent window is resolved on the MODEL's noise levels; pass the MODEL.")
     span = edit_window(node, model_patcher, window, t_edit, start_percent, end_percent)
     schedule = EditSchedule(steps, t_edit=max(t_edit, t_boost), t_boost=t_boost, eta_boost=eta)
     table = model_patcher.get_model_object("model_sampling").sigmas.detach().float().cpu().tolist()
