@@ -94,13 +94,14 @@ def test_memory_is_reserved_for_the_rows_the_body_runs(pack, monkeypatch):
     assert not model.get_wrappers("prepare_sampling", "hspace_rows")  # the MODEL given is not changed
 
 
-def _lora_pair(seed):
-    """A tiny SD MODEL and a clone with a weight patch (what a LoRA loader adds), sharing one diffusion_model."""
+def _lora_pair(seed, keys=("diffusion_model.out.2.weight",)):
+    """A tiny SD MODEL and a clone with weight patches on ``keys`` (what a LoRA loader adds), sharing one
+    diffusion_model."""
     plain = tiny_sd(seed=seed)
-    key = "diffusion_model.out.2.weight"
-    weight = plain.model.state_dict()[key]
+    state = plain.model.state_dict()
+    g = torch.Generator().manual_seed(9)
     lora = plain.clone()
-    lora.add_patches({key: (0.05 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(9)),)}, 1.0)
+    lora.add_patches({key: (0.05 * torch.randn(state[key].shape, generator=g),) for key in keys}, 1.0)
     return plain, lora
 
 
@@ -121,6 +122,45 @@ def test_the_fingerprint_is_of_the_weights_that_run_whatever_ran_first(pack):
     plain, lora = _lora_pair(11)
     seen_in_sampling(lora)  # the LoRA'd weights are in place in the shared diffusion_model now
     assert comfy_model.model_fingerprint(plain) == first[0]  # asked outside sampling: still the plain weights
+
+
+LORA_KEYS = tuple(f"diffusion_model.{name}" for name in ("out.2.weight", "out.2.bias", "input_blocks.0.0.weight",
+                                                          "middle_block.0.in_layers.2.weight", "time_embed.0.weight"))
+
+
+def _load_lowvram(model):
+    """Load ``model`` as ComfyUI does when VRAM is short (``LoadedModel.model_load`` → ``partially_load`` with a
+    budget of half the model): some modules are loaded with their patches written in place, the others are
+    offloaded with their patches applied on the fly.  The patched keys of each kind."""
+    model.partially_load(model.load_device, extra_memory=model.model_size() // 2)
+    assert model.model.model_lowvram
+    in_place = {key for key in LORA_KEYS if key in model.backup}
+    return in_place, set(LORA_KEYS) - in_place
+
+
+def test_the_fingerprint_in_low_vram_mode_is_of_the_patched_weights(pack):
+    """Low-VRAM loading patches weights on the fly: the fingerprint applies their patches to copies, so it is the
+    normal load's (the same patched weights), not the unpatched weights', and the model is not written into."""
+    comfy_model, _ = pack
+    fingerprint = comfy_model.model_fingerprint
+    plain, lora = _lora_pair(12, LORA_KEYS)
+    normal = (fingerprint(plain), fingerprint(lora))  # each loaded normally, in turn (load_models_gpu)
+    assert normal[0] != normal[1]
+
+    plain, lora = _lora_pair(12, LORA_KEYS)
+    raw = {key: plain.model.state_dict()[key].clone() for key in LORA_KEYS}
+    in_place, on_the_fly = _load_lowvram(lora)
+    assert on_the_fly and in_place, (in_place, on_the_fly)  # both kinds are exercised
+    low_first = fingerprint(lora)
+    for key in on_the_fly:  # computed, not written: the offloaded weights are still the raw ones
+        assert torch.equal(lora.model.state_dict()[key], raw[key]) and key not in lora.backup, key
+    assert (fingerprint(plain), low_first) == normal
+
+    plain, lora = _lora_pair(12, LORA_KEYS)  # the other order: the plain MODEL first, then the LoRA in low VRAM
+    plain_first = fingerprint(plain)
+    _load_lowvram(lora)
+    assert (plain_first, fingerprint(lora)) == normal
+    lora.unpatch_model(lora.offload_device)
 
 
 def test_asyrp_edit_progress_sends_latent_previews(pack, monkeypatch):
