@@ -80,14 +80,26 @@ class StyleCalibration:
 
 @dataclass(frozen=True)
 class BoostSettings:
-    """Asyrp's quality boosting: stochastic DDIM (η) for t < t_boost, noise from ``seed``."""
+    """Asyrp's quality boosting: stochastic DDIM (η) for t < t_boost, noise from ``seed``.
+
+    ``start_percent`` (None: t_boost gates) gives the boost's start as a percent of the schedule instead, as
+    ComfyUI's start/end percent: the steps whose σ is below σ(start_percent) are stochastic.  It needs a model's
+    noise levels, so it is resolved where the model is known (the nodes: ``nodes/comfy/windows.boost_t_boost``)."""
 
     t_boost: int = 200
     eta: float = 1.0
     seed: int = 0
+    start_percent: float | None = None
 
     def __post_init__(self):
         if not 0 <= self.eta <= 1:
             raise ValueError(f"η must be in [0, 1], got {self.eta}.")
         if self.t_boost < 0:
             raise ValueError(f"t_boost must be ≥ 0, got {self.t_boost}.")
+        if self.start_percent is not None and not 0 <= self.start_percent <= 1:
+            raise ValueError(f"The boost's start percent must be in [0, 1], got {self.start_percent}.")
+
+    @property
+    def made_with(self) -> str:
+        """How the boost's start was given ("t_boost=200", "boost percent 0.80")."""
+        return f"t_boost={self.t_boost}" if self.start_percent is None else f"boost percent {self.start_percent:.2f}"

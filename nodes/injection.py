@@ -7,7 +7,7 @@ from ..hspace_core import (EditSchedule, BoostSettings, StyleCalibration, gamma_
                            interpolate)
 from .comfy.model import is_pixel_unet, latent_out, progress_bar, rows_run, run_in_comfy
 from .layer import (BOOST_SEED_RULE, CATEGORY, GAMMAS, Boost, Calibration, HSpaceNode, Trajectory, advanced,
-                    conditioning_inputs, edit_schedule, gamma_end_of, latent_x, mixing_inputs, model_input,
+                    boost_window_inputs, conditioning_inputs, edit_schedule, gamma_end_of, latent_x, mixing_inputs, model_input,
                     sampling_inputs, seed_input, seed_of, steps_input, sweep, sweep_text, t_edit_input, values_input,
                     values_of, x_T_input)
 
@@ -102,18 +102,21 @@ class QualityBoost(HSpaceNode):
     def define_schema(cls):
         return io.Schema(
             node_id="HSpaceQualityBoost", display_name="H-Space Quality Boost", category=f"{CATEGORY}/mix",
-            description="Asyrp's quality boosting: stochastic DDIM steps (η) below t_boost add fine detail. Seeded.",
+            description="Asyrp's quality boosting: stochastic DDIM steps (η) below t_boost (or after a start percent "
+                        "of the schedule) add fine detail. Seeded.",
             inputs=[io.Int.Input("t_boost", default=200, min=0, max=999,
-                                 tooltip="Steps with t < t_boost are stochastic. Must not exceed t_edit."),
+                                 tooltip="window = t_boost: steps with t < t_boost are stochastic. Must not exceed "
+                                         "t_edit."),
                     io.Float.Input("eta", default=1.0, min=0.0, max=1.0, step=0.05, tooltip="η: 1 is DDPM noise."),
                     seed_input("Seed for the stochastic steps. It replaces the seed of the H-Space Asyrp Edit or Slerp "
-                               "Content Inject node this boost is connected to.")],
+                               "Content Inject node this boost is connected to."),
+                    *boost_window_inputs()],
             outputs=[Boost.Output("boost", tooltip="Connect to H-Space Asyrp Edit or H-Space Slerp Content Inject.")],
         )
 
     @classmethod
-    def execute(cls, t_boost, eta, seed) -> io.NodeOutput:
-        return io.NodeOutput(BoostSettings(t_boost, eta, seed))
+    def execute(cls, t_boost, eta, seed, window="t_boost", boost_start_percent=0.8) -> io.NodeOutput:
+        return io.NodeOutput(BoostSettings(t_boost, eta, seed, boost_start_percent if window == "percent" else None))
 
 
 class Interpolate(HSpaceNode):

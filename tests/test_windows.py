@@ -59,13 +59,18 @@ def _direction(comfy_model, model, x_T):
     return Direction("global", torch.randn(h.shape[1:], generator=torch.Generator().manual_seed(5)))
 
 
+def _edit_inputs(comfy_model):
+    """The tiny SD model, an x_T and a random direction at its h's shape."""
+    model = tiny_sd()
+    x_T = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(4))
+    return model, x_T, _direction(comfy_model, model, x_T)
+
+
 @pytest.mark.parametrize("start, end", [(0.0, 0.6), (0.3, 0.8), (0.4, 0.6)])
 def test_asyrp_edit_with_a_percent_window_edits_exactly_the_grid_steps_inside(pack, layer, monkeypatch, start, end):
     nodes, _ = layer
     comfy_model, _ = pack
-    model = tiny_sd()
-    x_T = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(4))
-    direction = _direction(comfy_model, model, x_T)
+    model, x_T, direction = _edit_inputs(comfy_model)
     ms = model.get_model_object("model_sampling")
     lo, hi = float(ms.percent_to_sigma(end)), float(ms.percent_to_sigma(start))
     grid = EditSchedule(8).timesteps()
@@ -78,9 +83,7 @@ def test_asyrp_edit_with_a_percent_window_edits_exactly_the_grid_steps_inside(pa
 def test_asyrp_edit_t_edit_default_is_bit_identical_to_the_t_edit_path(pack, layer):
     nodes, _ = layer
     comfy_model, _ = pack
-    model = tiny_sd()
-    x_T = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(4))
-    direction = _direction(comfy_model, model, x_T)
+    model, x_T, direction = _edit_inputs(comfy_model)
     positive, _ = conditioning()
     with torch.inference_mode():
         default = _asyrp_edit(nodes, model, x_T, direction)
@@ -128,3 +131,81 @@ def test_a_percent_window_holding_no_grid_step_is_refused_by_name(pack, layer):
                                          "0.50–0.50: widen start_percent / end_percent"):
         _asyrp_edit(nodes, model, x_T, Direction("global", torch.zeros(8, 2, 2)), window="percent", start_percent=0.5,
                     end_percent=0.5)
+
+
+# --- the quality boost's start as a percent (BoostSettings.start_percent, resolved by comfy.windows.boost_t_boost) ---
+
+@pytest.mark.parametrize("percent", [0.05, 0.3, 0.8, 0.95, 1.0])
+def test_a_boost_percent_resolves_to_the_timesteps_whose_sigma_is_below_its_sigma(pack, percent):
+    from hspace_core import BoostSettings
+    from hspace_pack.nodes.comfy.windows import boost_t_boost
+
+    model = tiny_sd()
+    ms = model.get_model_object("model_sampling")
+    t_boost = boost_t_boost(BoostSettings(0, 1.0, 0, start_percent=percent), model)
+    sigma = float(ms.percent_to_sigma(percent))
+    assert [t < t_boost for t in range(len(ms.sigmas))] == [float(s) < sigma for s in ms.sigmas]
+    assert boost_t_boost(BoostSettings(321, 1.0, 0), model) == 321 and boost_t_boost(None, model) == 0
+
+
+def _boosts(nodes, percent, t_boost, seed=11):
+    by_percent = nodes.injection.QualityBoost.execute(t_boost=999, eta=1.0, seed=seed, window="percent",
+                                                      boost_start_percent=percent).result[0]
+    by_t = nodes.injection.QualityBoost.execute(t_boost=t_boost, eta=1.0, seed=seed).result[0]
+    return by_percent, by_t
+
+
+def test_a_boost_percent_gives_the_eta_steps_of_the_equivalent_t_boost_in_asyrp_edit(pack, layer):
+    nodes, _ = layer
+    comfy_model, _ = pack
+    model, x_T, direction = _edit_inputs(comfy_model)
+    # the 8-step grid is 999, 856, …, 142, 0: σ(0.8) lies at t = 199.8, so t < 200 (t = 142, 0) is stochastic
+    by_percent, by_t = _boosts(nodes, 0.8, 200)
+    schedule = nodes.layer.edit_schedule(8, 400, by_percent, model)
+    assert [t for t in EditSchedule(8).timesteps() if schedule.eta_at(t) > 0] == [142, 0]
+    with torch.inference_mode():
+        percent = _asyrp_edit(nodes, model, x_T, direction, boost=by_percent)
+        t_boost = _asyrp_edit(nodes, model, x_T, direction, boost=by_t)
+        plain = _asyrp_edit(nodes, model, x_T, direction)
+    assert torch.equal(percent, t_boost)
+    assert not torch.equal(percent, plain)  # the boost's noise shows, so the equality is about its steps
+
+
+def _sampled(nodes, model, boost, sigmas, direction):
+    from test_memory_rows import _custom_sampler
+
+    sampler = nodes.samplers.AsyrpSampler.execute(direction, 1.5, "t_edit", 400, 0.0, 1.0, 0, "cond", boost=boost,
+                                                  allow_other_model=True).result[0]
+    return _custom_sampler(model, sampler, torch.zeros(1, 4, 16, 16), sigmas)
+
+
+def test_a_boost_percent_gives_the_eta_steps_of_the_equivalent_t_boost_in_the_samplers(pack, layer):
+    nodes, _ = layer
+    comfy_model, _ = pack
+    model = tiny_sd()
+    direction = _direction(comfy_model, model, torch.zeros(1, 4, 16, 16))
+    table = model.get_model_object("model_sampling").sigmas.float()
+    sigmas = torch.cat([table[list(EditSchedule(8).timesteps())], torch.zeros(1)])  # the DDIM grid's σ
+    by_percent, by_t = _boosts(nodes, 0.8, 200)
+    with torch.inference_mode():
+        percent, t_boost = (_sampled(nodes, model, b, sigmas, direction) for b in (by_percent, by_t))
+        plain = _sampled(nodes, model, None, sigmas, direction)
+        later = _sampled(nodes, model, _boosts(nodes, 0.6, 200)[0], sigmas, direction)  # t < 399.6: one step more
+    assert torch.equal(percent, t_boost)
+    assert not torch.equal(percent, plain) and not torch.equal(percent, later)
+
+
+def test_a_boost_percent_reaching_into_the_edit_is_refused_by_widget(pack, layer):
+    nodes, _ = layer
+    model = tiny_sd()
+    x_T = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(4))
+    early = _boosts(nodes, 0.3, 200)[0]  # stochastic below t ≈ 699, t_edit is 400
+    with pytest.raises(ValueError, match=r"^H-Space Asyrp Edit: t_edit \(400\) is below the H-Space Quality Boost's "
+                                         r"boost_start_percent \(0.3, stochastic below t = 700\): raise t_edit on "
+                                         "this node or raise boost_start_percent"):
+        _asyrp_edit(nodes, model, x_T, Direction("global", torch.zeros(8, 2, 2)), boost=early)
+    everything = _boosts(nodes, 0.0, 200)[0]
+    with pytest.raises(ValueError, match="^H-Space Asyrp Edit: .*boost_start_percent \\(0.0\\) makes every step"):
+        _asyrp_edit(nodes, model, x_T, Direction("global", torch.zeros(8, 2, 2)), boost=everything, window="percent")
+    with pytest.raises(ValueError, match="^H-Space Quality Boost: boost_start_percent is 1.5"):
+        nodes.injection.QualityBoost.execute(t_boost=200, eta=1.0, seed=0, window="percent", boost_start_percent=1.5)

@@ -19,6 +19,7 @@ import comfy.samplers
 from ...hspace_core.sampling import invert_sigmas, sample_h_edit
 from ...hspace_core.sigmas import ve_scale
 from .model import ComfyHSpaceModel, reserve_rows, rows_run
+from .windows import boost_t_boost
 
 log = logging.getLogger("hspace")
 CLEAN = 1e-3  # a first sigma below this only marks the clean input (FlipSigmas puts 1e-4 where 0 was)
@@ -70,8 +71,9 @@ def h_edit_sampler(node: str, edit_for, window_for, *, edit_branches: str, site:
 
     ``edit_for(num_steps, hs_model)`` makes the h edit (an ``HEdit``, or None for none) once the sigmas and the model are known;
     ``window_for(model_patcher)`` the ``SigmaWindow`` it acts in.  ``boost`` (a QualityBoost) makes the steps below
-    its t_boost stochastic (η, noise from ``seed``); ``omega`` calibrates and ``edit_every`` strides (content
-    injection).  ``check(timesteps, hs_model)`` may refuse the sigmas given."""
+    its t_boost (or its start percent: ``windows.boost_t_boost``) stochastic (η, noise from ``seed``); ``omega``
+    calibrates and ``edit_every`` strides (content injection).  ``check(timesteps, hs_model)`` may refuse the sigmas
+    given."""
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
         extra_args = extra_args or {}
@@ -88,7 +90,8 @@ def h_edit_sampler(node: str, edit_for, window_for, *, edit_branches: str, site:
             inside = window.contains(sigma)
             edits.append(inside and k % edit_every == 0)
             k += inside
-        etas = [boost.eta if boost is not None and t < boost.t_boost else 0.0 for t in ts]
+        t_boost = boost_t_boost(boost, patcher)  # its t_boost, or its start percent on this model's σ
+        etas = [boost.eta if t < t_boost else 0.0 for t in ts]
         etas += [0.0] * (len(host) - 1 - len(etas))
         edit = edit_for(len(host) - 1, hs)
         if edit is None:

@@ -7,10 +7,11 @@ from .files import FOLDERS, file_state, list_files, register_folders, resolve, s
 from .images import decode, encode, encoded_pixels, latent_of, latent_x, lpips_by_name, psnr
 from .node import OTHER_MODEL_HINT, HSpaceNode, node_name
 from .origin import ORIGIN_KEY, origin_of, sampling_inputs, with_origin
-from .schema import (BOOST_SEED_RULE, CATEGORY, DEFAULT_H_STORAGE, EXPLORER_STRENGTHS, GAMMAS, GRID_ROWS,
-                     GRID_VALUES, H_STORAGES, PREFIX, STRENGTH_RANGE, STRENGTHS, T_EDITS, WINDOWS, Boost, Calibration,
-                     DirectionSet, DirectionType, Trajectory, advanced, allow_other_model_input, check_window,
-                     conditioning_inputs, edit_schedule, edit_window, gamma_end_of, h_storage_inputs, h_storage_of,
-                     mixing_inputs, model_input, sampler_window_inputs, seed_input, seed_of, site_input, steps_input,
-                     sweep_text, t_edit_input, values_input, values_of, window_inputs, x_T_input)
+from .schema import (BOOST_SEED_RULE, BOOST_WINDOWS, CATEGORY, DEFAULT_H_STORAGE, EXPLORER_STRENGTHS, GAMMAS,
+                     GRID_ROWS, GRID_VALUES, H_STORAGES, PREFIX, STRENGTH_RANGE, STRENGTHS, T_EDITS, WINDOWS, Boost,
+                     Calibration, DirectionSet, DirectionType, Trajectory, advanced, allow_other_model_input, boost_of,
+                     boost_window_inputs, check_window, conditioning_inputs, edit_schedule, edit_window, gamma_end_of,
+                     h_storage_inputs, h_storage_of, mixing_inputs, model_input, sampler_window_inputs, seed_input,
+                     seed_of, site_input, steps_input, sweep_text, t_edit_input, values_input, values_of, window_inputs,
+                     x_T_input)
 from .runs import sweep

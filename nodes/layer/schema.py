@@ -10,6 +10,7 @@ from comfy_api.latest import io
 from ...hspace_core import EditSchedule, HStorage
 from ...hspace_core.sampling import SigmaWindow, schedule_in_window
 from ...hspace_core.sites import DEFAULT_SITE, SITES
+from ..comfy.windows import boost_t_boost
 from .checks import ValueList, check_option, parse_list
 
 CATEGORY = "h-space"
@@ -155,6 +156,23 @@ def window_inputs(end_default: float = 0.6, grid_note: str = ""):
             *(advanced(w) for w in _percent_inputs(end_default, optional=True))]
 
 
+BOOST_WINDOWS = ["t_boost", "percent"]
+
+
+def boost_window_inputs():
+    """The H-Space Quality Boost's start as the paper's t_boost (default: saved workflows unchanged) or as a start
+    percent of the schedule; advanced, optional, for the END of its inputs.  Resolved on the MODEL of the node it
+    is connected to (``boost_of``)."""
+    return [advanced(io.Combo.Input(
+                "window", options=BOOST_WINDOWS, default="t_boost", optional=True,
+                tooltip="How the boost's start is given: 't_boost' (the paper's timestep: t < t_boost is stochastic) "
+                        "or 'percent' (boost_start_percent of the schedule, as ControlNet and IPAdapter gate).")),
+            advanced(io.Float.Input(
+                "boost_start_percent", default=0.8, min=0.0, max=1.0, step=0.01, optional=True,
+                tooltip="window = percent: the steps whose σ is below σ(boost_start_percent) are stochastic (1 = "
+                        "none, 0 = all). It must start after the edit window ends."))]
+
+
 def check_window(inputs: dict, node: str = "") -> None:
     """A percent window runs from start_percent to end_percent (checked for every node before it runs; ``node``
     prefixes the message where the caller's own message does not name it)."""
@@ -221,17 +239,42 @@ def seed_input(tooltip: str = "Seed for the stochastic (quality boost) steps."):
     return io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip=tooltip)
 
 
+def boost_of(boost, model_patcher=None) -> tuple[int, float]:
+    """(t_boost, η) of a connected H-Space Quality Boost (0, 1 without one): its t_boost, or its boost_start_percent
+    resolved on the MODEL's noise levels (``comfy.windows.boost_t_boost``, the SAMPLERs' resolver too)."""
+    if boost is None:
+        return 0, 1.0
+    if boost.start_percent is None:
+        return boost.t_boost, boost.eta
+    if model_patcher is None:
+        raise ValueError("the H-Space Quality Boost's boost_start_percent is resolved on the MODEL's noise levels; pass "
+                         "the MODEL (or set the boost's window to t_boost).")
+    t_boost = boost_t_boost(boost, model_patcher)
+    if t_boost >= len(model_patcher.get_model_object("model_sampling").sigmas):
+        raise ValueError(f"the H-Space Quality Boost's boost_start_percent ({boost.start_percent}) makes every step "
+                         "stochastic, the edit's too: raise boost_start_percent on the H-Space Quality Boost node.")
+    return t_boost, boost.eta
+
+
+def _boost_said(boost, t_boost: int) -> str:
+    """The boost's start in the user's words (its widget), for a refusal."""
+    if boost.start_percent is None:
+        return f"the H-Space Quality Boost's t_boost ({t_boost})"
+    return f"the H-Space Quality Boost's boost_start_percent ({boost.start_percent}, stochastic below t = {t_boost})"
+
+
 def edit_schedule(steps: int, t_edit: int, boost, model_patcher=None, window: str = "t_edit",
                   start_percent: float = 0.0, end_percent: float = 0.6, node: str = "") -> EditSchedule:
-    """The node's schedule, with the H-Space Quality Boost's t_boost and η when one is connected, and its edit window:
-    window = 't_edit' edits t ≥ t_edit as the paper does (the record ``made_with`` aside, today's schedule, so results
-    are bit-identical); 'percent' edits the grid timesteps whose σ lies in the window (``sampling.schedule_in_window``:
-    one rule for every node whose loop runs on the DDIM grid)."""
-    t_boost, eta = (0, 1.0) if boost is None else (boost.t_boost, boost.eta)
+    """The node's schedule, with the H-Space Quality Boost's start (``boost_of``: t_boost or a start percent) and η
+    when one is connected, and its edit window: window = 't_edit' edits t ≥ t_edit as the paper does (the record
+    ``made_with`` aside, today's schedule, so results are bit-identical); 'percent' edits the grid timesteps whose σ
+    lies in the window (``sampling.schedule_in_window``: one rule for every node whose loop runs on the DDIM grid)."""
+    t_boost, eta = boost_of(boost, model_patcher)
     if window == "t_edit":
         if boost is not None and t_edit < t_boost:
-            raise ValueError(f"t_edit ({t_edit}) is below the H-Space Quality Boost's t_boost ({t_boost}): raise t_edit "
-                             "on this node or lower t_boost on the H-Space Quality Boost node.")
+            fix = "lower t_boost" if boost.start_percent is None else "raise boost_start_percent"
+            raise ValueError(f"t_edit ({t_edit}) is below {_boost_said(boost, t_boost)}: raise t_edit on this node or "
+                             f"{fix} on the H-Space Quality Boost node.")
         # with the MODEL, its σ table bounds t_edit (edit_window); without, EditSchedule's own range check does
         made_with = (_t_edit_label(t_edit) if model_patcher is None
                      else edit_window(node, model_patcher, window, t_edit).made_with)
