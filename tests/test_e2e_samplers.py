@@ -92,6 +92,13 @@ def _prompt():
                                                           "negative": ["3", 0], "cfg_conds": 5.0,
                                                           "cfg_cond2_negative": 2.0, "style": "regular"}},
          "61": _custom(["40", 0], ["60", 0], ["42", 0], ["40", 1], ["20", 0]),
+         # PerpNegGuider: three conds in one batch (positive, negative, empty), its own combination
+         "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+         "62": {"class_type": "PerpNegGuider", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0],
+                                                          "empty_conditioning": ["4", 0], "cfg": CFG, "neg_scale": 1.0}},
+         "63": _custom(["40", 0], ["62", 0], ["42", 0], ["40", 1], ["20", 0]),
+         "64": _custom(["51", 0], ["62", 0], ["52", 0], ["50", 0], ["13", 0]),
+         "65": _custom(["51", 0], ["62", 0], ["53", 0], ["50", 0], ["13", 0]),
          # inversion as a SAMPLER on the flipped DDIM sigmas
          "70": {"class_type": "FlipSigmas", "inputs": {"sigmas": ["40", 1]}},
          "71": {"class_type": "DisableNoise", "inputs": {}},
@@ -110,7 +117,8 @@ def _prompt():
          "95": _asyrp_sampler(0.0), "96": _custom(["40", 0], ["41", 0], ["95", 0], ["40", 1], ["20", 0]),
          }
     for node_id, samples in {"88": ["90", 0], "89": ["92", 0], "97": ["96", 0], "80": ["31", 0], "81": ["43", 0], "82": ["55", 0], "83": ["56", 0], "84": ["57", 0],
-                             "85": ["61", 0], "86": ["20", 0], "87": ["75", 0]}.items():
+                             "85": ["61", 0], "86": ["20", 0], "87": ["75", 0], "66": ["63", 0], "67": ["64", 0],
+                             "68": ["65", 0]}.items():
         _save(p, node_id, samples)
     return p
 
@@ -137,6 +145,16 @@ def test_on_karras_sigmas_strength_zero_is_euler_and_strength_one_edits(run):
 def test_a_dual_cfg_guider_runs_the_pack_sampler(run):
     dual, single = run("85"), run("81")
     assert torch.isfinite(dual).all() and (dual - single).abs().max() > 1e-3
+
+
+def test_a_perp_neg_guider_runs_the_pack_sampler(run):
+    """PerpNegGuider batches positive, negative and empty conds and combines them itself: the pack's sampler edits
+    under it (not CFGGuider's result), and at strength 0 it is ComfyUI's euler under the same guider."""
+    perp, cfg = run("66"), run("81")
+    assert torch.isfinite(perp).all() and relative(perp, cfg) > 1e-3, relative(perp, cfg)
+    euler, zero = run("67"), run("68")
+    assert relative(zero, euler) < 1e-5, relative(zero, euler)
+    assert relative(euler, run("82")) > 1e-3  # PerpNeg's euler is not CFGGuider's: the guider's combination ran
 
 
 def test_the_inversion_sampler_equals_ddim_inversion(run):
