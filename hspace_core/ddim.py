@@ -95,12 +95,16 @@ def calibrated_x_t(x_t: torch.Tensor, eps: torch.Tensor, eps_injected: torch.Ten
     predictions; ω = 0 moves x_t by √ᾱ·dP, so that the plain network predicts (to first order) P'_t from x'_t.
     """
     p = predicted_x0(x_t, eps, alpha_bar)
-    p_inj = predicted_x0(x_t, eps_injected, alpha_bar)
-    dims = tuple(range(1, x_t.dim()))
-    p_centred = p - p.mean(dim=dims, keepdim=True)
-    inj_mean = p_inj.mean(dim=dims, keepdim=True)
-    inj_centred = p_inj - inj_mean
-    scale = p_centred.std(dim=dims, keepdim=True) / inj_centred.std(dim=dims, keepdim=True).clamp_min(1e-12)
-    p_inj = inj_mean + inj_centred * scale
+    p_inj = std_matched(predicted_x0(x_t, eps_injected, alpha_bar), p)
     dx = math.sqrt(alpha_bar) * (p_inj - p) + omega * math.sqrt(1 - alpha_bar) * (eps_injected - eps)
     return x_t + dx
+
+
+def std_matched(p_injected: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """P'_t renormalised to the per-sample std of P_t, keeping its own mean (style calibration's first step)."""
+    dims = tuple(range(1, p.dim()))
+    p_centred = p - p.mean(dim=dims, keepdim=True)
+    inj_mean = p_injected.mean(dim=dims, keepdim=True)
+    inj_centred = p_injected - inj_mean
+    scale = p_centred.std(dim=dims, keepdim=True) / inj_centred.std(dim=dims, keepdim=True).clamp_min(1e-12)
+    return inj_mean + inj_centred * scale

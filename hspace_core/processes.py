@@ -19,6 +19,7 @@ from .ddim import calibrated_x_t, clipped_eps, ddim_inverse_step, ddim_sigma, dd
 from .devices import FiniteWatch, host_ready, step_dtype, to_host
 from .hmath import check_gamma, lerp, mask_to_h_grid, masked_blend, masked_normalized_slerp, normalized_slerp, slerp
 from .progress import Cancelled, ProgressFn, StepLoop, StopFn, check_batch, offset
+from .sampling import strided
 from .schedules import step_pairs, timestep_grid
 from .sites import check_same_site, site_of
 from .direction import Direction
@@ -61,21 +62,18 @@ def run_reverse(model: HSpaceModel, x_T: torch.Tensor, schedule: EditSchedule, *
     after the loop.
     """
     check_batch(x_T, "x_T")
-    if edit_every < 1:
-        raise ValueError(f"edit_every (injection stride) must be ≥ 1, got {edit_every}.")
     if schedule.num_train_timesteps != model.schedule.num_train_timesteps:
         raise ValueError(f"The schedule has {schedule.num_train_timesteps} timesteps but the model "
                          f"{model.schedule.num_train_timesteps}; set EditSchedule.num_train_timesteps.")
     generator = torch.Generator().manual_seed(int(seed))
     pairs = step_pairs(schedule.timesteps())
+    actives = strided([edit is not None and schedule.edits_at(t) for t, _ in pairs], edit_every)
     loop = StepLoop(len(pairs), progress, should_stop)
-    x, hs, edit_index, watch = x_T.to(step_dtype(x_T.dtype)), [], 0, FiniteWatch()
-    for t, t_prev in pairs:
+    x, hs, watch = x_T.to(step_dtype(x_T.dtype)), [], FiniteWatch()
+    for (t, t_prev), active in zip(pairs, actives):
         if h_only and not h_storage.keeps(t):
             break
         loop.tick()
-        active = edit is not None and schedule.edits_at(t) and edit_index % edit_every == 0
-        edit_index += edit is not None and schedule.edits_at(t)
         pred = model.predict(x, t, edit if active else None)
         if record_h and h_storage.keeps(t):
             hs.append(h_storage.put(pred.h))

@@ -27,9 +27,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from .ddim import calibrated_x_t, ddim_sigma
+from .ddim import ddim_sigma, std_matched
 from .settings import EditSchedule
-from .sigmas import alpha_bar_of_sigma, ve_scale, ve_to_vp
+from .sigmas import alpha_bar_of_sigma, ve_scale
 
 # denoise(x, i, edit) -> (D(x | h), D(x | h̃) or None) at sigmas[i]; ``edit`` says whether h is edited this step.
 Denoise = Callable[[torch.Tensor, int, bool], tuple]
@@ -101,10 +101,31 @@ def schedule_in_window(schedule: EditSchedule, window: SigmaWindow, sigma_of: Ca
                                made_with=window.made_with)
 
 
+def clip_denoised(denoised: torch.Tensor | None, limit: float | None) -> torch.Tensor | None:
+    """clamp(D, −c, c): ``ddim.clipped_eps`` in σ space.  With x = x_t/√ᾱ (VE) and √(1 − ᾱ) = σ·√ᾱ, the clipped
+    ε' = (x_t − √ᾱ·clip(P_t))/√(1 − ᾱ) is (x − clip(P_t))/σ, and the x0 it predicts, x − σ·ε', is clip(P_t); P_t is
+    the denoiser's D.  So clipping ε (DDPM's clipped x̂0, Ho et al. 2020 §3.3) is clipping D.  ``limit`` None: D."""
+    return denoised if limit is None or denoised is None else denoised.clamp(-limit, limit)
+
+
+def strided(window: Sequence[bool], every: int) -> list[bool]:
+    """The steps that edit: every ``every``-th step of the edit window, its first included (InjectFusion's injection
+    stride: the official code injects at every k-th step of [T, t_edit]).  ``window[i]`` says whether step i lies in
+    the window; the one rule of the ᾱ-space loop (``processes.run_reverse``) and the σ-space ones."""
+    if every < 1:
+        raise ValueError(f"edit_every (injection stride) must be ≥ 1, got {every}.")
+    flags, k = [], 0
+    for inside in window:
+        flags.append(bool(inside) and k % every == 0)
+        k += bool(inside)
+    return flags
+
+
 def sample_h_edit(denoise: Denoise, x: torch.Tensor, sigmas: Sequence[float], edits: Sequence[bool], *,
                   etas: Sequence[float] | None = None, omega: float | None = None, seed: int = 0,
                   callback: StepCallback | None = None) -> torch.Tensor:
-    """Asyrp's reverse process (Kwon et al. 2023, §3.3–4) over the σ grid ``sigmas`` (decreasing, last 0):
+    """Asyrp's reverse process (Kwon et al. 2023, §3.3–4) over the σ grid ``sigmas`` (decreasing; last 0 for a clean
+    sample, else the run stops at the noise level of its last entry):
 
     - steps with ``edits[i]``: two predictions, joined by the asymmetric step, or (``omega`` set) by style
       calibration then a plain step from the calibrated point (InjectFusion §3.3, ``ddim.calibrated_x_t``);
@@ -130,7 +151,7 @@ def sample_h_edit(denoise: Denoise, x: torch.Tensor, sigmas: Sequence[float], ed
         elif edited is None:
             x = ddim_sigma_step(x, plain, host[i], host[i + 1], etas[i], noise)
         elif omega:
-            x = _calibrated(x, plain, edited, host[i], omega)
+            x = _calibrated(x, plain, edited, omega)
             x = ddim_sigma_step(x, denoise(x, i, False)[0], host[i], host[i + 1], etas[i], noise)
         else:
             x = ddim_sigma_step(x, edited, host[i], host[i + 1], etas[i], noise, denoised_direction=plain)
@@ -139,11 +160,11 @@ def sample_h_edit(denoise: Denoise, x: torch.Tensor, sigmas: Sequence[float], ed
     return x
 
 
-def _calibrated(x, plain, edited, sigma, omega):
-    """``ddim.calibrated_x_t`` on the VP view of the VE point x (ε = (x − D)/σ), back in VE."""
-    a, x_t = alpha_bar_of_sigma(sigma), ve_to_vp(x, sigma)
-    eps, eps_edited = (x - plain) / sigma, (x - edited) / sigma
-    return calibrated_x_t(x_t, eps, eps_edited, a, omega) * ve_scale(sigma)
+def _calibrated(x, plain, edited, omega):
+    """``ddim.calibrated_x_t`` in σ space.  With x = x_t/√ᾱ, P_t = D and √(1 − ᾱ)/√ᾱ = σ, its move divided by √ᾱ is
+    dx = (P̂' − D) + ω·σ·(ε' − ε) = (P̂' − D) − ω·(D' − D), ε = (x − D)/σ, ε' = (x − D')/σ and P̂' = D' matched to
+    D's std (``ddim.std_matched``): no VP round trip."""
+    return x + (std_matched(edited, plain) - plain) - omega * (edited - plain)
 
 
 def invert_sigmas(denoise: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, sigmas: Sequence[float], *,

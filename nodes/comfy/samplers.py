@@ -16,8 +16,9 @@ import torch
 
 import comfy.samplers
 
-from ...hspace_core.sampling import invert_sigmas, sample_h_edit
-from ...hspace_core.sigmas import ve_scale
+from ...hspace_core.devices import FiniteWatch, step_dtype
+from ...hspace_core.sampling import clip_denoised, invert_sigmas, sample_h_edit, strided
+from ...hspace_core.sigmas import ve_scale, ve_to_vp
 from .model import ComfyHSpaceModel, reserve_rows, rows_run
 from .windows import boost_t_boost
 
@@ -85,11 +86,7 @@ def h_edit_sampler(node: str, edit_for, window_for, *, edit_branches: str, site:
         if check is not None:
             check(ts, hs)
         window = window_for(patcher)
-        edits, k = [], 0
-        for sigma in host[:-1]:
-            inside = window.contains(sigma)
-            edits.append(inside and k % edit_every == 0)
-            k += inside
+        edits = strided([window.contains(sigma) for sigma in host[:-1]], edit_every)
         t_boost = boost_t_boost(boost, patcher)  # its t_boost, or its start percent on this model's σ
         etas = [boost.eta if t < t_boost else 0.0 for t in ts]
         etas += [0.0] * (len(host) - 1 - len(etas))
@@ -108,26 +105,53 @@ def h_edit_sampler(node: str, edit_for, window_for, *, edit_branches: str, site:
     return comfy.samplers.KSAMPLER(sample)
 
 
-def run_h_edit(hs, x_T: torch.Tensor, edit, schedule, *, seed: int = 0, progress=None) -> torch.Tensor:
+def run_h_edit(hs, x_T: torch.Tensor, edit, schedule, *, seed: int = 0, progress=None, edit_every: int = 1,
+               omega: float | None = None, record=None, stop_below: int | None = None) -> torch.Tensor:
     """The pack nodes' reverse process (x_T → x0 on ``schedule``'s DDIM grid) through the SAMPLERs' loop
-    (``sampling.sample_h_edit``), inside ``run_in_comfy``: the one code path of H-Space Asyrp Edit and the H-Space Asyrp Sampler.
-    ``edit`` None is the reconstruction; ``progress(done, total, x0)`` is told after every step (x0: the step's
-    denoised latent, for previews)."""
-    if schedule.clip_x0:
-        raise ValueError("run_h_edit does not clip x0; use hspace_core.run_reverse for clip_x0 schedules.")
+    (``sampling.sample_h_edit``), inside ``run_in_comfy``: the one code path of H-Space Asyrp Edit, Slerp Content
+    Inject, Interpolate, Capture and the SAMPLERs.  It is ``processes.run_reverse`` in σ space (to 1e-5):
+
+    - ``edit`` None is the reconstruction; ``edit_every`` = k edits every k-th step of the edit window
+      (``sampling.strided``, the injection stride); ``omega`` > 0 is InjectFusion's style calibration; η and t_boost
+      are ``schedule``'s (quality boost, noise from ``seed``).
+    - ``schedule.clip_x0`` = c clamps each denoised x0, D(x | h) and D(x | h̃), to [−c, c] (``clip_denoised``:
+      ``ddim.clipped_eps`` in σ space).
+    - ``record(t, h)`` is told each step's timestep and its original (unedited) h, as ``hs.denoised`` returns it
+      (one call a step; style calibration's second prediction is not a step's).
+    - ``stop_below`` = t_min (an ``HStorage``'s: the lowest timestep whose h a capture keeps) runs only the steps
+      at t ≥ t_min and returns the x_t reached there (VP, not a clean sample), as ``run_reverse(h_only=True)``.
+    - ``progress(done, total, x0)`` is told after every step (x0: the step's denoised latent, for previews).
+
+    The step math runs in at least float32 (x cast back to x_T's dtype); finiteness is read once, after the loop."""
     grid = list(schedule.timesteps())
+    n = len(grid) if stop_below is None else sum(t >= stop_below for t in grid)  # the grid decreases: a prefix
     table = hs.model_patcher.get_model_object("model_sampling").sigmas.detach().float().cpu()
-    sigmas = torch.cat([table[grid], torch.zeros(1)]).to(x_T.device)
-    edits = [edit is not None and schedule.edits_at(t) for t in grid]
+    sigmas = torch.cat([table[grid], torch.zeros(1)])[: n + 1].to(x_T.device)
+    edits = strided([edit is not None and schedule.edits_at(t) for t in grid[:n]], edit_every)
+    seen = [-1]  # the last step whose h was recorded
 
     def denoise(x, i, edit_now):
-        plain, _, edited = hs.denoised(x, sigmas[i], grid[i], edit if edit_now else None)
-        return plain, edited
+        plain, h, edited = hs.denoised(x, sigmas[i], grid[i], edit if edit_now else None)
+        if record is not None and seen[0] != i:
+            seen[0] = i
+            record(grid[i], h)
+        return clip_denoised(plain, schedule.clip_x0), clip_denoised(edited, schedule.clip_x0)
 
-    done = None if progress is None else (lambda i, denoised, x: progress(i + 1, len(grid), denoised))
-    x = x_T * ve_scale(float(table[grid[0]]))
-    return sample_h_edit(denoise, x, sigmas, edits, etas=[schedule.eta_at(t) for t in grid], seed=seed,
-                         callback=done)
+    watch = FiniteWatch()
+
+    def step_done(i, denoised, x):
+        watch.see(x, grid[i])
+        if progress is not None:
+            progress(i + 1, len(grid), denoised)
+
+    x = x_T.to(step_dtype(x_T.dtype)) * ve_scale(float(table[grid[0]]))
+    x = sample_h_edit(denoise, x, sigmas, edits, etas=[schedule.eta_at(t) for t in grid[:n]], omega=omega, seed=seed,
+                      callback=step_done)
+    if (t_bad := watch.first()) is not None:
+        raise ValueError(f"The reverse process diverged (NaN/inf) at t={t_bad}; lower the edit strength or γ.")
+    if n < len(grid):
+        x = ve_to_vp(x, float(table[grid[n]]))
+    return x.to(x_T.dtype)
 
 
 class InversionRecord:

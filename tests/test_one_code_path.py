@@ -1,0 +1,155 @@
+"""One code path (issue 25): the pack's reverse process ``nodes.comfy.samplers.run_h_edit`` (the SAMPLERs' σ-space
+loop) gives the library's ᾱ-space loop (``processes.run_reverse``) on the DDIM grid to 1e-5 relative: injection stride,
+style calibration, a mask, the quality boost, a γ ramp, clip_x0 on a pixel U-Net, the h it records and a run that
+stops at a capture's t_min; in-process, on the tiny SD U-Net under CFG and on the bundled pixel model."""
+import dataclasses
+import os
+
+import pytest
+import torch
+
+from hspace_core import Denoiser, EditSchedule, HStorage, content_injection, gamma_ramp, run_reverse
+from hspace_core.sampling import clip_denoised, sample_h_edit, strided
+from hspace_core.sigmas import ve_scale
+
+from test_comfy_one_call import SHIFT, conditioning, relative, tiny_sd
+from test_denoiser_adapter import SIGMAS, TinyEDM
+from test_sampling import _sigma_denoiser
+
+# Style calibration evaluates the U-Net a second time at a point each loop computes in its own space; their float32
+# round-off (2e-6 a run without it) is amplified there by the random tiny SD U-Net (x0 reaches 100 at cfg 7.5) to
+# ≤ 2.4e-5 (x0 and h).
+# The two calibrations are one formula: float64 agreement to 1e-11 in the last test.
+CALIBRATED = 3e-5
+DEMO = os.path.join(os.path.dirname(__file__), "..", "models", "hspace-shapes-ddpm")
+
+
+@pytest.fixture(scope="module")
+def samplers(pack):
+    import hspace_pack.nodes.comfy.samplers as samplers
+
+    return samplers
+
+
+def noise(seed, channels=4):
+    return torch.randn(1, channels, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def on_sd(comfy_model, x, body, cfg=7.5):
+    positive, negative = conditioning()
+    with torch.inference_mode():
+        return comfy_model.run_in_comfy(tiny_sd(), x, body, positive=positive, negative=negative, cfg=cfg, seed=7)
+
+
+def on_pixel(pack, x, body):
+    """``body`` on the bundled pixel model (a trained one: a random tiny U-Net's x0 reaches ±600 from noise, so its
+    clipped images would compare float32 round-off of that size)."""
+    comfy_model, pixel_model = pack
+    patcher = pixel_model.pixel_model_patcher(*pixel_model.load_pixel_unet_folder(DEMO))
+    with torch.inference_mode():
+        return comfy_model.run_in_comfy(patcher, x, body)
+
+
+def recorder():
+    seen = []
+    return seen, lambda t, h: seen.append((t, h))
+
+
+def same_trajectory(seen, trajectory, tolerance=1e-5):
+    assert [t for t, _ in seen] == list(trajectory.timesteps)
+    for (t, h), kept in zip(seen, trajectory.h):
+        assert relative(h.float().cpu(), kept.float()) < tolerance, t
+
+
+MASK = torch.zeros(1, 16, 16)
+MASK[:, :, :9] = 1.0
+
+
+@pytest.mark.parametrize("stride, omega", [(2, 0.3), (1, None), (3, 0.0)])
+def test_injection_through_the_sampler_loop_is_the_library_loop(pack, samplers, stride, omega):
+    """Content injection with a γ ramp, a mask and the quality boost, under cfg 7.5; the h recorded along it is the
+    library's trajectory (the original h, one per step, style calibration's second prediction not among them)."""
+    comfy_model, _ = pack
+    schedule = EditSchedule(8, t_edit=400, t_boost=200, eta_boost=1.0)
+
+    def body(m, x):
+        content = run_reverse(m, noise(9), EditSchedule.reconstruction(8), record_h=True).trajectory
+        hook = content_injection(content, gamma_ramp(0.2, 0.9, 400), mask=MASK)
+        kw = dict(edit_every=stride, omega=omega, seed=7)
+        today = run_reverse(m, x, schedule, edit=hook, record_h=True, **kw)
+        seen, record = recorder()
+        native = samplers.run_h_edit(m, x, hook, schedule, record=record, **kw)
+        every = samplers.run_h_edit(m, x, hook, schedule, omega=omega, seed=7)
+        return today, native, seen, every, samplers.run_h_edit(m, x, None, schedule, seed=7)
+
+    today, native, seen, every, plain = on_sd(comfy_model, noise(4), body)
+    tolerance = CALIBRATED if omega else 1e-5
+    assert relative(native, today.x0) < tolerance, relative(native, today.x0)
+    same_trajectory(seen, today.trajectory, tolerance)
+    assert relative(plain, today.x0) > 1e-3  # the injection shows, so the agreement is about it
+    if stride > 1:
+        assert relative(every, native) > 1e-4  # and the stride does
+
+
+def test_a_run_that_stops_at_t_min_is_the_librarys_h_only_run(pack, samplers):
+    comfy_model, _ = pack
+    schedule = EditSchedule.reconstruction(8)
+
+    def body(m, x):
+        whole = run_reverse(m, x, schedule, record_h=True)
+        part = run_reverse(m, x, schedule, record_h=True, h_storage=HStorage(t_min=500), h_only=True)
+        seen, record = recorder()
+        native = samplers.run_h_edit(m, x, None, schedule, record=record)
+        seen_part, record_part = recorder()
+        native_part = samplers.run_h_edit(m, x, None, schedule, record=record_part, stop_below=500)
+        return whole, part, native, seen, native_part, seen_part
+
+    whole, part, native, seen, native_part, seen_part = on_sd(comfy_model, noise(4), body, cfg=1.0)
+    assert relative(native, whole.x0) < 1e-5
+    same_trajectory(seen, whole.trajectory)
+    assert part.trajectory.timesteps == tuple(t for t in schedule.timesteps() if t >= 500) != ()
+    same_trajectory(seen_part, part.trajectory)
+    assert relative(native_part, part.x0) < 1e-5  # the x_t reached at the first step below t_min (VP)
+    assert relative(native_part, whole.x0) > 1e-2
+
+
+@pytest.mark.parametrize("omega", [None, 0.5])
+def test_clip_x0_on_a_pixel_unet_is_the_librarys_clipped_eps(pack, samplers, omega):
+    schedule = EditSchedule(8, t_edit=200, clip_x0=1.0)
+    unclipped = EditSchedule(8, t_edit=200)
+
+    def body(m, x):
+        today = run_reverse(m, x, schedule, edit=SHIFT, omega=omega).x0
+        native = samplers.run_h_edit(m, x, SHIFT, schedule, omega=omega)
+        return today, native, samplers.run_h_edit(m, x, SHIFT, unclipped, omega=omega)
+
+    today, native, free = on_pixel(pack, torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3)), body)
+    assert relative(native, today) < (CALIBRATED if omega else 1e-5), relative(native, today)
+    assert relative(free, today) > 1e-3  # clipping acts here
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("omega, clip", [(0.3, None), (1.0, None), (None, 1.0), (0.5, 1.0)])
+def test_the_sigma_loop_is_the_librarys_in_float64(images, omega, clip):
+    """sample_h_edit's style calibration (no VP round trip) and clipped x0 (``clip_denoised``) against run_reverse's
+    ``ddim.calibrated_x_t`` and ``ddim.clipped_eps``, with a stride and the boost, on a float64 denoiser: the same
+    numbers up to float64 round-off."""
+    model = Denoiser(TinyEDM().double().eval(), SIGMAS, "F.mid_block")
+    schedule = EditSchedule(10, t_edit=300, t_boost=200, eta_boost=1.0, clip_x0=clip)
+    x_T = torch.randn(images.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    today = run_reverse(model, x_T, schedule, edit=SHIFT, seed=5, omega=omega, edit_every=2).x0
+    grid = schedule.timesteps()
+    sigmas = [float(SIGMAS[t]) for t in grid] + [0.0]
+    denoise = _sigma_denoiser(model, grid)
+
+    def clipped(x, i, edit):
+        return tuple(clip_denoised(d, clip) for d in denoise(x, i, SHIFT if edit else None))
+
+    native = sample_h_edit(clipped, x_T * ve_scale(sigmas[0]), sigmas, strided([t >= 300 for t in grid], 2),
+                           etas=[schedule.eta_at(t) for t in grid], seed=5, omega=omega)
+    assert relative(native, today) < 1e-11, relative(native, today)
+    for setting in ({"omega": None} if omega else {}), ({"schedule": dataclasses.replace(schedule, clip_x0=None)}
+                                                         if clip else {}):
+        if setting:  # calibration and clipping act here
+            kw = dict(dict(schedule=schedule, omega=omega), **setting)
+            assert relative(today, run_reverse(model, x_T, edit=SHIFT, seed=5, edit_every=2, **kw).x0) > 1e-3
