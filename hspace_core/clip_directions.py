@@ -124,6 +124,9 @@ class DirectionTraining:
     num_steps: int = 40  # DDIM steps over [0, 999] while training (the official n_train_step)
     inversion_steps: int = 40
     t_edit: int | None = None  # None: Asyrp's LPIPS rule, threshold 0.33 scaled by the text cosine
+    # a percent window's timesteps of the training grid (contiguous), replacing t ≥ t_edit: the steps above it are
+    # run plainly (nothing is trained there), once per image
+    edit_timesteps: tuple[int, ...] | None = None
     epochs: int = 1  # passes over the training images (n_iter)
     batch_size: int = 1
     lr: float = 0.5
@@ -153,6 +156,13 @@ class DirectionTraining:
             raise ValueError("lr must be > 0 and the loss weights ≥ 0.")
         if self.t_edit is not None and not 0 <= self.t_edit <= 999:
             raise ValueError(f"t_edit must be in [0, 999], got {self.t_edit}.")
+        if self.edit_timesteps is not None:
+            object.__setattr__(self, "edit_timesteps", tuple(int(t) for t in self.edit_timesteps))
+            grid = timestep_grid(self.num_steps, 1000, "asyrp")
+            inside = [k for k, t in enumerate(grid) if t in self.edit_timesteps]
+            if not inside or len(inside) != len(self.edit_timesteps) or inside != list(range(inside[0], inside[-1] + 1)):
+                raise ValueError(f"edit_timesteps {self.edit_timesteps} are not consecutive steps of the "
+                                 f"{self.num_steps}-step training grid.")
 
 
 @dataclass(frozen=True)
@@ -220,25 +230,33 @@ def train_direction(model: HSpaceModel, images: torch.Tensor, clip: CLIPDirectio
         images, latents = images.detach().clone(), latents.detach().clone()
         cosine = clip.text_cosine(source_text, target_text)
         text_dir = clip.text_direction(source_text, target_text)
-        t_edit = config.t_edit
+        t_edit = config.t_edit if config.edit_timesteps is None else min(config.edit_timesteps)
         if t_edit is None:
             t_edit = find_t_edit_t_boost(model, latents, distance=distance, decode=decode, text_cosine=cosine,
                                          should_stop=should_stop).t_edit
         grid = timestep_grid(config.num_steps, T, "asyrp")
         pairs = [(t, s) for t, s in step_pairs(grid) if t >= t_edit]
+        before = [] if config.edit_timesteps is None else [(t, s) for t, s in pairs if t not in config.edit_timesteps]
+        pairs = pairs[len(before):]
         if not pairs:
             raise ValueError(f"No training timestep is ≥ t_edit ({t_edit}); lower t_edit or use more steps.")
         train_ts = [t for t, _ in pairs]
         n_batches = -(-images.shape[0] // config.batch_size)
-        loop = StepLoop(n_batches * (1 + config.epochs * len(pairs)), progress, should_stop)
+        loop = StepLoop(n_batches * (1 + len(before) + config.epochs * len(pairs)), progress, should_stop)
         with torch.no_grad():
-            inversions = []
+            inversions, x_T = [], []
             for b in range(n_batches):
                 chunk = latents[b * config.batch_size:(b + 1) * config.batch_size]
                 inversions.append(invert(model, chunk, config.inversion_steps, report=False, should_stop=should_stop,
                                          progress=loop.previews()))
                 loop.tick()
-        x_T, h_shape = [inv.x_T for inv in inversions], inversions[0].trajectory.h_shape
+                x = inversions[-1].x_T
+                for t, t_prev in before:  # down to the window's start: the plain process, the same every epoch
+                    x = ddim_step(x, model.predict(x, t).eps, model.schedule.alpha_bar(t),
+                                  model.schedule.alpha_bar(t_prev), 0.0)
+                    loop.tick()
+                x_T.append(x)
+        h_shape = inversions[0].trajectory.h_shape
         generator = torch.Generator().manual_seed(int(config.seed))
         init_scale = config.init_scale if config.epochs > 0 else 0.0  # nothing learnt: the identity direction
         trained, params, delta_fn = _parameters_for(config.form, model, h_shape, train_ts, init_scale, generator)

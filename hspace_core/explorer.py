@@ -11,7 +11,7 @@ from .adapters.base import HSpaceModel
 from .direction import Direction
 from .processes import run_reverse
 from .progress import offset
-from .settings import EditSchedule
+from .settings import EditSchedule, t_edit_label
 from .sites import check_same_site, site_of
 
 __all__ = ["explorer_rows", "explore"]
@@ -42,7 +42,9 @@ def explore(model: HSpaceModel, x_T: torch.Tensor, directions: Sequence[Directio
         raise ValueError("Give at least one direction and one strength.")
     for d in directions:
         check_same_site(site_of(d), site_of(model), "direction")
-    schedules = {t: dataclasses.replace(schedule, t_edit=int(t)) for t in t_edits}  # validated before anything runs
+    # t ≥ t_edit for each (a percent window's timesteps are replaced); validated before anything runs
+    schedules = {t: dataclasses.replace(schedule, t_edit=int(t), edit_timesteps=None, made_with=t_edit_label(t))
+                 for t in t_edits}
     pairs = explorer_rows(directions, t_edits)
     s = torch.tensor(strengths, dtype=x_T.dtype, device=x_T.device)
     rows = []

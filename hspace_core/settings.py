@@ -7,6 +7,11 @@ from dataclasses import dataclass
 from .schedules import timestep_grid
 
 
+def t_edit_label(t_edit: int) -> str:
+    """How a paper's-t edit window (t ≥ t_edit) is recorded in ``made_with``."""
+    return f"t_edit={int(t_edit)}"
+
+
 @dataclass(frozen=True)
 class EditSchedule:
     """The three phases of Asyrp's process: [T, t_edit] edit, (t_edit, t_boost] plain DDIM, (t_boost, 0] boost.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -213,21 +213,23 @@ def styleid_inject(model: HSpaceModel, content_x_T: torch.Tensor, style_x_T: tor
             content_h: HTrajectory | None = None, gamma_h: float | Callable[[int], float] = 0.0,
             t_edit: int = 400, mask: torch.Tensor | None = None, omega: float | None = None, grid: str = "asyrp",
             access=None, strict_fingerprint: bool = True, progress: ProgressFn | None = None,
-            should_stop: StopFn | None = None) -> torch.Tensor:
+            should_stop: StopFn | None = None, edit_timesteps: Sequence[int] | None = None) -> torch.Tensor:
     """StyleID: generate from ``settings.start`` (AdaIN(x_T^c, x_T^s) by default) with the style's K/V (and the
     content's Q blended by γ) in ``settings.layers`` inside the window.
 
     With ``content_h`` (an InjectFusion content trajectory) it is the combined mode: h̃_t = Slerp(h_t,
     h_c,t·‖h_t‖/‖h_c,t‖, γ_h) for t ≥ t_edit as well (``mask`` limits that to a region, ``omega`` > 0 calibrates),
-    in the same reverse process.  ``content_q`` is needed when γ > 0.
+    in the same reverse process (``edit_timesteps``, a percent window's grid timesteps, replace t ≥ t_edit).
+    ``content_q`` is needed when γ > 0.
     """
     check_batch(content_x_T, "content x_T")
     check_batch(style_x_T, "style x_T")
     access = attention_access(model, access)
     _check_layers(access, settings.layers)
     fingerprint = model.fingerprint if strict_fingerprint else ""
+    inside = tuple(int(t) for t in edit_timesteps) if edit_timesteps is not None and content_h is not None else None
     schedule = EditSchedule(num_steps, t_edit=t_edit if content_h is not None else 0, t_boost=0, grid=grid,
-                            num_train_timesteps=model.schedule.num_train_timesteps)
+                            num_train_timesteps=model.schedule.num_train_timesteps, edit_timesteps=inside)
     grid_desc = schedule.timesteps()
     injected = [t for t in grid_desc if keeps_window(t, settings.window)]
     style.check_for(grid_desc, injected, settings.layers, STYLE_KINDS, fingerprint, "style features")

@@ -15,7 +15,8 @@ from ..hspace_core.clip_directions import DirectionTraining, load_open_clip, tra
 from ..hspace_core import load_official_asyrp
 from .comfy.model import progress_bar, rows_run, run_in_comfy, time_embedding_of
 from .layer import (CATEGORY, DirectionType, HSpaceNode, advanced, conditioning_inputs, encode, list_files,
-                    lpips_by_name, model_input, resolve, seed_input, site_input, steps_input, stored_file_state)
+                    lpips_by_name, model_input, resolve, seed_input, site_input, steps_input, stored_file_state,
+                    window_inputs, window_timesteps)
 
 
 @functools.lru_cache(maxsize=1)
@@ -94,6 +95,9 @@ class TrainAsyrpDirection(HSpaceNode):
                 seed_input(),
                 *conditioning_inputs(),
                 site_input(),
+                *window_inputs(grid_note=" On the training grid (steps): the steps whose σ lies in [σ(end_percent), "
+                                         "σ(start_percent)] are trained; those before it run plainly. A percent "
+                                         "window replaces t_edit (and its −1 LPIPS rule)."),
             ],
             outputs=[DirectionType.Output("direction", tooltip="The learnt direction (with its texts, t_edit and steps)."),
                      io.Int.Output("trained_t_edit", tooltip="The t_edit it was trained for; connect it to H-Space Asyrp Edit's t_edit."),
@@ -104,14 +108,16 @@ class TrainAsyrpDirection(HSpaceNode):
     def execute(cls, model, images, vae, source_text, target_text, form, epochs, lr, steps, t_edit, inversion_steps,
                 batch_size, clip_weight, recon_weight, lr_step_epochs, lr_gamma, clip_reference, log_clip_loss,
                 init_scale, clip_model, clip_pretrained, seed, cfg, edit_branches, positive=None,
-                negative=None, site="middle") -> io.NodeOutput:
+                negative=None, site="middle", window="t_edit", start_percent=0.0, end_percent=0.6) -> io.NodeOutput:
+        inside = window_timesteps(steps, model, start_percent, end_percent) if window == "percent" else None
         config = DirectionTraining(form=form, num_steps=steps, inversion_steps=inversion_steps,
-                                   t_edit=None if t_edit < 0 else t_edit, epochs=epochs, batch_size=batch_size, lr=lr,
+                                   t_edit=None if t_edit < 0 or inside else t_edit, edit_timesteps=inside,
+                                   epochs=epochs, batch_size=batch_size, lr=lr,
                                    lr_step_epochs=lr_step_epochs, lr_gamma=lr_gamma, clip_weight=clip_weight,
                                    recon_weight=recon_weight, clip_reference=clip_reference,
                                    log_clip_loss=log_clip_loss, init_scale=init_scale, seed=seed)
         scorer = clip_scorer(clip_model, clip_pretrained.strip())
-        distance = lpips_by_name("alex") if config.t_edit is None else None
+        distance = lpips_by_name("alex") if config.t_edit is None and inside is None else None
         pixels = images[..., :3].movedim(-1, 1) * 2 - 1
         latent = encode(vae, images)
         decode, decoder = differentiable_decode(vae, model)

@@ -1,17 +1,21 @@
 """Directions nobody had to label (PCA, Jacobian), probe directions, orthogonalisation and the Direction Explorer."""
 from __future__ import annotations
 
+import logging
+
 from comfy_api.latest import io
 
-from ..hspace_core import (NORMALISATIONS, PROBE_METHODS, EditSchedule, explore, explorer_rows, jacobian_directions, latent_at,
+from ..hspace_core import (NORMALISATIONS, PROBE_METHODS, explore, explorer_rows, jacobian_directions, latent_at,
                            orthogonalise, pca_directions, probe_direction, rescale_like)
 from ..hspace_core.sites import common_site
 from .comfy import grids
 from .comfy.model import latent_out, progress_bar, rows_run, run_in_comfy
 from .layer import (CATEGORY, EXPLORER_STRENGTHS, T_EDITS, DirectionSet, DirectionType, HSpaceNode, Trajectory,
-                    advanced, allow_other_model_input, check_work, conditioning_inputs, decode, model_input,
-                    sampling_inputs, seed_input, site_input, steps_input, t_edit_input, values_input, values_of,
-                    x_T_input)
+                    advanced, allow_other_model_input, check_work, conditioning_inputs, decode, edit_schedule,
+                    model_input, sampling_inputs, seed_input, site_input, steps_input, t_edit_input, values_input,
+                    values_of, window_inputs, x_T_input)
+
+log = logging.getLogger("hspace")
 
 CAT = f"{CATEGORY}/discover"
 # Work bounds (docs/hardening.md): PCA's cost grows with k × images, the Jacobian's with k × iterations (each
@@ -187,21 +191,27 @@ class DirectionExplorer(HSpaceNode):
                     *conditioning_inputs(),
                     values_input("t_edit_sweep", T_EDITS,
                                  "Comma-separated t_edit values (e.g. 600, 400, 200): one row per direction and "
-                                 f"t_edit, labelled 'name @ t≥t_edit'. Overrides t_edit when not empty. At most "
-                                 f"{EXPLORER_TILES} tiles (rows × strengths)"),
-                    allow_other_model_input()],
+                                 f"t_edit, labelled 'name @ t≥t_edit'. Overrides t_edit (and a percent window: the "
+                                 f"sweep is in the paper's t) when not empty. At most {EXPLORER_TILES} tiles (rows × "
+                                 "strengths)"),
+                    allow_other_model_input(),
+                    *window_inputs()],
             outputs=[io.Image.Output("grid", tooltip="The labelled grid (one image).")],
         )
 
     @classmethod
     def execute(cls, model, x_T, vae, strengths, steps, t_edit, scale, seed, cfg, edit_branches, directions=None,
-                direction=None, positive=None, negative=None, t_edit_sweep="", allow_other_model=False) -> io.NodeOutput:
+                direction=None, positive=None, negative=None, t_edit_sweep="", allow_other_model=False,
+                window="t_edit", start_percent=0.0, end_percent=0.6) -> io.NodeOutput:
         chosen = [*(directions or ()), *([direction] if direction is not None else [])]
         if not chosen:
             raise ValueError("Connect a direction set ('directions') or a 'direction' to explore.")
         values = values_of(strengths, "strengths", EXPLORER_STRENGTHS)
         t_edits = values_of(t_edit_sweep, "t_edit_sweep", T_EDITS)
-        schedule = EditSchedule(steps, t_edit=t_edit, t_boost=0)
+        if t_edits and window == "percent":
+            log.info("h-space: the Direction Explorer's t_edit_sweep is in t; it replaces the percent window.")
+        schedule = edit_schedule(steps, t_edit, None, model, window if not t_edits else "t_edit", start_percent,
+                                 end_percent)
         rows = explorer_rows(chosen, t_edits)
         check_work("tiles (rows × strengths)", len(rows) * len(values), EXPLORER_TILES,
                    "use fewer directions, t_edit values or strengths")

@@ -11,8 +11,9 @@ from .comfy.attention import ComfyAttention, decoder_self_attention_layers
 from .comfy.origin import XTOrigin
 from .comfy.model import latent_out, model_fingerprint, progress_bar, run_in_comfy
 from .layer import (CATEGORY, DEFAULT_H_STORAGE, GAMMAS, Calibration, HSpaceNode, Trajectory, advanced, check_work,
-                    decode, encoded_pixels, h_storage_inputs, h_storage_of, latent_of, latent_x, model_input, psnr,
-                    sweep, sweep_text, t_edit_input, values_input, values_of, with_origin, x_T_input)
+                    decode, encoded_pixels, grid_window, h_storage_inputs, h_storage_of, latent_of,
+                    latent_x, model_input, psnr, sweep, sweep_text, t_edit_input, values_input, values_of,
+                    window_inputs, window_timesteps, with_origin, x_T_input)
 
 Features = io.Custom("HSPACE_ATTENTION_FEATURES")
 STYLEID_RUNS = 32  # one full run per (γ, γ_h): the cells of one sweep grid
@@ -36,6 +37,20 @@ def layer_inputs():
             io.Int.Input("steps", default=20, min=2, max=1000,
                          tooltip="DDIM steps; the same on both StyleID nodes (the official code uses 50, its diffusers "
                                  "version 20).")]
+
+
+def kv_window_inputs():
+    """The K/V window as start/end percent (advanced, optional, last; default the paper's t_start / t_stop)."""
+    return window_inputs(end_default=1.0, paper="t_start/t_stop")
+
+
+def kv_window(model, steps: int, window: str, t_start: int, t_stop: int, start_percent: float,
+              end_percent: float) -> tuple[int, int]:
+    """(t_start, t_stop): the widgets', or a percent window's grid steps as a window in t (``grid_window``); both
+    StyleID nodes resolve it the same way, so the Inject node asks for exactly the steps the Features node kept."""
+    if window != "percent":
+        return t_start, t_stop
+    return grid_window(steps, model, start_percent, end_percent)
 
 
 def layers_of(model, attention_layers: str, custom_layers: str) -> tuple[str, ...]:
@@ -70,6 +85,7 @@ class StyleIDFeatures(HSpaceNode):
                                                 "along the reconstruction from x_T.")),
                 *h_storage_inputs(),
                 text_input("Text conditioning for SD models (cfg 1)."),
+                *kv_window_inputs(),
             ],
             outputs=[io.Latent.Output("x_T", display_name="x_T", tooltip="The inverted latent (carries its grid)."),
                      Features.Output("features", tooltip="The recorded self-attention features: connect to StyleID "
@@ -81,9 +97,11 @@ class StyleIDFeatures(HSpaceNode):
     @classmethod
     def execute(cls, model, role, attention_layers, custom_layers, t_start, t_stop, steps,
                 features_source="inversion", h_storage=DEFAULT_H_STORAGE, keep_h_from_t=0, image=None, vae=None,
-                latent=None, positive=None) -> io.NodeOutput:
+                latent=None, positive=None, window="t_start/t_stop", start_percent=0.0,
+                end_percent=1.0) -> io.NodeOutput:
         latent = latent_of(image, vae, latent)
         layers = layers_of(model, attention_layers, custom_layers)
+        t_start, t_stop = kv_window(model, steps, window, t_start, t_stop, start_percent, end_percent)
         storage = h_storage_of(h_storage, 0)
         progress = progress_bar(2 * steps, model)
         inv, features = run_in_comfy(
@@ -140,6 +158,11 @@ class StyleIDInject(HSpaceNode):
                 io.Mask.Input("mask", optional=True, tooltip="Combined mode: local mixing of h (1 = inject h here)."),
                 Calibration.Input("calibration", optional=True, tooltip="Combined mode: H-Space Style Calibrate settings (ω)."),
                 text_input("Text conditioning for SD models (cfg 1)."),
+                *kv_window_inputs(),
+                advanced(io.Float.Input(
+                    "h_end_percent", default=0.6, min=0.0, max=1.0, step=0.01, optional=True,
+                    tooltip="window = percent, combined mode: h is injected from the first step to h_end_percent "
+                            "(t_edit's percent form: the grid steps whose σ is at least σ(h_end_percent)).")),
             ],
             outputs=[io.Latent.Output("latent", tooltip="The stylised latent(s): γ-major, then γ_h."),
                      io.String.Output("sweep", tooltip="The γ values, in batch order (H-Space Label Sweep Grid's values)."),
@@ -149,8 +172,13 @@ class StyleIDInject(HSpaceNode):
     @classmethod
     def execute(cls, model, content_x_T, style_x_T, style_features, gamma, tau, attention_layers, custom_layers,
                 t_start, t_stop, steps, start, t_edit, gamma_sweep="", content_h=None, gamma_h=0.5, gamma_h_sweep="",
-                content_features=None, mask=None, calibration=None, positive=None) -> io.NodeOutput:
+                content_features=None, mask=None, calibration=None, positive=None, window="t_start/t_stop",
+                start_percent=0.0, end_percent=1.0, h_end_percent=0.6) -> io.NodeOutput:
         layers = layers_of(model, attention_layers, custom_layers)
+        t_start, t_stop = kv_window(model, steps, window, t_start, t_stop, start_percent, end_percent)
+        edited = None  # t ≥ t_edit; a percent window's grid timesteps (combined mode)
+        if window == "percent" and content_h is not None:
+            edited = window_timesteps(steps, model, 0.0, h_end_percent)
         gammas = values_of(gamma_sweep, "gamma_sweep", GAMMAS) or [gamma]
         if content_h is None and (gamma_h_sweep.strip() or mask is not None or calibration is not None):
             raise ValueError("gamma_h_sweep, mask and calibration belong to the combined mode: connect content_h "
@@ -165,7 +193,7 @@ class StyleIDInject(HSpaceNode):
             settings = StyleIDSettings(layers, g, tau, (t_start, t_stop), start)
             return styleid_inject(m, x, style_x.to(x), style_features, settings, steps, content_q=content_features,
                                   content_h=content_h, gamma_h=gh, t_edit=t_edit, mask=mask, omega=omega,
-                                  access=ComfyAttention(m), progress=progress)
+                                  access=ComfyAttention(m), progress=progress, edit_timesteps=edited)
 
         out = run_in_comfy(model, content_x_T["samples"],
                            lambda m, x: sweep(runs, steps, lambda r, p: run(m, x, *r, p), model), positive=positive)

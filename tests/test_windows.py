@@ -120,7 +120,8 @@ def test_every_node_with_a_window_refuses_start_after_end_by_name(layer):
         message = str(caught.value)
         assert message.startswith(f"{schema.display_name}: ") and "start_percent" in message, message
         checked.append(schema.node_id)
-    assert {"HSpaceAsyrpEdit", "HSpaceAsyrpSampler", "HSpaceContentInjectionSampler"} <= set(checked), checked
+    assert {"HSpaceAsyrpEdit", "HSpaceAsyrpSampler", "HSpaceContentInjectionSampler", "HSpaceDirectionExplorer",
+            "HSpaceStyleIDFeatures", "HSpaceStyleIDInject", "HSpaceTrainAsyrpDirection"} <= set(checked), checked
 
 
 def test_a_percent_window_holding_no_grid_step_is_refused_by_name(pack, layer):
@@ -209,3 +210,114 @@ def test_a_boost_percent_reaching_into_the_edit_is_refused_by_widget(pack, layer
         _asyrp_edit(nodes, model, x_T, Direction("global", torch.zeros(8, 2, 2)), boost=everything, window="percent")
     with pytest.raises(ValueError, match="^H-Space Quality Boost: boost_start_percent is 1.5"):
         nodes.injection.QualityBoost.execute(t_boost=200, eta=1.0, seed=0, window="percent", boost_start_percent=1.5)
+
+
+# --- the discovery, StyleID and CLIP training nodes: a percent window is the equivalent t window on the DDIM grid ---
+
+def _grid_inside(model, steps, start, end):
+    """The timesteps of the steps-grid whose σ lies in the percent window [start, end], from the definition."""
+    ms = model.get_model_object("model_sampling")
+    lo, hi = float(ms.percent_to_sigma(end)), float(ms.percent_to_sigma(start))
+    return [t for t in EditSchedule(steps).timesteps() if lo <= float(ms.sigmas[t]) <= hi]
+
+
+def _end_like(model, steps, t_edit):
+    """An end_percent whose window [0, end] holds exactly the grid steps t ≥ t_edit."""
+    ms = model.get_model_object("model_sampling")
+    lowest = min(t for t in EditSchedule(steps).timesteps() if t >= t_edit)
+    end = next(p / 1000 for p in range(1001) if float(ms.percent_to_sigma(p / 1000)) <= float(ms.sigmas[lowest]))
+    assert _grid_inside(model, steps, 0.0, end) == [t for t in EditSchedule(steps).timesteps() if t >= t_edit]
+    return end
+
+
+def _explore(nodes, model, x_T, direction, **window):
+    from harness.tiny_sdxl import tiny_vae
+
+    positive, _ = conditioning()
+    return nodes.discovery.DirectionExplorer.execute(
+        model=model, x_T={"samples": x_T}, vae=tiny_vae(), strengths="-1, 1", steps=6, t_edit=400, scale=1, seed=0,
+        cfg=1.0, edit_branches="cond", positive=positive, direction=direction, **window).result[0]
+
+
+def test_the_direction_explorer_takes_a_percent_window(pack, layer, monkeypatch):
+    nodes, _ = layer
+    comfy_model, _ = pack
+    model, x_T, direction = _edit_inputs(comfy_model)
+    with torch.inference_mode():
+        by_t = _explore(nodes, model, x_T, direction)
+        same = _explore(nodes, model, x_T, direction, window="percent", end_percent=_end_like(model, 6, 400))
+        seen = edited_steps(monkeypatch, pack)
+        narrow = _explore(nodes, model, x_T, direction, window="percent", start_percent=0.3, end_percent=0.8)
+        swept = _explore(nodes, model, x_T, direction, window="percent", start_percent=0.3, end_percent=0.8,
+                         t_edit_sweep="400")  # the sweep is in t: it replaces the percent window
+        swept_by_t = _explore(nodes, model, x_T, direction, t_edit_sweep="400")
+    assert torch.equal(by_t, same) and not torch.equal(by_t, narrow) and torch.equal(swept, swept_by_t)
+    assert seen[:6] == [(t, t in _grid_inside(model, 6, 0.3, 0.8)) for t in EditSchedule(6).timesteps()], seen
+
+
+def _features(nodes, model, latent, **window):
+    inputs = dict(model=model, latent={"samples": latent}, role="style (K, V)", attention_layers="custom",
+                  custom_layers="all", t_start=999, t_stop=0, steps=6, positive=conditioning()[0])
+    return nodes.styleid.StyleIDFeatures.execute(**{**inputs, **window}).result
+
+
+def test_styleid_features_take_the_kv_window_as_percent(pack, layer):
+    nodes, _ = layer
+    model = tiny_sd()
+    latent = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(8)) * 0.5
+    inside = _grid_inside(model, 6, 0.2, 0.7)
+    assert 0 < len(inside) < 6
+    with torch.inference_mode():
+        by_percent = _features(nodes, model, latent, window="percent", start_percent=0.2, end_percent=0.7)[1]
+        by_t = _features(nodes, model, latent, t_start=max(inside), t_stop=min(inside))[1]
+    assert by_percent.timesteps == tuple(inside) == by_t.timesteps
+    assert all(torch.equal(by_percent.tensors[k], by_t.tensors[k]) for k in by_t.tensors)
+
+
+def _inject(nodes, model, x_T, features, trajectory, **window):
+    return nodes.styleid.StyleIDInject.execute(
+        model=model, content_x_T=x_T, style_x_T=x_T, style_features=features, gamma=0.0, tau=1.5,
+        attention_layers="custom", custom_layers="all", steps=6, start="adain", content_h=trajectory, gamma_h=0.7,
+        positive=conditioning()[0], **window).result[0]["samples"]
+
+
+def test_styleid_inject_takes_its_kv_and_h_windows_as_percent(pack, layer):
+    nodes, _ = layer
+    model = tiny_sd()
+    latent = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(8)) * 0.5
+    kv = _grid_inside(model, 6, 0.2, 0.7)
+    end = _end_like(model, 6, 400)
+    with torch.inference_mode():
+        x_T, features, trajectory, _ = _features(nodes, model, latent)
+        by_t = _inject(nodes, model, x_T, features, trajectory, t_start=max(kv), t_stop=min(kv), t_edit=400)
+        percent = dict(window="percent", start_percent=0.2, end_percent=0.7, t_start=999, t_stop=0, t_edit=0)
+        by_percent = _inject(nodes, model, x_T, features, trajectory, h_end_percent=end, **percent)
+        shorter = _inject(nodes, model, x_T, features, trajectory, h_end_percent=0.2, **percent)
+    assert torch.equal(by_t, by_percent) and not torch.equal(by_t, shorter)
+
+
+def test_clip_training_takes_a_percent_window(pack, layer, monkeypatch):
+    from harness.tiny import tiny_clip
+    from harness.tiny_sdxl import tiny_vae
+
+    nodes, _ = layer
+    monkeypatch.setattr(nodes.clip_training, "clip_scorer", lambda *_: tiny_clip())
+    model = tiny_sd()
+    images = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(9))
+    positive, _ = conditioning()
+
+    def train(**window):
+        inputs = dict(model=model, images=images, vae=tiny_vae(), source_text="a photo", target_text="a red photo",
+                      form="per_timestep", epochs=1, lr=0.5, steps=6, t_edit=400, inversion_steps=6, batch_size=1,
+                      clip_weight=1.0, recon_weight=3.0, lr_step_epochs=3, lr_gamma=0.1,
+                      clip_reference="source_prediction", log_clip_loss=True, init_scale=0.2, clip_model="tiny",
+                      clip_pretrained="", seed=0, cfg=1.0, edit_branches="cond", positive=positive)
+        return nodes.clip_training.TrainAsyrpDirection.execute(**{**inputs, **window}).result
+
+    by_t, t_edit, _ = train()
+    same, same_t_edit, _ = train(window="percent", end_percent=_end_like(model, 6, 400), t_edit=-1)
+    inside = _grid_inside(model, 6, 0.3, 0.8)
+    narrow, narrow_t_edit, _ = train(window="percent", start_percent=0.3, end_percent=0.8)
+    assert by_t.timesteps == same.timesteps and torch.equal(by_t.delta, same.delta)
+    assert (t_edit, same_t_edit) == (400, 599)  # a percent window reports its lowest step (grid 999, 799, 599, …)
+    assert narrow.timesteps == tuple(inside) and narrow_t_edit == min(inside) and max(inside) < 999

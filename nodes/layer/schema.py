@@ -8,6 +8,7 @@ import logging
 from comfy_api.latest import io
 
 from ...hspace_core import EditSchedule, HStorage
+from ...hspace_core.settings import t_edit_label
 from ...hspace_core.sampling import SigmaWindow, schedule_in_window
 from ...hspace_core.sites import DEFAULT_SITE, SITES
 from ..comfy.windows import boost_t_boost
@@ -126,34 +127,44 @@ def t_edit_input(default: int = 400):
 
 
 WINDOWS = ["t_edit", "percent"]
-_WINDOW_TIP = ("How the edit window is given: 't_edit' (the paper's timestep, edits for t ≥ t_edit, on the model's "
-               "1000-step table) or 'percent' (start/end percent of the schedule, as ControlNet and IPAdapter gate: "
-               "meaningful on any scheduler).")
+KV_WINDOWS = ["t_start/t_stop", "percent"]  # StyleID's K/V window
+_WINDOW_TIP = ("How the {what} window is given: '{paper}' (the paper's {said}, on the model's 1000-step table) or "
+               "'percent' (start/end percent of the schedule, as ControlNet and IPAdapter gate: meaningful on any "
+               "scheduler).")
+_PAPER_WINDOWS = {"t_edit": ("edit", "timestep, edits for t ≥ t_edit"),
+                  "t_start/t_stop": ("K/V injection", "timesteps, t_start ≥ t ≥ t_stop")}
 
 
-def _percent_inputs(end_default: float, optional: bool):
+def _window_tip(paper: str = "t_edit") -> str:
+    what, said = _PAPER_WINDOWS[paper]
+    return _WINDOW_TIP.format(what=what, paper=paper, said=said)
+
+
+def _percent_inputs(end_default: float, optional: bool, what: str = "edit"):
     return [io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01, optional=optional,
-                           tooltip="window = percent: where the edit starts (0 = the first, noisiest step)."),
+                           tooltip=f"window = percent: where the {what} starts (0 = the first, noisiest step)."),
             io.Float.Input("end_percent", default=end_default, min=0.0, max=1.0, step=0.01, optional=optional,
-                           tooltip="window = percent: where the edit ends (1 = the last step).")]
+                           tooltip=f"window = percent: where the {what} ends (1 = the last step).")]
 
 
 def sampler_window_inputs(end_default: float = 0.6):
     """The SAMPLER nodes' edit window, in this order: window, t_edit, start_percent, end_percent."""
-    return [io.Combo.Input("window", options=WINDOWS, default="t_edit", tooltip=_WINDOW_TIP),
+    return [io.Combo.Input("window", options=WINDOWS, default="t_edit", tooltip=_window_tip()),
             io.Int.Input("t_edit", default=400, min=0, max=999,
                          tooltip="window = t_edit: h is changed for t ≥ t_edit (larger = stronger, coarser changes)."),
             *_percent_inputs(end_default, optional=False)]
 
 
-def window_inputs(end_default: float = 0.6, grid_note: str = ""):
-    """The edit window for a node that has its t_edit widget already: window (default 't_edit', so saved workflows
-    and their images are unchanged), start_percent, end_percent; advanced, optional, for the END of its inputs.  On a
-    DDIM grid a percent window edits the grid timesteps whose σ lies in it (``edit_schedule``)."""
+def window_inputs(end_default: float = 0.6, grid_note: str = "", paper: str = "t_edit"):
+    """The window for a node that has its paper's-t widgets already (``paper``: 't_edit', or StyleID's
+    't_start/t_stop'): window (default the paper's, so saved workflows and their images are unchanged),
+    start_percent, end_percent; advanced, optional, for the END of its inputs.  On a DDIM grid a percent window acts
+    at the grid timesteps whose σ lies in it (``edit_schedule``, ``grid_window``)."""
     note = grid_note or " On this node's DDIM grid: the steps whose σ lies in [σ(end_percent), σ(start_percent)]."
-    return [advanced(io.Combo.Input("window", options=WINDOWS, default="t_edit", optional=True,
-                                    tooltip=_WINDOW_TIP + note)),
-            *(advanced(w) for w in _percent_inputs(end_default, optional=True))]
+    options = WINDOWS if paper == "t_edit" else KV_WINDOWS
+    return [advanced(io.Combo.Input("window", options=options, default=paper, optional=True,
+                                    tooltip=_window_tip(paper) + note)),
+            *(advanced(w) for w in _percent_inputs(end_default, optional=True, what=_PAPER_WINDOWS[paper][0]))]
 
 
 BOOST_WINDOWS = ["t_boost", "percent"]
@@ -184,11 +195,6 @@ def check_window(inputs: dict, node: str = "") -> None:
                          "window runs from start_percent to end_percent: lower start_percent or raise end_percent.")
 
 
-def _t_edit_label(t_edit: int) -> str:
-    """How a paper's-t window is recorded (``made_with``)."""
-    return f"t_edit={int(t_edit)}"
-
-
 def edit_window(node: str, model_patcher, window: str = "t_edit", t_edit: int = 400, start_percent: float = 0.0,
                 end_percent: float = 0.6) -> SigmaWindow:
     """The edit window in σ, the one resolver of every node's window widgets: the paper's t ≥ t_edit (σ ≥ σ_{t_edit}
@@ -199,7 +205,7 @@ def edit_window(node: str, model_patcher, window: str = "t_edit", t_edit: int = 
     if window == "t_edit":
         if not 0 <= int(t_edit) < len(ms.sigmas):
             raise ValueError(f"{node}: t_edit ({t_edit}) must be a timestep in [0, {len(ms.sigmas) - 1}].")
-        return SigmaWindow(float("inf"), float(ms.sigmas[int(t_edit)]), _t_edit_label(t_edit))
+        return SigmaWindow(float("inf"), float(ms.sigmas[int(t_edit)]), t_edit_label(t_edit))
     for name, v in (("start_percent", start_percent), ("end_percent", end_percent)):
         if not 0 <= v <= 1:
             raise ValueError(f"{node}: {name} ({v}) must be in [0, 1].")
@@ -276,7 +282,7 @@ def edit_schedule(steps: int, t_edit: int, boost, model_patcher=None, window: st
             raise ValueError(f"t_edit ({t_edit}) is below {_boost_said(boost, t_boost)}: raise t_edit on this node or "
                              f"{fix} on the H-Space Quality Boost node.")
         # with the MODEL, its σ table bounds t_edit (edit_window); without, EditSchedule's own range check does
-        made_with = (_t_edit_label(t_edit) if model_patcher is None
+        made_with = (t_edit_label(t_edit) if model_patcher is None
                      else edit_window(node, model_patcher, window, t_edit).made_with)
         return EditSchedule(steps, t_edit=t_edit, t_boost=t_boost, eta_boost=eta, made_with=made_with)
     if model_patcher is None:
@@ -289,6 +295,20 @@ def edit_schedule(steps: int, t_edit: int, boost, model_patcher=None, window: st
         raise ValueError(f"no step of the {steps}-step grid lies in the window {span.made_with}: widen start_percent / "
                          "end_percent or use more steps.")
     return windowed
+
+
+def window_timesteps(steps: int, model_patcher, start_percent: float, end_percent: float,
+                     node: str = "") -> tuple[int, ...]:
+    """The timesteps of the DDIM grid of ``steps`` whose σ lies in a percent window (``edit_schedule``'s rule, its
+    refusals included), for a loop that takes timesteps (CLIP training, StyleID's h injection)."""
+    return edit_schedule(steps, 0, None, model_patcher, "percent", start_percent, end_percent, node).edit_timesteps
+
+
+def grid_window(steps: int, model_patcher, start_percent: float, end_percent: float, node: str = "") -> tuple[int, int]:
+    """A percent window as a window in t on the DDIM grid of ``steps`` (StyleID's t_start ≥ t ≥ t_stop): the highest
+    and lowest of its ``window_timesteps`` (contiguous on the grid, so the t window holds exactly those steps)."""
+    inside = window_timesteps(steps, model_patcher, start_percent, end_percent, node)
+    return max(inside), min(inside)
 
 
 def gamma_end_of(gamma: float, gamma_end: float) -> float:
