@@ -32,7 +32,8 @@ log = logging.getLogger("hspace")
 INVERSION_CONVENTIONS = ("seed", "diffusers")
 H_SOURCES = ("inversion", "reconstruction")
 __all__ = ["Cancelled", "INVERSION_CONVENTIONS", "H_SOURCES", "ReverseResult", "run_reverse", "invert", "capture",
-           "generate", "edit", "content_injection", "inject", "interpolate"]
+           "generate", "edit", "content_injection", "injection_edit", "inject", "interpolate", "interpolation_frames",
+           "interpolation_storage"]
 
 
 @dataclass(frozen=True)
@@ -299,6 +300,26 @@ def _note_branch(captured: tuple[str, ...], wanted: str, chosen: str) -> None:
     log.info("The h trajectory has branches %s and no %r branch; its %r rows are used.", captured, wanted, chosen)
 
 
+def injection_edit(model: HSpaceModel, content: HTrajectory, gamma: float | Callable[[int], float],
+                   schedule: EditSchedule, *, stride: int = 1, mask: torch.Tensor | None = None,
+                   per_channel: bool = False, mode: str = "slerp", strict_fingerprint: bool = True) -> HEdit:
+    """The checked h edit of a content injection on ``schedule`` (``inject``'s, and the nodes' through the σ loop):
+    the content's site and (``strict_fingerprint``) model must be the model's, it must hold h at every edited
+    timestep, and its branches must fit the model's; the hook (``content_injection``) reads only the injected steps
+    (every ``stride``-th of the window, ``sampling.strided``)."""
+    check_same_site(content.site, site_of(model), "content h trajectory")
+    if strict_fingerprint:
+        check_fingerprint(content.fingerprint, model.fingerprint, "content h trajectory")
+    grid = schedule.timesteps()
+    edited = [t for t in grid if schedule.edits_at(t)]
+    content.require_timesteps(edited, "the injection")
+    injected = [t for t, on in zip(grid, strided([schedule.edits_at(t) for t in grid], stride)) if on]
+    content = content.only_at(injected)  # the injection reads h at these steps only
+    if content.branches != model.branches and "single" not in content.branches + model.branches:
+        raise ValueError(f"Content was captured with branches {content.branches}, the model runs {model.branches}.")
+    return content_injection(content, gamma, mask=mask, per_channel=per_channel, mode=mode)
+
+
 def inject(model: HSpaceModel, style_x_T: torch.Tensor, content: HTrajectory,
            gamma: float | Callable[[int], float] = 0.5, schedule: EditSchedule | None = None, *,
            stride: int = 1, mask: torch.Tensor | None = None, omega: float | None = None,
@@ -310,21 +331,52 @@ def inject(model: HSpaceModel, style_x_T: torch.Tensor, content: HTrajectory,
     ``gamma`` is a constant or a function of t; ``stride`` injects every k-th step; ``mask`` (any size,
     soft allowed) limits the mix to a region; ``omega`` > 0 turns on style calibration; ``schedule.t_boost``
     and ``eta_boost`` give quality boosting.  The content trajectory must hold h at every edited timestep of
-    ``schedule`` (same steps and grid); anything else is refused.  ``strict_fingerprint`` (default, as in ``edit``)
-    refuses a content trajectory captured with another model.
+    ``schedule`` (same steps and grid); anything else is refused (``injection_edit``).  ``strict_fingerprint``
+    (default, as in ``edit``) refuses a content trajectory captured with another model.
     """
     schedule = schedule or EditSchedule(num_train_timesteps=model.schedule.num_train_timesteps)
-    check_same_site(content.site, site_of(model), "content h trajectory")
-    if strict_fingerprint:
-        check_fingerprint(content.fingerprint, model.fingerprint, "content h trajectory")
-    edited = [t for t in schedule.timesteps() if schedule.edits_at(t)]
-    content.require_timesteps(edited, "the injection")
-    content = content.only_at(edited[::stride])  # the injection reads h at these steps only
-    if content.branches != model.branches and "single" not in content.branches + model.branches:
-        raise ValueError(f"Content was captured with branches {content.branches}, the model runs {model.branches}.")
-    hook = content_injection(content, gamma, mask=mask, per_channel=per_channel, mode=mode)
+    hook = injection_edit(model, content, gamma, schedule, stride=stride, mask=mask, per_channel=per_channel,
+                          mode=mode, strict_fingerprint=strict_fingerprint)
     return run_reverse(model, style_x_T, schedule, edit=hook, edit_every=stride, omega=omega, seed=seed,
                        progress=progress, should_stop=should_stop).x0
+
+
+def _check_interpolation(x_T_a: torch.Tensor, x_T_b: torch.Tensor, num_frames: int) -> None:
+    """At least two frames, between two x_T of one shape."""
+    if num_frames < 2:
+        raise ValueError(f"num_frames must be ≥ 2, got {num_frames}.")
+    if x_T_a.shape != x_T_b.shape:
+        raise ValueError(f"The two inverted latents differ in shape: {tuple(x_T_a.shape)} vs {tuple(x_T_b.shape)}.")
+
+
+def interpolation_storage(schedule: EditSchedule) -> HStorage:
+    """How an interpolation keeps the h it captures: only the h it reads (t ≥ the schedule's t_edit, the lowest
+    edited timestep), where the model computes (read back at every step of every frame)."""
+    return HStorage("model", "model", t_min=min(schedule.t_edit, max(schedule.timesteps())))
+
+
+def interpolation_frames(model: HSpaceModel, x_T_a: torch.Tensor, x_T_b: torch.Tensor, trajectory_a: HTrajectory,
+                         trajectory_b: HTrajectory, num_frames: int,
+                         schedule: EditSchedule) -> list[tuple[torch.Tensor, HEdit]]:
+    """Diffusion Autoencoders' frames (Preechakul et al. 2022, §4.1), (x_T(α), h edit) for α = k/(num_frames − 1):
+    x_T(α) = Slerp(x_T^a, x_T^b, α) and h_t(α) = Lerp(h_t^a, h_t^b, α) over the edited steps, after the checks
+    (sites, every edited timestep captured): ``interpolate``'s and the node's through the σ loop."""
+    _check_interpolation(x_T_a, x_T_b, num_frames)
+    edited = [t for t in schedule.timesteps() if schedule.edits_at(t)]
+    for trajectory in (trajectory_a, trajectory_b):
+        check_same_site(trajectory.site, site_of(model), "h trajectory")
+        trajectory.require_timesteps(edited, "the interpolation")
+    frames = []
+    for k in range(num_frames):
+        alpha = k / (num_frames - 1)
+
+        def mix(h, t, branch, alpha=alpha):
+            ha = trajectory_a.at(t, _content_branch(trajectory_a, branch)).to(h)
+            hb = trajectory_b.at(t, _content_branch(trajectory_b, branch)).to(h)
+            return lerp(ha, hb, alpha)
+
+        frames.append((slerp(x_T_a, x_T_b, alpha), mix))
+    return frames
 
 
 def interpolate(model: HSpaceModel, x_T_a: torch.Tensor, x_T_b: torch.Tensor, num_frames: int,
@@ -337,12 +389,8 @@ def interpolate(model: HSpaceModel, x_T_a: torch.Tensor, x_T_b: torch.Tensor, nu
 
     Missing trajectories are captured along each image's own reconstruction, so the end frames are exact.
     """
-    if num_frames < 2:
-        raise ValueError(f"num_frames must be ≥ 2, got {num_frames}.")
-    if x_T_a.shape != x_T_b.shape:
-        raise ValueError(f"The two inverted latents differ in shape: {tuple(x_T_a.shape)} vs {tuple(x_T_b.shape)}.")
-    # only the h it reads, where the model computes (read back at every step of every frame)
-    grid, storage = schedule.grid, HStorage("model", "model", t_min=min(schedule.t_edit, max(schedule.timesteps())))
+    _check_interpolation(x_T_a, x_T_b, num_frames)
+    grid, storage = schedule.grid, interpolation_storage(schedule)
     steps, runs = schedule.num_steps, num_frames + (trajectory_a is None) + (trajectory_b is None)
     done = [0]  # steps of the runs before this one: progress counts the captures and every frame's run
 
@@ -360,22 +408,9 @@ def interpolate(model: HSpaceModel, x_T_a: torch.Tensor, x_T_b: torch.Tensor, nu
         trajectory_b = capture(model, x_T_b, steps, grid=grid, h_storage=storage, progress=report(),
                                should_stop=should_stop)
         run_done()
-    edited = [t for t in schedule.timesteps() if schedule.edits_at(t)]
-    for trajectory in (trajectory_a, trajectory_b):
-        check_same_site(trajectory.site, site_of(model), "h trajectory")
-    trajectory_a.require_timesteps(edited, "the interpolation")
-    trajectory_b.require_timesteps(edited, "the interpolation")
-    frames = []
-    for k in range(num_frames):
-        alpha = k / (num_frames - 1)
-
-        def mix(h, t, branch, alpha=alpha):
-            ha = trajectory_a.at(t, _content_branch(trajectory_a, branch)).to(h)
-            hb = trajectory_b.at(t, _content_branch(trajectory_b, branch)).to(h)
-            return lerp(ha, hb, alpha)
-
-        x_T = slerp(x_T_a, x_T_b, alpha)
-        frames.append(run_reverse(model, x_T, schedule, edit=mix, seed=seed, progress=report(),
-                                  should_stop=should_stop).x0)
+    out = []
+    for x_T, mix in interpolation_frames(model, x_T_a, x_T_b, trajectory_a, trajectory_b, num_frames, schedule):
+        out.append(run_reverse(model, x_T, schedule, edit=mix, seed=seed, progress=report(),
+                               should_stop=should_stop).x0)
         run_done()
-    return torch.cat(frames)
+    return torch.cat(out)

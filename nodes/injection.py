@@ -3,13 +3,19 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..hspace_core import (EditSchedule, BoostSettings, StyleCalibration, gamma_ramp, inject,
-                           interpolate)
+import dataclasses
+
+import torch
+
+from ..hspace_core import EditSchedule, BoostSettings, StyleCalibration, gamma_ramp
+from ..hspace_core.processes import injection_edit, interpolation_frames, interpolation_storage
+from ..hspace_core.progress import offset
 from .comfy.model import is_pixel_unet, latent_out, progress_bar, rows_run, run_in_comfy
+from .comfy.samplers import capture_h, run_h_edit
 from .layer import (BOOST_SEED_RULE, CATEGORY, GAMMAS, Boost, Calibration, HSpaceNode, Trajectory, advanced,
-                    boost_window_inputs, conditioning_inputs, edit_schedule, gamma_end_of, latent_x, mixing_inputs, model_input,
-                    sampling_inputs, seed_input, seed_of, steps_input, sweep, sweep_text, t_edit_input, values_input,
-                    values_of, x_T_input)
+                    boost_window_inputs, conditioning_inputs, edit_schedule, gamma_end_of, latent_x, mixing_inputs,
+                    model_input, node_name, sampling_inputs, seed_input, seed_of, steps_input, sweep, sweep_text,
+                    t_edit_input, values_input, values_of, window_inputs, x_T_input)
 
 def check_content_batch(content, style_x_T: dict) -> None:
     """One content image for all style images, or one per style image (said in the widgets' words)."""
@@ -34,7 +40,7 @@ class SlerpContentInject(HSpaceNode):
                 io.Float.Input("gamma", default=0.5, min=0.0, max=1.0, step=0.01,
                                tooltip="Content strength γ at t = T: 0 keeps the style image, 1 takes the content's h."),
                 advanced(io.Float.Input("gamma_end", default=-1.0, min=-1.0, max=1.0, step=0.01,
-                               tooltip="γ at t = t_edit, in [0, 1]; γ varies linearly in between. −1 keeps γ constant (other negative values are refused). A "
+                               tooltip="γ at t = t_edit (a percent window: its lowest edited step), in [0, 1]; γ varies linearly in between. −1 keeps γ constant (other negative values are refused). A "
                                        "rising γ (e.g. 0 → 0.8) moves more of the content's layout and less of "
                                        "its colours than a constant one.")),
                 values_input("gamma_sweep", GAMMAS,
@@ -47,6 +53,7 @@ class SlerpContentInject(HSpaceNode):
                 *mixing_inputs(),
                 seed_input("Seed for the stochastic (quality boost) steps. " + BOOST_SEED_RULE),
                 *conditioning_inputs(),
+                *window_inputs(),
             ],
             outputs=[io.Latent.Output("latent", tooltip="The mixed latent(s): batch × γ values, γ-major."),
                      io.String.Output("sweep", tooltip="The γ values run, in batch order: connect to Label Sweep "
@@ -56,18 +63,20 @@ class SlerpContentInject(HSpaceNode):
     @classmethod
     def execute(cls, model, style_x_T, content, gamma, gamma_end, stride, steps, t_edit, mode, per_channel, seed,
                 cfg, edit_branches, gamma_sweep="", mask=None, calibration=None, boost=None, positive=None,
-                negative=None) -> io.NodeOutput:
+                negative=None, window="t_edit", start_percent=0.0, end_percent=0.6) -> io.NodeOutput:
         check_content_batch(content, style_x_T)
         gammas = values_of(gamma_sweep, "gamma_sweep", GAMMAS) or [gamma]
-        schedule = edit_schedule(steps, t_edit, boost)
+        schedule = edit_schedule(steps, t_edit, boost, model, window, start_percent, end_percent,
+                                 node_name(cls.define_schema()))
         omega = calibration.omega if calibration is not None else None
         seed = seed_of(seed, boost)
         negative, negative_at = sampling_inputs(style_x_T, cfg, positive, negative)
 
-        def mix(m, x, g, progress):
-            gamma_t = gamma_ramp(g, gamma_end_of(g, gamma_end), t_edit, m.schedule.num_train_timesteps - 1)
-            return inject(m, x, content, gamma_t, schedule, stride=stride, mask=mask, omega=omega,
-                          per_channel=per_channel, mode=mode, seed=seed, progress=progress)
+        def mix(m, x, g, progress):  # the ramp ends at the schedule's t_edit: a percent window's lowest edited t
+            gamma_t = gamma_ramp(g, gamma_end_of(g, gamma_end), schedule.t_edit, m.schedule.num_train_timesteps - 1)
+            hook = injection_edit(m, content, gamma_t, schedule, stride=stride, mask=mask, per_channel=per_channel,
+                                  mode=mode)
+            return run_h_edit(m, x, hook, schedule, seed=seed, progress=progress, edit_every=stride, omega=omega)
 
         out = run_in_comfy(
             model, style_x_T["samples"], lambda m, x: sweep(gammas, steps, lambda g, p: mix(m, x, g, p), model),
@@ -135,24 +144,37 @@ class Interpolate(HSpaceNode):
                                               tooltip="Clip each predicted x0 to [-1, 1] (pixel U-Nets only, never SD "
                                                       "latents): middle frames start from an x_T that inverts no "
                                                       "image, and clipping keeps them from saturating.")),
-                    *conditioning_inputs()],
+                    *conditioning_inputs(),
+                    *window_inputs()],
             outputs=[io.Latent.Output("latent", tooltip="Frames, frame-major.")],
         )
 
     @classmethod
     def execute(cls, model, x_T_a, x_T_b, frames, steps, t_edit, cfg, edit_branches, clip_x0=False, positive=None,
-                negative=None) -> io.NodeOutput:
+                negative=None, window="t_edit", start_percent=0.0, end_percent=0.6) -> io.NodeOutput:
         if x_T_a["samples"].shape != x_T_b["samples"].shape:
             raise ValueError(f"x_T_a {tuple(x_T_a['samples'].shape)} and x_T_b {tuple(x_T_b['samples'].shape)} differ: "
                              "invert images of the same size.")
         if clip_x0 and not is_pixel_unet(model):
             raise ValueError("clip_x0 is for pixel U-Nets (images in [-1, 1]); latents of SD models must not be clipped.")
-        schedule = EditSchedule(steps, t_edit=t_edit, t_boost=0, clip_x0=1.0 if clip_x0 else None)
+        schedule = edit_schedule(steps, t_edit, None, model, window, start_percent, end_percent,
+                                 node_name(cls.define_schema()))
+        schedule = dataclasses.replace(schedule, clip_x0=1.0 if clip_x0 else None)
         negative, negative_at = sampling_inputs(x_T_a, cfg, positive, negative)  # x_T_b's is the same (base node)
         x_b = latent_x(model, x_T_b)
-        progress = progress_bar(steps * (frames + 2), model)  # two captures, then a run per frame
-        out = run_in_comfy(model, x_T_a["samples"],
-                           lambda m, x: interpolate(m, x, x_b.to(x), frames, schedule, progress=progress),
-                           positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches,
-                           negative_at=negative_at, rows=rows_run(model, x_T_a["samples"].shape[0], edited=True))
+        runs = frames + 2  # two captures, then a run per frame
+        progress = progress_bar(steps * runs, model)
+
+        def body(m, x_a):  # interpolate's captures and frames, each run through the σ loop
+            part = lambda k: offset(progress, k * steps, runs * steps)  # noqa: E731  (run k of the whole)
+            storage, recon = interpolation_storage(schedule), EditSchedule.reconstruction(steps)
+            ends = (x_a, x_b.to(x_a))
+            captured = [capture_h(m, x, recon, storage, h_only=True, progress=part(k))[0] for k, x in enumerate(ends)]
+            pairs = interpolation_frames(m, *ends, *captured, frames, schedule)
+            return torch.cat([run_h_edit(m, x_T, mix, schedule, progress=part(2 + k))
+                              for k, (x_T, mix) in enumerate(pairs)])
+
+        out = run_in_comfy(model, x_T_a["samples"], body, positive=positive, negative=negative, cfg=cfg,
+                           edit_branches=edit_branches, negative_at=negative_at,
+                           rows=rows_run(model, x_T_a["samples"].shape[0], edited=True))
         return io.NodeOutput(latent_out(model, out))

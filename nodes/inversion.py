@@ -7,9 +7,10 @@ import dataclasses
 import math
 
 from ..hspace_core import (CFG_INVERSIONS, H_SOURCES, INVERSION_CONVENTIONS, EditSchedule, ReconstructionReport,
-                           generate, invert, null_text_embeddings, run_reverse)
+                           generate, invert, null_text_embeddings)
 from .comfy.model import is_pixel_unet, latent_out, model_fingerprint, progress_bar, run_in_comfy
 from .comfy.origin import XTOrigin
+from .comfy.samplers import capture_h
 from .layer import (CATEGORY, DEFAULT_H_STORAGE, HSpaceNode, Trajectory, advanced, conditioning_inputs, decode,
                     encoded_pixels, h_storage_inputs, h_storage_of, latent_of, latent_x, model_input, psnr,
                     sampling_inputs, site_input, steps_input, with_origin, x_T_input)
@@ -127,9 +128,8 @@ class Capture(HSpaceNode):
         storage = h_storage_of(h_storage, keep_h_from_t)
 
         def body(m, x):
-            sched = EditSchedule.reconstruction(steps)
-            return run_reverse(m, x, sched, record_h=True, h_storage=storage, progress=progress_bar(steps, model))
+            return capture_h(m, x, EditSchedule.reconstruction(steps), storage, progress=progress_bar(steps, model))
 
-        result = run_in_comfy(model, x_T["samples"], body, positive=positive, negative=negative, cfg=cfg,
-                              edit_branches=edit_branches, negative_at=negative_at, site=site)
-        return io.NodeOutput(result.trajectory, latent_out(model, result.x0))
+        trajectory, x0 = run_in_comfy(model, x_T["samples"], body, positive=positive, negative=negative, cfg=cfg,
+                                      edit_branches=edit_branches, negative_at=negative_at, site=site)
+        return io.NodeOutput(trajectory, latent_out(model, x0))

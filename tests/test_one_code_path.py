@@ -153,3 +153,156 @@ def test_the_sigma_loop_is_the_librarys_in_float64(images, omega, clip):
         if setting:  # calibration and clipping act here
             kw = dict(dict(schedule=schedule, omega=omega), **setting)
             assert relative(today, run_reverse(model, x_T, edit=SHIFT, seed=5, edit_every=2, **kw).x0) > 1e-3
+
+
+# --- the nodes: thin shells over run_h_edit, giving the library's loop (inject, interpolate, run_reverse) ---
+
+@pytest.fixture(scope="module")
+def nodes(pack):
+    import hspace_pack.nodes as nodes
+
+    return nodes
+
+
+def demo_model(pack):
+    _, pixel_model = pack
+    return pixel_model.pixel_model_patcher(*pixel_model.load_pixel_unet_folder(DEMO))
+
+
+def models(pack, kind):
+    """(MODEL, a noise maker of its latents' shape, cfg, positive, negative): the tiny SD U-Net under CFG, or the
+    bundled pixel model."""
+    if kind == "sd":
+        positive, negative = conditioning()
+        return tiny_sd(), lambda seed: noise(seed), 7.5, positive, negative
+    return (demo_model(pack), lambda seed: torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(seed)),
+            1.0, None, None)
+
+
+def library(pack, model, samples, body, cfg, positive, negative, site="middle"):
+    """``body(m, x)`` of the library inside ComfyUI (what the nodes ran before), as a LATENT's samples."""
+    comfy_model, _ = pack
+    with torch.inference_mode():
+        out = comfy_model.run_in_comfy(model, samples, body, positive=positive, negative=negative, cfg=cfg, seed=5,
+                                       site=site)
+    return out if not torch.is_tensor(out) else comfy_model.latent_out(model, out)["samples"]
+
+
+def captured(nodes, model, samples, cfg, positive, negative, steps=8, keep_h_from_t=0):
+    with torch.inference_mode():
+        return nodes.inversion.Capture.execute(model=model, x_T={"samples": samples}, steps=steps, cfg=cfg,
+                                               edit_branches="cond", keep_h_from_t=keep_h_from_t, positive=positive,
+                                               negative=negative).result
+
+
+@pytest.mark.parametrize("kind", ["sd", "pixel"])
+def test_capture_is_the_librarys_recorded_reverse_process(pack, nodes, kind):
+    from hspace_core import HStorage as Storage
+
+    model, make, cfg, positive, negative = models(pack, kind)
+    x_T = make(4)
+    trajectory, latent = captured(nodes, model, x_T, cfg, positive, negative, keep_h_from_t=300)
+    today = library(pack, model, x_T, lambda m, x: run_reverse(m, x, EditSchedule.reconstruction(8), record_h=True,
+                                                                  h_storage=Storage("model", "cpu", 300)),
+                    cfg, positive, negative)
+    assert trajectory.timesteps == today.trajectory.timesteps and min(trajectory.timesteps) >= 300
+    assert trajectory.branches == today.trajectory.branches and trajectory.fingerprint == today.trajectory.fingerprint
+    assert relative(trajectory.h, today.trajectory.h) < 1e-5
+    want = pack[0].latent_out(model, today.x0)["samples"]
+    assert relative(latent["samples"], want) < 1e-5, relative(latent["samples"], want)
+
+
+def inject_node(nodes, model, style, content, cfg, positive, negative, **kw):
+    settings = dict(gamma=0.3, gamma_end=0.9, stride=2, steps=8, t_edit=400, mode="slerp", per_channel=False, seed=1,
+                    edit_branches="cond", mask=MASK_32 if style.shape[-1] == 32 else MASK)
+    settings.update(kw)
+    with torch.inference_mode():
+        return nodes.injection.SlerpContentInject.execute(model=model, style_x_T={"samples": style}, content=content,
+                                                          cfg=cfg, positive=positive, negative=negative,
+                                                          **settings).result[0]["samples"]
+
+
+MASK_32 = torch.nn.functional.interpolate(MASK[None], size=(32, 32))[0]
+
+
+@pytest.mark.parametrize("kind, calibrated", [("sd", True), ("sd", False), ("pixel", True)])
+def test_slerp_content_inject_is_the_librarys_inject(pack, nodes, kind, calibrated):
+    """Stride 2, a mask, the quality boost (its seed), a γ ramp and a γ sweep; with and without style calibration."""
+    from hspace_core import BoostSettings, StyleCalibration, inject
+
+    model, make, cfg, positive, negative = models(pack, kind)
+    style = make(4)
+    content, _ = captured(nodes, model, make(9), cfg, positive, negative)
+    boost, calibration = BoostSettings(200, 1.0, 5), StyleCalibration(0.3) if calibrated else None
+    got = inject_node(nodes, model, style, content, cfg, positive, negative, gamma_sweep="0.2, 0.6", boost=boost,
+                      calibration=calibration)
+    schedule = EditSchedule(8, t_edit=400, t_boost=200, eta_boost=1.0)
+    mask = MASK_32 if kind == "pixel" else MASK
+
+    def today(m, x):
+        return torch.cat([inject(m, x, content, gamma_ramp(g, 0.9, 400), schedule, stride=2, mask=mask,
+                                 omega=0.3 if calibrated else None, seed=5) for g in (0.2, 0.6)])
+
+    want = library(pack, model, style, today, cfg, positive, negative)
+    tolerance = CALIBRATED if calibrated else 1e-5
+    assert relative(got, want) < tolerance, relative(got, want)
+    plain = library(pack, model, style, lambda m, x: run_reverse(m, x, schedule, seed=5).x0, cfg, positive, negative)
+    assert relative(got[:1], plain) > 1e-3  # the injection shows
+
+
+@pytest.mark.parametrize("kind", ["sd", "pixel"])
+def test_interpolate_is_the_librarys_interpolate(pack, nodes, kind):
+    """Three frames; on the pixel model with clip_x0 (the frames' x0 clipped to [−1, 1])."""
+    from hspace_core import interpolate
+
+    model, make, cfg, positive, negative = models(pack, kind)
+    a, b = make(4), make(9)
+    clip = kind == "pixel"
+    with torch.inference_mode():
+        got = nodes.injection.Interpolate.execute(model=model, x_T_a={"samples": a}, x_T_b={"samples": b}, frames=3,
+                                                  steps=8, t_edit=300, cfg=cfg, edit_branches="cond", clip_x0=clip,
+                                                  positive=positive, negative=negative).result[0]["samples"]
+    schedule = EditSchedule(8, t_edit=300, clip_x0=1.0 if clip else None)
+    x_b = nodes.layer.latent_x(model, {"samples": b})  # model space, as the node reads it
+    want = library(pack, model, a, lambda m, x: interpolate(m, x, x_b, 3, schedule), cfg, positive, negative)
+    assert relative(got, want) < 1e-5, relative(got, want)
+    assert relative(got[1:2], got[:1]) > 1e-2 and relative(got[1:2], got[2:]) > 1e-2  # a middle frame of its own
+
+
+def grid_percent(model, t):
+    """The end_percent whose σ is that of grid timestep ``t`` (the percent window equal to t_edit = t)."""
+    ms = model.get_model_object("model_sampling")
+    return next(p / 1000 for p in range(1001) if float(ms.percent_to_sigma(p / 1000)) <= float(ms.sigmas[t]))
+
+
+def test_a_percent_window_is_the_equal_t_edit_window_and_a_narrower_one_edits_fewer_steps(pack, nodes, monkeypatch):
+    """Slerp Content Inject and Interpolate: with t_edit a grid timestep, the percent window ending there gives the same
+    image bit for bit (γ ramp included: it ends at the lowest edited t); start_percent 0.3 leaves out the steps
+    above σ(0.3), which are then not edited."""
+    from test_windows import edited_steps
+
+    model, make, cfg, positive, negative = models(pack, "sd")
+    style = make(4)
+    content, _ = captured(nodes, model, make(9), cfg, positive, negative)
+    grid = EditSchedule(8).timesteps()
+    t_edit = min(t for t in grid if t >= 400)
+    end = grid_percent(model, t_edit)
+    by_t = inject_node(nodes, model, style, content, cfg, positive, negative, t_edit=t_edit, stride=1)
+    by_percent = inject_node(nodes, model, style, content, cfg, positive, negative, t_edit=t_edit, stride=1,
+                             window="percent", start_percent=0.0, end_percent=end)
+    assert torch.equal(by_t, by_percent)
+    with torch.inference_mode():
+        interpolated = [nodes.injection.Interpolate.execute(
+            model=model, x_T_a={"samples": style}, x_T_b={"samples": make(9)}, frames=3, steps=8, t_edit=t_edit,
+            cfg=cfg, edit_branches="cond", positive=positive, negative=negative, **window).result[0]["samples"]
+            for window in ({}, dict(window="percent", start_percent=0.0, end_percent=end))]
+    assert torch.equal(*interpolated)
+
+    seen = edited_steps(monkeypatch, pack)
+    narrower = inject_node(nodes, model, style, content, cfg, positive, negative, t_edit=t_edit, stride=1,
+                           window="percent", start_percent=0.3, end_percent=end)
+    ms = model.get_model_object("model_sampling")
+    inside = [t for t in grid if float(ms.percent_to_sigma(end)) <= float(ms.sigmas[t])
+              <= float(ms.percent_to_sigma(0.3))]
+    assert [t for t, edited in seen if edited] == inside and 0 < len(inside) < len([t for t in grid if t >= t_edit])
+    assert relative(narrower, by_t) > 1e-4

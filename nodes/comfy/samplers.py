@@ -19,6 +19,8 @@ import comfy.samplers
 from ...hspace_core.devices import FiniteWatch, step_dtype
 from ...hspace_core.sampling import clip_denoised, invert_sigmas, sample_h_edit, strided
 from ...hspace_core.sigmas import ve_scale, ve_to_vp
+from ...hspace_core.sites import site_of
+from ...hspace_core.trajectory import HStorage, HTrajectory
 from .model import ComfyHSpaceModel, reserve_rows, rows_run
 from .windows import boost_t_boost
 
@@ -152,6 +154,24 @@ def run_h_edit(hs, x_T: torch.Tensor, edit, schedule, *, seed: int = 0, progress
     if n < len(grid):
         x = ve_to_vp(x, float(table[grid[n]]))
     return x.to(x_T.dtype)
+
+
+def capture_h(hs, x_T: torch.Tensor, schedule, storage: HStorage, *, h_only: bool = False,
+              progress=None) -> tuple[HTrajectory, torch.Tensor]:
+    """``processes.run_reverse(record_h=True, h_storage=storage, h_only=h_only)`` through ``run_h_edit``: the
+    trajectory of h along the process from x_T (kept as ``storage`` says: precision, device, t ≥ t_min) and the x0
+    reached (with ``h_only``, the x_t where it stopped, below the last kept step)."""
+    kept = []
+
+    def record(t, h):
+        if storage.keeps(t):
+            kept.append(storage.put(h))
+
+    x = run_h_edit(hs, x_T, None, schedule, progress=progress, record=record,
+                   stop_below=storage.t_min if h_only else None)
+    trajectory = storage.trajectory(schedule.timesteps(), kept, hs.branches, hs.fingerprint, "reconstruction",
+                                    site_of(hs))
+    return trajectory, x
 
 
 class InversionRecord:
