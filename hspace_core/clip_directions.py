@@ -13,6 +13,7 @@ defaults here and both can be switched to the paper's P_t^source and plain L_dir
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -26,6 +27,7 @@ from .implicit import ImplicitDirectionNet
 from .schedules import step_pairs, timestep_grid
 from .sites import site_of
 from .direction import Direction
+from .settings import t_edit_label
 from .progress import StepLoop, check_batch
 from .auto_schedule import find_t_edit_t_boost
 from .processes import invert
@@ -127,6 +129,7 @@ class DirectionTraining:
     # a percent window's timesteps of the training grid (contiguous), replacing t ≥ t_edit: the steps above it are
     # run plainly (nothing is trained there), once per image
     edit_timesteps: tuple[int, ...] | None = None
+    made_with: str = ""  # how edit_timesteps' window was given (e.g. "percent 0.00–0.60"), for the direction's record
     epochs: int = 1  # passes over the training images (n_iter)
     batch_size: int = 1
     lr: float = 0.5
@@ -301,4 +304,9 @@ def train_direction(model: HSpaceModel, images: torch.Tensor, clip: CLIPDirectio
                 "images": int(images.shape[0]), "text_cosine": cosine}
         direction = _direction_of(config.form, trained, train_ts, h_shape, model, meta,
                                   f"{source_text} → {target_text}")
+        if config.edit_timesteps is not None:
+            window = config.made_with or f"timesteps {train_ts[0]} … {train_ts[-1]}"
+        else:
+            window = t_edit_label(t_edit) + (" (LPIPS rule)" if config.t_edit is None else "")
+        direction = dataclasses.replace(direction, made_with=f"{window}, trained on {config.num_steps} steps")
     return TrainedDirection(direction, tuple(losses), tuple(clip_losses), int(t_edit), cosine, seconds, tuple(train_ts))

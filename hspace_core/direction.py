@@ -25,7 +25,9 @@ class Direction:
     ``fn`` is a callable f(h, t) → Δh for ``implicit`` (Asyrp's learnt f_t; an ``ImplicitDirectionNet`` can be
     saved).  ``scale`` multiplies every Δh.  A direction learnt with ``train_steps`` DDIM steps (in ``metadata``)
     is rescaled by train_steps / steps when applied with another number of steps, as the official Asyrp code does.
-    ``site`` is the block whose h it moves (``hspace_core.sites``; files without one: "middle").
+    ``site`` is the block whose h it moves (``hspace_core.sites``; files without one: "middle").  ``made_with``
+    says which window / grid it was made with (a CLIP-trained direction: its training window; one from examples:
+    its trajectories' record; "" when unknown, e.g. files of older versions).
     """
 
     form: str
@@ -38,6 +40,7 @@ class Direction:
     metadata: dict = field(default_factory=dict, compare=False)
     scale: float = 1.0
     site: str = DEFAULT_SITE
+    made_with: str = field(default="", compare=False)
 
     def __post_init__(self):
         check_site(self.site)
@@ -102,11 +105,12 @@ class Direction:
         if self.form != "per_timestep":
             raise ValueError("Only a per_timestep direction has a mean over timesteps.")
         return Direction("global", self.delta.mean(0), fingerprint=self.fingerprint, name=self.name,
-                         metadata=self.metadata, scale=self.scale, site=self.site)
+                         metadata=self.metadata, scale=self.scale, site=self.site, made_with=self.made_with)
 
     def save(self, path: str) -> None:
         common = dict(form=self.form, timesteps=list(self.timesteps), fingerprint=self.fingerprint, name=self.name,
-                      extra=self.metadata, scale=self.scale, h_shape=list(self.h_shape), site=self.site)
+                      extra=self.metadata, scale=self.scale, h_shape=list(self.h_shape), site=self.site,
+                      made_with=self.made_with)
         if self.form != "implicit":
             save_tensors(path, {"delta": self.delta}, "direction", **common)
             return
@@ -119,7 +123,8 @@ class Direction:
     def load(cls, path: str) -> "Direction":
         tensors, meta = load_tensors(path, "direction")
         common = dict(fingerprint=meta["fingerprint"], name=meta.get("name", ""), metadata=meta.get("extra", {}),
-                      scale=float(meta.get("scale", 1.0)), site=meta.get("site", DEFAULT_SITE))
+                      scale=float(meta.get("scale", 1.0)), site=meta.get("site", DEFAULT_SITE),
+                      made_with=str(meta.get("made_with", "")))
         if meta["form"] == "implicit":
             fn = ImplicitDirectionNet.from_tensors(meta["fn_config"], {k[3:]: v for k, v in tensors.items()})
             return cls("implicit", fn=fn, h_shape=tuple(meta.get("h_shape", ())), **common)

@@ -83,7 +83,13 @@ def combine(directions: Sequence[Direction], weights: Sequence[float], *, normal
     total = sum(w * _delta_on(d, form, timesteps) for d, w in zip(directions, weights))
     return Direction(form, total, timesteps, fingerprint=directions[0].fingerprint,
                      name=name or "+".join(d.name for d in directions), metadata={"method": "combine"},
-                     site=directions[0].site)
+                     site=directions[0].site, made_with=_common_record(directions))
+
+
+def _common_record(directions: Sequence[Direction]) -> str:
+    """The ``made_with`` of a combination: the directions' one record, or the distinct ones joined with " + "."""
+    records = list(dict.fromkeys(d.made_with for d in directions if d.made_with))
+    return " + ".join(records)
 
 
 def orthogonalise(direction: Direction, against: Sequence[Direction], *, name: str = "") -> Direction:
@@ -124,7 +130,7 @@ def orthogonalise(direction: Direction, against: Sequence[Direction], *, name: s
     meta = {**direction.metadata, "orthogonal_to": [d.name for d in against]}
     return Direction(form, delta, timesteps, fingerprint=direction.fingerprint,
                      name=name or f"{direction.name} ⟂ {', '.join(d.name for d in against)}", metadata=meta,
-                     site=direction.site)
+                     site=direction.site, made_with=direction.made_with)
 
 
 def rescale_like(direction: Direction, like: Direction) -> Direction:
@@ -142,7 +148,7 @@ def rescale_like(direction: Direction, like: Direction) -> Direction:
     factor = (flat(target).norm(dim=1) / lengths).reshape(-1, *([1] * (delta.dim() - (form != "global"))))
     factor = factor[0] if form == "global" else factor
     return Direction(form, (delta * factor).float(), timesteps, fingerprint=direction.fingerprint, name=direction.name,
-                     metadata=direction.metadata, site=direction.site)
+                     metadata=direction.metadata, site=direction.site, made_with=direction.made_with)
 
 
 def _mean_h_norm(reference: HTrajectory) -> torch.Tensor:
@@ -173,7 +179,8 @@ def normalise(direction: Direction, reference: HTrajectory, relative_norm: float
             raise ValueError("A zero direction cannot be normalised.")
         delta = direction.delta * direction.scale * (relative_norm * float(norms.mean()) / length)
         return Direction("global", delta, fingerprint=direction.fingerprint, name=direction.name,
-                         metadata={**direction.metadata, "relative_norm": relative_norm}, site=direction.site)
+                         metadata={**direction.metadata, "relative_norm": relative_norm}, site=direction.site,
+                         made_with=direction.made_with)
     stack = _delta_on(direction, "per_timestep", reference.timesteps).double()
     lengths = stack.flatten(1).norm(dim=1)
     if (lengths == 0).any():
@@ -181,4 +188,4 @@ def normalise(direction: Direction, reference: HTrajectory, relative_norm: float
     delta = stack * (relative_norm * norms / lengths).reshape(-1, 1, 1, 1)
     return Direction("per_timestep", delta.float(), reference.timesteps, fingerprint=direction.fingerprint,
                      name=direction.name, metadata={**direction.metadata, "relative_norm": relative_norm},
-                     site=direction.site)
+                     site=direction.site, made_with=direction.made_with)

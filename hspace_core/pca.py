@@ -94,7 +94,7 @@ def pca_directions(trajectories: HTrajectory | Sequence[HTrajectory], k: int, *,
         pca = principal_components(centred.reshape(-1, centred.shape[-1]), k, shape, normalisation)
         return [Direction("global", (pca.axes[i] * pca.variance[i].sqrt()).float().reshape(shape),
                           fingerprint=first.fingerprint, name=f"{name} {i}", metadata=meta(i, pca.explained[i]),
-                          site=first.site)
+                          site=first.site, made_with=first.made_with)
                 for i in range(k)]
     per_t = [principal_components(centred[s], k, shape, normalisation) for s in range(centred.shape[0])]
     deltas, signs = [], torch.ones(k, dtype=centred.dtype, device=centred.device)
@@ -107,5 +107,5 @@ def pca_directions(trajectories: HTrajectory | Sequence[HTrajectory], k: int, *,
     explained = torch.stack([p.explained for p in per_t]).mean(0)
     return [Direction("per_timestep", stacked[i].float().reshape(-1, *shape), first.timesteps,
                       fingerprint=first.fingerprint, name=f"{name} {i}", metadata=meta(i, explained[i]),
-                      site=first.site)
+                      site=first.site, made_with=first.made_with)
             for i in range(k)]

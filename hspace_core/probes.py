@@ -96,11 +96,12 @@ def probe_direction(positive: HTrajectory, negative: HTrajectory, method: str = 
         delta, accuracy = fit(pooled, labels.repeat(h.shape[0]), diffs.mean(0))
         meta = {"method": method, "l2": l2, "train_accuracy": accuracy}
         return Direction("global", delta.float().reshape(shape), fingerprint=first.fingerprint, name=name, metadata=meta,
-                         site=first.site)
+                         site=first.site, made_with=first.made_with)
     fitted = [fit(h[s], labels, diffs[s]) for s in range(h.shape[0])]
     meta = {"method": method, "l2": l2, "train_accuracy": sum(a for _, a in fitted) / len(fitted)}
     return Direction("per_timestep", torch.stack([d for d, _ in fitted]).float().reshape(-1, *shape), first.timesteps,
-                     fingerprint=first.fingerprint, name=name, metadata=meta, site=first.site)
+                     fingerprint=first.fingerprint, name=name, metadata=meta, site=first.site,
+                     made_with=first.made_with)
 
 
 def check_examples_differ(positive: HTrajectory, negative: HTrajectory) -> None:
@@ -126,4 +127,4 @@ def direction_from_examples(positive: HTrajectory, negative: HTrajectory, *, nam
     pos = positive.conditional().mean(1)
     neg = negative.conditional().mean(1)
     return Direction("per_timestep", pos - neg, positive.timesteps, fingerprint=positive.fingerprint, name=name,
-                     site=positive.site)
+                     site=positive.site, made_with=positive.made_with)

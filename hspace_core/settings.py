@@ -12,6 +12,18 @@ def t_edit_label(t_edit: int) -> str:
     return f"t_edit={int(t_edit)}"
 
 
+def grid_label(timesteps, t_min: int = 0, sigmas=None) -> str:
+    """How a trajectory or an x_T records the grid it was made on (``made_with``): "40 steps, t = 999 … 0", with
+    ", σ = 14.6 … 0.0292" when it was made on a SAMPLER's sigmas and ", h kept for t ≥ 400" when h was kept only
+    from a timestep on."""
+    ts = [int(t) for t in timesteps]
+    said = f"{len(ts)} steps, t = {ts[0]} … {ts[-1]}" if ts else "no steps"
+    if sigmas is not None:
+        positive = [float(s) for s in sigmas if float(s) > 0]
+        said += f", σ = {max(positive):.4g} … {min(positive):.4g}" if positive else ""
+    return said + (f", h kept for t ≥ {int(t_min)}" if t_min else "")
+
+
 @dataclass(frozen=True)
 class EditSchedule:
     """The three phases of Asyrp's process: [T, t_edit] edit, (t_edit, t_boost] plain DDIM, (t_boost, 0] boost.

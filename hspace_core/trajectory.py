@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
 from .devices import host_ready, to_host, wide_dtype
 from .file_format import check_fingerprint, load_tensors, save_tensors
+from .settings import grid_label
 from .sites import DEFAULT_SITE, check_site, common_site
 
 
@@ -71,7 +72,8 @@ class HStorage:
         h = torch.stack(hs)
         if h.dtype == torch.float16 and h.device.type != "cpu" and not torch.isfinite(h).all():
             raise ValueError("h is beyond float16's range (65504) or not finite: keep h in float32 (h_storage).")
-        return HTrajectory(tuple(kept), h, branches, fingerprint, source, site, self.dtype_for(hs[0]), device)
+        return HTrajectory(tuple(kept), h, branches, fingerprint, source, site, self.dtype_for(hs[0]), device,
+                           made_with=grid_label(timesteps, self.t_min))
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,8 @@ class HTrajectory:
     "reconstruction" (along the reverse process from x_T) or "" (unknown, e.g. files of older versions).
     ``site`` is the block h was read at (``hspace_core.sites``; files without one were read at "middle").
     h is kept as ``dtype`` (float32 or float16) on ``device`` (see ``HStorage``); ``at`` returns it so, and every
-    user converts to the dtype and device it computes in.
+    user converts to the dtype and device it computes in.  ``made_with`` records the grid (or a SAMPLER's sigmas) it
+    was made on and from which t h was kept (``settings.grid_label``; by default its own timesteps').
     """
 
     timesteps: tuple[int, ...]
@@ -96,6 +99,7 @@ class HTrajectory:
     site: str = DEFAULT_SITE
     dtype: str = "float32"
     device: str = "cpu"
+    made_with: str = field(default="", compare=False)
 
     def __post_init__(self):
         check_site(self.site)
@@ -114,6 +118,8 @@ class HTrajectory:
             raise ValueError(f"h trajectory dtype {self.dtype!r} is unknown; use one of {tuple(H_DTYPES)}.")
         object.__setattr__(self, "device", str(torch.device(self.device)))
         object.__setattr__(self, "h", h.detach().to(self.device, H_DTYPES[self.dtype]).contiguous())
+        if not self.made_with:
+            object.__setattr__(self, "made_with", grid_label(self.timesteps))
 
     @property
     def batch_size(self) -> int:
@@ -184,14 +190,14 @@ class HTrajectory:
 
     def save(self, path: str) -> None:
         save_tensors(path, {"h": self.h.cpu()}, "h_trajectory", timesteps=list(self.timesteps), branches=list(self.branches),
-              fingerprint=self.fingerprint, source=self.source, site=self.site)
+              fingerprint=self.fingerprint, source=self.source, site=self.site, made_with=self.made_with)
 
     @classmethod
     def load(cls, path: str, expect_fingerprint: str | None = None) -> "HTrajectory":
         tensors, meta = load_tensors(path, "h_trajectory")
         h = tensors["h"]
         traj = cls(tuple(meta["timesteps"]), h, tuple(meta["branches"]), meta["fingerprint"], meta.get("source", ""),
-                   meta.get("site", DEFAULT_SITE), precision_of(h))
+                   meta.get("site", DEFAULT_SITE), precision_of(h), made_with=str(meta.get("made_with", "")))
         if expect_fingerprint is not None:
             check_fingerprint(traj.fingerprint, expect_fingerprint, "h trajectory")
         return traj

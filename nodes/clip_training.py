@@ -16,7 +16,7 @@ from ..hspace_core import load_official_asyrp
 from .comfy.model import progress_bar, rows_run, run_in_comfy, time_embedding_of
 from .layer import (CATEGORY, DirectionType, HSpaceNode, advanced, conditioning_inputs, encode, list_files,
                     lpips_by_name, model_input, resolve, seed_input, site_input, steps_input, stored_file_state,
-                    window_inputs, window_timesteps)
+                    edit_schedule, window_inputs)
 
 
 @functools.lru_cache(maxsize=1)
@@ -109,9 +109,12 @@ class TrainAsyrpDirection(HSpaceNode):
                 batch_size, clip_weight, recon_weight, lr_step_epochs, lr_gamma, clip_reference, log_clip_loss,
                 init_scale, clip_model, clip_pretrained, seed, cfg, edit_branches, positive=None,
                 negative=None, site="middle", window="t_edit", start_percent=0.0, end_percent=0.6) -> io.NodeOutput:
-        inside = window_timesteps(steps, model, start_percent, end_percent) if window == "percent" else None
+        span = edit_schedule(steps, 0, None, model, "percent", start_percent, end_percent) \
+            if window == "percent" else None
+        inside = None if span is None else span.edit_timesteps
         config = DirectionTraining(form=form, num_steps=steps, inversion_steps=inversion_steps,
                                    t_edit=None if t_edit < 0 or inside else t_edit, edit_timesteps=inside,
+                                   made_with="" if span is None else span.made_with,
                                    epochs=epochs, batch_size=batch_size, lr=lr,
                                    lr_step_epochs=lr_step_epochs, lr_gamma=lr_gamma, clip_weight=clip_weight,
                                    recon_weight=recon_weight, clip_reference=clip_reference,

@@ -18,7 +18,8 @@ def save_and_load_nodes(kind: str, label: str, io_type, cls, folder: str, catego
         def define_schema(c):
             return io.Schema(
                 node_id=f"HSpaceSave{kind}", display_name=f"H-Space Save {label}", category=category,
-                description=f"Save the {noun} as safetensors (with its model fingerprint and timesteps) under models/{folder}.",
+                description=f"Save the {noun} as safetensors (with its model fingerprint, timesteps and the window / grid "
+                            f"it was made with) under models/{folder}.",
                 inputs=[io_type.Input(noun, tooltip=f"The {noun} to save."),
                         io.String.Input("filename_prefix", default=noun, tooltip="File name prefix (numbered, never overwritten).")],
                 outputs=[], is_output_node=True,
@@ -28,7 +29,8 @@ def save_and_load_nodes(kind: str, label: str, io_type, cls, folder: str, catego
         def execute(c, filename_prefix, **value) -> io.NodeOutput:
             path = save_path(folder, filename_prefix)
             value[noun].save(path)
-            return io.NodeOutput(ui={"text": [os.path.basename(path)]})
+            made_with = getattr(value[noun], "made_with", "")  # its window / grid record, saved in the file too
+            return io.NodeOutput(ui={"text": [os.path.basename(path), *([f"made with {made_with}"] if made_with else [])]})
 
     class Load(HSpaceNode):
         @classmethod

@@ -8,6 +8,7 @@ import torch
 from comfy_api.latest import io
 
 from ..hspace_core import HTrajectory, check_fingerprint, combine_directions, content_injection, gamma_ramp
+from ..hspace_core.settings import grid_label
 from ..hspace_core.sigmas import ve_scale
 from ..hspace_core.sites import check_same_site
 from .comfy.model import latent_out
@@ -184,10 +185,11 @@ class InvertedXT(HSpaceNode):
         last = inversion.h_at[inversion.timesteps[-2]] if len(inversion.timesteps) > 1 else None
         hs = [inversion.h_at.get(t, last) for t in ts]
         branches = ("single",) if hs[0].shape[0] == x.shape[0] else ("uncond", "cond")
+        made_with = grid_label(ts, sigmas=inversion.sigmas)
         trajectory = HTrajectory(ts, torch.stack([h.float().cpu() for h in hs]), branches, inversion.fingerprint,
-                                 "inversion", inversion.site)
+                                 "inversion", inversion.site, made_with=made_with)
         logging.info("h-space: x_T inverted on %d sigmas (σ_max %.3f).", len(inversion.sigmas), inversion.sigmas[-1])
-        origin = XTOrigin(ts, inversion.fingerprint)
+        origin = XTOrigin(ts, inversion.fingerprint, made_with=made_with)
         return io.NodeOutput(with_origin(latent_out(model, x_T), origin), trajectory)
 
 

@@ -8,6 +8,7 @@ from hspace_core import Direction, EditSchedule, combine_directions
 from hspace_core.sampling import SigmaWindow, schedule_in_window
 
 from test_comfy_one_call import conditioning, tiny_sd
+from test_memory_rows import _custom_sampler
 from test_node_layer import Untouchable, _good_value
 
 
@@ -17,6 +18,12 @@ def layer(pack):
     from comfy_api.latest import io
 
     return nodes, io
+
+
+def origin_of(x_T):
+    from hspace_pack.nodes.layer import origin_of
+
+    return origin_of(x_T)
 
 
 def test_schedule_in_window_edits_the_grid_timesteps_whose_sigma_is_inside():
@@ -173,8 +180,6 @@ def test_a_boost_percent_gives_the_eta_steps_of_the_equivalent_t_boost_in_asyrp_
 
 
 def _sampled(nodes, model, boost, sigmas, direction):
-    from test_memory_rows import _custom_sampler
-
     sampler = nodes.samplers.AsyrpSampler.execute(direction, 1.5, "t_edit", 400, 0.0, 1.0, 0, "cond", boost=boost,
                                                   allow_other_model=True).result[0]
     return _custom_sampler(model, sampler, torch.zeros(1, 4, 16, 16), sigmas)
@@ -271,6 +276,10 @@ def test_styleid_features_take_the_kv_window_as_percent(pack, layer):
         by_percent = _features(nodes, model, latent, window="percent", start_percent=0.2, end_percent=0.7)[1]
         by_t = _features(nodes, model, latent, t_start=max(inside), t_stop=min(inside))[1]
     assert by_percent.timesteps == tuple(inside) == by_t.timesteps
+    with torch.inference_mode():
+        x_T, _, trajectory, _ = _features(nodes, model, latent, keep_h_from_t=500)
+    assert origin_of(x_T).made_with == "6 steps, t = 999 … 0"  # the x_T records its inversion's grid
+    assert trajectory.made_with == "6 steps, t = 999 … 0, h kept for t ≥ 500" and trajectory.timesteps == (999, 799, 599)
     assert all(torch.equal(by_percent.tensors[k], by_t.tensors[k]) for k in by_t.tensors)
 
 
@@ -321,3 +330,52 @@ def test_clip_training_takes_a_percent_window(pack, layer, monkeypatch):
     assert by_t.timesteps == same.timesteps and torch.equal(by_t.delta, same.delta)
     assert (t_edit, same_t_edit) == (400, 599)  # a percent window reports its lowest step (grid 999, 799, 599, …)
     assert narrow.timesteps == tuple(inside) and narrow_t_edit == min(inside) and max(inside) < 999
+    # the record: the window each was trained with
+    assert by_t.made_with == "t_edit=400, trained on 6 steps"
+    assert narrow.made_with == "percent 0.30–0.80, trained on 6 steps"
+
+
+# --- records: directions, trajectories and x_T say which window / grid they were made with (``made_with``) ---
+
+def _trajectory(timesteps, seed=0, **record):
+    from hspace_core import HTrajectory
+
+    h = torch.randn(len(timesteps), 2, 4, 2, 2, generator=torch.Generator().manual_seed(seed))
+    return HTrajectory(tuple(timesteps), h, fingerprint="arch/w", **record)
+
+
+def test_made_with_round_trips_through_the_files_and_old_files_still_load(tmp_path):
+    from hspace_core import HTrajectory
+    from hspace_core.file_format import save_tensors
+
+    trajectory = _trajectory((999, 499, 0), made_with="3 steps, t = 999 … 0, σ = 14.6 … 0.03")
+    trajectory.save(str(tmp_path / "t.safetensors"))
+    assert HTrajectory.load(str(tmp_path / "t.safetensors")).made_with == trajectory.made_with
+    direction = Direction("global", torch.ones(4, 2, 2), fingerprint="arch/w", made_with="percent 0.00–0.60")
+    direction.save(str(tmp_path / "d.safetensors"))
+    assert Direction.load(str(tmp_path / "d.safetensors")).made_with == "percent 0.00–0.60"
+    # files of older versions have no record: a trajectory's is then its own grid, a direction's stays unknown
+    save_tensors(str(tmp_path / "old_t.safetensors"), {"h": trajectory.h}, "h_trajectory", timesteps=[999, 499, 0],
+                 branches=["single"], fingerprint="arch/w", source="inversion")
+    save_tensors(str(tmp_path / "old_d.safetensors"), {"delta": direction.delta}, "direction", form="global",
+                 timesteps=[], fingerprint="arch/w")
+    assert HTrajectory.load(str(tmp_path / "old_t.safetensors")).made_with == "3 steps, t = 999 … 0"
+    assert Direction.load(str(tmp_path / "old_d.safetensors")).made_with == ""
+
+
+def test_directions_from_trajectories_carry_their_record():
+    from hspace_core import HStorage, combine, direction_from_examples, pca_directions, probe_direction
+
+    kept = HStorage(t_min=400)
+    grid = (999, 749, 499, 249, 0)
+    hs = [torch.randn(2, 4, 2, 2, generator=torch.Generator().manual_seed(t)) for t in grid if t >= 400]
+    positive = kept.trajectory(grid, hs, ("single",), "arch/w", "inversion")
+    negative = kept.trajectory(grid, [h + 1 for h in hs], ("single",), "arch/w", "inversion")
+    assert positive.made_with == "5 steps, t = 999 … 0, h kept for t ≥ 400" and positive.timesteps == (999, 749, 499)
+    d = direction_from_examples(positive, negative, name="x")
+    assert d.made_with == positive.made_with == d.global_mean().made_with
+    assert probe_direction(positive, negative, "mean_difference").made_with == positive.made_with
+    assert pca_directions(positive, 1)[0].made_with == positive.made_with
+    other = Direction("global", torch.ones(4, 2, 2), made_with="t_edit=400, trained on 40 steps")
+    assert combine([d.global_mean(), other], [1, 1]).made_with == f"{positive.made_with} + {other.made_with}"
+    assert combine([other, other], [1, 1]).made_with == other.made_with

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ...hspace_core.settings import grid_label
+
 
 @dataclass(frozen=True)
 class XTOrigin:
@@ -16,9 +18,12 @@ class XTOrigin:
     guidance: str = "plain"
     guidance_scale: float = 1.0
     negative_at: dict = field(default_factory=dict, compare=False)
+    made_with: str = field(default="", compare=False)  # the grid / sigmas of its inversion (settings.grid_label)
 
     def __post_init__(self):
         object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
+        if not self.made_with:
+            object.__setattr__(self, "made_with", grid_label(self.timesteps))
         if self.guidance not in ("plain", "negative_prompt", "null_text"):
             raise ValueError(f"guidance {self.guidance!r} is unknown; use plain, negative_prompt or null_text.")
         if self.guidance == "null_text" and not self.negative_at:
