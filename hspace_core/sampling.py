@@ -29,7 +29,7 @@ import torch
 
 from .ddim import ddim_sigma, std_matched
 from .settings import EditSchedule
-from .sigmas import alpha_bar_of_sigma, ve_scale
+from .sigmas import alpha_bar_of_sigma, eps_of_denoised, ve_scale, vp_to_ve
 
 # denoise(x, i, edit) -> (D(x | h), D(x | h̃) or None) at sigmas[i]; ``edit`` says whether h is edited this step.
 Denoise = Callable[[torch.Tensor, int, bool], tuple]
@@ -168,28 +168,58 @@ def _calibrated(x, plain, edited, omega):
 
 
 def invert_sigmas(denoise: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, sigmas: Sequence[float], *,
-                  clean_start: bool, refine_iters: int = 0, callback: StepCallback | None = None) -> torch.Tensor:
-    """DDIM inversion on increasing ``sigmas`` (ComfyUI's flipped sigmas), seed convention (Diffusion Autoencoders'
-    encoder; Asyrp's and InjectFusion's official inversion): step k → k+1 takes ε at the current point,
-    ε = (x_k − D(x_k, σ_k))/σ_k, and x_{k+1} = x_k + (σ_{k+1} − σ_k)·ε (the reverse Euler step run backwards).
+                  clean_start: bool, convention: str = "seed", clean_step: bool = False, refine_iters: int = 0,
+                  callback: StepCallback | None = None) -> torch.Tensor:
+    """DDIM inversion (DDIM §4.3) on increasing ``sigmas`` (ComfyUI's flipped sigmas): ``processes.invert`` in σ
+    space, step for step.  ``denoise(x, k)`` returns D(x, sigmas[k]); ``callback(k, P, x_next)`` is told after the
+    step from sigmas[k] with the clean sample P = x_k − σ_k·ε it predicts (previews) and the point reached.
 
-    ``clean_start``: ``x`` is the clean input and sigmas[0] only marks it (0, or FlipSigmas' 1e-4); as in
-    ``processes.invert`` it stands at the first grid point sigmas[1] (VP x_t = x0 there, so x = x0·√(1 + σ_1²)).
-    ``refine_iters`` = k solves x_{k+1} = x_k + (σ_{k+1} − σ_k)·ε(x_{k+1}, σ_{k+1}) by k fixed-point iterations:
-    the exact inverse of the reverse step.  ``denoise(x, i)`` returns D(x, sigmas[i]).
+    Each step k → k+1 is x_{k+1} = x_k + (σ_{k+1} − σ_k)·ε (``inverse_euler_step``), ε = (x_ε − D(x_ε, σ_ε))/σ_ε.
+    Derivation from ``processes._inversion_steps`` (t_here, t_next, t_ε) and ``ddim.ddim_inverse_step``: the VP step
+    x_next = √ᾱ_next·(x_t − √(1 − ᾱ_t)·ε)/√ᾱ_t + √(1 − ᾱ_next)·ε divided by √ᾱ_next, with x = x_t/√ᾱ_t (VE) and
+    σ = √(1 − ᾱ)/√ᾱ, is x_next = x + (σ_next − σ)·ε; ε = ε(x_t, t_ε) is the network's at the VP point x_t *taken
+    as* a sample at t_ε, whose VE input is x_ε = x_t/√ᾱ_ε = x·√(1 + σ_ε²)/√(1 + σ²).
+
+    - ``convention`` "seed" (Diffusion Autoencoders' encoder; Asyrp's and InjectFusion's official inversion):
+      t_ε = t_here, ε at the current point (x_ε = x).  "diffusers" (DDIMInverseScheduler): t_ε = t_next, the
+      current point rescaled to σ_{k+1}, x_ε = x·√(1 + σ_{k+1}²)/√(1 + σ_k²).
+    - ``clean_start``: ``x`` is the clean input and sigmas[0] only marks it (0, or FlipSigmas' 1e-4; taken as 0,
+      ᾱ_{−1} = 1).  Under the seed convention it stands at the first grid point sigmas[1] (VP x_t = x0 there, so
+      x = x0·√(1 + σ_1²), ``sigmas.vp_to_ve``), as ``processes.invert`` does on a grid that starts at t = 0; ``clean_step`` (a grid
+      that starts above 0) takes instead a first step 0 → σ_1 with ε(x0, σ_1), x_ε = x0·√(1 + σ_1²).  The diffusers
+      convention always steps from the clean input.
+    - ``refine_iters`` = k solves x_{k+1} = x_k + (σ_{k+1} − σ_k)·ε(x_{k+1}, σ_{k+1}) by k fixed-point
+      iterations from either convention's first guess: the exact inverse of the reverse step.
     """
     if refine_iters < 0:
         raise ValueError(f"refine_iters must be ≥ 0, got {refine_iters}.")
-    first = 1 if clean_start else 0
+    if convention not in ("seed", "diffusers"):
+        raise ValueError(f"Inversion convention {convention!r} is unknown; use 'seed' or 'diffusers'.")
+    host = sigmas.tolist() if torch.is_tensor(sigmas) else [float(s) for s in sigmas]  # one copy, before the loop
     if clean_start:
-        x = x * ve_scale(float(sigmas[1]))
-    for k in range(first, len(sigmas) - 1):
-        sigma, sigma_next = float(sigmas[k]), float(sigmas[k + 1])
-        d = denoise(x, k)
-        x_next = inverse_euler_step(x, x, d, sigma, sigma, sigma_next)
+        host[0] = 0.0
+    steps = inversion_steps(len(host), convention, clean_start, clean_step)
+    if steps and steps[0][0] == 1:
+        x = vp_to_ve(x, alpha_bar_of_sigma(host[1]))
+    for here, nxt, at in steps:
+        sigma, sigma_next, sigma_eps = host[here], host[nxt], host[at]
+        x_eps = x if at == here else x * (ve_scale(sigma_eps) / ve_scale(sigma))
+        eps = eps_of_denoised(x_eps, denoise(x_eps, at), sigma_eps)
         for _ in range(refine_iters):
-            x_next = inverse_euler_step(x, x_next, denoise(x_next, k + 1), sigma_next, sigma, sigma_next)
-        x = x_next
+            x_next = x + (sigma_next - sigma) * eps
+            eps = eps_of_denoised(x_next, denoise(x_next, nxt), sigma_next)
+        x_next = x + (sigma_next - sigma) * eps
         if callback is not None:
-            callback(k, d, x)
+            callback(here, x - sigma * eps, x_next)
+        x = x_next
     return x
+
+
+def inversion_steps(num_sigmas: int, convention: str, clean_start: bool, clean_step: bool = False) -> list[tuple]:
+    """(k, k + 1, k_ε) for each step of ``invert_sigmas`` over ``num_sigmas`` increasing sigmas: ε is taken at
+    sigmas[k_ε] (``processes._inversion_steps`` by index).  The seed convention evaluates at k, except from the clean
+    input (σ = 0), where it evaluates at 1 (``clean_step``) or does not step (x0 stands at sigmas[1])."""
+    if convention == "diffusers":
+        return [(k, k + 1, k + 1) for k in range(num_sigmas - 1)]
+    first = 1 if clean_start and not clean_step else 0
+    return [(k, k + 1, k + 1 if clean_start and k == 0 else k) for k in range(first, num_sigmas - 1)]

@@ -6,12 +6,12 @@ from comfy_api.latest import io
 import dataclasses
 import math
 
-from ..hspace_core import (CFG_INVERSIONS, H_SOURCES, INVERSION_CONVENTIONS, EditSchedule, ReconstructionReport,
-                           generate, invert, null_text_embeddings)
+from ..hspace_core import CFG_INVERSIONS, H_SOURCES, EditSchedule, ReconstructionReport, null_text_embeddings, run_reverse
+from ..hspace_core.progress import offset
 from .comfy.model import is_pixel_unet, latent_out, model_fingerprint, progress_bar, run_in_comfy
 from .comfy.origin import XTOrigin
-from .comfy.samplers import capture_h
-from .layer import (CATEGORY, DEFAULT_H_STORAGE, HSpaceNode, Trajectory, advanced, conditioning_inputs, decode,
+from .comfy.samplers import capture_h, ddim_inversion, inversion_passes, run_h_edit
+from .layer import (CATEGORY, DEFAULT_H_STORAGE, HSpaceNode, Trajectory, advanced, conditioning_inputs, convention_input, decode,
                     encoded_pixels, h_storage_inputs, h_storage_of, latent_of, latent_x, model_input, psnr,
                     sampling_inputs, site_input, steps_input, with_origin, x_T_input)
 
@@ -41,9 +41,7 @@ class DDIMInversion(HSpaceNode):
                                                 "step so the result reconstructs at this cfg (slow: ~10 extra "
                                                 "passes a step); 'plain' inverts with the guided ε (drifts; add "
                                                 "refine_iters).")),
-                advanced(io.Combo.Input("convention", options=list(INVERSION_CONVENTIONS), default="seed", optional=True,
-                                        tooltip="'seed': ε at the current point, as Asyrp / InjectFusion / Diffusion "
-                                                "Autoencoders (better); 'diffusers': ε at the next timestep.")),
+                convention_input(),
                 advanced(io.Combo.Input("h_source", options=list(H_SOURCES), default="inversion", optional=True,
                                         tooltip="Where the output trajectory's h is read: along the inversion "
                                                 "(InjectFusion's content h) or along the reconstruction from x_T "
@@ -68,43 +66,67 @@ class DDIMInversion(HSpaceNode):
         method = "plain" if math.isclose(cfg, 1.0) else cfg_inversion
         if method == "null_text" and is_pixel_unet(model):
             raise ValueError("null_text needs a text-conditioned model; pixel U-Nets take cfg 1 (or 'plain').")
-        kw = dict(convention=convention, refine_iters=refine_iters, h_source=h_source,
-                  h_storage=h_storage_of(h_storage, keep_h_from_t))
-        progress = progress_bar(steps * (2 + refine_iters), model)
-        inv = run_in_comfy(model, latent["samples"],
-                           lambda m, x: invert(m, x, steps, report=method == "plain", progress=progress, **kw),
-                           positive=positive, negative=negative if method == "plain" else None,
-                           cfg=cfg if method == "plain" else 1.0, edit_branches=edit_branches, site=site)
+        storage = h_storage_of(h_storage, keep_h_from_t)
+        grid = EditSchedule.reconstruction(steps).timesteps()
+        # plain: the reconstruction (PSNR, h_source='reconstruction') at this cfg; guided: only h_source='reconstruction'
+        # reads one here, at the inversion's cfg 1, down to keep_h_from_t (the guided one follows)
+        regenerate = len(grid)
+        if method != "plain":
+            regenerate = sum(storage.keeps(t) for t in grid) if h_source == "reconstruction" else 0
+        passes = inversion_passes(steps, convention, refine_iters)
+        progress = progress_bar(passes + regenerate, model)
+
+        def body(m, x):
+            inv = ddim_inversion(m, x, steps, convention=convention, refine_iters=refine_iters,
+                                 h_storage=storage if h_source == "inversion" else None,
+                                 progress=offset(progress, 0, passes + regenerate))
+            if not regenerate:
+                return inv
+            recon, trajectory = _reconstruct(m, inv, storage if h_source == "reconstruction" else None,
+                                             offset(progress, passes, passes + regenerate), h_only=method != "plain")
+            return dataclasses.replace(inv, trajectory=inv.trajectory if trajectory is None else trajectory,
+                                       reconstruction=recon if method == "plain" else None)
+
+        inv = run_in_comfy(model, latent["samples"], body, positive=positive,
+                           negative=negative if method == "plain" else None, cfg=cfg if method == "plain" else 1.0,
+                           edit_branches=edit_branches, site=site)
         negative_at = {}
         if method != "plain":
             negative_at, recon = _reconstruct_guided(model, inv, method, positive, negative, cfg, edit_branches)
             inv = dataclasses.replace(inv, reconstruction=recon)
         origin = XTOrigin(inv.timesteps, model_fingerprint(model), method, cfg, negative_at)
         reconstruction = latent_out(model, inv.reconstruction)
-        report = inv.report or ReconstructionReport.compare(latent_x(model, latent), inv.reconstruction)
-        quality = report.psnr
+        quality = ReconstructionReport.compare(latent_x(model, latent), inv.reconstruction).psnr
         if image is not None:  # in image space, against what the VAE encoded
             quality = psnr(decode(vae, reconstruction), encoded_pixels(vae, image), 1.0)
         x_T = with_origin(latent_out(model, inv.x_T), origin)
         return io.NodeOutput(x_T, inv.trajectory, reconstruction, quality)
 
 
+def _reconstruct(m, inv, h_storage=None, progress=None, h_only=False):
+    """regenerate(x_T) on the inversion's grid through the SAMPLERs' loop (``run_h_edit``), and with ``h_storage``
+    the trajectory of h along it (h_source='reconstruction', kept as it says; ``h_only`` stops below its t_min, and
+    the x returned is then no clean sample): (x, trajectory or None).  h along the reconstruction is still read on
+    the library's loop (``run_reverse``)."""
+    sched = EditSchedule.reconstruction(len(inv.timesteps))
+    if h_storage is None:
+        return run_h_edit(m, inv.x_T, None, sched, progress=progress), None
+    result = run_reverse(m, inv.x_T, sched, record_h=True, h_storage=h_storage, h_only=h_only, progress=progress)
+    return result.x0, result.trajectory
+
+
 def _reconstruct_guided(model, inv, method, positive, negative, cfg, edit_branches):
     """Negative-prompt / null-text inversion from the guidance-1 pivot ``inv``: ({t: negative embedding} — found
-    first, for null-text —, the guided reconstruction)."""
-    sched = EditSchedule.reconstruction(len(inv.timesteps))
+    first, for null-text, by ``hspace_core.null_text_embeddings`` —, the guided reconstruction)."""
+    x_T = latent_out(model, inv.x_T)["samples"]
     if method == "null_text":
         def body(m, x):
             found = null_text_embeddings(m, inv, progress=progress_bar(len(inv.timesteps), model))
-            progress = progress_bar(len(inv.timesteps), model)
-            return found, generate(m.with_negative(found), inv.x_T, sched, progress=progress)
+            return found, _reconstruct(m.with_negative(found), inv, progress=progress_bar(len(inv.timesteps), model))[0]
 
-        found, recon = run_in_comfy(model, latent_out(model, inv.x_T)["samples"], body, positive=positive,
-                                    negative=negative, cfg=cfg, edit_branches=edit_branches)
-        return found, recon
-    recon = run_in_comfy(model, latent_out(model, inv.x_T)["samples"],
-                         lambda m, x: generate(m, inv.x_T, sched, progress=progress_bar(len(inv.timesteps), model)),
-                         positive=positive, negative=positive, cfg=cfg, edit_branches=edit_branches)
+        return run_in_comfy(model, x_T, body, positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches)
+    recon, _ = run_in_comfy(model, x_T, lambda m, x: _reconstruct(m, inv, progress=progress_bar(len(inv.timesteps), model)),
+                            positive=positive, negative=positive, cfg=cfg, edit_branches=edit_branches)
     return {}, recon
 
 

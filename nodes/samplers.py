@@ -7,16 +7,15 @@ import torch
 
 from comfy_api.latest import io
 
-from ..hspace_core import HTrajectory, check_fingerprint, combine_directions, content_injection, gamma_ramp
+from ..hspace_core import HStorage, check_fingerprint, combine_directions, content_injection, gamma_ramp
 from ..hspace_core.settings import grid_label
-from ..hspace_core.sigmas import ve_scale
 from ..hspace_core.sites import check_same_site
 from .comfy.model import latent_out
 from .comfy.origin import XTOrigin
 from .comfy.patches import patched_with_h_shift
 from .comfy.samplers import InversionRecord, h_edit_sampler, inversion_sampler
 from .layer import (BOOST_SEED_RULE, OTHER_MODEL_HINT, STRENGTH_RANGE, CATEGORY, Boost, DirectionType, HSpaceNode,
-                    Trajectory, advanced, allow_other_model_input, edit_window, gamma_end_of, latent_x, mixing_inputs,
+                    Trajectory, advanced, allow_other_model_input, convention_input, edit_window, gamma_end_of, latent_x, mixing_inputs,
                     model_input, node_name, sampler_window_inputs, seed_input, seed_of, site_input, with_origin)
 
 SAMPLERS = f"{CATEGORY}/samplers"
@@ -146,16 +145,17 @@ class InversionSampler(HSpaceNode):
                                       tooltip="Fixed-point iterations per step: each makes the step the exact "
                                               "inverse of the reverse step (one more U-Net pass each).")),
                 site_input(),
+                convention_input(),
             ],
             outputs=[io.Sampler.Output("sampler", tooltip="Connect to SamplerCustomAdvanced's sampler."),
                      Record.Output("inversion", tooltip="Connect to 'H-Space Inverted x_T' with the sampler's output.")],
         )
 
     @classmethod
-    def execute(cls, refine_iters, site="middle") -> io.NodeOutput:
+    def execute(cls, refine_iters, site="middle", convention="seed") -> io.NodeOutput:
         record = InversionRecord()
         return io.NodeOutput(inversion_sampler("H-Space Inversion Sampler", refine_iters=refine_iters, site=site,
-                                               record=record), record)
+                                               record=record, convention=convention), record)
 
 
 class InvertedXT(HSpaceNode):
@@ -175,22 +175,16 @@ class InvertedXT(HSpaceNode):
 
     @classmethod
     def execute(cls, model, latent, inversion) -> io.NodeOutput:
-        x = latent_x(model, latent)
-        if inversion.x_T is None or inversion.x_T.shape != x.shape or not torch.allclose(
-                inversion.x_T.to(x), x, rtol=1e-4, atol=1e-4):
+        x, run = latent_x(model, latent), inversion.run
+        if run is None or run.x_T.shape != x.shape or not torch.allclose(run.x_T.to(x), x, rtol=1e-4, atol=1e-4):
             raise ValueError("H-Space Inverted x_T: this latent is not the last output of the connected Inversion "
                              "Sampler: connect SamplerCustomAdvanced's 'output' from the run with that sampler.")
-        ts = tuple(reversed(inversion.timesteps))
-        x_T = inversion.x_T.to(x) / ve_scale(inversion.sigmas[-1])
-        last = inversion.h_at[inversion.timesteps[-2]] if len(inversion.timesteps) > 1 else None
-        hs = [inversion.h_at.get(t, last) for t in ts]
-        branches = ("single",) if hs[0].shape[0] == x.shape[0] else ("uncond", "cond")
-        made_with = grid_label(ts, sigmas=inversion.sigmas)
-        trajectory = HTrajectory(ts, torch.stack([h.float().cpu() for h in hs]), branches, inversion.fingerprint,
-                                 "inversion", inversion.site, made_with=made_with)
-        logging.info("h-space: x_T inverted on %d sigmas (σ_max %.3f).", len(inversion.sigmas), inversion.sigmas[-1])
-        origin = XTOrigin(ts, inversion.fingerprint, made_with=made_with)
-        return io.NodeOutput(with_origin(latent_out(model, x_T), origin), trajectory)
+        made_with = grid_label(tuple(reversed(run.timesteps)), sigmas=run.sigmas)
+        trajectory = run.trajectory(HStorage(), x.shape[0], made_with)
+        logging.info("h-space: x_T inverted on %d sigmas (σ_max %.3f, %s convention).", len(run.sigmas),
+                     run.sigmas[-1], run.convention)
+        origin = XTOrigin(trajectory.timesteps, run.fingerprint, made_with=made_with)
+        return io.NodeOutput(with_origin(latent_out(model, run.x_T_vp().to(x)), origin), trajectory)
 
 
 class HShiftPatch(HSpaceNode):

@@ -10,17 +10,20 @@ inversion sampler runs the latent's own rows.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+from dataclasses import dataclass
 
 import torch
 
 import comfy.samplers
 
-from ...hspace_core.devices import FiniteWatch, step_dtype
-from ...hspace_core.sampling import clip_denoised, invert_sigmas, sample_h_edit, strided
+from ...hspace_core.devices import FiniteWatch, host_ready, step_dtype, to_host
+from ...hspace_core.sampling import clip_denoised, inversion_steps, invert_sigmas, sample_h_edit, strided
+from ...hspace_core.schedules import timestep_grid
 from ...hspace_core.sigmas import ve_scale, ve_to_vp
 from ...hspace_core.sites import site_of
-from ...hspace_core.trajectory import HStorage, HTrajectory
+from ...hspace_core.trajectory import HStorage, HTrajectory, Inversion
 from .model import ComfyHSpaceModel, reserve_rows, rows_run
 from .windows import boost_t_boost
 
@@ -174,17 +177,128 @@ def capture_h(hs, x_T: torch.Tensor, schedule, storage: HStorage, *, h_only: boo
     return trajectory, x
 
 
+@dataclass(frozen=True)
+class InversionRun:
+    """One DDIM inversion in σ space (``run_inversion``): the increasing ``sigmas`` it ran on, the model's timestep
+    of each σ > 0 (``timesteps``, increasing), x_T as the VE point at sigmas[-1], the VP latents x_t it passed
+    (the clean input first; empty unless kept), h of every evaluation kept as asked ({t: h}, the last one at each
+    timestep) and the last evaluation's h."""
+
+    sigmas: tuple[float, ...]
+    timesteps: tuple[int, ...]
+    x_T: torch.Tensor
+    latents: tuple
+    h_at: dict
+    last_h: torch.Tensor
+    fingerprint: str
+    site: str
+    convention: str = "seed"
+
+    def x_T_vp(self) -> torch.Tensor:
+        """x_T in the pack's convention (unit variance, VP at the last σ)."""
+        return ve_to_vp(self.x_T, self.sigmas[-1])
+
+    def trajectory(self, h_storage: HStorage, batch: int, made_with: str | None = None) -> HTrajectory:
+        """h along the inversion (InjectFusion's content h, ``h_source='inversion'``) at each timestep, decreasing,
+        as ``processes.invert`` reads it: the last evaluation at each timestep; at T, which the seed convention never
+        evaluates, the last evaluation's.  ``h_storage`` must be the one the run kept h with; ``made_with`` replaces
+        its record of the grid (a SAMPLER's sigmas)."""
+        ts = tuple(reversed(self.timesteps))
+        hs = [self.h_at[t] if t in self.h_at else h_storage.put(self.last_h) for t in ts if h_storage.keeps(t)]
+        branches = ("single",) if self.last_h.shape[0] == batch else ("uncond", "cond")
+        trajectory = h_storage.trajectory(ts, hs, branches, self.fingerprint, "inversion", self.site)
+        return trajectory if made_with is None else dataclasses.replace(trajectory, made_with=made_with)
+
+
+def run_inversion(hs, x: torch.Tensor, sigmas: torch.Tensor, timesteps, *, convention: str = "seed",
+                  refine_iters: int = 0, h_storage: HStorage | None = HStorage(), latents_on: str | None = None,
+                  callback=None) -> InversionRun:
+    """DDIM inversion on increasing ``sigmas`` (``sampling.invert_sigmas``) through ``hs`` (a ``ComfyHSpaceModel``):
+    the one code path of the H-Space Inversion Sampler and H-Space DDIM Inversion.
+
+    A first σ below ``CLEAN`` marks the clean input ``x`` (FlipSigmas' 1e-4, or 0); ``timesteps`` are the model's
+    timesteps of the other sigmas, where h is looked up.  As in ``processes.invert`` the seed convention stands the
+    clean input at the first σ when that σ is the model's t = 0 (the DDIM grid) and takes a first step to it
+    otherwise.  ``h_storage`` keeps every evaluation's h (None: none); ``latents_on`` ("cpu", asynchronously from
+    CUDA, or "model"; None: not kept) keeps the VP latents for ``Inversion.latents``.  ``callback(i, P, x)`` is
+    ComfyUI's sampler-callback shape after each step (P: the clean sample the step predicts).  The step math runs
+    in at least float32 (x_T and the latents in ``x``'s dtype); finiteness is read once, after the loop."""
+    if latents_on not in (None, "cpu", "model"):
+        raise ValueError(f"latents_on must be 'cpu' or 'model', got {latents_on!r}.")
+    host = sigmas.detach().double().cpu().tolist()  # one copy, before the loop
+    sigmas = sigmas.to(x.device, torch.float32)
+    clean = host[0] < CLEAN
+    t_of = ([-1] if clean else []) + [int(t) for t in timesteps]
+    if len(t_of) != len(host):
+        raise ValueError(f"{len(host)} sigmas but {len(timesteps)} timesteps for them.")
+    h_at, last, watch = {}, [None], FiniteWatch()
+    kept = (lambda v: to_host(v, x.dtype)) if latents_on == "cpu" else (lambda v: v.to(x.dtype))
+    latents = [] if latents_on is None else [kept(x if clean else ve_to_vp(x, host[0]))]
+    clean_step = clean and len(t_of) > 1 and t_of[1] != 0
+    if latents and clean and convention == "seed" and not clean_step:
+        latents.append(latents[0])  # the input is x at the first grid timestep
+
+    def denoise(x_k, k):
+        plain, h, _ = hs.denoised(x_k, sigmas[k], t_of[k])
+        last[0] = h
+        if h_storage is not None and h_storage.keeps(t_of[k]):
+            h_at[t_of[k]] = h_storage.put(h)
+        return plain
+
+    def step_done(k, predicted, x_next):
+        watch.see(x_next, t_of[k + 1])
+        if latents_on is not None:
+            latents.append(kept(ve_to_vp(x_next, host[k + 1])))
+        if callback is not None:
+            callback(k, predicted, x_next)
+
+    x_T = invert_sigmas(denoise, x.to(step_dtype(x.dtype)), host, clean_start=clean, convention=convention,
+                        clean_step=clean_step, refine_iters=refine_iters, callback=step_done)
+    if (t_bad := watch.first()) is not None:
+        raise ValueError(f"DDIM inversion diverged at t={t_bad}; check the input's range (images in [-1, 1]).")
+    host_ready(latents)
+    return InversionRun(tuple(host), tuple(t_of[1:] if clean else t_of), x_T.to(x.dtype), tuple(latents), h_at,
+                        last[0], hs.fingerprint, hs.site, convention)
+
+
+def ddim_inversion(hs, x0: torch.Tensor, num_steps: int, *, convention: str = "seed", refine_iters: int = 0,
+                   h_storage: HStorage | None = HStorage(), latents_on: str = "cpu", progress=None) -> Inversion:
+    """H-Space DDIM Inversion's inversion (``processes.invert`` without the reconstruction, to 1e-5): x0 → x_T on the
+    pack's DDIM grid ('asyrp') at the model's sigmas, through ``run_inversion``.  The Inversion holds the VP x_T, the
+    latents and, with ``h_storage``, the trajectory along the inversion (else None).  ``progress(done, total, x0)``
+    counts U-Net passes (``inversion_passes``)."""
+    grid = timestep_grid(num_steps, hs.schedule.num_train_timesteps)
+    ascending = list(reversed(grid))
+    table = hs.model_patcher.get_model_object("model_sampling").sigmas.detach().float().cpu()
+    sigmas = torch.cat([torch.zeros(1), table[ascending]])  # FlipSigmas of the DDIM sigmas, as the sampler gets them
+    total, passes = inversion_passes(num_steps, convention, refine_iters), [0]
+
+    def step_done(i, predicted, x):
+        passes[0] += 1 + refine_iters
+        progress(passes[0], total, predicted)
+
+    run = run_inversion(hs, x0, sigmas, ascending, convention=convention, refine_iters=refine_iters,
+                        h_storage=h_storage, latents_on=latents_on, callback=step_done if progress else None)
+    trajectory = run.trajectory(h_storage, x0.shape[0]) if h_storage is not None else None
+    return Inversion(run.x_T_vp(), torch.stack(run.latents), tuple(grid), trajectory, convention=convention)
+
+
+def inversion_passes(num_steps: int, convention: str, refine_iters: int) -> int:
+    """U-Net passes of ``ddim_inversion``: its steps (``sampling.inversion_steps`` on the DDIM grid, which starts at
+    t = 0), each 1 + ``refine_iters``."""
+    return len(inversion_steps(num_steps + 1, convention, clean_start=True)) * (1 + refine_iters)
+
+
 class InversionRecord:
-    """What an inversion sampler saw on its last run (read by 'H-Space Inverted x_T'): the sigmas, their timesteps,
-    the VE x_T it returned and h at each evaluation ({timestep: h rows})."""
+    """What an inversion sampler saw on its last run (read by 'H-Space Inverted x_T'): its ``InversionRun``."""
 
     def __init__(self):
-        self.sigmas, self.timesteps, self.x_T, self.h_at, self.fingerprint, self.site = (), (), None, {}, "", "middle"
+        self.run: InversionRun | None = None
 
 
-def inversion_sampler(node: str, *, refine_iters: int, site: str, record: InversionRecord):
-    """A KSAMPLER doing DDIM inversion on increasing (flipped) sigmas, seed convention (``sampling.invert_sigmas``);
-    decreasing sigmas are refused, naming FlipSigmas."""
+def inversion_sampler(node: str, *, refine_iters: int, site: str, record: InversionRecord, convention: str = "seed"):
+    """A KSAMPLER doing DDIM inversion on increasing (flipped) sigmas (``run_inversion``), ``convention`` 'seed' or
+    'diffusers'; decreasing sigmas are refused, naming FlipSigmas."""
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
         extra_args = extra_args or {}
@@ -194,21 +308,10 @@ def inversion_sampler(node: str, *, refine_iters: int, site: str, record: Invers
         if len(host) < 2 or any(b <= a for a, b in zip(host, host[1:])):
             raise ValueError(f"{node}: these sigmas do not increase. Put FlipSigmas between the "
                              "scheduler and SamplerCustomAdvanced (inversion runs from the image to the noise).")
-        clean = host[0] < CLEAN
-        ts = timesteps_of(model_patcher, host if not clean else host[1:])
-        offset = 1 if clean else 0
+        ts = timesteps_of(model_patcher, host[1:] if host[0] < CLEAN else host)
         hs = ComfyHSpaceModel.for_guider(model, extra_args, model_patcher, "both", site)
-        h_at = {}
-
-        def denoise(x_k, k):
-            plain, h, _ = hs.denoised(x_k, sigmas[k], ts[k - offset])
-            h_at[ts[k - offset]] = h
-            return plain
-
-        x_T = invert_sigmas(denoise, x, host, clean_start=clean, refine_iters=refine_iters,
-                            callback=_comfy_callback(callback, sigmas))
-        record.sigmas, record.timesteps, record.x_T = tuple(host), tuple(ts), x_T.detach().clone()
-        record.h_at, record.fingerprint, record.site = h_at, hs.fingerprint, site
-        return x_T
+        record.run = run_inversion(hs, x, sigmas, ts, convention=convention, refine_iters=refine_iters,
+                                   callback=_comfy_callback(callback, sigmas))
+        return record.run.x_T.clone()
 
     return comfy.samplers.KSAMPLER(sample)

@@ -10,8 +10,8 @@ from .origin import ORIGIN_KEY, origin_of, sampling_inputs, with_origin
 from .schema import (BOOST_SEED_RULE, BOOST_WINDOWS, CATEGORY, DEFAULT_H_STORAGE, EXPLORER_STRENGTHS, GAMMAS,
                      GRID_ROWS, GRID_VALUES, H_STORAGES, PREFIX, STRENGTH_RANGE, STRENGTHS, T_EDITS, WINDOWS, Boost,
                      Calibration, DirectionSet, DirectionType, Trajectory, advanced, allow_other_model_input, boost_of,
-                     boost_window_inputs, check_window, conditioning_inputs, edit_schedule, edit_window, gamma_end_of,
-                     grid_window, h_storage_inputs, h_storage_of, mixing_inputs, model_input, sampler_window_inputs,
-                     seed_input, seed_of, site_input, steps_input, sweep_text, t_edit_input, values_input, values_of,
-                     window_inputs, window_timesteps, x_T_input)
+                     boost_window_inputs, check_window, conditioning_inputs, convention_input, edit_schedule,
+                     edit_window, gamma_end_of, grid_window, h_storage_inputs, h_storage_of, mixing_inputs,
+                     model_input, sampler_window_inputs, seed_input, seed_of, site_input, steps_input, sweep_text,
+                     t_edit_input, values_input, values_of, window_inputs, window_timesteps, x_T_input)
 from .runs import sweep

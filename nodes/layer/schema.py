@@ -7,7 +7,7 @@ import logging
 
 from comfy_api.latest import io
 
-from ...hspace_core import EditSchedule, HStorage
+from ...hspace_core import INVERSION_CONVENTIONS, EditSchedule, HStorage
 from ...hspace_core.settings import t_edit_label
 from ...hspace_core.sampling import SigmaWindow, schedule_in_window
 from ...hspace_core.sites import DEFAULT_SITE, SITES
@@ -119,6 +119,14 @@ def site_input():
         tooltip="Which U-Net block is h: 'middle' (the bottleneck, Asyrp's h-space) or the output of the first / "
                 "second decoder level ('up1', 'up2': finer, often more semantic on Stable Diffusion). What this node "
                 "makes carries its site; nodes that use it read h there."))
+
+
+def convention_input():
+    """Where each DDIM inversion step takes ε (advanced; ``hspace_core.INVERSION_CONVENTIONS``)."""
+    return advanced(io.Combo.Input(
+        "convention", options=list(INVERSION_CONVENTIONS), default="seed", optional=True,
+        tooltip="'seed': ε at the current point, as Asyrp / InjectFusion / Diffusion Autoencoders (better); "
+                "'diffusers': ε at the next timestep."))
 
 
 def t_edit_input(default: int = 400):
