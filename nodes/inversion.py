@@ -106,13 +106,19 @@ class DDIMInversion(HSpaceNode):
 def _reconstruct(m, inv, h_storage=None, progress=None, h_only=False):
     """regenerate(x_T) on the inversion's grid through the SAMPLERs' loop (``run_h_edit``), and with ``h_storage``
     the trajectory of h along it (h_source='reconstruction', kept as it says; ``h_only`` stops below its t_min, and
-    the x returned is then no clean sample): (x, trajectory or None).  h along the reconstruction is still read on
-    the library's loop (``run_reverse``)."""
+    the x returned is then no clean sample): (x, trajectory or None)."""
     sched = EditSchedule.reconstruction(len(inv.timesteps))
     if h_storage is None:
         return run_h_edit(m, inv.x_T, None, sched, progress=progress), None
-    result = run_reverse(m, inv.x_T, sched, record_h=True, h_storage=h_storage, h_only=h_only, progress=progress)
-    return result.x0, result.trajectory
+    hs = []
+
+    def record(t, h):
+        if h_storage.keeps(t):
+            hs.append(h_storage.put(h))
+
+    x = run_h_edit(m, inv.x_T, None, sched, progress=progress, record=record,
+                   stop_below=h_storage.t_min if h_only else None)
+    return x, h_storage.trajectory(inv.timesteps, hs, m.branches, m.fingerprint, "reconstruction", m.site)
 
 
 def _reconstruct_guided(model, inv, method, positive, negative, cfg, edit_branches):
