@@ -6,7 +6,7 @@ from comfy_api.latest import io
 import dataclasses
 import math
 
-from ..hspace_core import CFG_INVERSIONS, H_SOURCES, EditSchedule, ReconstructionReport, null_text_embeddings, run_reverse
+from ..hspace_core import CFG_INVERSIONS, H_SOURCES, EditSchedule, ReconstructionReport, null_text_embeddings
 from ..hspace_core.progress import offset
 from .comfy.model import is_pixel_unet, latent_out, model_fingerprint, progress_bar, run_in_comfy
 from .comfy.origin import XTOrigin
@@ -105,20 +105,13 @@ class DDIMInversion(HSpaceNode):
 
 def _reconstruct(m, inv, h_storage=None, progress=None, h_only=False):
     """regenerate(x_T) on the inversion's grid through the SAMPLERs' loop (``run_h_edit``), and with ``h_storage``
-    the trajectory of h along it (h_source='reconstruction', kept as it says; ``h_only`` stops below its t_min, and
-    the x returned is then no clean sample): (x, trajectory or None)."""
+    the trajectory of h along it (h_source='reconstruction', ``capture_h``: kept as it says; ``h_only`` stops below
+    its t_min, and the x returned is then no clean sample): (x, trajectory or None)."""
     sched = EditSchedule.reconstruction(len(inv.timesteps))
     if h_storage is None:
         return run_h_edit(m, inv.x_T, None, sched, progress=progress), None
-    hs = []
-
-    def record(t, h):
-        if h_storage.keeps(t):
-            hs.append(h_storage.put(h))
-
-    x = run_h_edit(m, inv.x_T, None, sched, progress=progress, record=record,
-                   stop_below=h_storage.t_min if h_only else None)
-    return x, h_storage.trajectory(inv.timesteps, hs, m.branches, m.fingerprint, "reconstruction", m.site)
+    trajectory, x = capture_h(m, inv.x_T, sched, h_storage, h_only=h_only, progress=progress)
+    return x, trajectory
 
 
 def _reconstruct_guided(model, inv, method, positive, negative, cfg, edit_branches):
