@@ -14,7 +14,7 @@ from ..hspace_core.adapters.base import autograd_ready
 from ..hspace_core.clip_directions import DirectionTraining, load_open_clip, train_direction
 from ..hspace_core import load_official_asyrp
 from .comfy.model import progress_bar, rows_run, run_in_comfy, time_embedding_of
-from .layer import (CATEGORY, DirectionType, HSpaceNode, advanced, conditioning_inputs, encode, list_files,
+from .layer import (CATEGORY, DirectionType, HSpaceNode, node_name, advanced, conditioning_inputs, encode, list_files,
                     lpips_by_name, model_input, resolve, seed_input, site_input, steps_input, stored_file_state,
                     edit_schedule, window_inputs)
 
@@ -109,7 +109,8 @@ class TrainAsyrpDirection(HSpaceNode):
                 batch_size, clip_weight, recon_weight, lr_step_epochs, lr_gamma, clip_reference, log_clip_loss,
                 init_scale, clip_model, clip_pretrained, seed, cfg, edit_branches, positive=None,
                 negative=None, site="middle", window="t_edit", start_percent=0.0, end_percent=0.6) -> io.NodeOutput:
-        span = edit_schedule(steps, 0, None, model, "percent", start_percent, end_percent) \
+        node = node_name(cls.define_schema())
+        span = edit_schedule(steps, 0, None, model, "percent", start_percent, end_percent, node) \
             if window == "percent" else None
         inside = None if span is None else span.edit_timesteps
         config = DirectionTraining(form=form, num_steps=steps, inversion_steps=inversion_steps,

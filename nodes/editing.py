@@ -7,9 +7,9 @@ from ..hspace_core import Direction, combine as combine_linear, combine_directio
 from .comfy.model import latent_out, rows_run, run_in_comfy
 from .comfy.samplers import run_h_edit
 from .layer import (BOOST_SEED_RULE, STRENGTH_RANGE, STRENGTHS, CATEGORY, Boost, DirectionType, HSpaceNode, Trajectory,
-                    advanced, allow_other_model_input, conditioning_inputs, edit_schedule, model_input, sampling_inputs,
-                    seed_input, seed_of, steps_input, sweep, sweep_text, t_edit_input, values_input, values_of,
-                    window_inputs, x_T_input)
+                    advanced, allow_other_model_input, conditioning_inputs, edit_schedule, model_input, node_name,
+                    sampling_inputs, seed_input, seed_of, steps_input, sweep, sweep_text, t_edit_input, values_input,
+                    values_of, window_inputs, x_T_input)
 
 
 class AsyrpEdit(HSpaceNode):
@@ -48,7 +48,8 @@ class AsyrpEdit(HSpaceNode):
                 boost=None, allow_other_model=False, positive=None, negative=None, window="t_edit",
                 start_percent=0.0, end_percent=0.6) -> io.NodeOutput:
         strengths = values_of(strength_sweep, "strength_sweep", STRENGTHS) or [strength]
-        schedule = edit_schedule(steps, t_edit, boost, model, window, start_percent, end_percent)
+        schedule = edit_schedule(steps, t_edit, boost, model, window, start_percent, end_percent,
+                                 node_name(cls.define_schema()))
         seed = seed_of(seed, boost)
         negative, negative_at = sampling_inputs(x_T, cfg, positive, negative)
 
