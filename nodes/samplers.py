@@ -59,7 +59,7 @@ class AsyrpSampler(HSpaceNode):
     def execute(cls, direction, strength, window, t_edit, start_percent, end_percent, seed, edit_branches="cond",
                 boost=None, allow_other_model=False) -> io.NodeOutput:
 
-        def edit_for(num_steps, hs):
+        def edit_for(num_steps, hs, window_timesteps):
             check_same_site(direction.site, hs.site, "direction")
             if not allow_other_model:
                 check_fingerprint(direction.fingerprint, hs.fingerprint, "direction", hint=OTHER_MODEL_HINT)
@@ -119,8 +119,9 @@ class ContentInjectionSampler(HSpaceNode):
         end = gamma_end_of(gamma, gamma_end)
         windowed = _window_for(node_name(cls.define_schema()), window, t_edit, start_percent, end_percent)
 
-        def edit_for(num_steps, hs):
-            t_end = t_edit if window == "t_edit" else hs.schedule.timestep_of_sigma(max(windowed(hs.model_patcher).sigma_end, 1e-6))
+        def edit_for(num_steps, hs, window_timesteps):
+            # the ramp ends where the nodes' does (edit_schedule): at t_edit, or a percent window's lowest edited step
+            t_end = t_edit if window == "t_edit" else min(window_timesteps, default=t_edit)
             gamma_t = gamma_ramp(gamma, end, t_end, hs.schedule.num_train_timesteps - 1)
             return content_injection(content, gamma_t, mask=mask, per_channel=per_channel, mode=mode)
 

@@ -38,11 +38,22 @@ def _asyrp_sampler(strength, window="t_edit"):
         "end_percent": 0.6, "seed": 0, "edit_branches": "cond", "allow_other_model": False}}
 
 
-def _injection_sampler():
-    return {"class_type": "HSpaceContentInjectionSampler", "inputs": {
-        "content": ["21", 1], "gamma": 0.6, "gamma_end": -1.0, "stride": 1, "window": "t_edit", "t_edit": 400,
-        "start_percent": 0.0, "end_percent": 0.6, "mode": "slerp", "per_channel": False, "seed": 0,
-        "edit_branches": "cond"}}
+def _injection_sampler(**window):
+    inputs = {"content": ["21", 1], "gamma": 0.6, "gamma_end": -1.0, "stride": 1, "window": "t_edit", "t_edit": 400,
+              "start_percent": 0.0, "end_percent": 0.6, "mode": "slerp", "per_channel": False, "seed": 0,
+              "edit_branches": "cond"}
+    return {"class_type": "HSpaceContentInjectionSampler", "inputs": {**inputs, **window}}
+
+
+def _slerp_inject(**window):
+    inputs = {"model": ["1", 0], "style_x_T": ["20", 0], "content": ["21", 1], "gamma": 0.6, "gamma_end": -1.0,
+              "stride": 1, "steps": STEPS, "t_edit": 400, "mode": "slerp", "per_channel": False, "seed": 0, "cfg": CFG,
+              "edit_branches": "cond", "gamma_sweep": "", "positive": ["2", 0], "negative": ["3", 0]}
+    return {"class_type": "HSpaceSlerpContentInject", "inputs": {**inputs, **window}}
+
+
+# a percent window that leaves out the first steps, with a γ ramp: the ramp ends at the window's lowest edited step
+PERCENT_RAMP = {"window": "percent", "start_percent": 0.2, "end_percent": 0.7, "gamma": 0.2, "gamma_end": 0.9}
 
 
 def _inversion(image):
@@ -108,17 +119,15 @@ def _prompt():
          "75": {"class_type": "HSpaceInvertedXT", "inputs": {"model": ["1", 0], "latent": ["74", 0],
                                                              "inversion": ["73", 1]}},
          # content injection: the pack's node and the sampler, on the DDIM grid
-         "90": {"class_type": "HSpaceSlerpContentInject", "inputs": {
-             "model": ["1", 0], "style_x_T": ["20", 0], "content": ["21", 1], "gamma": 0.6, "gamma_end": -1.0,
-             "stride": 1, "steps": STEPS, "t_edit": 400, "mode": "slerp", "per_channel": False, "seed": 0, "cfg": CFG,
-             "edit_branches": "cond", "gamma_sweep": "", "positive": ["2", 0], "negative": ["3", 0]}},
-         "91": _injection_sampler(),
+         "90": _slerp_inject(), "91": _injection_sampler(),
          "92": _custom(["40", 0], ["41", 0], ["91", 0], ["40", 1], ["20", 0]),
+         "100": _slerp_inject(**PERCENT_RAMP), "101": _injection_sampler(**PERCENT_RAMP),
+         "102": _custom(["40", 0], ["41", 0], ["101", 0], ["40", 1], ["20", 0]),
          "95": _asyrp_sampler(0.0), "96": _custom(["40", 0], ["41", 0], ["95", 0], ["40", 1], ["20", 0]),
          }
     for node_id, samples in {"88": ["90", 0], "89": ["92", 0], "97": ["96", 0], "80": ["31", 0], "81": ["43", 0], "82": ["55", 0], "83": ["56", 0], "84": ["57", 0],
                              "85": ["61", 0], "86": ["20", 0], "87": ["75", 0], "66": ["63", 0], "67": ["64", 0],
-                             "68": ["65", 0]}.items():
+                             "68": ["65", 0], "103": ["100", 0], "104": ["102", 0]}.items():
         _save(p, node_id, samples)
     return p
 
@@ -166,6 +175,12 @@ def test_the_injection_sampler_equals_slerp_content_inject(run):
     pack, native, plain = run("88"), run("89"), run("97")
     assert relative(native, pack) < 1e-5, relative(native, pack)
     assert relative(pack, plain) > 1e-3  # the injection changed the style image's reconstruction
+
+
+def test_in_a_percent_window_with_a_gamma_ramp_the_injection_sampler_equals_slerp_content_inject(run):
+    pack, native = run("103"), run("104")
+    assert relative(native, pack) < 1e-5, relative(native, pack)
+    assert relative(pack, run("88")) > 1e-3  # the window and the ramp changed the mix
 
 
 def test_a_trajectory_from_other_sigmas_is_refused_naming_the_sigmas(comfy):

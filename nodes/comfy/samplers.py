@@ -75,7 +75,8 @@ def h_edit_sampler(node: str, edit_for, window_for, *, edit_branches: str, site:
                    omega: float | None = None, edit_every: int = 1, check=None):
     """A KSAMPLER running Asyrp's asymmetric process (``sampling.sample_h_edit``) under the guider it is given.
 
-    ``edit_for(num_steps, hs_model)`` makes the h edit (an ``HEdit``, or None for none) once the sigmas and the model are known;
+    ``edit_for(num_steps, hs_model, window_timesteps)`` makes the h edit (an ``HEdit``, or None for none) once the
+    sigmas and the model are known (``window_timesteps``: the timesteps of the steps inside the window, stride aside);
     ``window_for(model_patcher)`` the ``SigmaWindow`` it acts in.  ``boost`` (a QualityBoost) makes the steps below
     its t_boost (or its start percent: ``windows.boost_t_boost``) stochastic (η, noise from ``seed``); ``omega``
     calibrates and ``edit_every`` strides (content injection).  ``check(timesteps, hs_model)`` may refuse the sigmas
@@ -91,11 +92,12 @@ def h_edit_sampler(node: str, edit_for, window_for, *, edit_branches: str, site:
         if check is not None:
             check(ts, hs)
         window = window_for(patcher)
-        edits = strided([window.contains(sigma) for sigma in host[:-1]], edit_every)
+        inside = [window.contains(sigma) for sigma in host[:-1]]
+        edits = strided(inside, edit_every)
         t_boost = boost_t_boost(boost, patcher)  # its t_boost, or its start percent on this model's σ
         etas = [boost.eta if t < t_boost else 0.0 for t in ts]
         etas += [0.0] * (len(host) - 1 - len(etas))
-        edit = edit_for(len(host) - 1, hs)
+        edit = edit_for(len(host) - 1, hs, [t for t, i in zip(ts, inside) if i])
         if edit is None:
             edits = [False] * len(edits)
         reserve_rows(model.inner_model, rows_run(patcher, x.shape[0], edited=any(edits)), x.shape)
