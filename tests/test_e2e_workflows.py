@@ -278,8 +278,8 @@ def test_official_asyrp_checkpoints_load_and_edit_through_the_server(comfy):
     }
     entry = _run(comfy, prompt)
     zero, half = _saved(comfy, entry, prompt, "official_sweep")
-    # H-Space Asyrp Edit runs the σ-space loop, the inversion's reconstruction the ᾱ-space one: equal to float rounding
-    # (1e-5 relative), which can move a pixel by one 8-bit level
+    # H-Space Asyrp Edit and DDIM Inversion's reconstruction both run the σ-space loop (run_h_edit), x_T from the
+    # σ-space inversion: equal to float rounding (1e-5 relative), which can move a pixel by one 8-bit level
     assert_same_up_to_rounding(zero, _saved(comfy, entry, prompt, "official_reconstruction")[0])
     assert np.abs(half - zero).mean() > 0.5
     prompt["5"]["inputs"]["asyrp_file"] = "not_asyrp.pth"
