@@ -113,5 +113,5 @@ def jacobian_directions(model: HSpaceModel, x_t: torch.Tensor, t: int, k: int, *
     return [Direction("global", (target * vectors[i]).float().reshape(h0.shape[1:]), fingerprint=model.fingerprint,
                       name=f"{name} {i}", metadata={"method": "jacobian", "component": i, "t": int(t),
                                                     "output": output, "singular_value": float(sigma[i])},
-                      site=site_of(model))
+                      site=site_of(model), made_with=f"Jacobian of {output} at t = {int(t)}")
             for i in range(k)]

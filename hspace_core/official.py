@@ -55,8 +55,10 @@ def _read_official(path: str, time_embedding: TimeEmbedding, h_shape) -> Directi
             raise ValueError(f"{path} has Δh of shape {tuple(stack.shape[1:])} but the model's h is {tuple(h_shape)}.")
         meta = {"source": "official_asyrp"}
         if len(timesteps) == 1:
-            return Direction("global", stack[0], name=_name_of(path), metadata=meta)
-        return Direction("per_timestep", stack, timesteps, name=_name_of(path), metadata=meta)
+            return Direction("global", stack[0], name=_name_of(path), metadata=meta,
+                             made_with=f"official Asyrp checkpoint, t = {timesteps[0]}")
+        return Direction("per_timestep", stack, timesteps, name=_name_of(path), metadata=meta,
+                         made_with=f"official Asyrp checkpoint, t = {timesteps[0]} … {timesteps[-1]}")
     keys = sorted(map(str, block))[:12]
     raise ValueError(f"{path} is not an Asyrp direction: expected a DeltaBlock state dict with keys "
                      f"{sorted(OFFICIAL_KEYS)} (under '0') or {{timestep: Δh}} tensors; found keys {keys}.")
@@ -79,7 +81,8 @@ def _official_block(block: dict, time_embedding: TimeEmbedding, path: str) -> Di
     net = ImplicitDirectionNet(c, time_embedding, zero_init=False)
     net.load_state_dict({k: block[k].float() for k in OFFICIAL_KEYS}, strict=False)
     net.requires_grad_(False)
-    return Direction("implicit", fn=net, h_shape=(c,), name=_name_of(path), metadata={"source": "official_asyrp"})
+    return Direction("implicit", fn=net, h_shape=(c,), name=_name_of(path), metadata={"source": "official_asyrp"},
+                     made_with="official Asyrp checkpoint (implicit f_t; its training window is not in the file)")
 
 
 def _name_of(path: str) -> str:

@@ -134,6 +134,7 @@ def test_official_checkpoint_loads_and_matches_a_hand_computation(tmp_path):
                 "scheduler": {"step_size": 3, "gamma": 0.1}}, path)
     direction = load_official_asyrp(path, emb)
     assert direction.form == "implicit" and direction.name.startswith("smiling")
+    assert direction.made_with.startswith("official Asyrp checkpoint (implicit f_t")
 
     h, t = torch.randn(2, 64, 4, 4, generator=torch.Generator().manual_seed(5)), 640
     # DDPM's sinusoidal embedding (sin first, log(10000)/(half − 1)), the MLP, then the DeltaBlock by hand
@@ -163,6 +164,7 @@ def test_official_delta_h_checkpoints_load_as_per_timestep_directions(tmp_path):
     torch.save(deltas, path)
     d = load_official_asyrp(path, ddpm_time_embedding(), h_shape=(8, 4, 4))
     assert d.form == "per_timestep" and d.timesteps == (999, 500, 300)
+    assert d.made_with == "official Asyrp checkpoint, t = 999 … 300"
     assert float(d.at(torch.zeros(1, 8, 4, 4), 500).mean()) == 500
     assert float(d.at(torch.zeros(1, 8, 4, 4), 520).mean()) == pytest.approx(520)  # linear in t between 500 and 999
 

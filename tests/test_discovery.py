@@ -110,6 +110,7 @@ def test_jacobian_directions_match_the_dense_jacobian():
         assert abs(float(v @ vh[i])) / float(v.norm()) > 0.99, i
         assert d.metadata["singular_value"] == pytest.approx(float(s[i]), rel=1e-3)
         assert d.metadata["method"] == "jacobian" and d.metadata["t"] == t
+        assert d.made_with == f"Jacobian of eps at t = {t}"
     x0_dirs = hs.jacobian_directions(model, x, t, 1, output="x0", iterations=60, oversample=4)
     a = model.schedule.alpha_bar(t)
     assert x0_dirs[0].metadata["singular_value"] == pytest.approx(float(s[0]) * math.sqrt((1 - a) / a), rel=1e-3)
