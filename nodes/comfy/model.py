@@ -10,6 +10,7 @@ MODEL itself is never patched.
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import math
 import weakref
@@ -288,8 +289,6 @@ def weights_as_run(model_patcher, dm):
     """``dm``'s parameters as the U-Net runs them, one at a time (a generator: one patched copy alive at once).
     A weight with patches that is not patched in place (not in ComfyUI's ``backup``, which every in-place patch
     fills first: the offloaded modules of a low-VRAM load, dynamic VRAM) is ``patched_weight``; the rest as they are."""
-    import inspect
-
     prefix = "diffusion_model." if getattr(model_patcher.model, "diffusion_model", None) is dm else None
     if prefix is None and model_patcher.patches:
         log.warning("H-Space: this MODEL's diffusion_model is an object patch, so its fingerprint is of the weights "
@@ -329,6 +328,17 @@ def patched_weight(model_patcher, key: str, returns_weight: bool = True) -> torc
         return set_func(out, seed=seed, return_weight=True)
     rounding = getattr(getattr(comfy, "float", None), "stochastic_rounding", None)
     return rounding(out, weight.dtype, seed=seed) if rounding is not None else out.to(weight.dtype)
+
+
+def sigma_table(model_patcher) -> torch.Tensor:
+    """σ_t of the model's timesteps t = 0 … T−1 (``model_sampling.sigmas``), float32 on the CPU: read once, before
+    a loop."""
+    return model_patcher.get_model_object("model_sampling").sigmas.detach().float().cpu()
+
+
+def grid_sigmas(model_patcher, timesteps) -> torch.Tensor:
+    """A DDIM grid's sigmas as a sampler takes them: σ_t of each (decreasing) timestep, then 0 (CPU, float32)."""
+    return torch.cat([sigma_table(model_patcher)[list(timesteps)], torch.zeros(1)])
 
 
 def rows_run(model, batch: int, *, copies: int = 1, edited: bool = False) -> int:

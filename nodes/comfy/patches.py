@@ -12,7 +12,7 @@ import torch
 
 from ...hspace_core.adapters.base import is_edited
 from .edit_batch import branch_names
-from .model import is_pixel_unet, site_block
+from .model import is_pixel_unet, sigma_table, site_block
 
 log = logging.getLogger("hspace")
 
@@ -56,8 +56,7 @@ def patched_with_h_shift(model, direction, strength: float, window, edit_branche
     ``set_model_middle_block_after_patch`` where this ComfyUI has it (and the U-Net is ComfyUI's own), else the
     ``output_block_patch`` of the first output block, which sees the same h."""
     dm = model.get_model_object("diffusion_model")
-    ms = model.get_model_object("model_sampling")
-    table = ms.sigmas.detach().float().cpu().log()
+    table = sigma_table(model).log()
 
     def timestep_of(sigma: float) -> int:
         return int((table - torch.tensor(sigma).log()).abs().argmin())

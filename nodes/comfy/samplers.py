@@ -24,7 +24,7 @@ from ...hspace_core.schedules import timestep_grid
 from ...hspace_core.sigmas import ve_scale, ve_to_vp
 from ...hspace_core.sites import site_of
 from ...hspace_core.trajectory import HStorage, HTrajectory, Inversion
-from .model import ComfyHSpaceModel, reserve_rows, rows_run
+from .model import ComfyHSpaceModel, grid_sigmas, reserve_rows, rows_run, sigma_table
 from .windows import boost_t_boost
 
 log = logging.getLogger("hspace")
@@ -34,8 +34,7 @@ CLEAN = 1e-3  # a first sigma below this only marks the clean input (FlipSigmas 
 def timesteps_of(model_patcher, sigmas: list[float]) -> list[int]:
     """The model's timestep nearest (in log σ) to each σ > 0: where h edits and trajectories are looked up.  A σ
     between table entries is logged once per sampler run."""
-    ms = model_patcher.get_model_object("model_sampling")
-    table = ms.sigmas.detach().float().cpu()
+    table = sigma_table(model_patcher)
     positive = torch.tensor([s for s in sigmas if s > 0], dtype=torch.float32)
     ts = (positive.log()[:, None] - table.log()[None]).abs().argmin(dim=1)
     off = (table[ts] - positive).abs() > 1e-4 * positive
@@ -132,8 +131,8 @@ def run_h_edit(hs, x_T: torch.Tensor, edit, schedule, *, seed: int = 0, progress
     The step math runs in at least float32 (x cast back to x_T's dtype); finiteness is read once, after the loop."""
     grid = list(schedule.timesteps())
     n = len(grid) if stop_below is None else sum(t >= stop_below for t in grid)  # the grid decreases: a prefix
-    table = hs.model_patcher.get_model_object("model_sampling").sigmas.detach().float().cpu()
-    sigmas = torch.cat([table[grid], torch.zeros(1)])[: n + 1].to(x_T.device)
+    on_grid = grid_sigmas(hs.model_patcher, grid)
+    sigmas = on_grid[: n + 1].to(x_T.device)
     edits = strided([edit is not None and schedule.edits_at(t) for t in grid[:n]], edit_every)
     seen = [-1]  # the last step whose h was recorded
 
@@ -151,13 +150,13 @@ def run_h_edit(hs, x_T: torch.Tensor, edit, schedule, *, seed: int = 0, progress
         if progress is not None:
             progress(i + 1, len(grid), denoised)
 
-    x = x_T.to(step_dtype(x_T.dtype)) * ve_scale(float(table[grid[0]]))
+    x = x_T.to(step_dtype(x_T.dtype)) * ve_scale(float(on_grid[0]))
     x = sample_h_edit(denoise, x, sigmas, edits, etas=[schedule.eta_at(t) for t in grid[:n]], omega=omega, seed=seed,
                       callback=step_done)
     if (t_bad := watch.first()) is not None:
         raise ValueError(f"The reverse process diverged (NaN/inf) at t={t_bad}; lower the edit strength or γ.")
     if n < len(grid):
-        x = ve_to_vp(x, float(table[grid[n]]))
+        x = ve_to_vp(x, float(on_grid[n]))
     return x.to(x_T.dtype)
 
 
@@ -271,8 +270,7 @@ def ddim_inversion(hs, x0: torch.Tensor, num_steps: int, *, convention: str = "s
     counts U-Net passes (``inversion_passes``)."""
     grid = timestep_grid(num_steps, hs.schedule.num_train_timesteps)
     ascending = list(reversed(grid))
-    table = hs.model_patcher.get_model_object("model_sampling").sigmas.detach().float().cpu()
-    sigmas = torch.cat([torch.zeros(1), table[ascending]])  # FlipSigmas of the DDIM sigmas, as the sampler gets them
+    sigmas = grid_sigmas(hs.model_patcher, grid).flip(0)  # FlipSigmas of the DDIM sigmas, as the sampler gets them
     total, passes = inversion_passes(num_steps, convention, refine_iters), [0]
 
     def step_done(i, predicted, x):

@@ -2,6 +2,8 @@
 (``layer.schema.edit_schedule``) and of the SAMPLERs (``samplers.h_edit_sampler``)."""
 from __future__ import annotations
 
+from .model import sigma_table
+
 
 def boost_t_boost(boost, model_patcher) -> int:
     """The t below which ``boost`` (a ``BoostSettings``) makes steps stochastic on this MODEL: its t_boost, or, for a
@@ -15,4 +17,4 @@ def boost_t_boost(boost, model_patcher) -> int:
         return int(boost.t_boost)
     ms = model_patcher.get_model_object("model_sampling")
     sigma = float(ms.percent_to_sigma(boost.start_percent))
-    return int((ms.sigmas.detach().float().cpu() < sigma).sum())
+    return int((sigma_table(model_patcher) < sigma).sum())

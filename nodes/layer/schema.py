@@ -11,6 +11,7 @@ from ...hspace_core import INVERSION_CONVENTIONS, EditSchedule, HStorage
 from ...hspace_core.settings import t_edit_label
 from ...hspace_core.sampling import SigmaWindow, schedule_in_window
 from ...hspace_core.sites import DEFAULT_SITE, SITES
+from ..comfy.model import sigma_table
 from ..comfy.windows import boost_t_boost
 from .checks import ValueList, check_option, parse_list
 
@@ -297,7 +298,7 @@ def edit_schedule(steps: int, t_edit: int, boost, model_patcher=None, window: st
         raise ValueError(f"{node}: a percent window is resolved on the MODEL's noise levels; pass the MODEL.")
     span = edit_window(node, model_patcher, window, t_edit, start_percent, end_percent)
     schedule = EditSchedule(steps, t_edit=max(t_edit, t_boost), t_boost=t_boost, eta_boost=eta)
-    table = model_patcher.get_model_object("model_sampling").sigmas.detach().float().cpu().tolist()
+    table = sigma_table(model_patcher).tolist()
     windowed = schedule_in_window(schedule, span, lambda t: table[t])
     if not windowed.edit_timesteps:
         raise ValueError(f"no step of the {steps}-step grid lies in the window {span.made_with}: widen start_percent / "
