@@ -4,6 +4,7 @@ import re
 
 import torch
 
+from docs_code import run_blocks
 from guided_reference import UNetModel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,8 +19,7 @@ def _blocks() -> list[str]:
 
 def test_the_guides_example_runs_as_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    namespace = {}
-    exec(compile(_blocks()[0], "docs/adapters.md", "exec"), namespace)
+    namespace = run_blocks(_blocks()[:1], tmp_path, "adapters")
     report = namespace["latents"].report
     assert len(report.psnr_per_image) == 2 and min(report.psnr_per_image) > 30, report
     assert namespace["edited"].shape == namespace["mixed"].shape == (2, 3, 16, 16)
@@ -32,8 +32,7 @@ def test_the_edm_checkpoint_example_runs_as_written(tmp_path, monkeypatch):
     network = UNetModel(model_channels=32, channel_mult=(1, 2), num_heads=2, use_scale_shift_norm=True).eval()
     torch.save(network.state_dict(), str(tmp_path / "my_edm.pt"))
     monkeypatch.chdir(tmp_path)
-    namespace = {}
-    exec(compile(_blocks()[1], "docs/adapters.md", "exec"), namespace)
+    namespace = run_blocks(_blocks()[1:2], tmp_path, "adapters_edm")
     model = namespace["model"]
     assert type(model).__name__ == "Denoiser" and model.fn.parameterization == "edm"
     x, sigma = torch.randn(1, 3, 16, 16), torch.tensor([2.0])

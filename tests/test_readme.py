@@ -5,6 +5,7 @@ import re
 import tomllib
 
 import pytest
+from docs_code import run_blocks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = open(os.path.join(ROOT, "README.md")).read()
@@ -19,9 +20,7 @@ def test_library_examples_run(tmp_path, monkeypatch):
     blocks = _library_blocks()
     assert len(blocks) >= 8
     monkeypatch.chdir(tmp_path)
-    namespace = {}
-    for block in blocks:
-        exec(compile(block, LIBRARY, "exec"), namespace)
+    namespace = run_blocks(blocks, tmp_path, "library")
     assert namespace["frames"].shape == (5, 3, 32, 32)
     assert namespace["mixed"].shape == (1, 3, 32, 32)
     assert namespace["latents"].trajectory.branches == ("uncond", "cond")
@@ -74,6 +73,44 @@ def _anchors(path: str) -> set[str]:
     text = re.sub(r"```.*?```", "", open(path).read(), flags=re.S)
     titles = re.findall(r"^#+\s+(.*?)\s*$", text, re.M)
     return {"".join(c for c in t.lower() if c.isalnum() or c in " -_").replace(" ", "-") for t in titles}
+
+
+# A code span that names a path in this repository (`workflows/x.json`, `nodes/comfy/model.py:53`,
+# `tests/test_x.py::test_y`) or a module's function (`nodes/comfy/model.sigma_table`); ComfyUI's folders (`models/...`)
+# and spans with spaces or placeholders are not paths here.
+SPAN = re.compile(r"(?<!`)`([^`\s]+)`(?!`)")
+REPO_DIRS = {n for n in os.listdir(ROOT) if os.path.isdir(os.path.join(ROOT, n)) and not n.startswith(".")} - {"models"}
+
+
+def _missing_path(span: str) -> str | None:
+    """What a code span names that does not exist, or None (also for spans that are not repository paths)."""
+    path = re.sub(r"(::\S*|:\d+(-\d+)?)$", "", span).rstrip("/.,")
+    if "/" not in path or any(c in path for c in "*<>{}$~|()=") or path.split("/")[0] not in REPO_DIRS:
+        return None
+    if os.path.exists(os.path.join(ROOT, path)):
+        return None
+    module, _, name = path.rpartition(".")
+    source = os.path.join(ROOT, module + ".py")
+    if module and os.path.isfile(source) and re.search(rf"^(def|class)\s+{name}\b|^{name}\s*[:=]",
+                                                       open(source).read(), re.M):
+        return None
+    return path
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_path_in_a_code_span_exists(page):
+    text = re.sub(r"```.*?```", "", open(os.path.join(ROOT, page)).read(), flags=re.S)
+    missing = [span for span in SPAN.findall(text) if _missing_path(span)]
+    assert not missing, f"{page} names paths that do not exist: {missing}"
+
+
+def test_the_code_span_check_finds_a_missing_path():
+    assert _missing_path("workflows/native_asyrp_sampler.json") == "workflows/native_asyrp_sampler.json"
+    assert _missing_path("nodes/comfy/model.no_such_function") == "nodes/comfy/model.no_such_function"
+    for fine in ("workflows/pixel_native_sampler.json", "nodes/comfy/model.sigma_table", "docs/design.md:3",
+                 "tests/test_readme.py::test_readme_stays_short", "models/hspace_directions", "comfy/samplers.py",
+                 "a b/c.py"):
+        assert _missing_path(fine) is None, fine
 
 
 @pytest.mark.parametrize("page", PAGES)

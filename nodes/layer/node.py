@@ -28,6 +28,7 @@ from ...hspace_core.sites import DEFAULT_SITE, site_of
 from ..comfy.model import check_has_h_space, model_fingerprint, site_block
 from .checks import widget_problem
 from .origin import check_same_guidance, check_x_T_grid, check_x_T_model
+from .search import with_search_aliases
 from .schema import DirectionSet, DirectionType, Trajectory, check_window, is_x_T
 
 log = logging.getLogger("hspace")
@@ -41,6 +42,9 @@ class HSpaceNode(io.ComfyNode):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        define = cls.__dict__.get("define_schema")
+        if define is not None and not getattr(define.__func__, "hspace_aliased", False):
+            cls.define_schema = classmethod(_aliased(define.__func__))
         execute = cls.__dict__.get("execute")
         if execute is None or getattr(execute.__func__, "hspace_checked", False):
             return  # ComfyUI's per-run class clones copy the already wrapped execute
@@ -61,6 +65,16 @@ class HSpaceNode(io.ComfyNode):
 
         checked.hspace_checked = True
         cls.execute = classmethod(checked)
+
+
+def _aliased(define):
+    """``define_schema`` with the node's search aliases added (``search.with_search_aliases``)."""
+    @functools.wraps(define)
+    def aliased(node_cls):
+        return with_search_aliases(define(node_cls))
+
+    aliased.hspace_aliased = True
+    return aliased
 
 
 def node_name(schema) -> str:
