@@ -17,6 +17,7 @@ from .explorer import explore, explorer_rows
 from .file_format import FORMAT_VERSION, check_fingerprint
 from .jacobian import jacobian_directions, latent_at
 from .pca import NORMALISATIONS, PCAResult, pca_directions, principal_components
+from .noise_levels import NoiseLevels
 from .probes import PROBE_METHODS, direction_from_examples, linear_probe, probe_direction
 from .ddim import calibrated_x_t, ddim_inverse_step, ddim_sigma, ddim_step, eps_from_model_output, predicted_x0
 from .implicit import ImplicitDirectionNet, TimeEmbedding
@@ -39,7 +40,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AutoScheduleResult", "CLIPDirectional", "DirectionTraining", "ImplicitDirectionNet", "TimeEmbedding", "TrainedDirection",
     "load_official_asyrp", "load_open_clip", "train_direction", "Cancelled", "Conditioning", "DiffusersUNet", "Direction", "EditSchedule", "HSpaceModel",
-    "HStorage", "HTrajectory", "Inversion", "NoiseSchedule", "Prediction", "BoostSettings", "ReconstructionReport", "StyleCalibration", "betas_cosine",
+    "HStorage", "HTrajectory", "Inversion", "NoiseLevels", "NoiseSchedule", "Prediction", "BoostSettings", "ReconstructionReport", "StyleCalibration", "betas_cosine",
     "betas_linear", "betas_scaled_linear", "calibrated_x_t", "capture", "combine_directions", "content_injection",
     "ddim_inverse_step", "ddim_sigma", "ddim_step", "direction_from_examples", "edit", "eps_from_model_output",
     "find_t_edit_t_boost", "gamma_ramp", "generate", "inject", "interpolate", "invert", "lpips_distance", "mask_to_h_grid",

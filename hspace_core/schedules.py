@@ -60,10 +60,9 @@ class NoiseSchedule:
         """The timestep t whose σ_t is nearest σ in log σ (what ComfyUI's ModelSamplingDiscrete.timestep does);
         −1 (the clean image) for σ ≤ 0.  Use it to give t_edit / t_boost as a noise level, e.g.
         ``schedule.timestep_of_sigma(1.0)``, so they mean the same on any schedule."""
-        if sigma <= 0:
-            return -1
-        log_sigmas = torch.log(sigmas_of(self.alphas_cumprod))
-        return int(torch.argmin((log_sigmas - math.log(sigma)).abs()))
+        from .noise_levels import NoiseLevels  # it reads this module: imported here to keep the import one-way
+
+        return NoiseLevels.of_schedule(self).timestep(sigma)
 
     def to_dict(self) -> dict:
         return {"prediction_type": self.prediction_type, "num_train_timesteps": self.num_train_timesteps}

@@ -10,9 +10,9 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from ..hspace_core import timestep_grid
 from ..hspace_core.sigmas import ve_scale
-from .comfy.model import grid_sigmas, latent_out, sigma_table
+from .comfy.model import latent_out
+from .comfy.noise_levels import noise_levels
 from .comfy.pixel_model import pixel_only_conditioning
 from .layer import CATEGORY, HSpaceNode, latent_x, model_input, origin_of, steps_input, x_T_input
 
@@ -57,7 +57,7 @@ class XTToNative(HSpaceNode):
             logging.info("h-space: x_T comes from a %s inversion; under cfg ≠ 1 a native sampler needs the positive "
                          "prompt as its negative too (null-text embeddings do not reach native samplers).",
                          origin.guidance)
-        sigmas = grid_sigmas(model, timestep_grid(steps, len(sigma_table(model))))
+        sigmas = noise_levels(model).grid_sigmas(steps).float()
         x = latent_x(model, x_T)
         noise = _InvertedNoise(model, x, float(sigmas[0]))
         return io.NodeOutput(noise, sigmas, latent_out(model, x * noise.scale))

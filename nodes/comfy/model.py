@@ -30,6 +30,7 @@ from ...hspace_core.sigmas import eps_of_denoised, sigma_of_alpha_bar, vp_to_ve
 from ...hspace_core.sites import DEFAULT_SITE, check_site, output_block_of_site
 from ...hspace_core.implicit import TimeEmbedding
 from . import edit_batch
+from .noise_levels import noise_levels
 
 log = logging.getLogger("hspace")
 SUPPORTED = "SD1.x, SD2.x (including v-prediction), SDXL, or a pixel UNet2DModel loaded with 'H-Space Load Pixel U-Net'"
@@ -120,10 +121,10 @@ class ComfyHSpaceModel:
 
     def __init__(self, denoiser, extra_args: dict, model_patcher, cfg: float, edit_branches: str, negative=None,
                  site: str = DEFAULT_SITE):
-        ms = model_patcher.get_model_object("model_sampling")
         self.site = site
         self.h_block = site_block(model_patcher.get_model_object("diffusion_model"), site)
-        self.schedule = schedule_from_sigmas(ms.sigmas.detach().double().cpu())
+        self.levels = noise_levels(model_patcher)
+        self.schedule = schedule_from_sigmas(self.levels.table.double())
         self.branches = ("uncond", "cond") if not math.isclose(cfg, 1.0) else ("single",)
         self.fingerprint = model_fingerprint(model_patcher)
         self.denoiser, self.extra_args, self.edit_branches = denoiser, extra_args, edit_branches
@@ -330,17 +331,6 @@ def patched_weight(model_patcher, key: str, returns_weight: bool = True) -> torc
     return rounding(out, weight.dtype, seed=seed) if rounding is not None else out.to(weight.dtype)
 
 
-def sigma_table(model_patcher) -> torch.Tensor:
-    """σ_t of the model's timesteps t = 0 … T−1 (``model_sampling.sigmas``), float32 on the CPU: read once, before
-    a loop."""
-    return model_patcher.get_model_object("model_sampling").sigmas.detach().float().cpu()
-
-
-def grid_sigmas(model_patcher, timesteps) -> torch.Tensor:
-    """A DDIM grid's sigmas as a sampler takes them: σ_t of each (decreasing) timestep, then 0 (CPU, float32)."""
-    return torch.cat([sigma_table(model_patcher)[list(timesteps)], torch.zeros(1)])
-
-
 def rows_run(model, batch: int, *, copies: int = 1, edited: bool = False) -> int:
     """How many latent rows one U-Net call of a process runs: the one rule behind every memory reservation
     (``run_in_comfy(rows=…)`` for the nodes, ``reserve_rows`` for the SAMPLERs).  ``copies`` of each of ``batch``
@@ -417,8 +407,7 @@ def run_in_comfy(model, latent: torch.Tensor, body, *, positive=None, negative=N
         return x
 
     sampler = comfy.samplers.KSAMPLER(sampler_function)
-    ms = model.get_model_object("model_sampling")
-    sigmas = torch.stack([ms.sigma_max.float().cpu(), torch.tensor(0.0)])
+    sigmas = torch.tensor([noise_levels(model).sigma_max, 0.0])
     runner = with_row_reservation(model, rows) if rows is not None and rows != latent.shape[0] else model
     comfy.sample.sample_custom(runner, torch.zeros_like(latent), cfg, sampler, sigmas, positive, negative, latent,
                                disable_pbar=True, seed=seed)

@@ -12,7 +12,8 @@ import torch
 
 from ...hspace_core.adapters.base import is_edited
 from .edit_batch import branch_names
-from .model import is_pixel_unet, sigma_table, site_block
+from .model import is_pixel_unet, site_block
+from .noise_levels import noise_levels
 
 log = logging.getLogger("hspace")
 
@@ -56,12 +57,8 @@ def patched_with_h_shift(model, direction, strength: float, window, edit_branche
     ``set_model_middle_block_after_patch`` where this ComfyUI has it (and the U-Net is ComfyUI's own), else the
     ``output_block_patch`` of the first output block, which sees the same h."""
     dm = model.get_model_object("diffusion_model")
-    table = sigma_table(model).log()
-
-    def timestep_of(sigma: float) -> int:
-        return int((table - torch.tensor(sigma).log()).abs().argmin())
-
-    patch = HShift(direction, strength, window, edit_branches, timestep_of, site_block(dm, direction.site))
+    patch = HShift(direction, strength, window, edit_branches, noise_levels(model).timestep,
+                   site_block(dm, direction.site))
     clone = model.clone()
     if direction.site == "middle" and hasattr(clone, "set_model_middle_block_after_patch") and not is_pixel_unet(model):
         clone.set_model_middle_block_after_patch(patch.middle_block_after)

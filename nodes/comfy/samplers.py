@@ -20,11 +20,11 @@ import comfy.samplers
 
 from ...hspace_core.devices import FiniteWatch, host_ready, step_dtype, to_host
 from ...hspace_core.sampling import clip_denoised, inversion_steps, invert_sigmas, sample_h_edit, strided
-from ...hspace_core.schedules import timestep_grid
 from ...hspace_core.sigmas import ve_scale, ve_to_vp
 from ...hspace_core.sites import site_of
 from ...hspace_core.trajectory import HStorage, HTrajectory, Inversion
-from .model import ComfyHSpaceModel, grid_sigmas, reserve_rows, rows_run, sigma_table
+from .model import ComfyHSpaceModel, reserve_rows, rows_run
+from .noise_levels import noise_levels
 from .windows import boost_t_boost
 
 log = logging.getLogger("hspace")
@@ -34,14 +34,11 @@ CLEAN = 1e-3  # a first sigma below this only marks the clean input (FlipSigmas 
 def timesteps_of(model_patcher, sigmas: list[float]) -> list[int]:
     """The model's timestep nearest (in log σ) to each σ > 0: where h edits and trajectories are looked up.  A σ
     between table entries is logged once per sampler run."""
-    table = sigma_table(model_patcher)
-    positive = torch.tensor([s for s in sigmas if s > 0], dtype=torch.float32)
-    ts = (positive.log()[:, None] - table.log()[None]).abs().argmin(dim=1)
-    off = (table[ts] - positive).abs() > 1e-4 * positive
-    if bool(off.any()):
-        log.info("h-space: %d of these sigmas lie between the model's timesteps; h edits use the nearest timestep.",
-                 int(off.sum()))
-    return [int(t) for t in ts]
+    levels = noise_levels(model_patcher)
+    positive = [s for s in sigmas if s > 0]
+    if off := levels.off_table(positive):
+        log.info("h-space: %d of these sigmas lie between the model's timesteps; h edits use the nearest timestep.", off)
+    return levels.timesteps(positive)
 
 
 def _host(sigmas: torch.Tensor) -> list[float]:
@@ -131,7 +128,7 @@ def run_h_edit(hs, x_T: torch.Tensor, edit, schedule, *, seed: int = 0, progress
     The step math runs in at least float32 (x cast back to x_T's dtype); finiteness is read once, after the loop."""
     grid = list(schedule.timesteps())
     n = len(grid) if stop_below is None else sum(t >= stop_below for t in grid)  # the grid decreases: a prefix
-    on_grid = grid_sigmas(hs.model_patcher, grid)
+    on_grid = hs.levels.sigmas_at(grid).float()
     sigmas = on_grid[: n + 1].to(x_T.device)
     edits = strided([edit is not None and schedule.edits_at(t) for t in grid[:n]], edit_every)
     seen = [-1]  # the last step whose h was recorded
@@ -268,9 +265,9 @@ def ddim_inversion(hs, x0: torch.Tensor, num_steps: int, *, convention: str = "s
     pack's DDIM grid ('asyrp') at the model's sigmas, through ``run_inversion``.  The Inversion holds the VP x_T, the
     latents and, with ``h_storage``, the trajectory along the inversion (else None).  ``progress(done, total, x0)``
     counts U-Net passes (``inversion_passes``)."""
-    grid = timestep_grid(num_steps, hs.schedule.num_train_timesteps)
+    grid = hs.levels.grid(num_steps)
     ascending = list(reversed(grid))
-    sigmas = grid_sigmas(hs.model_patcher, grid).flip(0)  # FlipSigmas of the DDIM sigmas, as the sampler gets them
+    sigmas = hs.levels.sigmas_at(grid).float().flip(0)  # FlipSigmas of the DDIM sigmas, as the sampler gets them
     total, passes = inversion_passes(num_steps, convention, refine_iters), [0]
 
     def step_done(i, predicted, x):

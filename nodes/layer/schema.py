@@ -8,10 +8,11 @@ import logging
 from comfy_api.latest import io
 
 from ...hspace_core import INVERSION_CONVENTIONS, EditSchedule, HStorage
+from ...hspace_core.noise_levels import check_percent_window
 from ...hspace_core.settings import t_edit_label
 from ...hspace_core.sampling import SigmaWindow, schedule_in_window
 from ...hspace_core.sites import DEFAULT_SITE, SITES
-from ..comfy.model import sigma_table
+from ..comfy.noise_levels import noise_levels
 from ..comfy.windows import boost_t_boost
 from .checks import ValueList, check_option, parse_list
 
@@ -198,29 +199,19 @@ def check_window(inputs: dict, node: str = "") -> None:
     prefixes the message where the caller's own message does not name it)."""
     if inputs.get("window") != "percent":
         return
-    start, end = inputs.get("start_percent", 0.0), inputs.get("end_percent", 0.6)
-    if start > end:
-        raise ValueError(f"{node + ': ' if node else ''}start_percent ({start}) is after end_percent ({end}); the "
-                         "window runs from start_percent to end_percent: lower start_percent or raise end_percent.")
+    check_percent_window(inputs.get("start_percent", 0.0), inputs.get("end_percent", 0.6), node)
 
 
 def edit_window(node: str, model_patcher, window: str = "t_edit", t_edit: int = 400, start_percent: float = 0.0,
                 end_percent: float = 0.6) -> SigmaWindow:
     """The edit window in σ, the one resolver of every node's window widgets: the paper's t ≥ t_edit (σ ≥ σ_{t_edit}
-    of the model's table), or core's start/end percent of the schedule (``model_sampling.percent_to_sigma``, as
+    of the model's table), or core's start/end percent of the schedule (``NoiseLevels.percent_to_sigma``, as
     IPAdapter and ControlNet gate).  ``made_with`` says which ("t_edit=400", "percent 0.00–0.60")."""
     check_option("window", window, WINDOWS)
-    ms = model_patcher.get_model_object("model_sampling")
+    levels = noise_levels(model_patcher)
     if window == "t_edit":
-        if not 0 <= int(t_edit) < len(ms.sigmas):
-            raise ValueError(f"{node}: t_edit ({t_edit}) must be a timestep in [0, {len(ms.sigmas) - 1}].")
-        return SigmaWindow(float("inf"), float(ms.sigmas[int(t_edit)]), t_edit_label(t_edit))
-    for name, v in (("start_percent", start_percent), ("end_percent", end_percent)):
-        if not 0 <= v <= 1:
-            raise ValueError(f"{node}: {name} ({v}) must be in [0, 1].")
-    check_window({"window": window, "start_percent": start_percent, "end_percent": end_percent}, node)
-    return SigmaWindow(float(ms.percent_to_sigma(start_percent)), float(ms.percent_to_sigma(end_percent)),
-                       f"percent {start_percent:.2f}–{end_percent:.2f}")
+        return levels.t_edit_window(int(t_edit), node)
+    return levels.percent_window(start_percent, end_percent, node)
 
 
 H_STORAGES = {"model's precision on CPU": HStorage("model", "cpu"), "model's precision on the model's device":
@@ -265,7 +256,7 @@ def boost_of(boost, model_patcher=None) -> tuple[int, float]:
         raise ValueError("the H-Space Quality Boost's boost_start_percent is resolved on the MODEL's noise levels; pass "
                          "the MODEL (or set the boost's window to t_boost).")
     t_boost = boost_t_boost(boost, model_patcher)
-    if t_boost >= len(model_patcher.get_model_object("model_sampling").sigmas):
+    if t_boost >= noise_levels(model_patcher).num_timesteps:
         raise ValueError(f"the H-Space Quality Boost's boost_start_percent ({boost.start_percent}) makes every step "
                          "stochastic, the edit's too: raise boost_start_percent on the H-Space Quality Boost node.")
     return t_boost, boost.eta
@@ -298,8 +289,7 @@ def edit_schedule(steps: int, t_edit: int, boost, model_patcher=None, window: st
         raise ValueError(f"{node}: a percent window is resolved on the MODEL's noise levels; pass the MODEL.")
     span = edit_window(node, model_patcher, window, t_edit, start_percent, end_percent)
     schedule = EditSchedule(steps, t_edit=max(t_edit, t_boost), t_boost=t_boost, eta_boost=eta)
-    table = sigma_table(model_patcher).tolist()
-    windowed = schedule_in_window(schedule, span, lambda t: table[t])
+    windowed = schedule_in_window(schedule, span, noise_levels(model_patcher).sigma)
     if not windowed.edit_timesteps:
         raise ValueError(f"no step of the {steps}-step grid lies in the window {span.made_with}: widen start_percent / "
                          "end_percent or use more steps.")

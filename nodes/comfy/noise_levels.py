@@ -1,0 +1,40 @@
+"""A ComfyUI ``model_sampling`` as the library's ``NoiseLevels``: the one reader of a MODEL's σ table, family and
+parameterisation (every σ ↔ t and percent → σ of the nodes then goes through the object)."""
+from __future__ import annotations
+
+import comfy.model_sampling as cms
+
+from ...hspace_core.noise_levels import NoiseLevels
+
+# ComfyUI's prediction mixins, most derived first (EDM is a V_PREDICTION, V_PREDICTION and X0 are EPS).
+_PARAMETERISATIONS = (("CONST", "const"), ("EDM", "edm"), ("V_PREDICTION", "v"), ("X0", "x0"), ("EPS", "eps"))
+
+
+def levels_of_sampling(model_sampling) -> NoiseLevels:
+    """``NoiseLevels`` of a ``model_sampling`` object: its ``sigmas`` and ``log_sigmas`` (float32, as ComfyUI keeps
+    them), its family by class (ModelSamplingDiscrete, ModelSamplingContinuousEDM / V, ModelSamplingDiscreteFlow,
+    ModelSamplingFlux) and its prediction mixin."""
+    name = type(model_sampling).__name__
+    param = next((p for mixin, p in _PARAMETERISATIONS if isinstance(model_sampling, getattr(cms, mixin, ()))), None)
+    if param is None:
+        raise ValueError(f"This MODEL's sampling ({name}) predicts something the pack cannot read; use a model with "
+                         "ComfyUI's EPS, V_PREDICTION, EDM, X0 or CONST sampling.")
+    flux, flow = getattr(cms, "ModelSamplingFlux", ()), getattr(cms, "ModelSamplingDiscreteFlow", ())
+    if isinstance(model_sampling, (flux, flow)):
+        family, rule = "flow", "flux" if isinstance(model_sampling, flux) else "sd3"
+    elif isinstance(model_sampling, cms.ModelSamplingContinuousEDM):
+        family, rule = "continuous", "sd3"
+    elif all(getattr(type(model_sampling), f) is getattr(cms.ModelSamplingDiscrete, f) for f in ("percent_to_sigma", "sigma")):
+        family, rule = "discrete", "sd3"
+    else:
+        raise ValueError(f"This MODEL's sampling ({name}) reads its noise levels in a way the pack does not know; use "
+                         "a model with a discrete (DDPM), continuous (EDM) or flow-matching schedule.")
+    sigmas = model_sampling.sigmas.detach().float().cpu()
+    log_sigmas = getattr(model_sampling, "log_sigmas", None)
+    return NoiseLevels(sigmas, param, family, float(getattr(model_sampling, "shift", 1.0)), rule,
+                       None if log_sigmas is None else log_sigmas.detach().float().cpu())
+
+
+def noise_levels(model_patcher) -> NoiseLevels:
+    """The noise levels of a MODEL (its ``model_sampling`` object patch included): read once, before a loop."""
+    return levels_of_sampling(model_patcher.get_model_object("model_sampling"))
