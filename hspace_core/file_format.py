@@ -6,7 +6,7 @@ import json
 
 from safetensors.torch import load_file, save_file
 
-from .sites import DEFAULT_SITE, SITES
+from .sites import DEFAULT_SITE, SITES, check_site
 
 FORMAT_VERSION = "1"
 
@@ -64,6 +64,9 @@ def load_tensors(path: str, kind: str) -> tuple[dict, dict]:
     missing = [key for key in needs.get(kind, ()) if key not in meta and key not in tensors]
     if missing:
         raise invalid(f"missing {', '.join(missing)}")
-    if meta.get("site", DEFAULT_SITE) not in SITES:
-        raise invalid(f"its metadata names the h site {meta['site']!r}, which this pack does not know: one of {SITES}")
+    try:
+        check_site(meta.get("site", DEFAULT_SITE))
+    except ValueError:
+        raise invalid(f"its metadata names the h site {meta['site']!r}, which this pack does not know: one of {SITES} "
+                      "or a transformer block (double.<i>[.attn], single.<i>, joint.<i>[.attn])") from None
     return tensors, meta

@@ -123,7 +123,7 @@ def strided(window: Sequence[bool], every: int) -> list[bool]:
 
 def sample_h_edit(denoise: Denoise, x: torch.Tensor, sigmas: Sequence[float], edits: Sequence[bool], *,
                   etas: Sequence[float] | None = None, omega: float | None = None, seed: int = 0,
-                  callback: StepCallback | None = None) -> torch.Tensor:
+                  callback: StepCallback | None = None, step=asymmetric_step) -> torch.Tensor:
     """Asyrp's reverse process (Kwon et al. 2023, §3.3–4) over the σ grid ``sigmas`` (decreasing; last 0 for a clean
     sample, else the run stops at the noise level of its last entry):
 
@@ -132,6 +132,8 @@ def sample_h_edit(denoise: Denoise, x: torch.Tensor, sigmas: Sequence[float], ed
     - other steps: the plain DDIM step with η = ``etas[i]`` (quality boost) and noise from ``seed``, drawn in step
       order on the CPU as ``processes.run_reverse`` draws it.
 
+    ``step`` is the deterministic asymmetric step: ``asymmetric_step`` (VE / VP models) or
+    ``flow.flow_asymmetric_step`` (flow matching, which refuses η and ω before it gets here).
     ``sigmas`` is a 1-D tensor (or floats); the deterministic steps compute with its entries, as k-diffusion's
     samplers do, and the choices (η > 0, which noise) are made on one host copy taken before the loop.
     """
@@ -147,7 +149,7 @@ def sample_h_edit(denoise: Denoise, x: torch.Tensor, sigmas: Sequence[float], ed
         if ddim_sigma(alpha_bar_of_sigma(host[i]), alpha_bar_of_sigma(host[i + 1]), etas[i]) > 0:
             noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
         if noise is None and not (edited is not None and omega):
-            x = asymmetric_step(x, plain if edited is None else edited, plain, sigmas[i], sigmas[i + 1])
+            x = step(x, plain if edited is None else edited, plain, sigmas[i], sigmas[i + 1])
         elif edited is None:
             x = ddim_sigma_step(x, plain, host[i], host[i + 1], etas[i], noise)
         elif omega:

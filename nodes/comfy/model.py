@@ -27,13 +27,14 @@ import comfy.utils
 from ...hspace_core import Prediction, schedule_from_sigmas
 from ...hspace_core.adapters.base import autograd_ready, edited_rows, fingerprint_of
 from ...hspace_core.sigmas import eps_of_denoised, sigma_of_alpha_bar, vp_to_ve
-from ...hspace_core.sites import DEFAULT_SITE, check_site, output_block_of_site
+from ...hspace_core.sites import DEFAULT_SITE, block_site, check_site, output_block_of_site
 from ...hspace_core.implicit import TimeEmbedding
-from . import edit_batch
+from . import dit, edit_batch
 from .noise_levels import noise_levels
 
 log = logging.getLogger("hspace")
 SUPPORTED = "SD1.x, SD2.x (including v-prediction), SDXL, or a pixel UNet2DModel loaded with 'H-Space Load Pixel U-Net'"
+FLOW_TYPES = ("FLOW", "FLUX")  # ComfyUI's model types over CONST (x = (1 − σ)·x0 + σ·ε) model sampling
 
 
 def is_pixel_unet(model) -> bool:
@@ -41,13 +42,25 @@ def is_pixel_unet(model) -> bool:
     return bool(getattr(model.get_model_object("diffusion_model"), "hspace_pixel_unet", False))
 
 
+def is_flow_transformer(model) -> bool:
+    """A Flux or SD3.x transformer (``dit.dit_family``): h at its blocks (``sites.BlockSite``), flow matching."""
+    return dit.dit_family(model.get_model_object("diffusion_model")) is not None
+
+
 def check_has_h_space(model) -> None:
-    """Refuse models with no U-Net middle block (DiT, SD3, Flux, …) with a message naming what works."""
+    """Refuse models with neither a U-Net middle block nor a transformer the pack knows (other DiTs: Qwen-Image,
+    Chroma, HiDream, …) with a message naming what works."""
     diffusion_model = model.get_model_object("diffusion_model")
+    if is_flow_transformer(model):
+        if model.model.model_type.name not in FLOW_TYPES:
+            raise ValueError(f"This {type(diffusion_model).__name__} samples as {model.model.model_type.name}, not "
+                             f"flow matching (CONST); the pack reads h in {dit.TRANSFORMERS} sampled as trained.")
+        return
     if getattr(diffusion_model, "middle_block", None) is None and not is_pixel_unet(model):
         raise ValueError(
-            f"This MODEL ({type(diffusion_model).__name__}) has no U-Net middle block, so it has no h-space. "
-            f"Use {SUPPORTED}."
+            f"This MODEL ({type(diffusion_model).__name__}) has no U-Net middle block and is not a transformer the "
+            f"pack reads h in, so it has no h-space here. Use {SUPPORTED}, or {dit.TRANSFORMERS} with the SAMPLER "
+            "nodes and H-Space Shift."
         )
     model_type = model.model.model_type.name
     if model_type not in ("EPS", "V_PREDICTION") and not (model_type == "EDM" and is_pixel_unet(model)):
@@ -67,9 +80,26 @@ def check_latent(model, latent: torch.Tensor) -> None:
         size_check(*latent.shape[-2:])
 
 
-def site_block(diffusion_model, site: str) -> int:
+def resolve_site(model, site: str) -> str:
+    """``site`` on this MODEL: on a transformer the U-Net default ("middle", the site inputs' default) stands for
+    the transformer's default block site (``dit.default_site``), logged; anything else is checked as it is."""
+    dm = model.get_model_object("diffusion_model")
+    if dit.dit_family(dm) is not None and site in (None, "", DEFAULT_SITE):
+        chosen = dit.default_site(dm)
+        log.info("H-Space: this %s has no middle block; h is read at %s (the default transformer site).",
+                 type(dm).__name__, chosen)
+        return chosen
+    site_block(dm, site)
+    return site
+
+
+def site_block(diffusion_model, site: str) -> int | None:
     """The output block whose ``output_block_patch`` sees h at ``site`` as its ``h`` (``sites.output_block_of_site``
-    over ComfyUI's ``num_res_blocks + 1`` output blocks per decoder level, or the pixel U-Net's own levels)."""
+    over ComfyUI's ``num_res_blocks + 1`` output blocks per decoder level, or the pixel U-Net's own levels); None
+    for a transformer's block site (checked against its blocks: ``dit.check_block_site``)."""
+    if dit.dit_family(diffusion_model) is not None:
+        dit.check_block_site(diffusion_model, site)
+        return None
     check_site(site)
     if getattr(diffusion_model, "hspace_pixel_unet", False):
         return diffusion_model.block_of_site(site)
@@ -89,6 +119,11 @@ class _HPatch:
     def __call__(self, h, hsp, transformer_options):
         if transformer_options.get("block") != ("output", self.block):
             return h, hsp
+        return self.apply(h, transformer_options), hsp
+
+    def apply(self, h, transformer_options):
+        """h (rows of every branch) recorded and, when editing, edited: the U-Net's output block and a
+        transformer's block (``dit.DitH``) both hand h here."""
         names = edit_batch.branch_names(transformer_options)
         out = []
         for name, rows in zip(names, h.chunk(len(names))):
@@ -99,7 +134,7 @@ class _HPatch:
                 rows = edited_rows(rows, self.t, (label,), self.edit, self.edit_branches)
             out.append(rows)
         edited = torch.cat(out)
-        return (torch.empty_like(h).copy_(edited) if self.edit is not None else h), hsp
+        return torch.empty_like(h).copy_(edited) if self.edit is not None else h
 
     def start_editing(self, edit, t, edit_branches):
         """From now on edit h (and stop recording): the decoder pass of ``edit_batch.EditedCopies``."""
@@ -121,8 +156,9 @@ class ComfyHSpaceModel:
 
     def __init__(self, denoiser, extra_args: dict, model_patcher, cfg: float, edit_branches: str, negative=None,
                  site: str = DEFAULT_SITE):
-        self.site = site
-        self.h_block = site_block(model_patcher.get_model_object("diffusion_model"), site)
+        self.site = resolve_site(model_patcher, site)
+        self.h_block = site_block(model_patcher.get_model_object("diffusion_model"), self.site)
+        self.flow = is_flow_transformer(model_patcher)  # h at a transformer block, CONST (flow-matching) sigmas
         self.levels = noise_levels(model_patcher)
         self.schedule = schedule_from_sigmas(self.levels.table.double())
         self.branches = ("uncond", "cond") if not math.isclose(cfg, 1.0) else ("single",)
@@ -179,7 +215,13 @@ class ComfyHSpaceModel:
         with ``patch`` in output_block_patch and ``wrapper`` (the one-call batch) in a per-call model_options."""
         comfy.model_management.throw_exception_if_processing_interrupted()  # Cancel lands within one U-Net pass
         options = comfy.model_patcher.create_model_options_clone(self.extra_args["model_options"])
-        transformer_options = edit_batch.with_patch(options.get("transformer_options", {}), patch, first=False)
+        if self.h_block is None:  # a transformer: h at a block through the dit replace patch
+            dm = self.model_patcher.get_model_object("diffusion_model")
+            where = dit.check_block_site(dm, self.site)
+            transformer_options = dit.with_dit_patch(options.get("transformer_options", {}),
+                                                     dit.DitH(dm, where, patch.apply, dit.patch_grid(dm, x.shape[-2:])))
+        else:
+            transformer_options = edit_batch.with_patch(options.get("transformer_options", {}), patch, first=False)
         if wrapper is not None:
             transformer_options = edit_batch.with_wrapper(transformer_options, wrapper)
         options["transformer_options"] = transformer_options
@@ -387,6 +429,11 @@ def run_in_comfy(model, latent: torch.Tensor, body, *, positive=None, negative=N
     Jacobian's k + oversample): ComfyUI then reserves memory for that many rows.  Returns what ``body`` returns.
     """
     check_has_h_space(model)
+    if is_flow_transformer(model):
+        raise ValueError(f"This node runs the pack's DDIM process over the ᾱ schedule of U-Nets; on "
+                         f"{type(model.get_model_object('diffusion_model')).__name__} (flow matching) use the SAMPLER "
+                         "nodes in SamplerCustomAdvanced (H-Space Asyrp Sampler, H-Space Inversion Sampler, H-Space "
+                         "Content Injection Sampler) or H-Space Shift (docs/transformers.md).")
     check_latent(model, latent)
     site_block(model.get_model_object("diffusion_model"), site)  # refuse a site this U-Net lacks before sampling
     if positive is None:

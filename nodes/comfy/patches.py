@@ -12,6 +12,7 @@ import torch
 
 from ...hspace_core.adapters.base import is_edited
 from .edit_batch import branch_names
+from . import dit
 from .model import is_pixel_unet, site_block
 from .noise_levels import noise_levels
 
@@ -53,14 +54,23 @@ class HShift:
 
 
 def patched_with_h_shift(model, direction, strength: float, window, edit_branches: str):
-    """A clone of ``model`` whose h at the direction's site is shifted.  The middle site uses core's
+    """A clone of ``model`` whose h at the direction's site is shifted.  A transformer's block site uses the dit
+    replace patch (``dit.DitH``; a patch another node put at that block runs inside it).  The middle site uses core's
     ``set_model_middle_block_after_patch`` where this ComfyUI has it (and the U-Net is ComfyUI's own), else the
     ``output_block_patch`` of the first output block, which sees the same h."""
     dm = model.get_model_object("diffusion_model")
     patch = HShift(direction, strength, window, edit_branches, noise_levels(model).timestep,
                    site_block(dm, direction.site))
     clone = model.clone()
-    if direction.site == "middle" and hasattr(clone, "set_model_middle_block_after_patch") and not is_pixel_unet(model):
+    if patch.block is None:  # a transformer block site: the dit replace patch, on the clone's model options
+        where = dit.check_block_site(dm, direction.site)
+        if direction.form == "implicit" or len(direction.h_shape) != 3:
+            raise ValueError("H-Space Shift on a transformer takes a direction of h's spatial shape (C, H/p, W/p), "
+                             "made at this site and image size.")
+        replace = dit.DitH(dm, where, patch._apply, direction.h_shape[1:])
+        clone.model_options["transformer_options"] = dit.with_dit_patch(
+            clone.model_options.get("transformer_options", {}), replace)
+    elif direction.site == "middle" and hasattr(clone, "set_model_middle_block_after_patch") and not is_pixel_unet(model):
         clone.set_model_middle_block_after_patch(patch.middle_block_after)
     else:
         if direction.site == "middle":

@@ -19,7 +19,9 @@ import torch
 import comfy.samplers
 
 from ...hspace_core.devices import FiniteWatch, host_ready, step_dtype, to_host
-from ...hspace_core.sampling import clip_denoised, inversion_steps, invert_sigmas, sample_h_edit, strided
+from ...hspace_core.flow import flow_asymmetric_step, invert_flow
+from ...hspace_core.sampling import (asymmetric_step, clip_denoised, inversion_steps, invert_sigmas, sample_h_edit,
+                                     strided)
 from ...hspace_core.sigmas import ve_scale, ve_to_vp
 from ...hspace_core.sites import site_of
 from ...hspace_core.trajectory import HStorage, HTrajectory, Inversion
@@ -85,6 +87,8 @@ def h_edit_sampler(node: str, edit_for, window_for, *, edit_branches: str, site:
         host = _host(sigmas)
         ts = timesteps_of(patcher, host)
         hs = ComfyHSpaceModel.for_guider(model, extra_args, patcher, edit_branches, site)
+        if hs.flow:
+            refuse_on_flow(node, boost=boost, omega=omega)
         if check is not None:
             check(ts, hs)
         window = window_for(patcher)
@@ -103,9 +107,24 @@ def h_edit_sampler(node: str, edit_for, window_for, *, edit_branches: str, site:
             return plain, edited
 
         return sample_h_edit(denoise, x, sigmas, edits, etas=etas, omega=omega, seed=seed,
-                             callback=_comfy_callback(callback, sigmas))
+                             callback=_comfy_callback(callback, sigmas),
+                             step=flow_asymmetric_step if hs.flow else asymmetric_step)
 
     return comfy.samplers.KSAMPLER(sample)
+
+
+def refuse_on_flow(node: str, *, boost=None, omega=None, convention: str = "seed") -> None:
+    """What has no meaning on flow matching (docs/transformers.md): the quality boost's η-DDIM steps and style
+    calibration are defined over the ᾱ schedule, the diffusers inversion convention over its VP rescaling."""
+    if boost is not None:
+        raise ValueError(f"{node}: the quality boost (stochastic DDIM, η) is defined on the ᾱ schedule of U-Nets; "
+                         "this transformer samples by flow matching: disconnect boost.")
+    if omega:
+        raise ValueError(f"{node}: style calibration (InjectFusion's ω) is defined on the ᾱ schedule of U-Nets; "
+                         "this transformer samples by flow matching: disconnect calibration.")
+    if convention != "seed":
+        raise ValueError(f"{node}: convention {convention!r} rescales the point to the next ᾱ, which flow matching "
+                         "does not have: set convention to 'seed' (Euler inversion at the current point).")
 
 
 def run_h_edit(hs, x_T: torch.Tensor, edit, schedule, *, seed: int = 0, progress=None, edit_every: int = 1,
@@ -250,8 +269,17 @@ def run_inversion(hs, x: torch.Tensor, sigmas: torch.Tensor, timesteps, *, conve
         if callback is not None:
             callback(k, predicted, x_next)
 
-    x_T = invert_sigmas(denoise, x.to(step_dtype(x.dtype)), host, clean_start=clean, convention=convention,
-                        clean_step=clean_step, refine_iters=refine_iters, callback=step_done)
+    if hs.flow:
+        refuse_on_flow("H-Space Inversion Sampler", convention=convention)
+        if host[-1] >= 1 - 1e-6:
+            raise ValueError("H-Space Inversion Sampler: these sigmas end at σ = 1. ComfyUI hands a flow-matching "
+                             "LATENT on as x/(1 − σ), which σ = 1 cannot carry: end the inversion below 1 (the "
+                             "scheduler's denoise below 1, or SplitSigmas dropping its first σ) and run the reverse "
+                             "pass on the same sigmas.")
+        x_T = invert_flow(denoise, x.to(step_dtype(x.dtype)), host, refine_iters=refine_iters, callback=step_done)
+    else:
+        x_T = invert_sigmas(denoise, x.to(step_dtype(x.dtype)), host, clean_start=clean, convention=convention,
+                            clean_step=clean_step, refine_iters=refine_iters, callback=step_done)
     if (t_bad := watch.first()) is not None:
         raise ValueError(f"DDIM inversion diverged at t={t_bad}; check the input's range (images in [-1, 1]).")
     host_ready(latents)

@@ -25,7 +25,7 @@ from comfy_api.latest import io
 
 from ...hspace_core import HTrajectory, check_fingerprint
 from ...hspace_core.sites import DEFAULT_SITE, site_of
-from ..comfy.model import check_has_h_space, model_fingerprint, site_block
+from ..comfy.model import check_has_h_space, model_fingerprint, resolve_site
 from .checks import widget_problem
 from .origin import check_same_guidance, check_x_T_grid, check_x_T_model
 from .search import with_search_aliases
@@ -124,11 +124,10 @@ def check_model(model, inputs: dict, x_Ts: dict, h_objects: dict) -> None:
     check_has_h_space(model)
     for name, x_T in x_Ts.items():
         check_x_T_model(name, x_T, model)
-    diffusion_model = model.get_model_object("diffusion_model")
     sites = {inputs.get("site") or DEFAULT_SITE} if "site" in inputs else set()
     sites |= {site_of(item) for value in h_objects.values() for _, item in _items("", value)}
     for site in sorted(sites):
-        site_block(diffusion_model, site)
+        resolve_site(model, site)
     if not h_objects:
         return
     here = model_fingerprint(model)

@@ -1,0 +1,76 @@
+"""Tiny Flux- and SD3-architecture models built in memory with ComfyUI's own classes, random weights.
+
+ComfyUI's Flux detection in 0.3.75 fixes 24 heads of 128 channels (hidden 3072), so a Flux small enough for CI
+cannot come through the stock loaders; these are instantiated directly, as ``tiny_sdxl.py`` does for SDXL:
+
+- Flux: ``comfy.supported_models.Flux`` → ``comfy.model_base.Flux`` (``comfy.ldm.flux.model.Flux``: double-stream
+  and single-stream blocks, RoPE over (index, row, column), guidance embedding as Flux-dev has, pooled vector input,
+  ``ModelSamplingFlux`` with its resolution-dependent shift, model type FLUX = CONST flow matching).
+- SD3: ``comfy.supported_models.SD3`` → ``comfy.model_base.SD3`` (``OpenAISignatureMMDITWrapper``: joint blocks,
+  the last one context-pre-only, pooled ``y`` input, ``ModelSamplingDiscreteFlow`` with shift 3, model type FLOW).
+
+Conditioning for both is made in code (``flux_conditioning``, ``sd3_conditioning``): a CONDITIONING list with a
+seeded random context and pooled output of the widths these models take.
+Run inside a process that has ComfyUI on sys.path with ``comfy.cli_args.args.cpu = True`` set first.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from .tiny_models import _init_all
+
+FLUX_CONTEXT, FLUX_POOLED = 32, 24  # T5-XXL's 4096 and CLIP-L's 768 in Flux.1
+# Flux.1: hidden 3072, 24 heads of 128 (axes 16, 56, 56), 19 double and 38 single blocks, 16 latent channels, patch 2
+FLUX_DIT = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=FLUX_POOLED,
+                context_in_dim=FLUX_CONTEXT, hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=2, depth_single_blocks=2,
+                axes_dim=[8, 12, 12], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True)
+
+SD3_CONTEXT, SD3_POOLED = 48, 40  # 4096 (T5 / CLIP-L+G padded) and 2048 in SD3
+# SD3 medium: depth 24 (hidden 64·depth, depth heads), 16 latent channels, patch 2, pos_embed_max_size 192
+SD3_DIT = dict(in_channels=16, out_channels=16, patch_size=2, depth=2, num_patches=64 * 64, pos_embed_max_size=64,
+               adm_in_channels=SD3_POOLED, context_embedder_config={
+                   "target": "torch.nn.Linear", "params": {"in_features": SD3_CONTEXT, "out_features": 128}},
+               qk_norm=None, x_block_self_attn_layers=[])
+
+
+def _patcher(family: str, dit_config: dict, seed: int):
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = getattr(comfy.supported_models, family)(copy.deepcopy(dict(dit_config, dtype=torch.float32)))
+    config.set_inference_dtype(torch.float32, None)
+    base = config.get_model({}, device="cpu")
+    _init_all(base.diffusion_model, torch.Generator().manual_seed(seed))
+    if getattr(base.diffusion_model, "pos_embed", None) is not None:  # SD3's fixed sin-cos table, random here
+        with torch.no_grad():
+            base.diffusion_model.pos_embed.copy_(torch.randn(base.diffusion_model.pos_embed.shape,
+                                                             generator=torch.Generator().manual_seed(seed + 1)) * 0.1)
+    return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def tiny_flux(seed: int = 0):
+    """A ModelPatcher over ``comfy.model_base.Flux`` (Flux-dev shaped: guidance embedding) at small width."""
+    return _patcher("Flux", FLUX_DIT, seed)
+
+
+def tiny_sd3(seed: int = 0):
+    """A ModelPatcher over ``comfy.model_base.SD3`` (MMDiT joint blocks) at small width."""
+    return _patcher("SD3", SD3_DIT, seed)
+
+
+def _conditioning(tokens: int, width: int, pooled: int, seed: int, **extra):
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, tokens, width, generator=g), {"pooled_output": torch.randn(1, pooled, generator=g),
+                                                         **extra}]]
+
+
+def flux_conditioning(seed: int = 0, guidance: float = 3.5, tokens: int = 7):
+    """A Flux CONDITIONING (T5-shaped context, CLIP-pooled vector, FluxGuidance's ``guidance``) from ``seed``."""
+    return _conditioning(tokens, FLUX_CONTEXT, FLUX_POOLED, seed, guidance=guidance)
+
+
+def sd3_conditioning(seed: int = 0, tokens: int = 7):
+    """An SD3 CONDITIONING (context and pooled output) from ``seed``."""
+    return _conditioning(tokens, SD3_CONTEXT, SD3_POOLED, seed)

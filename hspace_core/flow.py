@@ -1,0 +1,60 @@
+"""Asyrp's asymmetric step and DDIM-style inversion for rectified flow / flow matching (Flux, SD3.x).
+
+Notation (ComfyUI's CONST model sampling): x = (1 − σ)·x0 + σ·ε with σ ∈ [0, 1]; the denoiser returns D(x, σ) = x0
+(ComfyUI computes it as x − σ·v from the velocity v = ε − x0).  Then
+
+    ε = (x − (1 − σ)·D)/σ,        v = (x − D)/σ = ε − D,        dx/dσ = v,
+
+so the Euler step of the flow ODE, x_next = x + (σ_next − σ)·(x − D)/σ, is the same formula as the probability-flow
+Euler step of VE models (``sampling.asymmetric_step`` with no edit) and ComfyUI's ``euler`` sampler.
+
+Asyrp's asymmetric step (Kwon et al. 2023, eq. 4) keeps the predicted x0 from the edited h and the noise direction
+from the original one: x_next = (1 − σ_next)·D(x | h̃) + σ_next·ε(x | h).  With ε(x | h) from D(x | h) above,
+
+    x_next = x + (σ_next − σ)·(x − D)/σ + (1 − σ_next)·(D(x | h̃) − D(x | h))        (``flow_asymmetric_step``)
+
+The VE step adds the edit's change of x0 with weight 1; flow matching weighs it by a(σ_next) = 1 − σ_next, the x0
+coefficient of the next point, so the edit's weight falls to 0 at σ_next = 1 and is whole at the clean end.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from .sampling import inverse_euler_step
+
+
+def flow_asymmetric_step(x: torch.Tensor, denoised_edited: torch.Tensor, denoised: torch.Tensor, sigma, sigma_next):
+    """x_next = (1 − σ_next)·D(x | h̃) + σ_next·ε(x | h) (module docstring), written as the Euler step plus the
+    weighted change of x0, so that with no edit it is ComfyUI's ``euler`` operation for operation."""
+    return x + (x - denoised) / sigma * (sigma_next - sigma) + (1 - sigma_next) * (denoised_edited - denoised)
+
+
+def invert_flow(denoise: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, sigmas: Sequence[float], *,
+                refine_iters: int = 0, callback=None) -> torch.Tensor:
+    """Euler inversion of the flow ODE on increasing ``sigmas`` (FlipSigmas' output; a first σ below 1e-3 marks
+    the clean input and is taken as 0): x_{k+1} = x_k + (σ_{k+1} − σ_k)·v, v = (x_ε − D(x_ε, σ_ε))/σ_ε
+    (``sampling.inverse_euler_step``), the plain inversion of RF-Inversion / Stable Flow's starting point.
+
+    v is taken at the current point (x_ε = x_k, σ_ε = σ_k), except from the clean input, where v(x0, 0) would be
+    0/0 in D's form: there at (x0, σ_1), the first point's noise level.  ``refine_iters`` = k solves
+    x_{k+1} = x_k + (σ_{k+1} − σ_k)·v(x_{k+1}, σ_{k+1}) by k fixed-point iterations: the exact inverse of the
+    reverse Euler step from σ_{k+1} to σ_k.  ``callback(k, D, x_next)`` after each step (D: the x0 it predicts)."""
+    if refine_iters < 0:
+        raise ValueError(f"refine_iters must be ≥ 0, got {refine_iters}.")
+    host = sigmas.tolist() if torch.is_tensor(sigmas) else [float(s) for s in sigmas]  # one copy, before the loop
+    if host[0] < 1e-3:
+        host[0] = 0.0
+    for k in range(len(host) - 1):
+        sigma, sigma_next = host[k], host[k + 1]
+        at = k + 1 if sigma == 0 else k
+        denoised = denoise(x, at)
+        x_next = inverse_euler_step(x, x, denoised, host[at], sigma, sigma_next)
+        for _ in range(refine_iters):
+            denoised = denoise(x_next, k + 1)
+            x_next = inverse_euler_step(x, x_next, denoised, sigma_next, sigma, sigma_next)
+        if callback is not None:
+            callback(k, denoised, x_next)
+        x = x_next
+    return x

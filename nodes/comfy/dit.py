@@ -1,0 +1,145 @@
+"""h in a diffusion transformer (Flux, SD3.x's MMDiT) through ComfyUI's dit block-replace patch.
+
+ComfyUI runs ``transformer_options["patches_replace"]["dit"][("double_block" | "single_block", i)]`` in place of
+Flux's double / single block i and of SD3's joint block i (which uses the "double_block" key); the patch gets
+``{"img", "txt", "vec", "pe", …, "transformer_options"}`` and ``{"original_block": f}`` and returns ``{"img", "txt"}``
+(file and line per ComfyUI version: docs/transformers.md).  ``DitH`` runs the original block and hands the image tokens
+of its output (site ``kind.i``) or of its attention output (``kind.i.attn``) to a function of h in its spatial view
+(``sites.tokens_to_spatial``), putting back what that returns.  The attention output is read by a forward hook on the
+block's image-stream output projection (Flux ``img_attn.proj``, SD3 ``x_block.attn.proj``) that lives only while that
+one block runs inside the patch (removed in ``finally``): 0.3.75's Flux and every version's MMDiT have no
+attention-output patch.  The patch goes into a per-call copy of ``transformer_options`` (``with_dit_patch``), or on a
+clone's model options (H-Space Shift), never on the MODEL given.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ...hspace_core.sites import BlockSite, block_site, default_block_site, spatial_to_tokens, tokens_to_spatial
+
+TRANSFORMERS = "Flux.1 (dev, schnell) and SD3 / SD3.5 (MMDiT)"
+
+
+def dit_family(diffusion_model) -> str | None:
+    """"flux" (ComfyUI's ``comfy.ldm.flux.model.Flux``), "sd3" (``MMDiT``) or None for any other network."""
+    from comfy.ldm.flux.model import Flux
+    from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
+
+    if isinstance(diffusion_model, Flux) and hasattr(diffusion_model, "double_blocks"):
+        return "flux"
+    if isinstance(diffusion_model, MMDiT) and hasattr(diffusion_model, "joint_blocks"):
+        return "sd3"
+    return None
+
+
+def block_counts(diffusion_model) -> dict[str, int]:
+    """How many blocks of each kind the transformer has (its site vocabulary)."""
+    if dit_family(diffusion_model) == "flux":
+        return {"double": len(diffusion_model.double_blocks), "single": len(diffusion_model.single_blocks)}
+    return {"joint": len(diffusion_model.joint_blocks)}
+
+
+def default_site(diffusion_model) -> str:
+    """``sites.default_block_site`` for this transformer's joint stack (Flux.1: double.9.attn; SD3.5 large:
+    joint.19.attn)."""
+    kind = "double" if dit_family(diffusion_model) == "flux" else "joint"
+    return default_block_site(kind, block_counts(diffusion_model)[kind])
+
+
+def check_block_site(diffusion_model, site: str) -> BlockSite:
+    """The ``BlockSite`` ``site`` names in this transformer, or a ValueError naming the sites it has."""
+    where = block_site(site)
+    counts = block_counts(diffusion_model)
+    have = ", ".join(f"{kind}.0 … {kind}.{n - 1}" for kind, n in counts.items())
+    if where is None or where.kind not in counts or where.index >= counts[where.kind]:
+        raise ValueError(f"h site {site!r} is not a block of this {type(diffusion_model).__name__}: its sites are "
+                         f"{have} (add .attn to a double / joint block for its attention output); default "
+                         f"{default_site(diffusion_model)}.")
+    return where
+
+
+def replace_key(where: BlockSite) -> tuple[str, int]:
+    """The ``patches_replace["dit"]`` key of a site's block: SD3's joint blocks use Flux's "double_block" key."""
+    return ("single_block" if where.kind == "single" else "double_block", where.index)
+
+
+def attention_projection(diffusion_model, where: BlockSite) -> torch.nn.Module:
+    """The module whose output is the block's image-token attention output (before the gate)."""
+    if where.kind == "double":
+        return diffusion_model.double_blocks[where.index].img_attn.proj
+    return diffusion_model.joint_blocks[where.index].x_block.attn.proj
+
+
+def patch_grid(diffusion_model, latent_hw) -> tuple[int, int]:
+    """Rows and columns of image tokens for a latent of (H, W): ⌈H/p⌉ × ⌈W/p⌉ (both pad to the patch size)."""
+    p = diffusion_model.patch_size
+    return math.ceil(latent_hw[0] / p), math.ceil(latent_hw[1] / p)
+
+
+class DitH:
+    """The dit replace patch at one site: ``fn(h, transformer_options)`` sees h (B, C, H/p, W/p) and returns it,
+    or an edited h, which replaces the image tokens.  ``grid`` is the image's patch grid (``patch_grid``)."""
+
+    def __init__(self, diffusion_model, where: BlockSite, fn, grid: tuple[int, int]):
+        self.where, self.fn, self.grid = where, fn, tuple(grid)
+        self.key = replace_key(where)
+        self.projection = attention_projection(diffusion_model, where) if where.attention else None
+
+    def __deepcopy__(self, memo):
+        # ModelPatcher.clone deep-copies model_options: the patch holds the live block's projection, never a copy
+        return self
+
+    def _through(self, tokens: torch.Tensor, transformer_options: dict, offset: int) -> torch.Tensor:
+        n = self.grid[0] * self.grid[1]
+        if tokens.shape[1] < offset + n:
+            raise ValueError(f"The block at h site {self.where.name} has {tokens.shape[1]} tokens, fewer than the "
+                             f"{n} image tokens of a {self.grid[0]}×{self.grid[1]} patch grid.")
+        h = tokens_to_spatial(tokens[:, offset:offset + n], self.grid)
+        new = self.fn(h, transformer_options)
+        if new is h:
+            return tokens
+        out = tokens.clone()
+        out[:, offset:offset + n] = spatial_to_tokens(new).to(tokens.dtype)
+        return out
+
+    def __call__(self, args: dict, extra: dict) -> dict:
+        original = extra["original_block"]
+        options = args.get("transformer_options") or {}
+        if self.projection is not None:
+            hook = self.projection.register_forward_hook(lambda module, inputs, out: self._through(out, options, 0))
+            try:
+                return original(args)
+            finally:
+                hook.remove()
+        out = original(args)
+        # a single-stream block's sequence is [text; image]: the text tokens come first
+        offset = args["img"].shape[1] - self.grid[0] * self.grid[1] if self.where.kind == "single" else 0
+        return {**out, "img": self._through(out["img"], options, offset)}
+
+
+class _Chained:
+    """A replace patch already at the same key runs inside ours, as our block's ``original_block``."""
+
+    def __init__(self, outer, inner):
+        self.outer, self.inner = outer, inner
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, args: dict, extra: dict) -> dict:
+        return self.outer(args, {**extra, "original_block": lambda a: self.inner(a, extra)})
+
+
+def with_dit_patch(transformer_options: dict, patch: DitH) -> dict:
+    """A copy of ``transformer_options`` with ``patch`` in ``patches_replace["dit"]`` at its block (a patch already
+    there, e.g. another node's, runs inside it); nothing it was given is changed."""
+    options = dict(transformer_options)
+    replace = dict(options.get("patches_replace", {}))
+    dit = dict(replace.get("dit", {}))
+    inner = dit.get(patch.key)
+    dit[patch.key] = patch if inner is None else _Chained(patch, inner)
+    replace["dit"] = dit
+    options["patches_replace"] = replace
+    return options
