@@ -652,3 +652,24 @@ def _saved_latent(comfy, entry) -> torch.Tensor:
 
     (f,) = entry["outputs"]["save"]["latents"]
     return load_file(os.path.join(comfy.base, "output", f["subfolder"], f["filename"]))["latent_tensor"]
+
+
+def test_a_prompt_with_one_refused_output_runs_its_good_output_and_the_queue_goes_on(comfy, reference):
+    """Issue 36: ComfyUI drops the refused output, queues the good one and deep-copies the prompt when it takes it from
+    the queue; the pack's refused values must survive that, or the prompt worker dies and nothing runs any more."""
+    g = good_graph()
+    shift = _node("HSpaceHShiftPatch", model=["unet", 0], direction=["dir", 0], strength=float("nan"),
+                  start_percent=0.0, end_percent=0.6, edit_branches="cond", allow_other_model=False)
+    for bad in (plus(only(with_inputs(g, "edit", allow_other_model="false"), "save_edit", "save_mix")),
+                plus(only(g, "save_mix", "dir"), shift=shift, show=_node("PreviewAny", source=["shift", 0]))):
+        status, body = comfy.post("/prompt", {"prompt": bad, "client_id": comfy.client_id})
+        assert status == 200 and body.get("node_errors"), body  # the bad output refused, the good one queued
+        refused = json.dumps(body["node_errors"])
+        assert "not a boolean" in refused or "strength is nan" in refused, refused
+        entry = comfy.wait(body["prompt_id"], timeout=120)
+        assert entry["status"]["status_str"] == "success", error_message(entry) + "\n" + comfy.tail()
+        assert [png(b) for b in comfy.images(entry, "save_mix")][0].shape == reference[1].shape
+    trivial = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 7}},
+               "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+    assert comfy.run(trivial, timeout=60)["status"]["status_str"] == "success", comfy.tail()
+    good_is_unchanged(comfy, reference)

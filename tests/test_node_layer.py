@@ -119,6 +119,23 @@ def test_the_prompt_gate_refuses_what_comfyui_would_coerce(layer):
     assert "not a boolean" in inputs["allow_other_model"].message and "'false'" == str(inputs["allow_other_model"])
 
 
+def test_a_refused_value_survives_what_comfyui_does_to_a_queued_prompt(layer):
+    """ComfyUI's PromptQueue deep-copies a queued prompt (and may pickle it): a refused value must come out equal and
+    still refusing; without __reduce__ copy.deepcopy raised a TypeError in the worker thread and stopped the queue."""
+    import copy
+    import pickle
+
+    from hspace_pack.nodes.layer.prompt_types import RefusedValue
+
+    for sent in ("false", 0, float("nan"), True):
+        value = RefusedValue(sent, "H-Space Shift: strength is nan; send a number")
+        for copied in (copy.deepcopy(value), copy.copy(value), pickle.loads(pickle.dumps(value)),
+                       copy.deepcopy({"inputs": {"strength": value}})["inputs"]["strength"]):
+            assert type(copied) is RefusedValue and str(copied) == str(value) and copied.message == value.message
+            with pytest.raises(ValueError, match="strength is nan"):
+                float(copied)
+
+
 def test_every_node_that_takes_an_x_T_refuses_one_of_another_model_before_any_pass(layer):
     import os
 

@@ -20,12 +20,19 @@ GATED = (io.Boolean.Input, io.Int.Input, io.Float.Input)  # the widgets ComfyUI 
 
 
 class RefusedValue(str):
-    """A widget value of the wrong type: reads as the value sent, converts to nothing (raises ``message``)."""
+    """A widget value of the wrong type: reads as the value sent, converts to nothing (raises ``message``).
+
+    It stays in the prompt ComfyUI queues (a prompt with another, good output still runs that output), and ComfyUI
+    deep-copies and may pickle what it queues: ``__reduce__`` rebuilds it from what made it, so a copy refuses alike.
+    """
 
     def __new__(cls, sent, message: str):
         value = super().__new__(cls, repr(sent) if isinstance(sent, str) else str(sent))
-        value.message = message
+        value.sent, value.message = sent, message
         return value
+
+    def __reduce__(self):
+        return RefusedValue, (self.sent, self.message)
 
     def _refuse(self, *args):
         raise ValueError(self.message)
