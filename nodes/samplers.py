@@ -177,7 +177,8 @@ class InvertedXT(HSpaceNode):
     @classmethod
     def execute(cls, model, latent, inversion) -> io.NodeOutput:
         x, run = latent_x(model, latent), inversion.run
-        if run is None or run.x_T.shape != x.shape or not torch.allclose(run.x_T.to(x), x, rtol=1e-4, atol=1e-4):
+        if run is None or run.x_T.shape != x.shape or not torch.allclose(run.latent_view().to(x), x, rtol=1e-4,
+                                                                          atol=1e-4):
             raise ValueError("H-Space Inverted x_T: this latent is not the last output of the connected Inversion "
                              "Sampler: connect SamplerCustomAdvanced's 'output' from the run with that sampler.")
         made_with = grid_label(tuple(reversed(run.timesteps)), sigmas=run.sigmas)

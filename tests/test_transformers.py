@@ -275,3 +275,35 @@ def test_refusals_name_what_to_set(pack, flux):
     with pytest.raises(ValueError, match="DDIM process .* use the SAMPLER nodes"):
         comfy_model.run_in_comfy(flux, torch.zeros(1, 16, SIZE, SIZE), lambda m, x: x,
                                  positive=flux_conditioning(0))
+
+
+def test_direction_from_inverted_examples_and_content_injection_on_flux(pack, flux):
+    """The transformer chain of the SAMPLERs: invert two images (Inversion Sampler + Inverted x_T), Δh from their
+    trajectories (Direction from Examples, at the default site), the Asyrp Sampler from one image's x_T (strength 0
+    is euler from that x_T bit for bit, strength 1 edits), and InjectFusion's content injection of the other's h."""
+    import hspace_pack.nodes.editing as editing
+    import hspace_pack.nodes.samplers as nodes
+
+    sigmas = sigmas_of(flux, 7)[1:]
+    zeros = torch.zeros(1, 16, SIZE, SIZE)
+    inverted = []
+    for seed in (0, 1):
+        x0 = sample(flux, euler(), sigmas_of(flux, 6), flux_conditioning, 1.0, x=noise(seed))
+        sampler, record = nodes.InversionSampler.execute(0, "middle").result
+        out = sample(flux, sampler, sigmas.flip(0).clamp(min=1e-4), flux_conditioning, 1.0, x=zeros, latent=x0)
+        inverted.append(nodes.InvertedXT.execute(flux, {"samples": out}, record).result)
+    (x_T, content), (_, other) = inverted
+    assert content.site == "double.1.attn" and content.timesteps == tuple(sorted(content.timesteps, reverse=True))
+    d = editing.DirectionFromExamples.execute(content, other, "per_timestep", "d").result[0]
+    assert d.site == "double.1.attn" and d.fingerprint == content.fingerprint
+    start = x_T["samples"]
+    plain = sample(flux, euler(), sigmas, flux_conditioning, 1.0, x=zeros, latent=start)
+    asyrp = lambda s: sample(flux, nodes.AsyrpSampler.execute(d, s, "percent", 500, 0.0, 0.6, 0).result[0],  # noqa: E731
+                             sigmas, flux_conditioning, 1.0, x=zeros, latent=start)
+    assert torch.equal(asyrp(0.0), plain)
+    assert (asyrp(1.0) - plain).abs().mean() > 0.01 * plain.abs().mean()
+    inject = lambda g: sample(flux, nodes.ContentInjectionSampler.execute(  # noqa: E731
+        other, g, -1.0, 1, "percent", 500, 0.0, 0.6, "slerp", False, 0).result[0], sigmas, flux_conditioning, 1.0,
+        x=zeros, latent=start)
+    mixed = inject(0.5)
+    assert torch.isfinite(mixed).all() and (mixed - plain).abs().mean() > 0.01 * plain.abs().mean()

@@ -114,9 +114,18 @@ class DitH:
             finally:
                 hook.remove()
         out = original(args)
-        # a single-stream block's sequence is [text; image]: the text tokens come first
-        offset = args["img"].shape[1] - self.grid[0] * self.grid[1] if self.where.kind == "single" else 0
-        return {**out, "img": self._through(out["img"], options, offset)}
+        return {**out, "img": self._through(out["img"], options, self._image_offset(args, options))}
+
+    def _image_offset(self, args: dict, options: dict) -> int:
+        """Where the image tokens start: after the text in a single-stream block's [text; image (; reference)]
+        sequence (newer ComfyUI says where: ``img_slice``; else the text is what precedes the last H/p·W/p
+        tokens, so a Kontext reference image at a single site needs a ComfyUI that sets img_slice), else 0."""
+        if self.where.kind != "single":
+            return 0
+        where = options.get("img_slice")
+        if where is not None:
+            return int(where[0])
+        return args["img"].shape[1] - self.grid[0] * self.grid[1]
 
 
 class _Chained:

@@ -210,10 +210,19 @@ class InversionRun:
     fingerprint: str
     site: str
     convention: str = "seed"
+    flow: bool = False  # a flow-matching model's inversion: x_T = (1 − σ)·x0 + σ·ε at sigmas[-1] < 1
 
     def x_T_vp(self) -> torch.Tensor:
-        """x_T in the pack's convention (unit variance, VP at the last σ)."""
+        """x_T in the pack's convention (unit variance, VP at the last σ); for flow matching, what ComfyUI's LATENT
+        holds after the sampler, x_T/(1 − σ) (``CONST.inverse_noise_scaling``), which a reverse pass on the same
+        sigmas with DisableNoise starts from."""
+        if self.flow:
+            return self.x_T / (1 - self.sigmas[-1])
         return ve_to_vp(self.x_T, self.sigmas[-1])
+
+    def latent_view(self) -> torch.Tensor:
+        """x_T as the sampler's output LATENT holds it (model space): x_T itself, or x_T/(1 − σ) for flow."""
+        return self.x_T_vp() if self.flow else self.x_T
 
     def trajectory(self, h_storage: HStorage, batch: int, made_with: str | None = None) -> HTrajectory:
         """h along the inversion (InjectFusion's content h, ``h_source='inversion'``) at each timestep, decreasing,
@@ -284,7 +293,7 @@ def run_inversion(hs, x: torch.Tensor, sigmas: torch.Tensor, timesteps, *, conve
         raise ValueError(f"DDIM inversion diverged at t={t_bad}; check the input's range (images in [-1, 1]).")
     host_ready(latents)
     return InversionRun(tuple(host), tuple(t_of[1:] if clean else t_of), x_T.to(x.dtype), tuple(latents), h_at,
-                        last[0], hs.fingerprint, hs.site, convention)
+                        last[0], hs.fingerprint, hs.site, convention, hs.flow)
 
 
 def ddim_inversion(hs, x0: torch.Tensor, num_steps: int, *, convention: str = "seed", refine_iters: int = 0,
