@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from .file_format import load_tensors, save_tensors
+from .file_format import checked_fields, load_tensors, save_tensors
 from .implicit import ImplicitDirectionNet
 from .sites import DEFAULT_SITE, check_site
 
@@ -41,6 +41,7 @@ class Direction:
     scale: float = 1.0
     site: str = DEFAULT_SITE
     made_with: str = field(default="", compare=False)
+    file: str = field(default="", compare=False)  # the file it was loaded from (names its site record in a refusal)
 
     def __post_init__(self):
         check_site(self.site)
@@ -69,9 +70,15 @@ class Direction:
         if self.form == "implicit":
             return self.scale * self.fn(h, t)
         if self.h_shape != tuple(h.shape[1:]):
+            if self.file:  # the h it moves is found by the site its file records: that record may be wrong
+                raise ValueError(
+                    f"{self.file} records the h site {self.site!r}, where this model's h is {tuple(h.shape[1:])}, but "
+                    f"its Δh is {self.h_shape}: the file's site record does not match its Δh (if the record is "
+                    "wrong, save the direction again from what made it), or it was made with another model or "
+                    "image size: use a direction made with this model at this image size.")
             raise ValueError(
-                f"This direction was made for h of shape {self.h_shape} but the model's h is {tuple(h.shape[1:])}: "
-                "use a direction made with this model at this image size."
+                f"This direction was made for h of shape {self.h_shape} but the model's h at site {self.site!r} is "
+                f"{tuple(h.shape[1:])}: use a direction made with this model at this image size."
             )
         d = self.delta if self.form == "global" else self.delta_at(t)
         return (self.scale * d).to(h.device, h.dtype)[None]
@@ -121,14 +128,20 @@ class Direction:
 
     @classmethod
     def load(cls, path: str) -> "Direction":
+        """Read a direction file; every metadata field is checked by name, type and range (``checked_fields``) and
+        any refusal names the file."""
         tensors, meta = load_tensors(path, "direction")
-        common = dict(fingerprint=meta["fingerprint"], name=meta.get("name", ""), metadata=meta.get("extra", {}),
-                      scale=float(meta.get("scale", 1.0)), site=meta.get("site", DEFAULT_SITE),
-                      made_with=str(meta.get("made_with", "")))
-        if meta["form"] == "implicit":
-            fn = ImplicitDirectionNet.from_tensors(meta["fn_config"], {k[3:]: v for k, v in tensors.items()})
-            return cls("implicit", fn=fn, h_shape=tuple(meta.get("h_shape", ())), **common)
-        return cls(meta["form"], tensors["delta"], tuple(meta["timesteps"]), **common)
+        f = checked_fields(meta, "direction", path)
+        common = dict(fingerprint=f["fingerprint"], name=f["name"], metadata=f["extra"], scale=float(f["scale"]),
+                      site=meta.get("site", DEFAULT_SITE), made_with=f["made_with"], file=path)
+        try:
+            if f["form"] == "implicit":
+                fn = ImplicitDirectionNet.from_tensors(f["fn_config"], {k[3:]: v for k, v in tensors.items()})
+                return cls("implicit", fn=fn, h_shape=tuple(f["h_shape"]), **common)
+            return cls(f["form"], tensors["delta"], tuple(f["timesteps"]), **common)
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{path} is not a valid h-space direction file ({error}); save it again with this "
+                             "pack's Save node or pick another file.") from None
 
 
 @functools.lru_cache(maxsize=64)

@@ -1,5 +1,6 @@
 """The core's check of h-space files: a damaged or foreign file is a ValueError that names the file."""
 import json
+import logging
 import os
 import struct
 
@@ -95,3 +96,97 @@ def test_site_is_saved_and_files_without_one_are_middle(tmp_path):
     assert HTrajectory((999,), torch.randn(1, 1, 4, 2, 2)).site == "middle"
     with pytest.raises(ValueError, match="h site 'bottom' is unknown"):
         Direction("global", torch.randn(4, 4, 4), site="bottom")
+
+
+# --- every metadata field is checked by name, type and range (file_format.checked_fields) ---
+
+def _retagged(tmp_path, file_name: str, kind: str = "direction", **fields) -> str:
+    """A good direction (or trajectory) file whose metadata has ``fields`` instead (None: the key removed)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    source = str(tmp_path / f"source_{kind}.safetensors")
+    if kind == "direction":
+        Direction("per_timestep", torch.randn(2, 4, 2, 2), (999, 500), fingerprint="arch/w", name="d").save(source)
+    else:
+        HTrajectory((999, 500), torch.randn(2, 1, 4, 2, 2), fingerprint="arch/w").save(source)
+    with safe_open(source, "pt") as f:
+        meta = dict(f.metadata())
+    meta["hspace"] = json.dumps({**json.loads(meta["hspace"]), **fields})
+    path = str(tmp_path / file_name)
+    save_file(load_file(source), path, metadata=meta)
+    return path
+
+
+@pytest.mark.parametrize("fields, phrase", [
+    ({"extra": {"train_steps": -6}}, r"'extra' \(\{\"train_steps\": -6\}\) has train_steps -6"),
+    ({"extra": {"train_steps": "abc"}}, "has train_steps 'abc'"),
+    ({"extra": {"train_steps": 4.5}}, "has train_steps 4.5"),
+    ({"extra": {"train_steps": True}}, "has train_steps True"),
+    ({"extra": ["a"]}, "'extra'.*must be a JSON object"),
+    ({"scale": 1e30}, r"'scale' \(1e\+30\) must be a finite number in \[−10000, 10000\]"),
+    ({"scale": float("nan")}, "'scale' \\(NaN\\)"),
+    ({"scale": "2"}, "'scale'"),
+    ({"timesteps": [999, -1]}, "'timesteps'.*whole timesteps"),
+    ({"timesteps": [999, 500.5]}, "'timesteps'"),
+    ({"form": "sideways"}, "'form'"),
+    ({"fingerprint": 7}, "'fingerprint'.*must be text"),
+    ({"name": ["x"]}, "'name'"),
+    ({"made_with": 3}, "'made_with'"),
+])
+def test_a_tampered_direction_field_is_refused_naming_the_file_and_the_field(tmp_path, fields, phrase):
+    path = _retagged(tmp_path, "tampered.safetensors", **fields)
+    with pytest.raises(ValueError, match=phrase) as caught:
+        Direction.load(path)
+    assert str(caught.value).startswith(path), caught.value
+
+
+@pytest.mark.parametrize("fields, phrase", [({"timesteps": ["999", "500"]}, "'timesteps'"),
+                                            ({"branches": ["cond", "sideways"]}, "'branches'"),
+                                            ({"branches": []}, "'branches'"), ({"source": 1}, "'source'"),
+                                            ({"timesteps": [999]}, "1 timesteps but 2 h tensors")])
+def test_a_tampered_trajectory_field_is_refused_naming_the_file(tmp_path, fields, phrase):
+    path = _retagged(tmp_path, "tampered.safetensors", "trajectory", **fields)
+    with pytest.raises(ValueError, match=phrase) as caught:
+        HTrajectory.load(path)
+    assert path in str(caught.value), caught.value
+
+
+def test_a_null_made_with_reads_as_unknown_with_a_log_line(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="hspace"):
+        direction = Direction.load(_retagged(tmp_path, "null.safetensors", made_with=None))
+        trajectory = HTrajectory.load(_retagged(tmp_path, "null_t.safetensors", "trajectory", made_with=None))
+    assert direction.made_with == ""
+    assert trajectory.made_with == "2 steps, t = 999 … 500"  # its grid, as for a file without the record
+    assert sum("made_with as null" in r.getMessage() for r in caplog.records) == 2
+    again = str(tmp_path / "again.safetensors")
+    direction.save(again)
+    assert Direction.load(again).made_with == ""
+
+
+def test_good_fields_load_as_saved(tmp_path):
+    path = _retagged(tmp_path, "ok.safetensors", extra={"train_steps": 40}, scale=-2.5)
+    direction = Direction.load(path)
+    assert direction.step_scale(20) == 2.0 and direction.scale == -2.5 and direction.timesteps == (999, 500)
+
+
+def test_a_direction_whose_site_record_does_not_fit_its_delta_blames_the_record(tmp_path):
+    direction = Direction.load(_retagged(tmp_path, "up1.safetensors", site="up1"))
+    with pytest.raises(ValueError, match=r"up1.safetensors records the h site 'up1', where this model's h is "
+                                         r"\(8, 4, 4\), but its Δh is \(4, 2, 2\): the file's site record"):
+        direction.at(torch.zeros(1, 8, 4, 4), 999)
+
+
+def test_metadata_and_settings_nested_beyond_the_recursion_limit_are_refused_by_file_name(tmp_path):
+    from hspace_core.checkpoints import settings_beside
+
+    deep = "[" * 100_000 + "]" * 100_000
+    path = str(tmp_path / "deep.safetensors")
+    save_file({"h": torch.zeros(1, 1, 1, 1, 1)}, path, metadata={"hspace": deep})
+    with pytest.raises(ValueError, match="deep.safetensors is not a valid h-space h trajectory file .*nests too "
+                                         "deeply"):
+        HTrajectory.load(path)
+    with open(tmp_path / "deep.json", "w") as f:
+        f.write(deep)
+    with pytest.raises(ValueError, match="^deep.json nests too deeply to read .*: fix or remove it"):
+        settings_beside(path)

@@ -22,6 +22,8 @@ import math
 import os
 from dataclasses import dataclass
 
+from ..file_format import parse_json
+
 log = logging.getLogger("hspace")
 DDPM_LINEAR = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 2e-2,
                "prediction_type": "epsilon", "clip_sample": False}
@@ -164,9 +166,11 @@ def settings_beside(path: str) -> dict:
         return {}
     try:
         with open(sidecar) as f:
-            settings = json.load(f)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{os.path.basename(sidecar)} is not readable JSON ({error}); fix or remove it.") from None
+            settings = parse_json(f.read(), os.path.basename(sidecar))
+    except OSError as error:
+        raise ValueError(f"{os.path.basename(sidecar)} is not readable ({error}); fix or remove it.") from None
+    except ValueError as error:
+        raise ValueError(f"{error.args[0].rstrip('.')}: fix or remove it.") from None
     if not isinstance(settings, dict):
         raise ValueError(f"{os.path.basename(sidecar)} must hold a JSON object of settings, e.g. "
                          '{"num_head_channels": 64}.')
