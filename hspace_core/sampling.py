@@ -89,14 +89,24 @@ class SigmaWindow:
         return self.sigma_end <= sigma <= self.sigma_start
 
 
+def check_window_steps(made_with: str, inside: Sequence[int], num_steps: int, t_boost: int = 0) -> None:
+    """The one rule for an edit window on the steps it runs on (the nodes' DDIM grid, a SAMPLER's sigmas, the Shift
+    patch's schedule): it must hold at least one step (start = end percent holds none), and none below the quality
+    boost's start (t_boost: those steps are stochastic).  ``inside``: the timesteps of the steps in the window."""
+    if not inside:
+        raise ValueError(f"No step of the {num_steps}-step schedule lies in the edit window {made_with}, so nothing "
+                         "would be edited: widen the window (start_percent below end_percent) or use more steps.")
+    if min(inside) < t_boost:
+        raise ValueError(f"The edit window {made_with} reaches t = {min(inside)}, below the quality boost's start "
+                         f"(t_boost {t_boost}): end the window earlier or start the boost later.")
+
+
 def schedule_in_window(schedule: EditSchedule, window: SigmaWindow, sigma_of: Callable[[int], float]) -> EditSchedule:
     """``schedule`` editing at the timesteps of its DDIM grid whose σ_t (``sigma_of(t)``) lies in ``window``: the one
     rule by which a σ window (a percent window) acts on a loop that works on t.  Its t_edit becomes the lowest of
     them (what reads "where the edit ends", e.g. a γ ramp); ``made_with`` is the window's."""
     inside = tuple(t for t in schedule.timesteps() if window.contains(sigma_of(t)))
-    if inside and min(inside) < schedule.t_boost:
-        raise ValueError(f"The edit window {window.made_with} reaches t = {min(inside)}, below the quality boost's "
-                         f"t_boost ({schedule.t_boost}): end the window earlier or start the boost later.")
+    check_window_steps(window.made_with, inside, schedule.num_steps, schedule.t_boost)
     return dataclasses.replace(schedule, t_edit=min(inside, default=schedule.t_edit), edit_timesteps=inside,
                                made_with=window.made_with)
 

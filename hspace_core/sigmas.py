@@ -56,3 +56,28 @@ def ve_to_vp(x: torch.Tensor, sigma: float) -> torch.Tensor:
 def eps_of_denoised(x: torch.Tensor, denoised: torch.Tensor, sigma: float) -> torch.Tensor:
     """ε = (x − D(x, σ))/σ for a VE input x and the denoiser's x0 estimate D."""
     return (x - denoised) / sigma
+
+
+def sigmas_problem(sigmas, increasing: bool = False) -> str | None:
+    """What makes ``sigmas`` unusable as a sampler's noise levels, in words (None: nothing).  A sampler steps from
+    each σ to the next (k-diffusion's ``sample_*(model, x, sigmas)``), so it needs at least two finite σ ≥ 0 that
+    decrease (denoising: σ_i ≥ σ_{i+1}; a repeated σ is a zero step) or, for inversion (``increasing``), strictly
+    increase (FlipSigmas of a schedule)."""
+    sigmas = [float(s) for s in sigmas]
+    if not sigmas:
+        return "are empty (no noise levels at all)"
+    if len(sigmas) == 1:
+        return f"hold one noise level only (σ = {sigmas[0]:.4g}); a step needs two, from one σ to the next"
+    for i, s in enumerate(sigmas):
+        if not math.isfinite(s):
+            return f"hold {s} at position {i} (of {len(sigmas)}); noise levels must be finite numbers"
+        if s < 0:
+            return f"hold a negative σ ({s:.4g}) at position {i} (of {len(sigmas)}); noise levels are ≥ 0"
+    for i, (a, b) in enumerate(zip(sigmas, sigmas[1:])):
+        if increasing and b <= a:
+            return (f"do not increase (σ {a:.4g} then {b:.4g} at positions {i}, {i + 1}); inversion runs from the "
+                    "image to the noise, on increasing sigmas")
+        if not increasing and b > a:
+            return (f"increase (σ {a:.4g} then {b:.4g} at positions {i}, {i + 1}); sampling runs from the noise to "
+                    "the image, on decreasing sigmas")
+    return None

@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 
 from .devices import host_ready, to_host, wide_dtype
-from .file_format import check_fingerprint, load_tensors, save_tensors
+from .file_format import check_fingerprint, checked_fields, load_tensors, save_tensors
 from .settings import grid_label
 from .sites import DEFAULT_SITE, check_site, common_site
 
@@ -155,8 +155,9 @@ class HTrajectory:
         k = self.branches.index("cond") if "cond" in self.branches else 0
         return self.h.chunk(len(self.branches), dim=1)[k].float()
 
-    def require_timesteps(self, needed, what: str = "this process") -> None:
-        """Refuse, with the step count to set, when ``needed`` timesteps are not all on the captured grid."""
+    def require_timesteps(self, needed, what: str = "this process", other_grid: str = "") -> None:
+        """Refuse, with the step count to set (``other_grid``: the fix to say instead, e.g. a SAMPLER's), when
+        ``needed`` timesteps are not all on the captured grid."""
         missing = sorted(set(int(t) for t in needed) - set(self.timesteps), reverse=True)
         if missing and max(missing) < min(self.timesteps):  # kept only from a timestep on (HStorage.t_min)
             raise ValueError(
@@ -166,9 +167,9 @@ class HTrajectory:
         if missing:
             raise ValueError(
                 f"The h trajectory was captured at {len(self.timesteps)} steps, but {what} needs h at t = "
-                f"{missing[:4]}{' …' if len(missing) > 4 else ''}, which that grid does not have: set steps to "
-                f"{len(self.timesteps)} there (or capture the trajectory again with the steps you run)."
-            )
+                f"{missing[:4]}{' …' if len(missing) > 4 else ''}, which that grid does not have: "
+                + (other_grid or f"set steps to {len(self.timesteps)} there (or capture the trajectory again with "
+                                 "the steps you run)") + ".")
 
     def only_at(self, timesteps) -> "HTrajectory":
         """The trajectory at these captured timesteps only (what a process reads; the rest need not be kept
@@ -195,9 +196,13 @@ class HTrajectory:
     @classmethod
     def load(cls, path: str, expect_fingerprint: str | None = None) -> "HTrajectory":
         tensors, meta = load_tensors(path, "h_trajectory")
-        h = tensors["h"]
-        traj = cls(tuple(meta["timesteps"]), h, tuple(meta["branches"]), meta["fingerprint"], meta.get("source", ""),
-                   meta.get("site", DEFAULT_SITE), precision_of(h), made_with=str(meta.get("made_with", "")))
+        f, h = checked_fields(meta, "h_trajectory", path), tensors["h"]
+        try:
+            traj = cls(tuple(f["timesteps"]), h, tuple(f["branches"]), f["fingerprint"], f["source"],
+                       meta.get("site", DEFAULT_SITE), precision_of(h), made_with=f["made_with"])
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{path} is not a valid h-space h trajectory file ({error}); save it again with this "
+                             "pack's Save node or pick another file.") from None
         if expect_fingerprint is not None:
             check_fingerprint(traj.fingerprint, expect_fingerprint, "h trajectory")
         return traj

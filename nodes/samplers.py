@@ -73,18 +73,19 @@ class AsyrpSampler(HSpaceNode):
 
 
 def content_check(content, node: str):
-    """Refuse sigmas whose timesteps the content trajectory has no h at, naming what to change."""
+    """Refuse sigmas whose edited timesteps the content trajectory has no h at, naming what to change: Slerp
+    Content Inject's rule (``HTrajectory.require_timesteps`` on the window's steps), so a trajectory kept only
+    from keep_h_from_t serves both where the window stays above it."""
 
-    def check(timesteps, hs):
+    def check(window_timesteps, hs):
         check_same_site(content.site, hs.site, "content h trajectory")
         check_fingerprint(content.fingerprint, hs.fingerprint, "content h trajectory")
-        missing = sorted(set(timesteps) - set(content.timesteps), reverse=True)
-        if missing:
-            raise ValueError(
-                f"{node}: the content h trajectory was captured at {len(content.timesteps)} timesteps (t = "
-                f"{content.timesteps[0]} … {content.timesteps[-1]}), but these sigmas visit t = {missing[:4]}"
-                f"{' …' if len(missing) > 4 else ''}, where it has no h. Give this sampler the sigmas the content "
-                "was captured on (the same scheduler and steps), or capture the content on these sigmas.")
+        try:
+            content.require_timesteps(window_timesteps, "this sampler's edit window", other_grid=(
+                "give this sampler the sigmas the content was captured on (the same scheduler and steps), or capture "
+                "the content on these sigmas"))
+        except ValueError as refused:
+            raise ValueError(f"{node}: {refused}") from None
 
     return check
 
@@ -177,10 +178,16 @@ class InvertedXT(HSpaceNode):
     @classmethod
     def execute(cls, model, latent, inversion) -> io.NodeOutput:
         x, run = latent_x(model, latent), inversion.run
-        if run is None or run.x_T.shape != x.shape or not torch.allclose(run.latent_view().to(x), x, rtol=1e-4,
-                                                                          atol=1e-4):
+        if run is None:  # SamplerCustomAdvanced calls no sampler on empty sigmas: it returns the latent as it was
+            raise ValueError("H-Space Inverted x_T: the connected H-Space Inversion Sampler never ran: the sigmas of "
+                             "its SamplerCustomAdvanced are empty (SamplerCustomAdvanced then returns the image's "
+                             "latent unchanged, without calling the sampler). Give it FlipSigmas of a scheduler's "
+                             "sigmas with at least one step.")
+        if run.x_T.shape != x.shape or not torch.allclose(run.latent_view().to(x), x, rtol=1e-4, atol=1e-4):
             raise ValueError("H-Space Inverted x_T: this latent is not the last output of the connected Inversion "
-                             "Sampler: connect SamplerCustomAdvanced's 'output' from the run with that sampler.")
+                             "Sampler: connect SamplerCustomAdvanced's 'output' from the run with that sampler (if "
+                             "that run's sigmas are empty, SamplerCustomAdvanced returns its latent unchanged without "
+                             "running the sampler: give it at least one step).")
         made_with = grid_label(tuple(reversed(run.timesteps)), sigmas=run.sigmas)
         trajectory = run.trajectory(HStorage(), x.shape[0], made_with)
         logging.info("h-space: x_T inverted on %d sigmas (σ_max %.3f, %s convention).", len(run.sigmas),

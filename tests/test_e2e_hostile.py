@@ -672,4 +672,189 @@ def test_a_prompt_with_one_refused_output_runs_its_good_output_and_the_queue_goe
     trivial = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 7}},
                "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
     assert comfy.run(trivial, timeout=60)["status"]["status_str"] == "success", comfy.tail()
+
+
+# --- the SAMPLER nodes: odd sigmas, empty windows, trajectories and x_T from sigmas (issue 36, item 2) ---
+
+def sampler_graph(sampler: dict, sigmas=("sched", 0), latent=("enc", 0)) -> dict:
+    """The pixel model's native path: ``sampler`` in SamplerCustomAdvanced (no noise, cfg 1) on karras sigmas."""
+    g = only(good_graph(), "dir")
+    return plus(g, cond=_node("HSpacePixelConditioning"), enc=_node("VAEEncode", pixels=["content", 0], vae=["vae", 0]),
+                sched=_node("BasicScheduler", model=["unet", 0], scheduler="karras", steps=STEPS, denoise=1.0),
+                guider=_node("CFGGuider", model=["unet", 0], positive=["cond", 0], negative=["cond", 0], cfg=1.0),
+                noise=_node("DisableNoise"), sampler=sampler,
+                run=_node("SamplerCustomAdvanced", noise=["noise", 0], guider=["guider", 0], sampler=["sampler", 0],
+                          sigmas=list(sigmas), latent_image=list(latent)),
+                save=_node("SaveLatent", samples=["run", 0], filename_prefix="hostile/sampler"))
+
+
+def _asyrp_sampler(**inputs):
+    return _node("HSpaceAsyrpSampler", **{"direction": ["dir", 0], "strength": 1.0, "window": "percent", "t_edit": 400,
+                                          "start_percent": 0.0, "end_percent": 0.6, "seed": 0,
+                                          "edit_branches": "cond", "allow_other_model": False, **inputs})
+
+
+def _inversion_sampler(refine_iters=0):
+    return _node("HSpaceInversionSampler", refine_iters=refine_iters, site="middle", convention="seed")
+
+
+def test_odd_sigmas_are_refused_naming_the_sampler_and_the_node_that_made_them(comfy, reference):
+    nan = float("nan")
+    asyrp = _asyrp_sampler()
+    one = plus(sampler_graph(asyrp, ("split", 0)), split=_node("SplitSigmas", sigmas=["sched", 0], step=0))
+    expect_error(comfy, one, "H-Space Asyrp Sampler", "SplitSigmas (node split)", "one noise level only")
+    flipped = plus(sampler_graph(asyrp, ("flip", 0)), flip=_node("FlipSigmas", sigmas=["sched", 0]))
+    expect_error(comfy, flipped, "H-Space Asyrp Sampler", "FlipSigmas (node flip)", "increase", "without FlipSigmas",
+                 absent=("edit flags", "η values"))
+    first_nan = plus(sampler_graph(asyrp, ("first", 0)), first=_node("SetFirstSigma", sigmas=["sched", 0], sigma=nan))
+    expect_error(comfy, first_nan, "H-Space Asyrp Sampler", "SetFirstSigma (node first)", "hold nan at position 0",
+                 "finite")
+    inversion = sampler_graph(_inversion_sampler(), ("first", 0))
+    inversion = plus(inversion, flip=_node("FlipSigmas", sigmas=["sched", 0]),
+                     first=_node("SetFirstSigma", sigmas=["flip", 0], sigma=nan))
+    expect_error(comfy, inversion, "H-Space Inversion Sampler", "SetFirstSigma (node first)", "hold nan",
+                 absent=("timesteps for them",))
+    unflipped = sampler_graph(_inversion_sampler())
+    expect_error(comfy, unflipped, "H-Space Inversion Sampler", "BasicScheduler (node sched)", "do not increase",
+                 "FlipSigmas")
+    # empty sigmas: SamplerCustomAdvanced returns the latent without calling the sampler; Inverted x_T says so
+    empty = sampler_graph(_inversion_sampler(refine_iters=3), ("split", 1))
+    empty = plus(empty, split=_node("SplitSigmas", sigmas=["sched", 0], step=100),
+                 xt=_node("HSpaceInvertedXT", model=["unet", 0], latent=["run", 0], inversion=["sampler", 1]),
+                 save=_node("SaveLatent", samples=["xt", 0], filename_prefix="hostile/xt"))
+    expect_error(comfy, empty, "H-Space Inverted x_T", "never ran", "sigmas", "are empty")
+    good_is_unchanged(comfy, reference)
+
+
+def _empty_window_phrase(steps=STEPS):
+    return f"No step of the {steps}-step schedule lies in the edit window percent 0.50–0.50, so nothing would be edited"
+
+
+def test_an_empty_window_and_one_below_the_boost_get_the_nodes_rule_in_the_samplers_and_shift(comfy, reference):
+    g = good_graph()
+    phrase = _empty_window_phrase()
+    empty = {"window": "percent", "start_percent": 0.5, "end_percent": 0.5}
+    expect_error(comfy, only(with_inputs(g, "edit", **empty), "save_edit"), "H-Space Asyrp Edit", phrase)
+    expect_error(comfy, sampler_graph(_asyrp_sampler(**empty)), "H-Space Asyrp Sampler", phrase)
+    shift = plus(only(g, "dir", "content"), cond=_node("HSpacePixelConditioning"),
+                 enc=_node("VAEEncode", pixels=["content", 0], vae=["vae", 0]),
+                 shift=_node("HSpaceHShiftPatch", model=["unet", 0], direction=["dir", 0], strength=1.0,
+                             start_percent=0.5, end_percent=0.5, edit_branches="cond", allow_other_model=False),
+                 sample=_node("KSampler", model=["shift", 0], seed=0, steps=STEPS, cfg=1.0, sampler_name="euler",
+                              scheduler="normal", positive=["cond", 0], negative=["cond", 0],
+                              latent_image=["enc", 0], denoise=1.0),
+                 save=_node("SaveLatent", samples=["sample", 0], filename_prefix="hostile/shift"))
+    expect_error(comfy, shift, "H-Space Shift (model patch)", phrase)
+    # a window that reaches below the quality boost's start: the same refusal from the node and the sampler
+    below = "below the quality boost's start (t_boost 200)"
+    boost = _node("HSpaceQualityBoost", t_boost=200, eta=1.0, seed=0)
+    whole = {"window": "percent", "start_percent": 0.0, "end_percent": 1.0}
+    edit = only(plus(with_inputs(g, "edit", boost=["boost", 0], **whole), boost=boost), "save_edit")
+    expect_error(comfy, edit, "H-Space Asyrp Edit", below)
+    expect_error(comfy, plus(sampler_graph(_asyrp_sampler(boost=["boost", 0], **whole)), boost=boost),
+                 "H-Space Asyrp Sampler", below)
+    good_is_unchanged(comfy, reference)
+
+
+def _native_injection(keep_h_from_t: int) -> dict:
+    """Slerp content injection as a SAMPLER on the DDIM sigmas the content was inverted on (x_T to Native)."""
+    g = with_inputs(good_graph(), "inv_c", keep_h_from_t=keep_h_from_t)
+    sampler = _node("HSpaceContentInjectionSampler", content=["inv_c", 1], gamma=0.5, gamma_end=-1.0, stride=1,
+                    window="t_edit", t_edit=400, start_percent=0.0, end_percent=0.6, mode="slerp", per_channel=False,
+                    seed=0, edit_branches="cond")
+    graph = sampler_graph(sampler, ("native", 1), ("inv_s", 0))
+    return plus(graph, native=_node("HSpaceXTToNative", model=["unet", 0], x_T=["inv_s", 0], steps=STEPS),
+                inv_c=g["inv_c"], inv_s=g["inv_s"], content=g["content"], style=g["style"])
+
+
+def test_a_trajectory_kept_from_t_edit_serves_the_injection_sampler_on_its_own_sigmas(comfy, reference):
+    kept = _saved_latent(comfy, _run_ok(comfy, _native_injection(400)))
+    full = _saved_latent(comfy, _run_ok(comfy, _native_injection(0)))
+    assert torch.equal(kept, full)  # the injection reads h only inside the window, t ≥ 400
+    # kept from above the window: refused by the rule Slerp Content Inject uses (require_timesteps)
+    expect_error(comfy, _native_injection(800), "H-Space Content Injection Sampler", "keep_h_from_t at most")
+    good_is_unchanged(comfy, reference)
+
+
+def test_an_x_T_inverted_on_karras_sigmas_names_its_grid_in_asyrp_edit(comfy, reference):
+    graph = sampler_graph(_inversion_sampler(), ("flip", 0))
+    graph = plus(graph, flip=_node("FlipSigmas", sigmas=["sched", 0]),
+                 xt=_node("HSpaceInvertedXT", model=["unet", 0], latent=["run", 0], inversion=["sampler", 1]),
+                 edit=_node("HSpaceAsyrpEdit", model=["unet", 0], x_T=["xt", 0], direction=["dir", 0], strength=1.0,
+                            steps=STEPS, t_edit=400, strength_sweep="", seed=0, **_common()),
+                 save=_node("SaveLatent", samples=["edit", 0], filename_prefix="hostile/karras"))
+    expect_error(comfy, graph, "H-Space Asyrp Edit", f"{STEPS}-step DDIM grid", f"{STEPS} steps, t = 999", "σ = ",
+                 "no steps value reproduces", absent=(f"set steps to {STEPS} here",))
+    good_is_unchanged(comfy, reference)
+
+
+# --- tampered direction, trajectory and settings files (issue 36, item 3) ---
+
+def _tampered(comfy, name: str, folder="hspace_directions", **fields) -> str:
+    """A good direction file (a middle-block Δh of the bundled model) whose metadata says ``fields`` instead."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    source = _models(comfy, "hspace_directions", "hostile_source.safetensors")
+    if not os.path.exists(source):
+        entry = _run_ok(comfy, plus(only(good_graph(), "dir"), save=_node(
+            "HSpaceSaveDirection", direction=["dir", 0], filename_prefix="hostile_source")))
+        made = entry["outputs"]["save"]["text"][0]
+        shutil.copy(_models(comfy, "hspace_directions", made), source)
+    with safe_open(source, "pt") as f:
+        meta = dict(f.metadata())
+    meta["hspace"] = json.dumps({**json.loads(meta["hspace"]), **fields})
+    save_file(load_file(source), _models(comfy, folder, name), metadata=meta)
+    return name
+
+
+def _load_and_show(name):
+    return {"load": _node("HSpaceLoadDirection", direction_file=name), "show": _node("PreviewAny", source=["load", 0])}
+
+
+def test_tampered_direction_fields_are_refused_naming_the_file_and_the_field(comfy, reference):
+    for name, fields, phrases in (
+            ("hostile_steps_neg.safetensors", {"extra": {"train_steps": -6}}, ("'extra'", "train_steps -6")),
+            ("hostile_steps_abc.safetensors", {"extra": {"train_steps": "abc"}}, ("'extra'", "train_steps 'abc'")),
+            ("hostile_scale.safetensors", {"scale": 1e30}, ("'scale'", "1e+30", "finite number in")),
+            ("hostile_scale_nan.safetensors", {"scale": float("nan")}, ("'scale'", "NaN")),
+            ("hostile_timesteps.safetensors", {"timesteps": "999"}, ("'timesteps'", "whole timesteps"))):
+        _tampered(comfy, name, **fields)
+        expect_error(comfy, _load_and_show(name), "H-Space Load Direction", name, *phrases,
+                     absent=("could not convert", "strength or γ"))
+    # made_with null: read as unknown (a log line); the Save node never shows or writes "None"
+    _tampered(comfy, "hostile_made_with.safetensors", made_with=None)
+    entry = _run_ok(comfy, {"load": _node("HSpaceLoadDirection", direction_file="hostile_made_with.safetensors"),
+                            "save": _node("HSpaceSaveDirection", direction=["load", 0], filename_prefix="hostile_null")})
+    shown = entry["outputs"]["save"]["text"]
+    assert not any("None" in line for line in shown), shown
+    from safetensors import safe_open
+
+    with safe_open(_models(comfy, "hspace_directions", shown[0]), "pt") as f:
+        assert json.loads(f.metadata()["hspace"])["made_with"] == ""
+    # a middle-block Δh whose file says up1: the refusal blames the file's site record
+    _tampered(comfy, "hostile_up1.safetensors", site="up1")
+    edit = plus(with_inputs(good_graph(), "edit", direction=["load", 0]),
+                load=_node("HSpaceLoadDirection", direction_file="hostile_up1.safetensors"))
+    edit = only(edit, "save_edit")
+    expect_error(comfy, edit, "hostile_up1.safetensors", "records the h site 'up1'", "site record")
+    good_is_unchanged(comfy, reference)
+
+
+def test_deeply_nested_metadata_and_settings_are_refused_naming_the_file(comfy, reference):
+    from safetensors.torch import save_file
+
+    deep = "[" * 100_000 + "]" * 100_000
+    path = _models(comfy, "hspace_trajectories", "hostile_deep.safetensors")
+    save_file({"h": torch.zeros(1, 1, 1, 1, 1)}, path, metadata={"hspace": deep})
+    prompt = {"load": _node("HSpaceLoadTrajectory", trajectory_file="hostile_deep.safetensors"),
+              "show": _node("PreviewAny", source=["load", 0])}
+    expect_error(comfy, prompt, "hostile_deep.safetensors", "nests too deeply", absent=("maximum recursion",))
+    checkpoint = _models(comfy, "diffusion_models", "hostile_deep.safetensors")
+    save_file({"w": torch.zeros(1)}, checkpoint)
+    with open(os.path.splitext(checkpoint)[0] + ".json", "w") as f:
+        f.write(deep)
+    prompt = {"load": _node("HSpaceLoadPixelUNet", unet_folder=BUNDLED, repo_id="hostile_deep.safetensors"),
+              "show": _node("PreviewAny", source=["load", 0])}
+    expect_error(comfy, prompt, "hostile_deep.json", "nests too deeply", absent=("maximum recursion",))
     good_is_unchanged(comfy, reference)

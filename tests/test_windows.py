@@ -135,8 +135,8 @@ def test_a_percent_window_holding_no_grid_step_is_refused_by_name(pack, layer):
     nodes, _ = layer
     model = tiny_sd()
     x_T = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(4))
-    with pytest.raises(ValueError, match="^H-Space Asyrp Edit: no step of the 8-step grid lies in the window percent "
-                                         "0.50–0.50: widen start_percent / end_percent"):
+    with pytest.raises(ValueError, match="^H-Space Asyrp Edit: No step of the 8-step schedule lies in the edit window "
+                                         "percent 0.50–0.50, so nothing would be edited: widen the window"):
         _asyrp_edit(nodes, model, x_T, Direction("global", torch.zeros(8, 2, 2)), window="percent", start_percent=0.5,
                     end_percent=0.5)
 

@@ -32,6 +32,13 @@ class XTOrigin:
     def check_grid(self, timesteps) -> None:
         """Refuse sampling this x_T on another grid than it was inverted on, saying which steps to set."""
         timesteps = tuple(int(t) for t in timesteps)
+        if timesteps != self.timesteps and len(timesteps) == len(self.timesteps):  # same count: another grid
+            raise ValueError(
+                f"This x_T was inverted on other timesteps than this node's {len(timesteps)}-step DDIM grid (t = "
+                f"{timesteps[0]} … {timesteps[-1]}): it was made on {self.made_with}, the grid of the sigmas it was "
+                "inverted on (a SAMPLER's scheduler, e.g. karras), which no steps value reproduces. Sample it on those "
+                "sigmas (SamplerCustomAdvanced with the H-Space Asyrp Sampler), or invert with H-Space DDIM Inversion "
+                f"at steps = {len(timesteps)} for this node.")
         if timesteps != self.timesteps:
             raise ValueError(
                 f"This x_T was inverted at {len(self.timesteps)} steps (t = {self.timesteps[0]} … {self.timesteps[-1]}) "

@@ -10,7 +10,10 @@ import logging
 
 import torch
 
+import comfy.patcher_extension
+
 from ...hspace_core.adapters.base import is_edited
+from ...hspace_core.sampling import check_window_steps
 from .edit_batch import branch_names
 from . import dit
 from .model import is_pixel_unet, site_block
@@ -53,6 +56,23 @@ class HShift:
         return {**args, "h": self._apply(args["h"], args["transformer_options"])}
 
 
+def window_check(window, timestep_of):
+    """An OUTER_SAMPLE wrapper (once per sampling run, with the sigmas the sampler got) holding the Shift's window
+    to the edit windows' rule (``sampling.check_window_steps``): a window with none of the steps (start = end
+    percent) is refused, as the nodes and the SAMPLERs refuse it, not run as a silent no-op."""
+
+    def wrapper(executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
+        host = sigmas.detach().float().cpu().tolist()
+        inside = [timestep_of(s) for s in host[:-1] if s > 0 and window.contains(s)]
+        try:
+            check_window_steps(window.made_with, inside, len(host) - 1)
+        except ValueError as refused:
+            raise ValueError(f"H-Space Shift (model patch): {refused}") from None
+        return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
+
+    return wrapper
+
+
 def patched_with_h_shift(model, direction, strength: float, window, edit_branches: str):
     """A clone of ``model`` whose h at the direction's site is shifted.  A transformer's block site uses the dit
     replace patch (``dit.DitH``; a patch another node put at that block runs inside it).  The middle site uses core's
@@ -62,6 +82,8 @@ def patched_with_h_shift(model, direction, strength: float, window, edit_branche
     patch = HShift(direction, strength, window, edit_branches, noise_levels(model).timestep,
                    site_block(dm, direction.site))
     clone = model.clone()
+    clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, "hspace_shift_window",
+                               window_check(window, patch.timestep_of))
     if patch.block is None:  # a transformer block site: the dit replace patch, on the clone's model options
         where = dit.check_block_site(dm, direction.site)
         if direction.form == "implicit" or len(direction.h_shape) != 3:

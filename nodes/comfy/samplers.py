@@ -20,9 +20,9 @@ import comfy.samplers
 
 from ...hspace_core.devices import FiniteWatch, host_ready, step_dtype, to_host
 from ...hspace_core.flow import flow_asymmetric_step, invert_flow
-from ...hspace_core.sampling import (asymmetric_step, clip_denoised, inversion_steps, invert_sigmas, sample_h_edit,
-                                     strided)
-from ...hspace_core.sigmas import ve_scale, ve_to_vp
+from ...hspace_core.sampling import (asymmetric_step, check_window_steps, clip_denoised, inversion_steps, invert_sigmas,
+                                     sample_h_edit, strided)
+from ...hspace_core.sigmas import sigmas_problem, ve_scale, ve_to_vp
 from ...hspace_core.sites import site_of
 from ...hspace_core.trajectory import HStorage, HTrajectory, Inversion
 from .model import ComfyHSpaceModel, reserve_rows, rows_run
@@ -45,6 +45,42 @@ def timesteps_of(model_patcher, sigmas: list[float]) -> list[int]:
 
 def _host(sigmas: torch.Tensor) -> list[float]:
     return sigmas.detach().float().cpu().tolist()  # one copy before the loop, none inside it
+
+
+# The nodes that make or change SIGMAS, for a refusal that cannot find the one in the graph (what each gets wrong).
+_SIGMAS_MAKERS = "a scheduler node, SplitSigmas (its high part can be one σ), FlipSigmas (increasing)"
+
+
+def sigmas_source(input_name: str = "sigmas") -> str:
+    """The node that feeds ``input_name`` of the node ComfyUI is running now (SamplerCustomAdvanced, for a SAMPLER's
+    sample function), read from the prompt being run: "the sigmas from SplitSigmas (node 12)".  Where that cannot be
+    read (no server, a prompt not from the queue), the input and the nodes that typically make it."""
+    try:
+        from comfy_execution.utils import get_executing_context
+        from server import PromptServer
+
+        context = get_executing_context()
+        running = list(PromptServer.instance.prompt_queue.currently_running.values())
+        prompt = next(item[2] for item in running if item[1] == context.prompt_id)
+        link = prompt[context.node_id]["inputs"][input_name]
+        source = prompt[link[0]]
+        kind, title = source["class_type"], (source.get("_meta") or {}).get("title")
+        named = f"'{title}' ({kind}, node {link[0]})" if title and title != kind else f"{kind} (node {link[0]})"
+        return f"the {input_name} from {named}"
+    except Exception:  # noqa: BLE001 -- only the wording of a refusal depends on it
+        return f"the {input_name} given to SamplerCustomAdvanced (made by {_SIGMAS_MAKERS})"
+
+
+_SIGMAS_FIX = {False: "give SamplerCustomAdvanced a scheduler's sigmas (at least one step; without FlipSigmas)",
+               True: "put FlipSigmas between a scheduler (at least one step) and SamplerCustomAdvanced"}
+
+
+def check_sigmas(node: str, host: list[float], increasing: bool = False) -> None:
+    """Refuse sigmas a SAMPLER cannot run (``sigmas.sigmas_problem``: too few, non-finite, negative, the wrong
+    order), naming the node, what is wrong and the node that made them (``sigmas_source``)."""
+    problem = sigmas_problem(host, increasing)
+    if problem is not None:
+        raise ValueError(f"{node}: {sigmas_source()} {problem}: {_SIGMAS_FIX[increasing]}.")
 
 
 def _comfy_callback(callback, sigmas):
@@ -77,27 +113,34 @@ def h_edit_sampler(node: str, edit_for, window_for, *, edit_branches: str, site:
     sigmas and the model are known (``window_timesteps``: the timesteps of the steps inside the window, stride aside);
     ``window_for(model_patcher)`` the ``SigmaWindow`` it acts in.  ``boost`` (a QualityBoost) makes the steps below
     its t_boost (or its start percent: ``windows.boost_t_boost``) stochastic (η, noise from ``seed``); ``omega``
-    calibrates and ``edit_every`` strides (content injection).  ``check(timesteps, hs_model)`` may refuse the sigmas
-    given."""
+    calibrates and ``edit_every`` strides (content injection).  A window holding no step of the sigmas, or one
+    below the boost's start, is refused as the nodes refuse it (``sampling.check_window_steps``); then
+    ``check(window_timesteps, hs_model)`` may refuse the sigmas given."""
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
         extra_args = extra_args or {}
         _refuse_noise_mask(extra_args, node)
         patcher = guider_patcher(model, node)
         host = _host(sigmas)
+        check_sigmas(node, host)
         ts = timesteps_of(patcher, host)
         hs = ComfyHSpaceModel.for_guider(model, extra_args, patcher, edit_branches, site)
         if hs.flow:
             refuse_on_flow(node, boost=boost, omega=omega)
-        if check is not None:
-            check(ts, hs)
         window = window_for(patcher)
         inside = [window.contains(sigma) for sigma in host[:-1]]
-        edits = strided(inside, edit_every)
+        window_ts = [t for t, i in zip(ts, inside) if i]
         t_boost = boost_t_boost(boost, patcher)  # its t_boost, or its start percent on this model's σ
+        try:
+            check_window_steps(window.made_with, window_ts, len(host) - 1, t_boost)  # the nodes' rule
+        except ValueError as refused:
+            raise ValueError(f"{node}: {refused}") from None
+        if check is not None:
+            check(window_ts, hs)
+        edits = strided(inside, edit_every)
         etas = [boost.eta if t < t_boost else 0.0 for t in ts]
         etas += [0.0] * (len(host) - 1 - len(etas))
-        edit = edit_for(len(host) - 1, hs, [t for t, i in zip(ts, inside) if i])
+        edit = edit_for(len(host) - 1, hs, window_ts)
         if edit is None:
             edits = [False] * len(edits)
         reserve_rows(model.inner_model, rows_run(patcher, x.shape[0], edited=any(edits)), x.shape)
@@ -339,9 +382,7 @@ def inversion_sampler(node: str, *, refine_iters: int, site: str, record: Invers
         _refuse_noise_mask(extra_args, node)
         model_patcher = guider_patcher(model, node)
         host = _host(sigmas)
-        if len(host) < 2 or any(b <= a for a, b in zip(host, host[1:])):
-            raise ValueError(f"{node}: these sigmas do not increase. Put FlipSigmas between the "
-                             "scheduler and SamplerCustomAdvanced (inversion runs from the image to the noise).")
+        check_sigmas(node, host, increasing=True)
         ts = timesteps_of(model_patcher, host[1:] if host[0] < CLEAN else host)
         hs = ComfyHSpaceModel.for_guider(model, extra_args, model_patcher, "both", site)
         record.run = run_inversion(hs, x, sigmas, ts, convention=convention, refine_iters=refine_iters,

@@ -289,11 +289,7 @@ def edit_schedule(steps: int, t_edit: int, boost, model_patcher=None, window: st
         raise ValueError(f"{node}: a percent window is resolved on the MODEL's noise levels; pass the MODEL.")
     span = edit_window(node, model_patcher, window, t_edit, start_percent, end_percent)
     schedule = EditSchedule(steps, t_edit=max(t_edit, t_boost), t_boost=t_boost, eta_boost=eta)
-    windowed = schedule_in_window(schedule, span, noise_levels(model_patcher).sigma)
-    if not windowed.edit_timesteps:
-        raise ValueError(f"no step of the {steps}-step grid lies in the window {span.made_with}: widen start_percent / "
-                         "end_percent or use more steps.")
-    return windowed
+    return schedule_in_window(schedule, span, noise_levels(model_patcher).sigma)
 
 
 def window_timesteps(steps: int, model_patcher, start_percent: float, end_percent: float,
