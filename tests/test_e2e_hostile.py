@@ -727,7 +727,8 @@ def test_odd_sigmas_are_refused_naming_the_sampler_and_the_node_that_made_them(c
 
 
 def _empty_window_phrase(steps=STEPS):
-    return f"No step of the {steps}-step schedule lies in the edit window percent 0.50–0.50, so nothing would be edited"
+    return (f"No step of the {steps}-step schedule lies in the edit window percent 0.50–0.50, so nothing would be "
+            "edited")
 
 
 def test_an_empty_window_and_one_below_the_boost_get_the_nodes_rule_in_the_samplers_and_shift(comfy, reference):
@@ -824,8 +825,9 @@ def test_tampered_direction_fields_are_refused_naming_the_file_and_the_field(com
                      absent=("could not convert", "strength or γ"))
     # made_with null: read as unknown (a log line); the Save node never shows or writes "None"
     _tampered(comfy, "hostile_made_with.safetensors", made_with=None)
-    entry = _run_ok(comfy, {"load": _node("HSpaceLoadDirection", direction_file="hostile_made_with.safetensors"),
-                            "save": _node("HSpaceSaveDirection", direction=["load", 0], filename_prefix="hostile_null")})
+    entry = _run_ok(comfy, {
+        "load": _node("HSpaceLoadDirection", direction_file="hostile_made_with.safetensors"),
+        "save": _node("HSpaceSaveDirection", direction=["load", 0], filename_prefix="hostile_null")})
     shown = entry["outputs"]["save"]["text"]
     assert not any("None" in line for line in shown), shown
     from safetensors import safe_open
