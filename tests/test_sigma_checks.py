@@ -48,3 +48,4 @@ def test_an_edit_window_must_hold_a_step_and_end_before_the_boost():
     with pytest.raises(ValueError, match=r"reaches t = 150, below the quality boost's start \(t_boost 200\)"):
         check_window_steps("percent 0.00–1.00", [999, 600, 150], 6, t_boost=200)
     check_window_steps("percent 0.00–0.60", [999, 600], 6, t_boost=200)
+

@@ -190,3 +190,19 @@ def test_metadata_and_settings_nested_beyond_the_recursion_limit_are_refused_by_
         f.write(deep)
     with pytest.raises(ValueError, match="^deep.json nests too deeply to read .*: fix or remove it"):
         settings_beside(path)
+
+
+def test_a_pixel_unet_folder_with_deeply_nested_json_is_named_not_a_recursion_error(pack, tmp_path):
+    import shutil
+
+    _, pixel_model = pack
+    folder = tmp_path / "deep-ddpm"
+    shutil.copytree("models/hspace-shapes-ddpm", folder)
+    deep = "[" * 100_000 + "]" * 100_000
+    (folder / "scheduler" / "scheduler_config.json").write_text(deep)
+    with pytest.raises(ValueError, match="scheduler_config.json nests too deeply"):
+        pixel_model.load_pixel_unet_folder(str(folder))
+    bare = tmp_path / "bare"  # a bare UNet2DModel folder (config.json at its top) is listed by reading its config
+    bare.mkdir()
+    (bare / "config.json").write_text(deep)
+    assert not pixel_model.is_pixel_unet_folder(str(bare))  # not listed (a log line says why); no RecursionError

@@ -7,7 +7,6 @@ of resnets of the up blocks before, the output of those up blocks and the next s
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 
@@ -23,6 +22,7 @@ import comfy.supported_models_base
 
 from ...hspace_core import schedule_from_diffusers_config
 from ...hspace_core.adapters.diffusers_unet import site_module
+from ...hspace_core.file_format import parse_json
 from ...hspace_core.schedules import sigmas_of
 from ...hspace_core.sites import output_block_of_site, site_at_output_block
 
@@ -182,8 +182,13 @@ def is_pixel_unet_folder(path: str) -> bool:
 def _is_unet_config(path: str) -> bool:
     if not os.path.isfile(path):
         return False
-    with open(path) as f:
-        return json.load(f).get("_class_name") == "UNet2DModel"
+    try:
+        with open(path) as f:
+            config = parse_json(f.read(), path)
+    except (OSError, ValueError) as error:  # listed as no U-Net folder; loading it names the file
+        log.info("h-space: %s", error)
+        return False
+    return isinstance(config, dict) and config.get("_class_name") == "UNet2DModel"
 
 
 def load_pixel_unet_folder(path: str):
@@ -206,7 +211,12 @@ def load_pixel_unet_folder(path: str):
     sched_path = os.path.join(path, "scheduler", "scheduler_config.json")
     if not os.path.isfile(sched_path):
         sched_path = os.path.join(path, "scheduler_config.json")
-    scheduler = json.load(open(sched_path)) if os.path.isfile(sched_path) else {}
+    scheduler = {}
+    if os.path.isfile(sched_path):
+        with open(sched_path) as f:
+            scheduler = parse_json(f.read(), sched_path)
+        if not isinstance(scheduler, dict):
+            raise ValueError(f"{sched_path} must hold a JSON object (a diffusers scheduler config).")
     return unet, scheduler
 
 
