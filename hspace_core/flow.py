@@ -15,9 +15,14 @@ from the original one: x_next = (1 − σ_next)·D(x | h̃) + σ_next·ε(x | h)
 
 The VE step adds the edit's change of x0 with weight 1; flow matching weighs it by a(σ_next) = 1 − σ_next, the x0
 coefficient of the next point, so the edit's weight falls to 0 at σ_next = 1 and is whole at the clean end.
+
+The η step (``flow_ddim_step``) follows the same rule; the derivation for every parameterisation is in
+``sampling``'s module docstring.
 """
+
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -31,14 +36,47 @@ def flow_asymmetric_step(x: torch.Tensor, denoised_edited: torch.Tensor, denoise
     return x + (x - denoised) / sigma * (sigma_next - sigma) + (1 - sigma_next) * (denoised_edited - denoised)
 
 
+def flow_eps(x: torch.Tensor, denoised: torch.Tensor, sigma: float) -> torch.Tensor:
+    """ε = (x − (1 − σ)·D)/σ: the noise a flow-matching denoiser's x0 estimate D implies at x."""
+    return (x - (1 - sigma) * denoised) / sigma
+
+
+def flow_eta_sigma(sigma: float, sigma_next: float, eta: float) -> float:
+    """s = η·(σ_next/σ)·√(σ² − (a/a_next)²·σ_next²), a = 1 − σ: the DDPM posterior std of the Gaussian path
+    x = a·x0 + σ·ε (Kingma et al. 2021, eq. 9: σ²_{t|s}·σ_s²/σ_t², σ²_{t|s} = σ_t² − (α_t/α_s)²·σ_s²), DDIM's
+    σ_t(η) (eq. 16) on that path; on VP it is ``ddim.ddim_sigma``.  Not ComfyUI's ``euler_ancestral`` RF rule."""
+    if eta == 0 or sigma_next <= 0:
+        return 0.0
+    ratio = (1 - sigma) / (1 - sigma_next)
+    return eta * (sigma_next / sigma) * math.sqrt(max(0.0, sigma**2 - (ratio * sigma_next) ** 2))
+
+
+def flow_ddim_step(x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_next: float, eta: float,
+                   noise: torch.Tensor | None, denoised_direction: torch.Tensor | None = None) -> torch.Tensor:
+    """DDIM eq. 12 with η on the flow-matching path: x_next = (1 − σ_next)·P + √(σ_next² − s²)·ε + s·z,
+    ε = ``flow_eps``(x, ``denoised_direction``) (default ``denoised``), P = ``denoised``, s = ``flow_eta_sigma``.
+    η = 0 is ``flow_asymmetric_step``."""
+    direction = denoised if denoised_direction is None else denoised_direction
+    s = flow_eta_sigma(sigma, sigma_next, eta)
+    if s == 0:
+        return flow_asymmetric_step(x, denoised, direction, sigma, sigma_next)
+    if noise is None:
+        raise ValueError("η > 0 needs a noise tensor z; pass one drawn from a seeded generator.")
+    eps = flow_eps(x, direction, sigma)
+    return (1 - sigma_next) * denoised + math.sqrt(max(0.0, sigma_next**2 - s * s)) * eps + s * noise
+
+
 def invert_flow(denoise: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, sigmas: Sequence[float], *,
-                refine_iters: int = 0, callback=None) -> torch.Tensor:
+                refine_iters: int = 0, callback=None, steps=None) -> torch.Tensor:
     """Euler inversion of the flow ODE on increasing ``sigmas`` (FlipSigmas' output; a first σ below 1e-3 marks
     the clean input and is taken as 0): x_{k+1} = x_k + (σ_{k+1} − σ_k)·v, v = (x_ε − D(x_ε, σ_ε))/σ_ε
-    (``sampling.inverse_euler_step``), the plain inversion of RF-Inversion / Stable Flow's starting point.
+    (``sampling.inverse_euler_step``), the plain inversion of RF-Inversion / Stable Flow's starting point.  With
+    x_ε = x_k it is DDIM's inverse step on the flow path, (1 − σ_{k+1})·D + σ_{k+1}·ε, ε = ``flow_eps``.
 
     v is taken at the current point (x_ε = x_k, σ_ε = σ_k), except from the clean input, where v(x0, 0) would be
-    0/0 in D's form: there at (x0, σ_1), the first point's noise level.  ``refine_iters`` = k solves
+    0/0 in D's form: there at (x0, σ_1), the first point's noise level.  ``steps`` ((k, k + 1, k_ε) triples,
+    ``sampling.inversion_steps``) may choose otherwise (the diffusers convention: at the next σ, with the point
+    unscaled, since a flow sample is the model's input).  ``refine_iters`` = k solves
     x_{k+1} = x_k + (σ_{k+1} − σ_k)·v(x_{k+1}, σ_{k+1}) by k fixed-point iterations: the exact inverse of the
     reverse Euler step from σ_{k+1} to σ_k.  ``callback(k, D, x_next)`` after each step (D: the x0 it predicts)."""
     if refine_iters < 0:
@@ -46,15 +84,16 @@ def invert_flow(denoise: Callable[[torch.Tensor, int], torch.Tensor], x: torch.T
     host = sigmas.tolist() if torch.is_tensor(sigmas) else [float(s) for s in sigmas]  # one copy, before the loop
     if host[0] < 1e-3:
         host[0] = 0.0
-    for k in range(len(host) - 1):
-        sigma, sigma_next = host[k], host[k + 1]
-        at = k + 1 if sigma == 0 else k
+    if steps is None:
+        steps = [(k, k + 1, k + 1 if host[k] == 0 else k) for k in range(len(host) - 1)]
+    for here, nxt, at in steps:
+        sigma, sigma_next = host[here], host[nxt]
         denoised = denoise(x, at)
         x_next = inverse_euler_step(x, x, denoised, host[at], sigma, sigma_next)
         for _ in range(refine_iters):
-            denoised = denoise(x_next, k + 1)
+            denoised = denoise(x_next, nxt)
             x_next = inverse_euler_step(x, x_next, denoised, sigma_next, sigma, sigma_next)
         if callback is not None:
-            callback(k, denoised, x_next)
+            callback(here, denoised, x_next)
         x = x_next
     return x

@@ -17,6 +17,20 @@ the direction D_t from the original ε(x_t | h_t).  In σ space:
 (``asymmetric_step``).  On the DDIM grid it is ``ddim.ddim_step(..., eps_direction=eps)`` after the VP ↔ VE
 conversion; on any other grid (karras, exponential, AYS) it is the same ODE step with the edited x0.  The stochastic
 DDIM step (η > 0, Asyrp's quality boost) is converted the same way (``ddim_sigma_step``).
+
+Flow matching (ComfyUI's CONST: Flux, SD3).  The sample is x = a(σ)·x0 + σ·ε with a(σ) = 1 − σ
+(``NoiseLevels.signal``), and the model's input is x itself.  DDIM's step keeps ε and moves x0's weight:
+
+    x_next = a(σ_next)·D(x | h̃) + σ_next·ε̂,     ε̂ = (x − a(σ)·D(x | h))/σ.
+
+With D̃ = D this is x·σ_next/σ + D·(a(σ_next) − σ_next·a(σ)/σ) = x·σ_next/σ + D·(1 − σ_next/σ) for a = 1 and for
+a = 1 − σ alike: the Euler step x + (σ_next − σ)·(x − D)/σ, ComfyUI's ``euler`` on either.  The edit adds
+a(σ_next)·(D̃ − D): Euler + (1 − σ_next)·(D̃ − D) for flow matching, not VE's Euler + (D̃ − D)
+(``flow.flow_asymmetric_step``).  The inverse step (DDIM §4.3) is the same move from the other end: with ε̂ at the
+current point it is again the Euler step x + (σ_next − σ)·(x − D)/σ, on increasing sigmas (``flow.invert_flow``).
+The stochastic step (η > 0) is DDIM's generalised posterior on the Gaussian path (α, σ) = (1 − σ, σ)
+(``flow.flow_eta_sigma``, ``flow.flow_ddim_step``).  InjectFusion's style calibration is derived for VP only; a
+flow run refuses it.
 """
 from __future__ import annotations
 
@@ -28,6 +42,7 @@ from typing import Callable, Sequence
 import torch
 
 from .ddim import ddim_sigma, std_matched
+from .noise_levels import NoiseLevels
 from .settings import EditSchedule
 from .sigmas import alpha_bar_of_sigma, eps_of_denoised, ve_scale, vp_to_ve
 
@@ -38,7 +53,8 @@ StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
 def asymmetric_step(x: torch.Tensor, denoised_edited: torch.Tensor, denoised: torch.Tensor, sigma, sigma_next):
-    """x_next = D(x | h̃) + σ_next·(x − D(x | h))/σ: Asyrp's asymmetric step (eq. 4) in σ space (module docstring).
+    """x_next = D(x | h̃) + σ_next·(x − D(x | h))/σ: Asyrp's asymmetric step (eq. 4) in σ space (module docstring),
+    on x = x0 + σ·ε; flow matching's is ``flow.flow_asymmetric_step``.
 
     Written as the Euler step x + (σ_next − σ)·(x − D)/σ plus the edit's change of x0, D(x | h̃) − D(x | h), so
     that with no edit it is k-diffusion's ``sample_euler`` operation for operation (σ may be floats or 0-dim
@@ -133,7 +149,7 @@ def strided(window: Sequence[bool], every: int) -> list[bool]:
 
 def sample_h_edit(denoise: Denoise, x: torch.Tensor, sigmas: Sequence[float], edits: Sequence[bool], *,
                   etas: Sequence[float] | None = None, omega: float | None = None, seed: int = 0,
-                  callback: StepCallback | None = None, step=asymmetric_step) -> torch.Tensor:
+                  callback: StepCallback | None = None, levels: NoiseLevels | None = None) -> torch.Tensor:
     """Asyrp's reverse process (Kwon et al. 2023, §3.3–4) over the σ grid ``sigmas`` (decreasing; last 0 for a clean
     sample, else the run stops at the noise level of its last entry):
 
@@ -142,24 +158,36 @@ def sample_h_edit(denoise: Denoise, x: torch.Tensor, sigmas: Sequence[float], ed
     - other steps: the plain DDIM step with η = ``etas[i]`` (quality boost) and noise from ``seed``, drawn in step
       order on the CPU as ``processes.run_reverse`` draws it.
 
-    ``step`` is the deterministic asymmetric step: ``asymmetric_step`` (VE / VP models) or
-    ``flow.flow_asymmetric_step`` (flow matching, which refuses η and ω before it gets here).
     ``sigmas`` is a 1-D tensor (or floats); the deterministic steps compute with its entries, as k-diffusion's
-    samplers do, and the choices (η > 0, which noise) are made on one host copy taken before the loop.
+    samplers do, and the choices (η > 0, which noise) are made on one host copy taken before the loop.  ``levels``
+    (the model's ``NoiseLevels``) with flow matching's parameterisation runs its steps (``flow_ddim_step``); None
+    or any other is x = x0 + σ·ε.
     """
     host = sigmas.tolist() if torch.is_tensor(sigmas) else [float(s) for s in sigmas]  # one copy, before the loop
     n = len(host) - 1
     etas = list(etas) if etas is not None else [0.0] * n
     if len(edits) != n or len(etas) != n:
         raise ValueError(f"{n} steps but {len(edits)} edit flags and {len(etas)} η values.")
+    from . import flow as fm  # flow matching's steps build on this module's
+
+    flow = levels is not None and levels.parameterisation == "const"
+    if flow and omega:
+        raise ValueError("Style calibration (ω) is derived for DDPM-style models; flow-matching models run without it: "
+                         "disconnect the H-Space Style Calibrate settings.")
     generator = torch.Generator().manual_seed(int(seed))
     for i in range(n):
         plain, edited = denoise(x, i, bool(edits[i]))
         noise = None
-        if ddim_sigma(alpha_bar_of_sigma(host[i]), alpha_bar_of_sigma(host[i + 1]), etas[i]) > 0:
+        if (fm.flow_eta_sigma(host[i], host[i + 1], etas[i]) if flow else
+                ddim_sigma(alpha_bar_of_sigma(host[i]), alpha_bar_of_sigma(host[i + 1]), etas[i])) > 0:
             noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
-        if noise is None and not (edited is not None and omega):
-            x = step(x, plain if edited is None else edited, plain, sigmas[i], sigmas[i + 1])
+        target = plain if edited is None else edited
+        if flow and noise is None:
+            x = fm.flow_asymmetric_step(x, target, plain, sigmas[i], sigmas[i + 1])
+        elif flow:
+            x = fm.flow_ddim_step(x, target, host[i], host[i + 1], etas[i], noise, plain)
+        elif noise is None and not (edited is not None and omega):
+            x = asymmetric_step(x, plain if edited is None else edited, plain, sigmas[i], sigmas[i + 1])
         elif edited is None:
             x = ddim_sigma_step(x, plain, host[i], host[i + 1], etas[i], noise)
         elif omega:
@@ -181,7 +209,7 @@ def _calibrated(x, plain, edited, omega):
 
 def invert_sigmas(denoise: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, sigmas: Sequence[float], *,
                   clean_start: bool, convention: str = "seed", clean_step: bool = False, refine_iters: int = 0,
-                  callback: StepCallback | None = None) -> torch.Tensor:
+                  callback: StepCallback | None = None, levels: NoiseLevels | None = None) -> torch.Tensor:
     """DDIM inversion (DDIM §4.3) on increasing ``sigmas`` (ComfyUI's flipped sigmas): ``processes.invert`` in σ
     space, step for step.  ``denoise(x, k)`` returns D(x, sigmas[k]); ``callback(k, P, x_next)`` is told after the
     step from sigmas[k] with the clean sample P = x_k − σ_k·ε it predicts (previews) and the point reached.
@@ -202,6 +230,8 @@ def invert_sigmas(denoise: Callable[[torch.Tensor, int], torch.Tensor], x: torch
       convention always steps from the clean input.
     - ``refine_iters`` = k solves x_{k+1} = x_k + (σ_{k+1} − σ_k)·ε(x_{k+1}, σ_{k+1}) by k fixed-point
       iterations from either convention's first guess: the exact inverse of the reverse step.
+    - ``levels`` with flow matching's parameterisation: ``flow.invert_flow`` over these steps (the model's input is
+      the sample itself: x_ε = x under both conventions, and the clean input stands at σ_1 unscaled).
     """
     if refine_iters < 0:
         raise ValueError(f"refine_iters must be ≥ 0, got {refine_iters}.")
@@ -211,6 +241,10 @@ def invert_sigmas(denoise: Callable[[torch.Tensor, int], torch.Tensor], x: torch
     if clean_start:
         host[0] = 0.0
     steps = inversion_steps(len(host), convention, clean_start, clean_step)
+    if levels is not None and levels.parameterisation == "const":
+        from .flow import invert_flow  # it builds on this module
+
+        return invert_flow(denoise, x, host, refine_iters=refine_iters, callback=callback, steps=steps)
     if steps and steps[0][0] == 1:
         x = vp_to_ve(x, alpha_bar_of_sigma(host[1]))
     for here, nxt, at in steps:

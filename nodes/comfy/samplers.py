@@ -19,9 +19,8 @@ import torch
 import comfy.samplers
 
 from ...hspace_core.devices import FiniteWatch, host_ready, step_dtype, to_host
-from ...hspace_core.flow import flow_asymmetric_step, invert_flow
-from ...hspace_core.sampling import (asymmetric_step, check_window_steps, clip_denoised, inversion_steps, invert_sigmas,
-                                     sample_h_edit, strided)
+from ...hspace_core.sampling import (check_window_steps, clip_denoised, inversion_steps, invert_sigmas, sample_h_edit,
+                                     strided)
 from ...hspace_core.sigmas import sigmas_problem, ve_scale, ve_to_vp
 from ...hspace_core.sites import site_of
 from ...hspace_core.trajectory import HStorage, HTrajectory, Inversion
@@ -150,8 +149,7 @@ def h_edit_sampler(node: str, edit_for, window_for, *, edit_branches: str, site:
             return plain, edited
 
         return sample_h_edit(denoise, x, sigmas, edits, etas=etas, omega=omega, seed=seed,
-                             callback=_comfy_callback(callback, sigmas),
-                             step=flow_asymmetric_step if hs.flow else asymmetric_step)
+                             callback=_comfy_callback(callback, sigmas), levels=hs.levels)
 
     return comfy.samplers.KSAMPLER(sample)
 
@@ -303,7 +301,7 @@ def run_inversion(hs, x: torch.Tensor, sigmas: torch.Tensor, timesteps, *, conve
     h_at, last, watch = {}, [None], FiniteWatch()
     kept = (lambda v: to_host(v, x.dtype)) if latents_on == "cpu" else (lambda v: v.to(x.dtype))
     latents = [] if latents_on is None else [kept(x if clean else ve_to_vp(x, host[0]))]
-    clean_step = clean and len(t_of) > 1 and t_of[1] != 0
+    clean_step = clean and len(t_of) > 1 and (t_of[1] != 0 or hs.flow)  # a flow inversion steps from the clean input
     if latents and clean and convention == "seed" and not clean_step:
         latents.append(latents[0])  # the input is x at the first grid timestep
 
@@ -328,10 +326,8 @@ def run_inversion(hs, x: torch.Tensor, sigmas: torch.Tensor, timesteps, *, conve
                              "LATENT on as x/(1 − σ), which σ = 1 cannot carry: end the inversion below 1 (the "
                              "scheduler's denoise below 1, or SplitSigmas dropping its first σ) and run the reverse "
                              "pass on the same sigmas.")
-        x_T = invert_flow(denoise, x.to(step_dtype(x.dtype)), host, refine_iters=refine_iters, callback=step_done)
-    else:
-        x_T = invert_sigmas(denoise, x.to(step_dtype(x.dtype)), host, clean_start=clean, convention=convention,
-                            clean_step=clean_step, refine_iters=refine_iters, callback=step_done)
+    x_T = invert_sigmas(denoise, x.to(step_dtype(x.dtype)), host, clean_start=clean, convention=convention,
+                        clean_step=clean_step, refine_iters=refine_iters, callback=step_done, levels=hs.levels)
     if (t_bad := watch.first()) is not None:
         raise ValueError(f"DDIM inversion diverged at t={t_bad}; check the input's range (images in [-1, 1]).")
     host_ready(latents)
