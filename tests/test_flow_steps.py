@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from hspace_core.sampling import flow_eta_sigma, invert_sigmas, sample_h_edit
+from hspace_core.flow import flow_eta_sigma
+from hspace_core.sampling import invert_sigmas, sample_h_edit
 
 STEPS = 8
 
@@ -146,7 +147,6 @@ def test_flow_inversion_is_the_written_inverse_step_and_inverts_the_reverse_step
     back = sample_h_edit(_loop_denoise(denoised, sigmas), refined, sigmas, [False] * STEPS, levels=levels)
     plain_back = sample_h_edit(_loop_denoise(denoised, sigmas), got, sigmas, [False] * STEPS, levels=levels)
     err, plain_err = (back - x0).abs().max().item(), (plain_back - x0).abs().max().item()
-    print("ROUNDTRIP", err, plain_err)
     assert err < 1e-4 < plain_err, (err, plain_err)
 
 
