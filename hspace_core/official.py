@@ -25,7 +25,10 @@ def load_official_asyrp(path: str, time_embedding: TimeEmbedding, h_shape: tuple
     ``train_steps`` (the DDIM steps it was trained with; edits rescale the strength by train_steps / steps) is
     read from the ``ngen<N>`` part of the official file names when not given (``train_steps_of``).
     """
-    direction = _read_official(path, time_embedding, h_shape)
+    try:
+        direction = _read_official(path, time_embedding, h_shape)
+    except ValueError as error:  # e.g. Direction's own refusal of NaN Δh: name the file
+        raise ValueError(str(error) if path in str(error) else f"{path}: {error}") from None
     steps = train_steps or train_steps_of(path)
     if steps:
         direction = dataclasses.replace(direction, metadata={**direction.metadata, "train_steps": int(steps)})

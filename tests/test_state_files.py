@@ -206,3 +206,12 @@ def test_a_pixel_unet_folder_with_deeply_nested_json_is_named_not_a_recursion_er
     bare.mkdir()
     (bare / "config.json").write_text(deep)
     assert not pixel_model.is_pixel_unet_folder(str(bare))  # not listed (a log line says why); no RecursionError
+
+
+def test_an_official_delta_h_file_with_nan_is_refused_naming_the_file(tmp_path):
+    from hspace_core import TimeEmbedding, load_official_asyrp
+
+    path = str(tmp_path / "delta_h_ngen40.pth")
+    torch.save({"999": torch.full((8, 4, 4), float("nan")), "500": torch.zeros(8, 4, 4)}, path)
+    with pytest.raises(ValueError, match=r"delta_h_ngen40.pth: The direction contains NaN or inf"):
+        load_official_asyrp(path, TimeEmbedding(16, 32, flip_sin_to_cos=False, freq_shift=1))
