@@ -45,6 +45,22 @@ def _position_scale(x: torch.Tensor, h_shape: tuple[int, ...], normalisation: st
     return per_position.clamp_min(1e-12)[None].expand(c, -1).reshape(-1)
 
 
+def principal_axes(singular: torch.Tensor, vh: torch.Tensor, scale: torch.Tensor, k: int, rows: int) -> torch.Tensor:
+    """The top ``k`` unit axes in h units (k, D) from the singular values (descending) and right singular vectors
+    (rows of ``vh``) of ``rows`` scaled rows: the rank check, s⊙ṽ renormalised, the sign fixed
+    (``principal_components``; ``jobs.moments`` gives them from the scatter's eigenvectors)."""
+    rank = int((singular > singular.max() * max(rows, vh.shape[-1]) * torch.finfo(vh.dtype).eps * 16).sum())
+    if rank == 0:
+        raise ValueError(f"The h of these {rows} rows are all the same (nothing varies between the images), so "
+                         "there is no principal direction: invert or capture different images.")
+    if not 1 <= k <= rank:
+        raise ValueError(f"k = {k} principal directions were asked for, but the centred h of these {rows} rows "
+                         f"has rank {rank}: set k between 1 and {rank}, or add images.")
+    axes = vh[:k] * scale
+    axes = axes / axes.norm(dim=1, keepdim=True)
+    return axes * fix_signs(axes)[:, None]
+
+
 def principal_components(x: torch.Tensor, k: int, h_shape: tuple[int, ...], normalisation: str = "position") -> PCAResult:
     """PCA of already centred rows ``x`` (N, D) after dividing each feature by ``_position_scale``; the axes are
     mapped back to h units (a unit axis ṽ of the scaled data is h-direction s⊙ṽ, renormalised) and the variance
@@ -53,16 +69,7 @@ def principal_components(x: torch.Tensor, k: int, h_shape: tuple[int, ...], norm
     x = check_rows(x, "h")
     scale = _position_scale(x, h_shape, normalisation)
     _, singular, vh = torch.linalg.svd(x / scale, full_matrices=False)
-    rank = int((singular > singular.max() * max(x.shape) * torch.finfo(x.dtype).eps * 16).sum())
-    if rank == 0:
-        raise ValueError(f"The h of these {x.shape[0]} rows are all the same (nothing varies between the images), so "
-                         "there is no principal direction: invert or capture different images.")
-    if not 1 <= k <= rank:
-        raise ValueError(f"k = {k} principal directions were asked for, but the centred h of these {x.shape[0]} rows "
-                         f"has rank {rank}: set k between 1 and {rank}, or add images.")
-    axes = vh[:k] * scale
-    axes = axes / axes.norm(dim=1, keepdim=True)
-    axes = axes * fix_signs(axes)[:, None]
+    axes = principal_axes(singular, vh, scale, k, x.shape[0])
     variance = (x @ axes.T).pow(2).sum(0) / max(x.shape[0] - 1, 1)
     total = x.pow(2).sum() / max(x.shape[0] - 1, 1)
     return PCAResult(axes, variance, variance / total)
