@@ -101,7 +101,8 @@ def connect_ray(address: str, num_cpus: int | None = None):
 def run_on_ray(spec: JobSpec, out: str, shards: list[Shard], on_done: Callable[[dict], None], workers: int,
                address: str) -> None:
     """The shards as a Ray Dataset mapped by a pool of ``workers`` actors (Ray Data restarts a lost actor and retries
-    its shard; the driver reruns any shard still unfinished afterwards)."""
+    its shard: its actors' max_restarts and max_task_retries default to −1; the driver reruns any shard still
+    unfinished afterwards)."""
     if not shards:
         return
     ray = connect_ray(address, num_cpus=workers if address == "local" else None)
@@ -116,7 +117,6 @@ def run_on_ray(spec: JobSpec, out: str, shards: list[Shard], on_done: Callable[[
     dataset = ray.data.from_items([{"shard": json.dumps(s.to_json())} for s in shards],
                                   override_num_blocks=len(shards))
     mapped = dataset.map_batches(ray_worker_class(spec, out, device), batch_size=1,
-                                 compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1, num_gpus=gpus,
-                                 max_restarts=-1, max_task_retries=-1)
+                                 compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1, num_gpus=gpus)
     for row in mapped.iter_rows():
         on_done(json.loads(row["record"]))

@@ -4,12 +4,15 @@ library's loaders read (``hspace_core.checkpoints.load_checkpoint``)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import torch
 
-from ..adapters import DiffusersUNet, HSpaceModel
+from ..adapters import DiffusersUNet, HSpaceModel, fingerprint_of
 from ..sites import DEFAULT_SITE, check_site
+
+log = logging.getLogger("hspace.jobs")
 
 
 def _first_file(*paths: str) -> str | None:
@@ -32,13 +35,15 @@ def load_model(path: str, site: str = DEFAULT_SITE, device: str = "cpu") -> HSpa
 
         unet = UNet2DModel.from_pretrained(unet_dir, torch_dtype=torch.float32, low_cpu_mem_usage=False).to(device).eval()
         with open(scheduler) as f:
-            return DiffusersUNet(unet, json.load(f), site=site)
+            return as_in_comfyui(DiffusersUNet(unet, json.load(f), site=site))
     if os.path.isfile(path):
         from ..checkpoints import CHECKPOINT_EXTENSIONS, load_checkpoint
 
         if not path.lower().endswith(CHECKPOINT_EXTENSIONS):
             raise ValueError(f"--model {path}: a checkpoint file ends in one of {CHECKPOINT_EXTENSIONS}.")
         model = load_checkpoint(path)
+        if isinstance(model, DiffusersUNet):
+            model = as_in_comfyui(model)
         if site != DEFAULT_SITE:
             if not hasattr(model, "with_site"):
                 raise ValueError(f"--model {path}: {type(model).__name__} reads h at the middle block only; "
@@ -49,6 +54,27 @@ def load_model(path: str, site: str = DEFAULT_SITE, device: str = "cpu") -> HSpa
             network.to(device)
         return model
     raise ValueError(f"--model {path} does not exist: give a diffusers U-Net folder or a checkpoint file.")
+
+
+# The 'arch' part of the fingerprint ComfyUI gives a pixel U-Net loaded by H-Space Load Pixel U-Net
+# (nodes/comfy/model.model_fingerprint over nodes/comfy/pixel_model.pixel_model_patcher: the wrapper's class, the
+# model type, the config class); its 'weights' part is the U-Net's parameters in order, as here.
+# tests/test_jobs_e2e.py fails if the two drift apart.
+COMFY_PIXEL_ARCH = {"class": "DiffusersPixelUNet", "config": "PixelUNetConfig"}
+COMFY_MODEL_TYPES = {"epsilon": "EPS", "v_prediction": "V_PREDICTION"}
+
+
+def as_in_comfyui(model: DiffusersUNet) -> DiffusersUNet:
+    """``model`` with the fingerprint H-Space Load Pixel U-Net gives the same weights, so what a job writes loads in
+    the nodes (Load Direction, Load Trajectory) with that MODEL.  The library's own ``DiffusersUNet`` fingerprint
+    hashes the U-Net's config instead, which ComfyUI's wrapper does not see."""
+    model_type = COMFY_MODEL_TYPES.get(model.schedule.prediction_type)
+    if model_type is None:
+        return model
+    model._fingerprint = fingerprint_of({**COMFY_PIXEL_ARCH, "model_type": model_type}, model.unet.parameters())
+    log.info("Model fingerprint %s: as H-Space Load Pixel U-Net gives it, so the results load in ComfyUI.",
+             model._fingerprint)
+    return model
 
 
 def sample_size(model: HSpaceModel) -> tuple[int, int] | None:
