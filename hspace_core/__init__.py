@@ -12,7 +12,7 @@ from .cfg_inversion import CFG_INVERSIONS, GuidedInversion, invert_guided, null_
 from .clip_directions import CLIPDirectional, DirectionTraining, TrainedDirection, load_open_clip, train_direction
 from .direction import Direction
 from .direction_algebra import (combine, combine_directions, normalise, orthogonalise, relative_strength, rescale_like,
-                                sum_weights)
+                                scaled_strength, strength_edit, sum_weights)
 from .explorer import explore, explorer_rows
 from .file_format import FORMAT_VERSION, check_fingerprint
 from .jacobian import jacobian_directions, latent_at
@@ -50,7 +50,8 @@ __all__ = [
     "schedule_from_diffusers_config", "schedule_from_sigmas", "slerp", "step_pairs", "timestep_grid",
     "Denoiser", "timestep_at_fraction", "timestep_at_sigma", "HEdit", "edited_rows", "fingerprint_of", "guided",
     "SITES", "jacobian_directions", "orthogonalise", "pca_directions", "probe_direction", "relative_strength",
-    "combine", "normalise", "rescale_like", "sum_weights", "explore", "explorer_rows", "FORMAT_VERSION", "check_fingerprint",
+    "combine", "normalise", "rescale_like", "sum_weights", "scaled_strength", "strength_edit",
+    "explore", "explorer_rows", "FORMAT_VERSION", "check_fingerprint",
     "latent_at", "NORMALISATIONS", "PCAResult", "principal_components", "PROBE_METHODS", "linear_probe",
     "AttentionFeatures", "LAYER_PRESETS", "StyleIDSettings", "adain", "preserve_query", "record_features",
     "styleid_inject", "temperature_attention",

@@ -71,6 +71,20 @@ def combine_directions(directions: Sequence[Direction], strengths: Sequence[floa
     return shift
 
 
+def scaled_strength(direction: Direction, strength, num_steps: int | None):
+    """s·train_steps/num_steps (``Direction.step_scale``: a direction learnt on another number of DDIM steps moves h
+    that much more per step on fewer steps), or s where the steps are not known (a MODEL patch): the one place a
+    strength meets the step count.  ``strength`` may be a tensor (the explorer's rows)."""
+    return strength if num_steps is None else strength * direction.step_scale(num_steps)
+
+
+def strength_edit(direction: Direction, strength: float, num_steps: int | None = None) -> HEdit | None:
+    """The h edit of one direction at a strength, h̃ = h + ``scaled_strength``·Δh_t(h) (``combine_directions``), or
+    None at strength 0, so that the process is exactly the plain one: the rule of the editing nodes, the SAMPLERs and
+    H-Space Shift."""
+    return None if strength == 0 else combine_directions([direction], [scaled_strength(direction, strength, num_steps)])
+
+
 def combine(directions: Sequence[Direction], weights: Sequence[float], *, normalize: bool = False,
             name: str = "") -> Direction:
     """The direction Σ_i c·w_i·Δh_i (``sum_weights``).  Global and per-timestep directions mix (the result is

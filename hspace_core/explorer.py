@@ -9,6 +9,7 @@ import torch
 
 from .adapters.base import HSpaceModel
 from .direction import Direction
+from .direction_algebra import scaled_strength
 from .processes import run_reverse
 from .progress import offset
 from .settings import EditSchedule, t_edit_label
@@ -50,7 +51,7 @@ def explore(model: HSpaceModel, x_T: torch.Tensor, directions: Sequence[Directio
     rows = []
     for i, (d, t_edit, _) in enumerate(pairs):
         row_schedule = schedule if t_edit is None else schedules[t_edit]
-        scale = s * d.step_scale(schedule.num_steps)
+        scale = scaled_strength(d, s, schedule.num_steps)
 
         def shift(h, t, branch, d=d, scale=scale):
             return h + scale.to(h).reshape(-1, *([1] * (h.dim() - 1))) * d.at(h, t)

@@ -23,7 +23,7 @@ from .sampling import strided
 from .schedules import step_pairs, timestep_grid
 from .sites import check_same_site, site_of
 from .direction import Direction
-from .direction_algebra import combine_directions
+from .direction_algebra import combine_directions, scaled_strength
 from .file_format import check_fingerprint
 from .settings import EditSchedule
 from .trajectory import HStorage, HTrajectory, Inversion, ReconstructionReport
@@ -237,7 +237,7 @@ def edit(model: HSpaceModel, x_T: torch.Tensor, directions: Direction | Sequence
         check_same_site(site_of(d), site_of(model), "direction")
         if strict_fingerprint:
             check_fingerprint(d.fingerprint, model.fingerprint, "direction")
-    strengths = [s * d.step_scale(schedule.num_steps) for d, s in zip(directions, strengths)]
+    strengths = [scaled_strength(d, s, schedule.num_steps) for d, s in zip(directions, strengths)]
     if all(s == 0 for s in strengths):
         return generate(model, x_T, schedule, seed=seed, progress=progress, should_stop=should_stop)
     shift = combine_directions(list(directions), list(strengths), normalize)

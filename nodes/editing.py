@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..hspace_core import Direction, combine as combine_linear, combine_directions, direction_from_examples
+from ..hspace_core import Direction, combine as combine_linear, direction_from_examples
+from ..hspace_core.direction_algebra import strength_edit
 from .comfy.model import latent_out, rows_run, run_in_comfy
 from .comfy.samplers import run_h_edit
 from .layer import (BOOST_SEED_RULE, STRENGTH_RANGE, STRENGTHS, CATEGORY, Boost, DirectionType, HSpaceNode, Trajectory,
@@ -54,9 +55,7 @@ class AsyrpEdit(HSpaceNode):
         negative, negative_at = sampling_inputs(x_T, cfg, positive, negative)
 
         def run(m, x, s, progress):
-            s = s * direction.step_scale(steps)
-            shift = combine_directions([direction], [s]) if s != 0 else None
-            return run_h_edit(m, x, shift, schedule, seed=seed, progress=progress)
+            return run_h_edit(m, x, strength_edit(direction, s, steps), schedule, seed=seed, progress=progress)
 
         out = run_in_comfy(model, x_T["samples"],
                            lambda m, x: sweep(strengths, steps, lambda s, p: run(m, x, s, p), model),

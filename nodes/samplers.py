@@ -7,7 +7,8 @@ import torch
 
 from comfy_api.latest import io
 
-from ..hspace_core import HStorage, check_fingerprint, combine_directions, content_injection, gamma_ramp
+from ..hspace_core import HStorage, check_fingerprint, content_injection, gamma_ramp
+from ..hspace_core.direction_algebra import strength_edit
 from ..hspace_core.settings import grid_label
 from ..hspace_core.sites import check_same_site
 from .comfy.model import latent_out
@@ -63,9 +64,7 @@ class AsyrpSampler(HSpaceNode):
             check_same_site(direction.site, hs.site, "direction")
             if not allow_other_model:
                 check_fingerprint(direction.fingerprint, hs.fingerprint, "direction", hint=OTHER_MODEL_HINT)
-            if strength == 0:
-                return None  # exactly the plain sampler, as H-Space Asyrp Edit at strength 0 is the reconstruction
-            return combine_directions([direction], [strength * direction.step_scale(num_steps)])
+            return strength_edit(direction, strength, num_steps)  # None at 0: exactly the plain sampler
 
         windowed = _window_for(node_name(cls.define_schema()), window, t_edit, start_percent, end_percent)
         return io.NodeOutput(h_edit_sampler("H-Space Asyrp Sampler", edit_for, windowed, edit_branches=edit_branches,

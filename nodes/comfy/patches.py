@@ -13,6 +13,7 @@ import torch
 import comfy.patcher_extension
 
 from ...hspace_core.adapters.base import is_edited
+from ...hspace_core.direction_algebra import strength_edit
 from ...hspace_core.sampling import check_window_steps
 from .edit_batch import branch_names
 from . import dit
@@ -22,11 +23,11 @@ from .noise_levels import noise_levels
 log = logging.getLogger("hspace")
 
 
-def shifted_h(h: torch.Tensor, direction, strength: float, t: int, names, edit_branches: str) -> torch.Tensor:
-    """h + strength·Δh_t on the rows of the branches ``edit_branches`` chooses (each chunk of ``h`` is a branch)."""
+def shifted_h(h: torch.Tensor, edit, t: int, names, edit_branches: str) -> torch.Tensor:
+    """``edit`` (``strength_edit``'s h + s·Δh_t) on the rows of the branches ``edit_branches`` chooses (each chunk
+    of ``h`` is a branch)."""
     rows = h.chunk(len(names))
-    return torch.cat([r + strength * direction.at(r, t).to(r) if is_edited(n, edit_branches) else r
-                      for n, r in zip(names, rows)])
+    return torch.cat([edit(r, t, n).to(r) if is_edited(n, edit_branches) else r for n, r in zip(names, rows)])
 
 
 class HShift:
@@ -35,6 +36,7 @@ class HShift:
 
     def __init__(self, direction, strength: float, window, edit_branches: str, timestep_of, block: int):
         self.direction, self.strength, self.window = direction, float(strength), window
+        self.edit = strength_edit(direction, self.strength)  # the samplers' rule; no step count in a MODEL patch
         self.edit_branches, self.timestep_of, self.block = edit_branches, timestep_of, block
 
     def _apply(self, h, transformer_options):
@@ -42,10 +44,10 @@ class HShift:
         if sigmas is None:
             return h
         sigma = float(sigmas.detach().flatten()[0])
-        if not self.window.contains(sigma):
+        if self.edit is None or not self.window.contains(sigma):
             return h
         t = self.timestep_of(sigma)
-        return shifted_h(h, self.direction, self.strength, t, branch_names(transformer_options), self.edit_branches)
+        return shifted_h(h, self.edit, t, branch_names(transformer_options), self.edit_branches)
 
     def output_block(self, h, hsp, transformer_options):
         if transformer_options.get("block") != ("output", self.block):
