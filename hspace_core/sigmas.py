@@ -61,8 +61,8 @@ def eps_of_denoised(x: torch.Tensor, denoised: torch.Tensor, sigma: float) -> to
 def sigmas_problem(sigmas, increasing: bool = False) -> str | None:
     """What makes ``sigmas`` unusable as a sampler's noise levels, in words (None: nothing).  A sampler steps from
     each σ to the next (k-diffusion's ``sample_*(model, x, sigmas)``), so it needs at least two finite σ ≥ 0 that
-    decrease (denoising: σ_i ≥ σ_{i+1}; a repeated σ is a zero step) or, for inversion (``increasing``), strictly
-    increase (FlipSigmas of a schedule)."""
+    decrease (denoising: σ_i ≥ σ_{i+1}, a repeated σ is a zero step, only the last σ may be 0) or, for inversion
+    (``increasing``), strictly increase (FlipSigmas of a schedule)."""
     sigmas = [float(s) for s in sigmas]
     if not sigmas:
         return "are empty (no noise levels at all)"
@@ -80,4 +80,8 @@ def sigmas_problem(sigmas, increasing: bool = False) -> str | None:
         if not increasing and b > a:
             return (f"increase (σ {a:.4g} then {b:.4g} at positions {i}, {i + 1}); sampling runs from the noise to "
                     "the image, on decreasing sigmas")
+    if not increasing and 0.0 in sigmas[:-1]:
+        i = sigmas.index(0.0)
+        return (f"hold σ = 0 at position {i}, before the last (of {len(sigmas)}); only the last σ may be 0 (a step "
+                "from σ = 0 has no noise to remove)")
     return None

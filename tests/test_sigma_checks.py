@@ -19,6 +19,7 @@ KARRAS = [14.6, 6.1, 2.3, 0.7, 0.0]  # a scheduler's decreasing sigmas, ending a
     ([math.nan, 6.1, 0.0], False, "hold nan at position 0"), ([0.0, math.inf], True, "hold inf at position 1"),
     ([14.6, -1.0, 0.0], False, "negative σ (-1) at position 1"),
     ([0.0, 1.0, 1.0], True, "do not increase"),
+    ([14.6, 0.0, 0.0], False, "hold σ = 0 at position 1, before the last"),
 ])
 def test_sigmas_a_sampler_cannot_run_are_described(sigmas, increasing, phrase):
     problem = sigmas_problem(sigmas, increasing)
