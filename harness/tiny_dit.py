@@ -9,8 +9,10 @@ cannot come through the stock loaders; these are instantiated directly, as ``tin
 - SD3: ``comfy.supported_models.SD3`` → ``comfy.model_base.SD3`` (``OpenAISignatureMMDITWrapper``: joint blocks,
   the last one context-pre-only, pooled ``y`` input, ``ModelSamplingDiscreteFlow`` with shift 3, model type FLOW).
 
-Conditioning for both is made in code (``flux_conditioning``, ``sd3_conditioning``): a CONDITIONING list with a
-seeded random context and pooled output of the widths these models take.
+Flux's text encoder is ComfyUI's ``FluxClipModel`` (CLIP-L and T5-XXL, real tokenizers) at small widths
+(``tiny_flux_clip``), so CLIPTextEncode and FluxGuidance make real Flux conditioning, and ``tiny_vae16`` a random
+TAEF1-shaped VAE.  In-process tests may also make conditioning in code (``flux_conditioning``, ``sd3_conditioning``:
+a seeded random context and pooled output of the widths these models take).
 Run inside a process that has ComfyUI on sys.path with ``comfy.cli_args.args.cpu = True`` set first.
 """
 from __future__ import annotations
@@ -19,15 +21,26 @@ import copy
 
 import torch
 
-from .tiny_models import _init_all
+from .tiny_models import _init_all, taesd_state_dict
 
-FLUX_CONTEXT, FLUX_POOLED = 32, 24  # T5-XXL's 4096 and CLIP-L's 768 in Flux.1
+FLUX_CONTEXT, FLUX_POOLED = 32, 32  # T5-XXL's 4096 and CLIP-L's 768 in Flux.1
+# model_options["<name>_model_config"] overrides keys of ComfyUI's fixed text-encoder configs (sd1_clip.py)
+FLUX_TEXT_ENCODERS = {
+    "clip_l_model_config": {"hidden_size": FLUX_POOLED, "projection_dim": FLUX_POOLED, "intermediate_size": 64,
+                            "num_attention_heads": 2, "num_hidden_layers": 3},
+    "t5xxl_model_config": {"d_model": FLUX_CONTEXT, "d_ff": 64, "d_kv": 16, "num_heads": 2, "num_layers": 2}}
 # Flux.1: hidden 3072, 24 heads of 128 (axes 16, 56, 56), 19 double and 38 single blocks, 16 latent channels, patch 2
 FLUX_DIT = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=FLUX_POOLED,
                 context_in_dim=FLUX_CONTEXT, hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=2, depth_single_blocks=2,
                 axes_dim=[8, 12, 12], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True)
 
-SD3_CONTEXT, SD3_POOLED = 48, 40  # 4096 (T5 / CLIP-L+G padded) and 2048 in SD3
+# SD3's text encoder pads CLIP-L + CLIP-G to T5-XXL's 4096 (sd3_clip.py, fixed); pooled: CLIP-L's + CLIP-G's
+SD3_CONTEXT, SD3_POOLED = 4096, 32 + 64
+SD3_TEXT_ENCODERS = {
+    "clip_l_model_config": {"hidden_size": 32, "projection_dim": 32, "intermediate_size": 64,
+                            "num_attention_heads": 2, "num_hidden_layers": 3},
+    "clip_g_model_config": {"hidden_size": 64, "projection_dim": 64, "intermediate_size": 128,
+                            "num_attention_heads": 2, "num_hidden_layers": 3}}
 # SD3 medium: depth 24 (hidden 64·depth, depth heads), 16 latent channels, patch 2, pos_embed_max_size 192
 SD3_DIT = dict(in_channels=16, out_channels=16, patch_size=2, depth=2, num_patches=64 * 64, pos_embed_max_size=64,
                adm_in_channels=SD3_POOLED, context_embedder_config={
@@ -52,7 +65,13 @@ def _patcher(family: str, dit_config: dict, seed: int):
 
 def tiny_flux(seed: int = 0):
     """A ModelPatcher over ``comfy.model_base.Flux`` (Flux-dev shaped: guidance embedding) at small width."""
-    return _patcher("Flux", FLUX_DIT, seed)
+    import dataclasses
+
+    from comfy.ldm.flux.model import FluxParams
+
+    # newer ComfyUI (0.33.0) requires txt_ids_dims (Flux.1: none; its detection sets [] for Flux.1)
+    extra = {"txt_ids_dims": []} if "txt_ids_dims" in {f.name for f in dataclasses.fields(FluxParams)} else {}
+    return _patcher("Flux", {**FLUX_DIT, **extra}, seed)
 
 
 def tiny_sd3(seed: int = 0):
@@ -74,3 +93,35 @@ def flux_conditioning(seed: int = 0, guidance: float = 3.5, tokens: int = 7):
 def sd3_conditioning(seed: int = 0, tokens: int = 7):
     """An SD3 CONDITIONING (context and pooled output) from ``seed``."""
     return _conditioning(tokens, SD3_CONTEXT, SD3_POOLED, seed)
+
+
+def tiny_flux_clip(seed: int = 0):
+    """ComfyUI's Flux text encoder (``FluxClipModel``: CLIP-L + T5-XXL) at small widths, real tokenizers."""
+    import comfy.sd
+    import comfy.supported_models_base
+    import comfy.text_encoders.flux as flux
+
+    target = comfy.supported_models_base.ClipTarget(flux.FluxTokenizer, flux.flux_clip(dtype_t5=torch.float32))
+    clip = comfy.sd.CLIP(target, model_options={**FLUX_TEXT_ENCODERS, "dtype": torch.float32})
+    _init_all(clip.cond_stage_model, torch.Generator().manual_seed(seed))
+    return clip
+
+
+def tiny_sd3_clip(seed: int = 0):
+    """ComfyUI's SD3 text encoder (``SD3ClipModel``: CLIP-L + CLIP-G, no T5, as SD3's loaders allow) at small widths,
+    real tokenizers."""
+    import comfy.sd
+    import comfy.supported_models_base
+    import comfy.text_encoders.sd3_clip as sd3_clip
+
+    target = comfy.supported_models_base.ClipTarget(sd3_clip.SD3Tokenizer, sd3_clip.sd3_clip(t5=False))
+    clip = comfy.sd.CLIP(target, model_options={**SD3_TEXT_ENCODERS, "dtype": torch.float32})
+    _init_all(clip.cond_stage_model, torch.Generator().manual_seed(seed))
+    return clip
+
+
+def tiny_vae16(seed: int = 0):
+    """A random TAESD with 16 latent channels as ComfyUI's ``VAE`` (Flux's and SD3's latent width, 8× down)."""
+    import comfy.sd
+
+    return comfy.sd.VAE(sd=taesd_state_dict(torch.Generator().manual_seed(seed), latent_channels=16))

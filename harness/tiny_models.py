@@ -39,11 +39,12 @@ def _init_all(module: torch.nn.Module, generator: torch.Generator) -> torch.nn.M
     return module
 
 
-def taesd_state_dict(generator: torch.Generator, scale: float = 0.18215) -> dict:
-    """A random TAESD VAE (the small VAE ComfyUI's VAE class recognises by its keys) as a state dict."""
+def taesd_state_dict(generator: torch.Generator, scale: float = 0.18215, latent_channels: int = 4) -> dict:
+    """A random TAESD VAE (the small VAE ComfyUI's VAE class recognises by its keys) as a state dict; 16 latent
+    channels make a TAEF1-shaped one (Flux, SD3)."""
     import comfy.taesd.taesd as taesd
 
-    vae = _init_all(taesd.TAESD(latent_channels=4), generator)
+    vae = _init_all(taesd.TAESD(latent_channels=latent_channels), generator)
     sd = {f"taesd_encoder.{k}": v for k, v in vae.taesd_encoder.state_dict().items()}
     sd.update({f"taesd_decoder.{k}": v for k, v in vae.taesd_decoder.state_dict().items()})
     sd["vae_scale"], sd["vae_shift"] = torch.tensor(scale), torch.tensor(0.0)

@@ -1,7 +1,8 @@
 """Test-only ComfyUI nodes: harness.server.prepare_base links this folder into the *test* server's custom_nodes next to
 the pack; it is never part of the pack's NODE_CLASS_MAPPINGS.
 
-``TinySDXLCheckpointLoader`` stands in for CheckpointLoaderSimple in the SDXL sample workflow.  ComfyUI's checkpoint
+``TinySDXLCheckpointLoader`` stands in for CheckpointLoaderSimple in the SDXL sample workflow; ``TinyFluxCheckpointLoader``
+and ``TinySD3CheckpointLoader`` stand in for it in the Flux and SD3.x ones (harness/tiny_dit.py).  ComfyUI's checkpoint
 detection only accepts a full-size SDXL U-Net (the smallest SDXL-family match, Segmind Vega, has 780 M parameters),
 so the end-to-end tests swap the workflow's loader for this node: the same MODEL / CLIP / VAE outputs, built in memory
 by ``harness/tiny_sdxl.py`` with ComfyUI's own SDXL classes.
@@ -12,13 +13,29 @@ import runpy
 HARNESS = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 
 
-def _tiny_sdxl():
-    """harness/tiny_sdxl.py, imported as part of the harness package (under a private name: ComfyUI loads this
-    folder by path, and the repository is not on sys.path in the server)."""
+def _harness():
+    """The harness package, imported under a private name (ComfyUI loads this folder by path, and the repository
+    is not on sys.path in the server)."""
     runpy.run_path(os.path.join(HARNESS, "packages.py"))["import_folder"]("hspace_harness", HARNESS)
+    import hspace_harness
+
+    return hspace_harness
+
+
+def _tiny_sdxl():
+    """harness/tiny_sdxl.py."""
+    _harness()
     import hspace_harness.tiny_sdxl as tiny_sdxl
 
     return tiny_sdxl
+
+
+def _tiny_dit():
+    """harness/tiny_dit.py."""
+    _harness()
+    import hspace_harness.tiny_dit as tiny_dit
+
+    return tiny_dit
 
 
 class TinySDXLCheckpointLoader:
@@ -28,10 +45,11 @@ class TinySDXLCheckpointLoader:
     RETURN_TYPES = ("MODEL", "CLIP", "VAE")
     OUTPUT_TOOLTIPS = ("The tiny SDXL U-Net.", "Tiny CLIP-L + CLIP-G with the real tokenizers.", "A tiny TAESD VAE.")
     FUNCTION = "load"
+    CHECKPOINT = "sd_xl_base_1.0.safetensors"  # the checkpoint a sample workflow names (not read)
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"ckpt_name": ("STRING", {"default": "sd_xl_base_1.0.safetensors",
+        return {"required": {"ckpt_name": ("STRING", {"default": cls.CHECKPOINT,
                                                       "tooltip": "The checkpoint this stands in for (not read)."})}}
 
     def load(self, ckpt_name):
@@ -39,4 +57,26 @@ class TinySDXLCheckpointLoader:
         return tiny.tiny_sdxl(), tiny.tiny_sdxl_clip(), tiny.tiny_vae()
 
 
-NODE_CLASS_MAPPINGS = {"TinySDXLCheckpointLoader": TinySDXLCheckpointLoader}
+def _stand_in(name: str, checkpoint: str, description: str, tooltips: tuple, build):
+    """A stand-in for CheckpointLoaderSimple whose ``load`` returns ``build(harness.tiny_dit)``."""
+    return type(name, (TinySDXLCheckpointLoader,), {
+        "DESCRIPTION": f"Test harness only: {description} in place of CheckpointLoaderSimple.",
+        "OUTPUT_TOOLTIPS": tooltips, "CHECKPOINT": checkpoint, "load": lambda self, ckpt_name: build(_tiny_dit())})
+
+
+_VAE16 = "A tiny 16-channel TAESD VAE."
+# ComfyUI 0.3.75's Flux detection fixes 24 heads of 128 channels: too large for tests, so both are built in code
+TinyFluxCheckpointLoader = _stand_in(
+    "TinyFluxCheckpointLoader", "flux1-dev-fp8.safetensors",
+    "a tiny random-weight Flux.1-dev (ComfyUI's Flux model, CLIP-L + T5-XXL at small widths, a 16-channel TAESD)",
+    ("The tiny Flux transformer.", "Tiny CLIP-L + T5-XXL with the real tokenizers.", _VAE16),
+    lambda tiny: (tiny.tiny_flux(), tiny.tiny_flux_clip(), tiny.tiny_vae16()))
+TinySD3CheckpointLoader = _stand_in(
+    "TinySD3CheckpointLoader", "sd3.5_medium.safetensors",
+    "a tiny random-weight SD3 (ComfyUI's MMDiT, CLIP-L + CLIP-G at small widths, a 16-channel TAESD)",
+    ("The tiny SD3 MMDiT.", "Tiny CLIP-L + CLIP-G with the real tokenizers.", _VAE16),
+    lambda tiny: (tiny.tiny_sd3(), tiny.tiny_sd3_clip(), tiny.tiny_vae16()))
+
+NODE_CLASS_MAPPINGS = {"TinySDXLCheckpointLoader": TinySDXLCheckpointLoader,
+                       "TinyFluxCheckpointLoader": TinyFluxCheckpointLoader,
+                       "TinySD3CheckpointLoader": TinySD3CheckpointLoader}

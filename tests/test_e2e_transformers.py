@@ -1,0 +1,103 @@
+"""End to end on transformers (issue 38): tiny Flux and SD3 (harness/tiny_dit.py, served by the test-only
+TinyFluxCheckpointLoader / TinySD3CheckpointLoader with ComfyUI's own text encoders and a 16-channel TAESD) through a
+real ComfyUI server over HTTP.  One graph per family: two generated images are inverted with the H-Space Inversion
+Sampler (SamplerCustomAdvanced on FlipSigmas, DisableNoise), H-Space Inverted x_T gives their x_T and h
+trajectories at the transformer's default site, Direction from Examples takes Δh, and the H-Space Asyrp Sampler edits
+the second image from its x_T: at strength 0 the image equals euler's reconstruction from that x_T, at strength 20 it
+changes.  Refusals: the quality boost on flow matching, and a DDIM node on a Flux MODEL."""
+import numpy as np
+import pytest
+
+from e2e_helpers import expect_node_error, png
+from harness.server import error_message
+
+pytestmark = pytest.mark.e2e
+SIZE = 64  # pixels: an 8×8 latent, a 4×4 patch grid
+
+
+def _graph(family: str) -> dict:
+    loader = "TinyFluxCheckpointLoader" if family == "flux" else "TinySD3CheckpointLoader"
+    g = {"ckpt": {"class_type": loader, "inputs": {"ckpt_name": "stand-in"}},
+         "text": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse at dusk", "clip": ["ckpt", 1]}},
+         "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}},
+         "full": {"class_type": "BasicScheduler", "inputs": {"model": ["ckpt", 0], "scheduler": "simple", "steps": 4,
+                                                             "denoise": 1.0}},
+         # below σ = 1: a flow LATENT is handed on as x/(1 − σ) (docs/transformers.md)
+         "sigmas": {"class_type": "BasicScheduler", "inputs": {"model": ["ckpt", 0], "scheduler": "simple",
+                                                               "steps": 4, "denoise": 0.75}},
+         "flipped": {"class_type": "FlipSigmas", "inputs": {"sigmas": ["sigmas", 0]}},
+         "euler": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+         "off": {"class_type": "DisableNoise", "inputs": {}}}
+    if family == "flux":
+        g["guided"] = {"class_type": "FluxGuidance", "inputs": {"conditioning": ["text", 0], "guidance": 3.5}}
+        g["guider"] = {"class_type": "BasicGuider", "inputs": {"model": ["ckpt", 0], "conditioning": ["guided", 0]}}
+    else:
+        g["empty"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}}
+        g["guider"] = {"class_type": "CFGGuider", "inputs": {"model": ["ckpt", 0], "positive": ["text", 0],
+                                                             "negative": ["empty", 0], "cfg": 3.0}}
+    for k in (1, 2):
+        g[f"noise{k}"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": k}}
+        g[f"image{k}"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": [f"noise{k}", 0], "guider": ["guider", 0], "sampler": ["euler", 0], "sigmas": ["full", 0],
+            "latent_image": ["latent", 0]}}
+        g[f"inverter{k}"] = {"class_type": "HSpaceInversionSampler", "inputs": {"refine_iters": 1}}
+        g[f"inverted{k}"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["off", 0], "guider": ["guider", 0], "sampler": [f"inverter{k}", 0], "sigmas": ["flipped", 0],
+            "latent_image": [f"image{k}", 0]}}
+        g[f"x_T{k}"] = {"class_type": "HSpaceInvertedXT", "inputs": {
+            "model": ["ckpt", 0], "latent": [f"inverted{k}", 0], "inversion": [f"inverter{k}", 1]}}
+    g["direction"] = {"class_type": "HSpaceDirectionFromExamples", "inputs": {
+        "positive": ["x_T1", 1], "negative": ["x_T2", 1], "form": "per_timestep", "name": "one minus two"}}
+    outputs = {"reconstruction": ["euler", 0]}
+    for strength in (0.0, 20.0):
+        name = f"asyrp{int(strength)}"
+        g[name] = {"class_type": "HSpaceAsyrpSampler", "inputs": {
+            "direction": ["direction", 0], "strength": strength, "window": "percent", "t_edit": 400,
+            "start_percent": 0.0, "end_percent": 0.7, "seed": 0, "edit_branches": "cond", "allow_other_model": False}}
+        outputs[name] = [name, 0]
+    for name, sampler in outputs.items():
+        g[f"run_{name}"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["off", 0], "guider": ["guider", 0], "sampler": sampler, "sigmas": ["sigmas", 0],
+            "latent_image": ["x_T2", 0]}}
+        g[f"decode_{name}"] = {"class_type": "VAEDecode", "inputs": {"samples": [f"run_{name}", 0],
+                                                                     "vae": ["ckpt", 2]}}
+        g[f"save_{name}"] = {"class_type": "SaveImage", "inputs": {"images": [f"decode_{name}", 0],
+                                                                   "filename_prefix": f"h6/{family}_{name}"}}
+    return g
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_inversion_direction_and_asyrp_sampler_on_a_transformer(comfy, family):
+    prompt = _graph(family)
+    status, body = comfy.post("/prompt", {"prompt": prompt, "client_id": comfy.client_id})
+    assert status == 200 and not body.get("node_errors"), body  # ComfyUI runs the valid outputs of a partly bad graph
+    entry = comfy.wait(body["prompt_id"])
+    assert entry["status"]["status_str"] == "success", error_message(entry) + "\n" + comfy.tail()
+    images = {name: png(comfy.images(entry, f"save_{name}")[0]) for name in ("reconstruction", "asyrp0", "asyrp20")}
+    assert images["reconstruction"].shape == (SIZE, SIZE, 3)
+    assert np.array_equal(images["asyrp0"], images["reconstruction"])  # strength 0 is euler
+    assert np.abs(images["asyrp20"] - images["reconstruction"]).mean() > 0.5
+
+
+def _with_defaults(comfy, node: dict) -> dict:
+    """``node`` with every required widget it leaves out at its default (object_info), so a prompt is not cut to its
+    valid outputs by validation."""
+    spec = comfy.object_info[node["class_type"]]["input"]["required"]
+    for name, (kind, *options) in spec.items():
+        if name not in node["inputs"] and not (isinstance(kind, str) and kind.isupper() and kind not in
+                                               ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")):
+            node["inputs"][name] = options[0].get("default") if options and "default" in options[0] else (
+                kind[0] if isinstance(kind, list) else options[0]["options"][0])
+    return node
+
+
+def test_refusals_on_a_transformer(comfy):
+    prompt = _graph("flux")
+    prompt["boost"] = _with_defaults(comfy, {"class_type": "HSpaceQualityBoost", "inputs": {"eta": 0.5}})
+    prompt["asyrp20"]["inputs"]["boost"] = ["boost", 0]
+    expect_node_error(comfy, prompt, "quality boost", "flow matching", "disconnect boost")
+    prompt = _graph("flux")
+    prompt["ddim"] = _with_defaults(comfy, {"class_type": "HSpaceDDIMInversion", "inputs": {
+        "model": ["ckpt", 0], "latent": ["image1", 0]}})
+    prompt["preview"] = {"class_type": "PreviewAny", "inputs": {"source": ["ddim", 0]}}
+    expect_node_error(comfy, prompt, "DDIM process", "use the SAMPLER nodes")
