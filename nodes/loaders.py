@@ -10,7 +10,7 @@ from comfy_api.latest import io
 
 import folder_paths
 
-from ..hspace_core.checkpoints import CHECKPOINT_EXTENSIONS, LoadedCheckpoint, read_checkpoint
+from ..hspace_core.checkpoints import CHECKPOINT_EXTENSIONS, LoadedCheckpoint, log_settings_check, read_checkpoint
 from .layer import CATEGORY, HSpaceNode, file_state
 from .comfy.pixel_model import (is_pixel_unet_folder, load_pixel_unet_folder, load_pixel_unet_hub, pixel_edm_patcher,
                                 pixel_model_patcher)
@@ -93,7 +93,9 @@ class LoadPixelUNet(HSpaceNode):
                         "unless said; ε or v prediction; class label; head split) goes in a JSON file beside it: "
                         "<name>.json, e.g. {\"beta_schedule\": \"cosine\"} or {\"parameterization\": \"v\"}. "
                         "EDM files ({\"parameterization\": \"edm\"}) load as ComfyUI EDM MODELs; consistency "
-                        "models and x0 predictors are refused: load them with hspace_core.checkpoints.load_checkpoint.",
+                        "models and x0 predictors are refused: load them with hspace_core.checkpoints.load_checkpoint. "
+                        "An EDM file's settings are checked against the alternatives (consistency scalings, other "
+                        "sigma_data) by denoising loss on synthetic probes; a warning shows on the node.",
             inputs=[io.Combo.Input("unet_folder", options=(sorted(pixel_unet_folders()) + sorted(checkpoint_files()))
                                    or ["(none found)"],
                                    tooltip="A diffusers folder (config.json + weights + scheduler config) in "
@@ -126,7 +128,11 @@ class LoadPixelUNet(HSpaceNode):
         if folder is None:
             unet, scheduler = load_pixel_unet_hub(repo_id.strip())
         elif os.path.isfile(folder):
-            return io.NodeOutput(checkpoint_model(read_checkpoint(folder)))
+            loaded = read_checkpoint(folder)
+            if not loaded.settings.sigma_parameterised or loaded.unet.class_embedding is not None:
+                return io.NodeOutput(checkpoint_model(loaded))  # (which refuses an unfixed class or condition)
+            found = log_settings_check(loaded)  # before checkpoint_model, which may cast the U-Net
+            return io.NodeOutput(checkpoint_model(loaded), ui={"text": [found.message]})
         else:
             unet, scheduler = load_pixel_unet_folder(folder)
         return io.NodeOutput(pixel_model_patcher(unet, scheduler))
@@ -144,6 +150,10 @@ def checkpoint_model(loaded: LoadedCheckpoint):
                          "EDM MODELs. Use the library instead: hspace_core.checkpoints.load_checkpoint(path) returns "
                          "an hs.Denoiser ready for invert / edit / inject (docs/adapters.md, 'Checkpoints'); or, if "
                          "that is what the model is, set parameterization to \"eps\", \"v\" or \"edm\" in the file.")
+    if settings.clip_denoised:
+        raise ValueError(f"{loaded.name}: clip_denoised is set in {sidecar}, but ComfyUI's EDM model type does not "
+                         "clamp D(x, σ): H-Space Load Pixel U-Net would run it unclamped. Use the library "
+                         "(hspace_core.checkpoints.load_checkpoint applies it) or remove clip_denoised from the file.")
     if unet.class_embedding is not None:
         if unet.config.class_embed_type == "identity":
             raise ValueError(f"{loaded.name} has a continuous conditioning input (a label_emb MLP): fix the input "

@@ -165,8 +165,8 @@ def test_rank_head_splits_measures_the_denoising_loss_of_every_candidate(tmp_pat
     assert len(ranked) == 7 and losses == sorted(losses) and len(set(losses)) == 7  # every split is another network
     best, loss = ranked[0]
     model = load_checkpoint(str(path), 8, **best)  # the loss is the DDPM loss E‖ε̂ − ε‖² on the probes, as said
-    from hspace_core.checkpoints.head_split import probe_images
-    images, noise = probe_images(8, 8), torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    from hspace_core.checkpoints.probes import structured_probes
+    images, noise = structured_probes(8, 8), torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     a = model.schedule.alpha_bar(500)
     eps = model.predict(a**0.5 * images + (1 - a) ** 0.5 * noise, 500).eps
     assert abs(float(((eps - noise) ** 2).mean()) - loss) < 1e-6
@@ -286,15 +286,22 @@ def test_guided_checkpoints_load_through_the_pixel_loader(comfy):
     prompt["1"]["inputs"]["repo_id"] = "e2e_gd_edm.pt"
     entry = comfy.run(prompt)  # an EDM MODEL: ComfyUI's EDM sampling with the network's 250 ln σ time input
     assert entry["status"]["status_str"] == "success", error_message(entry) + "\n" + comfy.tail()
+    shown = entry["outputs"]["1"]["text"][0]  # the settings check's verdict, on the node
+    assert shown.startswith('e2e_gd_edm.pt: ') and '"parameterization": "edm"' in shown and "6 synthetic probes" in shown
     image = torch.from_numpy(np.array(Image.open(io.BytesIO(comfy.images(entry, "10")[0])).convert("RGB")))
     source = torch.from_numpy(np.array(Image.open(os.path.join(comfy.base, "input", "hspace_content.png"))
                                        .convert("RGB")))
     to_model = lambda pixels: pixels.permute(2, 0, 1)[None].float() / 127.5 - 1
     with torch.no_grad():  # the same inversion in-process through load_checkpoint's Denoiser
-        inverted = invert(load_checkpoint(os.path.join(folder, "e2e_gd_edm.pt")), to_model(source), num_steps=10)
+        inverted = invert(load_checkpoint(os.path.join(folder, "e2e_gd_edm.pt"), check=False), to_model(source),
+                          num_steps=10)
     expected = ((inverted.reconstruction.clamp(-1, 1) + 1) * 127.5).round()
     assert (to_model(image) - to_model(expected[0].permute(1, 2, 0))).abs().max() < 0.05
     assert inverted.report.psnr > 10, inverted.report  # a reconstruction (14.8 dB at 10 plain steps), not noise
+    put("e2e_gd_edm", _reference(), {**edm, "clip_denoised": True})
+    entry = comfy.run(prompt)
+    assert ("e2e_gd_edm.pt: clip_denoised is set in e2e_gd_edm.json, but ComfyUI's EDM model type does not clamp "
+            "D(x, σ)") in error_message(entry)
     put("e2e_gd_edm", _reference(), {**edm, "parameterization": "consistency"})
     entry = comfy.run(prompt)
     assert ("e2e_gd_edm.pt is a consistency model (boundary-condition c_skip, c_out, which ComfyUI's EDM model type "

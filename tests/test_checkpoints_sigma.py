@@ -86,7 +86,7 @@ def test_consistency_style_unet_converts_exactly(reference):
 def test_load_checkpoint_alone_gives_the_denoiser_and_inverts_as_the_hand_wrapped_one(tmp_path, reference):
     settings = {"parameterization": "consistency", "sigma_data": SIGMA_DATA, "sigma_min": SIGMA_MIN,
                 "sigma_max": SIGMA_MAX, "c_noise": "consistency", "condition": CONDITION, **HEADS}
-    model = load_checkpoint(_save(tmp_path, reference, settings))
+    model = load_checkpoint(_save(tmp_path, reference, settings), check=False)  # the check: its own tests
     assert isinstance(model, Denoiser) and model.output == "x0"
     by_hand = Denoiser(HandWrapped(reference, CONDITION), torch.exp(torch.linspace(math.log(SIGMA_MIN),
                                                                                    math.log(SIGMA_MAX), 1000)),
@@ -108,6 +108,25 @@ def test_load_checkpoint_alone_gives_the_denoiser_and_inverts_as_the_hand_wrappe
 
 
 @torch.no_grad()
+def test_clip_denoised_clamps_d_as_the_models_own_graph(tmp_path, reference):
+    """openai/consistency_models' denoise with clip_denoised=True: D clamped to [−1, 1] after the preconditioning."""
+    settings = {"parameterization": "consistency", "condition": CONDITION, **HEADS}
+    clamped = load_checkpoint(_save(tmp_path, reference, {**settings, "clip_denoised": True}, "clamped"), check=False)
+    plain = load_checkpoint(_save(tmp_path, reference, settings, "plain"), check=False)
+    graph = HandWrapped(reference, CONDITION)
+    x = 3 * torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(8))
+    for value in (SIGMA_MIN, 0.5, 80.0):
+        sigma = torch.full((2,), value)
+        own = graph(x, sigma).clamp(-1, 1)
+        assert torch.allclose(clamped.fn(x, sigma), own, atol=1e-5)
+        assert float(clamped.fn(x, sigma).abs().max()) <= 1
+    sigma = torch.full((2,), 80.0)
+    assert float((plain.fn(x, sigma) - graph(x, sigma).clamp(-1, 1)).abs().max()) > 1e-2  # unclamped: not the graph
+    assert clamped.fingerprint != plain.fingerprint
+    assert "clip_denoised=True" in clamped.fn.extra_repr()
+
+
+@torch.no_grad()
 def test_the_scalings_are_the_papers():
     sigma = torch.tensor([0.002, 0.5, 80.0], dtype=torch.float64)
     c_skip, c_out, c_in = edm_scalings(sigma, 0.5)
@@ -122,13 +141,13 @@ def test_the_scalings_are_the_papers():
 def test_edm_parameterization_uses_edm_scalings_and_a_quarter_log_sigma(tmp_path):
     """parameterization "edm": c_noise = ¼ ln σ unless told otherwise, EDM Table 1 scalings."""
     network = _consistency_reference(label_dims=None)
-    model = load_checkpoint(_save(tmp_path, network, {"parameterization": "edm", **HEADS}))
+    model = load_checkpoint(_save(tmp_path, network, {"parameterization": "edm", **HEADS}), check=False)
     x, sigma = torch.randn(1, 3, 16, 16), torch.tensor([1.5])
     c_skip, c_out, c_in = (c.reshape(-1, 1, 1, 1) for c in edm_scalings(sigma, 0.5))
     expected = c_skip * x + c_out * network(c_in * x, sigma.log() / 4)
     assert torch.allclose(model.fn(x, sigma), expected, atol=1e-5)
     cm_teacher = load_checkpoint(_save(tmp_path, network, {"parameterization": "edm", "c_noise": "consistency",
-                                                            **HEADS}, "teacher"))
+                                                            **HEADS}, "teacher"), check=False)
     assert torch.allclose(cm_teacher.fn(x, sigma), c_skip * x + c_out * network(c_in * x, 250 * sigma.log()),
                           atol=1e-5)
     assert cm_teacher.fingerprint != model.fingerprint  # the settings are part of what the model is
@@ -160,6 +179,9 @@ def test_v_and_x0_parameterizations_give_the_diffusers_prediction_types(tmp_path
     ({"parameterization": "edm", "c_noise": "log"}, r"c_noise in cm_tiny.json must be one of \"edm\", "
                                                     r"\"consistency\""),
     ({"condition": [1, "a"]}, r"condition in cm_tiny.json must be a non-empty list of numbers"),
+    ({"parameterization": "consistency", "clip_denoised": "true"}, r"clip_denoised in cm_tiny.json must be true or "
+                                                                   r"false \(a JSON boolean, without quotes\)"),
+    ({"clip_denoised": True}, r"clip_denoised apply to the σ-parameterised models only .*this one is \"eps\""),
     ({"sigma": 1}, r"Unknown checkpoint setting\(s\) \['sigma'\] in cm_tiny.json; the settings are parameterization"),
 ])
 def test_bad_settings_name_the_file_and_the_setting(tmp_path, reference, settings, message):
@@ -202,7 +224,7 @@ def test_keyword_arguments_override_the_files_head_split(tmp_path, reference, ca
     path = _save(tmp_path, reference, {"num_head_channels": 16, "new_attention_order": False,
                                        "parameterization": "consistency", "condition": CONDITION})
     with caplog.at_level(logging.INFO, logger="hspace"):
-        model = load_checkpoint(path, num_heads=2)
+        model = load_checkpoint(path, num_heads=2, check=False)
     assert any("instead of cm_tiny.json's {'num_head_channels': 16}" in r.getMessage() for r in caplog.records)
     x, sigma = torch.randn(1, 3, 16, 16), torch.tensor([3.0])
     by_hand = HandWrapped(reference, CONDITION)

@@ -210,6 +210,11 @@ def known_model(layout: GuidedLayout) -> PublishedModel | None:
     return next((model for model in KNOWN_MODELS if model.matches(layout)), None)
 
 
+class MissingHeadSplit(ValueError):
+    """The head split is neither given nor known from a published architecture (``load_checkpoint`` adds the other
+    settings that are missing)."""
+
+
 def attention_split(layout: GuidedLayout, num_heads: int | None = None, num_head_channels: int | None = None,
                     new_attention_order: bool | None = None) -> AttentionSplit:
     """The head split: as given, else the recognised published model's, else a ValueError naming what to give.
@@ -223,7 +228,7 @@ def attention_split(layout: GuidedLayout, num_heads: int | None = None, num_head
     if num_heads is None and num_head_channels is None:
         known = known_model(layout)
         if known is None:
-            raise ValueError(
+            raise MissingHeadSplit(
                 "The attention head split of this guided-diffusion checkpoint is not in its weights and its "
                 f"architecture (model_channels={layout.model_channels}, channel_mult={layout.channel_mult}, "
                 f"num_res_blocks={layout.num_res_blocks}, attention at downsample rates {layout.attention_rates}) "

@@ -15,14 +15,15 @@ import torch
 from ..adapters import Denoiser, DiffusersUNet, fingerprint_of
 from .ddim_repo import ddim_config, ddim_to_diffusers
 from .files import fit_problems, read_state_dict
-from .guided_diffusion import guided_unet, known_model
+from .guided_diffusion import MissingHeadSplit, guided_unet, known_model
 from .preconditioning import PreconditionedUNet, sigma_table
 from .settings import (BETA_SCHEDULES, C_NOISE, PREDICTION_TYPE, CheckpointSettings, checkpoint_settings,
                        settings_beside, sidecar_of)
+from .settings_check import check_sigma_settings
 
 log = logging.getLogger("hspace")
 __all__ = ["LoadedCheckpoint", "layout_of", "unet_from_state_dict", "read_checkpoint", "hspace_model",
-           "load_checkpoint"]
+           "load_checkpoint", "log_settings_check", "missing_settings"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,22 @@ def convert(state: dict, sample_size: int | None, settings: CheckpointSettings):
     return unet.eval(), _scheduler(settings, settings.beta_schedule or "linear")
 
 
+def missing_settings(settings: CheckpointSettings) -> list[str]:
+    """What the weights do not record, was not given and matters for this parameterization, with the default that
+    would be assumed: the rest of a refusal for a missing head split, so one message names everything to give."""
+    missing = []
+    if "parameterization" not in settings.given:
+        missing.append('parameterization (what the network computes: "eps", "v", "x0", "edm" or "consistency"; '
+                       '"eps" would be assumed)')
+    if settings.sigma_parameterised:
+        defaults = {"sigma_data": "0.5", "sigma_min": "0.002", "sigma_max": "80",
+                    "c_noise": f'"{settings.noise_input}"', "clip_denoised": "false"}
+        missing += [f"{name} ({value} would be assumed)" for name, value in defaults.items() if name not in settings.given]
+    elif "beta_schedule" not in settings.given:
+        missing.append('beta_schedule ("linear" or "cosine"; "linear" would be assumed)')
+    return missing
+
+
 def _scheduler(settings: CheckpointSettings, beta_schedule: str, **extra) -> dict | None:
     if settings.sigma_parameterised:
         return None
@@ -97,7 +114,12 @@ def _scheduler(settings: CheckpointSettings, beta_schedule: str, **extra) -> dic
 
 def _guided_unet(state: dict, sample_size: int | None, settings: CheckpointSettings):
     """The guided-diffusion branch of ``convert``: the U-Net, and the schedule chosen loudly."""
-    unet, layout = guided_unet(state, sample_size, **settings.guided)
+    try:
+        unet, layout = guided_unet(state, sample_size, **settings.guided)
+    except MissingHeadSplit as error:
+        others = missing_settings(settings)
+        raise ValueError(f"{error} Not in the weights and not given either: {'; '.join(others)}." if others
+                         else str(error)) from None
     beta_schedule = settings.beta_schedule
     if beta_schedule is None and not settings.sigma_parameterised:
         known = known_model(layout)
@@ -146,23 +168,41 @@ def hspace_model(loaded: LoadedCheckpoint):
     if not settings.sigma_parameterised:
         return DiffusersUNet(unet, loaded.scheduler)
     network = PreconditionedUNet(unet, settings)
-    log.info("%s: %s-preconditioned (σ_data %g, σ %g … %g, c_noise %s): an hs.Denoiser over 1000 log-uniform σ.",
+    log.info("%s: %s-preconditioned (σ_data %g, σ %g … %g, c_noise %s%s): an hs.Denoiser over 1000 log-uniform σ.",
              loaded.name, settings.parameterization, settings.sigma_data, settings.sigma_min, settings.sigma_max,
-             C_NOISE[settings.noise_input])
+             C_NOISE[settings.noise_input], ", D clamped to [−1, 1]" if settings.clip_denoised else "")
     arch = {"class": "PreconditionedUNet", "parameterization": settings.parameterization,
             "sigma_data": settings.sigma_data, "sigma_min": settings.sigma_min, "sigma_max": settings.sigma_max,
-            "c_noise": settings.noise_input, **{k: v for k, v in dict(unet.config).items() if not k.startswith("_")}}
+            "c_noise": settings.noise_input, **({"clip_denoised": True} if settings.clip_denoised else {}), **{k: v for k, v in dict(unet.config).items() if not k.startswith("_")}}
     return Denoiser(network, sigma_table(settings), "unet.mid_block", output="x0",
                     fingerprint=fingerprint_of(arch, unet.state_dict()))
 
 
-def load_checkpoint(path: str, sample_size: int | None = None, **settings):
+def load_checkpoint(path: str, sample_size: int | None = None, *, check: bool = True,
+                    probe_images: torch.Tensor | None = None, **settings):
     """An ``HSpaceModel`` ready for ``invert`` / ``edit`` / ``inject`` from a checkpoint file in a supported
     layout (``read_checkpoint``, then ``hspace_model``): settings from the keyword arguments, else the JSON file
     beside it.
+
+    A σ-parameterised model's declared settings are then checked against the alternatives by denoising loss
+    (``settings_check.check_sigma_settings``, on ``probe_images`` when given: a few images of the model's domain,
+    (B, C, H, W) in [−1, 1]): a warning in the log names the settings that denoise clearly better.  ``check=False``
+    skips it (it costs six or eight network passes over 36 small probes, or over 6 noised copies of each image
+    given).
 
     >>> model = load_checkpoint("models/diffusion_models/afhqdog_p2.pt")          # DiffusersUNet, linear β
     >>> model = load_checkpoint("cm_model.pt", parameterization="consistency")    # Denoiser, D(x, σ)
     """
     loaded = read_checkpoint(path, sample_size, **settings)
-    return hspace_model(loaded)
+    model = hspace_model(loaded)  # its refusals (an unfixed class or condition) come first
+    if check and loaded.settings.sigma_parameterised:
+        log_settings_check(loaded, probe_images)
+    return model
+
+
+def log_settings_check(loaded: LoadedCheckpoint, images: torch.Tensor | None = None):
+    """``check_sigma_settings`` of a loaded σ-parameterised checkpoint, logged: a warning when other settings denoise
+    clearly better, else an info line.  Returns the ``SettingsCheck``."""
+    found = check_sigma_settings(loaded.unet, loaded.settings, images, name=loaded.name)
+    (log.warning if found.better else log.info)("%s", found.message)
+    return found

@@ -6,7 +6,8 @@
 - Consistency models (Song et al. 2023, Appendix C): c_skip = σ_d²/((σ − σ_min)² + σ_d²),
   c_out = (σ − σ_min)·σ_d/√(σ² + σ_d²), so D(x, σ_min) = x; c_in as EDM.
 - openai/consistency_models feeds its networks c_noise = 1000·¼ ln σ = 250 ln σ (``karras_diffusion.py``), for its
-  EDM teachers and its consistency models alike.
+  EDM teachers and its consistency models alike, and its ``denoise`` clamps D to [−1, 1] when ``clip_denoised``
+  (the default of its samplers): ``CheckpointSettings.clip_denoised``.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import torch
 
 from .settings import C_NOISE, CheckpointSettings
 
-__all__ = ["edm_scalings", "consistency_scalings", "noise_input", "PreconditionedUNet", "sigma_table"]
+__all__ = ["edm_scalings", "consistency_scalings", "noise_input", "network_output", "PreconditionedUNet",
+           "sigma_table"]
 
 
 def edm_scalings(sigma: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -39,6 +41,13 @@ def noise_input(sigma: torch.Tensor, convention: str) -> torch.Tensor:
     return sigma.log() * (0.25 if convention == "edm" else 250.0)
 
 
+def network_output(unet: torch.nn.Module, x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+    """F(c_in·x, c_noise) of a ``UNet2DModel``; a learned-σ network (twice the input channels out) gives its first
+    half."""
+    out = unet(x_in, c_noise, return_dict=False)[0]
+    return out[:, : x_in.shape[1]] if out.shape[1] == 2 * x_in.shape[1] else out
+
+
 def sigma_table(settings: CheckpointSettings, steps: int = 1000) -> torch.Tensor:
     """σ_t for t = 0 … steps−1, log-uniform from σ_min to σ_max: the timestep grid of a continuous-σ model."""
     return torch.exp(torch.linspace(math.log(settings.sigma_min), math.log(settings.sigma_max), steps,
@@ -57,6 +66,7 @@ class PreconditionedUNet(torch.nn.Module):
         self.unet = unet
         self.parameterization = settings.parameterization
         self.sigma_data, self.sigma_min, self.c_noise = settings.sigma_data, settings.sigma_min, settings.noise_input
+        self.clip_denoised = settings.clip_denoised
 
     def scalings(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.parameterization == "consistency":
@@ -66,12 +76,10 @@ class PreconditionedUNet(torch.nn.Module):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         sigma = sigma.to(x.device, x.dtype)
         c_skip, c_out, c_in = (c.reshape(-1, 1, 1, 1) for c in self.scalings(sigma))
-        out = self.unet(c_in * x, noise_input(sigma, self.c_noise), return_dict=False)[0]
-        if out.shape[1] == 2 * x.shape[1]:
-            out = out[:, : x.shape[1]]
-        return c_skip * x + c_out * out
+        denoised = c_skip * x + c_out * network_output(self.unet, c_in * x, noise_input(sigma, self.c_noise))
+        return denoised.clamp(-1, 1) if self.clip_denoised else denoised
 
     def extra_repr(self) -> str:
         return (f"parameterization={self.parameterization!r}, sigma_data={self.sigma_data:g}, "
-                f"sigma_min={self.sigma_min:g}, c_noise={C_NOISE[self.c_noise]!r}")
+                f"sigma_min={self.sigma_min:g}, c_noise={C_NOISE[self.c_noise]!r}, clip_denoised={self.clip_denoised}")
 

@@ -7,7 +7,9 @@ beside the checkpoint (``<name>.json``), keyword arguments winning.
   al. 2023, Appendix C: the same with the boundary-condition c_skip, c_out, so that D(x, σ_min) = x).
 - For the σ-parameterised ones: ``sigma_data`` (0.5), ``sigma_min`` (0.002), ``sigma_max`` (80) and ``c_noise``,
   the network's time input: ``"edm"`` = ¼ ln σ (EDM) or ``"consistency"`` = 250 ln σ (openai/consistency_models,
-  whose networks take 1000·¼ ln σ; the default for "consistency").
+  whose networks take 1000·¼ ln σ; the default for "consistency"), and ``clip_denoised`` (false): clamp D(x, σ)
+  to [−1, 1], as openai/consistency_models' ``denoise`` does with ``clip_denoised=True`` (and graphs exported from
+  it).
 - ``beta_schedule`` ("linear" or "cosine", the β-schedule parameterizations only).
 - guided-diffusion layout only: ``num_heads`` or ``num_head_channels`` and ``new_attention_order`` (the head split),
   ``class_label`` (fix a class table to one class) or ``condition`` (fix a continuous conditioning input: a list of
@@ -32,7 +34,7 @@ PREDICTION_TYPE = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}  # β-
 SIGMA_PARAMETERIZATIONS = ("edm", "consistency")
 PARAMETERIZATIONS = (*PREDICTION_TYPE, *SIGMA_PARAMETERIZATIONS)
 C_NOISE = {"edm": "¼ ln σ (Karras et al. 2022)", "consistency": "250 ln σ (openai/consistency_models)"}
-SIGMA_SETTINGS = ("sigma_data", "sigma_min", "sigma_max", "c_noise")
+SIGMA_SETTINGS = ("sigma_data", "sigma_min", "sigma_max", "c_noise", "clip_denoised")
 HEAD_SPLIT = ("num_heads", "num_head_channels")
 __all__ = ["BETA_SCHEDULES", "PARAMETERIZATIONS", "C_NOISE", "CheckpointSettings", "checkpoint_settings",
            "settings_beside", "sidecar_of"]
@@ -49,11 +51,13 @@ class CheckpointSettings:
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     c_noise: str | None = None
+    clip_denoised: bool = False
     num_heads: int | None = None
     num_head_channels: int | None = None
     new_attention_order: bool | None = None
     class_label: int | None = None
     condition: tuple[float, ...] | None = None
+    given: tuple[str, ...] = ()  # the settings set by an argument or the JSON file, not defaulted
 
     @property
     def sigma_parameterised(self) -> bool:
@@ -71,7 +75,7 @@ class CheckpointSettings:
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
-SETTINGS = tuple(field.name for field in dataclasses.fields(CheckpointSettings))
+SETTINGS = tuple(field.name for field in dataclasses.fields(CheckpointSettings) if field.name != "given")
 
 
 def _kind(value) -> str:
@@ -91,7 +95,7 @@ def _checked(name: str, value, where: str):
             lowest = "a non-negative" if name == "class_label" else "a positive"
             raise ValueError(bad.format(f"{lowest} integer (a JSON number without quotes or decimals)") + ".")
         return value
-    if name == "new_attention_order":
+    if name in ("new_attention_order", "clip_denoised"):
         if type(value) is not bool:
             raise ValueError(bad.format("true or false (a JSON boolean, without quotes)") + ".")
         return value
@@ -135,7 +139,7 @@ def checkpoint_settings(given: dict | None = None, beside: dict | None = None, s
             values[name] = _checked(name, given[name], "(keyword argument)")
         elif name in beside:
             values[name] = _checked(name, beside[name], f"in {sidecar}")
-    settings = CheckpointSettings(**values)
+    settings = CheckpointSettings(**values, given=tuple(values))
     if settings.sigma_parameterised:
         if settings.beta_schedule is not None:
             raise ValueError(f"beta_schedule does not apply to parameterization {settings.parameterization!r} "
