@@ -24,18 +24,22 @@ def _size(text: str) -> tuple[int, int]:
     return (parts[0], parts[-1])
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, sharded: bool = True) -> None:
     p.add_argument("--model", required=True, help="a diffusers U-Net folder (unet/ + scheduler/, e.g. "
                    "models/hspace-shapes-ddpm) or a checkpoint file the library loads")
     p.add_argument("--out", required=True, help="output folder (manifest, shards, results); rerun to resume")
     p.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
     p.add_argument("--site", choices=SITES, default="middle", help="where h is read (default middle)")
     p.add_argument("--size", type=_size, help="HxW every image must be (default: the model's sample_size)")
+    p.add_argument("--seed", type=int, default=0, help="job seed; each image's seed comes from it and its index")
+    if not sharded:
+        return
     p.add_argument("--shard-size", type=int, default=16, help="images per shard (default 16)")
     p.add_argument("--workers", type=int, default=1, help="local worker processes, or Ray actors with --ray")
     p.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster: its address (ray://host:10001, auto) "
                    "or 'local' (needs pip install 'hspace-nodes[cluster]')")
-    p.add_argument("--seed", type=int, default=0, help="job seed; each image's seed comes from it and its index")
+    p.add_argument("--device", default="cpu", help="torch device of local workers, e.g. cuda (default cpu; Ray "
+                   "actors take a GPU when the cluster has one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
 
 
@@ -75,7 +79,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=float, default=0.5, help="Slerp weight γ in [0, 1] (default 0.5)")
     _window(p)
     _common(p)
-    p = sub.add_parser("clip", help="train a direction from text with CLIP (Asyrp), on this machine")
+    p = sub.add_parser("clip", help="train a direction from text with CLIP (Asyrp), in this process",
+                       description="Asyrp's CLIP direction training over every image of the folder, in this process "
+                                   "(not sharded: no --workers or --ray)")
     p.add_argument("folder")
     p.add_argument("--source-text", required=True)
     p.add_argument("--target-text", required=True)
@@ -85,7 +91,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--lr", type=float, default=0.5)
     p.add_argument("--t-edit", type=int, default=500)
-    _common(p)
+    _common(p, sharded=False)
     return top
 
 
@@ -134,8 +140,6 @@ def _clip(args) -> list[str]:
     from ..clip_directions import DirectionTraining, load_open_clip, train_direction
     from .models import load_model, sample_size
 
-    if args.ray:
-        raise ValueError("hspace clip runs on this machine only (Ray Train is not wired in yet): drop --ray.")
     model = load_model(args.model, args.site)
     spec = ImageSpec(args.size or sample_size(model))
     images = torch.cat([read_image(args.folder, name, spec) for name in list_images(args.folder)])
@@ -158,7 +162,7 @@ def main(argv=None) -> int:
         if args.command == "clip":
             outputs, problems = _clip(args), []
         else:
-            result = run_job(job_spec(args), args.out, workers=args.workers, ray=args.ray,
+            result = run_job(job_spec(args), args.out, workers=args.workers, ray=args.ray, device=args.device,
                              progress=not args.no_progress and sys.stderr.isatty())
             outputs, problems = result.outputs, result.problems
             log.info("%d images done (%d shards run, %d already finished) → %s", result.images, result.ran,

@@ -18,10 +18,11 @@ RAY_INSTALL = ("Ray is not installed: pip install 'hspace-nodes[cluster]' (or pi
                "to run jobs on a Ray cluster; without --ray the job runs on this machine.")
 
 
-def run_in_process(spec: JobSpec, out: str, shards: list[Shard], on_done: Callable[[dict], None]) -> None:
+def run_in_process(spec: JobSpec, out: str, shards: list[Shard], on_done: Callable[[dict], None],
+                   device: str = "cpu") -> None:
     if not shards:
         return
-    runner = ShardRunner(spec, out)
+    runner = ShardRunner(spec, out, device)
     for shard in shards:
         on_done(runner.run(shard))
 
@@ -29,16 +30,17 @@ def run_in_process(spec: JobSpec, out: str, shards: list[Shard], on_done: Callab
 _worker: ShardRunner | None = None
 
 
-def _pool_start(spec_json: str, out: str) -> None:
+def _pool_start(spec_json: str, out: str, device: str) -> None:
     global _worker
-    _worker = ShardRunner(JobSpec.from_json(json.loads(spec_json)), out)
+    _worker = ShardRunner(JobSpec.from_json(json.loads(spec_json)), out, device)
 
 
 def _pool_run(shard_json: dict) -> dict:
     return _worker.run(Shard.from_json(shard_json))
 
 
-def run_in_pool(spec: JobSpec, out: str, shards: list[Shard], on_done: Callable[[dict], None], workers: int) -> None:
+def run_in_pool(spec: JobSpec, out: str, shards: list[Shard], on_done: Callable[[dict], None], workers: int,
+                device: str = "cpu") -> None:
     """``workers`` spawned processes, each loading the model once; Ctrl-C ends them (their half-written temporary
     files are removed by the next run)."""
     import multiprocessing
@@ -46,7 +48,7 @@ def run_in_pool(spec: JobSpec, out: str, shards: list[Shard], on_done: Callable[
     if not shards:
         return
     pool = multiprocessing.get_context("spawn").Pool(min(workers, len(shards)), _pool_start,
-                                                     (json.dumps(spec.to_json()), out))
+                                                     (json.dumps(spec.to_json()), out, device))
     try:
         for record in pool.imap_unordered(_pool_run, [s.to_json() for s in shards]):
             on_done(record)

@@ -15,6 +15,7 @@ from ..trajectory import HTrajectory
 from .engines import run_in_pool, run_in_process, run_on_ray
 from .moments import HMoments, merge_all
 from .plan import JobSpec, Manifest, write_json_atomic
+from .runner import check_job
 
 log = logging.getLogger("hspace.jobs")
 
@@ -53,12 +54,14 @@ class _Progress:
             self.bar.close()
 
 
-def run_job(spec: JobSpec, out: str, *, workers: int = 1, ray: str | None = None, progress: bool = True,
-            attempts: int = 3) -> JobResult:
+def run_job(spec: JobSpec, out: str, *, workers: int = 1, ray: str | None = None, device: str = "cpu",
+            progress: bool = True, attempts: int = 3) -> JobResult:
     """Run ``spec`` into ``out``: shards already finished there are skipped; with ``ray`` (an address or "local")
-    on a Ray cluster with ``workers`` actors, else in ``workers`` local processes (1: this process)."""
+    on a Ray cluster with ``workers`` actors (on GPUs when it has them), else in ``workers`` local processes (1:
+    this process) on ``device``."""
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"--workers must be a whole number ≥ 1, got {workers!r}.")
+    check_job(spec)
     manifest = Manifest.open(out, spec)
     shards = manifest.shards
     finished = {s.index for s in shards if manifest.record(s.index) is not None}
@@ -87,9 +90,9 @@ def run_job(spec: JobSpec, out: str, *, workers: int = 1, ray: str | None = None
             if ray:
                 run_on_ray(spec, out, pending, on_done, workers, ray)
             elif workers > 1:
-                run_in_pool(spec, out, pending, on_done, workers)
+                run_in_pool(spec, out, pending, on_done, workers, device)
             else:
-                run_in_process(spec, out, pending, on_done)
+                run_in_process(spec, out, pending, on_done, device)
     except KeyboardInterrupt:
         done = sum(manifest.record(s.index) is not None for s in shards)
         log.warning("Interrupted: %d of %d shards are finished in %s; run the same command again to resume.", done,

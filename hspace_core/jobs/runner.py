@@ -4,6 +4,7 @@ shard's bits do not depend on the shard size, the number of workers or the engin
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 import time
@@ -12,6 +13,7 @@ import torch
 
 from ..direction import Direction
 from ..file_format import save_tensors
+from ..hmath import check_gamma
 from ..processes import edit, inject, invert
 from ..settings import EditSchedule
 from ..trajectory import HTrajectory
@@ -37,6 +39,35 @@ def one_thread():
         torch.set_num_threads(before)
 
 
+def edit_schedule(settings: dict, num_train_timesteps: int = 1000) -> EditSchedule:
+    """The schedule of an edit or injection job (validated by ``EditSchedule``)."""
+    return EditSchedule(num_steps=int(settings.get("steps", 20)), t_edit=int(settings.get("t_edit", 400)),
+                        t_boost=int(settings.get("t_boost", 0)), eta_boost=float(settings.get("eta_boost", 1.0)),
+                        num_train_timesteps=num_train_timesteps)
+
+
+def check_job(spec: JobSpec) -> None:
+    """Refuse bad settings in the driver, before any worker loads the model (a worker that fails to start would
+    otherwise be restarted by Ray again and again): steps, the schedule, the direction file, the content image, γ."""
+    s = spec.settings
+    for name, low in (("steps", 1), ("refine_iters", 0), ("k", 1)):
+        if name in s and (not isinstance(s[name], int) or s[name] < low):
+            raise ValueError(f"--{name.replace('_', '-')} must be a whole number ≥ {low}, got {s[name]!r}.")
+    if spec.kind in ("edit", "inject"):
+        edit_schedule(s)
+    if spec.kind == "edit":
+        Direction.load(s["direction"])
+        if not math.isfinite(float(s.get("strength", 1.0))):
+            raise ValueError(f"--strength must be a finite number, got {s.get('strength')!r}.")
+    if spec.kind == "inject":
+        check_gamma(float(s.get("gamma", 0.5)))
+        folder, name = os.path.split(s["content"])
+        try:
+            read_image(folder, name, ImageSpec(tuple(spec.size), spec.channels))
+        except ImageProblem as problem:
+            raise ValueError(f"--content {s['content']}: {problem.reason}.") from None
+
+
 class ShardRunner:
     """The model and the fixed inputs of a job (the direction of an edit, the content of an injection), loaded once;
     ``run(shard)`` computes a shard and writes it under ``out``."""
@@ -48,9 +79,7 @@ class ShardRunner:
         self.image_spec = ImageSpec(tuple(spec.size), spec.channels)
         self.steps = int(s.get("steps", 20))
         if spec.kind in ("edit", "inject"):
-            self.schedule = EditSchedule(num_steps=self.steps, t_edit=int(s.get("t_edit", 400)),
-                                         t_boost=int(s.get("t_boost", 0)), eta_boost=float(s.get("eta_boost", 1.0)),
-                                         num_train_timesteps=self.model.schedule.num_train_timesteps)
+            self.schedule = edit_schedule(s, self.model.schedule.num_train_timesteps)
         if spec.kind == "edit":
             self.direction = Direction.load(s["direction"])
         if spec.kind == "inject":
