@@ -261,6 +261,12 @@ def content_injection(content: HTrajectory, gamma: float | Callable[[int], float
 
     def inject(h: torch.Tensor, t: int, branch: str) -> torch.Tensor:
         h_c = content.at(t, _content_branch(content, branch)).to(h.device, h.dtype)
+        if h_c.shape[1:] != h.shape[1:] and content.file:  # its h is looked up at the site its file records
+            raise ValueError(
+                f"{content.file} records the h site {content.site!r}, where the style's h is {tuple(h.shape[1:])}, "
+                f"but its h is {tuple(h_c.shape[1:])}: the file's site record does not match its h (if the record "
+                "is wrong, capture and save the trajectory again), or it was captured with another model or image "
+                "size: use images of the same size and the same model for content and style.")
         if h_c.shape[1:] != h.shape[1:]:
             raise ValueError(
                 f"Content h is {tuple(h_c.shape[1:])} but the style's h is {tuple(h.shape[1:])}: use images of the "

@@ -100,6 +100,7 @@ class HTrajectory:
     dtype: str = "float32"
     device: str = "cpu"
     made_with: str = field(default="", compare=False)
+    file: str = field(default="", compare=False)  # the file it was loaded from (names its site record in a refusal)
 
     def __post_init__(self):
         check_site(self.site)
@@ -199,7 +200,7 @@ class HTrajectory:
         f, h = checked_fields(meta, "h_trajectory", path), tensors["h"]
         try:
             traj = cls(tuple(f["timesteps"]), h, tuple(f["branches"]), f["fingerprint"], f["source"],
-                       meta.get("site", DEFAULT_SITE), precision_of(h), made_with=f["made_with"])
+                       meta.get("site", DEFAULT_SITE), precision_of(h), made_with=f["made_with"], file=path)
         except (ValueError, TypeError) as error:
             raise ValueError(f"{path} is not a valid h-space h trajectory file ({error}); save it again with this "
                              "pack's Save node or pick another file.") from None

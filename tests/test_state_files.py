@@ -215,3 +215,13 @@ def test_an_official_delta_h_file_with_nan_is_refused_naming_the_file(tmp_path):
     torch.save({"999": torch.full((8, 4, 4), float("nan")), "500": torch.zeros(8, 4, 4)}, path)
     with pytest.raises(ValueError, match=r"delta_h_ngen40.pth: The direction contains NaN or inf"):
         load_official_asyrp(path, TimeEmbedding(16, 32, flip_sin_to_cos=False, freq_shift=1))
+
+
+def test_a_trajectory_whose_site_record_does_not_fit_its_h_blames_the_record(tmp_path):
+    from hspace_core import content_injection
+
+    content = HTrajectory.load(_retagged(tmp_path, "up1_t.safetensors", "trajectory", site="up1"))
+    inject = content_injection(content, 0.5)
+    with pytest.raises(ValueError, match=r"up1_t.safetensors records the h site 'up1', where the style's h is "
+                                         r"\(8, 4, 4\), but its h is \(4, 2, 2\): the file's site record"):
+        inject(torch.zeros(1, 8, 4, 4), 999, "single")
