@@ -2,14 +2,15 @@
 ``nodes/comfy/samplers.run_inversion`` (``sampling.invert_sigmas``), and the node's reconstructions run the SAMPLERs'
 ``run_h_edit``.  In-process on an SD-shaped ComfyUI U-Net (under CFG) and a pixel U-Net, the node's outputs equal
 what it gave on the library's ᾱ-space loop (``hspace_core.invert`` / ``generate`` / ``null_text_embeddings``, as the
-node ran them before) to 1e-5 relative, and the sampler equals the library on grids that start at t = 0 and above."""
+node ran them before) up to float32 round-off (``ROUNDING``, measured across CPU kernels), and the sampler equals the
+library on grids that start at t = 0 and above."""
 import pytest
 import torch
 
 from hspace_core import (EditSchedule, HStorage, ReconstructionReport, generate, invert, null_text_embeddings,
                          timestep_grid)
 
-from test_comfy_one_call import conditioning, relative, tiny_sd
+from test_comfy_one_call import ROUNDING, conditioning, relative, tiny_sd
 
 from hspace_demo.run import BUNDLED
 from hspace_core.sampling import invert_sigmas
@@ -69,20 +70,20 @@ def _node(nodes, model, x, steps, *, cfg, method, convention, refine_iters, h_so
 
 def _compare(nodes, pack, model, x, steps, *, cfg, method, convention, refine_iters, h_source, keep_h_from_t=0,
              positive=None, negative=None, noise_floor=False):
-    """The node against ``_library`` to 1e-5 relative; with ``noise_floor`` (the random tiny SD U-Net, where the
-    inversion amplifies float32 rounding ~10²×, ~10³× under fixed-point refinement and null-text's Adam) to 1e-5 or
-    3× what the library itself moves when its input moves by 1e-7 relative, whichever is larger."""
+    """The node against ``_library`` to ``ROUNDING`` relative; with ``noise_floor`` (the random tiny SD U-Net, where
+    the inversion amplifies float32 rounding ~10²×, ~10³× under fixed-point refinement and null-text's Adam) to ROUNDING
+    or 3× what the library itself moves when its input moves by 1e-7 relative, whichever is larger."""
     comfy_model, _ = pack
     storage = HStorage("float32", "cpu", keep_h_from_t)
     kw = dict(cfg=cfg, method=method, convention=convention, refine_iters=refine_iters, h_source=h_source,
               storage=storage, positive=positive, negative=negative)
     x_T, trajectory, recon, psnr, found = _library(comfy_model, model, x, steps, **kw)
-    tol = {"x_T": 1e-5, "recon": 1e-5, "h": 1e-5}
+    tol = {"x_T": ROUNDING, "recon": ROUNDING, "h": ROUNDING}
     if noise_floor:
         moved = _library(comfy_model, model, x * (1 + 1e-7), steps, **kw)
         for name, got, want in (("x_T", moved[0], x_T), ("recon", moved[2], recon), ("h", moved[1].h, trajectory.h),
                                 *((("negative", moved[4][t], found[t]) for t in found))):
-            tol[name] = max(tol.get(name, 1e-5), 3 * relative(got, want))
+            tol[name] = max(tol.get(name, ROUNDING), 3 * relative(got, want))
     out = _node(nodes, model, x, steps, cfg=cfg, method=method, convention=convention, refine_iters=refine_iters,
                 h_source=h_source, positive=positive, negative=negative, keep_h_from_t=keep_h_from_t)
     node_x_T, node_trajectory, node_recon, node_psnr = out.result
@@ -97,7 +98,7 @@ def _compare(nodes, pack, model, x, steps, *, cfg, method, convention, refine_it
     if found:
         negative_at = origin.negative_at
         assert set(negative_at) == set(found)
-        assert max(relative(negative_at[t], found[t]) for t in found) < tol.get("negative", 1e-5), tol
+        assert max(relative(negative_at[t], found[t]) for t in found) < tol.get("negative", ROUNDING), tol
     return out
 
 
@@ -130,7 +131,8 @@ def test_ddim_inversion_on_sd_at_cfg_7_5_is_todays(nodes, pack, method, refine_i
 @pytest.mark.parametrize("h_source", ["inversion", "reconstruction"])
 def test_ddim_inversion_on_the_demo_pixel_model_is_todays(nodes, pack, demo_model, convention, refine_iters,
                                                           h_source):
-    """The bundled (trained) pixel DDPM: refinement converges there, and the node equals the library to 1e-5."""
+    """The bundled (trained) pixel DDPM: refinement converges there, and the node equals the library up to float32
+    round-off (the h of reconstruction-1-seed: 9.1e-6 here, 1.1e-5 on another CPU; ROUNDING)."""
     from hspace_demo.shapes import make_batch
 
     x = torch.from_numpy(make_batch(2, seed=3)[0])
@@ -165,10 +167,10 @@ def test_the_inversion_sampler_equals_ddim_inversion(nodes, pack, convention, re
                                                        convention=convention, refine_iters=refine_iters)
     node_x_T, node_trajectory, _, _ = _node(nodes, model, x, STEPS, cfg=1.0, method="plain", convention=convention,
                                             refine_iters=refine_iters, h_source="inversion", positive=positive)
-    assert relative(native_x_T["samples"], node_x_T["samples"]) < 1e-5
+    assert relative(native_x_T["samples"], node_x_T["samples"]) < ROUNDING
     assert native_trajectory.timesteps == node_trajectory.timesteps == timestep_grid(STEPS)
     assert native_trajectory.branches == node_trajectory.branches == ("single",)
-    assert relative(native_trajectory.h, node_trajectory.h) < 1e-5
+    assert relative(native_trajectory.h, node_trajectory.h) < ROUNDING
     assert native_x_T["hspace_origin"].timesteps == timestep_grid(STEPS)
 
 
@@ -189,8 +191,8 @@ def test_on_a_grid_above_t_0_the_sampler_takes_the_librarys_first_step(nodes, pa
         stood = comfy_model.run_in_comfy(model, x, lambda m, x0: invert_sigmas(  # the clean input stood at t_first
             lambda v, k: m.denoised(v, sigmas[k], ascending[k - 1])[0], x0, sigmas, clean_start=True,
             convention=convention), positive=positive)
-    assert relative(native_x_T["samples"], model.model.process_latent_out(inv.x_T)) < 1e-5
-    assert relative(native_trajectory.h, inv.trajectory.h) < 1e-5 and native_trajectory.timesteps == grid
+    assert relative(native_x_T["samples"], model.model.process_latent_out(inv.x_T)) < ROUNDING
+    assert relative(native_trajectory.h, inv.trajectory.h) < ROUNDING and native_trajectory.timesteps == grid
     if convention == "seed":  # the first step shows, so the agreement above is about it
         assert relative(stood / (1 + float(sigmas[-1]) ** 2) ** 0.5, inv.x_T) > 1e-3
 
@@ -211,7 +213,7 @@ def test_the_node_keeps_the_librarys_latents_for_null_text(nodes, pack, demo_mod
                                         progress=lambda d, n, x0: seen.append((d, n, x0.shape))),
                 invert(m, x0, STEPS, convention=convention, refine_iters=1, report=False)))
         assert ours.latents.shape == theirs.latents.shape == (STEPS + 1, 2, 3, 32, 32)
-        assert relative(ours.latents, theirs.latents) < 1e-5 and ours.timesteps == theirs.timesteps
+        assert relative(ours.latents, theirs.latents) < ROUNDING and ours.timesteps == theirs.timesteps
     passes = {"seed": samplers.inversion_passes(STEPS, "seed", 1), "diffusers": samplers.inversion_passes(STEPS, "diffusers", 1)}
     assert passes == {"seed": 2 * (STEPS - 1), "diffusers": 2 * STEPS}
     assert [d for d, _, _ in seen] == [*range(2, 2 * STEPS - 1, 2), *range(2, 2 * STEPS + 1, 2)]
