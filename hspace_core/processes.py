@@ -7,6 +7,7 @@ argument: ``progress.takes_x0``) and stop when
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ INVERSION_CONVENTIONS = ("seed", "diffusers")
 H_SOURCES = ("inversion", "reconstruction")
 __all__ = ["Cancelled", "INVERSION_CONVENTIONS", "H_SOURCES", "ReverseResult", "run_reverse", "invert", "capture",
            "generate", "edit", "content_injection", "injection_edit", "inject", "interpolate", "interpolation_frames",
-           "interpolation_storage"]
+           "interpolation_schedule", "interpolation_storage"]
 
 
 @dataclass(frozen=True)
@@ -363,10 +364,11 @@ def interpolation_storage(schedule: EditSchedule) -> HStorage:
 
 def interpolation_frames(model: HSpaceModel, x_T_a: torch.Tensor, x_T_b: torch.Tensor, trajectory_a: HTrajectory,
                          trajectory_b: HTrajectory, num_frames: int,
-                         schedule: EditSchedule) -> list[tuple[torch.Tensor, HEdit]]:
-    """Diffusion Autoencoders' frames (Preechakul et al. 2022, §4.1), (x_T(α), h edit) for α = k/(num_frames − 1):
-    x_T(α) = Slerp(x_T^a, x_T^b, α) and h_t(α) = Lerp(h_t^a, h_t^b, α) over the edited steps, after the checks
-    (sites, every edited timestep captured): ``interpolate``'s and the node's through the σ loop."""
+                         schedule: EditSchedule) -> list[tuple[torch.Tensor, HEdit, EditSchedule]]:
+    """Diffusion Autoencoders' frames (Preechakul et al. 2022, §4.1), (x_T(α), h edit, schedule) for
+    α = k/(num_frames − 1): x_T(α) = Slerp(x_T^a, x_T^b, α) and h_t(α) = Lerp(h_t^a, h_t^b, α) over the edited steps,
+    after the checks (sites, every edited timestep captured): ``interpolate``'s and the node's through the σ loop.
+    The end frames run without ``clip_x0`` (``interpolation_schedule``), so they are the inputs' reconstructions."""
     _check_interpolation(x_T_a, x_T_b, num_frames)
     edited = [t for t in schedule.timesteps() if schedule.edits_at(t)]
     for trajectory in (trajectory_a, trajectory_b):
@@ -381,8 +383,18 @@ def interpolation_frames(model: HSpaceModel, x_T_a: torch.Tensor, x_T_b: torch.T
             hb = trajectory_b.at(t, _content_branch(trajectory_b, branch)).to(h)
             return lerp(ha, hb, alpha)
 
-        frames.append((slerp(x_T_a, x_T_b, alpha), mix))
+        frames.append((slerp(x_T_a, x_T_b, alpha), mix, interpolation_schedule(schedule, k, num_frames)))
     return frames
+
+
+def interpolation_schedule(schedule: EditSchedule, frame: int, num_frames: int) -> EditSchedule:
+    """The schedule of frame ``frame``: the end frames (α = 0, 1) without ``clip_x0``. An end's x_T and h are its
+    own image's, so unclipped it regenerates that image's reconstruction exactly (the trajectories are captured
+    unclipped); clipping its predicted x0 would move it away from its input (by 35–39/255 on the bundled model's
+    sample workflow). ``clip_x0`` is for the middle frames, whose x_T inverts no image."""
+    if frame in (0, num_frames - 1) and schedule.clip_x0 is not None:
+        return dataclasses.replace(schedule, clip_x0=None)
+    return schedule
 
 
 def interpolate(model: HSpaceModel, x_T_a: torch.Tensor, x_T_b: torch.Tensor, num_frames: int,
@@ -415,8 +427,9 @@ def interpolate(model: HSpaceModel, x_T_a: torch.Tensor, x_T_b: torch.Tensor, nu
                                should_stop=should_stop)
         run_done()
     out = []
-    for x_T, mix in interpolation_frames(model, x_T_a, x_T_b, trajectory_a, trajectory_b, num_frames, schedule):
-        out.append(run_reverse(model, x_T, schedule, edit=mix, seed=seed, progress=report(),
+    for x_T, mix, frame_schedule in interpolation_frames(model, x_T_a, x_T_b, trajectory_a, trajectory_b, num_frames,
+                                                         schedule):
+        out.append(run_reverse(model, x_T, frame_schedule, edit=mix, seed=seed, progress=report(),
                                should_stop=should_stop).x0)
         run_done()
     return torch.cat(out)

@@ -171,8 +171,8 @@ class Interpolate(HSpaceNode):
             ends = (x_a, x_b.to(x_a))
             captured = [capture_h(m, x, recon, storage, h_only=True, progress=part(k))[0] for k, x in enumerate(ends)]
             pairs = interpolation_frames(m, *ends, *captured, frames, schedule)
-            return torch.cat([run_h_edit(m, x_T, mix, schedule, progress=part(2 + k))
-                              for k, (x_T, mix) in enumerate(pairs)])
+            return torch.cat([run_h_edit(m, x_T, mix, frame_schedule, progress=part(2 + k))
+                              for k, (x_T, mix, frame_schedule) in enumerate(pairs)])
 
         out = run_in_comfy(model, x_T_a["samples"], body, positive=positive, negative=negative, cfg=cfg,
                            edit_branches=edit_branches, negative_at=negative_at,

@@ -143,18 +143,25 @@ def test_calibration_limits_through_the_process(pixel_unet):
     assert (omega0 - plain).norm() > 0.3 * (injected - plain).norm()
 
 
-def test_interpolation_end_frames_reconstruct(pixel_unet):
+@pytest.mark.parametrize("clip_x0", [None, 1.0])
+def test_interpolation_end_frames_reconstruct(pixel_unet, clip_x0):
+    """The end frames are the plain reconstructions of their x_T, with clip_x0 too (it is for the middle frames:
+    clipping an end's x0 moved it 35–39/255 from its input in the sample workflow)."""
     model = DiffusersUNet(pixel_unet)
     g = torch.Generator().manual_seed(9)
     a, b = torch.randn(1, 3, 16, 16, generator=g), torch.randn(1, 3, 16, 16, generator=g)
-    sched = EditSchedule(num_steps=6, t_edit=200)
+    sched = EditSchedule(num_steps=6, t_edit=200, clip_x0=clip_x0)
+    plain = EditSchedule(num_steps=6, t_edit=200)
     with torch.no_grad():
         frames = interpolate(model, a, b, 4, sched)
-        ra, rb = generate(model, a, sched), generate(model, b, sched)
+        ra, rb = generate(model, a, plain), generate(model, b, plain)
+        unclipped = interpolate(model, a, b, 4, plain) if clip_x0 else frames
     assert frames.shape == (4, 3, 16, 16)
     assert torch.equal(frames[0], ra[0]) and torch.equal(frames[-1], rb[0])
     d = [(f - ra[0]).norm().item() for f in frames]
     assert d[0] < d[1] < d[2] < d[3]
+    if clip_x0:  # the middle frames are clipped (the random tiny U-Net's x0 leaves [−1, 1] by far)
+        assert all((frames[k] - unclipped[k]).abs().max() > 1e-2 for k in (1, 2))
 
 
 def test_direction_from_examples_is_mean_difference():
