@@ -26,8 +26,9 @@ class GaussianNetwork(torch.nn.Module):
     ``floor``² white variance.  It reads σ back from c_noise and x from c_in·x as the true settings define them, so
     wrong settings feed it what a real network would get: a mis-scaled input at a wrong noise level."""
 
-    def __init__(self, truth, size=8, rank=24, floor=0.003):
+    def __init__(self, truth, size=8, rank=24, floor=0.003, dtype=torch.float64):
         super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1, dtype=dtype), requires_grad=False)  # the network's dtype
         data = 0.4 * structured_probes(1024, size, 3, seed=11).flatten(1).double()
         mean = data.mean(0)
         u, s, _ = torch.linalg.svd((data - mean).T, full_matrices=False)
@@ -104,6 +105,15 @@ def test_a_wrong_sigma_data_warns_and_names_the_right_one(consistency_model, sig
     assert found.better == CONSISTENCY, found.message
     assert found.message.startswith(f'cm.pt: the declared settings ("parameterization": "consistency", "sigma_data": '
                                     f'{sigma_data}') and '"sigma_data": 0.5' in found.message
+
+
+def test_a_half_precision_network_gets_the_same_verdicts():
+    """A bfloat16 network: only the network runs in its dtype, images, noise and scalings stay in float32 (on the
+    tiny trained U-Net of docs/adapters.md an all-bfloat16 check called its own domain images foreign)."""
+    network = GaussianNetwork(CONSISTENCY, dtype=torch.bfloat16)
+    assert _check(network, {"parameterization": "consistency"}).better is None
+    assert _check(network, {"parameterization": "consistency", "sigma_data": 1.0}).better == CONSISTENCY
+    assert _check(network, {"parameterization": "edm"}).better == CONSISTENCY
 
 
 def test_foreign_probes_are_said_to_decide_nothing(consistency_model):

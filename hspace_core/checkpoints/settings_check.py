@@ -115,8 +115,11 @@ def check_sigma_settings(unet: torch.nn.Module, settings: CheckpointSettings, im
         raise ValueError(f"{name}: none of the probe noise levels {sigmas} lies in [2.5·sigma_min, sigma_max] = "
                          f"[{2.5 * settings.sigma_min:g}, {settings.sigma_max:g}]; pass sigmas= inside the model's range.")
     count = images.shape[0]
-    x0 = images.repeat(len(levels), 1, 1, 1).to(parameter.device, parameter.dtype)
-    sigma = torch.tensor(levels, dtype=torch.float64).repeat_interleave(count).to(parameter.device, parameter.dtype)
+    # The noise at σ = 0.005 is below half precision's resolution near 1: images, noise and scalings stay in at
+    # least float32, and only the network runs in its own dtype.
+    work = torch.promote_types(parameter.dtype, torch.float32)
+    x0 = images.repeat(len(levels), 1, 1, 1).to(parameter.device, work)
+    sigma = torch.tensor(levels, dtype=torch.float64).repeat_interleave(count).to(parameter.device, work)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + 1)).to(x0)
     x = x0 + sigma.view(-1, 1, 1, 1) * noise
     outputs = {}  # F depends on σ_data (through c_in) and c_noise only
@@ -125,9 +128,10 @@ def check_sigma_settings(unet: torch.nn.Module, settings: CheckpointSettings, im
         key = (candidate["sigma_data"], candidate["c_noise"])
         if key not in outputs:
             _, _, c_in = edm_scalings(sigma, candidate["sigma_data"])
-            outputs[key] = network_output(unet, c_in.view(-1, 1, 1, 1) * x, noise_input(sigma, candidate["c_noise"]))
+            x_in, c_noise = c_in.view(-1, 1, 1, 1) * x, noise_input(sigma, candidate["c_noise"])
+            outputs[key] = network_output(unet, x_in.to(parameter.dtype), c_noise.to(parameter.dtype)).to(work)
         d = denoised(outputs[key], x, sigma, candidate, settings.clip_denoised)
-        return ((d - x0).float() ** 2).mean(dim=(1, 2, 3)).view(len(levels), count)
+        return ((d - x0) ** 2).mean(dim=(1, 2, 3)).view(len(levels), count)
 
     candidates = candidate_settings(settings)
     measured = [losses(candidate) for candidate in candidates]
