@@ -132,6 +132,7 @@ class TrainAsyrpDirection(HSpaceNode):
                 lambda m, x: train_direction(m, pixels, scorer, source_text, target_text, config, latents=x,
                                              decode=decode, distance=distance, progress=progress_bar(total, model)),
                 positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed, site=site,
+                steps=steps,
                 rows=rows_run(model, min(batch_size, latent["samples"].shape[0]), edited=True))  # a batch's [x; x]
         per_epoch = len(result.clip_losses) // max(epochs, 1)
         last = result.clip_losses[-per_epoch:] if per_epoch else [float("nan")]

@@ -112,7 +112,7 @@ class JacobianDirections(HSpaceNode):
                                        relative_norm=relative_norm, seed=seed, progress=progress_bar(iterations + 1))
 
         directions = run_in_comfy(model, x_T["samples"], body, positive=positive, negative=negative, cfg=cfg,
-                                  edit_branches=edit_branches, negative_at=negative_at, site=site,
+                                  edit_branches=edit_branches, negative_at=negative_at, site=site, steps=steps,
                                   rows=rows_run(model, x_T["samples"].shape[0], copies=k + 2))  # k + oversample probe rows
         return _pick(directions, component, "singular_value")
 
@@ -221,7 +221,7 @@ class DirectionExplorer(HSpaceNode):
                            lambda m, x: explore(m, x, chosen, values, schedule, t_edits=t_edits, seed=seed,
                                                           progress=progress),
                            positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed,
-                           negative_at=negative_at, site=common_site(chosen, "directions"),
+                           negative_at=negative_at, site=common_site(chosen, "directions"), steps=steps,
                            rows=rows_run(model, x_T["samples"].shape[0], copies=len(values), edited=True))
         images = decode(vae, latent_out(model, out.flatten(0, 1)))
         tiles = images.reshape(len(rows), len(values), *images.shape[1:])[..., :3]

@@ -60,7 +60,7 @@ class AsyrpEdit(HSpaceNode):
         out = run_in_comfy(model, x_T["samples"],
                            lambda m, x: sweep(strengths, steps, lambda s, p: run(m, x, s, p), model),
                            positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed,
-                           negative_at=negative_at, site=direction.site,
+                           negative_at=negative_at, site=direction.site, steps=steps,
                            rows=rows_run(model, x_T["samples"].shape[0], edited=True))
         return io.NodeOutput(latent_out(model, out), sweep_text(strengths))
 

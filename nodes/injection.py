@@ -81,7 +81,7 @@ class SlerpContentInject(HSpaceNode):
         out = run_in_comfy(
             model, style_x_T["samples"], lambda m, x: sweep(gammas, steps, lambda g, p: mix(m, x, g, p), model),
             positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed,
-            negative_at=negative_at, site=content.site, rows=rows_run(model, style_x_T["samples"].shape[0], edited=True))
+            negative_at=negative_at, site=content.site, steps=steps, rows=rows_run(model, style_x_T["samples"].shape[0], edited=True))
         return io.NodeOutput(latent_out(model, out), sweep_text(gammas))
 
 
@@ -175,6 +175,6 @@ class Interpolate(HSpaceNode):
                               for k, (x_T, mix, frame_schedule) in enumerate(pairs)])
 
         out = run_in_comfy(model, x_T_a["samples"], body, positive=positive, negative=negative, cfg=cfg,
-                           edit_branches=edit_branches, negative_at=negative_at,
+                           edit_branches=edit_branches, negative_at=negative_at, steps=steps,
                            rows=rows_run(model, x_T_a["samples"].shape[0], edited=True))
         return io.NodeOutput(latent_out(model, out))

@@ -89,7 +89,7 @@ class DDIMInversion(HSpaceNode):
 
         inv = run_in_comfy(model, latent["samples"], body, positive=positive,
                            negative=negative if method == "plain" else None, cfg=cfg if method == "plain" else 1.0,
-                           edit_branches=edit_branches, site=site)
+                           edit_branches=edit_branches, site=site, steps=steps)
         negative_at = {}
         if method != "plain":
             negative_at, recon = _reconstruct_guided(model, inv, method, positive, negative, cfg, edit_branches)
@@ -123,9 +123,11 @@ def _reconstruct_guided(model, inv, method, positive, negative, cfg, edit_branch
             found = null_text_embeddings(m, inv, progress=progress_bar(len(inv.timesteps), model))
             return found, _reconstruct(m.with_negative(found), inv, progress=progress_bar(len(inv.timesteps), model))[0]
 
-        return run_in_comfy(model, x_T, body, positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches)
+        return run_in_comfy(model, x_T, body, positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches,
+                            steps=len(inv.timesteps))
     recon, _ = run_in_comfy(model, x_T, lambda m, x: _reconstruct(m, inv, progress=progress_bar(len(inv.timesteps), model)),
-                            positive=positive, negative=positive, cfg=cfg, edit_branches=edit_branches)
+                            positive=positive, negative=positive, cfg=cfg, edit_branches=edit_branches,
+                            steps=len(inv.timesteps))
     return {}, recon
 
 
@@ -152,5 +154,5 @@ class Capture(HSpaceNode):
             return capture_h(m, x, EditSchedule.reconstruction(steps), storage, progress=progress_bar(steps, model))
 
         trajectory, x0 = run_in_comfy(model, x_T["samples"], body, positive=positive, negative=negative, cfg=cfg,
-                                      edit_branches=edit_branches, negative_at=negative_at, site=site)
+                                      edit_branches=edit_branches, negative_at=negative_at, site=site, steps=steps)
         return io.NodeOutput(trajectory, latent_out(model, x0))

@@ -110,7 +110,7 @@ class StyleIDFeatures(HSpaceNode):
                                          window=(t_start, t_stop), storage=storage,
                                          h_storage=h_storage_of(h_storage, keep_h_from_t), access=ComfyAttention(m),
                                          progress=progress),
-            positive=positive)
+            positive=positive, steps=steps)
         reconstruction = latent_out(model, inv.reconstruction)
         quality = ReconstructionReport.compare(latent_x(model, latent), inv.reconstruction).psnr
         if image is not None:
@@ -196,5 +196,6 @@ class StyleIDInject(HSpaceNode):
                                   access=ComfyAttention(m), progress=progress, edit_timesteps=edited)
 
         out = run_in_comfy(model, content_x_T["samples"],
-                           lambda m, x: sweep(runs, steps, lambda r, p: run(m, x, *r, p), model), positive=positive)
+                           lambda m, x: sweep(runs, steps, lambda r, p: run(m, x, *r, p), model), positive=positive,
+                           steps=steps)
         return io.NodeOutput(latent_out(model, out), sweep_text(gammas), sweep_text(gamma_hs))

@@ -138,3 +138,19 @@ def test_the_grep_sees_the_old_spellings():
                "return int((table - torch.tensor(sigma).log()).abs().argmin())"]
     for line in samples:
         assert any(rx.search(line) for rx in CONVERSIONS.values()), line
+
+
+def test_run_in_comfy_hands_comfyui_the_bodys_real_sigmas(pack):
+    from test_comfy_one_call import conditioning, tiny_sd
+
+    from hspace_pack.nodes.comfy.noise_levels import noise_levels
+
+    comfy_model, _ = pack
+    model, (positive, _) = tiny_sd(), conditioning()
+    seen = lambda m, x: m.extra_args["model_options"]["transformer_options"]["sample_sigmas"].cpu()  # noqa: E731
+    latent = torch.zeros(1, 4, 8, 8)
+    with torch.inference_mode():
+        sigmas = comfy_model.run_in_comfy(model, latent, seen, positive=positive, steps=6)
+        dummy = comfy_model.run_in_comfy(model, latent, seen, positive=positive)
+    assert torch.equal(sigmas, noise_levels(model).grid_sigmas(6).float()) and len(sigmas) == 7
+    assert dummy.tolist() == [noise_levels(model).sigma_max, 0.0]  # a body with no one grid

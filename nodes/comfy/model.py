@@ -419,14 +419,17 @@ def with_row_reservation(model, rows: int):
 
 def run_in_comfy(model, latent: torch.Tensor, body, *, positive=None, negative=None, cfg: float = 1.0,
                  edit_branches: str = "cond", seed: int = 0, negative_at: dict | None = None,
-                 site: str = DEFAULT_SITE, rows: int | None = None):
+                 site: str = DEFAULT_SITE, rows: int | None = None, steps: int | None = None):
     """Run ``body(hspace_model, x)`` inside ComfyUI's sampling of ``model``, with h read at ``site``.
 
     ``latent`` is a LATENT's ``samples`` (unscaled); ``x`` is the model-space tensor the body works on
     (``process_latent_in`` applied).  ``negative_at`` ({t: cross-attention tensor}, null-text inversion) replaces
     the negative's embedding at those timesteps.  ``rows`` is the batch the body really runs through the U-Net
     when it is not the latent's (``rows_run``: an edit's one-call [x; x] is 2×, the explorer's S strengths 2S×, the
-    Jacobian's k + oversample): ComfyUI then reserves memory for that many rows.  Returns what ``body`` returns.
+    Jacobian's k + oversample): ComfyUI then reserves memory for that many rows.  ``steps``: the body's DDIM grid
+    (Asyrp's, ``NoiseLevels.grid_sigmas``), whose real sigmas ComfyUI's sampling is handed (its
+    ``transformer_options["sample_sigmas"]`` and the schedule patches see); without it (a body with no one grid)
+    [σ_max, 0].  Returns what ``body`` returns.
     """
     check_has_h_space(model)
     if is_flow_transformer(model):
@@ -454,7 +457,8 @@ def run_in_comfy(model, latent: torch.Tensor, body, *, positive=None, negative=N
         return x
 
     sampler = comfy.samplers.KSAMPLER(sampler_function)
-    sigmas = torch.tensor([noise_levels(model).sigma_max, 0.0])
+    levels = noise_levels(model)
+    sigmas = levels.grid_sigmas(steps).float() if steps else torch.tensor([levels.sigma_max, 0.0])
     runner = with_row_reservation(model, rows) if rows is not None and rows != latent.shape[0] else model
     comfy.sample.sample_custom(runner, torch.zeros_like(latent), cfg, sampler, sigmas, positive, negative, latent,
                                disable_pbar=True, seed=seed)
