@@ -13,7 +13,9 @@ from comfy_api.latest import io
 from ..hspace_core.adapters.base import autograd_ready
 from ..hspace_core.clip_directions import DirectionTraining, load_open_clip, train_direction
 from ..hspace_core import load_official_asyrp
-from .comfy.model import progress_bar, rows_run, run_in_comfy, time_embedding_of
+from .comfy.memory import rows_run
+from .comfy.model import run_in_comfy, time_embedding_of
+from .comfy.progress import progress_bar
 from .layer import (CATEGORY, DirectionType, HSpaceNode, node_name, advanced, conditioning_inputs, encode, list_files,
                     lpips_by_name, model_input, resolve, seed_input, site_input, steps_input, stored_file_state,
                     edit_schedule, window_inputs)

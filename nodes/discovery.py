@@ -9,7 +9,9 @@ from ..hspace_core import (NORMALISATIONS, PROBE_METHODS, explore, explorer_rows
                            orthogonalise, pca_directions, probe_direction, rescale_like)
 from ..hspace_core.sites import common_site
 from .comfy import grids
-from .comfy.model import latent_out, progress_bar, rows_run, run_in_comfy
+from .comfy.memory import rows_run
+from .comfy.model import latent_out, run_in_comfy
+from .comfy.progress import progress_bar
 from .layer import (CATEGORY, EXPLORER_STRENGTHS, T_EDITS, DirectionSet, DirectionType, HSpaceNode, Trajectory,
                     advanced, allow_other_model_input, check_work, conditioning_inputs, decode, edit_schedule,
                     model_input, sampling_inputs, seed_input, site_input, steps_input, t_edit_input, values_input,

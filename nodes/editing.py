@@ -5,7 +5,8 @@ from comfy_api.latest import io
 
 from ..hspace_core import Direction, combine as combine_linear, direction_from_examples
 from ..hspace_core.direction_algebra import strength_edit
-from .comfy.model import latent_out, rows_run, run_in_comfy
+from .comfy.memory import rows_run
+from .comfy.model import latent_out, run_in_comfy
 from .comfy.samplers import run_h_edit
 from .layer import (BOOST_SEED_RULE, STRENGTH_RANGE, STRENGTHS, CATEGORY, Boost, DirectionType, HSpaceNode, Trajectory,
                     advanced, allow_other_model_input, conditioning_inputs, edit_schedule, model_input, node_name,

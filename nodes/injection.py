@@ -10,7 +10,9 @@ import torch
 from ..hspace_core import EditSchedule, BoostSettings, StyleCalibration, gamma_ramp
 from ..hspace_core.processes import injection_edit, interpolation_frames, interpolation_storage
 from ..hspace_core.progress import offset
-from .comfy.model import is_pixel_unet, latent_out, progress_bar, rows_run, run_in_comfy
+from .comfy.memory import rows_run
+from .comfy.model import is_pixel_unet, latent_out, run_in_comfy
+from .comfy.progress import progress_bar
 from .comfy.samplers import capture_h, run_h_edit
 from .layer import (BOOST_SEED_RULE, CATEGORY, GAMMAS, Boost, Calibration, HSpaceNode, Trajectory, advanced,
                     boost_window_inputs, conditioning_inputs, edit_schedule, gamma_end_of, latent_x, mixing_inputs,

@@ -8,7 +8,9 @@ import math
 
 from ..hspace_core import CFG_INVERSIONS, H_SOURCES, EditSchedule, ReconstructionReport, null_text_embeddings
 from ..hspace_core.progress import offset
-from .comfy.model import is_pixel_unet, latent_out, model_fingerprint, progress_bar, run_in_comfy
+from .comfy.fingerprint import model_fingerprint
+from .comfy.model import is_pixel_unet, latent_out, run_in_comfy
+from .comfy.progress import progress_bar
 from .comfy.origin import XTOrigin
 from .comfy.samplers import capture_h, ddim_inversion, inversion_passes, run_h_edit
 from .layer import (CATEGORY, DEFAULT_H_STORAGE, HSpaceNode, Trajectory, advanced, conditioning_inputs, convention_input, decode,

@@ -9,7 +9,9 @@ from ..hspace_core.attention_store import CONTENT_KINDS, LAYER_PRESETS, STYLE_KI
 from ..hspace_core.styleid import FEATURE_SOURCES, STARTS, StyleIDSettings, record_features, styleid_inject
 from .comfy.attention import ComfyAttention, decoder_self_attention_layers
 from .comfy.origin import XTOrigin
-from .comfy.model import latent_out, model_fingerprint, progress_bar, run_in_comfy
+from .comfy.fingerprint import model_fingerprint
+from .comfy.model import latent_out, run_in_comfy
+from .comfy.progress import progress_bar
 from .layer import (CATEGORY, DEFAULT_H_STORAGE, GAMMAS, Calibration, HSpaceNode, Trajectory, advanced, check_work,
                     decode, encoded_pixels, grid_window, h_storage_inputs, h_storage_of, latent_of,
                     latent_x, model_input, psnr, sweep, sweep_text, t_edit_input, values_input, values_of,

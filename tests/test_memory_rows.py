@@ -1,4 +1,4 @@
-"""Memory is reserved for the rows a process really runs (``nodes/comfy/model.py``: ``rows_run``, ``reserve_rows``,
+"""Memory is reserved for the rows a process really runs (``nodes/comfy/memory.py``: ``rows_run``, ``reserve_rows``,
 ``run_in_comfy(rows=…)``).  A spy on ComfyUI's model-management call (``load_models_gpu``) sees, for the U-Net, what
 ComfyUI itself reserves for a latent of that many rows: the pack's SAMPLERs inside the real SamplerCustomAdvanced under
 CFGGuider, a one-call node edit, the Direction Explorer and Jacobian Directions."""
@@ -166,9 +166,9 @@ def test_jacobian_directions_reserve_for_k_plus_oversample_rows(pack, nodes, res
 
 
 def test_rows_run_is_the_one_rule(pack):
-    comfy_model, _ = pack
+    from hspace_pack.nodes.comfy.memory import rows_run
     model = tiny_sd()
-    assert comfy_model.rows_run(model, 3) == 3
-    assert comfy_model.rows_run(model, 3, edited=True) == 6  # the one-call [x; x]
-    assert comfy_model.rows_run(model, 1, copies=5, edited=True) == 10  # the explorer's 5 strengths
-    assert comfy_model.rows_run(model, 2, copies=4) == 8  # Jacobian probes
+    assert rows_run(model, 3) == 3
+    assert rows_run(model, 3, edited=True) == 6  # the one-call [x; x]
+    assert rows_run(model, 1, copies=5, edited=True) == 10  # the explorer's 5 strengths
+    assert rows_run(model, 2, copies=4) == 8  # Jacobian probes

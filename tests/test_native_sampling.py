@@ -180,7 +180,9 @@ def test_asyrp_edit_progress_sends_latent_previews(pack, monkeypatch):
     monkeypatch.setattr(comfy.utils.ProgressBar, "update_absolute",
                         lambda self, value, total=None, preview=None: sent.append((value, total, preview)))
     model = tiny_sd()
-    update = comfy_model.progress_bar(3, model)
+    from hspace_pack.nodes.comfy.progress import progress_bar
+
+    update = progress_bar(3, model)
     for k in range(1, 4):
         update(k, 3, torch.zeros(1, 4, 16, 16))
     update(3, 3)  # a step with no latent sends no preview

@@ -10,26 +10,24 @@ MODEL itself is never patched.
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 import math
-import weakref
 
 import torch
 
-import comfy.lora
 import comfy.model_management
 import comfy.model_patcher
 import comfy.sample
 import comfy.samplers
-import comfy.utils
 
 from ...hspace_core import Prediction, schedule_from_sigmas
-from ...hspace_core.adapters.base import autograd_ready, edited_rows, fingerprint_of
+from ...hspace_core.adapters.base import autograd_ready, edited_rows
 from ...hspace_core.sigmas import eps_of_denoised, sigma_of_alpha_bar, vp_to_ve
 from ...hspace_core.sites import DEFAULT_SITE, block_site, check_site, output_block_of_site
 from ...hspace_core.implicit import TimeEmbedding
 from . import dit, edit_batch
+from .fingerprint import model_fingerprint
+from .memory import with_row_reservation
 from .noise_levels import noise_levels
 
 log = logging.getLogger("hspace")
@@ -305,118 +303,6 @@ def time_embedding_of(model_patcher) -> TimeEmbedding:
     return TimeEmbedding.copy_of(dm.time_embed[0], dm.time_embed[2], dm.model_channels, True, 0.0)
 
 
-_FINGERPRINTS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
-
-
-def model_fingerprint(model_patcher) -> str:
-    """'arch/weights' hash of the diffusion model as it runs: with this MODEL's weight patches (LoRA, merges)
-    applied.  ComfyUI's clones share one ``diffusion_model`` and patch it in place, so the hash is cached per
-    (model object, patch state ``patches_uuid``) and taken while this patch state is the one loaded (loading it
-    first if another clone's is): the same MODEL gets the same fingerprint whatever ran before (~1 s for SD).
-    A weight ComfyUI patches on the fly instead (low-VRAM and dynamic-VRAM loading) is hashed as it would run
-    (``weights_as_run``), so both modes give the same fingerprint."""
-    dm = model_patcher.get_model_object("diffusion_model")
-    state = getattr(model_patcher, "patches_uuid", None)
-    cached = _FINGERPRINTS.setdefault(dm, {})
-    if state not in cached:
-        current = getattr(model_patcher.model, "current_weight_patches_uuid", state)
-        if current != state and (current is not None or model_patcher.patches):
-            comfy.model_management.load_models_gpu([model_patcher])  # put this clone's weights in place
-        arch = {"class": type(dm).__name__, "model_type": model_patcher.model.model_type.name,
-                "config": type(getattr(model_patcher.model, "model_config", None)).__name__}
-        cached[state] = fingerprint_of(arch, weights_as_run(model_patcher, dm))
-    return cached[state]
-
-
-def weights_as_run(model_patcher, dm):
-    """``dm``'s parameters as the U-Net runs them, one at a time (a generator: one patched copy alive at once).
-    A weight with patches that is not patched in place (not in ComfyUI's ``backup``, which every in-place patch
-    fills first: the offloaded modules of a low-VRAM load, dynamic VRAM) is ``patched_weight``; the rest as they are."""
-    prefix = "diffusion_model." if getattr(model_patcher.model, "diffusion_model", None) is dm else None
-    if prefix is None and model_patcher.patches:
-        log.warning("H-Space: this MODEL's diffusion_model is an object patch, so its fingerprint is of the weights "
-                    "in place, with whichever weight patches are applied there.")
-    backup = getattr(model_patcher, "backup", {})
-    returns_weight = "return_weight" in inspect.signature(model_patcher.patch_weight_to_device).parameters
-    on_the_fly = 0
-    for name, weight in dm.named_parameters():
-        key = f"{prefix}{name}"
-        if prefix is not None and key in model_patcher.patches and key not in backup:
-            on_the_fly += 1
-            yield patched_weight(model_patcher, key, returns_weight)
-        else:
-            yield weight
-    if on_the_fly:
-        log.info("H-Space: %d weight(s) of this MODEL are patched on the fly (low-VRAM loading); its fingerprint "
-                 "applies their patches to copies (%s).", on_the_fly,
-                 "patch_weight_to_device(return_weight=True)" if returns_weight else
-                 "this ComfyUI's patch_weight_to_device cannot return a weight: calculate_weight")
-
-
-def patched_weight(model_patcher, key: str, returns_weight: bool = True) -> torch.Tensor:
-    """The weight ComfyUI writes for ``key`` when it patches in place, computed without writing it, on the load
-    device: ``ModelPatcher.patch_weight_to_device(return_weight=True)`` where it can (``returns_weight``), else its
-    steps over ``comfy.lora.calculate_weight`` (``ModelPatcher.calculate_weight`` in older ComfyUI)."""
-    device = model_patcher.load_device
-    if returns_weight:
-        return model_patcher.patch_weight_to_device(key, device_to=device, return_weight=True)
-    weight, set_func, convert_func = comfy.model_patcher.get_key_weight(model_patcher.model, key)
-    temp = comfy.model_management.cast_to_device(weight, device, torch.float32, copy=True)
-    if convert_func is not None:
-        temp = convert_func(temp, inplace=True)
-    calculate = getattr(comfy.lora, "calculate_weight", None) or model_patcher.calculate_weight
-    out = calculate(model_patcher.patches[key], temp, key)
-    seed = (getattr(comfy.utils, "string_to_seed", None) or comfy.model_patcher.string_to_seed)(key)
-    if set_func is not None:
-        return set_func(out, seed=seed, return_weight=True)
-    rounding = getattr(getattr(comfy, "float", None), "stochastic_rounding", None)
-    return rounding(out, weight.dtype, seed=seed) if rounding is not None else out.to(weight.dtype)
-
-
-def rows_run(model, batch: int, *, copies: int = 1, edited: bool = False) -> int:
-    """How many latent rows one U-Net call of a process runs: the one rule behind every memory reservation
-    (``run_in_comfy(rows=…)`` for the nodes, ``reserve_rows`` for the SAMPLERs).  ``copies`` of each of ``batch``
-    latents (the Direction Explorer's strengths, Jacobian Directions' k + oversample probes), twice over when an edited
-    step is the one-call [x; x] of ``edit_batch`` (plain and edited rows), which a U-Net that cannot take it replaces
-    by two calls of the plain rows.  ComfyUI's own estimate then doubles it again for cond and uncond."""
-    one_call = edited and edit_batch.supports_edited_copies(model.get_model_object("diffusion_model"))
-    return batch * copies * (2 if one_call else 1)
-
-
-def reserve_rows(guider, rows: int, shape) -> None:
-    """Inside a guider's sampling (the body of a SAMPLER), reserve memory for ``rows`` latent rows of ``shape`` as
-    ComfyUI's ``sampler_helpers.prepare_sampling`` does for the latent: its ``estimate_memory`` over the guider's conds
-    plus the ControlNets' inference memory, through ``load_models_gpu`` with the guider's other loaded models
-    (ControlNets, GLIGEN, hooks' models).  The guider reserved for ``shape[0]`` rows; ``rows`` equal to that is a no-op."""
-    if rows == shape[0]:
-        return
-    import comfy.sampler_helpers as helpers
-
-    patcher, conds = guider.model_patcher, getattr(guider, "conds", None)
-    if conds is None:
-        log.info("H-Space: this guider (%s) has no conds to estimate memory from; it keeps its reservation for %d "
-                 "rows while the sampler runs %d.", type(guider).__name__, shape[0], rows)
-        return
-    _, inference_memory = helpers.get_additional_models(conds, patcher.model_dtype())
-    required, minimum = helpers.estimate_memory(patcher, [rows, *shape[1:]], conds)
-    others = list(getattr(guider, "loaded_models", None) or [])
-    comfy.model_management.load_models_gpu([patcher, *others], memory_required=required + inference_memory,
-                                           minimum_memory_required=minimum + inference_memory)
-
-
-def with_row_reservation(model, rows: int):
-    """A clone of ``model`` for which ComfyUI reserves memory as for a batch of ``rows`` latents (a
-    PREPARE_SAMPLING wrapper hands ``estimate_memory`` that batch size; nothing else changes)."""
-    import comfy.patcher_extension as ext
-
-    def reserve(executor, model_patcher, noise_shape, conds, *args, **kwargs):
-        return executor(model_patcher, [rows, *noise_shape[1:]], conds, *args, **kwargs)
-
-    clone = model.clone()
-    clone.add_wrapper_with_key(ext.WrappersMP.PREPARE_SAMPLING, "hspace_rows", reserve)
-    return clone
-
-
 def run_in_comfy(model, latent: torch.Tensor, body, *, positive=None, negative=None, cfg: float = 1.0,
                  edit_branches: str = "cond", seed: int = 0, negative_at: dict | None = None,
                  site: str = DEFAULT_SITE, rows: int | None = None, steps: int | None = None):
@@ -468,38 +354,3 @@ def run_in_comfy(model, latent: torch.Tensor, body, *, positive=None, negative=N
 def latent_out(model, x: torch.Tensor) -> dict:
     """Model-space tensor → LATENT dict (``process_latent_out``)."""
     return {"samples": model.model.process_latent_out(x.float()).to(comfy.model_management.intermediate_device())}
-
-
-def progress_bar(total: int, model=None):
-    """A progress callback ``update(done, total, x0=None)`` for the core that also honours Cancel at every step.
-    Given the MODEL, an ``x0`` passed to it (the step's denoised latent, model space) is sent as ComfyUI's latent
-    preview (``latent_preview``'s previewer, as core samplers do; none when the server runs without previews).
-    A preview that cannot be made is logged once and dropped: it never fails the run."""
-    bar = comfy.utils.ProgressBar(total)
-    previewer = _previewer(model) if model is not None else None
-
-    def update(done, total_now, x0=None):
-        nonlocal previewer
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        preview = None
-        if previewer is not None and x0 is not None:
-            try:
-                preview = previewer.decode_latent_to_preview_image("JPEG", x0)
-            except Exception as e:  # a preview is a nicety: log it, keep sampling
-                log.warning("H-Space: latent preview failed (%s: %s); this run continues without previews.",
-                            type(e).__name__, e)
-                previewer = None
-        bar.update_absolute(done, total_now, preview)
-
-    return update
-
-
-def _previewer(model):
-    """ComfyUI's previewer for ``model``'s latent format (None, logged, where it cannot be made)."""
-    try:
-        import latent_preview
-
-        return latent_preview.get_previewer(model.load_device, model.model.latent_format)
-    except Exception as e:
-        log.warning("H-Space: no latent preview for this model (%s: %s).", type(e).__name__, e)
-        return None

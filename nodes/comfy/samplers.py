@@ -5,7 +5,7 @@ is whatever guider SamplerCustomAdvanced was given (CFGGuider, DualCFGGuider, Pe
 whatever scheduler made.  The h patch (and the one-call [x; x] batch of ``edit_batch``) goes into a per-call copy of
 ``model_options``, so every guider pass sees it; the loops are ``hspace_core.sampling``'s.  ComfyUI's ``callback``
 gets every step (latent previews, progress, Cancel).  The guider reserved memory for the latent's rows; before its
-first step each edit sampler reserves for the rows it really runs (``model.rows_run``, ``model.reserve_rows``); the
+first step each edit sampler reserves for the rows it really runs (``memory.rows_run``, ``memory.reserve_rows``); the
 inversion sampler runs the latent's own rows.
 """
 from __future__ import annotations
@@ -24,7 +24,8 @@ from ...hspace_core.sampling import (check_window_steps, clip_denoised, inversio
 from ...hspace_core.sigmas import sigmas_problem, ve_scale, ve_to_vp
 from ...hspace_core.sites import site_of
 from ...hspace_core.trajectory import HStorage, HTrajectory, Inversion
-from .model import ComfyHSpaceModel, reserve_rows, rows_run
+from .memory import reserve_rows, rows_run
+from .model import ComfyHSpaceModel
 from .noise_levels import noise_levels
 from .windows import boost_t_boost
 

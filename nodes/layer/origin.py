@@ -7,7 +7,8 @@ import math
 
 from ...hspace_core import timestep_grid
 from ..comfy.origin import XTOrigin
-from ..comfy.model import check_latent, model_fingerprint
+from ..comfy.fingerprint import model_fingerprint
+from ..comfy.model import check_latent
 
 log = logging.getLogger("hspace")
 ORIGIN_KEY = "hspace_origin"

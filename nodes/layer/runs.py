@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..comfy.model import progress_bar
+from ..comfy.progress import progress_bar
 
 
 def sweep(values, steps: int, run, model=None) -> torch.Tensor:
