@@ -127,6 +127,40 @@ def schedule_in_window(schedule: EditSchedule, window: SigmaWindow, sigma_of: Ca
                                made_with=window.made_with)
 
 
+@dataclass(frozen=True)
+class EditPlan:
+    """A reverse run as data: the decreasing ``sigmas`` it steps over (n + 1: the last 0, or the noise level where
+    the run stops), the model's ``timesteps`` of its n steps (where h edits and records are keyed), which steps edit
+    (``edits``, the injection stride applied) and the η of each step (``etas``: the quality boost).  What an
+    ``EditSchedule`` (t_edit or a window's timesteps, t_boost, η) resolves to on a model's noise levels
+    (``on_grid``); ``sample_h_edit`` runs it."""
+
+    sigmas: torch.Tensor
+    timesteps: tuple[int, ...]
+    edits: tuple[bool, ...]
+    etas: tuple[float, ...]
+
+    def __post_init__(self):
+        n = len(self.sigmas) - 1
+        if not len(self.timesteps) == len(self.edits) == len(self.etas) == n:
+            raise ValueError(f"An edit plan of {n} steps needs {n} timesteps, edit flags and η values, got "
+                             f"{len(self.timesteps)}, {len(self.edits)} and {len(self.etas)}.")
+
+    @classmethod
+    def on_grid(cls, schedule: EditSchedule, levels: NoiseLevels, *, edited: bool = True, edit_every: int = 1,
+                stop_below: int | None = None) -> "EditPlan":
+        """``schedule``'s DDIM grid at ``levels``' sigmas (``NoiseLevels.sigmas_at``): it edits where
+        ``schedule.edits_at`` (every ``edit_every``-th step of that, ``strided``; nowhere unless ``edited``), with
+        ``schedule.eta_at`` per step; ``stop_below`` = t_min keeps only the steps at t ≥ t_min (a prefix: the grid
+        decreases), the run then ending at the noise level of the first step below."""
+        grid = schedule.timesteps()
+        n = len(grid) if stop_below is None else sum(t >= stop_below for t in grid)
+        steps = grid[:n]
+        return cls(levels.sigmas_at(grid)[: n + 1], steps,
+                   tuple(strided([edited and schedule.edits_at(t) for t in steps], edit_every)),
+                   tuple(schedule.eta_at(t) for t in steps))
+
+
 def clip_denoised(denoised: torch.Tensor | None, limit: float | None) -> torch.Tensor | None:
     """clamp(D, −c, c): ``ddim.clipped_eps`` in σ space.  With x = x_t/√ᾱ (VE) and √(1 − ᾱ) = σ·√ᾱ, the clipped
     ε' = (x_t − √ᾱ·clip(P_t))/√(1 − ᾱ) is (x − clip(P_t))/σ, and the x0 it predicts, x − σ·ε', is clip(P_t); P_t is

@@ -19,8 +19,8 @@ import torch
 import comfy.samplers
 
 from ...hspace_core.devices import FiniteWatch, host_ready, step_dtype, to_host
-from ...hspace_core.sampling import (check_window_steps, clip_denoised, inversion_steps, invert_sigmas, sample_h_edit,
-                                     strided)
+from ...hspace_core.sampling import (EditPlan, check_window_steps, clip_denoised, inversion_steps, invert_sigmas,
+                                     sample_h_edit, strided)
 from ...hspace_core.sigmas import sigmas_problem, ve_scale, ve_to_vp
 from ...hspace_core.sites import site_of
 from ...hspace_core.trajectory import HStorage, HTrajectory, Inversion
@@ -188,10 +188,8 @@ def run_h_edit(hs, x_T: torch.Tensor, edit, schedule, *, seed: int = 0, progress
 
     The step math runs in at least float32 (x cast back to x_T's dtype); finiteness is read once, after the loop."""
     grid = list(schedule.timesteps())
-    n = len(grid) if stop_below is None else sum(t >= stop_below for t in grid)  # the grid decreases: a prefix
-    on_grid = hs.levels.sigmas_at(grid).float()
-    sigmas = on_grid[: n + 1].to(x_T.device)
-    edits = strided([edit is not None and schedule.edits_at(t) for t in grid[:n]], edit_every)
+    plan = EditPlan.on_grid(schedule, hs.levels, edited=edit is not None, edit_every=edit_every, stop_below=stop_below)
+    n, sigmas = len(plan.timesteps), plan.sigmas.float().to(x_T.device)
     seen = [-1]  # the last step whose h was recorded
 
     def denoise(x, i, edit_now):
@@ -208,13 +206,12 @@ def run_h_edit(hs, x_T: torch.Tensor, edit, schedule, *, seed: int = 0, progress
         if progress is not None:
             progress(i + 1, len(grid), denoised)
 
-    x = x_T.to(step_dtype(x_T.dtype)) * ve_scale(float(on_grid[0]))
-    x = sample_h_edit(denoise, x, sigmas, edits, etas=[schedule.eta_at(t) for t in grid[:n]], omega=omega, seed=seed,
-                      callback=step_done)
+    x = x_T.to(step_dtype(x_T.dtype)) * ve_scale(float(plan.sigmas[0]))
+    x = sample_h_edit(denoise, x, sigmas, plan.edits, etas=plan.etas, omega=omega, seed=seed, callback=step_done)
     if (t_bad := watch.first()) is not None:
         raise ValueError(f"The reverse process diverged (NaN/inf) at t={t_bad}; lower the edit strength or γ.")
     if n < len(grid):
-        x = ve_to_vp(x, float(on_grid[n]))
+        x = ve_to_vp(x, float(plan.sigmas[-1]))
     return x.to(x_T.dtype)
 
 
