@@ -212,14 +212,16 @@ def _direction_of(form: str, trained, timesteps, h_shape, model: HSpaceModel, me
 def train_direction(model: HSpaceModel, images: torch.Tensor, clip: CLIPDirectional, source_text: str,
                     target_text: str, config: DirectionTraining = DirectionTraining(), *,
                     latents: torch.Tensor | None = None, decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                    distance=None, progress=None, should_stop=None) -> TrainedDirection:
+                    distance=None, progress=None, should_stop=None,
+                    on_gradients: Callable[[list], None] | None = None) -> TrainedDirection:
     """Learn a direction (global Δh, per-timestep Δh_t or implicit f_t) moving images from ``source_text`` to
     ``target_text``.
 
     ``images`` are the training images in [-1, 1] (what CLIP sees); ``latents`` the model-space tensors to invert
     (the VAE encodings for a latent model; defaults to ``images``) and ``decode`` maps model space to images
     (differentiably).  ``distance`` (LPIPS) is only used when ``config.t_edit`` is None.
-    Gradients are enabled here even when called under ``torch.inference_mode``.
+    Gradients are enabled here even when called under ``torch.inference_mode``.  ``on_gradients(params)`` is called
+    after each backward pass, before the optimiser step (data-parallel training averages the gradients there).
     """
     import time
 
@@ -294,6 +296,8 @@ def train_direction(model: HSpaceModel, images: torch.Tensor, clip: CLIPDirectio
                         if not torch.isfinite(loss):
                             raise ValueError(f"The training loss became {float(loss)} at t={t}; lower lr.")
                         loss.backward()
+                        if on_gradients is not None:  # e.g. averaged over data-parallel workers (jobs.training)
+                            on_gradients(params)
                         optimizer.step()
                         losses.append(loss.item())
                         clip_losses.append(clip_loss.item())

@@ -79,9 +79,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=float, default=0.5, help="Slerp weight γ in [0, 1] (default 0.5)")
     _window(p)
     _common(p)
-    p = sub.add_parser("clip", help="train a direction from text with CLIP (Asyrp), in this process",
+    p = sub.add_parser("clip", help="train a direction from text with CLIP (Asyrp)",
                        description="Asyrp's CLIP direction training over every image of the folder, in this process "
-                                   "(not sharded: no --workers or --ray)")
+                                   "or data-parallel on Ray (Ray Train)")
     p.add_argument("folder")
     p.add_argument("--source-text", required=True)
     p.add_argument("--target-text", required=True)
@@ -91,6 +91,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--lr", type=float, default=0.5)
     p.add_argument("--t-edit", type=int, default=500)
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (with --ray)")
+    p.add_argument("--ray", metavar="ADDRESS", help="train data-parallel on a Ray cluster (ADDRESS or 'local')")
     _common(p, sharded=False)
     return top
 
@@ -133,24 +135,32 @@ def job_spec(args) -> JobSpec:
                    in_channels(model), args.seed)
 
 
-def _clip(args) -> list[str]:
-    """CLIP direction training: one process over every image of the folder (``train_direction``)."""
-    import torch
+def _clip(args) -> tuple[list[str], list]:
+    """CLIP direction training over the folder's images: in this process, or data-parallel with Ray Train."""
+    import functools
 
-    from ..clip_directions import DirectionTraining, load_open_clip, train_direction
+    from ..clip_directions import DirectionTraining, load_open_clip
     from .models import load_model, sample_size
+    from .training import ClipJob, train_here, train_on_ray, usable_images
 
-    model = load_model(args.model, args.site)
-    spec = ImageSpec(args.size or sample_size(model))
-    images = torch.cat([read_image(args.folder, name, spec) for name in list_images(args.folder)])
-    clip = load_open_clip(args.clip, args.pretrained)
+    size = args.size or sample_size(load_model(args.model, args.site))
     config = DirectionTraining(form=args.form, num_steps=args.steps, inversion_steps=args.steps, t_edit=args.t_edit,
                                epochs=args.epochs, lr=args.lr, seed=args.seed)
-    result = train_direction(model, images, clip, args.source_text, args.target_text, config)
+    job = ClipJob(os.path.abspath(args.model), os.path.abspath(args.folder), size, args.source_text,
+                  args.target_text, config, args.site)
+    names, problems = usable_images(job)
+    for path, reason in problems:
+        log.error("skipped %s: %s", path, reason)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "direction.safetensors")
-    result.direction.save(path)
-    return [path]
+    if args.ray:
+        train_on_ray(job, functools.partial(load_open_clip, args.clip, args.pretrained), names, args.out,
+                     args.workers, args.ray)
+    else:
+        if args.workers != 1:
+            raise ValueError("--workers for clip needs --ray (Ray Train); without it the training runs in this process.")
+        train_here(job, load_open_clip(args.clip, args.pretrained), names).direction.save(path)
+    return [path], problems
 
 
 def main(argv=None) -> int:
@@ -160,7 +170,7 @@ def main(argv=None) -> int:
 
     try:
         if args.command == "clip":
-            outputs, problems = _clip(args), []
+            outputs, problems = _clip(args)
         else:
             result = run_job(job_spec(args), args.out, workers=args.workers, ray=args.ray, device=args.device,
                              progress=not args.no_progress and sys.stderr.isatty())
