@@ -198,11 +198,22 @@ def help_pages(infos: list[dict]) -> dict[str, str]:
             for info in infos}
 
 
+def stale_files(files: dict[str, str]) -> list[str]:
+    """The paths of ``files`` ({path: text}) that are missing or hold another text."""
+    return [path for path, text in files.items()
+            if not os.path.exists(path) or open(path, encoding="utf-8").read() != text]
+
+
+def write_files(files: dict[str, str]) -> None:
+    for path, text in files.items():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
 def stale_help_pages(pages: dict[str, str]) -> list[str]:
     """The help pages that differ from ``pages``, are missing, or belong to no registered node."""
-    stale = [path for path, text in pages.items()
-             if not os.path.exists(path) or open(path, encoding="utf-8").read() != text]
-    return stale + sorted(set(glob.glob(os.path.join(HELP_DIR, "*.md"))) - set(pages))
+    return stale_files(pages) + sorted(set(glob.glob(os.path.join(HELP_DIR, "*.md"))) - set(pages))
 
 
 def _anchor(title: str) -> str:
@@ -224,14 +235,9 @@ def main(argv=None) -> int:
         for path in stale:
             print(f"{os.path.relpath(path, REPO)} is stale: run `{COMMAND}` and commit the result", file=sys.stderr)
         return 1 if stale else 0
-    with open(args.out, "w") as f:
-        f.write(text)
-    os.makedirs(HELP_DIR, exist_ok=True)
     for path in set(glob.glob(os.path.join(HELP_DIR, "*.md"))) - set(pages):
         os.remove(path)  # a node that is no longer registered
-    for path, page in pages.items():
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(page)
+    write_files({args.out: text, **pages})
     print(f"{args.out}: {text.count(chr(10) + '### ')} nodes; {HELP_DIR}: {len(pages)} help pages")
     return 0
 

@@ -122,20 +122,35 @@ class LoadPixelUNet(HSpaceNode):
 
     @classmethod
     def execute(cls, unet_folder, repo_id="") -> io.NodeOutput:
-        """A checkpoint's settings the file cannot carry (β schedule, class label, head split) come from the JSON
-        file beside it (``hspace_core.checkpoints.settings_beside``)."""
-        folder = local_folder(unet_folder, repo_id)
-        if folder is None:
-            unet, scheduler = load_pixel_unet_hub(repo_id.strip())
-        elif os.path.isfile(folder):
-            loaded = read_checkpoint(folder)
-            if not loaded.settings.sigma_parameterised or loaded.unet.class_embedding is not None:
-                return io.NodeOutput(checkpoint_model(loaded))  # (which refuses an unfixed class or condition)
-            found = log_settings_check(loaded)  # before checkpoint_model, which may cast the U-Net
-            return io.NodeOutput(checkpoint_model(loaded), ui={"text": [found.message]})
-        else:
-            unet, scheduler = load_pixel_unet_folder(folder)
-        return io.NodeOutput(pixel_model_patcher(unet, scheduler))
+        model, found = _load(unet_folder, repo_id)
+        if hasattr(model, "cached_patcher_init"):  # ComfyUI ≥ 0.33: how core makes a fresh copy (multi-GPU)
+            model.cached_patcher_init = (load_pixel_model, (unet_folder, repo_id))
+        return io.NodeOutput(model, ui={"text": [found]}) if found else io.NodeOutput(model)
+
+
+def load_pixel_model(unet_folder: str, repo_id: str = "", disable_dynamic: bool = False):
+    """The loader's MODEL, loaded from its files: core's ``cached_patcher_init`` factory, which
+    ``ModelPatcher.deepclone_multigpu`` calls for a fresh, unpatched copy (and ``clone(disable_dynamic=True)`` with
+    ``disable_dynamic``: pixel U-Nets are plain ModelPatchers, never dynamic, so it changes nothing)."""
+    return _load(unet_folder, repo_id)[0]
+
+
+def _load(unet_folder: str, repo_id: str):
+    """(MODEL, the settings check's message for an EDM-style checkpoint, else None).  A checkpoint's settings the file
+    cannot carry (β schedule, class label, head split) come from the JSON file beside it
+    (``hspace_core.checkpoints.settings_beside``)."""
+    folder = local_folder(unet_folder, repo_id)
+    if folder is None:
+        unet, scheduler = load_pixel_unet_hub(repo_id.strip())
+    elif os.path.isfile(folder):
+        loaded = read_checkpoint(folder)
+        if not loaded.settings.sigma_parameterised or loaded.unet.class_embedding is not None:
+            return checkpoint_model(loaded), None  # (which refuses an unfixed class or condition)
+        found = log_settings_check(loaded)  # before checkpoint_model, which may cast the U-Net
+        return checkpoint_model(loaded), found.message
+    else:
+        unet, scheduler = load_pixel_unet_folder(folder)
+    return pixel_model_patcher(unet, scheduler), None
 
 
 def checkpoint_model(loaded: LoadedCheckpoint):

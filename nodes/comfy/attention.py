@@ -14,6 +14,8 @@ import copy
 import comfy.model_patcher
 from comfy.ldm.modules.attention import SpatialTransformer, optimized_attention
 
+from .allocations import outside_allocation_graph
+
 
 def decoder_self_attention_layers(model_patcher) -> tuple[str, ...]:
     """The "middle.k" and "block.transformer" names of the U-Net's middle- and output-block self-attention layers,
@@ -35,8 +37,9 @@ def _replace(name: str, patch):
         order = extra_options.get("cond_or_uncond") or [0]
         chunks = tuple("cond" if c == 0 else "uncond" for c in order)
         heads, precision = extra_options["n_heads"], extra_options.get("attn_precision")
-        return patch(name, q, k, v, chunks, lambda q_, k_, v_: optimized_attention(q_, k_, v_, heads,
-                                                                                   attn_precision=precision))
+        with outside_allocation_graph():  # the recorded K, V, Q are kept past the forward
+            return patch(name, q, k, v, chunks, lambda q_, k_, v_: optimized_attention(q_, k_, v_, heads,
+                                                                                       attn_precision=precision))
     return attn1
 
 

@@ -19,6 +19,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepBlock, UNetMo
 
 from ...hspace_core.adapters.base import is_edited, take_rows
 from ...hspace_core.adapters.diffusers_unet import capture_pass, EncoderCache, replay_pass
+from .allocations import outside_allocation_graph
 
 
 class UnusualBatch(Exception):
@@ -95,15 +96,16 @@ class EditedCopies:
         names = branch_names(transformer_options)
         chosen = [i for i, name in enumerate(names) if self.single or is_edited(name, self.edit_branches)]
         edited = {}
-        if chosen:
-            sel = torch.cat([torch.arange(i * rows, (i + 1) * rows) for i in chosen]).to(x.device)
-            self.h_patch.start_editing(self.edit, self.t, self.edit_branches)
-            decoded = decoder.decode(state, sel, options, [order[i] for i in chosen], args, kwargs)
-            edited = dict(zip(chosen, decoded.chunk(len(chosen))))
-        parts = []
-        for i, chunk in enumerate(out.chunk(len(order))):
-            parts += [chunk, edited.get(i, chunk)]
-        return torch.cat(parts)
+        with outside_allocation_graph():  # the edited rows' decoder pass runs on edited steps only
+            if chosen:
+                sel = torch.cat([torch.arange(i * rows, (i + 1) * rows) for i in chosen]).to(x.device)
+                self.h_patch.start_editing(self.edit, self.t, self.edit_branches)
+                decoded = decoder.decode(state, sel, options, [order[i] for i in chosen], args, kwargs)
+                edited = dict(zip(chosen, decoded.chunk(len(chosen))))
+            parts = []
+            for i, chunk in enumerate(out.chunk(len(order))):
+                parts += [chunk, edited.get(i, chunk)]
+            return torch.cat(parts)
 
 
 def _halves(x: torch.Tensor, chunks: int):
@@ -130,9 +132,10 @@ class _SkipRecorder:
         if self.active and block[:1] == ("output",) and block[1] >= self.start:
             if hsp is None:  # newer ComfyUI may skip the skip concatenation: nothing to replay from
                 raise UnusualBatch("an output block without a skip connection")
-            if block[1] == self.start:
-                self.h, self.index = h.clone(), transformer_options.get("transformer_index", 0)
-            self.skips.append(hsp.clone())
+            with outside_allocation_graph():  # kept for the decoder pass after this forward
+                if block[1] == self.start:
+                    self.h, self.index = h.clone(), transformer_options.get("transformer_index", 0)
+                self.skips.append(hsp.clone())
         return h, hsp
 
 

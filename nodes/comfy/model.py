@@ -26,6 +26,7 @@ from ...hspace_core.sigmas import eps_of_denoised, sigma_of_alpha_bar, vp_to_ve
 from ...hspace_core.sites import DEFAULT_SITE, block_site, check_site, output_block_of_site
 from ...hspace_core.implicit import TimeEmbedding
 from . import dit, edit_batch
+from .allocations import kept, outside_allocation_graph
 from .fingerprint import model_fingerprint
 from .memory import with_row_reservation
 from .noise_levels import noise_levels
@@ -124,15 +125,17 @@ class _HPatch:
         transformer's block (``dit.DitH``) both hand h here."""
         names = edit_batch.branch_names(transformer_options)
         out = []
-        for name, rows in zip(names, h.chunk(len(names))):
-            if self.recording:
-                self.rows[name].append(rows.detach())
-            if self.edit is not None:
-                label = name if self.branches != ("single",) else "single"
-                rows = edited_rows(rows, self.t, (label,), self.edit, self.edit_branches)
-            out.append(rows)
-        edited = torch.cat(out)
-        return torch.empty_like(h).copy_(edited) if self.edit is not None else h
+        with outside_allocation_graph():  # what it keeps and what it edits are not the U-Net's recorded allocations
+            for name, rows in zip(names, h.chunk(len(names))):
+                if self.recording:
+                    self.rows[name].append(kept(rows.detach()))
+                if self.edit is not None:
+                    label = name if self.branches != ("single",) else "single"
+                    rows = edited_rows(rows, self.t, (label,), self.edit, self.edit_branches)
+                out.append(rows)
+            if self.edit is None:
+                return h
+            return torch.empty_like(h).copy_(torch.cat(out))
 
     def start_editing(self, edit, t, edit_branches):
         """From now on edit h (and stop recording): the decoder pass of ``edit_batch.EditedCopies``."""

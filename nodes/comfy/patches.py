@@ -15,6 +15,7 @@ import comfy.patcher_extension
 from ...hspace_core.adapters.base import is_edited
 from ...hspace_core.direction_algebra import strength_edit
 from ...hspace_core.sampling import check_window_steps
+from .allocations import outside_allocation_graph
 from .edit_batch import branch_names
 from . import dit
 from .model import is_pixel_unet, site_block
@@ -47,7 +48,8 @@ class HShift:
         if self.edit is None or not self.window.contains(sigma):
             return h
         t = self.timestep_of(sigma)
-        return shifted_h(h, self.edit, t, branch_names(transformer_options), self.edit_branches)
+        with outside_allocation_graph():  # allocated inside the window only: not part of the U-Net's recorded pattern
+            return shifted_h(h, self.edit, t, branch_names(transformer_options), self.edit_branches)
 
     def output_block(self, h, hsp, transformer_options):
         if transformer_options.get("block") != ("output", self.block):
