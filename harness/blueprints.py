@@ -15,6 +15,7 @@ as the editor's graphToPrompt does (inner node ids ``<subgraph node id>:<inner i
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import sys
@@ -34,14 +35,18 @@ NAMESPACE = uuid.UUID("5b1f0d3c-3a51-4d8e-9a55-4e2f1c0b7a11")  # stable ids: reg
 
 @dataclass(frozen=True)
 class Blueprint:
-    file: str
-    name: str
+    name: str  # the editor shows the file's name as the blueprint's name (frontend 1.49's loadGlobalBlueprint)
     description: str
+    aliases: tuple  # the node search's words for it (extra.BlueprintSearchAliases)
     inputs: tuple  # (name, type, label): sockets of the subgraph node; ("in", name) in ``graph`` reads them
     knobs: tuple  # (name, type, default, label): promoted widgets; ("knob", name) in ``graph`` reads them
     graph: dict  # API graph of the inner nodes
     outputs: tuple  # (name, type, (inner node, slot))
     category: str = "H-Space"
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.json"
 
 
 def _inversion(image: str) -> dict:
@@ -56,9 +61,10 @@ STEPS = ("steps", "INT", 40, "steps")
 
 BLUEPRINTS = (
     Blueprint(
-        "hspace_style_mixing.json", "H-Space Style Mixing",
+        "H-Space Style Mixing",
         "The content image's layout in the style image's look (DiffStyle / InjectFusion): both images are inverted, "
         "the content's h is injected by Slerp into the style image's regeneration, with style calibration.",
+        ("style transfer", "style mixing", "DiffStyle", "InjectFusion", "content injection", "h-space"),
         (*MODEL_INPUTS, ("content", "IMAGE", "content image"), ("style", "IMAGE", "style image"), POSITIVE),
         (("gamma", "FLOAT", 0.5, "content strength (γ)"), ("t_edit", "INT", 400, "mix down to t_edit"),
          ("omega", "FLOAT", 0.3, "style calibration (ω)"), STEPS),
@@ -71,9 +77,10 @@ BLUEPRINTS = (
          "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["mix", 0], "vae": ("in", "vae")}}},
         (("image", "IMAGE", ("decode", 0)),)),
     Blueprint(
-        "hspace_edit_along_direction.json", "H-Space Edit Along a Direction",
+        "H-Space Edit Along a Direction",
         "An image edited along an h-space direction (Asyrp): the image is inverted and regenerated with "
         "h + strength·Δh for t ≥ t_edit, by the asymmetric reverse process.",
+        ("Asyrp", "image editing", "semantic edit", "h-space direction", "inversion"),
         (*MODEL_INPUTS, ("image", "IMAGE", "image"), ("direction", "HSPACE_DIRECTION", "direction"), POSITIVE),
         (("strength", "FLOAT", 1.0, "strength"), ("t_edit", "INT", 400, "edit down to t_edit"), STEPS),
         {"invert": _inversion("image"),
@@ -84,9 +91,10 @@ BLUEPRINTS = (
          "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["edit", 0], "vae": ("in", "vae")}}},
         (("image", "IMAGE", ("decode", 0)),)),
     Blueprint(
-        "hspace_invert_and_reconstruct.json", "H-Space Invert and Reconstruct",
+        "H-Space Invert and Reconstruct",
         "DDIM inversion of an image to x_T, with the h trajectory along it and the image x_T regenerates (its PSNR "
         "says how faithful): the start of every h-space edit and mix.",
+        ("inversion", "invert", "DDIM inversion", "reconstruct", "h-space"),
         (*MODEL_INPUTS, ("image", "IMAGE", "image"), POSITIVE),
         (STEPS,),
         {"invert": _inversion("image"),
@@ -188,7 +196,7 @@ def build(bp: Blueprint, object_info: dict) -> dict:
             "outputNode": {"id": OUTPUT_NODE, "bounding": [400 * len(nodes), -20, 120, 40 + 20 * len(bp.outputs)]},
             "inputs": sg_inputs, "outputs": sg_outputs, "widgets": [], "nodes": nodes, "groups": [], "links": links,
             "extra": {}, "category": bp.category, "description": bp.description}]},
-        "extra": {},
+        "extra": {"BlueprintDescription": bp.description, "BlueprintSearchAliases": list(bp.aliases)},
     }
 
 
@@ -246,16 +254,23 @@ def files(object_info: dict) -> dict[str, str]:
             for bp in BLUEPRINTS}
 
 
+def stale(wanted: dict[str, str]) -> list[str]:
+    """The blueprint files that are missing, differ from ``wanted``, or are no blueprint's any more."""
+    return stale_files(wanted) + sorted(set(glob.glob(os.path.join(FOLDER, "*.json"))) - set(wanted))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--check", action="store_true", help="exit 1 if subgraphs/*.json differ from what this writes")
     args = p.parse_args(argv)
     wanted = files(object_info_in_process())
     if args.check:
-        stale = stale_files(wanted)
-        for path in stale:
+        found = stale(wanted)
+        for path in found:
             print(f"{os.path.relpath(path, REPO)} is stale: run `{COMMAND}` and commit it", file=sys.stderr)
-        return 1 if stale else 0
+        return 1 if found else 0
+    for path in set(glob.glob(os.path.join(FOLDER, "*.json"))) - set(wanted):
+        os.remove(path)  # a blueprint that is gone
     write_files(wanted)
     print(f"{FOLDER}: {len(wanted)} blueprints")
     return 0

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from e2e_helpers import ROOT, png
-from harness import blueprints, node_docs
+from harness import blueprints
 
 pytestmark = pytest.mark.e2e
 STEPS = 12
@@ -43,12 +43,12 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_the_blueprints_are_served_and_run(comfy):
     served = _served(comfy)
-    shipped = {os.path.splitext(bp.file)[0]: bp for bp in blueprints.BLUEPRINTS}
+    shipped = {bp.name: bp for bp in blueprints.BLUEPRINTS}
     assert set(served) == set(shipped)
     for name in served:
         assert served[name] == json.load(open(os.path.join(ROOT, "subgraphs", f"{name}.json"))), name
-    mix, edit, recon = (served[n] for n in ("hspace_style_mixing", "hspace_edit_along_direction",
-                                           "hspace_invert_and_reconstruct"))
+    mix, edit, recon = (served[n] for n in ("H-Space Style Mixing", "H-Space Edit Along a Direction",
+                                           "H-Space Invert and Reconstruct"))
     model = {"model": ["unet", 0], "vae": ["vae", 0]}
     image = lambda name: {"class_type": "LoadImage", "inputs": {"image": name}}  # noqa: E731
     preview = lambda source: {"class_type": "PreviewImage", "inputs": {"images": source}}  # noqa: E731
@@ -99,5 +99,5 @@ def test_the_blueprints_are_served_and_run(comfy):
 def test_the_blueprint_files_are_what_the_generator_writes():
     """subgraphs/*.json come from harness/blueprints.py (python -m harness.blueprints): a stale file fails here."""
     wanted = blueprints.files(blueprints.object_info_in_process())
-    stale = [os.path.relpath(p, ROOT) for p in node_docs.stale_files(wanted)]
+    stale = [os.path.relpath(p, ROOT) for p in blueprints.stale(wanted)]
     assert not stale, f"{stale} are stale: run `{blueprints.COMMAND}` and commit them"

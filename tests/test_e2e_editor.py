@@ -103,3 +103,38 @@ def test_a_template_opens_from_the_template_browser(comfy):
     assert sorted(c["name"] for c in result["cards"]) == _stems(WORKFLOWS)
     assert all(c["thumbnail"] > 0 for c in result["cards"]), result["cards"]  # every thumbnail decoded and shown
     assert result["nodes"] == [n["type"] for n in json.load(open(path))["nodes"]]
+
+
+def test_a_help_page_and_a_blueprint_open_in_the_editor(comfy):
+    """ComfyUI 0.33's editor (frontend 1.49): the node library shows H-Space Asyrp Edit's help page
+    (web/docs/HSpaceAsyrpEdit.md), and the node search finds and adds the H-Space Style Mixing blueprint, a subgraph
+    node whose widgets are the blueprint's knobs and whose prompt is its inner nodes."""
+    import urllib.error
+
+    try:
+        comfy.get("/global_subgraphs")
+    except urllib.error.HTTPError:
+        pytest.skip("this ComfyUI serves no blueprints (/global_subgraphs)")
+    if "search_aliases" not in comfy.object_info["HSpaceHShiftPatch"]:
+        pytest.skip("written for 0.33's editor (frontend 1.49); this ComfyUI's schema has no search aliases (0.3.75)")
+    assert "FreeU" in comfy.object_info["HSpaceHShiftPatch"]["search_aliases"]
+    run = subprocess.run(["node", EDITOR, "help", str(comfy.port), "HSpaceAsyrpEdit", "H-Space Style Mixing"],
+                         capture_output=True, text=True, timeout=600)
+    result = json.loads(run.stdout.splitlines()[-1]) if run.stdout.strip() else {}
+    assert run.returncode == 0, (result, run.stderr[-2000:])
+    assert any(f["url"].endswith("/docs/HSpaceAsyrpEdit.md") and f["status"] == 200 for f in result["fetched"])
+    assert "refuses" in result["helpText"] and "allow_other_model" in result["helpText"], result["helpText"][:2000]
+    added = result["added"]
+    assert added["title"] == "H-Space Style Mixing" and added["widgets"][:4] == ["gamma", "t_edit", "omega", "steps"]
+    assert sorted(added["inner"]) == sorted(["HSpaceDDIMInversion", "HSpaceDDIMInversion", "HSpaceStyleCalibrate",
+                                             "HSpaceSlerpContentInject", "VAEDecode"])
+    # the editor expands the subgraph node as harness.blueprints.expand does (what tests/test_e2e_blueprints.py runs)
+    from harness import blueprints
+
+    bp = json.load(open(os.path.join(ROOT, "subgraphs", "H-Space Style Mixing.json")))
+    node_id = next(iter(added["prompt"])).split(":")[0]
+    instance = bp["nodes"][0]
+    knobs = dict(zip((name for _, name in instance["properties"]["proxyWidgets"]), instance["widgets_values"]))
+    ours = blueprints.expand({node_id: {"class_type": bp["definitions"]["subgraphs"][0]["id"], "inputs": knobs}}, [bp],
+                             comfy.object_info)
+    assert {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in added["prompt"].items()} == ours

@@ -7,6 +7,10 @@
 //                                                (the Run button's code path), wait for the result
 //   node editor.js template PORT MODULE NAME      open ComfyUI's template browser, pick MODULE under Extensions, click the
 //                                                NAME card; report the thumbnails it shows and the graph it loaded
+//   node editor.js help PORT NODE BLUEPRINT    add NODE, select it and open the right side panel's Info tab (its help
+//                                                page), then add the BLUEPRINT from the node search as a user does
+//                                                (double-click the canvas, type its name, Enter); report the help text
+//                                                shown, what was fetched, and the subgraph node's widgets and prompt
 // Prints one JSON object per workflow on stdout; exits 1 if anything failed.
 const { chromium } = require('playwright-core');
 const fs = require('fs'), os = require('os'), path = require('path');
@@ -216,6 +220,47 @@ async function openTemplate(page, module, name) {
   return nodes.length > 0;
 }
 
+async function helpAndBlueprint(page, nodeId, blueprint) {
+  const fetched = [];
+  page.on('response', r => { if (/\/docs\/|global_subgraphs/.test(r.url())) fetched.push({ url: r.url(), status: r.status() }); });
+  // a user selects the node and opens the right side panel's Info tab, which shows the node's help page
+  const found = await page.evaluate((nodeId) => {
+    app.graph.clear();
+    const node = LiteGraph.createNode(nodeId);
+    if (!node) return false;
+    app.graph.add(node);
+    node.pos = [200, 200];
+    app.canvas.selectNode(node);
+    const pinia = document.querySelector('#vue-app').__vue_app__.config.globalProperties.$pinia;
+    pinia._s.get('rightSidePanel').openPanel('info');
+    return true;
+  }, nodeId);
+  const heading = page.getByText('When it refuses', { exact: true }).first();
+  const shown = found && await heading.waitFor({ timeout: 60000 }).then(() => true, () => false);
+  const helpText = shown ? await page.evaluate(() => document.body.innerText) : '';
+  await page.evaluate(() => document.querySelector('#vue-app').__vue_app__.config.globalProperties.$pinia
+    ._s.get('rightSidePanel').closePanel());
+  await page.evaluate(() => app.graph.clear());
+  const box = await page.locator('#graph-canvas').boundingBox();
+  await page.mouse.dblclick(box.x + box.width / 2, box.y + box.height / 2);
+  await page.keyboard.type(blueprint, { delay: 20 });
+  await page.getByText(blueprint).first().waitFor({ timeout: 30000 }).catch(() => {});
+  await page.waitForTimeout(1000);
+  await page.keyboard.press('Enter');
+  await page.waitForFunction(() => app.graph.nodes.length > 0, null, { timeout: 30000 }).catch(() => {});
+  const added = await page.evaluate(async () => {
+    const node = app.graph.nodes[0];
+    if (!node) return null;
+    const prompt = await app.graphToPrompt();
+    return { title: node.title, type: node.type, isSubgraph: !!node.subgraph, widgets: (node.widgets || []).map(w => w.name),
+             inputs: (node.inputs || []).map(i => i.name), outputs: (node.outputs || []).map(o => o.name),
+             inner: (node.subgraph ? node.subgraph.nodes : []).map(n => n.type),
+             prompt: prompt.output };
+  });
+  console.log(JSON.stringify({ node: nodeId, found, shown, helpText, blueprint, added, fetched }));
+  return shown && added !== null && added.isSubgraph;
+}
+
 (async () => {
   const { ctx, page } = await openEditor();
   let ok = true;
@@ -223,7 +268,8 @@ async function openTemplate(page, module, name) {
     if (mode === 'export') await exportAll(page, rest[0], rest[1]);
     else if (mode === 'check') ok = await checkAll(page, JSON.parse(fs.readFileSync(rest[0], 'utf8')));
     else if (mode === 'template') ok = await openTemplate(page, rest[0], rest[1]);
-    else throw new Error('mode must be export, check or template');
+    else if (mode === 'help') ok = await helpAndBlueprint(page, rest[0], rest[1]);
+    else throw new Error('mode must be export, check, template or help');
   } finally {
     await ctx.close();
   }
