@@ -253,6 +253,15 @@ HELP: dict[str, dict[str, str]] = {
         example="Load Direction → **H-Space Shift** (strength 1) → KSampler.",
         paper="The symmetric h shift of Haas et al. 2023; for Asyrp's eq. 4 use the H-Space Asyrp Sampler.",
         refusals=f"{OTHER_MODEL}"),
+    "HSpaceFluxSpaceEdit": dict(
+        does="Patches a Flux or SD3.x MODEL so that, inside a percent window, the image tokens' attention output of "
+             "the joint blocks becomes ℓ(x, c) + λ·(ℓ(x, c_edit) − its projection on ℓ(x, ∅)); λ_coarse moves the "
+             "pooled text embedding the same way. Each step in the window costs three model calls.",
+        example="CLIPTextEncode ('smiling') and CLIPTextEncode ('') → **H-Space FluxSpace Edit** (λ 1) → KSampler.",
+        paper="FluxSpace (Dalva, Venkatesh, Yanardag, CVPR 2025), the fine edit's orthogonal projection; the coarse "
+              "edit on the pooled embedding (docs/transformers.md says where the pack's reading may differ).",
+        refusals="A U-Net MODEL (FluxSpace is defined on a transformer's joint attention); a window with "
+                 "start_percent after end_percent."),
     "HSpaceStyleIDFeatures": dict(
         does="DDIM-inverts an image and records its decoder self-attention for StyleID: K and V of a style image "
              "or Q of a content image. It also returns x_T and h along the inversion.",

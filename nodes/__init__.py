@@ -3,6 +3,7 @@ from .clip_training import LoadAsyrpDirection, TrainAsyrpDirection
 from .discovery import DirectionExplorer, JacobianDirections, OrthogonaliseDirection, PCADirections, ProbeDirection
 from .editing import AsyrpEdit, CombineDirections, DirectionFromExamples
 from .files import LoadDirection, LoadTrajectory, SaveDirection, SaveTrajectory
+from .fluxspace import FluxSpaceEdit
 from .injection import Interpolate, QualityBoost, SlerpContentInject, StyleCalibrate
 from .inversion import Capture, DDIMInversion
 from .loaders import LoadPixelUNet
@@ -22,5 +23,5 @@ NODES = (DDIMInversion, Capture, AsyrpEdit, SlerpContentInject, StyleCalibrate, 
          LoadTrajectory, PreviewH, LoadPixelUNet, TrainAsyrpDirection, LoadAsyrpDirection, XTToNative, PixelConditioning,
          PCADirections, JacobianDirections, ProbeDirection, OrthogonaliseDirection, DirectionExplorer,
          LabelSweepGrid, AsyrpSampler, ContentInjectionSampler, InversionSampler, InvertedXT, HShiftPatch,
-         StyleIDFeatures, StyleIDInject)
+         StyleIDFeatures, StyleIDInject, FluxSpaceEdit)
 install_type_gate(NODES)

@@ -306,3 +306,51 @@ def test_direction_from_inverted_examples_and_content_injection_on_flux(pack, fl
         x=zeros, latent=start)
     mixed = inject(0.5)
     assert torch.isfinite(mixed).all() and (mixed - plain).abs().mean() > 0.01 * plain.abs().mean()
+
+
+# --- FluxSpace ----------------------------------------------------------------------------------------------------
+
+def test_fluxspace_projection_against_written_out_formula():
+    from hspace_core.fluxspace import fluxspace_edit, orthogonal_part
+
+    g = torch.Generator().manual_seed(5)
+    base, edit, null = (torch.randn(2, 8, 3, 3, generator=g) for _ in range(3))
+    perp = orthogonal_part(edit, null)
+    for b, i, j in [(0, 0, 0), (1, 2, 1)]:
+        a, n = edit[b, :, i, j], null[b, :, i, j]
+        assert torch.allclose(perp[b, :, i, j], a - (a @ n) / (n @ n) * n, atol=1e-5)
+    assert float((perp * null).sum(1).abs().max()) < 1e-5  # orthogonal to ℓ(x, ∅) at every token
+    assert torch.allclose(fluxspace_edit(base, edit, null, 0.7), base + 0.7 * perp, atol=1e-6)
+    half = fluxspace_edit(base.half(), edit.half(), null.half(), 0.7)
+    assert half.dtype == torch.float16 and torch.allclose(half.float(), base + 0.7 * perp, atol=1e-2)
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_fluxspace_edit_node(pack, request, family):
+    """λ = λ_coarse = 0 is the plain sampler bit for bit; λ > 0 changes the image; an edit prompt equal to the empty
+    one has nothing orthogonal to add (ℓ⊥ = 0): the image is the plain one to float32 round-off; the MODEL given is
+    never patched; a U-Net is refused."""
+    import hspace_pack.nodes.fluxspace as fluxspace
+
+    model, cond, cfg = _models(request)[family]
+    sigmas = sigmas_of(model, 4)
+    plain = sample(model, euler(), sigmas, cond, cfg)
+    edit, empty = cond(5), cond(6)
+    patched = lambda lam, coarse=0.0, e=edit, blocks="all": fluxspace.FluxSpaceEdit.execute(  # noqa: E731
+        model, e, empty, lam, coarse, 0.0, 0.6, blocks).result[0]
+    assert torch.equal(sample(patched(0.0), euler(), sigmas, cond, cfg), plain)
+    for lam, coarse, blocks in [(1.0, 0.0, "all"), (1.0, 0.0, "middle"), (0.0, 2.0, "all")]:
+        moved = sample(patched(lam, coarse, blocks=blocks), euler(), sigmas, cond, cfg)
+        assert torch.isfinite(moved).all() and (moved - plain).abs().mean() > 0.01 * plain.abs().mean(), (lam, coarse)
+    same = sample(patched(3.0, e=empty), euler(), sigmas, cond, cfg)
+    assert torch.allclose(same, plain, atol=1e-4, rtol=1e-4)
+    assert torch.equal(sample(model, euler(), sigmas, cond, cfg), plain)
+
+
+def test_fluxspace_refuses_a_unet(pack):
+    import hspace_pack.nodes.fluxspace as fluxspace
+    from test_comfy_one_call import conditioning, tiny_sd
+
+    positive, negative = conditioning()
+    with pytest.raises(ValueError, match="not one of Flux.1 .* connect a Flux or SD3.x MODEL"):
+        fluxspace.FluxSpaceEdit.execute(tiny_sd(), positive, negative, 1.0, 0.0, 0.0, 0.6)

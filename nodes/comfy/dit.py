@@ -20,6 +20,7 @@ import torch
 from ...hspace_core.sites import BlockSite, block_site, default_block_site, spatial_to_tokens, tokens_to_spatial
 
 TRANSFORMERS = "Flux.1 (dev, schnell) and SD3 / SD3.5 (MMDiT)"
+GRID_KEY = "hspace_patch_grid"  # transformer_options: the call's patch grid, for a DitH made without one
 
 
 def dit_family(diffusion_model) -> str | None:
@@ -83,7 +84,7 @@ class DitH:
     or an edited h, which replaces the image tokens.  ``grid`` is the image's patch grid (``patch_grid``)."""
 
     def __init__(self, diffusion_model, where: BlockSite, fn, grid: tuple[int, int]):
-        self.where, self.fn, self.grid = where, fn, tuple(grid)
+        self.where, self.fn, self.grid = where, fn, None if grid is None else tuple(grid)
         self.key = replace_key(where)
         self.projection = attention_projection(diffusion_model, where) if where.attention else None
 
@@ -91,12 +92,19 @@ class DitH:
         # ModelPatcher.clone deep-copies model_options: the patch holds the live block's projection, never a copy
         return self
 
+    def grid_of(self, transformer_options: dict) -> tuple[int, int]:
+        """The patch grid given, or (a patch made for any image size) the one a wrapper put in ``GRID_KEY``."""
+        return self.grid if self.grid is not None else tuple(transformer_options[GRID_KEY])
+
     def _through(self, tokens: torch.Tensor, transformer_options: dict, offset: int) -> torch.Tensor:
-        n = self.grid[0] * self.grid[1]
+        if self.grid is None and GRID_KEY not in transformer_options:
+            return tokens  # a patch for any image size that no wrapper armed for this call
+        grid = self.grid_of(transformer_options)
+        n = grid[0] * grid[1]
         if tokens.shape[1] < offset + n:
             raise ValueError(f"The block at h site {self.where.name} has {tokens.shape[1]} tokens, fewer than the "
-                             f"{n} image tokens of a {self.grid[0]}×{self.grid[1]} patch grid.")
-        h = tokens_to_spatial(tokens[:, offset:offset + n], self.grid)
+                             f"{n} image tokens of a {grid[0]}×{grid[1]} patch grid.")
+        h = tokens_to_spatial(tokens[:, offset:offset + n], grid)
         new = self.fn(h, transformer_options)
         if new is h:
             return tokens
@@ -120,12 +128,13 @@ class DitH:
         """Where the image tokens start: after the text in a single-stream block's [text; image (; reference)]
         sequence (newer ComfyUI says where: ``img_slice``; else the text is what precedes the last H/p·W/p
         tokens, so a Kontext reference image at a single site needs a ComfyUI that sets img_slice), else 0."""
-        if self.where.kind != "single":
+        if self.where.kind != "single" or (self.grid is None and GRID_KEY not in options):
             return 0
         where = options.get("img_slice")
         if where is not None:
             return int(where[0])
-        return args["img"].shape[1] - self.grid[0] * self.grid[1]
+        grid = self.grid_of(options)
+        return args["img"].shape[1] - grid[0] * grid[1]
 
 
 class _Chained:

@@ -46,6 +46,7 @@ SEARCH_ALIASES: dict[str, tuple[str, ...]] = {
     "HSpaceHShiftPatch": ("FreeU", "model patch", "h-space shift", "Asyrp", "bottleneck shift", "direction"),
     "HSpaceStyleIDFeatures": ("StyleID", "style transfer", "attention injection", "K V injection", "inversion"),
     "HSpaceStyleIDInject": ("StyleID", "style transfer", "attention injection", "AdaIN", "query preservation"),
+    "HSpaceFluxSpaceEdit": ("FluxSpace", "Flux", "SD3", "text edit", "attention output edit", "model patch"),
 }
 
 

@@ -1,0 +1,50 @@
+"""FluxSpace's text-pair edit for Flux and SD3.x as a MODEL patch (Dalva et al., CVPR 2025; hspace_core.fluxspace)."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from .comfy.dit import TRANSFORMERS, dit_family
+from .comfy.fluxspace import patched_with_fluxspace
+from .layer import CATEGORY, HSpaceNode, advanced, edit_window, node_name
+
+
+class FluxSpaceEdit(HSpaceNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="HSpaceFluxSpaceEdit", display_name="H-Space FluxSpace Edit (model patch)",
+            category=f"{CATEGORY}/transformers",
+            description="FluxSpace on a Flux or SD3.x MODEL: inside the window, the image tokens' attention output ℓ of "
+                        "the joint blocks becomes ℓ(x, c) + λ·(ℓ(x, c_edit) − its projection on ℓ(x, ∅)), the part of "
+                        "the edit prompt's attention output the empty prompt does not share; λ_coarse moves the pooled "
+                        "text embedding the same way. Each step in the window costs three model calls. For any "
+                        "sampler (KSampler, SamplerCustomAdvanced); λ = λ_coarse = 0 is the plain MODEL.",
+            inputs=[io.Model.Input("model", tooltip=f"A transformer MODEL: {TRANSFORMERS}."),
+                    io.Conditioning.Input("edit", tooltip="The edit prompt (e.g. 'smiling', 'wearing glasses'), "
+                                                          "encoded as for this model (Flux: with FluxGuidance)."),
+                    io.Conditioning.Input("empty", tooltip="The empty prompt '' encoded the same way: the null "
+                                                           "condition ∅ whose share of the edit is projected out."),
+                    io.Float.Input("lam", default=1.0, min=-20.0, max=20.0, step=0.05,
+                                   tooltip="λ of the fine edit (attention outputs); 0 turns it off."),
+                    io.Float.Input("lam_coarse", default=0.0, min=-20.0, max=20.0, step=0.05,
+                                   tooltip="λ of the coarse edit (the pooled text embedding); 0 turns it off."),
+                    io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                                   tooltip="Where the edit starts (0 = the first, noisiest step)."),
+                    io.Float.Input("end_percent", default=0.6, min=0.0, max=1.0, step=0.01,
+                                   tooltip="Where the edit ends (1 = the last step)."),
+                    advanced(io.Combo.Input("blocks", options=["all", "middle"], default="all", optional=True,
+                                            tooltip="Which joint blocks: all of them (FluxSpace's) or only the "
+                                                    "middle one (the pack's default h site)."))],
+            outputs=[io.Model.Output(display_name="model", tooltip="The patched MODEL (a clone; the input is unchanged).")],
+        )
+
+    @classmethod
+    def execute(cls, model, edit, empty, lam, lam_coarse, start_percent, end_percent, blocks="all") -> io.NodeOutput:
+        node = node_name(cls.define_schema())
+        if dit_family(model.get_model_object("diffusion_model")) is None:
+            raise ValueError(f"FluxSpace edits a transformer's joint attention outputs; this MODEL is not one of "
+                             f"{TRANSFORMERS}: connect a Flux or SD3.x MODEL (on U-Nets use H-Space Shift).")
+        if blocks not in ("all", "middle"):
+            raise ValueError(f"blocks is {blocks!r}; choose 'all' or 'middle'.")
+        window = edit_window(node, model, "percent", 0, start_percent, end_percent)
+        return io.NodeOutput(patched_with_fluxspace(model, edit[0], empty[0], lam, lam_coarse, window, blocks))
