@@ -44,7 +44,8 @@ def _common(p: argparse.ArgumentParser, sharded: bool = True) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="hspace", description=__doc__.split("\n")[0])
+    top = argparse.ArgumentParser(prog="hspace", description="The library's jobs over folders of images, resumable, on "
+                                  "one machine or a Ray cluster (docs/batch.md). 'hspace <command> --help' for each.")
     sub = top.add_subparsers(dest="command", required=True)
     for name, text in (("invert", "DDIM-invert a folder: x_T and h along the inversion, per shard"),
                        ("capture", "invert a folder and read h along the reconstruction from x_T")):

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .atomic import temporary_name
+
 log = logging.getLogger("hspace.jobs")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -77,6 +79,6 @@ def write_png(x: torch.Tensor, path: str) -> None:
 
     array = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
     image = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp = temporary_name(path)
     image.save(tmp, format="PNG")
     os.replace(tmp, path)

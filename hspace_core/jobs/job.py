@@ -14,7 +14,8 @@ from ..probes import probe_direction
 from ..trajectory import HTrajectory
 from .engines import run_in_pool, run_in_process, run_on_ray
 from .moments import HMoments, merge_all
-from .plan import JobSpec, Manifest, write_json_atomic
+from .atomic import write_json_atomic
+from .plan import JobSpec, Manifest
 from .runner import check_job
 
 log = logging.getLogger("hspace.jobs")

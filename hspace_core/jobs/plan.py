@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .atomic import TEMPORARY, write_json_atomic
 from .images import list_images
 
 log = logging.getLogger("hspace.jobs")
@@ -90,13 +91,6 @@ class Shard:
         return cls(int(data["index"]), tuple(Item(int(i), s, n) for i, s, n in data["items"]))
 
 
-def write_json_atomic(path: str, data) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
-
-
 class Manifest:
     """``out/manifest.json``: the job and its items, fixed at the first run.  A rerun with the same job resumes;
     one with other settings, or after the input folders changed, is refused with what differs."""
@@ -128,7 +122,7 @@ class Manifest:
         items = list_items(spec)
         path = os.path.join(out, MANIFEST)
         os.makedirs(os.path.join(out, "shards"), exist_ok=True)
-        for stale in glob.glob(os.path.join(out, "**", "*.tmp*"), recursive=True):
+        for stale in glob.glob(os.path.join(out, "**", f"*{TEMPORARY}*"), recursive=True):
             os.remove(stale)
         if os.path.isfile(path):
             with open(path) as f:

@@ -20,7 +20,8 @@ from ..trajectory import HTrajectory
 from .images import ImageProblem, ImageSpec, read_image, write_png
 from .models import load_model
 from .moments import HMoments
-from .plan import JobSpec, Shard, item_seed, write_json_atomic
+from .atomic import temporary_name, write_json_atomic
+from .plan import JobSpec, Shard, item_seed
 
 # What each kind writes per shard: h trajectories (with x_T), h statistics, or images.
 TRAJECTORY_KINDS = ("invert", "capture", "probe")
@@ -133,7 +134,7 @@ class ShardRunner:
     def _write(self, shard: Shard, done, results) -> str:
         name = f"{shard.index:05d}.safetensors"
         path = os.path.join(self.out, "shards", name)
-        tmp = f"{path}.tmp{os.getpid()}"
+        tmp = temporary_name(path)
         meta = {"items": [i.name for i in done], "indices": [i.index for i in done],
                 "sources": [i.source for i in done], "job": self.spec.kind}
         if self.spec.kind in ("edit", "inject"):

@@ -15,6 +15,7 @@ import torch
 
 from ..clip_directions import CLIPDirectional, DirectionTraining, TrainedDirection, train_direction
 from ..direction import Direction
+from .atomic import temporary_name
 from .images import ImageProblem, ImageSpec, list_images, read_image
 from .models import load_model
 
@@ -86,7 +87,7 @@ def _ray_train_loop(config: dict) -> None:
         used = len(names) - len(names) % world
         direction = dataclasses.replace(result.direction,
                                         metadata={**result.direction.metadata, "images": used, "workers": world})
-        tmp = f"{path}.tmp{os.getpid()}"
+        tmp = temporary_name(path)
         direction.save(tmp)
         os.replace(tmp, path)
 
