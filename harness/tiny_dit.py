@@ -48,12 +48,12 @@ SD3_DIT = dict(in_channels=16, out_channels=16, patch_size=2, depth=2, num_patch
                qk_norm=None, x_block_self_attn_layers=[])
 
 
-def _patcher(family: str, dit_config: dict, seed: int):
+def _patcher(family: str, dit_config: dict, seed: int, dtype=torch.float32):
     import comfy.model_patcher
     import comfy.supported_models
 
-    config = getattr(comfy.supported_models, family)(copy.deepcopy(dict(dit_config, dtype=torch.float32)))
-    config.set_inference_dtype(torch.float32, None)
+    config = getattr(comfy.supported_models, family)(copy.deepcopy(dict(dit_config, dtype=dtype)))
+    config.set_inference_dtype(dtype, None)
     base = config.get_model({}, device="cpu")
     _init_all(base.diffusion_model, torch.Generator().manual_seed(seed))
     if getattr(base.diffusion_model, "pos_embed", None) is not None:  # SD3's fixed sin-cos table, random here
@@ -63,15 +63,16 @@ def _patcher(family: str, dit_config: dict, seed: int):
     return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
 
-def tiny_flux(seed: int = 0):
-    """A ModelPatcher over ``comfy.model_base.Flux`` (Flux-dev shaped: guidance embedding) at small width."""
+def tiny_flux(seed: int = 0, dtype=torch.float32):
+    """A ModelPatcher over ``comfy.model_base.Flux`` (Flux-dev shaped: guidance embedding) at small width, in
+    ``dtype`` (bfloat16 is Flux's native one)."""
     import dataclasses
 
     from comfy.ldm.flux.model import FluxParams
 
     # newer ComfyUI (0.33.0) requires txt_ids_dims (Flux.1: none; its detection sets [] for Flux.1)
     extra = {"txt_ids_dims": []} if "txt_ids_dims" in {f.name for f in dataclasses.fields(FluxParams)} else {}
-    return _patcher("Flux", {**FLUX_DIT, **extra}, seed)
+    return _patcher("Flux", {**FLUX_DIT, **extra}, seed, dtype)
 
 
 def tiny_sd3(seed: int = 0):
