@@ -380,3 +380,19 @@ def test_bfloat16_lane_on_flux(pack, flux):
         assert torch.equal(sample(lam0, euler(), sigmas, flux_conditioning, 1.0), plain)
     cosine = torch.nn.functional.cosine_similarity(changes["bf16"], changes["fp32"], dim=0)
     assert torch.isfinite(changes["bf16"]).all() and cosine > 0.7, float(cosine)  # measured here: 0.87
+
+
+def test_other_transformers_are_refused_by_name(pack):
+    """A transformer the pack has not tested (here Flux.2's globally modulated variant of ComfyUI's Flux class) is
+    refused naming it and what works."""
+    import dataclasses
+
+    from comfy.ldm.flux.model import FluxParams
+    from harness.tiny_dit import FLUX_DIT, _patcher
+
+    comfy_model, _ = pack
+    extra = {"txt_ids_dims": []} if "txt_ids_dims" in {f.name for f in dataclasses.fields(FluxParams)} else {}
+    flux2 = _patcher("Flux", {**FLUX_DIT, **extra, "global_modulation": True}, 0)
+    with pytest.raises(ValueError, match=r"Flux \(Flux.2: global modulation\)\) has no U-Net middle block .* Use SD1.x"
+                                         r".*or Flux.1 \(dev, schnell\) and SD3"):
+        comfy_model.check_has_h_space(flux2)

@@ -29,7 +29,8 @@ def dit_family(diffusion_model) -> str | None:
     from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
 
     if isinstance(diffusion_model, Flux) and hasattr(diffusion_model, "double_blocks"):
-        return "flux"
+        # Flux.2 shares the class but modulates globally (other block inputs): not tested here, so not accepted
+        return None if getattr(diffusion_model.params, "global_modulation", False) else "flux"
     if isinstance(diffusion_model, MMDiT) and hasattr(diffusion_model, "joint_blocks"):
         return "sd3"
     return None

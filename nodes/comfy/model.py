@@ -56,10 +56,13 @@ def check_has_h_space(model) -> None:
                              f"flow matching (CONST); the pack reads h in {dit.TRANSFORMERS} sampled as trained.")
         return
     if getattr(diffusion_model, "middle_block", None) is None and not is_pixel_unet(model):
+        name = type(diffusion_model).__name__
+        if getattr(getattr(diffusion_model, "params", None), "global_modulation", False):
+            name += " (Flux.2: global modulation)"
         raise ValueError(
-            f"This MODEL ({type(diffusion_model).__name__}) has no U-Net middle block and is not a transformer the "
+            f"This MODEL ({name}) has no U-Net middle block and is not a transformer the "
             f"pack reads h in, so it has no h-space here. Use {SUPPORTED}, or {dit.TRANSFORMERS} with the SAMPLER "
-            "nodes and H-Space Shift."
+            "nodes, H-Space Shift or H-Space FluxSpace Edit."
         )
     model_type = model.model.model_type.name
     if model_type not in ("EPS", "V_PREDICTION") and not (model_type == "EDM" and is_pixel_unet(model)):
