@@ -35,7 +35,7 @@ def run_workflow(server: ComfyServer, prompt: dict, out_dir: str) -> list[tuple[
     for node_id in entry["outputs"]:
         if prompt[node_id]["class_type"] != "SaveImage":
             continue
-        label = prompt[node_id]["inputs"]["filename_prefix"].split("/")[-1]
+        label = save_label(prompt[node_id])
         images = server.images(entry, node_id)
         for k, image in enumerate(images):
             with open(os.path.join(out_dir, f"{label}_{k}.png"), "wb") as f:
@@ -46,12 +46,29 @@ def run_workflow(server: ComfyServer, prompt: dict, out_dir: str) -> list[tuple[
 
 def sheet_rows(prompt: dict, saved: list[tuple[str, list[bytes]]]) -> list[list[tuple[str, bytes | str]]]:
     """Contact-sheet rows of one workflow: its LoadImage inputs; its single images (reconstructions, results); then
-    one row per batch (sweeps, frames)."""
+    one row per batch (sweeps, frames), except a batch that a saved labelled grid already shows."""
     names = [n["inputs"]["image"] for n in prompt.values() if n["class_type"] == "LoadImage"]
     inputs = [(f"input {os.path.splitext(name)[0]}", os.path.join(INPUTS, name)) for name in names]
     singles = [(label, images[0]) for label, images in saved if len(images) == 1]
-    batches = [[(f"{label} {k}", image) for k, image in enumerate(images)] for label, images in saved if len(images) > 1]
+    shown = in_saved_grids(prompt)
+    batches = [[(f"{label} {k}", image) for k, image in enumerate(images)] for label, images in saved
+               if len(images) > 1 and label not in shown]
     return [inputs, singles, *batches]
+
+
+def save_label(node: dict) -> str:
+    """The name a SaveImage node's files get in OUT/<workflow>/ (the last part of its filename_prefix)."""
+    return node["inputs"]["filename_prefix"].split("/")[-1]
+
+
+def in_saved_grids(prompt: dict) -> set[str]:
+    """Labels of the SaveImage nodes whose batch is also the input of a saved H-Space Label Sweep Grid (the sheet
+    shows that batch once, as the labelled grid)."""
+    saves = [node for node in prompt.values() if node["class_type"] == "SaveImage"]
+    saved_sources = {tuple(node["inputs"]["images"]) for node in saves}
+    gridded = {tuple(node["inputs"]["images"]) for node_id, node in prompt.items()
+               if node["class_type"] == "HSpaceLabelSweepGrid" and (node_id, 0) in saved_sources}
+    return {save_label(node) for node in saves if tuple(node["inputs"]["images"]) in gridded}
 
 
 def run_all(server: ComfyServer, paths: list[str], out: str) -> tuple[str, int]:

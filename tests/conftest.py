@@ -15,10 +15,33 @@ torch.set_num_threads(1)
 COMFY_USES = ("harness.inprocess", "node_module(", "load_pack(", "hspace_pack", "node_docs", "comfy_api", "import comfy", "from comfy", "workflow_passes")
 
 
+# The tests of what differs between ComfyUI versions (docs/compatibility.md), marker ``versions``: the lane of another
+# ComfyUI version (.ci/run) runs only these, as node-id prefixes. The schema's `advanced` flag and the pixel latent
+# format (test_compat); patched weights and low-VRAM fingerprints, the U-Net patches that record and edit h
+# (test_native_sampling, test_comfy_one_call); the editor and the template folder (test_e2e_editor); every shipped
+# workflow, the pack's registration; the SAMPLERs under ComfyUI's guiders and samplers, its own samplers from x_T, CFG
+# batching under guided inversion, attention patches (StyleID), SDXL's conditioning, latent previews, ComfyUI's own
+# input validation, caching of changed files and interrupts, and its manual cast in half precision. Not here:
+# the pack's own math on ComfyUI's U-Net classes (one code path, windows, inversion), which 0.3.75 runs.
+VERSIONS = (
+    "tests/test_compat.py", "tests/test_native_sampling.py", "tests/test_comfy_one_call.py", "tests/test_e2e_editor.py",
+    "tests/test_e2e_workflows.py::test_pack_registers_every_node", "tests/test_e2e_workflows.py::test_workflow_runs",
+    "tests/test_e2e_samplers.py", "tests/test_e2e_native.py", "tests/test_e2e_guided.py", "tests/test_styleid_e2e.py",
+    "tests/test_e2e_sdxl.py", "tests/test_e2e_previews.py",
+    "tests/test_e2e_hostile.py::test_widget_ranges_are_checked_by_comfyui",
+    "tests/test_e2e_hostile.py::test_combo_options_are_checked_by_the_node",
+    "tests/test_e2e_hostile.py::test_api_types_are_checked_not_coerced",
+    "tests/test_e2e_hostile.py::test_loaders_notice_a_changed_file",
+    "tests/test_e2e_hostile.py::test_cancel_lands_within_a_pass_in_every_sub_run",
+    "tests/test_e2e_half.py::test_a_sample_workflow_in_half_precision_is_close_to_float32[float16-sd_style_mixing]",
+    "tests/test_e2e_half.py::test_a_sample_workflow_in_half_precision_is_close_to_float32[bfloat16-sd_style_mixing]",
+)
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m deselects
 def pytest_collection_modifyitems(config, items):
-    """Mark every test that runs ComfyUI code, in-process or through a server, as ``comfy``: the lane of another
-    ComfyUI version (``.ci/run``) runs ``-m comfy``, since the other tests never touch ComfyUI."""
+    """Mark every test that runs ComfyUI code, in-process or through a server, as ``comfy`` (the other tests never
+    touch ComfyUI), and those in VERSIONS as ``versions``."""
     sources = {}
     for item in items:
         path = str(item.fspath)
@@ -28,6 +51,13 @@ def pytest_collection_modifyitems(config, items):
             sources[path] = any(use in source for use in COMFY_USES)
         if sources[path] or {"pack", "comfy"} & set(item.fixturenames) or item.get_closest_marker("e2e"):
             item.add_marker(pytest.mark.comfy)
+        if item.nodeid.startswith(VERSIONS):
+            item.add_marker(pytest.mark.versions)
+    files = {item.nodeid.split("::")[0] for item in items}
+    stale = [entry for entry in VERSIONS if entry.split("::")[0] in files
+             and not any(item.nodeid.startswith(entry) for item in items)]
+    if stale:  # a renamed test would silently leave the versions lane
+        raise pytest.UsageError(f"tests/conftest.py VERSIONS names no collected test: {stale}")
 
 
 @pytest.fixture
@@ -70,8 +100,25 @@ def comfy(tmp_path_factory):
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def main_job(comfy, tmp_path_factory):
+    """scripts/demo.sh's workflows run once on the session's server through the main job's own code
+    (harness.run_workflows.run_all): (output folder, the workflow paths, contact sheet path, failures). The main-job
+    test and the README's claims about its figure (tests/test_readme.py) read the same run."""
+    import pathlib
+    import re
+
+    from harness.run_workflows import run_all
+
+    demo = open(os.path.join(ROOT, "scripts", "demo.sh")).read()
+    paths = [os.path.join(ROOT, p) for p in re.findall(r"workflows/\w+\.json", demo)]
+    out = tmp_path_factory.mktemp("main-job")
+    sheet, failures = run_all(comfy, paths, str(out))
+    return pathlib.Path(out), paths, sheet, failures
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NOT_SOURCE = {".git", "node_modules", "__pycache__", ".pytest_cache"}
+NOT_SOURCE = {".git", "node_modules", "__pycache__", ".pytest_cache", ".ruff_cache"}  # tool caches (.ci/run's ruff)
 
 
 def source_paths(root: str = ROOT) -> set[str]:
