@@ -3,7 +3,8 @@
 # On a CUDA machine with Python 3.10+ and access to PyPI only:
 #     bash benchmarks/gpu.sh            # makes a venv (HSPACE_BENCH_VENV, default ~/.cache/hspace-bench), installs, runs
 #     bash benchmarks/gpu.sh --dry-run  # the same on the CPU at tiny sizes
-# Extra arguments go to ``python -m benchmarks.gpu`` (--repeats N, --steps N).
+# Extra arguments go to ``python -m benchmarks.gpu`` (--repeats N, --steps N). With HSPACE_COMFYUI set it then runs
+# ``python -m benchmarks.gpu_rules`` (the newest core's rules for patches and loaders, through a real server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${HSPACE_BENCH_VENV:-$HOME/.cache/hspace-bench}"
@@ -14,4 +15,10 @@ fi
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "$venv/bin/python" -m pip install --quiet torch "diffusers>=0.30" "safetensors>=0.4" numpy
 "$venv/bin/python" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.cuda.is_available())"
-exec "$venv/bin/python" -m benchmarks.gpu "$@"
+"$venv/bin/python" -m benchmarks.gpu "$@"
+# The newest core's rules (docs/compatibility.md): given a ComfyUI to test (HSPACE_COMFYUI, and HSPACE_VENV, a venv
+# with its requirements and the pack's, e.g. from scripts/setup.sh or the current-ComfyUI kit), the pack through a
+# real server on this GPU, with ComfyUI's model compiler on and off, and its MODEL moved by Select Model Device
+if [ -n "${HSPACE_COMFYUI:-}" ]; then
+    "${HSPACE_VENV:-$HOME/.cache/hspace-nodes/venv}/bin/python" -m benchmarks.gpu_rules $([[ " $* " == *" --dry-run "* ]] && echo --dry-run)
+fi

@@ -200,11 +200,21 @@ def build(bp: Blueprint, object_info: dict) -> dict:
     }
 
 
+def knobs_of(blueprint: dict) -> dict:
+    """{knob: value} of a blueprint file's subgraph node (its promoted widgets)."""
+    instance = blueprint["nodes"][0]
+    return dict(zip((name for _, name in instance["properties"]["proxyWidgets"]), instance["widgets_values"]))
+
+
+def subgraph_id(blueprint: dict) -> str:
+    return blueprint["definitions"]["subgraphs"][0]["id"]
+
+
 def expand(prompt: dict, blueprints: list[dict], object_info: dict) -> dict:
     """``prompt`` with every node whose class_type is a blueprint's subgraph id replaced by its inner nodes (ids
     ``<node id>:<inner id>``): the subgraph node's inputs (links or knob values) feed the inner inputs linked from
     the subgraph's input node, and links to its outputs are redirected to the inner nodes that make them."""
-    definitions = {d["definitions"]["subgraphs"][0]["id"]: d["definitions"]["subgraphs"][0] for d in blueprints}
+    definitions = {subgraph_id(d): d["definitions"]["subgraphs"][0] for d in blueprints}
     flat, outputs_of = {}, {}
     for node_id, node in prompt.items():
         sg = definitions.get(node["class_type"])

@@ -71,9 +71,11 @@ def extra_args_from_env() -> list[str]:
 
 
 class ComfyServer:
-    def __init__(self, base: str, log_path: str, extra_args: list[str] | None = None):
-        """``extra_args``: more flags for ComfyUI's main.py, after the harness's own; HSPACE_COMFY_ARGS by default."""
+    def __init__(self, base: str, log_path: str, extra_args: list[str] | None = None, cpu: bool = True):
+        """``extra_args``: more flags for ComfyUI's main.py, after the harness's own; HSPACE_COMFY_ARGS by default.
+        ``cpu``: run with --cpu (the tests); off, ComfyUI picks its device (benchmarks/gpu_rules.py on a GPU)."""
         self.base, self.log_path, self.port, self.proc = base, log_path, free_port(), None
+        self.cpu = cpu
         self.client_id = uuid.uuid4().hex
         self.extra_args = extra_args_from_env() if extra_args is None else list(extra_args)
 
@@ -84,9 +86,9 @@ class ComfyServer:
     def start(self, timeout: float = 180) -> "ComfyServer":
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
                "PYTHONPYCACHEPREFIX": os.path.join(self.base, "pycache")}
-        cmd = [sys.executable, "-u", "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--base-directory", self.base, "--database-url", "sqlite:///:memory:", "--disable-api-nodes",
-               "--disable-auto-launch", "--dont-print-server", "--disable-all-custom-nodes",
+        cmd = [sys.executable, "-u", "main.py", *(["--cpu"] if self.cpu else []), "--listen", "127.0.0.1",
+               "--port", str(self.port), "--base-directory", self.base, "--database-url", "sqlite:///:memory:",
+               "--disable-api-nodes", "--disable-auto-launch", "--dont-print-server", "--disable-all-custom-nodes",
                "--whitelist-custom-nodes", PACK_NAME, TEST_NODES, *self.extra_args]
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, cwd=comfy_dir(), stdout=self.log, stderr=subprocess.STDOUT, env=env,

@@ -32,9 +32,7 @@ def _served(comfy) -> dict:
 
 def _instance(bp: dict, **inputs) -> dict:
     """A prompt node of the blueprint's subgraph node, its knobs at their defaults unless given."""
-    node = bp["nodes"][0]
-    knobs = {name: value for (_, name), value in zip(node["properties"]["proxyWidgets"], node["widgets_values"])}
-    return {"class_type": node["type"], "inputs": {**knobs, **inputs}}
+    return {"class_type": blueprints.subgraph_id(bp), "inputs": {**blueprints.knobs_of(bp), **inputs}}
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -77,7 +75,7 @@ def test_the_blueprints_are_served_and_run(comfy):
     shown = ["r_style", "r_circle", "m_none", "m_half", "e_none", "e_two"]
     prompt.update({f"show_{name}": preview([name, 0]) for name in shown})
     flat = blueprints.expand(prompt, [mix, edit, recon], comfy.object_info)
-    assert not {n["class_type"] for n in flat.values()} & {bp["nodes"][0]["type"] for bp in (mix, edit, recon)}
+    assert not {n["class_type"] for n in flat.values()} & {blueprints.subgraph_id(bp) for bp in (mix, edit, recon)}
     entry = comfy.run(flat)
     assert entry["status"]["status_str"] == "success", entry["status"]
     out = {name: png(comfy.images(entry, f"show_{name}")[0]) for name in shown}

@@ -133,8 +133,6 @@ def test_a_help_page_and_a_blueprint_open_in_the_editor(comfy):
 
     bp = json.load(open(os.path.join(ROOT, "subgraphs", "H-Space Style Mixing.json")))
     node_id = next(iter(added["prompt"])).split(":")[0]
-    instance = bp["nodes"][0]
-    knobs = dict(zip((name for _, name in instance["properties"]["proxyWidgets"]), instance["widgets_values"]))
-    ours = blueprints.expand({node_id: {"class_type": bp["definitions"]["subgraphs"][0]["id"], "inputs": knobs}}, [bp],
-                             comfy.object_info)
+    ours = blueprints.expand({node_id: {"class_type": blueprints.subgraph_id(bp), "inputs": blueprints.knobs_of(bp)}},
+                             [bp], comfy.object_info)
     assert {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in added["prompt"].items()} == ours
