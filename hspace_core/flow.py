@@ -11,7 +11,9 @@ Euler step of VE models (``sampling.asymmetric_step`` with no edit) and ComfyUI'
 Asyrp's asymmetric step (Kwon et al. 2023, eq. 4) keeps the predicted x0 from the edited h and the noise direction
 from the original one: x_next = (1 − σ_next)·D(x | h̃) + σ_next·ε(x | h).  With ε(x | h) from D(x | h) above,
 
-    x_next = x + (σ_next − σ)·(x − D)/σ + (1 − σ_next)·(D(x | h̃) − D(x | h))        (``flow_asymmetric_step``)
+    x_next = x + (σ_next − σ)·(x − D)/σ + (1 − σ_next)·(D(x | h̃) − D(x | h))
+
+(``sampling.asymmetric_step`` with ``signal_next`` = 1 − σ_next, the signal coefficient ``NoiseLevels.signal``).
 
 The VE step adds the edit's change of x0 with weight 1; flow matching weighs it by a(σ_next) = 1 − σ_next, the x0
 coefficient of the next point, so the edit's weight falls to 0 at σ_next = 1 and is whole at the clean end.
@@ -27,13 +29,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .sampling import inverse_euler_step
-
-
-def flow_asymmetric_step(x: torch.Tensor, denoised_edited: torch.Tensor, denoised: torch.Tensor, sigma, sigma_next):
-    """x_next = (1 − σ_next)·D(x | h̃) + σ_next·ε(x | h) (module docstring), written as the Euler step plus the
-    weighted change of x0, so that with no edit it is ComfyUI's ``euler`` operation for operation."""
-    return x + (x - denoised) / sigma * (sigma_next - sigma) + (1 - sigma_next) * (denoised_edited - denoised)
+from .sampling import asymmetric_step, inverse_euler_step
 
 
 def flow_eps(x: torch.Tensor, denoised: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -55,11 +51,11 @@ def flow_ddim_step(x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_
                    noise: torch.Tensor | None, denoised_direction: torch.Tensor | None = None) -> torch.Tensor:
     """DDIM eq. 12 with η on the flow-matching path: x_next = (1 − σ_next)·P + √(σ_next² − s²)·ε + s·z,
     ε = ``flow_eps``(x, ``denoised_direction``) (default ``denoised``), P = ``denoised``, s = ``flow_eta_sigma``.
-    η = 0 is ``flow_asymmetric_step``."""
+    η = 0 is ``sampling.asymmetric_step`` with ``signal_next`` = 1 − σ_next."""
     direction = denoised if denoised_direction is None else denoised_direction
     s = flow_eta_sigma(sigma, sigma_next, eta)
     if s == 0:
-        return flow_asymmetric_step(x, denoised, direction, sigma, sigma_next)
+        return asymmetric_step(x, denoised, direction, sigma, sigma_next, 1 - sigma_next)
     if noise is None:
         raise ValueError("η > 0 needs a noise tensor z; pass one drawn from a seeded generator.")
     eps = flow_eps(x, direction, sigma)

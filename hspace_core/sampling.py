@@ -26,7 +26,7 @@ Flow matching (ComfyUI's CONST: Flux, SD3).  The sample is x = a(σ)·x0 + σ·�
 With D̃ = D this is x·σ_next/σ + D·(a(σ_next) − σ_next·a(σ)/σ) = x·σ_next/σ + D·(1 − σ_next/σ) for a = 1 and for
 a = 1 − σ alike: the Euler step x + (σ_next − σ)·(x − D)/σ, ComfyUI's ``euler`` on either.  The edit adds
 a(σ_next)·(D̃ − D): Euler + (1 − σ_next)·(D̃ − D) for flow matching, not VE's Euler + (D̃ − D)
-(``flow.flow_asymmetric_step``).  The inverse step (DDIM §4.3) is the same move from the other end: with ε̂ at the
+(``asymmetric_step`` with ``signal_next`` = a(σ_next)).  The inverse step (DDIM §4.3) is the same move from the other end: with ε̂ at the
 current point it is again the Euler step x + (σ_next − σ)·(x − D)/σ, on increasing sigmas (``flow.invert_flow``).
 The stochastic step (η > 0) is DDIM's generalised posterior on the Gaussian path (α, σ) = (1 − σ, σ)
 (``flow.flow_eta_sigma``, ``flow.flow_ddim_step``).  InjectFusion's style calibration is derived for VP only; a
@@ -52,14 +52,16 @@ Denoise = Callable[[torch.Tensor, int, bool], tuple]
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
-def asymmetric_step(x: torch.Tensor, denoised_edited: torch.Tensor, denoised: torch.Tensor, sigma, sigma_next):
-    """x_next = D(x | h̃) + σ_next·(x − D(x | h))/σ: Asyrp's asymmetric step (eq. 4) in σ space (module docstring),
-    on x = x0 + σ·ε; flow matching's is ``flow.flow_asymmetric_step``.
+def asymmetric_step(x: torch.Tensor, denoised_edited: torch.Tensor, denoised: torch.Tensor, sigma, sigma_next,
+                    signal_next=1.0):
+    """x_next = a(σ_next)·D(x | h̃) + σ_next·ε̂, ε̂ = (x − a(σ)·D(x | h))/σ: Asyrp's asymmetric step (eq. 4) in σ
+    space (module docstring) for a sample x = a(σ)·x0 + σ·ε, with ``signal_next`` = a(σ_next)
+    (``NoiseLevels.signal``: 1 on x = x0 + σ·ε, 1 − σ_next for flow matching).
 
-    Written as the Euler step x + (σ_next − σ)·(x − D)/σ plus the edit's change of x0, D(x | h̃) − D(x | h), so
-    that with no edit it is k-diffusion's ``sample_euler`` operation for operation (σ may be floats or 0-dim
-    tensors, as a sampler holds them)."""
-    return x + (x - denoised) / sigma * (sigma_next - sigma) + (denoised_edited - denoised)
+    Written as the Euler step x + (σ_next − σ)·(x − D)/σ plus the edit's change of x0 weighted by a(σ_next),
+    a(σ_next)·(D(x | h̃) − D(x | h)), so that with no edit it is k-diffusion's ``sample_euler`` (ComfyUI's
+    ``euler``) operation for operation (σ may be floats or 0-dim tensors, as a sampler holds them)."""
+    return x + (x - denoised) / sigma * (sigma_next - sigma) + signal_next * (denoised_edited - denoised)
 
 
 def ddim_sigma_step(x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_next: float, eta: float = 0.0,
@@ -205,6 +207,7 @@ def sample_h_edit(denoise: Denoise, x: torch.Tensor, sigmas: Sequence[float], ed
     from . import flow as fm  # flow matching's steps build on this module's
 
     flow = levels is not None and levels.parameterisation == "const"
+    signal = levels.signal if levels is not None else (lambda sigma: 1.0)
     if flow and omega:
         raise ValueError("Style calibration (ω) is derived for DDPM-style models; flow-matching models run without it: "
                          "disconnect the H-Space Style Calibrate settings.")
@@ -216,12 +219,10 @@ def sample_h_edit(denoise: Denoise, x: torch.Tensor, sigmas: Sequence[float], ed
                 ddim_sigma(alpha_bar_of_sigma(host[i]), alpha_bar_of_sigma(host[i + 1]), etas[i])) > 0:
             noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
         target = plain if edited is None else edited
-        if flow and noise is None:
-            x = fm.flow_asymmetric_step(x, target, plain, sigmas[i], sigmas[i + 1])
+        if noise is None and not (edited is not None and omega):
+            x = asymmetric_step(x, target, plain, sigmas[i], sigmas[i + 1], signal(sigmas[i + 1]))
         elif flow:
             x = fm.flow_ddim_step(x, target, host[i], host[i + 1], etas[i], noise, plain)
-        elif noise is None and not (edited is not None and omega):
-            x = asymmetric_step(x, plain if edited is None else edited, plain, sigmas[i], sigmas[i + 1])
         elif edited is None:
             x = ddim_sigma_step(x, plain, host[i], host[i + 1], etas[i], noise)
         elif omega:

@@ -5,7 +5,7 @@ from comfy_api.latest import io
 
 from .comfy.dit import TRANSFORMERS, dit_family
 from .comfy.fluxspace import patched_with_fluxspace
-from .layer import CATEGORY, HSpaceNode, advanced, edit_window, node_name
+from .layer import CATEGORY, HSpaceNode, advanced, edit_window, node_name, percent_inputs
 
 
 class FluxSpaceEdit(HSpaceNode):
@@ -28,10 +28,7 @@ class FluxSpaceEdit(HSpaceNode):
                                    tooltip="λ of the fine edit (attention outputs); 0 turns it off."),
                     io.Float.Input("lam_coarse", default=0.0, min=-20.0, max=20.0, step=0.05,
                                    tooltip="λ of the coarse edit (the pooled text embedding); 0 turns it off."),
-                    io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
-                                   tooltip="Where the edit starts (0 = the first, noisiest step)."),
-                    io.Float.Input("end_percent", default=0.6, min=0.0, max=1.0, step=0.01,
-                                   tooltip="Where the edit ends (1 = the last step)."),
+                    *percent_inputs("edit"),
                     advanced(io.Combo.Input("blocks", options=["all", "middle"], default="all", optional=True,
                                             tooltip="Which joint blocks: all of them (FluxSpace's) or only the "
                                                     "middle one (the pack's default h site)."))],

@@ -17,7 +17,8 @@ from .comfy.patches import patched_with_h_shift
 from .comfy.samplers import InversionRecord, h_edit_sampler, inversion_sampler
 from .layer import (BOOST_SEED_RULE, OTHER_MODEL_HINT, STRENGTH_RANGE, CATEGORY, Boost, DirectionType, HSpaceNode,
                     Trajectory, advanced, allow_other_model_input, convention_input, edit_window, gamma_end_of, latent_x, mixing_inputs,
-                    model_input, node_name, sampler_window_inputs, seed_input, seed_of, site_input, with_origin)
+                    model_input, node_name, percent_inputs, sampler_window_inputs, seed_input, seed_of, site_input,
+                    with_origin)
 
 SAMPLERS = f"{CATEGORY}/samplers"
 Record = io.Custom("HSPACE_INVERSION_RECORD")
@@ -207,10 +208,7 @@ class HShiftPatch(HSpaceNode):
                     DirectionType.Input("direction", tooltip="An h-space direction."),
                     io.Float.Input("strength", default=1.0, min=STRENGTH_RANGE[0], max=STRENGTH_RANGE[1], step=0.05,
                                    tooltip="How far to move along the direction at every step in the window."),
-                    io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
-                                   tooltip="Where the shift starts (0 = the first, noisiest step)."),
-                    io.Float.Input("end_percent", default=0.6, min=0.0, max=1.0, step=0.01,
-                                   tooltip="Where the shift ends (1 = the last step)."),
+                    *percent_inputs("shift"),
                     edit_branches_input(), allow_other_model_input()],
             outputs=[io.Model.Output(display_name="model", tooltip="The patched MODEL (a clone; the input is unchanged).")],
         )

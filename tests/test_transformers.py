@@ -10,7 +10,8 @@ from einops import rearrange
 
 from harness.tiny_dit import flux_conditioning, sd3_conditioning, tiny_flux, tiny_sd3
 from hspace_core import Direction, HTrajectory
-from hspace_core.flow import flow_asymmetric_step, invert_flow
+from hspace_core.flow import invert_flow
+from hspace_core.sampling import asymmetric_step
 from hspace_core.sites import block_site, check_site, spatial_to_tokens, tokens_to_spatial
 
 SIZE = 16  # latent 16×16 → an 8×8 patch grid
@@ -131,9 +132,10 @@ def test_flow_asymmetric_step_is_x0_from_the_edit_and_the_noise_from_the_origina
     for sigma, sigma_next in [(1.0, 0.8), (0.7, 0.4), (0.3, 0.0)]:
         eps = (x - (1 - sigma) * d) / sigma  # x = (1 − σ)·x0 + σ·ε with x0 = D(x | h)
         written = (1 - sigma_next) * d_edit + sigma_next * eps
-        assert torch.allclose(flow_asymmetric_step(x, d_edit, d, sigma, sigma_next), written, atol=1e-5, rtol=1e-5)
+        step = asymmetric_step(x, d_edit, d, sigma, sigma_next, 1 - sigma_next)  # signal a(σ_next) = 1 − σ_next
+        assert torch.allclose(step, written, atol=1e-5, rtol=1e-5)
         euler_step = x + (x - d) / sigma * (sigma_next - sigma)  # k-diffusion's sample_euler, as ComfyUI runs it
-        assert torch.equal(flow_asymmetric_step(x, d, d, sigma, sigma_next), euler_step)
+        assert torch.equal(asymmetric_step(x, d, d, sigma, sigma_next, 1 - sigma_next), euler_step)
 
 
 def test_flow_inversion_steps_against_written_out_formulas():

@@ -12,6 +12,7 @@ from .schema import (BOOST_SEED_RULE, BOOST_WINDOWS, CATEGORY, DEFAULT_H_STORAGE
                      Calibration, DirectionSet, DirectionType, Trajectory, advanced, allow_other_model_input, boost_of,
                      boost_window_inputs, check_window, conditioning_inputs, convention_input, edit_schedule,
                      edit_window, gamma_end_of, grid_window, h_storage_inputs, h_storage_of, mixing_inputs,
-                     model_input, sampler_window_inputs, seed_input, seed_of, site_input, steps_input, sweep_text,
+                     model_input, percent_inputs, sampler_window_inputs, seed_input, seed_of, site_input, steps_input,
+                     sweep_text,
                      t_edit_input, values_input, values_of, window_inputs, window_timesteps, x_T_input)
 from .runs import sweep

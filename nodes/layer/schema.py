@@ -150,11 +150,15 @@ def _window_tip(paper: str = "t_edit") -> str:
     return _WINDOW_TIP.format(what=what, paper=paper, said=said)
 
 
-def _percent_inputs(end_default: float, optional: bool, what: str = "edit"):
+def percent_inputs(what: str = "edit", end_default: float = 0.6, optional: bool = False,
+                   in_window: bool = False):
+    """start_percent and end_percent of the schedule (core's percent, as ControlNet and IPAdapter gate); with
+    ``in_window`` their tooltips say they apply when the node's window widget is 'percent'."""
+    where = "window = percent: where" if in_window else "Where"
     return [io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01, optional=optional,
-                           tooltip=f"window = percent: where the {what} starts (0 = the first, noisiest step)."),
+                           tooltip=f"{where} the {what} starts (0 = the first, noisiest step)."),
             io.Float.Input("end_percent", default=end_default, min=0.0, max=1.0, step=0.01, optional=optional,
-                           tooltip=f"window = percent: where the {what} ends (1 = the last step).")]
+                           tooltip=f"{where} the {what} ends (1 = the last step).")]
 
 
 def sampler_window_inputs(end_default: float = 0.6):
@@ -162,7 +166,7 @@ def sampler_window_inputs(end_default: float = 0.6):
     return [io.Combo.Input("window", options=WINDOWS, default="t_edit", tooltip=_window_tip()),
             io.Int.Input("t_edit", default=400, min=0, max=999,
                          tooltip="window = t_edit: h is changed for t ≥ t_edit (larger = stronger, coarser changes)."),
-            *_percent_inputs(end_default, optional=False)]
+            *percent_inputs(end_default=end_default, in_window=True)]
 
 
 def window_inputs(end_default: float = 0.6, grid_note: str = "", paper: str = "t_edit"):
@@ -174,7 +178,8 @@ def window_inputs(end_default: float = 0.6, grid_note: str = "", paper: str = "t
     options = WINDOWS if paper == "t_edit" else KV_WINDOWS
     return [advanced(io.Combo.Input("window", options=options, default=paper, optional=True,
                                     tooltip=_window_tip(paper) + note)),
-            *(advanced(w) for w in _percent_inputs(end_default, optional=True, what=_PAPER_WINDOWS[paper][0]))]
+            *(advanced(w) for w in percent_inputs(_PAPER_WINDOWS[paper][0], end_default, optional=True,
+                                                  in_window=True))]
 
 
 BOOST_WINDOWS = ["t_boost", "percent"]
