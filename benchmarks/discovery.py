@@ -175,7 +175,7 @@ def main(argv=None):
                                  hs.EditSchedule(steps, t_edit=400))
     if args.figure:
         tiles = ((figure_rows.permute(0, 1, 3, 4, 2) + 1) / 2).clamp(0, 1)
-        image = node_module("nodes.comfy.grids").grid_image(tiles, [d.name for d in pca[:4]], ["-2", "-1", "0", "+1", "+2"], scale=3)
+        image = node_module("nodes.layer.grids").grid_image(tiles, [d.name for d in pca[:4]], ["-2", "-1", "0", "+1", "+2"], scale=3)
         from PIL import Image
 
         Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8)).save(args.figure)

@@ -29,7 +29,7 @@ def load_pack():
 
 
 def node_module(name: str):
-    """A module of the pack's nodes layer by its dotted path in this checkout (e.g. "nodes.comfy.grids"), imported
+    """A module of the pack's nodes layer by its dotted path in this checkout (e.g. "nodes.layer.grids"), imported
     with ComfyUI as ``load_pack`` does."""
     load_pack()
     return importlib.import_module(f"hspace_pack.{name}")

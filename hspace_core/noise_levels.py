@@ -195,3 +195,15 @@ class NoiseLevels:
         """a(σ), the coefficient of x0 in x = a(σ)·x0 + σ·ε: 1, or 1 − σ for flow matching (CONST).  σ may be a
         float or a tensor."""
         return 1 - sigma if self.parameterisation == "const" else 1.0
+
+    # --- the quality boost's start on these levels ---
+    def boost_t_boost(self, boost) -> int:
+        """The t below which ``boost`` (a ``settings.BoostSettings``, or None: 0) makes steps stochastic: its t_boost,
+        or, for a start percent, how many table entries lie below σ(start_percent) (``count_below``).  σ_t increases
+        with t, so t < that number ⇔ σ_t < σ(start_percent): on every grid the percent and the t_boost it resolves
+        to make the same steps stochastic."""
+        if boost is None:
+            return 0
+        if boost.start_percent is None:
+            return int(boost.t_boost)
+        return self.count_below(self.percent_to_sigma(boost.start_percent))

@@ -101,7 +101,7 @@ class BoostSettings:
 
     ``start_percent`` (None: t_boost gates) gives the boost's start as a percent of the schedule instead, as
     ComfyUI's start/end percent: the steps whose σ is below σ(start_percent) are stochastic.  It needs a model's
-    noise levels, so it is resolved where the model is known (the nodes: ``nodes/comfy/windows.boost_t_boost``)."""
+    noise levels, so it is resolved where the model is known (``NoiseLevels.boost_t_boost``)."""
 
     t_boost: int = 200
     eta: float = 1.0

@@ -8,7 +8,6 @@ from comfy_api.latest import io
 from ..hspace_core import (NORMALISATIONS, PROBE_METHODS, explore, explorer_rows, jacobian_directions, latent_at,
                            orthogonalise, pca_directions, probe_direction, rescale_like)
 from ..hspace_core.sites import common_site
-from .comfy import grids
 from .comfy.memory import rows_run
 from .comfy.model import latent_out, run_in_comfy
 from .comfy.progress import progress_bar
@@ -16,6 +15,7 @@ from .layer import (CATEGORY, EXPLORER_STRENGTHS, T_EDITS, DirectionSet, Directi
                     advanced, allow_other_model_input, check_work, conditioning_inputs, decode, edit_schedule,
                     model_input, sampling_inputs, seed_input, site_input, steps_input, t_edit_input, values_input,
                     values_of, window_inputs, x_T_input)
+from .layer import grids
 
 log = logging.getLogger("hspace")
 

@@ -11,7 +11,7 @@ from ..hspace_core.progress import offset
 from .comfy.fingerprint import model_fingerprint
 from .comfy.model import is_pixel_unet, latent_out, run_in_comfy
 from .comfy.progress import progress_bar
-from .comfy.origin import XTOrigin
+from .layer.origin import XTOrigin
 from .comfy.samplers import capture_h, ddim_inversion, inversion_passes, run_h_edit
 from .layer import (CATEGORY, DEFAULT_H_STORAGE, HSpaceNode, Trajectory, advanced, conditioning_inputs, convention_input, decode,
                     encoded_pixels, h_storage_inputs, h_storage_of, latent_of, latent_x, model_input, psnr,

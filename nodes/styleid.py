@@ -8,7 +8,7 @@ from ..hspace_core import ReconstructionReport
 from ..hspace_core.attention_store import CONTENT_KINDS, LAYER_PRESETS, STYLE_KINDS, parse_layers
 from ..hspace_core.styleid import FEATURE_SOURCES, STARTS, StyleIDSettings, record_features, styleid_inject
 from .comfy.attention import ComfyAttention, decoder_self_attention_layers
-from .comfy.origin import XTOrigin
+from .layer.origin import XTOrigin
 from .comfy.fingerprint import model_fingerprint
 from .comfy.model import latent_out, run_in_comfy
 from .comfy.progress import progress_bar

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from .comfy import grids
-from .layer import CATEGORY, GRID_ROWS, GRID_VALUES, HSpaceNode, values_input, values_of
+from .layer import CATEGORY, GRID_ROWS, GRID_VALUES, HSpaceNode, grids, values_input, values_of
 
 
 class LabelSweepGrid(HSpaceNode):

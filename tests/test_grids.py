@@ -8,8 +8,8 @@ from harness.inprocess import node_module
 
 @pytest.fixture(scope="module")
 def grids():
-    """nodes/comfy/grids.py (the nodes layer, imported with ComfyUI)."""
-    return node_module("nodes.comfy.grids")
+    """nodes/layer/grids.py (the nodes layer, imported with ComfyUI)."""
+    return node_module("nodes.layer.grids")
 
 
 def _solid(colours, size=8):

@@ -51,3 +51,12 @@ def test_the_node_layer_imports_only_itself_the_adapter_and_the_core():
                 assert node.level == 1 or (node.level == 2 and module.startswith("comfy")) or \
                     (node.level == 3 and module.startswith("hspace_core")), \
                     f"nodes/layer/{os.path.basename(path)} imports {'.' * node.level}{module}"
+
+
+def test_widget_factories_only_build_inputs():
+    """nodes/layer/schema.py builds inputs; what their values mean (windows on the MODEL's noise levels, the boost,
+    seeds) is read in resolution.py, which imports schema and not the other way round."""
+    tree = ast.parse(open(os.path.join(ROOT, "nodes", "layer", "schema.py")).read())
+    modules = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level}
+    resolving = ("resolution", "comfy", "hspace_core.noise_levels", "hspace_core.sampling")
+    assert not [module for module in modules if module.startswith(resolving)], modules

@@ -44,7 +44,7 @@ def test_the_sampler_loop_gives_todays_asyrp_edit(pack, samplers, cfg, boost):
 def test_the_h_shift_patch_is_the_edit_inside_its_window_only(pack, samplers, edit_branches):
     comfy_model, _ = pack
     import hspace_pack.nodes.comfy.patches as patches
-    from hspace_pack.nodes.layer.schema import edit_window
+    from hspace_pack.nodes.layer.resolution import edit_window
 
     positive, negative = conditioning()
     x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(6))

@@ -1,4 +1,4 @@
-"""Edit windows as the paper's t_edit or core's start/end percent (``nodes/layer/schema.py``): a percent window edits
+"""Edit windows as the paper's t_edit or core's start/end percent (``nodes/layer/resolution.py``): a percent window edits
 exactly the grid steps whose σ lies in it, the t_edit default is bit-identical to the t_edit path, and a window
 whose start is after its end is refused by every node that has one, naming the node and the widget."""
 import pytest
@@ -141,12 +141,12 @@ def test_a_percent_window_holding_no_grid_step_is_refused_by_name(pack, layer):
                     end_percent=0.5)
 
 
-# --- the quality boost's start as a percent (BoostSettings.start_percent, resolved by comfy.windows.boost_t_boost) ---
+# --- the quality boost's start as a percent (BoostSettings.start_percent, resolved by NoiseLevels.boost_t_boost) ---
 
 @pytest.mark.parametrize("percent", [0.05, 0.3, 0.8, 0.95, 1.0])
 def test_a_boost_percent_resolves_to_the_timesteps_whose_sigma_is_below_its_sigma(pack, percent):
     from hspace_core import BoostSettings
-    from hspace_pack.nodes.comfy.windows import boost_t_boost
+    from hspace_pack.nodes.comfy.noise_levels import boost_t_boost
 
     model = tiny_sd()
     ms = model.get_model_object("model_sampling")

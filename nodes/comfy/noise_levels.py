@@ -1,5 +1,6 @@
 """A ComfyUI ``model_sampling`` as the library's ``NoiseLevels``: the one reader of a MODEL's σ table, family and
-parameterisation (every σ ↔ t and percent → σ of the nodes then goes through the object)."""
+parameterisation (every σ ↔ t and percent → σ of the nodes then goes through the object), and the H-Space Quality
+Boost's start on a MODEL."""
 from __future__ import annotations
 
 import comfy.model_sampling as cms
@@ -38,3 +39,9 @@ def levels_of_sampling(model_sampling) -> NoiseLevels:
 def noise_levels(model_patcher) -> NoiseLevels:
     """The noise levels of a MODEL (its ``model_sampling`` object patch included): read once, before a loop."""
     return levels_of_sampling(model_patcher.get_model_object("model_sampling"))
+
+
+def boost_t_boost(boost, model_patcher) -> int:
+    """``NoiseLevels.boost_t_boost`` on this MODEL: the one resolver of the boost's start, for the nodes' schedules
+    (``layer.resolution.boost_of``) and the SAMPLERs (``samplers.h_edit_sampler``)."""
+    return noise_levels(model_patcher).boost_t_boost(boost)

@@ -26,8 +26,7 @@ from ...hspace_core.sites import site_of
 from ...hspace_core.trajectory import HStorage, HTrajectory, Inversion
 from .memory import reserve_rows, rows_run
 from .model import ComfyHSpaceModel
-from .noise_levels import noise_levels
-from .windows import boost_t_boost
+from .noise_levels import boost_t_boost, noise_levels
 
 log = logging.getLogger("hspace")
 CLEAN = 1e-3  # a first sigma below this only marks the clean input (FlipSigmas puts 1e-4 where 0 was)
@@ -112,7 +111,7 @@ def h_edit_sampler(node: str, edit_for, window_for, *, edit_branches: str, site:
     ``edit_for(num_steps, hs_model, window_timesteps)`` makes the h edit (an ``HEdit``, or None for none) once the
     sigmas and the model are known (``window_timesteps``: the timesteps of the steps inside the window, stride aside);
     ``window_for(model_patcher)`` the ``SigmaWindow`` it acts in.  ``boost`` (a QualityBoost) makes the steps below
-    its t_boost (or its start percent: ``windows.boost_t_boost``) stochastic (η, noise from ``seed``); ``omega``
+    its t_boost (or its start percent: ``noise_levels.boost_t_boost``) stochastic (η, noise from ``seed``); ``omega``
     calibrates and ``edit_every`` strides (content injection).  A window holding no step of the sigmas, or one
     below the boost's start, is refused as the nodes refuse it (``sampling.check_window_steps``); then
     ``check(window_timesteps, hs_model)`` may refuse the sigmas given."""

@@ -29,8 +29,9 @@ from ..comfy.fingerprint import model_fingerprint
 from ..comfy.model import check_has_h_space, resolve_site
 from .checks import widget_problem
 from .origin import check_same_guidance, check_x_T_grid, check_x_T_model
+from .resolution import check_window
 from .search import with_search_aliases
-from .schema import DirectionSet, DirectionType, Trajectory, check_window, is_x_T
+from .schema import DirectionSet, DirectionType, Trajectory, is_x_T
 
 log = logging.getLogger("hspace")
 

@@ -1,20 +1,14 @@
-"""Schema helpers: the pack's custom types and the inputs many nodes share (model, conditioning, steps, site, t_edit
-and the edit window, h storage, seed, x_T, lists of values).  What a helper marks here (an x_T, a list's bounds) the base node checks."""
+"""Widget factories: the pack's custom types and the inputs many nodes share (model, conditioning, steps, site, t_edit
+and the edit window, h storage, seed, x_T, lists of values).  They only build inputs; what a widget's value means
+for a run (the window on the MODEL's noise levels, the boost's seed, the h storage) is read in ``resolution``.  What
+a helper marks here (an x_T, a list's bounds) the base node checks."""
 from __future__ import annotations
-
-import dataclasses
-import logging
 
 from comfy_api.latest import io
 
-from ...hspace_core import INVERSION_CONVENTIONS, EditSchedule, HStorage
-from ...hspace_core.noise_levels import check_percent_window
-from ...hspace_core.settings import t_edit_label
-from ...hspace_core.sampling import SigmaWindow, schedule_in_window
+from ...hspace_core import INVERSION_CONVENTIONS, HStorage
 from ...hspace_core.sites import DEFAULT_SITE, SITES
-from ..comfy.noise_levels import noise_levels
-from ..comfy.windows import boost_t_boost
-from .checks import ValueList, check_option, parse_list
+from .checks import ValueList
 
 CATEGORY = "h-space"
 PREFIX = "HSpace"
@@ -53,11 +47,6 @@ def values_input(name: str, spec: ValueList, tooltip: str, default: str = "", op
     widget = io.String.Input(name, default=default, optional=optional, tooltip=f"{tooltip} ({spec.describe()}.)")
     widget.hspace_values = spec
     return widget
-
-
-def values_of(text: str, name: str, spec: ValueList) -> list:
-    """The values of a list widget (already checked by the base node; parsed again here)."""
-    return parse_list(text, name, spec)
 
 
 def x_T_input(name: str = "x_T", tooltip: str = "Inverted latent from DDIM Inversion (or noise)."):
@@ -173,7 +162,7 @@ def window_inputs(end_default: float = 0.6, grid_note: str = "", paper: str = "t
     """The window for a node that has its paper's-t widgets already (``paper``: 't_edit', or StyleID's
     't_start/t_stop'): window (default the paper's, so saved workflows and their images are unchanged),
     start_percent, end_percent; advanced, optional, for the END of its inputs.  On a DDIM grid a percent window acts
-    at the grid timesteps whose σ lies in it (``edit_schedule``, ``grid_window``)."""
+    at the grid timesteps whose σ lies in it (``resolution.edit_schedule``, ``resolution.grid_window``)."""
     note = grid_note or " On this node's DDIM grid: the steps whose σ lies in [σ(end_percent), σ(start_percent)]."
     options = WINDOWS if paper == "t_edit" else KV_WINDOWS
     return [advanced(io.Combo.Input("window", options=options, default=paper, optional=True,
@@ -188,7 +177,7 @@ BOOST_WINDOWS = ["t_boost", "percent"]
 def boost_window_inputs():
     """The H-Space Quality Boost's start as the paper's t_boost (default: saved workflows unchanged) or as a start
     percent of the schedule; advanced, optional, for the END of its inputs.  Resolved on the MODEL of the node it
-    is connected to (``boost_of``)."""
+    is connected to (``resolution.boost_of``)."""
     return [advanced(io.Combo.Input(
                 "window", options=BOOST_WINDOWS, default="t_boost", optional=True,
                 tooltip="How the boost's start is given: 't_boost' (the paper's timestep: t < t_boost is stochastic) "
@@ -197,26 +186,6 @@ def boost_window_inputs():
                 "boost_start_percent", default=0.8, min=0.0, max=1.0, step=0.01, optional=True,
                 tooltip="window = percent: the steps whose σ is below σ(boost_start_percent) are stochastic (1 = "
                         "none, 0 = all). It must start after the edit window ends."))]
-
-
-def check_window(inputs: dict, node: str = "") -> None:
-    """A percent window runs from start_percent to end_percent (checked for every node before it runs; ``node``
-    prefixes the message where the caller's own message does not name it)."""
-    if inputs.get("window") != "percent":
-        return
-    check_percent_window(inputs.get("start_percent", 0.0), inputs.get("end_percent", 0.6), node)
-
-
-def edit_window(node: str, model_patcher, window: str = "t_edit", t_edit: int = 400, start_percent: float = 0.0,
-                end_percent: float = 0.6) -> SigmaWindow:
-    """The edit window in σ, the one resolver of every node's window widgets: the paper's t ≥ t_edit (σ ≥ σ_{t_edit}
-    of the model's table), or core's start/end percent of the schedule (``NoiseLevels.percent_to_sigma``, as
-    IPAdapter and ControlNet gate).  ``made_with`` says which ("t_edit=400", "percent 0.00–0.60")."""
-    check_option("window", window, WINDOWS)
-    levels = noise_levels(model_patcher)
-    if window == "t_edit":
-        return levels.t_edit_window(int(t_edit), node)
-    return levels.percent_window(start_percent, end_percent, node)
 
 
 H_STORAGES = {"model's precision on CPU": HStorage("model", "cpu"), "model's precision on the model's device":
@@ -241,94 +210,5 @@ def h_storage_inputs():
                                           "that will use it (they read no other step). 0 keeps every step."))]
 
 
-def h_storage_of(h_storage: str, keep_h_from_t: int) -> HStorage:
-    check_option("h_storage", h_storage, list(H_STORAGES))
-    return dataclasses.replace(H_STORAGES[h_storage], t_min=keep_h_from_t)
-
-
 def seed_input(tooltip: str = "Seed for the stochastic (quality boost) steps."):
     return io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip=tooltip)
-
-
-def boost_of(boost, model_patcher=None) -> tuple[int, float]:
-    """(t_boost, η) of a connected H-Space Quality Boost (0, 1 without one): its t_boost, or its boost_start_percent
-    resolved on the MODEL's noise levels (``comfy.windows.boost_t_boost``, the SAMPLERs' resolver too)."""
-    if boost is None:
-        return 0, 1.0
-    if boost.start_percent is None:
-        return boost.t_boost, boost.eta
-    if model_patcher is None:
-        raise ValueError("the H-Space Quality Boost's boost_start_percent is resolved on the MODEL's noise levels; pass "
-                         "the MODEL (or set the boost's window to t_boost).")
-    t_boost = boost_t_boost(boost, model_patcher)
-    if t_boost >= noise_levels(model_patcher).num_timesteps:
-        raise ValueError(f"the H-Space Quality Boost's boost_start_percent ({boost.start_percent}) makes every step "
-                         "stochastic, the edit's too: raise boost_start_percent on the H-Space Quality Boost node.")
-    return t_boost, boost.eta
-
-
-def _boost_said(boost, t_boost: int) -> str:
-    """The boost's start in the user's words (its widget), for a refusal."""
-    if boost.start_percent is None:
-        return f"the H-Space Quality Boost's t_boost ({t_boost})"
-    return f"the H-Space Quality Boost's boost_start_percent ({boost.start_percent}, stochastic below t = {t_boost})"
-
-
-def edit_schedule(steps: int, t_edit: int, boost, model_patcher=None, window: str = "t_edit",
-                  start_percent: float = 0.0, end_percent: float = 0.6, node: str = "") -> EditSchedule:
-    """The node's schedule, with the H-Space Quality Boost's start (``boost_of``: t_boost or a start percent) and η
-    when one is connected, and its edit window: window = 't_edit' edits t ≥ t_edit as the paper does (the record
-    ``made_with`` aside, today's schedule, so results are bit-identical); 'percent' edits the grid timesteps whose σ
-    lies in the window (``sampling.schedule_in_window``: one rule for every node whose loop runs on the DDIM grid)."""
-    t_boost, eta = boost_of(boost, model_patcher)
-    if window == "t_edit":
-        if boost is not None and t_edit < t_boost:
-            fix = "lower t_boost" if boost.start_percent is None else "raise boost_start_percent"
-            raise ValueError(f"t_edit ({t_edit}) is below {_boost_said(boost, t_boost)}: raise t_edit on this node or "
-                             f"{fix} on the H-Space Quality Boost node.")
-        # with the MODEL, its σ table bounds t_edit (edit_window); without, EditSchedule's own range check does
-        made_with = (t_edit_label(t_edit) if model_patcher is None
-                     else edit_window(node, model_patcher, window, t_edit).made_with)
-        return EditSchedule(steps, t_edit=t_edit, t_boost=t_boost, eta_boost=eta, made_with=made_with)
-    if model_patcher is None:
-        raise ValueError(f"{node}: a percent window is resolved on the MODEL's noise levels; pass the MODEL.")
-    span = edit_window(node, model_patcher, window, t_edit, start_percent, end_percent)
-    schedule = EditSchedule(steps, t_edit=max(t_edit, t_boost), t_boost=t_boost, eta_boost=eta)
-    return schedule_in_window(schedule, span, noise_levels(model_patcher).sigma)
-
-
-def window_timesteps(steps: int, model_patcher, start_percent: float, end_percent: float,
-                     node: str = "") -> tuple[int, ...]:
-    """The timesteps of the DDIM grid of ``steps`` whose σ lies in a percent window (``edit_schedule``'s rule, its
-    refusals included), for a loop that takes timesteps (CLIP training, StyleID's h injection)."""
-    return edit_schedule(steps, 0, None, model_patcher, "percent", start_percent, end_percent, node).edit_timesteps
-
-
-def grid_window(steps: int, model_patcher, start_percent: float, end_percent: float, node: str = "") -> tuple[int, int]:
-    """A percent window as a window in t on the DDIM grid of ``steps`` (StyleID's t_start ≥ t ≥ t_stop): the highest
-    and lowest of its ``window_timesteps`` (contiguous on the grid, so the t window holds exactly those steps)."""
-    inside = window_timesteps(steps, model_patcher, start_percent, end_percent, node)
-    return max(inside), min(inside)
-
-
-def gamma_end_of(gamma: float, gamma_end: float) -> float:
-    """gamma_end as the ramp's end: exactly −1 means constant γ; other negatives are refused, not read as −1."""
-    if gamma_end == -1.0:
-        return gamma
-    if not 0.0 <= gamma_end <= 1.0:
-        raise ValueError(f"gamma_end is {gamma_end}: set it to −1 (γ stays constant) or to a value in [0, 1].")
-    return gamma_end
-
-
-def seed_of(seed: int, boost) -> int:
-    """BOOST_SEED_RULE: a connected H-Space Quality Boost's seed replaces the node's own."""
-    if boost is None:
-        return seed
-    if boost.seed != seed:
-        logging.info("h-space: using the H-Space Quality Boost's seed %s instead of the node's seed %s.", boost.seed, seed)
-    return boost.seed
-
-
-def sweep_text(values) -> str:
-    """The values a sweep node ran, as the comma-separated text H-Space Label Sweep Grid reads."""
-    return ", ".join(f"{v:g}" for v in values)
