@@ -94,7 +94,8 @@ class TrainAsyrpDirection(HSpaceNode):
                 advanced(io.String.Input("clip_model", default="ViT-B-16", tooltip="open_clip model name.")),
                 advanced(io.String.Input("clip_pretrained", default="openai",
                                          tooltip="open_clip weights: a tag (downloads once) or a file in models/open_clip.")),
-                seed_input(),
+                seed_input("Seed of the random initial direction (init_scale): the same seed and images train the "
+                           "same direction."),
                 *conditioning_inputs(),
                 site_input(),
                 *window_inputs(grid_note=" On the training grid (steps): the steps whose σ lies in [σ(end_percent), "

@@ -17,18 +17,19 @@ COMFY_USES = ("harness.inprocess", "node_module(", "load_pack(", "hspace_pack", 
 
 # The tests of what differs between ComfyUI versions (docs/compatibility.md), marker ``versions``: the lane of another
 # ComfyUI version (.ci/run) runs only these, as node-id prefixes. The schema's `advanced` flag and the pixel latent
-# format (test_compat); patched weights and low-VRAM fingerprints, the U-Net patches that record and edit h
-# (test_native_sampling, test_comfy_one_call); the editor and the template folder (test_e2e_editor); every shipped
-# workflow, the pack's registration; the SAMPLERs under ComfyUI's guiders and samplers, its own samplers from x_T, CFG
-# batching under guided inversion, attention patches (StyleID), SDXL's conditioning, latent previews, ComfyUI's own
-# input validation, caching of changed files and interrupts, and its manual cast in half precision; the blueprints
-# ComfyUI serves (/global_subgraphs) and the pixel loader's multi-GPU factory (deepclone_multigpu). Not here:
-# the pack's own math on ComfyUI's U-Net classes (one code path, windows, inversion), which 0.3.75 runs.
+# format (test_compat), the training node's expert knobs in /object_info's input order (test_e2e_training_widgets);
+# patched weights and low-VRAM fingerprints, the U-Net patches that record and edit h (test_native_sampling,
+# test_comfy_one_call); the editor and the template folder (test_e2e_editor); every shipped workflow, the pack's
+# registration; the SAMPLERs under ComfyUI's guiders and samplers, its own samplers from x_T, CFG batching under guided
+# inversion, attention patches (StyleID), SDXL's conditioning, latent previews, ComfyUI's own input validation, caching
+# of changed files and interrupts, and its manual cast in half precision; the blueprints ComfyUI serves
+# (/global_subgraphs) and the pixel loader's multi-GPU factory (deepclone_multigpu). Not here: the pack's own math on
+# ComfyUI's U-Net classes (one code path, windows, inversion), which 0.3.75 runs.
 VERSIONS = (
     "tests/test_compat.py", "tests/test_native_sampling.py", "tests/test_comfy_one_call.py", "tests/test_e2e_editor.py",
     "tests/test_e2e_workflows.py::test_pack_registers_every_node", "tests/test_e2e_workflows.py::test_workflow_runs",
     "tests/test_e2e_samplers.py", "tests/test_e2e_native.py", "tests/test_e2e_guided.py", "tests/test_styleid_e2e.py",
-    "tests/test_e2e_sdxl.py", "tests/test_e2e_previews.py",
+    "tests/test_e2e_sdxl.py", "tests/test_e2e_previews.py", "tests/test_e2e_training_widgets.py",
     "tests/test_e2e_blueprints.py::test_the_blueprints_are_served_and_run",
     "tests/test_allocation_graph.py::test_the_pixel_loader_registers_its_factory_for_multi_gpu_copies",
     # Flux's params and blocks differ by version (txt_ids_dims, img_slice, attn1 patches): docs/transformers.md
