@@ -262,6 +262,17 @@ HELP: dict[str, dict[str, str]] = {
               "edit on the pooled embedding (docs/transformers.md says where the pack's reading may differ).",
         refusals="A U-Net MODEL (FluxSpace is defined on a transformer's joint attention); a window with "
                  "start_percent after end_percent."),
+    "HSpaceBlockVitality": dict(
+        does="Generates once plainly and once per transformer block with that block bypassed (same noise, sigmas "
+             "and guidance) and reports how much each bypass changes the result, as a bar plot, a JSON report and "
+             "the vital blocks as site names. The change is LPIPS on decoded images with a VAE, else the relative "
+             "latent distance.",
+        example="EmptySD3LatentImage, BasicScheduler (8 steps) and CLIPTextEncode → **H-Space Block Vitality** "
+                "(VAE connected) → Preview Image (plot), Preview Any (report).",
+        paper="Stable Flow (Avrahami et al., CVPR 2025), §3.1 vital layers; its Flux.1-dev set is double blocks 0, 1, "
+              "17, 18 and single blocks 6, 9, 34, 35, 37.",
+        refusals="A U-Net MODEL (it bypasses transformer blocks); cfg ≠ 1 without a negative prompt; sigmas with "
+                 "no step."),
     "HSpaceStyleIDFeatures": dict(
         does="DDIM-inverts an image and records its decoder self-attention for StyleID: K and V of a style image "
              "or Q of a content image. It also returns x_T and h along the inversion.",

@@ -15,6 +15,7 @@ from .styleid import StyleIDFeatures, StyleIDInject
 from .layer import register_folders
 from .layer.prompt_types import install as install_type_gate
 from .trajectory_io import PreviewH
+from .vitality import BlockVitality
 
 register_folders()
 
@@ -23,5 +24,5 @@ NODES = (DDIMInversion, Capture, AsyrpEdit, SlerpContentInject, StyleCalibrate, 
          LoadTrajectory, PreviewH, LoadPixelUNet, TrainAsyrpDirection, LoadAsyrpDirection, XTToNative, PixelConditioning,
          PCADirections, JacobianDirections, ProbeDirection, OrthogonaliseDirection, DirectionExplorer,
          LabelSweepGrid, AsyrpSampler, ContentInjectionSampler, InversionSampler, InvertedXT, HShiftPatch,
-         StyleIDFeatures, StyleIDInject, FluxSpaceEdit)
+         StyleIDFeatures, StyleIDInject, FluxSpaceEdit, BlockVitality)
 install_type_gate(NODES)

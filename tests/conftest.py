@@ -33,7 +33,7 @@ VERSIONS = (
     "tests/test_e2e_blueprints.py::test_the_blueprints_are_served_and_run",
     "tests/test_allocation_graph.py::test_the_pixel_loader_registers_its_factory_for_multi_gpu_copies",
     # Flux's params and blocks differ by version (txt_ids_dims, img_slice, attn1 patches): docs/transformers.md
-    "tests/test_transformers.py", "tests/test_e2e_transformers.py",
+    "tests/test_transformers.py", "tests/test_e2e_transformers.py", "tests/test_vitality.py",
     "tests/test_e2e_hostile.py::test_widget_ranges_are_checked_by_comfyui",
     "tests/test_e2e_hostile.py::test_combo_options_are_checked_by_the_node",
     "tests/test_e2e_hostile.py::test_api_types_are_checked_not_coerced",

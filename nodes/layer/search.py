@@ -47,6 +47,7 @@ SEARCH_ALIASES: dict[str, tuple[str, ...]] = {
     "HSpaceStyleIDFeatures": ("StyleID", "style transfer", "attention injection", "K V injection", "inversion"),
     "HSpaceStyleIDInject": ("StyleID", "style transfer", "attention injection", "AdaIN", "query preservation"),
     "HSpaceFluxSpaceEdit": ("FluxSpace", "Flux", "SD3", "text edit", "attention output edit", "model patch"),
+    "HSpaceBlockVitality": ("Stable Flow", "vital layers", "Flux", "SD3", "block ablation", "layer importance"),
 }
 
 
