@@ -256,12 +256,13 @@ HELP: dict[str, dict[str, str]] = {
     "HSpaceFluxSpaceEdit": dict(
         does="Patches a Flux or SD3.x MODEL so that, inside a percent window, the image tokens' attention output of "
              "the joint blocks becomes ℓ(x, c) + λ·(ℓ(x, c_edit) − its projection on ℓ(x, ∅)); λ_coarse moves the "
-             "pooled text embedding the same way. Each step in the window costs three model calls.",
+             "pooled text embedding the same way. An optional base prompt takes ∅'s place in both projections. "
+             "Each step in the window costs three model calls.",
         example="CLIPTextEncode ('smiling') and CLIPTextEncode ('') → **H-Space FluxSpace Edit** (λ 1) → KSampler.",
         paper="FluxSpace (Dalva, Venkatesh, Yanardag, CVPR 2025), the fine edit's orthogonal projection; the coarse "
               "edit on the pooled embedding (docs/transformers.md says where the pack's reading may differ).",
-        refusals="A U-Net MODEL (FluxSpace is defined on a transformer's joint attention); a window with "
-                 "start_percent after end_percent."),
+        refusals="A U-Net MODEL (FluxSpace is defined on a transformer's joint attention); neither `empty` nor "
+                 "`base` connected; a window with start_percent after end_percent."),
     "HSpaceBlockVitality": dict(
         does="Generates once plainly and once per transformer block with that block bypassed (same noise, sigmas "
              "and guidance) and reports how much each bypass changes the result, as a bar plot, a JSON report and "

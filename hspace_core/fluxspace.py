@@ -7,8 +7,11 @@ the prompt c, ℓ(x, c_e) for the edit prompt and ℓ(x, ∅) for the empty prom
     ℓ̂ = ℓ(x, c) + λ·ℓ⊥,    ℓ⊥ = ℓ(x, c_e) − proj_{ℓ(x, ∅)} ℓ(x, c_e),
     proj_b a = (⟨a, b⟩ / ⟨b, b⟩)·b,
 
-removing from the edit what the empty prompt already puts there (the content every prompt shares).  The pack takes
-the inner product per image token over the channels (each token's attention output is one vector of the width).
+removing from the edit what the empty prompt already puts there (the content every prompt shares).  A base prompt
+c_b (e.g. the image's own prompt) may take ∅'s place, ℓ⊥ = ℓ(x, c_e) − proj_{ℓ(x, c_b)} ℓ(x, c_e): then only what
+the edit adds to that prompt is applied (the FluxSpace implementation read projects the coarse edit on the prompt's
+own pooled embedding, its eq. 9).  The pack takes the inner product per image token over the channels (each token's
+attention output is one vector of the width).
 
 Coarse edit: the pooled text embedding y (CLIP's, which modulates every block) moves the same way,
 ŷ = y + λ_coarse·(y_e − proj_{y_∅} y_e), per row.  Where the paper's code differs in detail is not checked here

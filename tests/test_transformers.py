@@ -358,6 +358,33 @@ def test_fluxspace_refuses_a_unet(pack):
         fluxspace.FluxSpaceEdit.execute(tiny_sd(), positive, negative, 1.0, 0.0, 0.0, 0.6)
 
 
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_fluxspace_base_prompt(pack, request, family):
+    """An optional base prompt takes the empty prompt's place in the projection: λ = 0 is still the plain sampler bit
+    for bit; a base equal to the empty prompt is the empty-prompt edit bit for bit; another base changes the edit;
+    an edit prompt equal to the base adds nothing (the plain image to float32 round-off); with neither empty nor
+    base connected the node says to connect one."""
+    import hspace_pack.nodes.fluxspace as fluxspace
+
+    model, cond, cfg = _models(request)[family]
+    sigmas = sigmas_of(model, 4)
+    plain = sample(model, euler(), sigmas, cond, cfg)
+    edit, empty, base = cond(5), cond(6), cond(7)
+    run = lambda lam, coarse=0.0, e=edit, empty=empty, base=None: sample(  # noqa: E731
+        fluxspace.FluxSpaceEdit.execute(model, e, empty, lam, coarse, 0.0, 0.6, "all", base=base).result[0],
+        euler(), sigmas, cond, cfg)
+    assert torch.equal(run(0.0, base=base), plain)
+    with_empty = run(1.0, 0.5)
+    assert torch.equal(run(1.0, 0.5, empty=None, base=empty), with_empty)
+    with_base = run(1.0, 0.5, empty=None, base=base)
+    assert (with_base - plain).abs().mean() > 0.01 * plain.abs().mean()
+    assert (with_base - with_empty).abs().mean() > 0.01 * plain.abs().mean()
+    assert torch.allclose(run(3.0, e=base, base=base), plain, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="Connect empty .* or base"):
+        fluxspace.FluxSpaceEdit.execute(model, edit, None, 1.0, 0.0, 0.0, 0.6)
+    assert torch.equal(sample(model, euler(), sigmas, cond, cfg), plain)
+
+
 def test_bfloat16_lane_on_flux(pack, flux):
     """Flux's native dtype: the tiny Flux in bfloat16 (same seed as the float32 one). The Asyrp Sampler at strength 0
     is euler bit for bit, an edit at the attention site lands near the float32 edit (its change

@@ -1,8 +1,8 @@
 """FluxSpace on a ComfyUI MODEL (Flux, SD3.x): ``hspace_core.fluxspace`` through an APPLY_MODEL wrapper and dit
 replace patches on a clone.
 
-Inside the σ window each model call runs three times: with the edit prompt and with the empty prompt (their image
-tokens' attention outputs are recorded at the edited blocks), then with the call's own conditioning, whose attention
+Inside the σ window each model call runs three times: with the edit prompt and with the empty prompt, or the base
+prompt where the node was given one (their image tokens' attention outputs are recorded at the edited blocks), then with the call's own conditioning, whose attention
 outputs become ℓ + λ·ℓ⊥ at those blocks; the pooled embedding moves by the coarse λ.  Outside the window, or at
 λ = λ_coarse = 0, the call is the plain one.  The per-call state travels in a nested object of transformer_options
 (ComfyUI copies that dict shallowly on its way down)."""
