@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 from comfy_api.latest import io
 
@@ -11,6 +12,7 @@ from .comfy.vitality import measure
 from .layer import CATEGORY, HSpaceNode, advanced, decode, lpips_by_name, seed_input
 
 LPIPS_BACKBONES = ["alex", "vgg", "alex (random weights, testing only)"]
+log = logging.getLogger("hspace")
 
 
 class BlockVitality(HSpaceNode):
@@ -66,6 +68,8 @@ class BlockVitality(HSpaceNode):
             raise ValueError("sigmas holds no step: connect a scheduler's sigmas (at least one step).")
         if vae is None:
             distance, metric = None, "relative latent distance ‖x_bypassed − x‖ / ‖x‖"
+            log.info("h-space: Block Vitality has no VAE connected, so it measures the %s (connect a VAE for LPIPS).",
+                     metric)
         else:
             lpips = lpips_by_name(lpips_backbone)
 
