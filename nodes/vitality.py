@@ -40,7 +40,7 @@ class BlockVitality(HSpaceNode):
                                  tooltip="Connect to measure LPIPS on decoded images (as Stable Flow measures a "
                                          "perceptual change); without it the change is the relative latent distance."),
                     io.Int.Input("vital_count", default=0, min=0, max=1000, optional=True,
-                                 tooltip="Mark the blocks with the this many largest changes vital; 0 uses "
+                                 tooltip="Mark this many blocks vital, those with the largest changes; 0 uses "
                                          "vital_fraction instead."),
                     io.Float.Input("vital_fraction", default=0.5, min=0.0, max=1.0, step=0.05, optional=True,
                                    tooltip="With vital_count 0: a block is vital when its change is at least this "
