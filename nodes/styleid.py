@@ -6,16 +6,18 @@ from comfy_api.latest import io
 
 from ..hspace_core import ReconstructionReport
 from ..hspace_core.attention_store import CONTENT_KINDS, LAYER_PRESETS, STYLE_KINDS, parse_layers
+from ..hspace_core.flow_styleid import TRANSFORMER_PRESETS
 from ..hspace_core.styleid import FEATURE_SOURCES, STARTS, StyleIDSettings, record_features, styleid_inject
 from .comfy.attention import ComfyAttention, decoder_self_attention_layers
 from .layer.origin import XTOrigin
 from .comfy.fingerprint import model_fingerprint
-from .comfy.model import latent_out, run_in_comfy
+from .comfy.model import is_flow_transformer, latent_out, run_in_comfy
 from .comfy.progress import progress_bar
 from .layer import (CATEGORY, DEFAULT_H_STORAGE, GAMMAS, Calibration, HSpaceNode, Trajectory, advanced, check_work,
                     decode, encoded_pixels, grid_window, h_storage_inputs, h_storage_of, latent_of,
                     latent_x, model_input, psnr, sweep, sweep_text, t_edit_input, values_input, values_of,
                     window_inputs, window_timesteps, with_origin, x_T_input)
+from .layer.styleid_dit import features_on_transformer, inject_on_transformer
 
 Features = io.Custom("HSPACE_ATTENTION_FEATURES")
 STYLEID_RUNS = 32  # one full run per (γ, γ_h): the cells of one sweep grid
@@ -24,13 +26,18 @@ CUSTOM = "custom"
 
 
 def layer_inputs():
-    return [io.Combo.Input("attention_layers", options=[*LAYER_PRESETS, CUSTOM], default="StyleID SD1.x",
+    return [io.Combo.Input("attention_layers", options=[*LAYER_PRESETS, *TRANSFORMER_PRESETS, CUSTOM],
+                           default="StyleID SD1.x",
                            tooltip="Decoder self-attention layers (ComfyUI output_blocks.transformer): 'StyleID SD1.x' "
                                    "= output blocks 7–11 (the official code's decoder layers 7–11); 'SDXL' = output "
-                                   "blocks 3–5, both transformers (64² tokens at 1024²); 'custom' reads custom_layers."),
+                                   "blocks 3–5, both transformers (64² tokens at 1024²); 'custom' reads custom_layers. "
+                                   "On Flux / SD3 the image tokens' joint attention of whole blocks: 'Stable Flow "
+                                   "vital (Flux.1)' = double 0, 1, 17, 18 and single 6, 9, 34, 35, 37 (also what "
+                                   "'StyleID SD1.x' means on Flux.1; every block on other transformers)."),
             io.String.Input("custom_layers", default="7, 8, 9, 10, 11",
                             tooltip="With 'custom': output blocks ('7': all its transformers) or block.transformer "
-                                    "pairs ('7.0'), comma-separated; 'all' is every decoder self-attention layer."),
+                                    "pairs ('7.0'), comma-separated; 'all' is every decoder self-attention layer. "
+                                    "On a transformer: blocks such as 'double.0, single.6' (Flux) or 'joint.12' (SD3)."),
             advanced(io.Int.Input("t_start", default=999, min=0, max=999,
                                   tooltip="K/V are injected for t_start ≥ t ≥ t_stop (999 … 0: the whole process, "
                                           "as the official code).")),
@@ -57,6 +64,9 @@ def kv_window(model, steps: int, window: str, t_start: int, t_stop: int, start_p
 
 def layers_of(model, attention_layers: str, custom_layers: str) -> tuple[str, ...]:
     available = decoder_self_attention_layers(model)
+    if attention_layers in TRANSFORMER_PRESETS:
+        raise ValueError(f"attention_layers {attention_layers!r} names transformer blocks; this MODEL is a U-Net: "
+                         f"choose one of {list(LAYER_PRESETS)} or 'custom'.")
     chosen = custom_layers if attention_layers == CUSTOM else ", ".join(LAYER_PRESETS[attention_layers])
     return parse_layers(chosen, available, "attention_layers" if attention_layers != CUSTOM else "custom_layers")
 
@@ -73,7 +83,9 @@ class StyleIDFeatures(HSpaceNode):
             node_id="HSpaceStyleIDFeatures", display_name="H-Space StyleID Features", category=f"{CATEGORY}/mix",
             description="DDIM-inverts an image and records its decoder self-attention for StyleID: K and V of a "
                         "style image, or Q of a content image (query preservation), at the chosen layers and "
-                        "steps only. Also returns x_T and h along the inversion (the content h of the combined mode).",
+                        "steps only. Also returns x_T and h along the inversion (the content h of the combined mode). "
+                        "On Flux / SD3: Euler inversion of the flow on the 'simple' σ grid, the image tokens' K/V "
+                        "(or Q) of the chosen blocks' joint attention; no h trajectory.",
             inputs=[
                 model_input(),
                 io.Image.Input("image", optional=True, tooltip="Image to invert (needs the VAE), or connect a latent."),
@@ -102,6 +114,11 @@ class StyleIDFeatures(HSpaceNode):
                 latent=None, positive=None, window="t_start/t_stop", start_percent=0.0,
                 end_percent=1.0) -> io.NodeOutput:
         latent = latent_of(image, vae, latent)
+        if is_flow_transformer(model):
+            return io.NodeOutput(*features_on_transformer(
+                model, latent, ROLES[role], steps, features_source, h_storage_of(h_storage, 0), positive, image, vae,
+                attention_layers=attention_layers, custom_layers=custom_layers, window=window, t_start=t_start,
+                t_stop=t_stop, start_percent=start_percent, end_percent=end_percent))
         layers = layers_of(model, attention_layers, custom_layers)
         t_start, t_stop = kv_window(model, steps, window, t_start, t_stop, start_percent, end_percent)
         storage = h_storage_of(h_storage, 0)
@@ -129,7 +146,9 @@ class StyleIDInject(HSpaceNode):
             description="StyleID (Chung et al., CVPR 2024): regenerate the content with the style image's K/V in the "
                         "decoder self-attention, the query blended with the content's (γ), the attention sharpened "
                         "(τ), from AdaIN(x_T content, x_T style). Connect the content's h trajectory for the "
-                        "combined mode: h-space content injection (InjectFusion's Slerp, γ_h) in the same run.",
+                        "combined mode: h-space content injection (InjectFusion's Slerp, γ_h) in the same run. On Flux / "
+                        "SD3: Euler on the flow's 'simple' σ grid, the style's K/V in the image tokens of the chosen "
+                        "blocks' joint attention (Stable Flow's injection); no combined mode.",
             inputs=[
                 model_input(),
                 x_T_input("content_x_T", "x_T of the content image (H-Space StyleID Features, role content)."),
@@ -176,6 +195,18 @@ class StyleIDInject(HSpaceNode):
                 t_start, t_stop, steps, start, t_edit, gamma_sweep="", content_h=None, gamma_h=0.5, gamma_h_sweep="",
                 content_features=None, mask=None, calibration=None, positive=None, window="t_start/t_stop",
                 start_percent=0.0, end_percent=1.0, h_end_percent=0.6) -> io.NodeOutput:
+        if is_flow_transformer(model):
+            if content_h is not None or gamma_h_sweep.strip() or mask is not None or calibration is not None:
+                raise ValueError("H-Space StyleID Inject: the combined mode (content_h, gamma_h_sweep, mask, "
+                                 "calibration) runs on U-Nets; on a transformer disconnect them (h content injection "
+                                 "there: H-Space Content Injection Sampler).")
+            gammas = values_of(gamma_sweep, "gamma_sweep", GAMMAS) or [gamma]
+            check_work("γ values", len(gammas), STYLEID_RUNS, "shorten gamma_sweep")
+            out = inject_on_transformer(model, content_x_T, style_x_T, style_features, content_features, gammas, tau,
+                                        start, steps, positive, attention_layers=attention_layers,
+                                        custom_layers=custom_layers, window=window, t_start=t_start, t_stop=t_stop,
+                                        start_percent=start_percent, end_percent=end_percent)
+            return io.NodeOutput(latent_out(model, out), sweep_text(gammas), sweep_text([gamma_h]))
         layers = layers_of(model, attention_layers, custom_layers)
         t_start, t_stop = kv_window(model, steps, window, t_start, t_stop, start_percent, end_percent)
         edited = None  # t ≥ t_edit; a percent window's grid timesteps (combined mode)

@@ -21,7 +21,8 @@ STEPS = 5
 
 @pytest.fixture(scope="module")
 def models(pack):
-    return {"flux": (tiny_flux(), flux_conditioning), "sd3": (tiny_sd3(), sd3_conditioning)}
+    return {"flux": (tiny_flux(), flux_conditioning), "sd3": (tiny_sd3(), sd3_conditioning),
+            "flux-bf16": (tiny_flux(dtype=torch.bfloat16), flux_conditioning)}  # Flux's native dtype
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +137,7 @@ def test_injection_against_written_out_attention(models, da, family, layer):
 
 # --- the process --------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("family", ["flux", "sd3"])
+@pytest.mark.parametrize("family", ["flux", "sd3", "flux-bf16"])
 def test_own_features_and_an_empty_window_are_euler_bit_for_bit(models, da, family):
     """K, V and Q recorded along the reconstruction from x_T and injected back (γ = 0.5, τ = 1, start = content)
     reproduce ComfyUI's euler from that x_T bit for bit, as does a window holding no step; the MODEL is unpatched
@@ -163,10 +164,10 @@ def test_own_features_and_an_empty_window_are_euler_bit_for_bit(models, da, fami
     assert not model.model_options.get("transformer_options", {}).get("patches_replace")
 
 
-@pytest.mark.parametrize("family", ["flux", "sd3"])
+@pytest.mark.parametrize("family", ["flux", "sd3", "flux-bf16"])
 def test_the_style_changes_the_image(models, da, family):
-    """Another image's K/V (recorded along its inversion) change the generation from the content's x_T, more with τ
-    = 1.5 than none; with γ = 1 the content's Q keeps it closer to the content's reconstruction than γ = 0."""
+    """Another image's K/V (recorded along its inversion) change the generation from the content's x_T (bfloat16
+    too, finite); with γ = 1 the content's Q keeps it closer to the content's reconstruction than γ = 0."""
     model, cond = models[family]
     layers = da.attention_layers(model.get_model_object("diffusion_model"))
 
@@ -182,8 +183,10 @@ def test_the_style_changes_the_image(models, da, family):
     (c_rec, out), _, _ = run(da, model, cond, body, layers)
     scale = c_rec.std()
     change = {g: float((x - c_rec).std() / scale) for g, x in out.items()}
+    assert all(torch.isfinite(x).all() for x in out.values())
     assert change[0.0] > 0.05, change
-    assert change[1.0] < change[0.0], change
+    if family != "flux-bf16":  # the tiny bf16 Flux's query moves its output below bfloat16's resolution here
+        assert change[1.0] < change[0.0], change
 
 
 def test_stable_flow_preset_and_refusals(models, da):
