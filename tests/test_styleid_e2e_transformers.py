@@ -72,3 +72,22 @@ def test_transformer_layer_presets_are_checked(comfy):
     expect_node_error(comfy, _graph(comfy, "flux", "Stable Flow vital (Flux.1)"), "'double.17', which is not a block",
                       "double.0 … single.1")
     expect_node_error(comfy, _graph(comfy, "sd3", "SDXL"), "names U-Net decoder layers", "Stable Flow vital (Flux.1)")
+
+
+def test_block_vitality_chooses_the_styleid_blocks(comfy):
+    """H-Space Block Vitality's vital_sites (the user's own model's vital blocks, here the 2 largest changes) feed
+    custom_layers of all three StyleID nodes (attention_layers = custom), and the graph runs."""
+    g = _graph(comfy, "flux", "custom")
+    g["vitality"] = {"class_type": "HSpaceBlockVitality", "inputs": {
+        "model": ["ckpt", 0], "positive": ["guided", 0], "latent": ["latent", 0], "sigmas": ["full", 0], "seed": 0,
+        "vital_count": 2}}
+    for name in ("style", "content", "inject"):
+        g[name]["inputs"]["custom_layers"] = ["vitality", 2]
+    g["vital"] = {"class_type": "PreviewAny", "inputs": {"source": ["vitality", 2]}}
+    status, body = comfy.post("/prompt", {"prompt": g, "client_id": comfy.client_id})
+    assert status == 200 and not body.get("node_errors"), body
+    entry = comfy.wait(body["prompt_id"])
+    assert entry["status"]["status_str"] == "success", error_message(entry) + "\n" + comfy.tail()
+    vital = entry["outputs"]["vital"]["text"][0]
+    assert len(vital.split(", ")) == 2 and all(s.split(".")[0] in ("double", "single") for s in vital.split(", "))
+    assert len(comfy.images(entry, "save_styled")) == 2
