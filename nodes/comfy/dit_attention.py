@@ -204,7 +204,8 @@ def run_on_transformer(model, latent: torch.Tensor, body, *, positive, sigmas, l
             return denoiser(x_i, x_i.new_ones((x_i.shape[0],)) * sigma, denoise_mask=None, model_options=options,
                             seed=extra_args.get("seed"))
 
-        result["value"] = body(denoise, model.model.process_latent_in(latent.to(x)))
+        with torch.no_grad():  # no gradients: a caller outside ComfyUI's inference mode keeps no graph
+            result["value"] = body(denoise, model.model.process_latent_in(latent.to(x)))
         return x
 
     comfy.sample.sample_custom(model, torch.zeros_like(latent), 1.0, comfy.samplers.KSAMPLER(sampler_function),
