@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 
+import comfy.model_management
 import torch
 
 from ...hspace_core.sites import BlockSite, block_site, default_block_site, spatial_to_tokens, tokens_to_spatial
@@ -114,6 +115,7 @@ class DitH:
         return out
 
     def __call__(self, args: dict, extra: dict) -> dict:
+        comfy.model_management.throw_exception_if_processing_interrupted()  # Cancel lands within one block pass
         original = extra["original_block"]
         options = args.get("transformer_options") or {}
         if self.projection is not None:
