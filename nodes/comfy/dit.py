@@ -21,6 +21,7 @@ import torch
 from ...hspace_core.sites import BlockSite, block_site, default_block_site, spatial_to_tokens, tokens_to_spatial
 
 TRANSFORMERS = "Flux.1 (dev, schnell) and SD3 / SD3.5 (MMDiT)"
+SITE_FAMILY = {"double": "Flux", "single": "Flux", "joint": "SD3 / SD3.5 (MMDiT)"}  # whose blocks a site names
 GRID_KEY = "hspace_patch_grid"  # transformer_options: the call's patch grid, for a DitH made without one
 
 
@@ -57,9 +58,14 @@ def check_block_site(diffusion_model, site: str) -> BlockSite:
     counts = block_counts(diffusion_model)
     have = ", ".join(f"{kind}.0 … {kind}.{n - 1}" for kind, n in counts.items())
     if where is None or where.kind not in counts or where.index >= counts[where.kind]:
+        family = "a U-Net" if where is None else SITE_FAMILY[where.kind]
+        other = "" if where is not None and where.kind in counts else (
+            f" {site!r} is a site of {family}: an h-space object made there (a direction, an h trajectory) was "
+            f"made with another model; connect the model it was made with, or make it again with this one"
+            + (" (or, on a node's site widget, set site to 'middle': this model's default)." if where is None else "."))
         raise ValueError(f"h site {site!r} is not a block of this {type(diffusion_model).__name__}: its sites are "
                          f"{have} (add .attn to a double / joint block for its attention output); default "
-                         f"{default_site(diffusion_model)}.")
+                         f"{default_site(diffusion_model)}.{other}")
     return where
 
 
