@@ -5,7 +5,7 @@ by the test-only loaders, as in test_e2e_transformers.py)."""
 import pytest
 import torch
 
-from harness.tiny_dit import flux_conditioning
+from harness.tiny_dit import flux_conditioning, sd3_conditioning
 from test_transformers import direction, euler, sample, sigmas_of
 
 
@@ -18,16 +18,25 @@ def flux(pack):
     return tiny_flux()
 
 
+@pytest.fixture(scope="module")
+def sd3(pack):
+    from harness.tiny_dit import tiny_sd3
+
+    return tiny_sd3()
+
+
 def _hooks(module: torch.nn.Module) -> int:
     """Forward hooks and pre-hooks left on ``module`` and everything under it."""
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
 
 
-def _fluxspace(model):
-    import hspace_pack.nodes.fluxspace as fluxspace
+def _fluxspace(cond):
+    def patched(model):
+        import hspace_pack.nodes.fluxspace as fluxspace
 
-    return fluxspace.FluxSpaceEdit.execute(model, flux_conditioning(5), flux_conditioning(6), 1.0, 0.0, 0.0, 1.0,
-                                           "all").result[0]
+        return fluxspace.FluxSpaceEdit.execute(model, cond(5), cond(6), 1.0, 0.0, 0.0, 1.0, "all").result[0]
+
+    return patched
 
 
 def _asyrp(site):
@@ -40,37 +49,45 @@ def _asyrp(site):
     return sampler
 
 
-RUNS = {  # name → (MODEL to sample given the tiny Flux, SAMPLER given it), each with the dit patch at double.1
-    "asyrp double.1.attn": (lambda m: m, _asyrp("double.1.attn")),
-    "asyrp double.1": (lambda m: m, _asyrp("double.1")),
-    "fluxspace": (_fluxspace, lambda m: euler()),
+FAMILIES = {  # family → (its joint stack, a module inside a block that runs after the attention, conditioning, cfg)
+    "flux": (lambda dm: dm.double_blocks, lambda block: block.img_mlp, flux_conditioning, 1.0),
+    "sd3": (lambda dm: dm.joint_blocks, lambda block: block.x_block.mlp, sd3_conditioning, 3.0),
+}
+RUNS = {  # name → (family, MODEL to sample given the tiny model, SAMPLER given it): each has a dit patch at block 1
+    "flux asyrp double.1.attn": ("flux", lambda m: m, _asyrp("double.1.attn")),
+    "flux asyrp double.1": ("flux", lambda m: m, _asyrp("double.1")),
+    "flux fluxspace": ("flux", _fluxspace(flux_conditioning), lambda m: euler()),
+    "sd3 asyrp joint.1.attn": ("sd3", lambda m: m, _asyrp("joint.1.attn")),
+    "sd3 fluxspace": ("sd3", _fluxspace(sd3_conditioning), lambda m: euler()),
 }
 
 
 @pytest.mark.parametrize("run", RUNS)
-def test_an_interrupt_in_a_block_pass_lands_at_the_next_patched_block_and_leaves_no_hook(pack, flux, run):
-    """/interrupt sets ComfyUI's flag; here the flag is set while block double.0 runs, in the first model pass.  The
-    dit patch at double.1 raises ComfyUI's InterruptProcessingException before its block runs, in that same pass
-    (without the check the pass would run on to its end); nothing is left behind: no forward hook on any module (the
-    attention site's hook on img_attn.proj), no dit patch on the MODEL, and euler afterwards is the image before
-    bit for bit.  Also an interrupt raised inside the patched block itself (under the live attention hook)."""
+def test_an_interrupt_in_a_block_pass_lands_at_the_next_patched_block_and_leaves_no_hook(pack, request, run):
+    """/interrupt sets ComfyUI's flag; here the flag is set while block 0 of the joint stack runs, in the first model
+    pass.  The dit patch at block 1 raises ComfyUI's InterruptProcessingException before its block runs, in that same
+    pass (without the check the pass would run on to its end); nothing is left behind: no forward hook on any module
+    (an attention site's hook on the output projection), no dit patch on the MODEL, and euler afterwards is the image
+    before bit for bit.  Also an interrupt raised inside the patched block itself (under the live attention hook)."""
     import comfy.model_management as mm
 
-    make_model, make_sampler = RUNS[run]
-    dm = flux.get_model_object("diffusion_model")
-    sigmas = sigmas_of(flux, 4)
-    before = sample(flux, euler(), sigmas, flux_conditioning, 1.0)
+    family, make_model, make_sampler = RUNS[run]
+    stack, inner, cond, cfg = FAMILIES[family]
+    model = request.getfixturevalue(family)
+    dm = model.get_model_object("diffusion_model")
+    sigmas = sigmas_of(model, 4)
+    before = sample(model, euler(), sigmas, cond, cfg)
     hooks = _hooks(dm)
     ran = []
 
     def interrupt(module, args, out):
         mm.interrupt_current_processing(True)
 
-    watched = [dm.double_blocks[0].register_forward_hook(interrupt),
-               dm.double_blocks[1].register_forward_pre_hook(lambda m, a: ran.append("double.1"))]
+    watched = [stack(dm)[0].register_forward_hook(interrupt),
+               stack(dm)[1].register_forward_pre_hook(lambda m, a: ran.append("block 1"))]
     try:
         with pytest.raises(mm.InterruptProcessingException):
-            sample(make_model(flux), make_sampler(flux), sigmas, flux_conditioning, 1.0)
+            sample(make_model(model), make_sampler(model), sigmas, cond, cfg)
     finally:
         for handle in watched:
             handle.remove()
@@ -80,15 +97,15 @@ def test_an_interrupt_in_a_block_pass_lands_at_the_next_patched_block_and_leaves
     def inside(module, args):  # an interrupt checked inside the block, e.g. by a patch nested in ours
         raise mm.InterruptProcessingException()
 
-    handle = dm.double_blocks[1].img_mlp.register_forward_pre_hook(inside)
+    handle = inner(stack(dm)[1]).register_forward_pre_hook(inside)
     try:
         with pytest.raises(mm.InterruptProcessingException):
-            sample(make_model(flux), make_sampler(flux), sigmas, flux_conditioning, 1.0)
+            sample(make_model(model), make_sampler(model), sigmas, cond, cfg)
     finally:
         handle.remove()
     assert _hooks(dm) == hooks
-    assert "dit" not in flux.model_options["transformer_options"].get("patches_replace", {})
-    assert torch.equal(sample(flux, euler(), sigmas, flux_conditioning, 1.0), before)
+    assert "dit" not in model.model_options["transformer_options"].get("patches_replace", {})
+    assert torch.equal(sample(model, euler(), sigmas, cond, cfg), before)
 
 
 # --- through the server ------------------------------------------------------------------------------------------
