@@ -249,3 +249,45 @@ def test_a_trajectory_from_another_grid_model_or_site_is_refused_naming_the_sett
         "samples": ["x_T1", 0], "filename_prefix": "h8/site"}}}
     unet_site["inverter1"]["inputs"]["site"] = "up1"
     expect_node_error(comfy, unet_site, "'up1' is a site of a U-Net", "set site to 'middle'")
+
+
+@pytest.mark.e2e
+def test_a_trajectory_captured_at_another_site_travels_with_its_site_and_is_not_mixed(comfy):
+    """Flux's content trajectory saved (H-Space Save Trajectory, at the default site double.1.attn) and the same h
+    written with site double.0 (what a capture at that block writes).  Loaded, the double.0 one runs in the Content
+    Injection Sampler, which reads h at the site the trajectory carries (its image differs from the double.1.attn
+    one's); Direction from Examples refuses it beside a double.1.attn trajectory, naming both sites and the setting
+    (the Inversion Sampler's site)."""
+    import dataclasses
+    import glob
+    import os
+
+    from e2e_helpers import expect_node_error
+    from harness.server import error_message
+    from hspace_core import HTrajectory
+    from test_e2e_transformers import _graph
+
+    flux = _graph("flux")
+    save = {**_upstream(flux, "x_T1"), "save": {"class_type": "HSpaceSaveTrajectory", "inputs": {
+        "trajectory": ["x_T1", 1], "filename_prefix": "h8_site"}}}
+    entry = comfy.run(save)
+    assert entry["status"]["status_str"] == "success", error_message(entry) + "\n" + comfy.tail()
+    folder = os.path.join(comfy.base, "models", "hspace_trajectories")
+    saved = HTrajectory.load(sorted(glob.glob(os.path.join(folder, "h8_site_*.safetensors")))[-1])
+    assert saved.site == "double.1.attn"
+    dataclasses.replace(saved, site="double.0").save(os.path.join(folder, "h8_double0.safetensors"))
+    base = {**_upstream(flux, "x_T2", "sigmas", "guider"),
+            "load": {"class_type": "HSpaceLoadTrajectory", "inputs": {"trajectory_file": "h8_double0.safetensors"}}}
+    runs = {**base, "load_attn": {"class_type": "HSpaceLoadTrajectory", "inputs": {
+                "trajectory_file": os.path.basename(saved.file)}},
+            **_injection(("load", 0), ("sigmas", 0), ("x_T2", 0), "double0"),
+            **_injection(("load_attn", 0), ("sigmas", 0), ("x_T2", 0), "attn")}
+    entry = comfy.run(runs)
+    assert entry["status"]["status_str"] == "success", error_message(entry) + "\n" + comfy.tail()
+    at_block, at_attention = _latent(comfy, entry, "double0"), _latent(comfy, entry, "attn")
+    assert torch.isfinite(at_block).all() and not torch.equal(at_block, at_attention)
+    mixed = {**base, "direction": {"class_type": "HSpaceDirectionFromExamples", "inputs": {
+                 "positive": ["load", 0], "negative": ["x_T2", 1], "form": "per_timestep", "name": "mixed"}},
+             "show": {"class_type": "PreviewAny", "inputs": {"source": ["direction", 0]}}}
+    expect_node_error(comfy, mixed, "different sites", "positive at site 'double.0'",
+                      "negative at site 'double.1.attn'", "the site setting of", "the H-Space Inversion Sampler")

@@ -160,7 +160,7 @@ def check_h_objects(h_objects: dict, with_model: bool) -> None:
     if len(sites) > 1:
         said = "; ".join(f"{', '.join(labels)} at site {site!r}" for site, labels in sites.items())
         raise ValueError(f"These inputs hold h read at different sites ({said}): make them all at one site (the site "
-                         "setting of DDIM Inversion / Capture).")
+                         "setting of DDIM Inversion / Capture, or of the H-Space Inversion Sampler on a transformer).")
     if with_model:
         return
     trajectories = [(label, item) for label, item in labelled if isinstance(item, HTrajectory) and item.fingerprint]
