@@ -28,6 +28,7 @@ from .server import REPO
 PAGE = os.path.join(REPO, "docs", "nodes.md")
 HELP_DIR = os.path.join(REPO, "web", "docs")
 COMMAND = "python -m harness.node_docs"
+LISTED_CHOICES = 12  # a longer combo lists its first ones and its count
 
 
 def node_classes() -> list[type]:
@@ -88,6 +89,8 @@ def _number(value) -> str:
 def _values(kind, options: dict) -> str:
     """The range or the options of one input, as a table cell."""
     choices = kind if isinstance(kind, list) else options.get("options")
+    if choices is not None and len(choices) > LISTED_CHOICES:  # e.g. the site's every transformer block
+        return ", ".join(f"`{c}`" for c in choices[:LISTED_CHOICES]) + f", … ({len(choices)} options, `{choices[-1]}` last)"
     if choices is not None:
         return ", ".join(f"`{c}`" for c in choices) if choices else "files in its models folder"
     if "min" in options or "max" in options:

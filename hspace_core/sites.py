@@ -28,6 +28,8 @@ SITES = ("middle", "up1", "up2")
 DEFAULT_SITE = "middle"
 BLOCK_KINDS = ("double", "single", "joint")  # Flux double-stream, Flux single-stream, SD3 MMDiT joint blocks
 _BLOCK_SITE = re.compile(r"^(double|single|joint)\.(\d+)(\.attn)?$")
+# The deepest stacks of the models the pack serves: Flux.1 (19 double, 38 single blocks), SD3.5 large (38 joint).
+BLOCK_COUNTS = {"double": 19, "single": 38, "joint": 38}
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,14 @@ def check_site(site: str) -> str:
     """``site`` itself, or a ValueError naming the sites there are."""
     block_site(site)
     return site
+
+
+def site_choices() -> tuple[str, ...]:
+    """Every site a node can offer: the U-Net sites, then each block of ``BLOCK_COUNTS`` (its output and, but for
+    single-stream blocks, its attention output).  A block the connected model lacks is refused when it runs."""
+    blocks = [name for kind, count in BLOCK_COUNTS.items() for i in range(count)
+              for name in ((f"{kind}.{i}",) if kind == "single" else (f"{kind}.{i}.attn", f"{kind}.{i}"))]
+    return (*SITES, *blocks)
 
 
 def default_block_site(kind: str, num_blocks: int) -> str:

@@ -291,3 +291,27 @@ def test_a_trajectory_captured_at_another_site_travels_with_its_site_and_is_not_
              "show": {"class_type": "PreviewAny", "inputs": {"source": ["direction", 0]}}}
     expect_node_error(comfy, mixed, "different sites", "positive at site 'double.0'",
                       "negative at site 'double.1.attn'", "the site setting of", "the H-Space Inversion Sampler")
+
+
+@pytest.mark.e2e
+def test_the_site_widget_offers_the_blocks_of_a_transformer(comfy):
+    """The site combo offers every block name (``sites.site_choices``): an API prompt that sets the Inversion
+    Sampler's site to 'single.1' on the tiny Flux (2 double + 2 single blocks) saves a trajectory read there; a block
+    this Flux lacks ('double.5', offered for Flux.1's 19) is refused naming the block count."""
+    import glob
+    import os
+
+    from e2e_helpers import expect_node_error
+    from harness.server import error_message
+    from hspace_core import HTrajectory
+    from test_e2e_transformers import _graph
+
+    save = {**_upstream(_graph("flux"), "x_T1"), "save": {"class_type": "HSpaceSaveTrajectory", "inputs": {
+        "trajectory": ["x_T1", 1], "filename_prefix": "site_single1"}}}
+    save["inverter1"]["inputs"]["site"] = "single.1"
+    entry = comfy.run(save)
+    assert entry["status"]["status_str"] == "success", error_message(entry) + "\n" + comfy.tail()
+    folder = os.path.join(comfy.base, "models", "hspace_trajectories")
+    assert HTrajectory.load(sorted(glob.glob(os.path.join(folder, "site_single1_*.safetensors")))[-1]).site == "single.1"
+    save["inverter1"]["inputs"]["site"] = "double.5"
+    expect_node_error(comfy, save, "double.5", "double.0 … double.1")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ...hspace_core import INVERSION_CONVENTIONS, HStorage
-from ...hspace_core.sites import DEFAULT_SITE, SITES
+from ...hspace_core.sites import DEFAULT_SITE, site_choices
 from .checks import ValueList
 
 CATEGORY = "h-space"
@@ -104,12 +104,15 @@ def steps_input(default: int = 40):
 
 
 def site_input():
-    """Which U-Net block is h (advanced; the last input, so saved workflows keep their widget order)."""
+    """Which block is h (advanced; the last input, so saved workflows keep their widget order)."""
     return advanced(io.Combo.Input(
-        "site", options=list(SITES), default=DEFAULT_SITE, optional=True,
-        tooltip="Which U-Net block is h: 'middle' (the bottleneck, Asyrp's h-space) or the output of the first / "
-                "second decoder level ('up1', 'up2': finer, often more semantic on Stable Diffusion). What this node "
-                "makes carries its site; nodes that use it read h there."))
+        "site", options=list(site_choices()), default=DEFAULT_SITE, optional=True,
+        tooltip="Which block is h. U-Net: 'middle' (the bottleneck, Asyrp's h-space) or the output of the first / "
+                "second decoder level ('up1', 'up2': finer, often more semantic on Stable Diffusion). Transformer: "
+                "'middle' means the middle joint block's attention output (Flux.1 double.9.attn, SD3 medium "
+                "joint.12.attn; FluxSpace's space), or name a block: double.<i>[.attn] / single.<i> (Flux), "
+                "joint.<i>[.attn] (SD3.x); a block the model lacks is refused. What this node makes carries its "
+                "site; nodes that use it read h there."))
 
 
 def convention_input():
