@@ -20,13 +20,16 @@ from .server import REPO, ComfyServer
 SIZE = (768, 480)
 # the training workflow runs on the tiny test CLIP that harness/tiny_models.py writes (no download here)
 TEST_CLIP = {"clip_model": "hspace-tiny-clip", "clip_pretrained": "hspace-tiny-clip.safetensors"}
+INJECTIONS = ("HSpaceSlerpContentInject", "HSpaceContentInjectionSampler")
 GRID_NODES = ("HSpaceLabelSweepGrid", "HSpaceDirectionExplorer")
-KNOBS = ("gamma_sweep", "gamma", "strength_sweep", "t_edit", "steps", "cfg")
+KNOBS = ("gamma_sweep", "gamma", "strength_sweep", "strength", "lam", "t_edit", "end_percent", "steps", "cfg")
+# the families whose weights this repository does not ship (a workflow's name starts with its prefix)
+FAMILIES = {"sd_": "Stable Diffusion 1.5", "sdxl_": "SDXL", "sd35_": "SD3.5", "flux_": "Flux.1"}
 
 
 def is_sd(name: str) -> bool:
-    """SD and SDXL workflows need weights this repository does not ship: a diagram, not a run."""
-    return name.startswith(("sd_", "sdxl_"))
+    """SD, SDXL, SD3.5 and Flux workflows need weights this repository does not ship: a diagram, not a run."""
+    return name.startswith(tuple(FAMILIES))
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont:
@@ -93,12 +96,21 @@ def input_role(prompt: dict, node_id: str) -> str:
     return "input"
 
 
+def prompt_text(prompt: dict, node_id: str) -> str:
+    """The text of the conditioning ``node_id`` makes: CLIPTextEncode's, CLIPTextEncodeSDXL's text_g, through
+    FluxGuidance."""
+    inputs = prompt[node_id]["inputs"]
+    if isinstance(inputs.get("conditioning"), list):
+        return prompt_text(prompt, inputs["conditioning"][0])
+    return inputs.get("text", inputs.get("text_g", ""))
+
+
 def sd_diagram(name: str, prompt: dict) -> Image.Image:
     """Inputs (photos, a prompt the style is painted from) → the workflow's stages → its knobs."""
     canvas = Image.new("RGB", SIZE, "white")
     draw = ImageDraw.Draw(canvas)
     draw.text((16, 12), name, fill="black", font=_font(26))
-    family = "SDXL" if name.startswith("sdxl_") else "Stable Diffusion 1.5"
+    family = next(f for prefix, f in FAMILIES.items() if name.startswith(prefix))
     draw.text((16, 46), f"{family} workflow: load its weights to see the result", fill=(90, 90, 90),
               font=_font(16))
     x, y, right = 16, 86, 16
@@ -113,16 +125,26 @@ def sd_diagram(name: str, prompt: dict) -> Image.Image:
         right, y = x + 150, y + 178
         if y > SIZE[1] - 170:
             x, y = x + 166, 86
-    encoders = [prompt[n["inputs"]["positive"][0]]["inputs"] for n in prompt.values() if n["class_type"] == "KSampler"]
-    painted = [inputs.get("text", inputs.get("text_g", "")) for inputs in encoders]  # CLIPTextEncode / …SDXL
-    for text in painted:
+    mixes = "style" in name or any(n["class_type"] in INJECTIONS for n in prompt.values())
+    painted = {}  # prompt → what it paints: the style, the examples of a direction (their role) or the result
+    for i, n in prompt.items():
+        if n["class_type"] == "KSampler":
+            role = input_role(prompt, i)
+            style = role == "style" or role == "input" and mixes
+            label = "style, painted from:" if style else "prompt:" if role == "input" else f"{role}:"
+            painted.setdefault(prompt_text(prompt, n["inputs"]["positive"][0]), label)
+        elif n["class_type"] == "HSpaceFluxSpaceEdit":
+            painted.setdefault(prompt_text(prompt, n["inputs"]["edit"][0]), "edit prompt:")
+    for text, label in painted.items():
+        if y > SIZE[1] - 170:
+            x, y = x + 166, 86
         box = (x, y, x + 150, min(y + 150, SIZE[1] - 30))
         draw.rectangle(box, outline=(60, 60, 140), width=2, fill=(236, 236, 250))
         right = x + 150
         words, lines = text.split(), [""]
         for word in words:
             lines[-1:] = [lines[-1] + " " + word] if _font(13).getlength(lines[-1] + " " + word) < 138 else [lines[-1], word]
-        draw.text((x + 6, y + 6), "style, painted from:\n" + "\n".join(l.strip() for l in lines), fill="black",
+        draw.text((x + 6, y + 6), label + "\n" + "\n".join(l.strip() for l in lines), fill="black",
                   font=_font(13), spacing=3)
         y += 178
     stages_x = right + 40
@@ -140,7 +162,9 @@ def sd_diagram(name: str, prompt: dict) -> Image.Image:
     knobs = []
     for n in prompt.values():
         if n["class_type"].startswith("HSpace") and n["class_type"] != "HSpaceDDIMInversion":
-            knobs += [f"{k} {n['inputs'][k]}" for k in KNOBS if k in n["inputs"] and n["inputs"][k] not in ("", None)
+            unused = {"percent": "t_edit", "t_edit": "end_percent"}.get(n["inputs"].get("window"))  # the other window's
+            shown = [k for k in KNOBS if k != unused]
+            knobs += [f"{k} {n['inputs'][k]}" for k in shown if k in n["inputs"] and n["inputs"][k] not in ("", None)
                       and not isinstance(n["inputs"][k], list)]
     text = " · ".join(dict.fromkeys(knobs))
     while text and _font(14).getlength(text) > SIZE[0] - 16 - stages_x:

@@ -34,7 +34,7 @@ VERSIONS = (
     "tests/test_allocation_graph.py::test_the_pixel_loader_registers_its_factory_for_multi_gpu_copies",
     # Flux's params and blocks differ by version (txt_ids_dims, img_slice, attn1 patches): docs/transformers.md
     "tests/test_transformers.py", "tests/test_e2e_transformers.py", "tests/test_vitality.py",
-    "tests/test_e2e_transformer_guards.py",
+    "tests/test_e2e_transformer_guards.py", "tests/test_e2e_transformer_workflows.py",
     # StyleID's hooks reach Flux / MMDiT modules by name and layout (qkv, QKNorm, ln_q, img_slice): both versions
     "tests/test_styleid_transformers.py", "tests/test_styleid_e2e_transformers.py",
     "tests/test_e2e_hostile.py::test_widget_ranges_are_checked_by_comfyui",

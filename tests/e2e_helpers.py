@@ -23,9 +23,15 @@ CLIP_TEST_OVERRIDES = {"clip_model": "hspace-tiny-clip", "clip_pretrained": "hsp
 # ComfyUI's checkpoint detection needs a full-size SDXL (the smallest SDXL-family match has 780 M parameters), so the
 # tests run the SDXL workflow on the tiny SDXL harness/tiny_sdxl.py builds with ComfyUI's own classes: its
 # CheckpointLoaderSimple becomes the harness-only TinySDXLCheckpointLoader (harness/comfy_nodes; same MODEL / CLIP / VAE
-# outputs, same widget), installed into the test server only.  Everything after the loader runs as shipped.
+# outputs, same widget), installed into the test server only.  The Flux and SD3.5 workflows' loaders become the tiny
+# Flux / SD3 stand-ins (harness/tiny_dit.py) the same way, one for one.  Everything after the loaders runs as shipped.
 SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
 TINY_SDXL_LOADER = "TinySDXLCheckpointLoader"
+STAND_INS = {("CheckpointLoaderSimple", SDXL_CHECKPOINT): TINY_SDXL_LOADER,
+             ("CheckpointLoaderSimple", "sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors"): "TinySD3CheckpointLoader",
+             ("UNETLoader", "flux1-dev.safetensors"): "TinyFluxUNETLoader",
+             ("DualCLIPLoader", "clip_l.safetensors"): "TinyFluxDualCLIPLoader",
+             ("VAELoader", "ae.safetensors"): "TinyVAE16Loader"}
 
 
 def is_sd(path: str) -> bool:
@@ -39,23 +45,26 @@ def overrides_for(path: str) -> dict:
     return {**sd, **CLIP_TEST_OVERRIDES}
 
 
-def with_tiny_sdxl_ui(ui: dict) -> dict:
-    """A copy of a UI workflow whose SDXL CheckpointLoaderSimple is the tiny SDXL stand-in (see above)."""
+def with_tiny_stand_ins(ui: dict) -> dict:
+    """A copy of a UI workflow whose SDXL, SD3.5 and Flux loaders are the tiny stand-ins (``STAND_INS``, above),
+    matched by node type and first widget value."""
     ui = json.loads(json.dumps(ui))
     for node in ui["nodes"]:
-        if node["type"] == "CheckpointLoaderSimple" and node.get("widgets_values") == [SDXL_CHECKPOINT]:
-            node["type"] = TINY_SDXL_LOADER
-            node.get("properties", {})["Node name for S&R"] = TINY_SDXL_LOADER
+        stand_in = STAND_INS.get((node["type"], (node.get("widgets_values") or [None])[0]))
+        if stand_in:
+            node["type"] = stand_in
+            node.get("properties", {})["Node name for S&R"] = stand_in
             for slot in node.get("inputs", []):
-                if slot["name"] == "ckpt_name":
+                if "widget" in slot:
                     slot["type"] = "STRING"
     return ui
 
 
 def runnable_copy(path: str, folder: str) -> str:
-    """``path`` itself, or for a workflow that loads SDXL a copy in ``folder`` (same name) with the tiny stand-in."""
+    """``path`` itself, or for a workflow that loads SDXL, SD3.5 or Flux a copy in ``folder`` (same name) with the tiny
+    stand-ins."""
     ui = json.load(open(path))
-    swapped = with_tiny_sdxl_ui(ui)
+    swapped = with_tiny_stand_ins(ui)
     if swapped == ui:
         return path
     copy = os.path.join(folder, os.path.basename(path))
@@ -67,7 +76,7 @@ def runnable_copy(path: str, folder: str) -> str:
 def load_prompt(path: str, object_info: dict, overrides: dict | None = None, new_widget_defaults: bool = False) -> dict:
     from harness.ui_to_api import ui_to_api
 
-    prompt = ui_to_api(with_tiny_sdxl_ui(json.load(open(path))), object_info, new_widget_defaults)
+    prompt = ui_to_api(with_tiny_stand_ins(json.load(open(path))), object_info, new_widget_defaults)
     if overrides is None:
         overrides = overrides_for(path)
     for node in prompt.values():
@@ -99,6 +108,22 @@ def png(data: bytes) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(np.int16)
+
+
+def run_ok(comfy, prompt: dict) -> dict:
+    """Run ``prompt``; its history entry, which must say success (else the error and the server log's tail)."""
+    from harness.server import error_message
+
+    entry = comfy.run(prompt)
+    assert entry["status"]["status_str"] == "success", error_message(entry) + "\n" + comfy.tail()
+    return entry
+
+
+def saved_images(comfy, entry: dict, prompt: dict, prefix_end: str) -> list:
+    """The images of the SaveImage whose filename_prefix ends with ``prefix_end``, as arrays (``png``)."""
+    node = next(i for i, n in prompt.items() if n["class_type"] == "SaveImage"
+                and n["inputs"]["filename_prefix"].endswith(prefix_end))
+    return [png(b) for b in comfy.images(entry, node)]
 
 
 def expect_node_error(comfy, prompt: dict, *phrases: str) -> None:

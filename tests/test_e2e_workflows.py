@@ -7,21 +7,9 @@ import numpy as np
 import pytest
 
 from e2e_helpers import ROOT, WORKFLOWS, expect_node_error, find, fresh, is_sd, load_prompt, overrides_for, png
-from harness.server import error_message
+from e2e_helpers import run_ok as _run, saved_images as _saved
 
 pytestmark = pytest.mark.e2e
-
-
-def _run(comfy, prompt):
-    entry = comfy.run(prompt)
-    assert entry["status"]["status_str"] == "success", error_message(entry) + "\n" + comfy.tail()
-    return entry
-
-
-def _saved(comfy, entry, prompt, prefix_end):
-    node = next(i for i, n in prompt.items() if n["class_type"] == "SaveImage"
-                and n["inputs"]["filename_prefix"].endswith(prefix_end))
-    return [png(b) for b in comfy.images(entry, node)]
 
 
 def test_pack_registers_every_node_and_nothing_failed_to_import(comfy):

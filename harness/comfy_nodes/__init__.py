@@ -2,7 +2,9 @@
 the pack; it is never part of the pack's NODE_CLASS_MAPPINGS.
 
 ``TinySDXLCheckpointLoader`` stands in for CheckpointLoaderSimple in the SDXL sample workflow; ``TinyFluxCheckpointLoader``
-and ``TinySD3CheckpointLoader`` stand in for it in the Flux and SD3.x ones (harness/tiny_dit.py).  ComfyUI's checkpoint
+and ``TinySD3CheckpointLoader`` stand in for it on Flux and SD3.x (harness/tiny_dit.py); ``TinyFluxUNETLoader``,
+``TinyFluxDualCLIPLoader`` and ``TinyVAE16Loader`` stand in for the three loaders of the Flux sample workflows
+(UNETLoader, DualCLIPLoader, VAELoader), one for one with the same widgets, so a test swaps a node's type only.  ComfyUI's checkpoint
 detection only accepts a full-size SDXL U-Net (the smallest SDXL-family match, Segmind Vega, has 780 M parameters),
 so the end-to-end tests swap the workflow's loader for this node: the same MODEL / CLIP / VAE outputs, built in memory
 by ``harness/tiny_sdxl.py`` with ComfyUI's own SDXL classes.
@@ -77,6 +79,28 @@ TinySD3CheckpointLoader = _stand_in(
     ("The tiny SD3 MMDiT.", "Tiny CLIP-L + CLIP-G with the real tokenizers.", _VAE16),
     lambda tiny: (tiny.tiny_sd3(), tiny.tiny_sd3_clip(), tiny.tiny_vae16()))
 
+
+def _loader(name: str, inputs: tuple, returns: str, description: str, tooltip: str, build):
+    """A stand-in for one stock loader: the same widget names (as STRING, not read) in the same order, one output."""
+    return type(name, (), {
+        "DESCRIPTION": f"Test harness only: {description}.", "CATEGORY": TinySDXLCheckpointLoader.CATEGORY,
+        "RETURN_TYPES": (returns,), "OUTPUT_TOOLTIPS": (tooltip,), "FUNCTION": "load",
+        "INPUT_TYPES": classmethod(lambda cls: {"required": {
+            k: ("STRING", {"default": "", "tooltip": "The setting of the loader this stands in for (not read)."})
+            for k in inputs}}),
+        "load": lambda self, **widgets: (build(_tiny_dit()),)})
+
+
+TinyFluxUNETLoader = _loader("TinyFluxUNETLoader", ("unet_name", "weight_dtype"), "MODEL",
+                             "the tiny random-weight Flux transformer in place of UNETLoader",
+                             "The tiny Flux transformer.", lambda tiny: tiny.tiny_flux())
+TinyFluxDualCLIPLoader = _loader("TinyFluxDualCLIPLoader", ("clip_name1", "clip_name2", "type", "device"), "CLIP",
+                                 "Flux's tiny CLIP-L + T5-XXL in place of DualCLIPLoader",
+                                 "Tiny CLIP-L + T5-XXL with the real tokenizers.", lambda tiny: tiny.tiny_flux_clip())
+TinyVAE16Loader = _loader("TinyVAE16Loader", ("vae_name",), "VAE", "a tiny 16-channel TAESD in place of VAELoader",
+                          _VAE16, lambda tiny: tiny.tiny_vae16())
+
 NODE_CLASS_MAPPINGS = {"TinySDXLCheckpointLoader": TinySDXLCheckpointLoader,
                        "TinyFluxCheckpointLoader": TinyFluxCheckpointLoader,
-                       "TinySD3CheckpointLoader": TinySD3CheckpointLoader}
+                       "TinySD3CheckpointLoader": TinySD3CheckpointLoader,
+                       **{c.__name__: c for c in (TinyFluxUNETLoader, TinyFluxDualCLIPLoader, TinyVAE16Loader)}}
