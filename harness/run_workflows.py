@@ -71,12 +71,34 @@ def in_saved_grids(prompt: dict) -> set[str]:
     return {save_label(node) for node in saves if tuple(node["inputs"]["images"]) in gridded}
 
 
+WEIGHT_FILES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft")
+
+
+def missing_weights(prompt: dict, object_info: dict) -> list[str]:
+    """The weight files ``prompt``'s loaders name that this ComfyUI does not list ("Node.input: file"): the Flux,
+    SD3.5 and SD workflows on a ComfyUI without those checkpoints (the demo's own, which has only the bundled model)."""
+    missing = []
+    for node in prompt.values():
+        spec = object_info.get(node["class_type"], {}).get("input", {})
+        for name, value in node["inputs"].items():
+            options = (spec.get("required", {}).get(name) or spec.get("optional", {}).get(name) or [None])[0]
+            if isinstance(value, str) and value.endswith(WEIGHT_FILES) and isinstance(options, list) and value not in options:
+                missing.append(f"{node['class_type']}.{name}: {value}")
+    return missing
+
+
 def run_all(server: ComfyServer, paths: list[str], out: str) -> tuple[str, int]:
-    """Run every workflow on ``server``, write the images and the contact sheet; (sheet path, failures)."""
+    """Run every workflow on ``server``, write the images and the contact sheet; (sheet path, failures). A workflow
+    whose weights this ComfyUI lacks (``missing_weights``) is skipped with a line saying which, not failed."""
     info, sections, failures = server.get("/object_info"), [], 0
     for path in paths:
         name = os.path.splitext(os.path.basename(path))[0]
         prompt = ui_to_api(json.load(open(path)), info)
+        missing = missing_weights(prompt, info)
+        if missing:
+            print(f"{name}: skipped: this ComfyUI has no {', '.join(missing)} (docs/guide.md names the files)",
+                  flush=True)
+            continue
         t0 = time.time()
         try:
             saved = run_workflow(server, prompt, os.path.join(out, name))

@@ -104,3 +104,22 @@ def test_fluxspace_workflow_edits_and_lambda_zero_is_the_plain_image(comfy):
     plain = _saved(comfy, entry, prompt, "fluxspace_plain")[0]
     assert np.array_equal(_saved(comfy, entry, prompt, "fluxspace_lambda0")[0], plain)
     assert _mean_change(_saved(comfy, entry, prompt, "fluxspace_edit")[0], plain) > 0.5
+
+
+def test_the_main_jobs_runner_skips_a_workflow_without_its_weights(comfy, tmp_path, capsys):
+    """harness.run_workflows (scripts/demo.sh's runner) on a ComfyUI without Flux weights: a Flux workflow is skipped
+    with a line naming the missing files, not failed; a pixel workflow beside it runs."""
+    from harness.run_workflows import missing_weights, run_all
+    from harness.ui_to_api import ui_to_api
+
+    flux, pixel = _path("flux_fluxspace_edit"), _path("interpolation")
+    shipped = ui_to_api(json.load(open(flux)), comfy.object_info)  # the real loaders, not the tiny stand-ins
+    assert missing_weights(shipped, comfy.object_info) == [
+        "UNETLoader.unet_name: flux1-dev.safetensors", "DualCLIPLoader.clip_name1: clip_l.safetensors",
+        "DualCLIPLoader.clip_name2: t5xxl_fp16.safetensors", "VAELoader.vae_name: ae.safetensors"]
+    assert missing_weights(ui_to_api(json.load(open(pixel)), comfy.object_info), comfy.object_info) == []
+    sheet, failures = run_all(comfy, [flux, pixel], str(tmp_path))
+    assert failures == 0 and os.path.exists(sheet)
+    assert not (tmp_path / "flux_fluxspace_edit").exists() and any((tmp_path / "interpolation").iterdir())
+    assert "flux_fluxspace_edit: skipped: this ComfyUI has no UNETLoader.unet_name: flux1-dev.safetensors" in \
+        capsys.readouterr().out
