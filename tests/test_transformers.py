@@ -84,7 +84,9 @@ def test_spatial_view_is_flux_patch_order():
 # --- the dit patch reads the block's image tokens ------------------------------------------------------------------
 
 MODULES = {  # site → (module whose forward output holds h, how to take the image tokens from it)
+    "double.0": (lambda dm: dm.double_blocks[0], lambda out, txt: out[0]),
     "double.1": (lambda dm: dm.double_blocks[1], lambda out, txt: out[0]),
+    "single.0": (lambda dm: dm.single_blocks[0], lambda out, txt: out[:, txt:]),
     "double.1.attn": (lambda dm: dm.double_blocks[1].img_attn.proj, lambda out, txt: out),
     "single.1": (lambda dm: dm.single_blocks[1], lambda out, txt: out[:, txt:]),
     "joint.0": (lambda dm: dm.joint_blocks[0], lambda out, txt: out[1]),
@@ -92,7 +94,8 @@ MODULES = {  # site → (module whose forward output holds h, how to take the im
 }
 
 
-@pytest.mark.parametrize("family,site", [("flux", "double.1"), ("flux", "double.1.attn"), ("flux", "single.1"),
+@pytest.mark.parametrize("family,site", [("flux", "double.0"), ("flux", "double.1"), ("flux", "double.1.attn"),
+                                         ("flux", "single.0"), ("flux", "single.1"),
                                          ("sd3", "joint.0"), ("sd3", "joint.1.attn")])
 def test_h_is_the_blocks_image_tokens(pack, request, family, site):
     """h read through the dit replace patch equals the image tokens the block (or its attention's output
@@ -105,7 +108,9 @@ def test_h_is_the_blocks_image_tokens(pack, request, family, site):
     dm = model.get_model_object("diffusion_model")
     module, take = MODULES[site]
     seen, found = [], {}
-    hook = module(dm).register_forward_hook(lambda m, i, out: seen.append(out))
+    copied = lambda out: tuple(o.clone() for o in out) if isinstance(out, tuple) else out.clone()  # noqa: E731
+    # a copy: Flux's next block adds to a block's output in place, so a kept view is not what the block produced
+    hook = module(dm).register_forward_hook(lambda m, i, out: seen.append(copied(out)))
 
     def body(denoiser, x, sigmas, extra_args=None, callback=None, disable=None):
         hs = comfy_model.ComfyHSpaceModel.for_guider(denoiser, extra_args, model, "cond", site)

@@ -112,7 +112,8 @@ class DitH:
         if tokens.shape[1] < offset + n:
             raise ValueError(f"The block at h site {self.where.name} has {tokens.shape[1]} tokens, fewer than the "
                              f"{n} image tokens of a {grid[0]}×{grid[1]} patch grid.")
-        h = tokens_to_spatial(tokens[:, offset:offset + n], grid)
+        # a copy: Flux's next block adds to this block's output in place (``img += …``), which a kept view would see
+        h = tokens_to_spatial(tokens[:, offset:offset + n], grid).clone()
         new = self.fn(h, transformer_options)
         if new is h:
             return tokens
