@@ -8,6 +8,10 @@ keeping the skips, h (the input of the output block at the h site) and the time 
 from the h site on again on the copies of the chunks whose h is edited, with h̃ put in by the same ``output_block_patch`` as before (so FreeU and every other
 patch still apply).  Copies of chunks that are not edited (the uncond rows when only the cond branch is edited)
 take the plain rows' output without running anything.
+
+A transformer (Flux, SD3.x: ``dit``) has no encoder to share: ComfyUI runs the whole network on ``[x; x]`` and the
+dit replace patch at the h site (``DitCopies``) records h from the plain rows and edits it in the copies of the edited
+chunks only, so one call gives both predictions.
 """
 from __future__ import annotations
 
@@ -27,7 +31,11 @@ class UnusualBatch(Exception):
 
 
 def supports_edited_copies(diffusion_model) -> bool:
-    return _decoder_for(diffusion_model) is not None
+    """Whether an edited step on this network is the one call on [x; x]: a U-Net the decoder pass knows, or a
+    transformer the dit patch knows (``DitCopies``)."""
+    from .dit import dit_family
+
+    return _decoder_for(diffusion_model) is not None or dit_family(diffusion_model) is not None
 
 
 def _decoder_for(diffusion_model):
@@ -106,6 +114,29 @@ class EditedCopies:
             for i, chunk in enumerate(out.chunk(len(order))):
                 parts += [chunk, edited.get(i, chunk)]
             return torch.cat(parts)
+
+
+class DitCopies:
+    """The function of h a transformer's dit patch (``dit.DitH``) calls in a one-call edited step: each guidance
+    chunk of the batch is [plain rows; the same rows again]; ``record`` (an ``_HPatch`` recording, not editing) sees
+    the plain rows' h, ``edited`` (an ``_HPatch`` that edits and does not record) the copies' h, which it edits for
+    the chunks its edit_branches name.  Everything before and after the site runs on every row, so the copies come
+    out as the edited prediction; a batch not made of such chunks raises ``UnusualBatch`` (two calls instead)."""
+
+    def __init__(self, record, edited):
+        self.record, self.edited, self.t_key = record, edited, record.t_key
+
+    def apply(self, h: torch.Tensor, transformer_options: dict) -> torch.Tensor:
+        chunks = len(branch_names(transformer_options))
+        if h.shape[0] % (2 * chunks):
+            raise UnusualBatch(f"h of {h.shape[0]} rows in {chunks} chunks is not [plain; copies] per chunk")
+        halves = [chunk.chunk(2) for chunk in h.chunk(chunks)]
+        self.record.apply(torch.cat([plain for plain, _ in halves]), transformer_options)
+        copies = torch.cat([copy for _, copy in halves])
+        edited = self.edited.apply(copies, transformer_options)
+        if edited is copies:
+            return h
+        return torch.cat([part for (plain, _), copy in zip(halves, edited.chunk(chunks)) for part in (plain, copy)])
 
 
 def _halves(x: torch.Tensor, chunks: int):

@@ -250,8 +250,14 @@ class ComfyHSpaceModel:
             return self.denoise(x, sigma, record), record.h(), None
         if self.one_call and edit_batch.supports_edited_copies(self.model_patcher.get_model_object("diffusion_model")):
             try:
-                copies = edit_batch.EditedCopies(record, edit, t, self.edit_branches, self.branches == ("single",))
-                plain, edited = self.denoise(torch.cat([x, x]), sigma, record, copies).chunk(2)
+                if self.h_block is None:  # a transformer: the dit patch edits the copies' h (edit_batch.DitCopies)
+                    edits = _HPatch(self.branches, block=self.h_block, t_key=t)
+                    edits.start_editing(edit, t, self.edit_branches)
+                    patch, copies = edit_batch.DitCopies(record, edits), None
+                else:
+                    patch = record
+                    copies = edit_batch.EditedCopies(record, edit, t, self.edit_branches, self.branches == ("single",))
+                plain, edited = self.denoise(torch.cat([x, x]), sigma, patch, copies).chunk(2)
                 return plain, record.h(), edited
             except edit_batch.UnusualBatch as why:
                 log.info("H-Space: an edited step takes two denoiser calls here (%s).", why)
