@@ -171,3 +171,89 @@ def with_dit_patch(transformer_options: dict, patch: DitH) -> dict:
     replace["dit"] = dit
     options["patches_replace"] = replace
     return options
+
+
+def blocks_in_order(diffusion_model) -> list[BlockSite]:
+    """Every block of the transformer in the order it runs (Flux: double then single blocks; SD3: joint blocks)."""
+    return [BlockSite(kind, i) for kind, n in block_counts(diffusion_model).items() for i in range(n)]
+
+
+class SharedRows:
+    """The dit replace patch at a block other than the h site's in a one-call edited step (``edit_batch.DitCopies``):
+    each guidance chunk of the batch is [plain rows; copies].  Before the site every copy equals its plain row, and
+    after it so do the copies of the chunks that are not edited (the uncond rows when only cond is edited), so the
+    block runs only on the rows that differ and each other row takes its plain row's output: the transformer's
+    counterpart of the U-Net path running its encoder once.  ``after`` says which side of the site the block is on;
+    ``edited(branch)`` which chunks the edit touches.  A block input whose batch is not the call's (e.g. a
+    modulation vector of other rows) makes the block run on every row."""
+
+    def __init__(self, after: bool, edited):
+        self.after, self.edited = after, edited
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def rows(self, batch: int, transformer_options: dict, device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(the rows run, for every row the position of the row whose output it takes), or None: all rows."""
+        from .edit_batch import branch_names
+
+        names = branch_names(transformer_options)
+        if batch % (2 * len(names)):
+            return None
+        half = batch // (2 * len(names))
+        run, source = [], []
+        for i, name in enumerate(names):
+            start, first = 2 * i * half, len(run)
+            plain = list(range(first, first + half))  # where this chunk's plain rows are among the rows run
+            run += range(start, start + half)
+            if self.after and self.edited(name):
+                run += range(start + half, start + 2 * half)
+                source += plain + list(range(first + half, first + 2 * half))
+            else:
+                source += plain + plain
+        if len(run) == batch:
+            return None
+        return torch.tensor(run, device=device), torch.tensor(source, device=device)
+
+    def __call__(self, args: dict, extra: dict) -> dict:
+        original = extra["original_block"]
+        batch = args["img"].shape[0]
+        chosen = self.rows(batch, args.get("transformer_options") or {}, args["img"].device)
+        tensors = [v for v in args.values() if torch.is_tensor(v) and v.dim()]
+        if chosen is None or any(v.shape[0] not in (batch, 1) for v in tensors):
+            return original(args)
+        run, source = chosen
+        out = original({k: v[run] if torch.is_tensor(v) and v.dim() and v.shape[0] == batch else v
+                        for k, v in args.items()})
+        return {k: v[source] if torch.is_tensor(v) and v.dim() and v.shape[0] == len(run) else v
+                for k, v in out.items()}
+
+
+def with_shared_rows(transformer_options: dict, diffusion_model, where: BlockSite, edited) -> dict:
+    """A copy of ``transformer_options`` with ``SharedRows`` at every block but the site's own (which runs every row
+    when h is its attention output, and the plain rows when h is its output: the edit comes after it).  Blocks that
+    already hold a replace patch, and every block when attention patches are set (they run inside the blocks and see
+    the whole batch's layout), run every row, logged."""
+    import logging
+
+    options = dict(transformer_options)
+    replace = dict(options.get("patches_replace", {}))
+    dit = dict(replace.get("dit", {}))
+    if any(options.get("patches", {}).values()):
+        logging.getLogger("hspace").info("H-Space: attention patches are set, so every block of an edited step runs "
+                                         "the plain and the edited rows.")
+        return options
+    site_key, passed = replace_key(where), False
+    for block in blocks_in_order(diffusion_model):
+        key = replace_key(block)
+        if key == site_key:
+            passed = True
+            if where.attention:
+                continue
+        if key in dit:
+            logging.getLogger("hspace").info("H-Space: block %s holds another patch; it runs every row.", key)
+            continue
+        dit[key] = SharedRows(after=passed and key != site_key, edited=edited)
+    replace["dit"] = dit
+    options["patches_replace"] = replace
+    return options

@@ -120,11 +120,23 @@ class DitCopies:
     """The function of h a transformer's dit patch (``dit.DitH``) calls in a one-call edited step: each guidance
     chunk of the batch is [plain rows; the same rows again]; ``record`` (an ``_HPatch`` recording, not editing) sees
     the plain rows' h, ``edited`` (an ``_HPatch`` that edits and does not record) the copies' h, which it edits for
-    the chunks its edit_branches name.  Everything before and after the site runs on every row, so the copies come
-    out as the edited prediction; a batch not made of such chunks raises ``UnusualBatch`` (two calls instead)."""
+    the chunks its edit_branches name, so the copies come out as the edited prediction; the other blocks run only the
+    rows that differ (``prepare``: before the site the plain rows, after it those and the edited copies).  A batch not
+    made of such chunks raises ``UnusualBatch`` (two calls instead)."""
 
     def __init__(self, record, edited):
         self.record, self.edited, self.t_key = record, edited, record.t_key
+
+    def edits(self, branch: str) -> bool:
+        """Whether the copies of ``branch``'s chunk are edited (the rule ``_HPatch.apply`` follows)."""
+        return self.edited.branches == ("single",) or is_edited(branch, self.edited.edit_branches)
+
+    def prepare(self, transformer_options: dict, diffusion_model, where) -> dict:
+        """The call's transformer_options with the other blocks running only the rows that differ
+        (``dit.with_shared_rows``)."""
+        from .dit import with_shared_rows
+
+        return with_shared_rows(transformer_options, diffusion_model, where, self.edits)
 
     def apply(self, h: torch.Tensor, transformer_options: dict) -> torch.Tensor:
         chunks = len(branch_names(transformer_options))

@@ -222,7 +222,10 @@ class ComfyHSpaceModel:
         if self.h_block is None:  # a transformer: h at a block through the dit replace patch
             dm = self.model_patcher.get_model_object("diffusion_model")
             where = dit.check_block_site(dm, self.site)
-            transformer_options = dit.with_dit_patch(options.get("transformer_options", {}),
+            transformer_options = options.get("transformer_options", {})
+            if hasattr(patch, "prepare"):  # edit_batch.DitCopies: the other blocks run the rows that differ
+                transformer_options = patch.prepare(transformer_options, dm, where)
+            transformer_options = dit.with_dit_patch(transformer_options,
                                                      dit.DitH(dm, where, patch.apply, dit.patch_grid(dm, x.shape[-2:])))
         else:
             transformer_options = edit_batch.with_patch(options.get("transformer_options", {}), patch, first=False)
