@@ -48,36 +48,41 @@ SD3_DIT = dict(in_channels=16, out_channels=16, patch_size=2, depth=2, num_patch
                qk_norm=None, x_block_self_attn_layers=[])
 
 
-def _patcher(family: str, dit_config: dict, seed: int, dtype=torch.float32):
+def _patcher(family: str, dit_config: dict, seed: int, dtype=torch.float32, device: str = "cpu"):
+    """``family``'s model over ``dit_config`` in ``dtype``, random weights drawn on ``device`` (where it runs:
+    the GPU benchmark builds a full-size Flux there) from ``seed``."""
     import comfy.model_patcher
     import comfy.supported_models
 
     config = getattr(comfy.supported_models, family)(copy.deepcopy(dict(dit_config, dtype=dtype)))
     config.set_inference_dtype(dtype, None)
-    base = config.get_model({}, device="cpu")
-    _init_all(base.diffusion_model, torch.Generator().manual_seed(seed))
+    base = config.get_model({}, device=device)
+    _init_all(base.diffusion_model, torch.Generator(device).manual_seed(seed))
     if getattr(base.diffusion_model, "pos_embed", None) is not None:  # SD3's fixed sin-cos table, random here
         with torch.no_grad():
-            base.diffusion_model.pos_embed.copy_(torch.randn(base.diffusion_model.pos_embed.shape,
-                                                             generator=torch.Generator().manual_seed(seed + 1)) * 0.1)
-    return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+            base.diffusion_model.pos_embed.copy_(torch.randn(base.diffusion_model.pos_embed.shape, device=device,
+                                                             generator=torch.Generator(device).manual_seed(seed + 1)) * 0.1)
+    return comfy.model_patcher.ModelPatcher(base, load_device=torch.device(device), offload_device=torch.device("cpu"))
 
 
-def tiny_flux(seed: int = 0, dtype=torch.float32):
+def tiny_flux(seed: int = 0, dtype=torch.float32, device: str = "cpu", **config):
     """A ModelPatcher over ``comfy.model_base.Flux`` (Flux-dev shaped: guidance embedding) at small width, in
-    ``dtype`` (bfloat16 is Flux's native one)."""
+    ``dtype`` (bfloat16 is Flux's native one; a name such as "bfloat16" is taken too); ``config`` overrides
+    ``FLUX_DIT`` (the benchmarks' real widths)."""
     import dataclasses
 
     from comfy.ldm.flux.model import FluxParams
 
     # newer ComfyUI (0.33.0) requires txt_ids_dims (Flux.1: none; its detection sets [] for Flux.1)
     extra = {"txt_ids_dims": []} if "txt_ids_dims" in {f.name for f in dataclasses.fields(FluxParams)} else {}
-    return _patcher("Flux", {**FLUX_DIT, **extra}, seed, dtype)
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    return _patcher("Flux", {**FLUX_DIT, **extra, **config}, seed, dtype, device)
 
 
-def tiny_sd3(seed: int = 0):
-    """A ModelPatcher over ``comfy.model_base.SD3`` (MMDiT joint blocks) at small width."""
-    return _patcher("SD3", SD3_DIT, seed)
+def tiny_sd3(seed: int = 0, dtype=torch.float32, device: str = "cpu", **config):
+    """A ModelPatcher over ``comfy.model_base.SD3`` (MMDiT joint blocks) at small width; ``config`` overrides
+    ``SD3_DIT``."""
+    return _patcher("SD3", {**SD3_DIT, **config}, seed, dtype, device)
 
 
 def _conditioning(tokens: int, width: int, pooled: int, seed: int, **extra):

@@ -33,9 +33,9 @@ def _init_all(module: torch.nn.Module, generator: torch.Generator) -> torch.nn.M
                 continue
             for p in m.parameters(recurse=False):
                 if p.ndim >= 2:
-                    p.copy_(torch.randn(p.shape, generator=generator) / math.sqrt(p[0].numel()))
+                    p.copy_(torch.randn(p.shape, generator=generator, device=generator.device) / math.sqrt(p[0].numel()))
                 else:
-                    p.copy_(torch.randn(p.shape, generator=generator) * 0.01)
+                    p.copy_(torch.randn(p.shape, generator=generator, device=generator.device) * 0.01)
     return module
 
 

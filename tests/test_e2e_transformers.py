@@ -101,3 +101,43 @@ def test_refusals_on_a_transformer(comfy):
         "model": ["ckpt", 0], "latent": ["image1", 0]}})
     prompt["preview"] = {"class_type": "PreviewAny", "inputs": {"source": ["ddim", 0]}}
     expect_node_error(comfy, prompt, "DDIM process", "use the SAMPLER nodes")
+
+
+def test_bfloat16_lane_on_flux(comfy):
+    """Flux's native dtype through the server: the tiny Flux with its transformer in bfloat16
+    (TinyFluxBF16CheckpointLoader) runs the Inversion Sampler, Inverted x_T, Direction from Examples, the Asyrp
+    Sampler (strength 0 saves euler's reconstruction, strength 20 changes it) and the Content Injection Sampler
+    (γ 1 of the first image's inverted h changes it); the reconstruction is not the float32 model's."""
+    prompt = _graph("flux")
+    prompt["ckpt"]["class_type"] = "TinyFluxBF16CheckpointLoader"
+    prompt["inject"] = _with_defaults(comfy, {"class_type": "HSpaceContentInjectionSampler", "inputs": {
+        "content": ["x_T1", 1], "gamma": 1.0, "window": "percent", "start_percent": 0.0, "end_percent": 0.7}})
+    prompt["run_inject"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+        "noise": ["off", 0], "guider": ["guider", 0], "sampler": ["inject", 0], "sigmas": ["sigmas", 0],
+        "latent_image": ["x_T2", 0]}}
+    prompt["decode_inject"] = {"class_type": "VAEDecode", "inputs": {"samples": ["run_inject", 0], "vae": ["ckpt", 2]}}
+    prompt["save_inject"] = {"class_type": "SaveImage", "inputs": {"images": ["decode_inject", 0],
+                                                                   "filename_prefix": "h6/flux_bf16_inject"}}
+    # the same image from the float32 tiny Flux (same seeds), beside the bfloat16 one
+    prompt["ckpt32"] = {"class_type": "TinyFluxCheckpointLoader", "inputs": {"ckpt_name": "stand-in"}}
+    prompt["guider32"] = {"class_type": "BasicGuider", "inputs": {"model": ["ckpt32", 0], "conditioning": ["guided", 0]}}
+    prompt["image32"] = {**prompt["image2"], "inputs": {**prompt["image2"]["inputs"], "guider": ["guider32", 0]}}
+    for name, latent in (("bf16", "image2"), ("fp32", "image32")):
+        prompt[f"decode_{name}"] = {"class_type": "VAEDecode", "inputs": {"samples": [latent, 0], "vae": ["ckpt", 2]}}
+        prompt[f"save_{name}"] = {"class_type": "SaveImage", "inputs": {"images": [f"decode_{name}", 0],
+                                                                        "filename_prefix": f"h6/flux_{name}"}}
+    for node in prompt.values():
+        if node["class_type"] == "SaveImage":
+            node["inputs"]["filename_prefix"] = node["inputs"]["filename_prefix"].replace("flux_", "flux_bf16_")
+    status, body = comfy.post("/prompt", {"prompt": prompt, "client_id": comfy.client_id})
+    assert status == 200 and not body.get("node_errors"), body
+    entry = comfy.wait(body["prompt_id"])
+    assert entry["status"]["status_str"] == "success", error_message(entry) + "\n" + comfy.tail()
+    images = {name: png(comfy.images(entry, f"save_{name}")[0])
+              for name in ("reconstruction", "asyrp0", "asyrp20", "inject", "bf16", "fp32")}
+    assert np.array_equal(images["asyrp0"], images["reconstruction"])  # strength 0 is euler, in bfloat16 too
+    assert np.abs(images["asyrp20"] - images["reconstruction"]).mean() > 0.5
+    # measured here: the injection moves the PNG by 0.23 of 255 on average (Asyrp at strength 20: 3.2); the tiny
+    # random Flux's attention output carries little of the image, so the bar is the measured change's half
+    assert np.abs(images["inject"] - images["reconstruction"]).mean() > 0.1
+    assert not np.array_equal(images["bf16"], images["fp32"])  # the lane's dtype took effect

@@ -73,6 +73,11 @@ TinyFluxCheckpointLoader = _stand_in(
     "a tiny random-weight Flux.1-dev (ComfyUI's Flux model, CLIP-L + T5-XXL at small widths, a 16-channel TAESD)",
     ("The tiny Flux transformer.", "Tiny CLIP-L + T5-XXL with the real tokenizers.", _VAE16),
     lambda tiny: (tiny.tiny_flux(), tiny.tiny_flux_clip(), tiny.tiny_vae16()))
+TinyFluxBF16CheckpointLoader = _stand_in(  # the bfloat16 lane (Flux's native dtype); text encoders stay float32
+    "TinyFluxBF16CheckpointLoader", "flux1-dev.safetensors",
+    "the tiny Flux.1-dev of TinyFluxCheckpointLoader with its transformer in bfloat16",
+    ("The tiny Flux transformer, bfloat16.", "Tiny CLIP-L + T5-XXL with the real tokenizers.", _VAE16),
+    lambda tiny: (tiny.tiny_flux(dtype="bfloat16"), tiny.tiny_flux_clip(), tiny.tiny_vae16()))
 TinySD3CheckpointLoader = _stand_in(
     "TinySD3CheckpointLoader", "sd3.5_medium.safetensors",
     "a tiny random-weight SD3 (ComfyUI's MMDiT, CLIP-L + CLIP-G at small widths, a 16-channel TAESD)",
@@ -102,5 +107,6 @@ TinyVAE16Loader = _loader("TinyVAE16Loader", ("vae_name",), "VAE", "a tiny 16-ch
 
 NODE_CLASS_MAPPINGS = {"TinySDXLCheckpointLoader": TinySDXLCheckpointLoader,
                        "TinyFluxCheckpointLoader": TinyFluxCheckpointLoader,
+                       "TinyFluxBF16CheckpointLoader": TinyFluxBF16CheckpointLoader,
                        "TinySD3CheckpointLoader": TinySD3CheckpointLoader,
                        **{c.__name__: c for c in (TinyFluxUNETLoader, TinyFluxDualCLIPLoader, TinyVAE16Loader)}}
