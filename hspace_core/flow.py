@@ -62,6 +62,17 @@ def flow_ddim_step(x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_
     return (1 - sigma_next) * denoised + math.sqrt(max(0.0, sigma_next**2 - s * s)) * eps + s * noise
 
 
+def nudge_latent(x0: torch.Tensor, factor: float) -> torch.Tensor:
+    """Stable Flow's latent nudging (Avrahami et al., CVPR 2025, §5 "Image editing with inversion"): the clean latent
+    is multiplied by a scalar λ slightly above 1 (1.15 in the paper and in its code, ``image2latent``) before Euler
+    inversion, moving it off the distribution the model maps to itself, so that the inversion's assumption (the
+    velocity at x_{k+1} is the velocity at x_k) holds better.  Stable Flow's code never divides by λ again: the
+    reverse pass from its x_T lands on λ·x0 and is decoded as it is; the pack does the same."""
+    if not factor > 0:
+        raise ValueError(f"The latent nudging factor must be > 0 (Stable Flow: 1.15; 1 is off), got {factor}.")
+    return x0 if factor == 1 else x0 * factor
+
+
 def invert_flow(denoise: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, sigmas: Sequence[float], *,
                 refine_iters: int = 0, callback=None, steps=None) -> torch.Tensor:
     """Euler inversion of the flow ODE on increasing ``sigmas`` (FlipSigmas' output; a first σ below 1e-3 marks

@@ -148,16 +148,21 @@ class InversionSampler(HSpaceNode):
                                               "inverse of the reverse step (one more U-Net pass each).")),
                 site_input(),
                 convention_input(),
+                advanced(io.Float.Input("latent_nudging", default=1.0, min=1.0, max=2.0, step=0.01, optional=True,
+                                        tooltip="Flow models (Flux, SD3.x) only: multiply the clean latent by this "
+                                                "before inverting (Stable Flow's latent nudging; 1.15 there), which "
+                                                "conditions Euler inversion better; the reverse pass then lands on the "
+                                                "nudged latent, as in Stable Flow. 1 is off.")),
             ],
             outputs=[io.Sampler.Output("sampler", tooltip="Connect to SamplerCustomAdvanced's sampler."),
                      Record.Output("inversion", tooltip="Connect to 'H-Space Inverted x_T' with the sampler's output.")],
         )
 
     @classmethod
-    def execute(cls, refine_iters, site="middle", convention="seed") -> io.NodeOutput:
+    def execute(cls, refine_iters, site="middle", convention="seed", latent_nudging=1.0) -> io.NodeOutput:
         record = InversionRecord()
         return io.NodeOutput(inversion_sampler("H-Space Inversion Sampler", refine_iters=refine_iters, site=site,
-                                               record=record, convention=convention), record)
+                                               record=record, convention=convention, nudge=latent_nudging), record)
 
 
 class InvertedXT(HSpaceNode):

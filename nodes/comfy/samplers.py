@@ -19,6 +19,7 @@ import torch
 import comfy.samplers
 
 from ...hspace_core.devices import FiniteWatch, host_ready, step_dtype, to_host
+from ...hspace_core.flow import nudge_latent
 from ...hspace_core.sampling import (EditPlan, check_window_steps, clip_denoised, inversion_steps, invert_sigmas,
                                      sample_h_edit, strided)
 from ...hspace_core.sigmas import sigmas_problem, ve_scale, ve_to_vp
@@ -366,9 +367,11 @@ class InversionRecord:
         self.run: InversionRun | None = None
 
 
-def inversion_sampler(node: str, *, refine_iters: int, site: str, record: InversionRecord, convention: str = "seed"):
+def inversion_sampler(node: str, *, refine_iters: int, site: str, record: InversionRecord, convention: str = "seed",
+                      nudge: float = 1.0):
     """A KSAMPLER doing DDIM inversion on increasing (flipped) sigmas (``run_inversion``), ``convention`` 'seed' or
-    'diffusers'; decreasing sigmas are refused, naming FlipSigmas."""
+    'diffusers'; decreasing sigmas are refused, naming FlipSigmas.  ``nudge`` ≠ 1 (flow models only) multiplies the
+    clean latent first (``flow.nudge_latent``: Stable Flow's latent nudging)."""
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
         extra_args = extra_args or {}
@@ -378,6 +381,10 @@ def inversion_sampler(node: str, *, refine_iters: int, site: str, record: Invers
         check_sigmas(node, host, increasing=True)
         ts = timesteps_of(model_patcher, host[1:] if host[0] < CLEAN else host)
         hs = ComfyHSpaceModel.for_guider(model, extra_args, model_patcher, "both", site)
+        if nudge != 1 and not hs.flow:
+            raise ValueError(f"{node}: latent_nudging {nudge} is Stable Flow's aid for inverting flow-matching "
+                             "transformers (Flux, SD3.x); this model inverts by DDIM: set latent_nudging to 1.")
+        x = nudge_latent(x, nudge)
         record.run = run_inversion(hs, x, sigmas, ts, convention=convention, refine_iters=refine_iters,
                                    callback=_comfy_callback(callback, sigmas))
         return record.run.x_T.clone()
