@@ -37,6 +37,8 @@ VERSIONS = (
     "tests/test_e2e_transformer_guards.py", "tests/test_e2e_transformer_workflows.py",
     # StyleID's hooks reach Flux / MMDiT modules by name and layout (qkv, QKNorm, ln_q, img_slice): both versions
     "tests/test_styleid_transformers.py", "tests/test_styleid_e2e_transformers.py",
+    # the one-call edited step's batching and block patches, and latent nudging, through each version's sampling
+    "tests/test_transformer_one_call.py", "tests/test_latent_nudging.py",
     "tests/test_e2e_hostile.py::test_widget_ranges_are_checked_by_comfyui",
     "tests/test_e2e_hostile.py::test_combo_options_are_checked_by_the_node",
     "tests/test_e2e_hostile.py::test_api_types_are_checked_not_coerced",
