@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .sampling import asymmetric_step, inverse_euler_step
+from .sampling import asymmetric_step, inversion_loop
 
 
 def flow_eps(x: torch.Tensor, denoised: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -85,7 +85,8 @@ def invert_flow(denoise: Callable[[torch.Tensor, int], torch.Tensor], x: torch.T
     ``sampling.inversion_steps``) may choose otherwise (the diffusers convention: at the next σ, with the point
     unscaled, since a flow sample is the model's input).  ``refine_iters`` = k solves
     x_{k+1} = x_k + (σ_{k+1} − σ_k)·v(x_{k+1}, σ_{k+1}) by k fixed-point iterations: the exact inverse of the
-    reverse Euler step from σ_{k+1} to σ_k.  ``callback(k, D, x_next)`` after each step (D: the x0 it predicts)."""
+    reverse Euler step from σ_{k+1} to σ_k.  ``callback(k, x_k − σ_k·v, x_next)`` after each step (the x0 D predicts
+    at the current point, x_k at the clean input).  The loop is ``sampling.inversion_loop``'s, with x_ε unscaled."""
     if refine_iters < 0:
         raise ValueError(f"refine_iters must be ≥ 0, got {refine_iters}.")
     host = sigmas.tolist() if torch.is_tensor(sigmas) else [float(s) for s in sigmas]  # one copy, before the loop
@@ -93,14 +94,4 @@ def invert_flow(denoise: Callable[[torch.Tensor, int], torch.Tensor], x: torch.T
         host[0] = 0.0
     if steps is None:
         steps = [(k, k + 1, k + 1 if host[k] == 0 else k) for k in range(len(host) - 1)]
-    for here, nxt, at in steps:
-        sigma, sigma_next = host[here], host[nxt]
-        denoised = denoise(x, at)
-        x_next = inverse_euler_step(x, x, denoised, host[at], sigma, sigma_next)
-        for _ in range(refine_iters):
-            denoised = denoise(x_next, nxt)
-            x_next = inverse_euler_step(x, x_next, denoised, sigma_next, sigma, sigma_next)
-        if callback is not None:
-            callback(here, denoised, x_next)
-        x = x_next
-    return x
+    return inversion_loop(denoise, x, host, steps, refine_iters, callback, rescale=False)

@@ -282,9 +282,20 @@ def invert_sigmas(denoise: Callable[[torch.Tensor, int], torch.Tensor], x: torch
         return invert_flow(denoise, x, host, refine_iters=refine_iters, callback=callback, steps=steps)
     if steps and steps[0][0] == 1:
         x = vp_to_ve(x, alpha_bar_of_sigma(host[1]))
+    return inversion_loop(denoise, x, host, steps, refine_iters, callback)
+
+
+def inversion_loop(denoise: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, host: list[float],
+                   steps: Sequence[tuple], refine_iters: int = 0, callback: StepCallback | None = None,
+                   rescale: bool = True) -> torch.Tensor:
+    """The one loop of ``invert_sigmas`` and ``flow.invert_flow``: for each (k, k + 1, k_ε) of ``steps``
+    (``inversion_steps``) x_{k+1} = x_k + (σ_{k+1} − σ_k)·ε, ε = (x_ε − D(x_ε, σ_ε))/σ_ε (``inverse_euler_step``),
+    then ``refine_iters`` fixed-point iterations with ε at x_{k+1}; ``callback(k, x_k − σ_k·ε, x_{k+1})``.
+    ``rescale``: x_ε is x rescaled to σ_ε's VE point (x = x0 + σ·ε); False where the model's input is the sample
+    itself (flow matching)."""
     for here, nxt, at in steps:
         sigma, sigma_next, sigma_eps = host[here], host[nxt], host[at]
-        x_eps = x if at == here else x * (ve_scale(sigma_eps) / ve_scale(sigma))
+        x_eps = x if at == here or not rescale else x * (ve_scale(sigma_eps) / ve_scale(sigma))
         eps = eps_of_denoised(x_eps, denoise(x_eps, at), sigma_eps)
         for _ in range(refine_iters):
             x_next = x + (sigma_next - sigma) * eps
