@@ -11,14 +11,15 @@ from .packages import import_folder
 from .server import REPO as ROOT
 
 
-def load_pack():
-    """(nodes.comfy.model, nodes.comfy.pixel_model) of this checkout, with ComfyUI on the path in CPU mode."""
+def load_pack(cpu: bool = True):
+    """(nodes.comfy.model, nodes.comfy.pixel_model) of this checkout, with ComfyUI on the path in CPU mode (``cpu``
+    False: on the GPU ComfyUI finds, for the GPU benchmarks; set before the first import of ComfyUI in a process)."""
     from .server import comfy_dir
 
     sys.path.insert(0, comfy_dir())
     from comfy.cli_args import args
 
-    args.cpu = True
+    args.cpu = cpu
     import utils.extra_config  # noqa: F401  (before `nodes`, as ComfyUI's main.py does)
 
     import_folder("hspace_pack", ROOT)

@@ -108,3 +108,17 @@ def test_shared_rows_fall_back_to_every_row_where_the_layout_matters(pack, flux,
     run, source = after.rows(4, options, "cpu")
     assert run.tolist() == [0, 2, 3] and source.tolist() == [0, 0, 1, 2]
     assert dit.SharedRows(True, lambda branch: True).rows(4, options, "cpu") is None  # every row differs
+
+
+def test_dit_cost_benchmark_dry_run(pack):
+    """benchmarks/dit_cost.py's CPU path (tiny widths): what benchmarks/gpu.sh runs as --dry-run, the table of both
+    architectures with the three edited columns."""
+    import re
+
+    from benchmarks import dit_cost
+
+    text = dit_cost.main(["--dry-run"])
+    rows = [line for line in text.splitlines() if line.startswith("| Flux.1") or line.startswith("| SD3.5")]
+    assert len(rows) == 2 and "(double.1.attn)" in rows[0] and "(joint.2.attn)" in rows[1], text
+    for row in rows:
+        assert len(re.findall(r"\| \d+\.\d\d×", row)) == 3, row
