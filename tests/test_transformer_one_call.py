@@ -95,6 +95,7 @@ def test_shared_rows_fall_back_to_every_row_where_the_layout_matters(pack, flux,
     assert sorted(shared) == [("double_block", 0), ("single_block", 0), ("single_block", 1)]
     assert not shared[("double_block", 0)].after and shared[("single_block", 0)].after
     other = object()
+    dit._told.clear()
     with caplog.at_level(logging.INFO, logger="hspace"):
         kept = dit.with_shared_rows({"patches_replace": {"dit": {("single_block", 1): other}}}, dm, where, edited)
         assert kept["patches_replace"]["dit"][("single_block", 1)] is other

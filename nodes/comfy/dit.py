@@ -13,6 +13,7 @@ clone's model options (H-Space Shift), never on the MODEL given.
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import comfy.model_management
@@ -20,6 +21,7 @@ import torch
 
 from ...hspace_core.sites import BlockSite, block_site, default_block_site, spatial_to_tokens, tokens_to_spatial
 
+log = logging.getLogger("hspace")
 TRANSFORMERS = "Flux.1 (dev, schnell) and SD3 / SD3.5 (MMDiT)"
 SITE_FAMILY = {"double": "Flux", "single": "Flux", "joint": "SD3 / SD3.5 (MMDiT)"}  # whose blocks a site names
 GRID_KEY = "hspace_patch_grid"  # transformer_options: the call's patch grid, for a DitH made without one
@@ -229,19 +231,26 @@ class SharedRows:
                 for k, v in out.items()}
 
 
+_told: set = set()  # what with_shared_rows has logged: once per process, not at every edited step
+
+
+def _tell_once(message: str, *args) -> None:
+    if (message, args) not in _told:
+        _told.add((message, args))
+        log.info(message, *args)
+
+
 def with_shared_rows(transformer_options: dict, diffusion_model, where: BlockSite, edited) -> dict:
     """A copy of ``transformer_options`` with ``SharedRows`` at every block but the site's own (which runs every row
     when h is its attention output, and the plain rows when h is its output: the edit comes after it).  Blocks that
     already hold a replace patch, and every block when attention patches are set (they run inside the blocks and see
-    the whole batch's layout), run every row, logged."""
-    import logging
-
+    the whole batch's layout), run every row, logged once."""
     options = dict(transformer_options)
     replace = dict(options.get("patches_replace", {}))
     dit = dict(replace.get("dit", {}))
     if any(options.get("patches", {}).values()):
-        logging.getLogger("hspace").info("H-Space: attention patches are set, so every block of an edited step runs "
-                                         "the plain and the edited rows.")
+        _tell_once("H-Space: attention patches are set, so every block of an edited step runs the plain and the "
+                   "edited rows.")
         return options
     site_key, passed = replace_key(where), False
     for block in blocks_in_order(diffusion_model):
@@ -251,7 +260,7 @@ def with_shared_rows(transformer_options: dict, diffusion_model, where: BlockSit
             if where.attention:
                 continue
         if key in dit:
-            logging.getLogger("hspace").info("H-Space: block %s holds another patch; it runs every row.", key)
+            _tell_once("H-Space: block %s holds another patch; in an edited step it runs every row.", key)
             continue
         dit[key] = SharedRows(after=passed and key != site_key, edited=edited)
     replace["dit"] = dit

@@ -9,9 +9,10 @@ from the h site on again on the copies of the chunks whose h is edited, with h̃
 patch still apply).  Copies of chunks that are not edited (the uncond rows when only the cond branch is edited)
 take the plain rows' output without running anything.
 
-A transformer (Flux, SD3.x: ``dit``) has no encoder to share: ComfyUI runs the whole network on ``[x; x]`` and the
-dit replace patch at the h site (``DitCopies``) records h from the plain rows and edits it in the copies of the edited
-chunks only, so one call gives both predictions.
+A transformer (Flux, SD3.x: ``dit``) runs ``[x; x]`` the same way block by block: the dit replace patch at the h site
+(``DitCopies``) records h from the plain rows and edits it in the copies of the edited chunks only, and every other
+block runs only the rows that differ (``dit.SharedRows``: before the site the plain rows, after it those and the
+edited copies), so one call gives both predictions.
 """
 from __future__ import annotations
 
