@@ -121,6 +121,8 @@ class ContentInjectionSampler(HSpaceNode):
         windowed = _window_for(node_name(cls.define_schema()), window, t_edit, start_percent, end_percent)
 
         def edit_for(num_steps, hs, window_timesteps):
+            if gamma == 0 and end == 0:  # γ 0 injects nothing: exactly the plain sampler, as strength 0 is
+                return None
             # the ramp ends where the nodes' does (edit_schedule): at t_edit, or a percent window's lowest edited step
             t_end = t_edit if window == "t_edit" else min(window_timesteps, default=t_edit)
             gamma_t = gamma_ramp(gamma, end, t_end, hs.schedule.num_train_timesteps - 1)
