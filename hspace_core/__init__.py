@@ -5,8 +5,8 @@ interpolation recipe of Diffusion Autoencoders (Preechakul et al., CVPR 2022) ov
 without labels (``pca``, ``jacobian``), by linear probes (``probes``), their algebra (``direction_algebra``) and the
 Direction Explorer (``explorer``).
 """
-from .adapters import (Conditioning, Denoiser, DiffusersUNet, GuidedModel, HEdit, HSpaceModel, Prediction, edited_rows, fingerprint_of,
-                       guided)
+from .adapters import (Conditioning, Denoiser, DiffusersUNet, GuidedModel, HEdit, HSpaceModel, Prediction, denoise_at,
+                       edited_rows, fingerprint_of, guided, levels_of)
 from .auto_schedule import AutoScheduleResult, find_t_edit_t_boost, lpips_distance
 from .cfg_inversion import CFG_INVERSIONS, GuidedInversion, invert_guided, null_text_embeddings
 from .clip_directions import CLIPDirectional, DirectionTraining, TrainedDirection, load_open_clip, train_direction
@@ -39,7 +39,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AutoScheduleResult", "CLIPDirectional", "DirectionTraining", "ImplicitDirectionNet", "TimeEmbedding", "TrainedDirection",
-    "load_official_asyrp", "load_open_clip", "train_direction", "Cancelled", "Conditioning", "DiffusersUNet", "Direction", "EditSchedule", "HSpaceModel",
+    "load_official_asyrp", "load_open_clip", "train_direction", "denoise_at", "levels_of", "Cancelled", "Conditioning", "DiffusersUNet", "Direction", "EditSchedule", "HSpaceModel",
     "HStorage", "HTrajectory", "Inversion", "NoiseLevels", "NoiseSchedule", "Prediction", "BoostSettings", "ReconstructionReport", "StyleCalibration", "betas_cosine",
     "betas_linear", "betas_scaled_linear", "calibrated_x_t", "capture", "combine_directions", "content_injection",
     "ddim_inverse_step", "ddim_sigma", "ddim_step", "direction_from_examples", "edit", "eps_from_model_output",

@@ -1,7 +1,7 @@
 """The library API: invert, capture, edit (Asyrp), inject (DiffStyle), interpolate (Diffusion Autoencoders).
 
-Every process runs one loop, ``run_reverse``: a DDIM reverse process over an explicit ``EditSchedule``
-whose steps in [T, t_edit] may change h.  Loops report through ``progress(done, total)`` (and the step's x0, P_t, to a callback that takes a third
+Every process runs one loop, ``run_reverse``: ``sampling.sample_h_edit`` over the sigmas of an explicit
+``EditSchedule``'s grid, whose steps in [T, t_edit] may change h, through the model's σ view (``denoise_at``).  Loops report through ``progress(done, total)`` (and the step's x0, P_t, to a callback that takes a third
 argument: ``progress.takes_x0``) and stop when
 ``should_stop()`` is true, raising ``Cancelled``.
 """
@@ -15,13 +15,12 @@ from typing import Callable, Sequence
 
 import torch
 
-from .adapters.base import HEdit, HSpaceModel
-from .ddim import calibrated_x_t, clipped_eps, ddim_inverse_step, ddim_sigma, ddim_step, predicted_x0
+from .adapters.base import HEdit, HSpaceModel, denoise_at, levels_of
 from .devices import FiniteWatch, host_ready, step_dtype, to_host
 from .hmath import check_gamma, lerp, mask_to_h_grid, masked_blend, masked_normalized_slerp, normalized_slerp, slerp
 from .progress import Cancelled, ProgressFn, StepLoop, StopFn, check_batch, offset
-from .sampling import strided
-from .schedules import step_pairs, timestep_grid
+from .sampling import EditPlan, clip_denoised, inversion_steps, invert_sigmas, sample_h_edit, strided
+from .sigmas import ve_scale, ve_to_vp
 from .sites import check_same_site, site_of
 from .direction import Direction
 from .direction_algebra import combine_directions, scaled_strength
@@ -47,64 +46,63 @@ def run_reverse(model: HSpaceModel, x_T: torch.Tensor, schedule: EditSchedule, *
                 edit: HEdit | None = None, edit_every: int = 1, omega: float | None = None,
                 asymmetric: bool = True, seed: int = 0, record_h: bool = False, h_storage: HStorage = HStorage(),
                 h_only: bool = False, progress: ProgressFn | None = None, should_stop: StopFn | None = None) -> ReverseResult:
-    """The three-phase reverse process of Asyrp (Kwon et al. 2023, §3.3 and §4):
+    """The three-phase reverse process of Asyrp (Kwon et al. 2023, §3.3 and §4), run by ``sampling.sample_h_edit``
+    over the sigmas of ``schedule``'s DDIM grid (``EditPlan.on_grid``) through the model's σ view (``denoise_at``):
 
-    - t ≥ t_edit: two predictions per step, ε(x_t | h̃_t) and ε(x_t | h_t), joined by the asymmetric
-      DDIM step (eq. 4), or by style calibration when ``omega`` is set (InjectFusion §3.3);
+    - t ≥ t_edit: two predictions per step, D(x | h̃_t) and D(x | h_t), joined by the asymmetric step (eq. 4),
+      or by style calibration when ``omega`` is set (InjectFusion §3.3);
     - t_edit > t ≥ t_boost: plain DDIM (η = ``schedule.eta``), one U-Net pass;
     - t < t_boost: quality boosting, DDIM with η = ``schedule.eta_boost`` and noise from ``seed``.
 
+    ``x_T`` and the result are VP samples (x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε); the loop holds x = x_t/√ᾱ_t (``sigmas``).
     ``edit_every`` > 1 edits only every k-th step of the edit phase (injection stride).
-    ``asymmetric=False`` uses ε(x_t | h̃_t) for both P_t and D_t (the ablation the paper shows cancels out).
-    ``omega`` = 0 (or None) is no calibration, as in the official code.
+    ``asymmetric=False`` uses D(x | h̃_t) for both P_t and D_t (the ablation the paper shows cancels out).
+    ``omega`` = 0 (or None) is no calibration, as in the official code.  ``schedule.clip_x0`` = c clamps each
+    denoised x0 to [−c, c] (``sampling.clip_denoised``).
     ``record_h`` keeps h as ``h_storage`` says (precision, device, only t ≥ t_min), converted step by step;
-    ``h_only`` stops after the last step whose h is kept (for callers that want h only: ``x0`` is then the x
+    ``h_only`` stops after the last step whose h is kept (for callers that want h only: ``x0`` is then the x_t
     reached there, not a clean image).
     The step math runs in at least float32 (a half-precision x_T is widened, x0 cast back); finiteness is read once,
     after the loop.
     """
     check_batch(x_T, "x_T")
-    if schedule.num_train_timesteps != model.schedule.num_train_timesteps:
+    levels = levels_of(model)
+    if schedule.num_train_timesteps != levels.num_timesteps:
         raise ValueError(f"The schedule has {schedule.num_train_timesteps} timesteps but the model "
-                         f"{model.schedule.num_train_timesteps}; set EditSchedule.num_train_timesteps.")
-    generator = torch.Generator().manual_seed(int(seed))
-    pairs = step_pairs(schedule.timesteps())
-    actives = strided([edit is not None and schedule.edits_at(t) for t, _ in pairs], edit_every)
-    loop = StepLoop(len(pairs), progress, should_stop)
-    x, hs, watch = x_T.to(step_dtype(x_T.dtype)), [], FiniteWatch()
-    for (t, t_prev), active in zip(pairs, actives):
-        if h_only and not h_storage.keeps(t):
-            break
-        loop.tick()
-        pred = model.predict(x, t, edit if active else None)
-        if record_h and h_storage.keeps(t):
-            hs.append(h_storage.put(pred.h))
-        a, a_prev = model.schedule.alpha_bar(t), model.schedule.alpha_bar(t_prev)
-        clip = (lambda x_in, e: clipped_eps(x_in, e, a, schedule.clip_x0)) if schedule.clip_x0 else (lambda x_in, e: e)
-        eps = clip(x, pred.eps)
-        eps_edited = clip(x, pred.eps_edited) if pred.eps_edited is not None else None
-        eta = schedule.eta_at(t)
-        noise = None
-        if ddim_sigma(a, a_prev, eta) > 0:
-            noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
-        if loop.wants_x0:  # the step's P_t (eq. 4), of the edited prediction where the step is edited
-            loop.show(predicted_x0(x, eps_edited if active else eps, a))
-        if not active:
-            x = ddim_step(x, eps, a, a_prev, eta, noise)
-        elif omega:
-            x_cal = calibrated_x_t(x, eps, eps_edited, a, omega)
-            x = ddim_step(x_cal, clip(x_cal, model.predict(x_cal, t).eps), a, a_prev, eta, noise)
-        elif asymmetric:
-            x = ddim_step(x, eps_edited, a, a_prev, eta, noise, eps_direction=eps)
-        else:
-            x = ddim_step(x, eps_edited, a, a_prev, eta, noise)
-        watch.see(x, t)
+                         f"{levels.num_timesteps}; set EditSchedule.num_train_timesteps.")
+    plan = EditPlan.on_grid(schedule, levels, edited=edit is not None, edit_every=edit_every,
+                            stop_below=h_storage.t_min if h_only else None)
+    grid = schedule.timesteps()
+    x = x_T.to(step_dtype(x_T.dtype))
+    sigmas = plan.sigmas.to(x.dtype)  # on the CPU: the loop reads its σ choices there (no host copy)
+    loop, hs, watch, seen = StepLoop(len(grid), progress, should_stop), [], FiniteWatch(), [-1]
+
+    def denoise(x_i, i, edit_now):
+        first = seen[0] != i  # style calibration's second prediction is not a step's
+        if first:
+            seen[0] = i
+            loop.tick()
+        plain, edited, h = denoise_at(model, x_i, sigmas[i], edit if edit_now else None, t=grid[i])
+        if first and record_h and h_storage.keeps(grid[i]):
+            hs.append(h_storage.put(h))
+        if edited is not None and not asymmetric and not omega:
+            plain = edited
+        return clip_denoised(plain, schedule.clip_x0), clip_denoised(edited, schedule.clip_x0)
+
+    def step_done(i, denoised, x_next):  # denoised: the step's P_t (eq. 4), edited where the step is
+        watch.see(x_next, grid[i])
+        loop.show(denoised)
+
+    x = sample_h_edit(denoise, x * ve_scale(float(plan.sigmas[0])), sigmas, plan.edits, etas=plan.etas, omega=omega,
+                      seed=seed, callback=step_done, levels=levels)
     if (t_bad := watch.first()) is not None:
         raise ValueError(f"The reverse process diverged (NaN/inf) at t={t_bad}; lower the edit strength or γ.")
+    if len(plan.timesteps) < len(grid):
+        x = ve_to_vp(x, float(plan.sigmas[-1]))
     trajectory = None
     if record_h:
-        trajectory = h_storage.trajectory([t for t, _ in pairs], hs, model.branches, model.fingerprint,
-                                          "reconstruction", site_of(model))
+        trajectory = h_storage.trajectory(list(grid), hs, model.branches, model.fingerprint, "reconstruction",
+                                          site_of(model))
     return ReverseResult(x.to(x_T.dtype), trajectory)
 
 
@@ -112,7 +110,8 @@ def invert(model: HSpaceModel, x0: torch.Tensor, num_steps: int = 40, *, grid: s
            convention: str = "seed", refine_iters: int = 0, h_source: str = "inversion", report: bool = True,
            h_storage: HStorage = HStorage(), latents_on: str = "cpu", progress: ProgressFn | None = None,
            should_stop: StopFn | None = None) -> Inversion:
-    """Deterministic DDIM inversion x0 → x_T on the grid the reverse process uses (DDIM §4.3).
+    """Deterministic DDIM inversion x0 → x_T on the grid the reverse process uses (DDIM §4.3), run by
+    ``sampling.invert_sigmas`` on the grid's increasing sigmas through the model's σ view (``denoise_at``).
 
     ``convention`` says where each step t → t_next takes ε:
     - ``"seed"`` (default; Diffusion Autoencoders' encoder x_{t+1} = √ᾱ_{t+1}·f_θ(x_t, t) + √(1−ᾱ_{t+1})·ε_θ(x_t, t),
@@ -131,8 +130,8 @@ def invert(model: HSpaceModel, x0: torch.Tensor, num_steps: int = 40, *, grid: s
     - ``"reconstruction"``: h along the reverse process from x_T, exactly what an edit from x_T sees.
     ``report`` regenerates x0 from x_T and measures the error (``num_steps`` more passes; shared with the
     reconstruction source).  ``h_storage`` says how h is kept (precision, device, only t ≥ t_min).
-    ``latents_on``: where the intermediate x_t (``Inversion.latents``) are kept, "cpu" (copied asynchronously from
-    a CUDA device) or "model" (on the model's device); x_T stays where the model computed it.
+    ``latents_on``: where the intermediate x_t (``Inversion.latents``, VP) are kept, "cpu" (copied asynchronously
+    from a CUDA device) or "model" (on the model's device); x_T stays where the model computed it.
     The steps and the fixed-point refinement run in at least float32 (a half-precision x0 is widened); x_T and the
     latents are cast back to x0's dtype.  Finiteness is read once, after the loop.
     """
@@ -145,60 +144,51 @@ def invert(model: HSpaceModel, x0: torch.Tensor, num_steps: int = 40, *, grid: s
         raise ValueError(f"refine_iters must be ≥ 0, got {refine_iters}.")
     if latents_on not in ("cpu", "model"):
         raise ValueError(f"latents_on must be 'cpu' or 'model', got {latents_on!r}.")
-    grid_desc = timestep_grid(num_steps, model.schedule.num_train_timesteps, grid)
+    levels = levels_of(model)
+    grid_desc = levels.grid(num_steps, grid)
+    t_of = [-1, *reversed(grid_desc)]  # the clean input, then the grid ascending
+    host = [0.0] + [levels.sigma(t) for t in t_of[1:]]
+    clean_step = t_of[1] != 0  # the seed convention's first step from the clean input (a grid that starts above 0)
     regenerate = report or h_source == "reconstruction"
-    steps = _inversion_steps(grid_desc, convention)
-    loop = StepLoop(len(steps) * (1 + refine_iters) + (num_steps if regenerate else 0), progress, should_stop)
+    steps = len(inversion_steps(len(host), convention, True, clean_step))
+    loop = StepLoop(steps * (1 + refine_iters) + (num_steps if regenerate else 0), progress, should_stop)
     kept = (lambda x_t: to_host(x_t, x0.dtype)) if latents_on == "cpu" else (lambda x_t: x_t.to(x0.dtype))
-    x, latents, h_at, last_h, watch = x0.to(step_dtype(x0.dtype)), [kept(x0)], {}, None, FiniteWatch()
-
-    def keep(t, h):
-        if h_source == "inversion" and h_storage.keeps(t):
-            h_at[t] = h_storage.put(h)
-    if steps[0][0] != -1:
+    latents, h_at, last_h, watch = [kept(x0)], {}, [None], FiniteWatch()
+    if convention == "seed" and not clean_step:
         latents.append(latents[0])  # the input is x at the first grid timestep
-    for t_here, t_next, t_eps in steps:
-        a_here, a_next = model.schedule.alpha_bar(t_here), model.schedule.alpha_bar(t_next)
+
+    def denoise(x_k, k):
         loop.tick()
-        pred = model.predict(x, t_eps)
-        keep(t_eps, pred.h)
-        x_next = ddim_inverse_step(x, pred.eps, a_here, a_next)
-        for _ in range(refine_iters):
-            loop.tick()
-            pred = model.predict(x_next, t_next)
-            keep(t_next, pred.h)
-            x_next = ddim_inverse_step(x, pred.eps, a_here, a_next)
-        if loop.wants_x0:  # the step's P (the clean input it predicts, DDIM §4.3), from the ε it used
-            loop.show(predicted_x0(x, pred.eps, a_here))
-        watch.see(x_next, t_next)
-        latents.append(kept(x_next))
-        x, last_h = x_next, pred.h
+        plain, _, h = denoise_at(model, x_k, host[k], t=t_of[k])
+        last_h[0] = h
+        if h_source == "inversion" and h_storage.keeps(t_of[k]):
+            h_at[t_of[k]] = h_storage.put(h)
+        return plain
+
+    def step_done(k, predicted, x_next):  # predicted: the step's P (the clean input it predicts, DDIM §4.3)
+        loop.show(predicted)
+        watch.see(x_next, t_of[k + 1])
+        latents.append(kept(ve_to_vp(x_next, host[k + 1])))
+
+    x = invert_sigmas(denoise, x0.to(step_dtype(x0.dtype)), host, clean_start=True, convention=convention,
+                      clean_step=clean_step, refine_iters=refine_iters, callback=step_done, levels=levels)
     if (t_bad := watch.first()) is not None:
         raise ValueError(f"DDIM inversion diverged at t={t_bad}; check the input's range (images in [-1, 1]).")
-    x = x.to(x0.dtype)
+    x = ve_to_vp(x, host[-1]).to(x0.dtype)
     host_ready(latents)
     trajectory = None
     if h_source == "inversion":  # at T (never evaluated by the seed convention): the last evaluation's h (see above)
-        h_inv = [h_at[t] if t in h_at else h_storage.put(last_h) for t in grid_desc if h_storage.keeps(t)]
+        h_inv = [h_at[t] if t in h_at else h_storage.put(last_h[0]) for t in grid_desc if h_storage.keeps(t)]
         trajectory = h_storage.trajectory(grid_desc, h_inv, model.branches, model.fingerprint, "inversion",
                                           site_of(model))
     if not regenerate:
         return Inversion(x, torch.stack(latents), tuple(grid_desc), trajectory, convention=convention)
-    sched = EditSchedule.reconstruction(num_steps, grid, model.schedule.num_train_timesteps)
+    sched = EditSchedule.reconstruction(num_steps, grid, levels.num_timesteps)
     recon = run_reverse(model, x, sched, record_h=h_source == "reconstruction", h_storage=h_storage,
                         progress=loop.sub())
     chosen = trajectory if h_source == "inversion" else recon.trajectory
     return Inversion(x, torch.stack(latents), tuple(grid_desc), chosen,
                      ReconstructionReport.compare(x0, recon.x0) if report else None, recon.x0, convention)
-
-
-def _inversion_steps(grid_desc: tuple[int, ...], convention: str) -> list[tuple[int, int, int]]:
-    """(t_here, t_next, t at which ε is taken) for each inversion step, ascending; t_here = −1 is the clean input."""
-    ascending = list(reversed(grid_desc))
-    if convention == "diffusers":
-        return [(here, nxt, nxt) for here, nxt in zip([-1, *ascending[:-1]], ascending)]
-    first = [] if ascending[0] == 0 else [(-1, ascending[0], ascending[0])]
-    return first + [(here, nxt, here) for here, nxt in zip(ascending[:-1], ascending[1:])]
 
 
 def capture(model: HSpaceModel, x_T: torch.Tensor, num_steps: int = 40, *, grid: str = "asyrp",

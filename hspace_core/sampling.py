@@ -173,7 +173,7 @@ def clip_denoised(denoised: torch.Tensor | None, limit: float | None) -> torch.T
 def strided(window: Sequence[bool], every: int) -> list[bool]:
     """The steps that edit: every ``every``-th step of the edit window, its first included (InjectFusion's injection
     stride: the official code injects at every k-th step of [T, t_edit]).  ``window[i]`` says whether step i lies in
-    the window; the one rule of the ᾱ-space loop (``processes.run_reverse``) and the σ-space ones."""
+    the window; the one rule of every loop."""
     if every < 1:
         raise ValueError(f"edit_every (injection stride) must be ≥ 1, got {every}.")
     flags, k = [], 0
@@ -192,7 +192,7 @@ def sample_h_edit(denoise: Denoise, x: torch.Tensor, sigmas: Sequence[float], ed
     - steps with ``edits[i]``: two predictions, joined by the asymmetric step, or (``omega`` set) by style
       calibration then a plain step from the calibrated point (InjectFusion §3.3, ``ddim.calibrated_x_t``);
     - other steps: the plain DDIM step with η = ``etas[i]`` (quality boost) and noise from ``seed``, drawn in step
-      order on the CPU as ``processes.run_reverse`` draws it.
+      order on the CPU (the ᾱ-space loop's order: tests/ddim_reference.py).
 
     ``sigmas`` is a 1-D tensor (or floats); the deterministic steps compute with its entries, as k-diffusion's
     samplers do, and the choices (η > 0, which noise) are made on one host copy taken before the loop.  ``levels``
@@ -245,12 +245,13 @@ def _calibrated(x, plain, edited, omega):
 def invert_sigmas(denoise: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, sigmas: Sequence[float], *,
                   clean_start: bool, convention: str = "seed", clean_step: bool = False, refine_iters: int = 0,
                   callback: StepCallback | None = None, levels: NoiseLevels | None = None) -> torch.Tensor:
-    """DDIM inversion (DDIM §4.3) on increasing ``sigmas`` (ComfyUI's flipped sigmas): ``processes.invert`` in σ
-    space, step for step.  ``denoise(x, k)`` returns D(x, sigmas[k]); ``callback(k, P, x_next)`` is told after the
+    """DDIM inversion (DDIM §4.3) on increasing ``sigmas`` (ComfyUI's flipped sigmas): ``processes.invert``'s loop.
+    ``denoise(x, k)`` returns D(x, sigmas[k]); ``callback(k, P, x_next)`` is told after the
     step from sigmas[k] with the clean sample P = x_k − σ_k·ε it predicts (previews) and the point reached.
 
     Each step k → k+1 is x_{k+1} = x_k + (σ_{k+1} − σ_k)·ε (``inverse_euler_step``), ε = (x_ε − D(x_ε, σ_ε))/σ_ε.
-    Derivation from ``processes._inversion_steps`` (t_here, t_next, t_ε) and ``ddim.ddim_inverse_step``: the VP step
+    Derivation from the ᾱ-space inversion (steps (t_here, t_next, t_ε), tests/ddim_reference.py) and
+    ``ddim.ddim_inverse_step``: the VP step
     x_next = √ᾱ_next·(x_t − √(1 − ᾱ_t)·ε)/√ᾱ_t + √(1 − ᾱ_next)·ε divided by √ᾱ_next, with x = x_t/√ᾱ_t (VE) and
     σ = √(1 − ᾱ)/√ᾱ, is x_next = x + (σ_next − σ)·ε; ε = ε(x_t, t_ε) is the network's at the VP point x_t *taken
     as* a sample at t_ε, whose VE input is x_ε = x_t/√ᾱ_ε = x·√(1 + σ_ε²)/√(1 + σ²).
@@ -260,7 +261,7 @@ def invert_sigmas(denoise: Callable[[torch.Tensor, int], torch.Tensor], x: torch
       current point rescaled to σ_{k+1}, x_ε = x·√(1 + σ_{k+1}²)/√(1 + σ_k²).
     - ``clean_start``: ``x`` is the clean input and sigmas[0] only marks it (0, or FlipSigmas' 1e-4; taken as 0,
       ᾱ_{−1} = 1).  Under the seed convention it stands at the first grid point sigmas[1] (VP x_t = x0 there, so
-      x = x0·√(1 + σ_1²), ``sigmas.vp_to_ve``), as ``processes.invert`` does on a grid that starts at t = 0; ``clean_step`` (a grid
+      x = x0·√(1 + σ_1²), ``sigmas.vp_to_ve``), as the ᾱ-space inversion did on a grid that starts at t = 0; ``clean_step`` (a grid
       that starts above 0) takes instead a first step 0 → σ_1 with ε(x0, σ_1), x_ε = x0·√(1 + σ_1²).  The diffusers
       convention always steps from the clean input.
     - ``refine_iters`` = k solves x_{k+1} = x_k + (σ_{k+1} − σ_k)·ε(x_{k+1}, σ_{k+1}) by k fixed-point
@@ -309,7 +310,7 @@ def inversion_loop(denoise: Callable[[torch.Tensor, int], torch.Tensor], x: torc
 
 def inversion_steps(num_sigmas: int, convention: str, clean_start: bool, clean_step: bool = False) -> list[tuple]:
     """(k, k + 1, k_ε) for each step of ``invert_sigmas`` over ``num_sigmas`` increasing sigmas: ε is taken at
-    sigmas[k_ε] (``processes._inversion_steps`` by index).  The seed convention evaluates at k, except from the clean
+    sigmas[k_ε] (tests/ddim_reference.py ``inversion_steps`` by index).  The seed convention evaluates at k, except from the clean
     input (σ = 0), where it evaluates at 1 (``clean_step``) or does not step (x0 stands at sigmas[1])."""
     if convention == "diffusers":
         return [(k, k + 1, k + 1) for k in range(num_sigmas - 1)]

@@ -1,5 +1,11 @@
-"""A faithful transcription of the DDIM repo's ``Model`` (ermongroup/ddim, models/diffusion.py; MIT licence), the
-reference the checkpoint converter is tested against.  Not packaged on PyPI, so it lives here."""
+"""Independent references for the library's DDIM code.
+
+- A faithful transcription of the DDIM repo's ``Model`` (ermongroup/ddim, models/diffusion.py; MIT licence), the
+  reference the checkpoint converter is tested against.  Not packaged on PyPI, so it lives here.
+- ``reverse`` and ``invert``: the ᾱ-space loops (VP x_t over integer timesteps, ``ddim.ddim_step`` and
+  ``ddim_inverse_step`` on ``HSpaceModel.predict``) that the library ran before its processes ran
+  ``hspace_core.sampling``'s σ loops; the σ loops are tested against them (tests/test_sigma_loops.py).
+"""
 import math
 
 import torch
@@ -189,3 +195,69 @@ class Model(nn.Module):
             if i_level != 0:
                 h = self.up[i_level].upsample(h)
         return self.conv_out(nonlinearity(self.norm_out(h)))
+
+
+# --- the ᾱ-space processes (the library's loops until issue 37) ---
+def reverse(model, x_T, schedule, *, edit=None, edit_every=1, omega=None, asymmetric=True, seed=0, stop_below=0):
+    """Asyrp's reverse process in ᾱ space over ``schedule``'s grid: (x0, [h_t of each step]); with ``stop_below``
+    only the steps at t ≥ it (x0 is then the x_t reached)."""
+    from hspace_core.ddim import calibrated_x_t, clipped_eps, ddim_sigma, ddim_step
+    from hspace_core.sampling import strided
+    from hspace_core.schedules import step_pairs
+
+    generator = torch.Generator().manual_seed(int(seed))
+    pairs = step_pairs(schedule.timesteps())
+    actives = strided([edit is not None and schedule.edits_at(t) for t, _ in pairs], edit_every)
+    x, hs = x_T.float(), []
+    for (t, t_prev), active in zip(pairs, actives):
+        if t < stop_below:
+            break
+        pred = model.predict(x, t, edit if active else None)
+        hs.append(pred.h)
+        a, a_prev = model.schedule.alpha_bar(t), model.schedule.alpha_bar(t_prev)
+        clip = (lambda x_in, e: clipped_eps(x_in, e, a, schedule.clip_x0)) if schedule.clip_x0 else (lambda x_in, e: e)
+        eps = clip(x, pred.eps)
+        eps_edited = clip(x, pred.eps_edited) if pred.eps_edited is not None else None
+        eta = schedule.eta_at(t)
+        noise = None
+        if ddim_sigma(a, a_prev, eta) > 0:
+            noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
+        if not active:
+            x = ddim_step(x, eps, a, a_prev, eta, noise)
+        elif omega:
+            x_cal = calibrated_x_t(x, eps, eps_edited, a, omega)
+            x = ddim_step(x_cal, clip(x_cal, model.predict(x_cal, t).eps), a, a_prev, eta, noise)
+        elif asymmetric:
+            x = ddim_step(x, eps_edited, a, a_prev, eta, noise, eps_direction=eps)
+        else:
+            x = ddim_step(x, eps_edited, a, a_prev, eta, noise)
+    return x, hs
+
+
+def inversion_steps(grid_desc, convention):
+    """(t_here, t_next, t at which ε is taken) for each inversion step, ascending; t_here = −1 is the clean input."""
+    ascending = list(reversed(grid_desc))
+    if convention == "diffusers":
+        return [(here, nxt, nxt) for here, nxt in zip([-1, *ascending[:-1]], ascending)]
+    first = [] if ascending[0] == 0 else [(-1, ascending[0], ascending[0])]
+    return first + [(here, nxt, here) for here, nxt in zip(ascending[:-1], ascending[1:])]
+
+
+def invert(model, x0, grid_desc, *, convention="seed", refine_iters=0):
+    """Deterministic DDIM inversion in ᾱ space (DDIM §4.3): (x_T, [x_t after each step], {t: h of the last
+    evaluation at t})."""
+    from hspace_core.ddim import ddim_inverse_step
+
+    x, latents, h_at = x0.float(), [], {}
+    for t_here, t_next, t_eps in inversion_steps(grid_desc, convention):
+        a_here, a_next = model.schedule.alpha_bar(t_here), model.schedule.alpha_bar(t_next)
+        pred = model.predict(x, t_eps)
+        h_at[t_eps] = pred.h
+        x_next = ddim_inverse_step(x, pred.eps, a_here, a_next)
+        for _ in range(refine_iters):
+            pred = model.predict(x_next, t_next)
+            h_at[t_next] = pred.h
+            x_next = ddim_inverse_step(x, pred.eps, a_here, a_next)
+        latents.append(x_next)
+        x = x_next
+    return x, latents, h_at

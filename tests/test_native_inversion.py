@@ -189,7 +189,7 @@ def test_on_a_grid_above_t_0_the_sampler_takes_the_librarys_first_step(nodes, pa
                                                                       convention=convention), positive=positive)
         sigmas, ascending = _flipped(model, grid), list(reversed(grid))
         stood = comfy_model.run_in_comfy(model, x, lambda m, x0: invert_sigmas(  # the clean input stood at t_first
-            lambda v, k: m.denoised(v, sigmas[k], ascending[k - 1])[0], x0, sigmas, clean_start=True,
+            lambda v, k: m.denoised(v, sigmas[k], t=ascending[k - 1])[0], x0, sigmas, clean_start=True,
             convention=convention), positive=positive)
     assert relative(native_x_T["samples"], model.model.process_latent_out(inv.x_T)) < ROUNDING
     assert relative(native_trajectory.h, inv.trajectory.h) < ROUNDING and native_trajectory.timesteps == grid

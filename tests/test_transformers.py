@@ -114,7 +114,7 @@ def test_h_is_the_blocks_image_tokens(pack, request, family, site):
 
     def body(denoiser, x, sigmas, extra_args=None, callback=None, disable=None):
         hs = comfy_model.ComfyHSpaceModel.for_guider(denoiser, extra_args, model, "cond", site)
-        found["h"] = hs.denoised(x, sigmas[0], 999)[1]
+        found["h"] = hs.denoised(x, sigmas[0], t=999)[2]
         found["site"] = hs.site
         return x
 

@@ -44,9 +44,9 @@ def edited_steps(monkeypatch, pack):
 
     seen, inner = [], ComfyHSpaceModel.denoised
 
-    def denoised(self, x, sigma, t, edit=None):
+    def denoised(self, x, sigma, edit=None, t=None):
         seen.append((t, edit is not None))
-        return inner(self, x, sigma, t, edit)
+        return inner(self, x, sigma, edit, t)
 
     monkeypatch.setattr(ComfyHSpaceModel, "denoised", denoised)
     return seen

@@ -9,6 +9,7 @@ from typing import Callable, Protocol, runtime_checkable
 
 import torch
 
+from ..noise_levels import NoiseLevels
 from ..schedules import NoiseSchedule
 
 # An h edit maps (h rows of one branch, timestep, branch name) to the edited rows.
@@ -43,7 +44,9 @@ class HSpaceModel(Protocol):
     - Reusing the encoder for the edited pass (only h and the decoder run again) is an optional optimisation.
 
     ``predict`` attaches whatever hooks it needs for that one call and removes them before returning,
-    whether the call succeeds, raises or is interrupted.
+    whether the call succeeds, raises or is interrupted.  The processes call it through its σ view
+    (``denoise_at``); a model that is a σ-space denoiser itself (the ComfyUI MODEL) offers
+    ``denoised(x, σ, edit=None, t=None)`` and ``levels`` (its ``NoiseLevels``) instead of the VP round trip.
     """
 
     schedule: NoiseSchedule
@@ -56,6 +59,29 @@ class HSpaceModel(Protocol):
     # Optional, for learning directions (``hspace_core.clip_directions``):
     #   time_embedding() -> implicit.TimeEmbedding  a frozen copy of the model's timestep embedding
     #   autograd_ready() -> context manager         gradients flow from ε(x_t | h̃) back to the edit, weights frozen
+
+
+def levels_of(model) -> NoiseLevels:
+    """The model's noise levels: its own ``levels`` (a ComfyUI MODEL's float32 σ table) or its ᾱ schedule's."""
+    levels = getattr(model, "levels", None)
+    return levels if levels is not None else NoiseLevels.of_schedule(model.schedule)
+
+
+def denoise_at(model, x: torch.Tensor, sigma, edit: HEdit | None = None, *, t: int | None = None) -> tuple:
+    """(D(x | h), D(x | h̃) or None, h): every ``HSpaceModel`` as a σ-space denoiser at the point x = x0 + σ·ε
+    (k-diffusion's ``DiscreteEpsDDPMDenoiser``).  t is the model's timestep nearest σ (``NoiseLevels.timestep``;
+    pass ``t`` to skip the look-up, which reads σ on the host), the VP input x_t = x·√ᾱ with ᾱ = 1/(1 + σ²)
+    (``sigmas``), ε(x_t, t) = ``predict``'s and D = x − σ·ε (Karras et al. 2022, eq. 3).  A model with its own
+    ``denoised`` (a σ-space denoiser: the ComfyUI MODEL) is called directly.  ``sigma`` is a float or a 0-dim
+    tensor (no host sync when ``t`` is given); gradients flow through (CLIP direction training)."""
+    own = getattr(model, "denoised", None)
+    if own is not None:
+        return own(x, sigma, edit, t=t)
+    if t is None:
+        t = levels_of(model).timestep(float(sigma))
+    pred = model.predict(x * (1 + sigma * sigma) ** -0.5, t, edit)
+    x0 = lambda eps: x - sigma * eps  # noqa: E731
+    return x0(pred.eps), None if pred.eps_edited is None else x0(pred.eps_edited), pred.h
 
 
 @runtime_checkable

@@ -245,12 +245,14 @@ class ComfyHSpaceModel:
         sigma_in = x.new_ones((x.shape[0],)) * sigma
         return self.denoiser(x, sigma_in, denoise_mask=None, model_options=options, seed=self.extra_args.get("seed"))
 
-    def denoised(self, x, sigma, t: int, edit=None):
-        """(D(x | h), h, D(x | h̃) or None) at the VE point ``x``; ``t`` is the timestep the edit is evaluated at.
+    def denoised(self, x, sigma, edit=None, t: int | None = None):
+        """(D(x | h), D(x | h̃) or None, h) at the VE point ``x`` (``hspace_core.denoise_at``'s shape); ``t`` is the
+        timestep the edit is evaluated at (None: nearest σ, read on the host).
         An edit takes one denoiser call on [x; x] where the U-Net allows it (``edit_batch``), else two."""
+        t = self.levels.timestep(float(sigma)) if t is None else t
         record = _HPatch(self.branches, block=self.h_block, t_key=t)
         if edit is None:
-            return self.denoise(x, sigma, record), record.h(), None
+            return self.denoise(x, sigma, record), None, record.h()
         if self.one_call and edit_batch.supports_edited_copies(self.model_patcher.get_model_object("diffusion_model")):
             try:
                 if self.h_block is None:  # a transformer: the dit patch edits the copies' h (edit_batch.DitCopies)
@@ -261,13 +263,13 @@ class ComfyHSpaceModel:
                     patch = record
                     copies = edit_batch.EditedCopies(record, edit, t, self.edit_branches, self.branches == ("single",))
                 plain, edited = self.denoise(torch.cat([x, x]), sigma, patch, copies).chunk(2)
-                return plain, record.h(), edited
+                return plain, edited, record.h()
             except edit_batch.UnusualBatch as why:
                 log.info("H-Space: an edited step takes two denoiser calls here (%s).", why)
                 record = _HPatch(self.branches, block=self.h_block, t_key=t)
         plain = self.denoise(x, sigma, record)
         edited = _HPatch(self.branches, edit, t, self.edit_branches, self.h_block, t_key=t)
-        return plain, record.h(), self.denoise(x, sigma, edited)
+        return plain, self.denoise(x, sigma, edited), record.h()
 
     def predict(self, x_t, t, edit=None):
         """The VP view of ``denoised`` (``hspace_core.sigmas``): x = x_t/√ᾱ_t, ε = (x − D)/σ_t."""
@@ -275,7 +277,7 @@ class ComfyHSpaceModel:
         a = self.schedule.alpha_bar(t)
         sigma = sigma_of_alpha_bar(a)
         x = vp_to_ve(x_t, a)
-        plain, h, edited = self.denoised(x, sigma, t, edit)
+        plain, edited, h = self.denoised(x, sigma, edit, t)
         eps = lambda d: eps_of_denoised(x, d, sigma).to(x_t.dtype)
         return Prediction(eps(plain), h, None if edited is None else eps(edited))
 

@@ -146,7 +146,7 @@ def h_edit_sampler(node: str, edit_for, window_for, *, edit_branches: str, site:
         reserve_rows(model.inner_model, rows_run(patcher, x.shape[0], edited=any(edits)), x.shape)
 
         def denoise(x_i, i, edit_now):
-            plain, _, edited = hs.denoised(x_i, sigmas[i], ts[min(i, len(ts) - 1)], edit if edit_now else None)
+            plain, edited, _ = hs.denoised(x_i, sigmas[i], edit if edit_now else None, ts[min(i, len(ts) - 1)])
             return plain, edited
 
         return sample_h_edit(denoise, x, sigmas, edits, etas=etas, omega=omega, seed=seed,
@@ -193,7 +193,7 @@ def run_h_edit(hs, x_T: torch.Tensor, edit, schedule, *, seed: int = 0, progress
     seen = [-1]  # the last step whose h was recorded
 
     def denoise(x, i, edit_now):
-        plain, h, edited = hs.denoised(x, sigmas[i], grid[i], edit if edit_now else None)
+        plain, edited, h = hs.denoised(x, sigmas[i], edit if edit_now else None, grid[i])
         if record is not None and seen[0] != i:
             seen[0] = i
             record(grid[i], h)
@@ -304,7 +304,7 @@ def run_inversion(hs, x: torch.Tensor, sigmas: torch.Tensor, timesteps, *, conve
         latents.append(latents[0])  # the input is x at the first grid timestep
 
     def denoise(x_k, k):
-        plain, h, _ = hs.denoised(x_k, sigmas[k], t_of[k])
+        plain, _, h = hs.denoised(x_k, sigmas[k], t=t_of[k])
         last[0] = h
         if h_storage is not None and h_storage.keeps(t_of[k]):
             h_at[t_of[k]] = h_storage.put(h)
