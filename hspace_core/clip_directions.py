@@ -21,16 +21,18 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .adapters.base import HSpaceModel
-from .ddim import ddim_step, predicted_x0
+from .adapters.base import HSpaceModel, denoise_at, levels_of
 from .implicit import ImplicitDirectionNet
 from .schedules import step_pairs, timestep_grid
 from .sites import site_of
 from .direction import Direction
-from .settings import t_edit_label
+from .settings import EditSchedule, t_edit_label
 from .progress import StepLoop, check_batch
 from .auto_schedule import find_t_edit_t_boost
-from .processes import invert
+from .processes import invert, run_reverse
+from .sampling import asymmetric_step
+from .sigmas import ve_scale
+from .trajectory import HStorage
 
 # Our own short template set; the text direction is the mean over templates (StyleGAN-NADA's recipe).
 TEMPLATES = (
@@ -231,6 +233,7 @@ def train_direction(model: HSpaceModel, images: torch.Tensor, clip: CLIPDirectio
         raise ValueError(f"{images.shape[0]} images but {latents.shape[0]} latents; pass one latent per image.")
     decode = decode or (lambda x: x)
     T = model.schedule.num_train_timesteps
+    levels = levels_of(model)
     with torch.inference_mode(False):
         images, latents = images.detach().clone(), latents.detach().clone()
         cosine = clip.text_cosine(source_text, target_text)
@@ -256,11 +259,10 @@ def train_direction(model: HSpaceModel, images: torch.Tensor, clip: CLIPDirectio
                                          progress=loop.previews()))
                 loop.tick()
                 x = inversions[-1].x_T
-                for t, t_prev in before:  # down to the window's start: the plain process, the same every epoch
-                    x = ddim_step(x, model.predict(x, t).eps, model.schedule.alpha_bar(t),
-                                  model.schedule.alpha_bar(t_prev), 0.0)
-                    loop.tick()
-                x_T.append(x)
+                if before:  # down to the window's start: the plain process, the same every epoch
+                    x = run_reverse(model, x, EditSchedule.reconstruction(config.num_steps, "asyrp", T),
+                                    h_storage=HStorage(t_min=pairs[0][0] + 1), h_only=True, progress=loop.sub()).x0
+                x_T.append(x * ve_scale(levels.sigma(pairs[0][0])))  # as the σ loop holds it: x = x_t/√ᾱ
         h_shape = inversions[0].trajectory.h_shape
         generator = torch.Generator().manual_seed(int(config.seed))
         init_scale = config.init_scale if config.epochs > 0 else 0.0  # nothing learnt: the identity direction
@@ -275,17 +277,15 @@ def train_direction(model: HSpaceModel, images: torch.Tensor, clip: CLIPDirectio
                 for b in range(n_batches):
                     reference = images[b * config.batch_size:(b + 1) * config.batch_size]
                     x_edit = x_src = x_T[b]
-                    for t, t_prev in pairs:
+                    for t, t_prev in pairs:  # the σ view and Asyrp's asymmetric step (``sampling``)
                         loop.tick()
-                        a, a_prev = model.schedule.alpha_bar(t), model.schedule.alpha_bar(t_prev)
+                        sigma, sigma_prev = levels.sigma(t), (levels.sigma(t_prev) if t_prev >= 0 else 0.0)
                         optimizer.zero_grad(set_to_none=True)
-                        pred = model.predict(x_edit.detach(), t, shift)
-                        p_edit = predicted_x0(x_edit.detach(), pred.eps_edited, a)
+                        plain, p_edit, _ = denoise_at(model, x_edit.detach(), sigma, shift, t=t)  # P_t of h̃
                         with torch.no_grad():
-                            src = model.predict(x_src, t)
-                            p_src = predicted_x0(x_src, src.eps, a)
-                            x_src = ddim_step(x_src, src.eps, a, a_prev, 0.0)
-                            x_edit = ddim_step(x_edit, pred.eps_edited.detach(), a, a_prev, 0.0, eps_direction=pred.eps)
+                            p_src = denoise_at(model, x_src, sigma, t=t)[0]
+                            x_src = asymmetric_step(x_src, p_src, p_src, sigma, sigma_prev)
+                            x_edit = asymmetric_step(x_edit, p_edit.detach(), plain, sigma, sigma_prev)
                         loop.show(p_edit.detach())  # the edit it trains on (P_t of the edited h)
                         edited_image = decode(p_edit)
                         ref = reference if config.clip_reference == "input" else decode(p_src).detach()

@@ -12,34 +12,29 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .adapters.base import HSpaceModel
-from .ddim import ddim_step, predicted_x0
 from .devices import wide_dtype
 from .direction import Direction
 from .hmath import fix_signs
-from .progress import ProgressFn, StepLoop, StopFn
-from .schedules import step_pairs, timestep_grid
+from .processes import run_reverse
+from .progress import ProgressFn, StepLoop, StopFn, offset
+from .schedules import timestep_grid
+from .settings import EditSchedule
 from .sites import site_of
+from .trajectory import HStorage
 
 __all__ = ["latent_at", "jacobian_directions"]
 
 
 def latent_at(model: HSpaceModel, x_T: torch.Tensor, t: int, num_steps: int, *, grid: str = "asyrp",
               progress: ProgressFn | None = None, should_stop: StopFn | None = None) -> tuple[torch.Tensor, int]:
-    """x_t on the deterministic DDIM path from x_T (plain steps down the ``num_steps`` grid) at the grid timestep
-    nearest to ``t``; returns (x_t, that timestep)."""
+    """x_t on the deterministic DDIM path from x_T (plain steps down the ``num_steps`` grid: ``run_reverse`` stopped
+    above the grid timestep nearest to ``t``); returns (x_t, that timestep)."""
     timesteps = timestep_grid(num_steps, model.schedule.num_train_timesteps, grid)
     target = min(timesteps, key=lambda s: (abs(s - int(t)), s))
-    x = x_T
-    loop = StepLoop(list(timesteps).index(target), progress, should_stop)
+    schedule = EditSchedule.reconstruction(num_steps, grid, model.schedule.num_train_timesteps)
     with torch.no_grad():
-        for here, below in step_pairs(timesteps):
-            if here == target:
-                break
-            loop.tick()
-            eps, a = model.predict(x, here).eps, model.schedule.alpha_bar(here)
-            if loop.wants_x0:
-                loop.show(predicted_x0(x, eps, a))
-            x = ddim_step(x, eps, a, model.schedule.alpha_bar(below))
+        x = run_reverse(model, x_T, schedule, h_storage=HStorage(t_min=target + 1), h_only=True,
+                        progress=offset(progress, 0, list(timesteps).index(target)), should_stop=should_stop).x0
     return x, target
 
 

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import torch
 
 from .adapters.attention import Attend, AttentionPatch, DiffusersAttention
-from .adapters.base import HSpaceModel
+from .adapters.base import HSpaceModel, denoise_at, levels_of
 from .attention_store import (CONTENT_KINDS, STYLE_KINDS, AttentionFeatures, check_window, features_from_steps,
                               keeps_window)
 from .hmath import check_gamma
@@ -111,9 +111,19 @@ class _PerStep:
         self.schedule, self.branches, self.fingerprint = model.schedule, model.branches, model.fingerprint
         self.site = site_of(model)
 
+    @property
+    def levels(self):
+        return levels_of(self.model)
+
     def predict(self, x_t, t, edit=None):
         with self.access.patched(self.layers, self.patch_at(int(t))) as inner:
             return inner.predict(x_t, t, edit)
+
+    def denoised(self, x, sigma, edit=None, t=None):
+        """The patched model's σ view (``denoise_at``): what the processes call."""
+        t = self.levels.timestep(float(sigma)) if t is None else t
+        with self.access.patched(self.layers, self.patch_at(int(t))) as inner:
+            return denoise_at(inner, x, sigma, edit, t=t)
 
 
 def _check_layers(access, layers) -> None:
