@@ -19,12 +19,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .adapters.base import GuidedModel
-from .ddim import ddim_step, predicted_x0
+from .adapters.base import GuidedModel, denoise_at, levels_of
 from .processes import generate, invert
 from .progress import ProgressFn, StepLoop, StopFn, check_batch
+from .sampling import asymmetric_step
 from .schedules import step_pairs
 from .settings import EditSchedule
+from .sigmas import ve_scale, ve_to_vp
 from .trajectory import Inversion, ReconstructionReport
 
 log = logging.getLogger("hspace")
@@ -89,23 +90,28 @@ def null_text_embeddings(model: GuidedModel, pivot: Inversion, *, inner_steps: i
     """Mokady et al. 2023, Alg. 1: {t: ∅_t}, per-step negative embeddings that pull the guided DDIM path from the
     pivot's x_T onto the pivot (the guidance-1 inversion's latents).  ∅_t starts from ∅_{t+1} (the model's own
     negative at T) and takes up to ``inner_steps`` Adam steps on ‖DDIM(x̄_t, ε_w(x̄_t; ∅_t)) − x*_{t−1}‖²."""
-    sched = model.schedule
+    levels = levels_of(model)
     ascending = list(reversed(pivot.timesteps))
     target_of = {t: pivot.latents[k + 1] for k, t in enumerate(ascending)}
     target_of[-1] = pivot.latents[0]
     loop = StepLoop(len(pivot.timesteps), progress, should_stop)
     embedding = model.negative_embedding().float()
-    x, found = pivot.x_T, {}
+    x, found = pivot.x_T * ve_scale(levels.sigma(pivot.timesteps[0])), {}  # the σ loop's x = x_t/√ᾱ
+
+    def step(x_t, negative, t, sigma, sigma_prev):  # the DDIM step through the σ view; D for previews
+        d = denoise_at(model.with_negative(negative), x_t, sigma, t=t)[0]
+        return asymmetric_step(x_t, d, d, sigma, sigma_prev), d
+
     with torch.inference_mode(False), torch.enable_grad(), model.autograd_ready():
         for t, t_prev in step_pairs(pivot.timesteps):
             loop.tick()
-            a, a_prev = sched.alpha_bar(t), sched.alpha_bar(t_prev)
+            sigma, sigma_prev = levels.sigma(t), (levels.sigma(t_prev) if t_prev >= 0 else 0.0)
             x_t, target = x.detach().clone(), target_of[t_prev].detach().to(x.device, x.dtype, copy=True)
             embedding = embedding.detach().clone().requires_grad_(True)
             opt = torch.optim.Adam([embedding], lr=lr)
-            for j in range(inner_steps):
-                x_prev = ddim_step(x_t, model.with_negative(embedding).predict(x_t, t).eps, a, a_prev)
-                loss = torch.nn.functional.mse_loss(x_prev, target)
+            for j in range(inner_steps):  # the loss on the VP latents, as the pivot holds them
+                loss = torch.nn.functional.mse_loss(ve_to_vp(step(x_t, embedding, t, sigma, sigma_prev)[0],
+                                                             sigma_prev), target)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -113,8 +119,6 @@ def null_text_embeddings(model: GuidedModel, pivot: Inversion, *, inner_steps: i
                     break
             found[t] = embedding.detach().clone()
             with torch.no_grad():
-                eps = model.with_negative(found[t]).predict(x_t, t).eps
-                if loop.wants_x0:
-                    loop.show(predicted_x0(x_t, eps, a))
-                x = ddim_step(x_t, eps, a, a_prev)
+                x, d = step(x_t, found[t], t, sigma, sigma_prev)
+                loop.show(d)
     return found
