@@ -57,6 +57,19 @@ def test_eps_agrees_with_a_hand_conversion(edm, images):
 
 
 @torch.no_grad()
+def test_the_sigma_view_calls_the_denoiser_at_sigma_itself(edm, images):
+    """``hs.denoise_at`` on a Denoiser is fn(x, σ) at the σ it is given, off the table too (no VP round trip); the
+    edit is looked up at the nearest timestep, and replacing h by itself changes nothing."""
+    from hspace_core import denoise_at
+
+    model, sigma, seen = Denoiser(edm, SIGMAS, "F.mid_block"), 1.2345, []
+    plain, edited, h = denoise_at(model, images, sigma, lambda h_, t, b: seen.append(t) or h_)
+    torch.testing.assert_close(plain, edm(images, torch.full((2,), sigma)))
+    torch.testing.assert_close(edited, plain)
+    assert h.shape == (2, 32, 8, 8) and seen == [model.levels.timestep(sigma)]
+
+
+@torch.no_grad()
 def test_conversion_is_exact_on_gaussian_data(images):
     """The optimal VE denoiser of N(μ, s²) data, D = μ + s²/(s² + σ²)·(x − μ), converts to the exact VP ε."""
     mu, s = torch.full((1, 3, 16, 16), 0.2), 0.5

@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from ..noise_levels import NoiseLevels
 from ..schedules import NoiseSchedule, schedule_from_sigmas
 from ..sigmas import eps_of_denoised, vp_to_ve
 from ..sites import DEFAULT_SITE, check_site
@@ -70,29 +71,41 @@ class Denoiser:
 
     def eps(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
         """ε(x_t, t) with the VP ↔ VE conversion (module docstring); no hooks."""
-        return self._eps(x_t, t)
+        sigma, x = self.schedule.sigma(t), vp_to_ve(x_t, self.schedule.alpha_bar(t))
+        return eps_of_denoised(x, self._denoised(x, sigma), sigma).to(x_t.dtype)
 
-    def predict(self, x_t: torch.Tensor, t: int, edit: HEdit | None = None) -> Prediction:
-        if t < 0:
-            raise ValueError(f"predict takes a timestep in [0, {self.schedule.num_train_timesteps - 1}], got {t}.")
+    @property
+    def levels(self) -> NoiseLevels:
+        return NoiseLevels.of_schedule(self.schedule)
+
+    def denoised(self, x: torch.Tensor, sigma, edit: HEdit | None = None, t: int | None = None) -> tuple:
+        """(D(x | h), D(x | h̃) or None, h) at x = x0 + σ·ε with fn called at σ itself (``hs.denoise_at``'s shape:
+        a σ-space denoiser needs no VP round trip); ``t``, where the edit is looked up, is the timestep nearest σ
+        unless given."""
+        t = self.levels.timestep(float(sigma)) if t is None else t
         with _hooked(self.h_module, None) as seen:
-            eps = self._eps(x_t, t)
+            plain = self._denoised(x, sigma)
         if "h" not in seen:
             raise RuntimeError(f"The h module ({type(self.h_module).__name__}) did not run during fn(x, σ).")
         h = seen["h"]
         if edit is None:
-            return Prediction(eps, h)
+            return plain, None, h
         h_edited = edited_rows(h, t, self.branches, edit, "both")
         with _hooked(self.h_module, h_edited):
-            eps_edited = self._eps(x_t, t)
-        return Prediction(eps, h, eps_edited)
+            return plain, self._denoised(x, sigma), h
 
-    def _eps(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
-        alpha_bar = self.schedule.alpha_bar(t)
-        sigma = self.schedule.sigma(t)
-        x = vp_to_ve(x_t, alpha_bar)
-        out = self.fn(x, torch.full((x.shape[0],), sigma, device=x.device, dtype=x.dtype)).to(x_t.dtype)
-        return eps_of_denoised(x, out, sigma) if self.output == "x0" else out
+    def predict(self, x_t: torch.Tensor, t: int, edit: HEdit | None = None) -> Prediction:
+        """The VP view of ``denoised``: x = x_t/√ᾱ_t, ε = (x − D)/σ_t."""
+        if t < 0:
+            raise ValueError(f"predict takes a timestep in [0, {self.schedule.num_train_timesteps - 1}], got {t}.")
+        sigma, x = self.schedule.sigma(t), vp_to_ve(x_t, self.schedule.alpha_bar(t))
+        plain, edited, h = self.denoised(x, sigma, edit, t)
+        eps = lambda d: eps_of_denoised(x, d, sigma).to(x_t.dtype)  # noqa: E731
+        return Prediction(eps(plain), h, None if edited is None else eps(edited))
+
+    def _denoised(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        out = self.fn(x, x.new_ones((x.shape[0],)) * sigma)
+        return out if self.output == "x0" else x - sigma * out
 
 
 @contextlib.contextmanager
