@@ -1,8 +1,9 @@
 """Adapter for any denoiser D(x, σ): EDM / k-diffusion / VE models that predict x0, or ε(x, σ) predictors.
 
-The processes work in the VP convention x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε; a σ-parameterised denoiser works in the VE
-convention x = x0 + σ·ε; ``hspace_core.sigmas`` converts (x = x_t/√ᾱ, ε = (x − D(x, σ))/σ).  h is the output of a module the caller names; an edit replaces it through a
-forward hook that returns h̃, and the edited pass runs the whole network again (no encoder reuse).
+The processes call it in the VE convention x = x0 + σ·ε (``denoised``, the σ view ``hs.denoise_at`` uses);
+``predict`` is the VP view x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε (x = x_t/√ᾱ, ε = (x − D(x, σ))/σ, ``hspace_core.sigmas``).
+h is the output of a module the caller names; an edit replaces it through a forward hook that returns h̃, and the
+edited pass runs the whole network again (no encoder reuse).
 """
 from __future__ import annotations
 
