@@ -94,17 +94,17 @@ def measure(comfy_model, patcher, positive, negative, cfg: float, latent: int, r
             def run():
                 hs.one_call = one_call
                 if shared:
-                    hs.denoised(x, sigma, 500, shift)
+                    hs.denoised(x, sigma, shift, t=500)
                     return
                 prepare, DitCopies.prepare = DitCopies.prepare, lambda self, options, dm, where: options
                 try:
-                    hs.denoised(x, sigma, 500, shift)
+                    hs.denoised(x, sigma, shift, t=500)
                 finally:
                     DitCopies.prepare = prepare
             return run
 
         found["site"] = hs.site
-        found.update(interleaved_medians({"plain": lambda: hs.denoised(x, sigma, 500), "one call": edited(True),
+        found.update(interleaved_medians({"plain": lambda: hs.denoised(x, sigma, t=500), "one call": edited(True),
                                           "one call, every row": edited(True, shared=False),
                                           "two calls": edited(False)}, repeats, cuda))
         return x

@@ -32,13 +32,13 @@ def predictions(comfy_model, model, cond, cfg, site, edit_branches, rows=1, seen
         calls = counted(hs)
         for sigma in sigmas[:2]:
             hs.one_call, counting[0] = True, True
-            fast = hs.denoised(x, sigma, 500, SHIFT)
+            fast = hs.denoised(x, sigma, SHIFT, t=500)
             counting[0] = False
             fast_calls = len(calls)
             hs.one_call = False
-            slow = hs.denoised(x, sigma, 500, SHIFT)
+            slow = hs.denoised(x, sigma, SHIFT, t=500)
             slow_calls = len(calls) - fast_calls
-            found.append((fast, slow, hs.denoised(x, sigma, 500)[0], fast_calls, slow_calls))
+            found.append((fast, slow, hs.denoised(x, sigma, t=500)[0], fast_calls, slow_calls))
             calls.clear()
         return x
 
@@ -68,7 +68,7 @@ def test_one_call_matches_two_calls_on_transformers(pack, request, family, site,
     model = request.getfixturevalue(family)
     cond = flux_conditioning if family == "flux" else sd3_conditioning
     seen = []
-    for (plain, h, edited), (plain2, h2, edited2), unedited, fast_calls, slow_calls in predictions(
+    for (plain, edited, h), (plain2, edited2, h2), unedited, fast_calls, slow_calls in predictions(
             comfy_model, model, cond, cfg, site, edit_branches, rows, seen):
         assert (fast_calls, slow_calls) == (1, 2)
         assert plain.shape == edited.shape == (rows, 16, SIZE, SIZE)
