@@ -25,10 +25,10 @@ from typing import Callable, Sequence
 
 import torch
 
-from .attention_store import CONTENT_KINDS, STYLE_KINDS, AttentionFeatures, features_from_steps, keeps_window
+from .attention_store import STYLE_KINDS, AttentionFeatures, features_from_steps, keeps_window
 from .flow import invert_flow
 from .sampling import sample_h_edit
-from .styleid import StyleIDSettings, _rows, adain, preserve_query
+from .styleid import StyleIDSettings, _rows, injection_start, preserve_query
 from .trajectory import HStorage
 
 # Stable Flow's vital layers of FLUX.1-dev (run_stable_flow.py: MULTIMODAL_VITAL_LAYERS = [0, 1, 17, 18],
@@ -138,16 +138,8 @@ def flow_styleid(denoise: Denoise, content_x_T: torch.Tensor, style_x_T: torch.T
     features were recorded on, with ``injection_patch`` at the steps inside ``settings.window`` (the others plain)."""
     _check_grid(sigmas, timesteps)
     grid = tuple(int(t) for t in timesteps)
-    injected = [t for t in grid if keeps_window(t, settings.window)]
-    style.check_for(grid, injected, settings.layers, STYLE_KINDS, fingerprint, "style features")
-    if settings.gamma > 0:
-        if content_q is None:
-            raise ValueError(f"Query preservation γ = {settings.gamma} needs the content's Q (content features); "
-                             "connect them, or set γ to 0.")
-        content_q.check_for(grid, injected, settings.layers, CONTENT_KINDS, fingerprint, "content features")
-    start = {"adain": lambda: adain(content_x_T, style_x_T.to(content_x_T)), "content": lambda: content_x_T,
-             "style": lambda: style_x_T.to(content_x_T)}[settings.start]()
-    inside = set(injected)
+    start = injection_start(style, content_q, settings, grid, fingerprint, content_x_T, style_x_T)
+    inside = {t for t in grid if keeps_window(t, settings.window)}
 
     def patch_at(i):
         t = grid[i]

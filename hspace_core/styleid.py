@@ -218,6 +218,22 @@ def _rows(feature: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return feature.to(like.device, like.dtype).repeat(like.shape[0] // feature.shape[0], 1, 1)
 
 
+def injection_start(style: AttentionFeatures, content_q: AttentionFeatures | None, settings: StyleIDSettings,
+                    grid: Sequence[int], fingerprint: str, content_x_T: torch.Tensor,
+                    style_x_T: torch.Tensor) -> torch.Tensor:
+    """Check that the features cover the steps the window injects at (the content's Q only when γ > 0) and return
+    the start latent ``settings.start`` names: AdaIN(x_T^c, x_T^s) (StyleID eq. 7), the content's or the style's x_T."""
+    injected = [t for t in grid if keeps_window(t, settings.window)]
+    style.check_for(grid, injected, settings.layers, STYLE_KINDS, fingerprint, "style features")
+    if settings.gamma > 0:
+        if content_q is None:
+            raise ValueError(f"Query preservation γ = {settings.gamma} needs the content's Q (content features); "
+                             "connect them, or set γ to 0.")
+        content_q.check_for(grid, injected, settings.layers, CONTENT_KINDS, fingerprint, "content features")
+    return {"adain": lambda: adain(content_x_T, style_x_T.to(content_x_T)), "content": lambda: content_x_T,
+            "style": lambda: style_x_T.to(content_x_T)}[settings.start]()
+
+
 def styleid_inject(model: HSpaceModel, content_x_T: torch.Tensor, style_x_T: torch.Tensor, style: AttentionFeatures,
             settings: StyleIDSettings, num_steps: int, *, content_q: AttentionFeatures | None = None,
             content_h: HTrajectory | None = None, gamma_h: float | Callable[[int], float] = 0.0,
@@ -241,15 +257,7 @@ def styleid_inject(model: HSpaceModel, content_x_T: torch.Tensor, style_x_T: tor
     schedule = EditSchedule(num_steps, t_edit=t_edit if content_h is not None else 0, t_boost=0, grid=grid,
                             num_train_timesteps=model.schedule.num_train_timesteps, edit_timesteps=inside)
     grid_desc = schedule.timesteps()
-    injected = [t for t in grid_desc if keeps_window(t, settings.window)]
-    style.check_for(grid_desc, injected, settings.layers, STYLE_KINDS, fingerprint, "style features")
-    if settings.gamma > 0:
-        if content_q is None:
-            raise ValueError(f"Query preservation γ = {settings.gamma} needs the content's Q (content features); "
-                             "connect them, or set γ to 0.")
-        content_q.check_for(grid_desc, injected, settings.layers, CONTENT_KINDS, fingerprint, "content features")
-    start = {"adain": lambda: adain(content_x_T, style_x_T.to(content_x_T)), "content": lambda: content_x_T,
-             "style": lambda: style_x_T}[settings.start]()
+    start = injection_start(style, content_q, settings, grid_desc, fingerprint, content_x_T, style_x_T)
     patched = _PerStep(model, access, settings.layers, _injection(style, content_q, settings))
     edit = None
     if content_h is not None:
