@@ -5,12 +5,12 @@ from comfy_api.latest import io
 
 from ..hspace_core import Direction, combine as combine_linear, direction_from_examples
 from ..hspace_core.direction_algebra import strength_edit
-from .comfy.memory import rows_run
-from .comfy.model import latent_out, run_in_comfy
-from .comfy.samplers import run_h_edit
+from .comfy.model import ComfyHSpaceModel, is_flow_transformer
+from .comfy.run import sweep_process
+from .comfy.samplers import h_edit_sampler
 from .layer import (BOOST_SEED_RULE, STRENGTH_RANGE, STRENGTHS, CATEGORY, Boost, DirectionType, HSpaceNode, Trajectory,
-                    advanced, allow_other_model_input, conditioning_inputs, edit_schedule, model_input, node_name,
-                    sampling_inputs, seed_input, seed_of, steps_input, sweep, sweep_text, t_edit_input, values_input,
+                    advanced, allow_other_model_input, conditioning_inputs, edit_schedule, edit_window, model_input,
+                    node_name, sampling_inputs, seed_input, seed_of, steps_input, sweep_text, t_edit_input, values_input,
                     values_of, window_inputs, x_T_input)
 
 
@@ -50,20 +50,21 @@ class AsyrpEdit(HSpaceNode):
                 boost=None, allow_other_model=False, positive=None, negative=None, window="t_edit",
                 start_percent=0.0, end_percent=0.6) -> io.NodeOutput:
         strengths = values_of(strength_sweep, "strength_sweep", STRENGTHS) or [strength]
-        schedule = edit_schedule(steps, t_edit, boost, model, window, start_percent, end_percent,
-                                 node_name(cls.define_schema()))
+        node = node_name(cls.define_schema())
+        if not is_flow_transformer(model):  # its refusals, first (a flow model's table is not the DDIM schedule's:
+            edit_schedule(steps, t_edit, boost, model, window, start_percent, end_percent, node)  # the sampler checks)
         seed = seed_of(seed, boost)
         negative, negative_at = sampling_inputs(x_T, cfg, positive, negative)
 
-        def run(m, x, s, progress):
-            return run_h_edit(m, x, strength_edit(direction, s, steps), schedule, seed=seed, progress=progress)
+        def sampler(s):
+            return h_edit_sampler(node, lambda n, hs, window_ts: strength_edit(direction, s, n),
+                                  lambda patcher: edit_window(node, patcher, window, t_edit, start_percent, end_percent),
+                                  edit_branches=edit_branches, site=direction.site, boost=boost, seed=seed,
+                                  hs_for=ComfyHSpaceModel.for_node(cfg, negative, negative_at), reserved=True)
 
-        out = run_in_comfy(model, x_T["samples"],
-                           lambda m, x: sweep(strengths, steps, lambda s, p: run(m, x, s, p), model),
-                           positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed,
-                           negative_at=negative_at, site=direction.site, steps=steps,
-                           rows=rows_run(model, x_T["samples"].shape[0], edited=True))
-        return io.NodeOutput(latent_out(model, out), sweep_text(strengths))
+        out = sweep_process(model, x_T, sampler, strengths, steps, site=direction.site, positive=positive,
+                            negative=negative, cfg=cfg, seed=seed)
+        return io.NodeOutput({"samples": out}, sweep_text(strengths))
 
 
 class DirectionFromExamples(HSpaceNode):

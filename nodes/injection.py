@@ -9,14 +9,13 @@ import torch
 
 from ..hspace_core import EditSchedule, BoostSettings, StyleCalibration, gamma_ramp
 from ..hspace_core.processes import injection_edit, interpolation_frames, interpolation_storage
-from ..hspace_core.progress import offset
-from .comfy.memory import rows_run
-from .comfy.model import is_pixel_unet, latent_out, run_in_comfy
-from .comfy.progress import progress_bar
-from .comfy.samplers import capture_h, run_h_edit
+from .comfy.model import ComfyHSpaceModel, is_flow_transformer, is_pixel_unet, refuse_flow_loop
+from .comfy.noise_levels import noise_levels
+from .comfy.run import runs_callback, sweep_process
+from .comfy.samplers import capture_sampler, h_edit_sampler
 from .layer import (BOOST_SEED_RULE, CATEGORY, GAMMAS, Boost, Calibration, HSpaceNode, Trajectory, advanced,
-                    boost_window_inputs, conditioning_inputs, edit_schedule, gamma_end_of, latent_x, mixing_inputs,
-                    model_input, node_name, sampling_inputs, seed_input, seed_of, steps_input, sweep, sweep_text,
+                    boost_window_inputs, conditioning_inputs, edit_schedule, edit_window, gamma_end_of, latent_x, mixing_inputs,
+                    model_input, node_name, sampling_inputs, seed_input, seed_of, steps_input, sweep_text,
                     t_edit_input, values_input, values_of, window_inputs, x_T_input)
 
 def check_content_batch(content, style_x_T: dict) -> None:
@@ -68,23 +67,32 @@ class SlerpContentInject(HSpaceNode):
                 negative=None, window="t_edit", start_percent=0.0, end_percent=0.6) -> io.NodeOutput:
         check_content_batch(content, style_x_T)
         gammas = values_of(gamma_sweep, "gamma_sweep", GAMMAS) or [gamma]
-        schedule = edit_schedule(steps, t_edit, boost, model, window, start_percent, end_percent,
-                                 node_name(cls.define_schema()))
+        node = node_name(cls.define_schema())
+        # a flow model's σ table is its own (Flux: 10000 entries): its window is resolved on the sigmas (edit_for)
+        schedule = (EditSchedule(steps) if is_flow_transformer(model) else
+                    edit_schedule(steps, t_edit, boost, model, window, start_percent, end_percent, node))
         omega = calibration.omega if calibration is not None else None
         seed = seed_of(seed, boost)
         negative, negative_at = sampling_inputs(style_x_T, cfg, positive, negative)
 
-        def mix(m, x, g, progress):  # the ramp ends at the schedule's t_edit: a percent window's lowest edited t
-            gamma_t = gamma_ramp(g, gamma_end_of(g, gamma_end), schedule.t_edit, m.schedule.num_train_timesteps - 1)
-            hook = injection_edit(m, content, gamma_t, schedule, stride=stride, mask=mask, per_channel=per_channel,
-                                  mode=mode)
-            return run_h_edit(m, x, hook, schedule, seed=seed, progress=progress, edit_every=stride, omega=omega)
+        def sampler(g):
+            def edit_for(n, hs, window_ts):  # the ramp ends at the schedule's t_edit: a percent window's lowest edited t
+                on_grid = schedule if not hs.flow else dataclasses.replace(  # a flow model's own table (Flux: 10000)
+                    schedule, num_train_timesteps=hs.levels.num_timesteps, t_edit=min(window_ts),
+                    edit_timesteps=tuple(window_ts))
+                gamma_t = gamma_ramp(g, gamma_end_of(g, gamma_end), on_grid.t_edit, on_grid.num_train_timesteps - 1)
+                return injection_edit(hs, content, gamma_t, on_grid, stride=stride, mask=mask, per_channel=per_channel,
+                                      mode=mode)
 
-        out = run_in_comfy(
-            model, style_x_T["samples"], lambda m, x: sweep(gammas, steps, lambda g, p: mix(m, x, g, p), model),
-            positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed,
-            negative_at=negative_at, site=content.site, steps=steps, rows=rows_run(model, style_x_T["samples"].shape[0], edited=True))
-        return io.NodeOutput(latent_out(model, out), sweep_text(gammas))
+            return h_edit_sampler(node, edit_for,
+                                  lambda patcher: edit_window(node, patcher, window, t_edit, start_percent, end_percent),
+                                  edit_branches=edit_branches, site=content.site, boost=boost, seed=seed, omega=omega,
+                                  edit_every=stride, hs_for=ComfyHSpaceModel.for_node(cfg, negative, negative_at),
+                                  reserved=True)
+
+        out = sweep_process(model, style_x_T, sampler, gammas, steps, site=content.site, positive=positive,
+                            negative=negative, cfg=cfg, seed=seed)
+        return io.NodeOutput({"samples": out}, sweep_text(gammas))
 
 
 class StyleCalibrate(HSpaceNode):
@@ -163,20 +171,28 @@ class Interpolate(HSpaceNode):
                                  node_name(cls.define_schema()))
         schedule = dataclasses.replace(schedule, clip_x0=1.0 if clip_x0 else None)
         negative, negative_at = sampling_inputs(x_T_a, cfg, positive, negative)  # x_T_b's is the same (base node)
-        x_b = latent_x(model, x_T_b)
-        runs = frames + 2  # two captures, then a run per frame
-        progress = progress_bar(steps * runs, model)
+        refuse_flow_loop(model)  # its t_edit schedule is the DDIM one of U-Nets
+        node, grid = node_name(cls.define_schema()), noise_levels(model).grid(steps)
+        ends = (latent_x(model, x_T_a), latent_x(model, x_T_b))
+        part = runs_callback(model, steps, frames + 2)  # two captures, then a run per frame
+        hs_for = ComfyHSpaceModel.for_node(cfg, negative, negative_at)
+        run = dict(site="middle", positive=positive, negative=negative, cfg=cfg)
+        captured = []
+        for k, x in enumerate(ends):  # h along each end's reconstruction, down to the lowest edited step
+            sampler, record = capture_sampler(node, interpolation_storage(schedule), site="middle",
+                                              edit_branches=edit_branches, hs_for=hs_for, h_only=True)
+            sweep_process(model, x, lambda _: sampler, [None], steps, edited=False, callbacks=lambda _, k=k: part(k),
+                          **run)
+            captured.append(record.trajectory(grid))
+        pairs = interpolation_frames(record.hs, *ends, *captured, frames, schedule)
 
-        def body(m, x_a):  # interpolate's captures and frames, each run through the σ loop
-            part = lambda k: offset(progress, k * steps, runs * steps)  # noqa: E731  (run k of the whole)
-            storage, recon = interpolation_storage(schedule), EditSchedule.reconstruction(steps)
-            ends = (x_a, x_b.to(x_a))
-            captured = [capture_h(m, x, recon, storage, h_only=True, progress=part(k))[0] for k, x in enumerate(ends)]
-            pairs = interpolation_frames(m, *ends, *captured, frames, schedule)
-            return torch.cat([run_h_edit(m, x_T, mix, frame_schedule, progress=part(2 + k))
-                              for k, (x_T, mix, frame_schedule) in enumerate(pairs)])
+        def frame_sampler(mix, frame_schedule):
+            return h_edit_sampler(node, lambda n, hs, window_ts: mix,
+                                  lambda patcher: edit_window(node, patcher, window, t_edit, start_percent, end_percent),
+                                  edit_branches=edit_branches, site="middle", hs_for=hs_for,
+                                  clip_x0=frame_schedule.clip_x0, reserved=True)
 
-        out = run_in_comfy(model, x_T_a["samples"], body, positive=positive, negative=negative, cfg=cfg,
-                           edit_branches=edit_branches, negative_at=negative_at, steps=steps,
-                           rows=rows_run(model, x_T_a["samples"].shape[0], edited=True))
-        return io.NodeOutput(latent_out(model, out))
+        out = torch.cat([sweep_process(model, x_T, lambda _: frame_sampler(mix, frame_schedule), [None], steps,
+                                       callbacks=lambda _, k=k: part(2 + k), **run)
+                         for k, (x_T, mix, frame_schedule) in enumerate(pairs)])
+        return io.NodeOutput({"samples": out})

@@ -4,17 +4,20 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 import dataclasses
+import itertools
 import math
 
 from ..hspace_core import CFG_INVERSIONS, H_SOURCES, EditSchedule, ReconstructionReport, null_text_embeddings
-from ..hspace_core.progress import offset
 from .comfy.fingerprint import model_fingerprint
 from .comfy.model import is_pixel_unet, latent_out, run_in_comfy
 from .comfy.progress import progress_bar
 from .layer.origin import XTOrigin
-from .comfy.samplers import capture_h, ddim_inversion, inversion_passes, run_h_edit
+from .comfy.model import ComfyHSpaceModel, refuse_flow_loop
+from .comfy.noise_levels import noise_levels
+from .comfy.run import check_process_inputs, sample_process, sweep_process
+from .comfy.samplers import InversionRecord, capture_sampler, inversion_passes, inversion_sampler, run_h_edit
 from .layer import (CATEGORY, DEFAULT_H_STORAGE, HSpaceNode, Trajectory, advanced, conditioning_inputs, convention_input, decode,
-                    encoded_pixels, h_storage_inputs, h_storage_of, latent_of, latent_x, model_input, psnr,
+                    encoded_pixels, h_storage_inputs, h_storage_of, latent_of, latent_x, model_input, node_name, psnr,
                     sampling_inputs, site_input, steps_input, with_origin, x_T_input)
 
 
@@ -69,7 +72,7 @@ class DDIMInversion(HSpaceNode):
         if method == "null_text" and is_pixel_unet(model):
             raise ValueError("null_text needs a text-conditioned model; pixel U-Nets take cfg 1 (or 'plain').")
         storage = h_storage_of(h_storage, keep_h_from_t)
-        grid = EditSchedule.reconstruction(steps).timesteps()
+        grid = noise_levels(model).grid(steps)
         # plain: the reconstruction (PSNR, h_source='reconstruction') at this cfg; guided: only h_source='reconstruction'
         # reads one here, at the inversion's cfg 1, down to keep_h_from_t (the guided one follows)
         regenerate = len(grid)
@@ -78,20 +81,28 @@ class DDIMInversion(HSpaceNode):
         passes = inversion_passes(steps, convention, refine_iters)
         progress = progress_bar(passes + regenerate, model)
 
-        def body(m, x):
-            inv = ddim_inversion(m, x, steps, convention=convention, refine_iters=refine_iters,
-                                 h_storage=storage if h_source == "inversion" else None,
-                                 progress=offset(progress, 0, passes + regenerate))
-            if not regenerate:
-                return inv
-            recon, trajectory = _reconstruct(m, inv, storage if h_source == "reconstruction" else None,
-                                             offset(progress, passes, passes + regenerate), h_only=method != "plain")
-            return dataclasses.replace(inv, trajectory=inv.trajectory if trajectory is None else trajectory,
-                                       reconstruction=recon if method == "plain" else None)
-
-        inv = run_in_comfy(model, latent["samples"], body, positive=positive,
-                           negative=negative if method == "plain" else None, cfg=cfg if method == "plain" else 1.0,
-                           edit_branches=edit_branches, site=site, steps=steps)
+        refuse_flow_loop(model)  # its σ = 1 end and the guided reconstructions are U-Net-only here
+        check_process_inputs(model, latent["samples"], site)
+        node, total = node_name(cls.define_schema()), passes + regenerate
+        record, kept = InversionRecord(), storage if h_source == "inversion" else None
+        done = itertools.count(1 + refine_iters, 1 + refine_iters)  # passes after each step (the first may be skipped)
+        hs_for = ComfyHSpaceModel.for_node(cfg if method == "plain" else 1.0, negative if method == "plain" else None)
+        inverter = inversion_sampler(node, refine_iters=refine_iters, site=site, record=record, convention=convention,
+                                     hs_for=hs_for, h_storage=kept, latents_on="cpu")
+        sample_process(model, inverter, noise_levels(model).sigmas_at(grid).float().flip(0), latent=latent["samples"],
+                       positive=positive, negative=negative if method == "plain" else None,
+                       cfg=cfg if method == "plain" else 1.0,
+                       callback=lambda i, x0, x, _: progress(next(done), total, x0))
+        inv = record.run.inversion(grid, kept, latent["samples"].shape[0])
+        if regenerate:  # the reconstruction, recording h along it for h_source='reconstruction'
+            sampler, captured = capture_sampler(node, storage if h_source == "reconstruction" else None, site=site,
+                                                edit_branches=edit_branches, hs_for=hs_for, h_only=method != "plain")
+            out = sweep_process(model, inv.x_T, lambda _: sampler, [None], steps, site=site, positive=positive,
+                                negative=negative if method == "plain" else None, cfg=cfg if method == "plain" else 1.0,
+                                edited=False, callbacks=lambda k: lambda i, x0, x, _: progress(passes + i + 1, total, x0))
+            inv = dataclasses.replace(
+                inv, trajectory=captured.trajectory(grid) if h_source == "reconstruction" else inv.trajectory,
+                reconstruction=latent_x(model, {"samples": out}) if method == "plain" else None)
         negative_at = {}
         if method != "plain":
             negative_at, recon = _reconstruct_guided(model, inv, method, positive, negative, cfg, edit_branches)
@@ -105,15 +116,10 @@ class DDIMInversion(HSpaceNode):
         return io.NodeOutput(x_T, inv.trajectory, reconstruction, quality)
 
 
-def _reconstruct(m, inv, h_storage=None, progress=None, h_only=False):
-    """regenerate(x_T) on the inversion's grid through the SAMPLERs' loop (``run_h_edit``), and with ``h_storage``
-    the trajectory of h along it (h_source='reconstruction', ``capture_h``: kept as it says; ``h_only`` stops below
-    its t_min, and the x returned is then no clean sample): (x, trajectory or None)."""
-    sched = EditSchedule.reconstruction(len(inv.timesteps))
-    if h_storage is None:
-        return run_h_edit(m, inv.x_T, None, sched, progress=progress), None
-    trajectory, x = capture_h(m, inv.x_T, sched, h_storage, h_only=h_only, progress=progress)
-    return x, trajectory
+def _reconstruct(m, inv, progress=None):
+    """regenerate(x_T) on the inversion's grid through the SAMPLERs' loop body (``run_h_edit``), inside
+    ``run_in_comfy`` (the guided reconstructions): (x, None)."""
+    return run_h_edit(m, inv.x_T, None, EditSchedule.reconstruction(len(inv.timesteps)), progress=progress), None
 
 
 def _reconstruct_guided(model, inv, method, positive, negative, cfg, edit_branches):
@@ -150,11 +156,9 @@ class Capture(HSpaceNode):
     def execute(cls, model, x_T, steps, cfg, edit_branches, h_storage=DEFAULT_H_STORAGE, keep_h_from_t=0,
                 positive=None, negative=None, site="middle") -> io.NodeOutput:
         negative, negative_at = sampling_inputs(x_T, cfg, positive, negative)
-        storage = h_storage_of(h_storage, keep_h_from_t)
-
-        def body(m, x):
-            return capture_h(m, x, EditSchedule.reconstruction(steps), storage, progress=progress_bar(steps, model))
-
-        trajectory, x0 = run_in_comfy(model, x_T["samples"], body, positive=positive, negative=negative, cfg=cfg,
-                                      edit_branches=edit_branches, negative_at=negative_at, site=site, steps=steps)
-        return io.NodeOutput(trajectory, latent_out(model, x0))
+        sampler, record = capture_sampler(node_name(cls.define_schema()), h_storage_of(h_storage, keep_h_from_t),
+                                          site=site, edit_branches=edit_branches,
+                                          hs_for=ComfyHSpaceModel.for_node(cfg, negative, negative_at))
+        x0 = sweep_process(model, x_T, lambda _: sampler, [None], steps, site=site, positive=positive,
+                           negative=negative, cfg=cfg, edited=False)
+        return io.NodeOutput(record.trajectory(noise_levels(model).grid(steps)), {"samples": x0})

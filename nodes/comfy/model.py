@@ -181,6 +181,18 @@ class ComfyHSpaceModel:
         model.branches = ("uncond", "cond")
         return model
 
+    @classmethod
+    def for_node(cls, cfg: float, negative=None, negative_at: dict | None = None):
+        """``h_edit_sampler``'s ``hs_for`` for a process node: branches named by the node's ``cfg`` (one "single"
+        branch at cfg 1, as ``run_in_comfy``'s bodies see them), ``negative_at`` ({t: embedding}, a null-text
+        inversion's) put in for the unconditional rows."""
+
+        def make(denoiser, extra_args, model_patcher, edit_branches, site):
+            model = cls(denoiser, extra_args, model_patcher, cfg, edit_branches, negative, site)
+            return model.with_negative(negative_at) if negative_at else model
+
+        return make
+
     # --- guidance (``hspace_core.GuidedModel``) ---
     @property
     def guidance_scale(self) -> float:
@@ -320,6 +332,17 @@ def time_embedding_of(model_patcher) -> TimeEmbedding:
     return TimeEmbedding.copy_of(dm.time_embed[0], dm.time_embed[2], dm.model_channels, True, 0.0)
 
 
+def refuse_flow_loop(model) -> None:
+    """Refuse a flow transformer in a node whose loop still runs inside ``run_in_comfy`` on the ᾱ schedule, naming what
+    takes one."""
+    if is_flow_transformer(model):
+        raise ValueError(f"This node runs the pack's DDIM process over the ᾱ schedule of U-Nets; on "
+                         f"{type(model.get_model_object('diffusion_model')).__name__} (flow matching) use the SAMPLER "
+                         "nodes in SamplerCustomAdvanced (H-Space Asyrp Sampler, H-Space Inversion Sampler, H-Space "
+                         "Content Injection Sampler), H-Space Shift, or H-Space Asyrp Edit, Slerp Content Inject and "
+                         "Capture (docs/transformers.md).")
+
+
 def run_in_comfy(model, latent: torch.Tensor, body, *, positive=None, negative=None, cfg: float = 1.0,
                  edit_branches: str = "cond", seed: int = 0, negative_at: dict | None = None,
                  site: str = DEFAULT_SITE, rows: int | None = None, steps: int | None = None):
@@ -335,21 +358,10 @@ def run_in_comfy(model, latent: torch.Tensor, body, *, positive=None, negative=N
     [σ_max, 0].  Returns what ``body`` returns.
     """
     check_has_h_space(model)
-    if is_flow_transformer(model):
-        raise ValueError(f"This node runs the pack's DDIM process over the ᾱ schedule of U-Nets; on "
-                         f"{type(model.get_model_object('diffusion_model')).__name__} (flow matching) use the SAMPLER "
-                         "nodes in SamplerCustomAdvanced (H-Space Asyrp Sampler, H-Space Inversion Sampler, H-Space "
-                         "Content Injection Sampler) or H-Space Shift (docs/transformers.md).")
+    refuse_flow_loop(model)
     check_latent(model, latent)
     site_block(model.get_model_object("diffusion_model"), site)  # refuse a site this U-Net lacks before sampling
-    if positive is None:
-        if not is_pixel_unet(model):
-            raise ValueError("This model is text-conditioned: connect positive (and negative) CONDITIONING.")
-        positive = [[torch.zeros(1, 1, 1), {}]]
-    if negative is None:
-        if not math.isclose(cfg, 1.0):
-            raise ValueError(f"cfg is {cfg} but no negative CONDITIONING is connected: connect one or set cfg to 1.")
-        negative = positive
+    positive, negative = conditioning_of(model, positive, negative, cfg)
     result = {}
 
     def sampler_function(denoiser, x, sigmas, extra_args=None, callback=None, disable=None):
@@ -366,6 +378,20 @@ def run_in_comfy(model, latent: torch.Tensor, body, *, positive=None, negative=N
     comfy.sample.sample_custom(runner, torch.zeros_like(latent), cfg, sampler, sigmas, positive, negative, latent,
                                disable_pbar=True, seed=seed)
     return result["value"]
+
+
+def conditioning_of(model, positive, negative, cfg: float):
+    """(positive, negative) to sample with: a pixel U-Net's empty conditioning when none is connected, the positive
+    as the negative at cfg 1; refused where a text-conditioned model has none, or cfg ≠ 1 has no negative."""
+    if positive is None:
+        if not is_pixel_unet(model):
+            raise ValueError("This model is text-conditioned: connect positive (and negative) CONDITIONING.")
+        positive = [[torch.zeros(1, 1, 1), {}]]
+    if negative is None:
+        if not math.isclose(cfg, 1.0):
+            raise ValueError(f"cfg is {cfg} but no negative CONDITIONING is connected: connect one or set cfg to 1.")
+        negative = positive
+    return positive, negative
 
 
 def latent_out(model, x: torch.Tensor) -> dict:

@@ -20,7 +20,7 @@ import comfy.samplers
 
 from ...hspace_core.devices import FiniteWatch, host_ready, step_dtype, to_host
 from ...hspace_core.flow import nudge_latent
-from ...hspace_core.sampling import (EditPlan, check_window_steps, clip_denoised, inversion_steps, invert_sigmas,
+from ...hspace_core.sampling import (EditPlan, SigmaWindow, check_window_steps, clip_denoised, inversion_steps, invert_sigmas,
                                      sample_h_edit, strided)
 from ...hspace_core.sigmas import sigmas_problem, ve_scale, ve_to_vp
 from ...hspace_core.sites import site_of
@@ -106,8 +106,10 @@ def _refuse_noise_mask(extra_args: dict, node: str) -> None:
 
 
 def h_edit_sampler(node: str, edit_for, window_for, *, edit_branches: str, site: str, boost=None, seed: int = 0,
-                   omega: float | None = None, edit_every: int = 1, check=None):
-    """A KSAMPLER running Asyrp's asymmetric process (``sampling.sample_h_edit``) under the guider it is given.
+                   omega: float | None = None, edit_every: int = 1, check=None, hs_for=None, clip_x0: float | None = None,
+                   record=None, stop_below: int | None = None, reserved: bool = False):
+    """A KSAMPLER running Asyrp's asymmetric process (``sampling.sample_h_edit``) under the guider it is given: the
+    SAMPLER nodes' and (through ``run.sample_process``, on their DDIM grid's real sigmas) the process nodes'.
 
     ``edit_for(num_steps, hs_model, window_timesteps)`` makes the h edit (an ``HEdit``, or None for none) once the
     sigmas and the model are known (``window_timesteps``: the timesteps of the steps inside the window, stride aside);
@@ -115,7 +117,13 @@ def h_edit_sampler(node: str, edit_for, window_for, *, edit_branches: str, site:
     its t_boost (or its start percent: ``noise_levels.boost_t_boost``) stochastic (η, noise from ``seed``); ``omega``
     calibrates and ``edit_every`` strides (content injection).  A window holding no step of the sigmas, or one
     below the boost's start, is refused as the nodes refuse it (``sampling.check_window_steps``); then
-    ``check(window_timesteps, hs_model)`` may refuse the sigmas given."""
+    ``check(window_timesteps, hs_model)`` may refuse the sigmas given.
+
+    ``hs_for(guider, extra_args, model_patcher)`` makes the ``ComfyHSpaceModel`` (default: ``for_guider``; the
+    process nodes name their branches by their cfg and put in a null-text inversion's negatives); ``clip_x0``
+    and ``record(t, h)`` are ``run_plan``'s; ``stop_below`` = t_min runs only the steps at t ≥ t_min (a capture's
+    h_only) and returns the model-space x reached there; ``reserved``: the caller's sampling already reserved
+    memory for the rows run (``memory.with_row_reservation``), else it is reserved here (``memory.reserve_rows``)."""
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
         extra_args = extra_args or {}
@@ -124,7 +132,7 @@ def h_edit_sampler(node: str, edit_for, window_for, *, edit_branches: str, site:
         host = _host(sigmas)
         check_sigmas(node, host)
         ts = timesteps_of(patcher, host)
-        hs = ComfyHSpaceModel.for_guider(model, extra_args, patcher, edit_branches, site)
+        hs = (hs_for or ComfyHSpaceModel.for_guider)(model, extra_args, patcher, edit_branches, site)
         if hs.flow:
             refuse_on_flow(node, boost=boost, omega=omega)
         window = window_for(patcher)
@@ -143,16 +151,49 @@ def h_edit_sampler(node: str, edit_for, window_for, *, edit_branches: str, site:
         edit = edit_for(len(host) - 1, hs, window_ts)
         if edit is None:
             edits = [False] * len(edits)
-        reserve_rows(model.inner_model, rows_run(patcher, x.shape[0], edited=any(edits)), x.shape)
-
-        def denoise(x_i, i, edit_now):
-            plain, edited, _ = hs.denoised(x_i, sigmas[i], edit if edit_now else None, ts[min(i, len(ts) - 1)])
-            return plain, edited
-
-        return sample_h_edit(denoise, x, sigmas, edits, etas=etas, omega=omega, seed=seed,
-                             callback=_comfy_callback(callback, sigmas), levels=hs.levels)
+        if not reserved:
+            reserve_rows(model.inner_model, rows_run(patcher, x.shape[0], edited=any(edits)), x.shape)
+        n = len(host) - 1 if stop_below is None else sum(t >= stop_below for t in ts[:len(host) - 1])
+        return run_plan(hs, x, sigmas[:n + 1], ts[:n], edits[:n], etas[:n], edit, omega=omega, seed=seed,
+                        clip_x0=clip_x0, record=record, callback=_comfy_callback(callback, sigmas))
 
     return comfy.samplers.KSAMPLER(sample)
+
+
+def run_plan(hs, x: torch.Tensor, sigmas: torch.Tensor, timesteps, edits, etas, edit, *, omega: float | None = None,
+             seed: int = 0, clip_x0: float | None = None, record=None, callback=None) -> torch.Tensor:
+    """The one body of the reverse processes: ``sampling.sample_h_edit`` from the model-space point ``x`` over
+    ``sigmas`` (n + 1, decreasing) through ``hs.denoised`` at ``timesteps`` (n), editing with ``edit`` where
+    ``edits`` says, η per step from ``etas`` (noise from ``seed``), ``omega`` calibrating.
+
+    - ``clip_x0`` = c clamps each denoised x0, D(x | h) and D(x | h̃), to [−c, c] (``clip_denoised``:
+      ``ddim.clipped_eps`` in σ space).
+    - ``record(t, h)`` is told each step's timestep and its original (unedited) h, as ``hs.denoised`` returns it
+      (one call a step; style calibration's second prediction is not a step's).
+    - ``callback(i, denoised, x)`` after every step (k-diffusion's order: the sampler's callback, for previews).
+
+    The step math runs in at least float32 (x cast back to its dtype); finiteness is read once, after the loop."""
+    seen = [-1]  # the last step whose h was recorded
+
+    def denoise(x_i, i, edit_now):
+        plain, edited, h = hs.denoised(x_i, sigmas[i], edit if edit_now else None, timesteps[i])
+        if record is not None and seen[0] != i:
+            seen[0] = i
+            record(timesteps[i], h)
+        return clip_denoised(plain, clip_x0), clip_denoised(edited, clip_x0)
+
+    watch = FiniteWatch()
+
+    def step_done(i, denoised, x_next):
+        watch.see(x_next, timesteps[i])
+        if callback is not None:
+            callback(i, denoised, x_next)
+
+    out = sample_h_edit(denoise, x.to(step_dtype(x.dtype)), sigmas, edits, etas=etas, omega=omega, seed=seed,
+                        callback=step_done, levels=hs.levels)
+    if (t_bad := watch.first()) is not None:
+        raise ValueError(f"The reverse process diverged (NaN/inf) at t={t_bad}; lower the edit strength or γ.")
+    return out.to(x.dtype)
 
 
 def refuse_on_flow(node: str, *, boost=None, omega=None, convention: str = "seed") -> None:
@@ -171,66 +212,61 @@ def refuse_on_flow(node: str, *, boost=None, omega=None, convention: str = "seed
 
 def run_h_edit(hs, x_T: torch.Tensor, edit, schedule, *, seed: int = 0, progress=None, edit_every: int = 1,
                omega: float | None = None, record=None, stop_below: int | None = None) -> torch.Tensor:
-    """The pack nodes' reverse process (x_T → x0 on ``schedule``'s DDIM grid) through the SAMPLERs' loop
-    (``sampling.sample_h_edit``), inside ``run_in_comfy``: the one code path of H-Space Asyrp Edit, Slerp Content
-    Inject, Interpolate, Capture and the SAMPLERs.  It is ``processes.run_reverse`` in σ space (to 1e-5):
-
-    - ``edit`` None is the reconstruction; ``edit_every`` = k edits every k-th step of the edit window
-      (``sampling.strided``, the injection stride); ``omega`` > 0 is InjectFusion's style calibration; η and t_boost
-      are ``schedule``'s (quality boost, noise from ``seed``).
-    - ``schedule.clip_x0`` = c clamps each denoised x0, D(x | h) and D(x | h̃), to [−c, c] (``clip_denoised``:
-      ``ddim.clipped_eps`` in σ space).
-    - ``record(t, h)`` is told each step's timestep and its original (unedited) h, as ``hs.denoised`` returns it
-      (one call a step; style calibration's second prediction is not a step's).
-    - ``stop_below`` = t_min (an ``HStorage``'s: the lowest timestep whose h a capture keeps) runs only the steps
-      at t ≥ t_min and returns the x_t reached there (VP, not a clean sample), as ``run_reverse(h_only=True)``.
-    - ``progress(done, total, x0)`` is told after every step (x0: the step's denoised latent, for previews).
-
-    The step math runs in at least float32 (x cast back to x_T's dtype); finiteness is read once, after the loop."""
+    """The reverse process x_T → x0 on ``schedule``'s DDIM grid (``sampling.EditPlan.on_grid``) through ``run_plan``,
+    the body of ``h_edit_sampler``, for a loop run inside ``run_in_comfy`` (the DDIM Inversion's guided
+    reconstruction, StyleID's).  It is ``processes.run_reverse`` in σ space (to 1e-5): ``edit`` None is the
+    reconstruction, ``edit_every`` = k edits every k-th step of the edit window, ``omega`` > 0 is InjectFusion's style
+    calibration, η and t_boost are ``schedule``'s (noise from ``seed``), ``schedule.clip_x0`` clamps x0 and
+    ``record(t, h)`` is ``run_plan``'s.  ``stop_below`` = t_min (an ``HStorage``'s) runs only the steps at t ≥ t_min
+    and returns the x_t reached there (VP, not a clean sample), as ``run_reverse(h_only=True)``.
+    ``progress(done, total, x0)`` is told after every step (x0: the step's denoised latent, for previews)."""
     grid = list(schedule.timesteps())
     plan = EditPlan.on_grid(schedule, hs.levels, edited=edit is not None, edit_every=edit_every, stop_below=stop_below)
     n, sigmas = len(plan.timesteps), plan.sigmas.float().to(x_T.device)
-    seen = [-1]  # the last step whose h was recorded
-
-    def denoise(x, i, edit_now):
-        plain, edited, h = hs.denoised(x, sigmas[i], edit if edit_now else None, grid[i])
-        if record is not None and seen[0] != i:
-            seen[0] = i
-            record(grid[i], h)
-        return clip_denoised(plain, schedule.clip_x0), clip_denoised(edited, schedule.clip_x0)
-
-    watch = FiniteWatch()
-
-    def step_done(i, denoised, x):
-        watch.see(x, grid[i])
-        if progress is not None:
-            progress(i + 1, len(grid), denoised)
-
+    callback = None if progress is None else lambda i, denoised, x: progress(i + 1, len(grid), denoised)
     x = x_T.to(step_dtype(x_T.dtype)) * ve_scale(float(plan.sigmas[0]))
-    x = sample_h_edit(denoise, x, sigmas, plan.edits, etas=plan.etas, omega=omega, seed=seed, callback=step_done)
-    if (t_bad := watch.first()) is not None:
-        raise ValueError(f"The reverse process diverged (NaN/inf) at t={t_bad}; lower the edit strength or γ.")
+    x = run_plan(hs, x, sigmas, plan.timesteps, plan.edits, plan.etas, edit, omega=omega, seed=seed,
+                 clip_x0=schedule.clip_x0, record=record, callback=callback)
     if n < len(grid):
         x = ve_to_vp(x, float(plan.sigmas[-1]))
     return x.to(x_T.dtype)
 
 
-def capture_h(hs, x_T: torch.Tensor, schedule, storage: HStorage, *, h_only: bool = False,
-              progress=None) -> tuple[HTrajectory, torch.Tensor]:
-    """``processes.run_reverse(record_h=True, h_storage=storage, h_only=h_only)`` through ``run_h_edit``: the
-    trajectory of h along the process from x_T (kept as ``storage`` says: precision, device, t ≥ t_min) and the x0
-    reached (with ``h_only``, the x_t where it stopped, below the last kept step)."""
-    kept = []
+class CaptureRecord:
+    """What a capture (an unedited ``h_edit_sampler`` run with ``record`` and ``edit_for``) saw: h at each step kept
+    as ``storage`` says, and the model it ran, whose branches, fingerprint and site the trajectory carries."""
 
-    def record(t, h):
-        if storage.keeps(t):
-            kept.append(storage.put(h))
+    def __init__(self, storage: HStorage):
+        self.storage, self.kept, self.hs = storage, [], None
 
-    x = run_h_edit(hs, x_T, None, schedule, progress=progress, record=record,
-                   stop_below=storage.t_min if h_only else None)
-    trajectory = storage.trajectory(schedule.timesteps(), kept, hs.branches, hs.fingerprint, "reconstruction",
-                                    site_of(hs))
-    return trajectory, x
+    def record(self, t: int, h: torch.Tensor) -> None:
+        if self.storage.keeps(t):
+            self.kept.append(self.storage.put(h))
+
+    def edit_for(self, num_steps, hs, window_timesteps):
+        self.hs = hs
+        return None  # a capture edits nothing
+
+    def trajectory(self, timesteps) -> HTrajectory:
+        """h along the reverse process on the grid ``timesteps`` (``processes.run_reverse(record_h=True)``'s)."""
+        if self.hs is None:
+            raise ValueError("This capture never ran: its sampler got no sigmas.")
+        return self.storage.trajectory(timesteps, self.kept, self.hs.branches, self.hs.fingerprint, "reconstruction",
+                                       site_of(self.hs))
+
+
+def capture_sampler(node: str, storage: HStorage | None, *, site: str, edit_branches: str, hs_for,
+                    h_only: bool = False):
+    """(a KSAMPLER recording h along the plain reverse process, its ``CaptureRecord``); ``h_only`` stops below the
+    storage's t_min (the x returned is then no clean sample); ``storage`` None records nothing (a reconstruction)."""
+    record = CaptureRecord(storage)
+    sampler = h_edit_sampler(node, record.edit_for, lambda patcher: _EVERY_STEP, edit_branches=edit_branches,
+                             site=site, hs_for=hs_for, record=record.record if storage is not None else None,
+                             stop_below=storage.t_min if h_only else None, reserved=True)
+    return sampler, record
+
+
+_EVERY_STEP = SigmaWindow(float("inf"), 0.0, "every step")  # a run that edits nothing
 
 
 @dataclass(frozen=True)
@@ -262,6 +298,12 @@ class InversionRun:
     def latent_view(self) -> torch.Tensor:
         """x_T as the sampler's output LATENT holds it (model space): x_T itself, or x_T/(1 − σ) for flow."""
         return self.x_T_vp() if self.flow else self.x_T
+
+    def inversion(self, grid, h_storage: HStorage | None, batch: int) -> Inversion:
+        """The library's ``Inversion`` of a run on the DDIM grid ``grid`` (decreasing; the latents kept), with the
+        trajectory along it where ``h_storage`` (the one the run kept h with) is given."""
+        trajectory = self.trajectory(h_storage, batch) if h_storage is not None else None
+        return Inversion(self.x_T_vp(), torch.stack(self.latents), tuple(grid), trajectory, convention=self.convention)
 
     def trajectory(self, h_storage: HStorage, batch: int, made_with: str | None = None) -> HTrajectory:
         """h along the inversion (InjectFusion's content h, ``h_source='inversion'``) at each timestep, decreasing,
@@ -350,8 +392,7 @@ def ddim_inversion(hs, x0: torch.Tensor, num_steps: int, *, convention: str = "s
 
     run = run_inversion(hs, x0, sigmas, ascending, convention=convention, refine_iters=refine_iters,
                         h_storage=h_storage, latents_on=latents_on, callback=step_done if progress else None)
-    trajectory = run.trajectory(h_storage, x0.shape[0]) if h_storage is not None else None
-    return Inversion(run.x_T_vp(), torch.stack(run.latents), tuple(grid), trajectory, convention=convention)
+    return run.inversion(grid, h_storage, x0.shape[0])
 
 
 def inversion_passes(num_steps: int, convention: str, refine_iters: int) -> int:
@@ -368,10 +409,13 @@ class InversionRecord:
 
 
 def inversion_sampler(node: str, *, refine_iters: int, site: str, record: InversionRecord, convention: str = "seed",
+                      hs_for=None, h_storage: HStorage | None = HStorage(), latents_on: str | None = None,
                       nudge: float = 1.0):
     """A KSAMPLER doing DDIM inversion on increasing (flipped) sigmas (``run_inversion``), ``convention`` 'seed' or
     'diffusers'; decreasing sigmas are refused, naming FlipSigmas.  ``nudge`` ≠ 1 (flow models only) multiplies the
-    clean latent first (``flow.nudge_latent``: Stable Flow's latent nudging)."""
+    clean latent first (``flow.nudge_latent``: Stable Flow's latent nudging).  ``hs_for``, ``h_storage`` and
+    ``latents_on`` as in ``h_edit_sampler`` and ``run_inversion`` (H-Space DDIM Inversion keeps the latents for
+    null-text inversion)."""
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
         extra_args = extra_args or {}
@@ -380,12 +424,13 @@ def inversion_sampler(node: str, *, refine_iters: int, site: str, record: Invers
         host = _host(sigmas)
         check_sigmas(node, host, increasing=True)
         ts = timesteps_of(model_patcher, host[1:] if host[0] < CLEAN else host)
-        hs = ComfyHSpaceModel.for_guider(model, extra_args, model_patcher, "both", site)
+        hs = (hs_for or ComfyHSpaceModel.for_guider)(model, extra_args, model_patcher, "both", site)
         if nudge != 1 and not hs.flow:
             raise ValueError(f"{node}: latent_nudging {nudge} is Stable Flow's aid for inverting flow-matching "
                              "transformers (Flux, SD3.x); this model inverts by DDIM: set latent_nudging to 1.")
         x = nudge_latent(x, nudge)
         record.run = run_inversion(hs, x, sigmas, ts, convention=convention, refine_iters=refine_iters,
+                                   h_storage=h_storage, latents_on=latents_on,
                                    callback=_comfy_callback(callback, sigmas))
         return record.run.x_T.clone()
 
