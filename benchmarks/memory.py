@@ -88,10 +88,10 @@ def _rss_kib(field: str) -> int:
 def peak_of_step(kind: str, latent: int) -> dict:
     """In this process: one ``kind`` step (plain, edited, calibrated) of ComfyUI's SD1.5-architecture U-Net at CFG
     7.5; the peak resident memory above the memory before the step (KiB) and the h shape."""
-    from harness.inprocess import load_pack, sd15_comfy_patcher
+    from harness.inprocess import load_pack, run_in_comfy, sd15_comfy_patcher
     from hspace_core.ddim import calibrated_x_t
 
-    comfy_model, _ = load_pack()
+    load_pack()
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 4, latent, latent, generator=g)
     text, blank = [[torch.randn(1, 77, 768, generator=g), {}]], [[torch.zeros(1, 77, 768), {}]]
@@ -113,7 +113,7 @@ def peak_of_step(kind: str, latent: int) -> dict:
                    h_dtype=str(p.h.dtype))
 
     with torch.inference_mode():
-        comfy_model.run_in_comfy(patcher, torch.zeros_like(x), body, positive=text, negative=blank, cfg=7.5)
+        run_in_comfy(patcher, torch.zeros_like(x), body, positive=text, negative=blank, cfg=7.5)
     return out
 
 

@@ -124,7 +124,7 @@ def comfy_results(args) -> dict:
     weights, and the bundled pixel model through the pixel loader."""
     from harness.inprocess import load_pack, sd15_comfy_patcher
 
-    comfy_model, pixel_model = load_pack()
+    _, pixel_model = load_pack()
     results = {}
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 4, args.latent, args.latent, generator=g)
@@ -135,19 +135,21 @@ def comfy_results(args) -> dict:
     for label, cfg, branches in ((f"ComfyUI SD1.5 arch., {side}, cfg 1", 1.0, "cond"),
                                  (f"ComfyUI SD1.5 arch., {side}, CFG 7.5, cond edited", 7.5, "cond"),
                                  (f"ComfyUI SD1.5 arch., {side}, CFG 7.5, both edited", 7.5, "both")):
-        results[label] = comfy_measure(comfy_model, patcher, x, args.repeats, positive=text, negative=blank, cfg=cfg,
+        results[label] = comfy_measure(patcher, x, args.repeats, positive=text, negative=blank, cfg=cfg,
                                        edit_branches=branches)
     del patcher
     folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "hspace-shapes-ddpm")
     pixel = pixel_model.pixel_model_patcher(*pixel_model.load_pixel_unet_folder(folder))
     size = pixel.model.diffusion_model.unet.config.sample_size
     results[f"ComfyUI bundled pixel model, {size}²"] = comfy_measure(
-        comfy_model, pixel, torch.randn(1, 3, size, size, generator=g), args.repeats)
+        pixel, torch.randn(1, 3, size, size, generator=g), args.repeats)
     return results
 
 
-def comfy_measure(comfy_model, patcher, x, repeats, **kwargs) -> dict:
+def comfy_measure(patcher, x, repeats, **kwargs) -> dict:
     import copy
+
+    from harness.inprocess import run_in_comfy
 
     def body(model, latent):
         reference = copy.copy(model)
@@ -155,7 +157,7 @@ def comfy_measure(comfy_model, patcher, x, repeats, **kwargs) -> dict:
         return measure(model, x, repeats, reference)
 
     with torch.inference_mode():
-        return comfy_model.run_in_comfy(patcher, torch.zeros_like(x), body, **kwargs)
+        return run_in_comfy(patcher, torch.zeros_like(x), body, **kwargs)
 
 
 def diffusers_results(args) -> dict:

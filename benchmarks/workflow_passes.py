@@ -121,7 +121,7 @@ def setup_comfy():
     folder."""
     from harness.inprocess import load_pack
 
-    comfy_model, _ = load_pack()
+    load_pack()
     import folder_paths
     import nodes
 
@@ -245,8 +245,10 @@ def measure_workflow(path: str, classes: dict, args, model_override=None) -> dic
             "algorithmic": algorithmic}
 
 
-def pass_seconds(patcher, comfy_model, side: int, repeats: int = 1) -> float:
+def pass_seconds(patcher, side: int, repeats: int = 1) -> float:
     """Median seconds of one plain cfg-1 pass of ``patcher`` at a ``side``² latent (through the adapter)."""
+    from harness.inprocess import run_in_comfy
+
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 4, side, side, generator=g)
     text = [[torch.randn(1, 77, 768, generator=g), {}]]
@@ -259,7 +261,7 @@ def pass_seconds(patcher, comfy_model, side: int, repeats: int = 1) -> float:
             times.append(time.perf_counter() - t0)
 
     with torch.inference_mode():
-        comfy_model.run_in_comfy(patcher, torch.zeros_like(x), body, positive=text, cfg=1.0)
+        run_in_comfy(patcher, torch.zeros_like(x), body, positive=text, cfg=1.0)
     return statistics.median(times)
 
 
@@ -312,9 +314,7 @@ def main():
               flush=True)
     pass_times = {}
     if args.pass_time and override is not None:
-        import hspace_pack.nodes.comfy.model as comfy_model
-
-        pass_times = {int(s): pass_seconds(override, comfy_model, int(s)) for s in args.pass_time.split(",")}
+        pass_times = {int(s): pass_seconds(override, int(s)) for s in args.pass_time.split(",")}
     publish(report(results, args, pass_times), args.out)
 
 

@@ -29,6 +29,21 @@ def load_pack(cpu: bool = True):
     return comfy_model, pixel_model
 
 
+def _run_layer():
+    """``nodes.comfy.run`` of this checkout (imported once, with ComfyUI, as ``load_pack`` does)."""
+    return sys.modules.get("hspace_pack.nodes.comfy.run") or node_module("nodes.comfy.run")
+
+
+def run_in_comfy(*args, **kwargs):
+    """``nodes.comfy.run.run_in_comfy`` of this checkout, for in-process tests and benchmarks."""
+    return _run_layer().run_in_comfy(*args, **kwargs)
+
+
+def latent_out(model, x: torch.Tensor) -> dict:
+    """``nodes.comfy.run.latent_out`` of this checkout."""
+    return _run_layer().latent_out(model, x)
+
+
 def node_module(name: str):
     """A module of the pack's nodes layer by its dotted path in this checkout (e.g. "nodes.layer.grids"), imported
     with ComfyUI as ``load_pack`` does."""

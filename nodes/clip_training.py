@@ -14,7 +14,8 @@ from ..hspace_core.adapters.base import autograd_ready
 from ..hspace_core.clip_directions import DirectionTraining, load_open_clip, train_direction
 from ..hspace_core import load_official_asyrp
 from .comfy.memory import rows_run
-from .comfy.model import run_in_comfy, time_embedding_of
+from .comfy.model import time_embedding_of
+from .comfy.run import run_in_comfy
 from .comfy.progress import progress_bar
 from .layer import (CATEGORY, DirectionType, HSpaceNode, node_name, advanced, conditioning_inputs, encode, list_files,
                     lpips_by_name, model_input, resolve, seed_input, site_input, steps_input, stored_file_state,

@@ -9,7 +9,7 @@ from ..hspace_core import (NORMALISATIONS, PROBE_METHODS, explore, explorer_rows
                            orthogonalise, pca_directions, probe_direction, rescale_like)
 from ..hspace_core.sites import common_site
 from .comfy.memory import rows_run
-from .comfy.model import latent_out, run_in_comfy
+from .comfy.run import latent_out, run_in_comfy
 from .comfy.progress import progress_bar
 from .layer import (CATEGORY, EXPLORER_STRENGTHS, T_EDITS, DirectionSet, DirectionType, HSpaceNode, Trajectory,
                     advanced, allow_other_model_input, check_work, conditioning_inputs, decode, edit_schedule,

@@ -5,7 +5,8 @@ from comfy_api.latest import io
 
 from ..hspace_core import Direction, combine as combine_linear, direction_from_examples
 from ..hspace_core.direction_algebra import strength_edit
-from .comfy.model import ComfyHSpaceModel, is_flow_transformer
+from .comfy.checks import is_flow_transformer
+from .comfy.model import ComfyHSpaceModel
 from .comfy.run import sweep_process
 from .comfy.samplers import h_edit_sampler
 from .layer import (BOOST_SEED_RULE, STRENGTH_RANGE, STRENGTHS, CATEGORY, Boost, DirectionType, HSpaceNode, Trajectory,

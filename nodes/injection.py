@@ -9,7 +9,8 @@ import torch
 
 from ..hspace_core import EditSchedule, BoostSettings, StyleCalibration, gamma_ramp
 from ..hspace_core.processes import injection_edit, interpolation_frames, interpolation_storage
-from .comfy.model import ComfyHSpaceModel, is_flow_transformer, is_pixel_unet, refuse_flow_loop
+from .comfy.checks import is_flow_transformer, is_pixel_unet, refuse_flow_loop
+from .comfy.model import ComfyHSpaceModel
 from .comfy.noise_levels import noise_levels
 from .comfy.run import runs_callback, sweep_process
 from .comfy.samplers import capture_sampler, h_edit_sampler

@@ -9,12 +9,12 @@ import math
 
 from ..hspace_core import CFG_INVERSIONS, H_SOURCES, EditSchedule, ReconstructionReport, null_text_embeddings
 from .comfy.fingerprint import model_fingerprint
-from .comfy.model import is_pixel_unet, latent_out, run_in_comfy
+from .comfy.checks import is_pixel_unet, refuse_flow_loop
 from .comfy.progress import progress_bar
 from .layer.origin import XTOrigin
-from .comfy.model import ComfyHSpaceModel, refuse_flow_loop
+from .comfy.model import ComfyHSpaceModel
 from .comfy.noise_levels import noise_levels
-from .comfy.run import check_process_inputs, sample_process, sweep_process
+from .comfy.run import check_process_inputs, latent_out, run_in_comfy, sample_process, sweep_process
 from .comfy.samplers import InversionRecord, capture_sampler, inversion_passes, inversion_sampler, run_h_edit
 from .layer import (CATEGORY, DEFAULT_H_STORAGE, HSpaceNode, Trajectory, advanced, conditioning_inputs, convention_input, decode,
                     encoded_pixels, h_storage_inputs, h_storage_of, latent_of, latent_x, model_input, node_name, psnr,

@@ -11,7 +11,7 @@ import torch
 from comfy_api.latest import io
 
 from ..hspace_core.sigmas import ve_scale
-from .comfy.model import latent_out
+from .comfy.run import latent_out
 from .comfy.noise_levels import noise_levels
 from .comfy.pixel_model import pixel_only_conditioning
 from .layer import CATEGORY, HSpaceNode, latent_x, model_input, origin_of, steps_input, x_T_input

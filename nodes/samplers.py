@@ -11,7 +11,7 @@ from ..hspace_core import HStorage, check_fingerprint, content_injection, gamma_
 from ..hspace_core.direction_algebra import strength_edit
 from ..hspace_core.settings import grid_label
 from ..hspace_core.sites import check_same_site
-from .comfy.model import latent_out
+from .comfy.run import latent_out
 from .layer.origin import XTOrigin
 from .comfy.patches import patched_with_h_shift
 from .comfy.samplers import InversionRecord, h_edit_sampler, inversion_sampler

@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..hspace_core import find_t_edit_t_boost
-from .comfy.model import run_in_comfy
+from .comfy.run import run_in_comfy
 from .comfy.progress import progress_bar
 from .layer import (CATEGORY, HSpaceNode, advanced, conditioning_inputs, latent_of, lpips_by_name, model_input,
                     seed_input)

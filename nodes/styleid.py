@@ -11,7 +11,8 @@ from ..hspace_core.styleid import FEATURE_SOURCES, STARTS, StyleIDSettings, reco
 from .comfy.attention import ComfyAttention, decoder_self_attention_layers
 from .layer.origin import XTOrigin
 from .comfy.fingerprint import model_fingerprint
-from .comfy.model import is_flow_transformer, latent_out, run_in_comfy
+from .comfy.checks import is_flow_transformer
+from .comfy.run import latent_out, run_in_comfy
 from .comfy.progress import progress_bar
 from .layer import (CATEGORY, DEFAULT_H_STORAGE, GAMMAS, Calibration, HSpaceNode, Trajectory, advanced, check_work,
                     decode, encoded_pixels, grid_window, h_storage_inputs, h_storage_of, latent_of,

@@ -6,13 +6,14 @@ VP-space ε.  For ε- and v-prediction models both adapters must agree, with and
 import pytest
 import torch
 
+from harness.inprocess import run_in_comfy
 from harness.tiny import tiny_pixel_unet
 from hspace_core import DiffusersUNet, schedule_from_diffusers_config
 
 
 @pytest.mark.parametrize("prediction_type,site", [("epsilon", "middle"), ("v_prediction", "middle"), ("epsilon", "up1")])
 def test_comfy_adapter_matches_diffusers_adapter(pack, prediction_type, site):
-    comfy_model, pixel_model = pack
+    _, pixel_model = pack
     unet = tiny_pixel_unet(size=16)
     config = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
               "prediction_type": prediction_type}
@@ -26,7 +27,7 @@ def test_comfy_adapter_matches_diffusers_adapter(pack, prediction_type, site):
         return [(t, model.predict(x, t), model.predict(x, t, shift)) for t in (999, 500, 20)]
 
     with torch.inference_mode():
-        results = comfy_model.run_in_comfy(patcher, torch.zeros_like(x), body, site=site)
+        results = run_in_comfy(patcher, torch.zeros_like(x), body, site=site)
         for t, plain, edited in results:
             want, want_edit = reference.predict(x, t), reference.predict(x, t, shift)
             assert torch.allclose(plain.eps, want.eps, atol=2e-3, rtol=1e-3), t
@@ -37,8 +38,10 @@ def test_comfy_adapter_matches_diffusers_adapter(pack, prediction_type, site):
 
 
 def test_models_without_a_middle_block_are_refused(pack):
-    comfy_model, pixel_model = pack
+    _, pixel_model = pack
     from diffusers import UNet2DModel
+
+    from hspace_pack.nodes.comfy.checks import check_has_h_space
 
     with pytest.raises(ValueError, match="no middle block"):
         pixel_model.DiffusersPixelUNet(UNet2DModel(sample_size=8, block_out_channels=(8, 16), layers_per_block=1,
@@ -51,7 +54,7 @@ def test_models_without_a_middle_block_are_refused(pack):
     patcher = pixel_model.pixel_model_patcher(tiny_pixel_unet(size=16), {"prediction_type": "epsilon"})
     patcher.model.diffusion_model = FakeDiT()
     with pytest.raises(ValueError, match="no U-Net middle block.*SD1.x, SD2.x"):
-        comfy_model.check_has_h_space(patcher)
+        check_has_h_space(patcher)
 
 
 @pytest.mark.parametrize("form", ["global", "implicit"])
@@ -62,7 +65,7 @@ def test_direction_training_through_comfy_matches_diffusers(pack, form):
 
     from hspace_core.clip_directions import train_direction
 
-    comfy_model, pixel_model = pack
+    _, pixel_model = pack
     clip = tiny_clip()
     images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(4)) * 2 - 1
     settings = config(form, epochs=2)
@@ -70,7 +73,7 @@ def test_direction_training_through_comfy_matches_diffusers(pack, form):
     with torch.inference_mode():
         patcher = pixel_model.pixel_model_patcher(tiny_pixel_unet(size=16), {"prediction_type": "epsilon"})
         weights = dict(patcher.model.diffusion_model.named_parameters())
-        result = comfy_model.run_in_comfy(
+        result = run_in_comfy(
             patcher, images,
             lambda m, x: train_direction(m, images, clip, SOURCE, TARGET, settings, latents=x))
     assert all(p is weights[n] for n, p in patcher.model.diffusion_model.named_parameters()), "weights put back"

@@ -4,6 +4,7 @@ in-process, with FreeU and a ControlNet on the MODEL, and the pixel U-Net."""
 import pytest
 import torch
 
+from harness.inprocess import run_in_comfy
 from harness.tiny import tiny_pixel_unet
 from harness.tiny_models import _init_all
 
@@ -66,7 +67,7 @@ ROUNDING = 1e-4
 SHIFT = lambda h, t, branch: h * 1.3 + 0.1  # noqa: E731
 
 
-def compare(comfy_model, patcher, x, cfg, edit_branches, positive=None, negative=None, steps=(900, 400),
+def compare(patcher, x, cfg, edit_branches, positive=None, negative=None, steps=(900, 400),
             site="middle"):
     def body(model, latent):
         calls = counted(model)
@@ -85,8 +86,8 @@ def compare(comfy_model, patcher, x, cfg, edit_branches, positive=None, negative
         return out
 
     with torch.inference_mode():
-        results = comfy_model.run_in_comfy(patcher, torch.zeros_like(x), body, positive=positive, negative=negative,
-                                           cfg=cfg, edit_branches=edit_branches, site=site)
+        results = run_in_comfy(patcher, torch.zeros_like(x), body, positive=positive, negative=negative,
+                               cfg=cfg, edit_branches=edit_branches, site=site)
     for t, fast, slow, plain in results:
         assert relative(fast.eps, slow.eps) < 1e-5, t
         assert relative(fast.eps_edited, slow.eps_edited) < 1e-5, t
@@ -100,68 +101,67 @@ def compare(comfy_model, patcher, x, cfg, edit_branches, positive=None, negative
 @pytest.mark.parametrize("prediction", ["eps", "v"])
 @pytest.mark.parametrize("cfg,edit_branches", [(7.5, "cond"), (7.5, "both"), (1.0, "cond")])
 def test_one_call_matches_two_calls_on_sd_shaped_comfy_unet(pack, prediction, cfg, edit_branches):
-    comfy_model, _ = pack
     positive, negative = conditioning()
     x = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(3))
-    compare(comfy_model, tiny_sd(prediction), x, cfg, edit_branches, positive, negative)
+    compare(tiny_sd(prediction), x, cfg, edit_branches, positive, negative)
 
 
 def test_one_call_keeps_freeu_and_controlnet(pack):
-    comfy_model, _ = pack
     from comfy_extras.nodes_freelunch import FreeU
 
     (patcher,) = FreeU().patch(tiny_sd(), 1.3, 1.4, 0.9, 0.2)
     control = tiny_controlnet()
     positive, negative = conditioning(control=control)
     x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(5))
-    with_both = compare(comfy_model, patcher, x, 7.5, "cond", positive, negative)
-    bare = compare(comfy_model, tiny_sd(), x, 7.5, "cond", *conditioning())
+    with_both = compare(patcher, x, 7.5, "cond", positive, negative)
+    bare = compare(tiny_sd(), x, 7.5, "cond", *conditioning())
     for (t, fast, _, _), (_, plain, _, _) in zip(with_both, bare):
         assert relative(fast.eps, plain.eps) > 1e-3, "FreeU and the ControlNet change ε"
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_one_call_matches_two_calls_on_pixel_unet(pack, prediction_type):
-    comfy_model, pixel_model = pack
+    _, pixel_model = pack
     from comfy_extras.nodes_freelunch import FreeU
 
     config = {"prediction_type": prediction_type}
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    compare(comfy_model, pixel_model.pixel_model_patcher(tiny_pixel_unet(size=16), config), x, 1.0, "cond")
+    compare(pixel_model.pixel_model_patcher(tiny_pixel_unet(size=16), config), x, 1.0, "cond")
     model = pixel_model.pixel_model_patcher(tiny_pixel_unet(size=16), config)
     model.model.model_config.unet_config["model_channels"] = 16  # FreeU scales the 32- and 64-channel blocks
     (freeu,) = FreeU().patch(model, 1.3, 1.4, 0.9, 0.2)
-    compare(comfy_model, freeu, x, 1.0, "both")
+    compare(freeu, x, 1.0, "both")
 
 
 @pytest.mark.parametrize("cfg,edit_branches", [(7.5, "cond"), (1.0, "cond")])
 def test_one_call_matches_two_calls_at_site_up1(pack, cfg, edit_branches):
-    comfy_model, pixel_model = pack
+    _, pixel_model = pack
     from comfy_extras.nodes_freelunch import FreeU
 
     (patcher,) = FreeU().patch(tiny_sd(), 1.3, 1.4, 0.9, 0.2)
     positive, negative = conditioning(control=tiny_controlnet())
     x = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(3))
-    up1 = compare(comfy_model, patcher, x, cfg, edit_branches, positive, negative, site="up1")
-    middle = compare(comfy_model, patcher, x, cfg, edit_branches, positive, negative)
+    up1 = compare(patcher, x, cfg, edit_branches, positive, negative, site="up1")
+    middle = compare(patcher, x, cfg, edit_branches, positive, negative)
     for (t, at_up1, _, _), (_, at_middle, _, _) in zip(up1, middle):
         assert at_up1.h.shape[-1] == 2 * at_middle.h.shape[-1], "up1 is one level finer than the middle block"
         assert relative(at_up1.eps, at_middle.eps) < 1e-5, "reading h does not change ε"
         assert relative(at_up1.eps_edited, at_middle.eps_edited) > 1e-3, "the site changes what the edit moves"
     pixel = pixel_model.pixel_model_patcher(tiny_pixel_unet(size=16), {"prediction_type": "epsilon"})
-    compare(comfy_model, pixel, torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)), 1.0, "both",
+    compare(pixel, torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)), 1.0, "both",
             site="up1")
 
 
 def test_site_up1_is_the_output_of_the_first_decoder_level(pack):
     """On ComfyUI's U-Net, h at up1 is what output block num_res_blocks (the first level's last, with the
     upsampler) returns, read through forward hooks; the middle site is the middle block's output."""
-    comfy_model, _ = pack
+    from hspace_pack.nodes.comfy.checks import site_block
+
     patcher = tiny_sd()
     dm = patcher.get_model_object("diffusion_model")
-    assert comfy_model.site_block(dm, "middle") == 0 and comfy_model.site_block(dm, "up1") == 2
+    assert site_block(dm, "middle") == 0 and site_block(dm, "up1") == 2
     with pytest.raises(ValueError, match="no h site 'up2'; use middle, up1"):
-        comfy_model.site_block(dm, "up2")
+        site_block(dm, "up2")
     positive, _ = conditioning()
     x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(4))
     seen = {}
@@ -176,7 +176,7 @@ def test_site_up1_is_the_output_of_the_first_decoder_level(pack):
         with torch.inference_mode():
             for site in ("middle", "up1"):
                 seen.clear()
-                pred = comfy_model.run_in_comfy(patcher, torch.zeros_like(x), body, positive=positive, site=site)
+                pred = run_in_comfy(patcher, torch.zeros_like(x), body, positive=positive, site=site)
                 assert torch.equal(pred.h, seen[site]), site
     finally:
         for hook in hooks:

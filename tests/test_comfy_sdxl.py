@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from harness.inprocess import run_in_comfy
 from harness.tiny_sdxl import SDXL_POOLED, sdxl_conditioning, tiny_sd2, tiny_sd2_clip, tiny_sdxl, tiny_sdxl_clip
 from hspace_core import Direction, EditSchedule, capture, edit, generate, inject, invert, normalized_slerp, step_pairs
 from test_comfy_one_call import compare, relative
@@ -41,9 +42,9 @@ def latent(seed=1, batch=1):
     return torch.randn(batch, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(seed)) * 0.5
 
 
-def run(comfy_model, patcher, x, body, positive, negative, cfg):
+def run(patcher, x, body, positive, negative, cfg):
     with torch.inference_mode():
-        return comfy_model.run_in_comfy(patcher, x, body, positive=positive, negative=negative, cfg=cfg)
+        return run_in_comfy(patcher, x, body, positive=positive, negative=negative, cfg=cfg)
 
 
 def test_the_models_are_what_comfyui_would_load(sdxl, sd2v):
@@ -68,12 +69,11 @@ def test_the_models_are_what_comfyui_would_load(sdxl, sd2v):
 
 def test_sdxl_size_conditioning_and_pooled_output_reach_the_unet(pack, sdxl):
     """The same prompt with other size conditioning (or another pooled output) gives another ε: encode_adm runs."""
-    comfy_model, _ = pack
     patcher, positive, negative = sdxl
     x = latent()
     resized = [[positive[0][0], {**positive[0][1], "width": 4 * SIZE, "target_width": 4 * SIZE}]]
     repooled = [[positive[0][0], {**positive[0][1], "pooled_output": negative[0][1]["pooled_output"]}]]
-    eps = {name: run(comfy_model, patcher, x, lambda m, _: m.predict(x, 500).eps, cond, cond, 1.0)
+    eps = {name: run(patcher, x, lambda m, _: m.predict(x, 500).eps, cond, cond, 1.0)
            for name, cond in [("base", positive), ("resized", resized), ("repooled", repooled)]}
     assert relative(eps["resized"], eps["base"]) > 1e-3
     assert relative(eps["repooled"], eps["base"]) > 1e-3
@@ -85,7 +85,7 @@ def test_h_at_the_site_is_what_sdxl_produces(pack, sdxl, monkeypatch):
     comfy_model, _ = pack
     patcher, positive, negative = sdxl
     x = latent(batch=2)
-    h = run(comfy_model, patcher, x, lambda m, _: m.predict(x, 500).h, positive, negative, 7.5)
+    h = run(patcher, x, lambda m, _: m.predict(x, 500).h, positive, negative, 7.5)
     assert h.shape == (4, 128, SIZE // 16, SIZE // 16)  # uncond rows then cond rows
 
     import comfy.ldm.modules.attention as attention
@@ -113,10 +113,9 @@ def test_inversion_round_trip(pack, model):
     """DDIM inversion with fixed-point refinement is the exact inverse of the reverse step: regenerating from x_T
     gives the latent back up to what 8 iterations reach on random weights, which make plain inversion poor (SDXL
     tiny: MSE 8.1 plain, 0.018 refined; SD2-v: 0.025 and 0.005)."""
-    comfy_model, _ = pack
     patcher, positive, _ = model
     x0 = latent()
-    plain, refined = run(comfy_model, patcher, x0, lambda m, x: (invert(m, x, 20), invert(m, x, 20, refine_iters=8)),
+    plain, refined = run(patcher, x0, lambda m, x: (invert(m, x, 20), invert(m, x, 20, refine_iters=8)),
                          positive, positive, 1.0)
     assert refined.report.mse < 0.1 * x0.var().item(), refined.report  # within ≈ 0.3 of the latents' spread
     assert plain.report.mse > 3 * refined.report.mse, (plain.report, refined.report)
@@ -124,7 +123,6 @@ def test_inversion_round_trip(pack, model):
 
 
 def test_asyrp_edit_with_real_conditioning(pack, model):
-    comfy_model, _ = pack
     patcher, positive, negative = model
     x_T = latent(2)
     schedule = EditSchedule(num_steps=8, t_edit=500)
@@ -135,7 +133,7 @@ def test_asyrp_edit_with_real_conditioning(pack, model):
         base = generate(m, x_T, schedule)
         return base, [edit(m, x_T, direction, s, schedule) for s in (0.0, 1.0, -1.0)]
 
-    base, (zero, plus, minus) = run(comfy_model, patcher, x_T, body, positive, negative, 5.0)
+    base, (zero, plus, minus) = run(patcher, x_T, body, positive, negative, 5.0)
     assert torch.equal(zero, base)
     assert relative(plus, base) > 1e-3
     cos = torch.nn.functional.cosine_similarity((plus - base).flatten(), (minus - base).flatten(), dim=0)
@@ -146,7 +144,6 @@ def test_content_injection_with_real_conditioning(pack, model):
     """γ = 0 regenerates the style; γ = 0.5 is the asymmetric process written out (DDIM eq. 12 with P_t from the
     ε whose cond-branch h is InjectFusion's normalised slerp toward the content's, D_t from the plain ε) on the
     guided SDXL model; the h the decoder gets is that slerp."""
-    comfy_model, _ = pack
     patcher, positive, negative = model
     style_x_T, content_x_T = latent(3), latent(4)
     schedule = EditSchedule(num_steps=8, t_edit=500)
@@ -168,7 +165,7 @@ def test_content_injection_with_real_conditioning(pack, model):
         m.predict(style_x_T, 999, hook)
         return style, mixes, h_style, content, seen
 
-    style, (same, mix, by_hand), h_style, content, seen = run(comfy_model, patcher, style_x_T, body, positive,
+    style, (same, mix, by_hand), h_style, content, seen = run(patcher, style_x_T, body, positive,
                                                               negative, 5.0)
     assert relative(same, style) < 1e-5
     assert relative(mix, by_hand) < 1e-5 and relative(mix, style) > 1e-3
@@ -181,6 +178,5 @@ def test_content_injection_with_real_conditioning(pack, model):
 def test_one_call_matches_two_calls(pack, model, cfg, edit_branches):
     """The one-call edited step (encoder once, decoder for plain + edited rows) equals the two-call path to 1e-5
     relative, with SDXL's label embedding / SD2's v-prediction."""
-    comfy_model, _ = pack
     patcher, positive, negative = model
-    compare(comfy_model, patcher, latent(5, batch=2), cfg, edit_branches, positive, negative)
+    compare(patcher, latent(5, batch=2), cfg, edit_branches, positive, negative)

@@ -5,6 +5,7 @@ CFGGuider, a one-call node edit, the Direction Explorer and Jacobian Directions.
 import pytest
 import torch
 
+from harness.inprocess import run_in_comfy
 from hspace_core import Direction, HTrajectory
 
 from test_comfy_one_call import conditioning, tiny_sd
@@ -60,10 +61,10 @@ def _sigmas(model, steps=4):
     return comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "karras", steps).cpu()
 
 
-def _h_shape(comfy_model, model, x):
+def _h_shape(model, x):
     positive, _ = conditioning()
     with torch.inference_mode():
-        return comfy_model.run_in_comfy(model, x, lambda m, _: m.predict(x, 500).h, positive=positive).shape
+        return run_in_comfy(model, x, lambda m, _: m.predict(x, 500).h, positive=positive).shape
 
 
 def _direction(shape, seed=5):
@@ -79,12 +80,11 @@ def _for_rows(reserved, model, rows):
 
 @pytest.mark.parametrize("strength", [1.0, 0.0])
 def test_the_asyrp_sampler_under_cfg_guider_reserves_for_the_one_call_rows(pack, nodes, reserved, strength):
-    comfy_model, _ = pack
     model = tiny_sd()
     x = torch.zeros(1, 4, 16, 16)
     one, two = _for_rows(reserved, model, 1), _for_rows(reserved, model, 2)
     assert len(one) == len(two) == 1 and two[0] > one[0], (one, two)
-    direction = _direction(_h_shape(comfy_model, model, x))
+    direction = _direction(_h_shape(model, x))
     sampler = nodes.samplers.AsyrpSampler.execute(direction, strength, "percent", 400, 0.0, 1.0, 0, "cond",
                                                   allow_other_model=True).result[0]
     before = len(reserved(model))
@@ -99,7 +99,7 @@ def test_the_content_injection_sampler_under_cfg_guider_reserves_for_the_one_cal
     x = torch.zeros(1, 4, 16, 16)
     sigmas = _sigmas(model)
     ts = tuple(nodes.comfy.samplers.timesteps_of(model, sigmas.tolist()))
-    shape = _h_shape(comfy_model, model, x)
+    shape = _h_shape(model, x)
     h = torch.randn(len(ts), *shape, generator=torch.Generator().manual_seed(6))
     content = HTrajectory(ts, h, ("single",), comfy_model.model_fingerprint(model), "inversion", "middle")
     sampler = nodes.samplers.ContentInjectionSampler.execute(content, 0.6, -1.0, 1, "percent", 400, 0.0, 1.0,
@@ -110,13 +110,13 @@ def test_the_content_injection_sampler_under_cfg_guider_reserves_for_the_one_cal
     assert reserved(model)[before:] == one + two and two[0] > one[0]
 
 
-def _for_latent_rows(comfy_model, reserved, model, rows):
+def _for_latent_rows(reserved, model, rows):
     """What run_in_comfy has ComfyUI reserve for a latent of ``rows`` rows (no ``rows=``)."""
     positive, negative = conditioning()
     before = len(reserved(model))
     with torch.inference_mode():
-        comfy_model.run_in_comfy(model, torch.zeros(rows, 4, 16, 16), lambda m, x: None, positive=positive,
-                                 negative=negative, cfg=CFG)
+        run_in_comfy(model, torch.zeros(rows, 4, 16, 16), lambda m, x: None, positive=positive,
+                     negative=negative, cfg=CFG)
     return reserved(model)[before:]
 
 
@@ -126,26 +126,24 @@ def _node_common():
 
 
 def test_asyrp_edit_reserves_for_the_one_call_rows(pack, nodes, reserved):
-    comfy_model, _ = pack
     model = tiny_sd()
     x_T = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(4))
-    direction = _direction(_h_shape(comfy_model, model, x_T))
-    want = _for_latent_rows(comfy_model, reserved, model, 2)
+    direction = _direction(_h_shape(model, x_T))
+    want = _for_latent_rows(reserved, model, 2)
     before = len(reserved(model))
     with torch.inference_mode():
         nodes.editing.AsyrpEdit.execute(model=model, x_T={"samples": x_T}, direction=direction, strength=2.0, steps=4,
                                         t_edit=400, allow_other_model=True, **_node_common())
-    assert reserved(model)[before:] == want != _for_latent_rows(comfy_model, reserved, model, 1)
+    assert reserved(model)[before:] == want != _for_latent_rows(reserved, model, 1)
 
 
 def test_the_direction_explorer_reserves_two_rows_per_strength(pack, nodes, reserved):
     from harness.tiny_sdxl import tiny_vae
 
-    comfy_model, _ = pack
     model = tiny_sd()
     x_T = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(4))
-    direction = _direction(_h_shape(comfy_model, model, x_T))
-    want = _for_latent_rows(comfy_model, reserved, model, 2 * 3)
+    direction = _direction(_h_shape(model, x_T))
+    want = _for_latent_rows(reserved, model, 2 * 3)
     before = len(reserved(model))
     with torch.inference_mode():
         nodes.discovery.DirectionExplorer.execute(model=model, x_T={"samples": x_T}, vae=tiny_vae(),
@@ -155,10 +153,9 @@ def test_the_direction_explorer_reserves_two_rows_per_strength(pack, nodes, rese
 
 
 def test_jacobian_directions_reserve_for_k_plus_oversample_rows(pack, nodes, reserved):
-    comfy_model, _ = pack
     model = tiny_sd()
     x_T = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(4))
-    want = _for_latent_rows(comfy_model, reserved, model, 3 + 2)  # k = 3, oversample 2
+    want = _for_latent_rows(reserved, model, 3 + 2)  # k = 3, oversample 2
     before = len(reserved(model))
     nodes.discovery.JacobianDirections.execute(model=model, x_T={"samples": x_T}, steps=3, t=500, k=3, component=0,
                                                output="eps", relative_norm=0.1, iterations=1, **_node_common())

@@ -7,6 +7,7 @@ library on grids that start at t = 0 and above."""
 import pytest
 import torch
 
+from harness.inprocess import run_in_comfy
 from hspace_core import (EditSchedule, HStorage, ReconstructionReport, generate, invert, null_text_embeddings,
                          timestep_grid)
 
@@ -31,15 +32,15 @@ def demo_model(pack):
     return pixel_model.pixel_model_patcher(*pixel_model.load_pixel_unet_folder(BUNDLED))
 
 
-def _library(comfy_model, model, x, steps, *, cfg, method, convention, refine_iters, h_source, storage,
+def _library(model, x, steps, *, cfg, method, convention, refine_iters, h_source, storage,
              positive=None, negative=None):
     """What H-Space DDIM Inversion returned on the library's loop (the node's code before it ran the σ-space one):
     (x_T, trajectory, reconstruction, PSNR against x, {t: negative embedding})."""
     kw = dict(convention=convention, refine_iters=refine_iters, h_source=h_source, h_storage=storage)
     with torch.inference_mode():
-        inv = comfy_model.run_in_comfy(model, x, lambda m, x0: invert(m, x0, steps, report=method == "plain", **kw),
-                                       positive=positive, negative=negative if method == "plain" else None,
-                                       cfg=cfg if method == "plain" else 1.0)
+        inv = run_in_comfy(model, x, lambda m, x0: invert(m, x0, steps, report=method == "plain", **kw),
+                           positive=positive, negative=negative if method == "plain" else None,
+                           cfg=cfg if method == "plain" else 1.0)
     sched = EditSchedule.reconstruction(steps)
     found, recon = {}, inv.reconstruction
     if method == "null_text":
@@ -48,11 +49,11 @@ def _library(comfy_model, model, x, steps, *, cfg, method, convention, refine_it
             with torch.inference_mode():
                 return negatives, generate(m.with_negative(negatives), inv.x_T, sched)
 
-        found, recon = comfy_model.run_in_comfy(model, inv.x_T, body, positive=positive, negative=negative, cfg=cfg)
+        found, recon = run_in_comfy(model, inv.x_T, body, positive=positive, negative=negative, cfg=cfg)
     elif method == "negative_prompt":
         with torch.inference_mode():
-            recon = comfy_model.run_in_comfy(model, inv.x_T, lambda m, _: generate(m, inv.x_T, sched),
-                                             positive=positive, negative=positive, cfg=cfg)
+            recon = run_in_comfy(model, inv.x_T, lambda m, _: generate(m, inv.x_T, sched),
+                                 positive=positive, negative=positive, cfg=cfg)
     return inv.x_T, inv.trajectory, recon, ReconstructionReport.compare(model.model.process_latent_in(x), recon).psnr, found
 
 
@@ -73,14 +74,13 @@ def _compare(nodes, pack, model, x, steps, *, cfg, method, convention, refine_it
     """The node against ``_library`` to ``ROUNDING`` relative; with ``noise_floor`` (the random tiny SD U-Net, where
     the inversion amplifies float32 rounding ~10²×, ~10³× under fixed-point refinement and null-text's Adam) to ROUNDING
     or 3× what the library itself moves when its input moves by 1e-7 relative, whichever is larger."""
-    comfy_model, _ = pack
     storage = HStorage("float32", "cpu", keep_h_from_t)
     kw = dict(cfg=cfg, method=method, convention=convention, refine_iters=refine_iters, h_source=h_source,
               storage=storage, positive=positive, negative=negative)
-    x_T, trajectory, recon, psnr, found = _library(comfy_model, model, x, steps, **kw)
+    x_T, trajectory, recon, psnr, found = _library(model, x, steps, **kw)
     tol = {"x_T": ROUNDING, "recon": ROUNDING, "h": ROUNDING}
     if noise_floor:
-        moved = _library(comfy_model, model, x * (1 + 1e-7), steps, **kw)
+        moved = _library(model, x * (1 + 1e-7), steps, **kw)
         for name, got, want in (("x_T", moved[0], x_T), ("recon", moved[2], recon), ("h", moved[1].h, trajectory.h),
                                 *((("negative", moved[4][t], found[t]) for t in found))):
             tol[name] = max(tol.get(name, ROUNDING), 3 * relative(got, want))
@@ -178,17 +178,16 @@ def test_the_inversion_sampler_equals_ddim_inversion(nodes, pack, convention, re
 def test_on_a_grid_above_t_0_the_sampler_takes_the_librarys_first_step(nodes, pack, convention):
     """ComfyUI's ddim_uniform-like grid (1, 1 + k, …) does not start at t = 0: the clean input takes a first step to
     it with ε(x0, t_first), as ``processes.invert`` does, instead of standing there."""
-    comfy_model, _ = pack
     model, positive = tiny_sd(), conditioning()[0]
     x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(6))
     grid = timestep_grid(STEPS, kind="uniform")
     assert min(grid) > 0
     native_x_T, native_trajectory = _inversion_sampler(nodes, model, x, _flipped(model, grid), convention=convention)
     with torch.inference_mode():
-        inv = comfy_model.run_in_comfy(model, x, lambda m, x0: invert(m, x0, STEPS, grid="uniform", report=False,
-                                                                      convention=convention), positive=positive)
+        inv = run_in_comfy(model, x, lambda m, x0: invert(m, x0, STEPS, grid="uniform", report=False,
+                                                          convention=convention), positive=positive)
         sigmas, ascending = _flipped(model, grid), list(reversed(grid))
-        stood = comfy_model.run_in_comfy(model, x, lambda m, x0: invert_sigmas(  # the clean input stood at t_first
+        stood = run_in_comfy(model, x, lambda m, x0: invert_sigmas(  # the clean input stood at t_first
             lambda v, k: m.denoised(v, sigmas[k], t=ascending[k - 1])[0], x0, sigmas, clean_start=True,
             convention=convention), positive=positive)
     assert relative(native_x_T["samples"], model.model.process_latent_out(inv.x_T)) < ROUNDING
@@ -199,7 +198,6 @@ def test_on_a_grid_above_t_0_the_sampler_takes_the_librarys_first_step(nodes, pa
 
 def test_the_node_keeps_the_librarys_latents_for_null_text(nodes, pack, demo_model):
     """``ddim_inversion``'s Inversion.latents are the library's (the pivot null-text optimises towards)."""
-    comfy_model, _ = pack
     import hspace_pack.nodes.comfy.samplers as samplers
 
     from hspace_demo.shapes import make_batch
@@ -208,9 +206,9 @@ def test_the_node_keeps_the_librarys_latents_for_null_text(nodes, pack, demo_mod
     seen = []
     for convention in ("seed", "diffusers"):
         with torch.inference_mode():
-            ours, theirs = comfy_model.run_in_comfy(demo_model, x, lambda m, x0: (
+            ours, theirs = run_in_comfy(demo_model, x, lambda m, x0: (
                 samplers.ddim_inversion(m, x0, STEPS, convention=convention, refine_iters=1,
-                                        progress=lambda d, n, x0: seen.append((d, n, x0.shape))),
+                            progress=lambda d, n, x0: seen.append((d, n, x0.shape))),
                 invert(m, x0, STEPS, convention=convention, refine_iters=1, report=False)))
         assert ours.latents.shape == theirs.latents.shape == (STEPS + 1, 2, 3, 32, 32)
         assert relative(ours.latents, theirs.latents) < ROUNDING and ours.timesteps == theirs.timesteps

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from harness.inprocess import run_in_comfy
 from hspace_core import Direction, EditSchedule, combine_directions, edit
 
 from test_comfy_one_call import conditioning, relative, tiny_sd
@@ -17,7 +18,6 @@ def samplers(pack):
 
 @pytest.mark.parametrize("cfg, boost", [(7.5, False), (7.5, True), (1.0, False)])
 def test_the_sampler_loop_gives_todays_asyrp_edit(pack, samplers, cfg, boost):
-    comfy_model, _ = pack
     positive, negative = conditioning()
     x_T = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(4))
     schedule = EditSchedule(8, t_edit=400, t_boost=200 if boost else 0, eta_boost=1.0)
@@ -33,8 +33,8 @@ def test_the_sampler_loop_gives_todays_asyrp_edit(pack, samplers, cfg, boost):
         return today, native, plain
 
     with torch.inference_mode():
-        today, native, plain = comfy_model.run_in_comfy(tiny_sd(), x_T, body, positive=positive, negative=negative,
-                                                        cfg=cfg, seed=7)
+        today, native, plain = run_in_comfy(tiny_sd(), x_T, body, positive=positive, negative=negative,
+                                            cfg=cfg, seed=7)
     assert relative(native, today) < 1e-5, relative(native, today)
     assert relative(plain, today) > 1e-3  # the edit shows, so the agreement above is about the edit
     assert steps == [(k, 8, x_T.shape) for k in range(1, 9)]
@@ -42,7 +42,6 @@ def test_the_sampler_loop_gives_todays_asyrp_edit(pack, samplers, cfg, boost):
 
 @pytest.mark.parametrize("edit_branches", ["both", "cond"])
 def test_the_h_shift_patch_is_the_edit_inside_its_window_only(pack, samplers, edit_branches):
-    comfy_model, _ = pack
     import hspace_pack.nodes.comfy.patches as patches
     from hspace_pack.nodes.layer.resolution import edit_window
 
@@ -51,7 +50,7 @@ def test_the_h_shift_patch_is_the_edit_inside_its_window_only(pack, samplers, ed
     model = tiny_sd()
     h = {}
     with torch.inference_mode():
-        comfy_model.run_in_comfy(model, x, lambda m, _: h.setdefault("h", m.predict(x, 500).h), positive=positive)
+        run_in_comfy(model, x, lambda m, _: h.setdefault("h", m.predict(x, 500).h), positive=positive)
     direction = Direction("global", torch.randn(h["h"].shape[1:], generator=torch.Generator().manual_seed(7)))
     window = edit_window("test", model, "percent", 0, 0.0, 0.6)
     patched = patches.patched_with_h_shift(model, direction, 1.5, window, edit_branches)
@@ -59,8 +58,8 @@ def test_the_h_shift_patch_is_the_edit_inside_its_window_only(pack, samplers, ed
 
     def run(m, body):
         with torch.inference_mode():
-            return comfy_model.run_in_comfy(m, x, body, positive=positive, negative=negative, cfg=7.5,
-                                            edit_branches=edit_branches)
+            return run_in_comfy(m, x, body, positive=positive, negative=negative, cfg=7.5,
+                                edit_branches=edit_branches)
 
     for t, inside in ((800, True), (100, False)):
         got = run(patched, lambda m, _: m.predict(x, t).eps)
@@ -74,7 +73,6 @@ def test_memory_is_reserved_for_the_rows_the_body_runs(pack, monkeypatch):
     """A spy on ComfyUI's model-management call: rows=4 reserves what ComfyUI reserves for a 4-row latent."""
     import comfy.model_management
 
-    comfy_model, _ = pack
     seen = []
     real = comfy.model_management.load_models_gpu
 
@@ -88,8 +86,8 @@ def test_memory_is_reserved_for_the_rows_the_body_runs(pack, monkeypatch):
     one, four = torch.zeros(1, 4, 16, 16), torch.zeros(4, 4, 16, 16)
     with torch.inference_mode():
         for latent, rows in ((one, None), (one, 4), (four, None)):
-            comfy_model.run_in_comfy(model, latent, lambda m, x: None, positive=positive, negative=negative, cfg=7.5,
-                                     rows=rows)
+            run_in_comfy(model, latent, lambda m, x: None, positive=positive, negative=negative, cfg=7.5,
+                         rows=rows)
     assert seen[1] == seen[2] > seen[0], seen
     assert not model.get_wrappers("prepare_sampling", "hspace_rows")  # the MODEL given is not changed
 
@@ -112,7 +110,7 @@ def test_the_fingerprint_is_of_the_weights_that_run_whatever_ran_first(pack):
 
     def seen_in_sampling(model):  # the fingerprint a node sees while its MODEL runs
         with torch.inference_mode():
-            return comfy_model.run_in_comfy(model, x, lambda m, _: m.fingerprint, positive=positive)
+            return run_in_comfy(model, x, lambda m, _: m.fingerprint, positive=positive)
 
     plain, lora = _lora_pair(11)
     first = (seen_in_sampling(plain), seen_in_sampling(lora))
@@ -168,7 +166,6 @@ def test_asyrp_edit_progress_sends_latent_previews(pack, monkeypatch):
     import comfy.utils
     import latent_preview
 
-    comfy_model, _ = pack
     decoded, sent = [], []
 
     class Previewer:

@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 
+from harness.inprocess import run_in_comfy
 from hspace_core import EditSchedule, schedule_from_betas, betas_linear, betas_scaled_linear
 from hspace_core.noise_levels import NoiseLevels, check_percent_window
 
@@ -145,12 +146,11 @@ def test_run_in_comfy_hands_comfyui_the_bodys_real_sigmas(pack):
 
     from hspace_pack.nodes.comfy.noise_levels import noise_levels
 
-    comfy_model, _ = pack
     model, (positive, _) = tiny_sd(), conditioning()
     seen = lambda m, x: m.extra_args["model_options"]["transformer_options"]["sample_sigmas"].cpu()  # noqa: E731
     latent = torch.zeros(1, 4, 8, 8)
     with torch.inference_mode():
-        sigmas = comfy_model.run_in_comfy(model, latent, seen, positive=positive, steps=6)
-        dummy = comfy_model.run_in_comfy(model, latent, seen, positive=positive)
+        sigmas = run_in_comfy(model, latent, seen, positive=positive, steps=6)
+        dummy = run_in_comfy(model, latent, seen, positive=positive)
     assert torch.equal(sigmas, noise_levels(model).grid_sigmas(6).float()) and len(sigmas) == 7
     assert dummy.tolist() == [noise_levels(model).sigma_max, 0.0]  # a body with no one grid

@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 
+from harness.inprocess import latent_out, run_in_comfy
 from hspace_core import Denoiser, EditSchedule, HStorage, content_injection, gamma_ramp, run_reverse
 from hspace_core.sampling import clip_denoised, sample_h_edit, strided
 from hspace_core.sigmas import ve_scale
@@ -31,19 +32,19 @@ def noise(seed, channels=4):
     return torch.randn(1, channels, 16, 16, generator=torch.Generator().manual_seed(seed))
 
 
-def on_sd(comfy_model, x, body, cfg=7.5):
+def on_sd(x, body, cfg=7.5):
     positive, negative = conditioning()
     with torch.inference_mode():
-        return comfy_model.run_in_comfy(tiny_sd(), x, body, positive=positive, negative=negative, cfg=cfg, seed=7)
+        return run_in_comfy(tiny_sd(), x, body, positive=positive, negative=negative, cfg=cfg, seed=7)
 
 
 def on_pixel(pack, x, body):
     """``body`` on the bundled pixel model (a trained one: a random tiny U-Net's x0 reaches ±600 from noise, so its
     clipped images would compare float32 round-off of that size)."""
-    comfy_model, pixel_model = pack
+    _, pixel_model = pack
     patcher = pixel_model.pixel_model_patcher(*pixel_model.load_pixel_unet_folder(DEMO))
     with torch.inference_mode():
-        return comfy_model.run_in_comfy(patcher, x, body)
+        return run_in_comfy(patcher, x, body)
 
 
 def recorder():
@@ -65,7 +66,6 @@ MASK[:, :, :9] = 1.0
 def test_injection_through_the_sampler_loop_is_the_library_loop(pack, samplers, stride, omega):
     """Content injection with a γ ramp, a mask and the quality boost, under cfg 7.5; the h recorded along it is the
     library's trajectory (the original h, one per step, style calibration's second prediction not among them)."""
-    comfy_model, _ = pack
     schedule = EditSchedule(8, t_edit=400, t_boost=200, eta_boost=1.0)
 
     def body(m, x):
@@ -78,7 +78,7 @@ def test_injection_through_the_sampler_loop_is_the_library_loop(pack, samplers, 
         every = samplers.run_h_edit(m, x, hook, schedule, omega=omega, seed=7)
         return today, native, seen, every, samplers.run_h_edit(m, x, None, schedule, seed=7)
 
-    today, native, seen, every, plain = on_sd(comfy_model, noise(4), body)
+    today, native, seen, every, plain = on_sd(noise(4), body)
     assert relative(native, today.x0) < ROUNDING, relative(native, today.x0)  # calibration's is the largest, 2.7e-5
     same_trajectory(seen, today.trajectory)
     assert relative(plain, today.x0) > 1e-3  # the injection shows, so the agreement is about it
@@ -87,7 +87,6 @@ def test_injection_through_the_sampler_loop_is_the_library_loop(pack, samplers, 
 
 
 def test_a_run_that_stops_at_t_min_is_the_librarys_h_only_run(pack, samplers):
-    comfy_model, _ = pack
     schedule = EditSchedule.reconstruction(8)
 
     def body(m, x):
@@ -99,7 +98,7 @@ def test_a_run_that_stops_at_t_min_is_the_librarys_h_only_run(pack, samplers):
         native_part = samplers.run_h_edit(m, x, None, schedule, record=record_part, stop_below=500)
         return whole, part, native, seen, native_part, seen_part
 
-    whole, part, native, seen, native_part, seen_part = on_sd(comfy_model, noise(4), body, cfg=1.0)
+    whole, part, native, seen, native_part, seen_part = on_sd(noise(4), body, cfg=1.0)
     assert relative(native, whole.x0) < ROUNDING
     same_trajectory(seen, whole.trajectory)
     assert part.trajectory.timesteps == tuple(t for t in schedule.timesteps() if t >= 500) != ()
@@ -176,11 +175,10 @@ def models(pack, kind):
 
 def library(pack, model, samples, body, cfg, positive, negative, site="middle"):
     """``body(m, x)`` of the library inside ComfyUI (what the nodes ran before), as a LATENT's samples."""
-    comfy_model, _ = pack
     with torch.inference_mode():
-        out = comfy_model.run_in_comfy(model, samples, body, positive=positive, negative=negative, cfg=cfg, seed=5,
-                                       site=site)
-    return out if not torch.is_tensor(out) else comfy_model.latent_out(model, out)["samples"]
+        out = run_in_comfy(model, samples, body, positive=positive, negative=negative, cfg=cfg, seed=5,
+                           site=site)
+    return out if not torch.is_tensor(out) else latent_out(model, out)["samples"]
 
 
 def captured(nodes, model, samples, cfg, positive, negative, steps=8, keep_h_from_t=0):
@@ -203,7 +201,7 @@ def test_capture_is_the_librarys_recorded_reverse_process(pack, nodes, kind):
     assert trajectory.timesteps == today.trajectory.timesteps and min(trajectory.timesteps) >= 300
     assert trajectory.branches == today.trajectory.branches and trajectory.fingerprint == today.trajectory.fingerprint
     assert relative(trajectory.h, today.trajectory.h) < ROUNDING
-    want = pack[0].latent_out(model, today.x0)["samples"]
+    want = latent_out(model, today.x0)["samples"]
     assert relative(latent["samples"], want) < ROUNDING, relative(latent["samples"], want)
 
 

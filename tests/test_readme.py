@@ -117,7 +117,7 @@ def test_every_path_in_a_code_span_exists(page):
 def test_the_code_span_check_finds_a_missing_path():
     assert _missing_path("workflows/native_asyrp_sampler.json") == "workflows/native_asyrp_sampler.json"
     assert _missing_path("nodes/comfy/model.no_such_function") == "nodes/comfy/model.no_such_function"
-    for fine in ("workflows/pixel_native_sampler.json", "nodes/comfy/model.run_in_comfy", "docs/design.md:3",
+    for fine in ("workflows/pixel_native_sampler.json", "nodes/comfy/run.run_in_comfy", "docs/design.md:3",
                  "tests/test_readme.py::test_readme_stays_short", "models/hspace_directions", "comfy/samplers.py",
                  "a b/c.py"):
         assert _missing_path(fine) is None, fine

@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from harness.inprocess import SD15_UNET
+from harness.inprocess import SD15_UNET, run_in_comfy
 from hspace_core import EditSchedule, generate
 from hspace_core.adapters.attention import decoder_self_attention
 from hspace_core.attention_store import LAYER_PRESETS, bytes_per_image
@@ -112,7 +112,6 @@ def sdxl(pack):
 def test_attn1_patch_on_comfy_sdxl_own_features_reconstruct_and_nothing_leaks(pack, sdxl):
     from hspace_pack.nodes.comfy.attention import ComfyAttention, decoder_self_attention_layers
 
-    comfy_model, _ = pack
     patcher, positive = sdxl
     before = copy.deepcopy(patcher.model_options)
     layers = decoder_self_attention_layers(patcher)
@@ -132,7 +131,7 @@ def test_attn1_patch_on_comfy_sdxl_own_features_reconstruct_and_nothing_leaks(pa
         return plain, same, hot, kv
 
     with torch.inference_mode():
-        plain, same, hot, kv = comfy_model.run_in_comfy(patcher, x0, body, positive=positive)
+        plain, same, hot, kv = run_in_comfy(patcher, x0, body, positive=positive)
     scale = plain.abs().max()
     assert torch.allclose(same, plain, atol=1e-5 * scale), (same - plain).abs().max()
     assert (hot - plain).abs().max() > 1e-3 * scale

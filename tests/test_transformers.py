@@ -8,6 +8,7 @@ import pytest
 import torch
 from einops import rearrange
 
+from harness.inprocess import run_in_comfy
 from harness.tiny_dit import flux_conditioning, sd3_conditioning, tiny_flux, tiny_sd3
 from hspace_core import Direction, HTrajectory
 from hspace_core.flow import invert_flow
@@ -260,7 +261,6 @@ def test_inversion_round_trip_in_db(pack, request, family):
 def test_refusals_name_what_to_set(pack, flux):
     import hspace_pack.nodes.samplers as nodes
 
-    comfy_model, _ = pack
     sigmas = sigmas_of(flux, 3)
     cases = [  # (sampler, what the message must say)
         (nodes.AsyrpSampler.execute(direction(flux, "middle"), 1.0, "percent", 500, 0.0, 0.6, 0,
@@ -279,8 +279,8 @@ def test_refusals_name_what_to_set(pack, flux):
     with pytest.raises(ValueError, match="needs h at t = \\[9999, 6666\\].*sigmas the content was captured on"):
         sample(flux, injector, sigmas, flux_conditioning, 1.0)  # a trajectory of another grid
     with pytest.raises(ValueError, match="DDIM process .* use the SAMPLER nodes"):
-        comfy_model.run_in_comfy(flux, torch.zeros(1, 16, SIZE, SIZE), lambda m, x: x,
-                                 positive=flux_conditioning(0))
+        run_in_comfy(flux, torch.zeros(1, 16, SIZE, SIZE), lambda m, x: x,
+                     positive=flux_conditioning(0))
 
 
 def test_direction_from_inverted_examples_and_content_injection_on_flux(pack, flux):
@@ -424,9 +424,10 @@ def test_other_transformers_are_refused_by_name(pack):
     from comfy.ldm.flux.model import FluxParams
     from harness.tiny_dit import FLUX_DIT, _patcher
 
-    comfy_model, _ = pack
+    import hspace_pack.nodes.comfy.checks as checks
+
     extra = {"txt_ids_dims": []} if "txt_ids_dims" in {f.name for f in dataclasses.fields(FluxParams)} else {}
     flux2 = _patcher("Flux", {**FLUX_DIT, **extra, "global_modulation": True}, 0)
     with pytest.raises(ValueError, match=r"Flux \(Flux.2: global modulation\)\) has no U-Net middle block .* Use SD1.x"
                                          r".*or Flux.1 \(dev, schnell\) and SD3"):
-        comfy_model.check_has_h_space(flux2)
+        checks.check_has_h_space(flux2)

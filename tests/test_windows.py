@@ -4,6 +4,7 @@ whose start is after its end is refused by every node that has one, naming the n
 import pytest
 import torch
 
+from harness.inprocess import latent_out, run_in_comfy
 from hspace_core import Direction, EditSchedule, combine_directions
 from hspace_core.sampling import SigmaWindow, schedule_in_window
 
@@ -59,25 +60,24 @@ def _asyrp_edit(nodes, model, x_T, direction, **window):
                                            positive=positive, **window).result[0]["samples"]
 
 
-def _direction(comfy_model, model, x_T):
+def _direction(model, x_T):
     positive, _ = conditioning()
     with torch.inference_mode():
-        h = comfy_model.run_in_comfy(model, x_T, lambda m, x: m.predict(x, 500).h, positive=positive)
+        h = run_in_comfy(model, x_T, lambda m, x: m.predict(x, 500).h, positive=positive)
     return Direction("global", torch.randn(h.shape[1:], generator=torch.Generator().manual_seed(5)))
 
 
-def _edit_inputs(comfy_model):
+def _edit_inputs():
     """The tiny SD model, an x_T and a random direction at its h's shape."""
     model = tiny_sd()
     x_T = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(4))
-    return model, x_T, _direction(comfy_model, model, x_T)
+    return model, x_T, _direction(model, x_T)
 
 
 @pytest.mark.parametrize("start, end", [(0.0, 0.6), (0.3, 0.8), (0.4, 0.6)])
 def test_asyrp_edit_with_a_percent_window_edits_exactly_the_grid_steps_inside(pack, layer, monkeypatch, start, end):
     nodes, _ = layer
-    comfy_model, _ = pack
-    model, x_T, direction = _edit_inputs(comfy_model)
+    model, x_T, direction = _edit_inputs()
     ms = model.get_model_object("model_sampling")
     lo, hi = float(ms.percent_to_sigma(end)), float(ms.percent_to_sigma(start))
     grid = EditSchedule(8).timesteps()
@@ -89,13 +89,12 @@ def test_asyrp_edit_with_a_percent_window_edits_exactly_the_grid_steps_inside(pa
 
 def test_asyrp_edit_t_edit_default_is_bit_identical_to_the_t_edit_path(pack, layer):
     nodes, _ = layer
-    comfy_model, _ = pack
-    model, x_T, direction = _edit_inputs(comfy_model)
+    model, x_T, direction = _edit_inputs()
     positive, _ = conditioning()
     with torch.inference_mode():
         default = _asyrp_edit(nodes, model, x_T, direction)
         said = _asyrp_edit(nodes, model, x_T, direction, window="t_edit", start_percent=0.9, end_percent=1.0)
-        today = comfy_model.run_in_comfy(
+        today = run_in_comfy(
             model, x_T, lambda m, x: nodes.comfy.samplers.run_h_edit(
                 m, x, combine_directions([direction], [2.0 * direction.step_scale(8)]), EditSchedule(8, t_edit=400),
                 seed=3), positive=positive, rows=2)
@@ -106,7 +105,7 @@ def test_asyrp_edit_t_edit_default_is_bit_identical_to_the_t_edit_path(pack, lay
         end = next(p / 1000 for p in range(1001) if float(ms.percent_to_sigma(p / 1000)) <= float(ms.sigmas[lowest]))
         same = _asyrp_edit(nodes, model, x_T, direction, window="percent", start_percent=0.0, end_percent=end)
     assert torch.equal(default, said)
-    assert torch.equal(default, nodes.comfy.model.latent_out(model, today)["samples"])
+    assert torch.equal(default, latent_out(model, today)["samples"])
     assert torch.equal(default, same)
 
 
@@ -165,8 +164,7 @@ def _boosts(nodes, percent, t_boost, seed=11):
 
 def test_a_boost_percent_gives_the_eta_steps_of_the_equivalent_t_boost_in_asyrp_edit(pack, layer):
     nodes, _ = layer
-    comfy_model, _ = pack
-    model, x_T, direction = _edit_inputs(comfy_model)
+    model, x_T, direction = _edit_inputs()
     # the 8-step grid is 999, 856, …, 142, 0: σ(0.8) lies at t = 199.8, so t < 200 (t = 142, 0) is stochastic
     by_percent, by_t = _boosts(nodes, 0.8, 200)
     schedule = nodes.layer.edit_schedule(8, 400, by_percent, model)
@@ -187,9 +185,8 @@ def _sampled(nodes, model, boost, sigmas, direction):
 
 def test_a_boost_percent_gives_the_eta_steps_of_the_equivalent_t_boost_in_the_samplers(pack, layer):
     nodes, _ = layer
-    comfy_model, _ = pack
     model = tiny_sd()
-    direction = _direction(comfy_model, model, torch.zeros(1, 4, 16, 16))
+    direction = _direction(model, torch.zeros(1, 4, 16, 16))
     table = model.get_model_object("model_sampling").sigmas.float()
     sigmas = torch.cat([table[list(EditSchedule(8).timesteps())], torch.zeros(1)])  # the DDIM grid's σ
     by_percent, by_t = _boosts(nodes, 0.8, 200)
@@ -246,8 +243,7 @@ def _explore(nodes, model, x_T, direction, **window):
 
 def test_the_direction_explorer_takes_a_percent_window(pack, layer, monkeypatch):
     nodes, _ = layer
-    comfy_model, _ = pack
-    model, x_T, direction = _edit_inputs(comfy_model)
+    model, x_T, direction = _edit_inputs()
     with torch.inference_mode():
         by_t = _explore(nodes, model, x_T, direction)
         same = _explore(nodes, model, x_T, direction, window="percent", end_percent=_end_like(model, 6, 400))

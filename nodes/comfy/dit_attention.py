@@ -31,7 +31,7 @@ from ...hspace_core.flow_styleid import STABLE_FLOW_VITAL, TRANSFORMER_PRESETS
 from ...hspace_core.sites import BlockSite, block_site
 from . import dit
 from .allocations import outside_allocation_graph
-from .model import check_has_h_space, check_latent
+from .checks import check_has_h_space, check_latent
 from .noise_levels import noise_levels
 
 log = logging.getLogger("hspace")

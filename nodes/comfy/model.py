@@ -1,11 +1,9 @@
-"""``HSpaceModel`` over a ComfyUI MODEL, run inside ComfyUI's own sampling machinery.
-
-Each core process runs as the body of a custom sampler handed to ``comfy.sample.sample_custom``: ComfyUI
-loads the model, processes CONDITIONING (SDXL pooled/size conds, ControlNet, area conds, hooks) and
-applies CFG exactly as KSampler does.  h is read and replaced by an ``output_block_patch`` acting at
-block ("output", 0) for site "middle", or at the first output block after the site's decoder level
-(``site_block``; the vocabulary is ``hspace_core.sites``), added to a per-call copy of ``model_options``: the
-MODEL itself is never patched.
+"""``HSpaceModel`` over a ComfyUI MODEL, called inside ComfyUI's own sampling machinery (``run``: a SAMPLER's
+KSAMPLER, or ``run.run_in_comfy``'s body): ComfyUI loads the model, processes CONDITIONING (SDXL pooled/size conds,
+ControlNet, area conds, hooks) and applies CFG exactly as KSampler does.  h is read and replaced by an
+``output_block_patch`` acting at block ("output", 0) for site "middle", or at the first output block after the site's
+decoder level (``checks.site_block``; the vocabulary is ``hspace_core.sites``), added to a per-call copy of
+``model_options``: the MODEL itself is never patched.
 """
 from __future__ import annotations
 
@@ -17,96 +15,20 @@ import torch
 
 import comfy.model_management
 import comfy.model_patcher
-import comfy.sample
-import comfy.samplers
 
 from ...hspace_core import Prediction, schedule_from_sigmas
 from ...hspace_core.adapters.base import autograd_ready, edited_rows
 from ...hspace_core.sigmas import eps_of_denoised, sigma_of_alpha_bar, vp_to_ve
-from ...hspace_core.sites import DEFAULT_SITE, block_site, check_site, output_block_of_site
+from ...hspace_core.sites import DEFAULT_SITE
 from ...hspace_core.implicit import TimeEmbedding
 from . import dit, edit_batch
 from .allocations import kept, outside_allocation_graph
+from .checks import is_flow_transformer, resolve_site, site_block
 from .fingerprint import model_fingerprint
-from .memory import with_row_reservation
+from .guidance import linear_cfg, negative_wrapper
 from .noise_levels import noise_levels
 
 log = logging.getLogger("hspace")
-SUPPORTED = "SD1.x, SD2.x (including v-prediction), SDXL, or a pixel UNet2DModel loaded with 'H-Space Load Pixel U-Net'"
-FLOW_TYPES = ("FLOW", "FLUX")  # ComfyUI's model types over CONST (x = (1 − σ)·x0 + σ·ε) model sampling
-
-
-def is_pixel_unet(model) -> bool:
-    """A diffusers UNet2DModel wrapped by 'H-Space Load Pixel U-Net' (no text conditioning, images in [-1, 1])."""
-    return bool(getattr(model.get_model_object("diffusion_model"), "hspace_pixel_unet", False))
-
-
-def is_flow_transformer(model) -> bool:
-    """A Flux or SD3.x transformer (``dit.dit_family``): h at its blocks (``sites.BlockSite``), flow matching."""
-    return dit.dit_family(model.get_model_object("diffusion_model")) is not None
-
-
-def check_has_h_space(model) -> None:
-    """Refuse models with neither a U-Net middle block nor a transformer the pack knows (other DiTs: Qwen-Image,
-    Chroma, HiDream, …) with a message naming what works."""
-    diffusion_model = model.get_model_object("diffusion_model")
-    if is_flow_transformer(model):
-        if model.model.model_type.name not in FLOW_TYPES:
-            raise ValueError(f"This {type(diffusion_model).__name__} samples as {model.model.model_type.name}, not "
-                             f"flow matching (CONST); the pack reads h in {dit.TRANSFORMERS} sampled as trained.")
-        return
-    if getattr(diffusion_model, "middle_block", None) is None and not is_pixel_unet(model):
-        name = type(diffusion_model).__name__
-        if getattr(getattr(diffusion_model, "params", None), "global_modulation", False):
-            name += " (Flux.2: global modulation)"
-        raise ValueError(
-            f"This MODEL ({name}) has no U-Net middle block and is not a transformer the "
-            f"pack reads h in, so it has no h-space here. Use {SUPPORTED}, or {dit.TRANSFORMERS} with the SAMPLER "
-            "nodes, H-Space Shift or H-Space FluxSpace Edit."
-        )
-    model_type = model.model.model_type.name
-    if model_type not in ("EPS", "V_PREDICTION") and not (model_type == "EDM" and is_pixel_unet(model)):
-        raise ValueError(f"Model type {model_type} is not a DDPM-style discrete-time model; use {SUPPORTED}.")
-
-
-def check_latent(model, latent: torch.Tensor) -> None:
-    """Refuse, before sampling, a latent from another model (channels) or of a size the U-Net cannot take."""
-    expected = model.model.latent_format.latent_channels
-    if latent.dim() != 4 or latent.shape[1] != expected:
-        raise ValueError(
-            f"This latent has shape {tuple(latent.shape)} but the model works on {expected}-channel latents: it does not "
-            f"belong to this model. Make it with this model (its VAE, or DDIM Inversion on this MODEL"
-            f"{'; pixel U-Nets use VAELoader pixel_space' if expected == 3 else ''}).")
-    size_check = getattr(model.get_model_object("diffusion_model"), "check_sample_size", None)
-    if size_check is not None:
-        size_check(*latent.shape[-2:])
-
-
-def resolve_site(model, site: str) -> str:
-    """``site`` on this MODEL: on a transformer the U-Net default ("middle", the site inputs' default) stands for
-    the transformer's default block site (``dit.default_site``), logged; anything else is checked as it is."""
-    dm = model.get_model_object("diffusion_model")
-    if dit.dit_family(dm) is not None and site in (None, "", DEFAULT_SITE):
-        chosen = dit.default_site(dm)
-        log.info("H-Space: this %s has no middle block; h is read at %s (the default transformer site).",
-                 type(dm).__name__, chosen)
-        return chosen
-    site_block(dm, site)
-    return site
-
-
-def site_block(diffusion_model, site: str) -> int | None:
-    """The output block whose ``output_block_patch`` sees h at ``site`` as its ``h`` (``sites.output_block_of_site``
-    over ComfyUI's ``num_res_blocks + 1`` output blocks per decoder level, or the pixel U-Net's own levels); None
-    for a transformer's block site (checked against its blocks: ``dit.check_block_site``)."""
-    if dit.dit_family(diffusion_model) is not None:
-        dit.check_block_site(diffusion_model, site)
-        return None
-    check_site(site)
-    if getattr(diffusion_model, "hspace_pixel_unet", False):
-        return diffusion_model.block_of_site(site)
-    per_level = [n + 1 for n in reversed(getattr(diffusion_model, "num_res_blocks", None) or [])]
-    return output_block_of_site(site, per_level)
 
 
 class _HPatch:
@@ -248,12 +170,12 @@ class ComfyHSpaceModel:
         if isinstance(override, dict):
             override = override.get(patch.t_key)
         if override is not None:
-            options["model_function_wrapper"] = _negative_wrapper(override, options.get("model_function_wrapper"))
+            options["model_function_wrapper"] = negative_wrapper(override, options.get("model_function_wrapper"))
         if self.scale_override is not None:
             if "sampler_cfg_function" in options:
                 log.info("The MODEL's own sampler_cfg_function is not used while inverting at guidance %s.",
                          self.scale_override)
-            options["sampler_cfg_function"] = _linear_cfg(self.scale_override)
+            options["sampler_cfg_function"] = linear_cfg(self.scale_override)
         sigma_in = x.new_ones((x.shape[0],)) * sigma
         return self.denoiser(x, sigma_in, denoise_mask=None, model_options=options, seed=self.extra_args.get("seed"))
 
@@ -294,35 +216,6 @@ class ComfyHSpaceModel:
         return Prediction(eps(plain), h, None if edited is None else eps(edited))
 
 
-def _negative_wrapper(embedding: torch.Tensor, inner):
-    """model_function_wrapper: the unconditional rows' cross-attention context becomes ``embedding`` (repeated over
-    tokens to the batch's length, as ComfyUI's CONDCrossAttn.concat does)."""
-
-    def wrapper(apply_model, args):
-        c = dict(args["c"])
-        context = c.get("c_crossattn")
-        order = args.get("cond_or_uncond") or []
-        if context is not None and 1 in order:
-            rows = context.shape[0] // len(order)
-            tokens = context.shape[1]
-            if tokens % embedding.shape[1]:
-                raise ValueError(f"The negative embedding has {embedding.shape[1]} tokens; the batch has {tokens}.")
-            new = embedding.to(context).repeat(1, tokens // embedding.shape[1], 1).expand(rows, -1, -1)
-            parts = list(context.split(rows))
-            c["c_crossattn"] = torch.cat([new if kind == 1 else part for kind, part in zip(order, parts)])
-            args = {**args, "c": c}
-        if inner is not None:
-            return inner(apply_model, args)
-        return apply_model(args["input"], args["timestep"], **args["c"])
-
-    return wrapper
-
-
-def _linear_cfg(scale: float):
-    """sampler_cfg_function for uncond + s·(cond − uncond) (args hold x − prediction for both branches)."""
-    return lambda args: args["uncond"] + scale * (args["cond"] - args["uncond"])
-
-
 def time_embedding_of(model_patcher) -> TimeEmbedding:
     """A frozen copy of the diffusion model's timestep embedding (for implicit directions f_t)."""
     dm = model_patcher.get_model_object("diffusion_model")
@@ -332,68 +225,3 @@ def time_embedding_of(model_patcher) -> TimeEmbedding:
     return TimeEmbedding.copy_of(dm.time_embed[0], dm.time_embed[2], dm.model_channels, True, 0.0)
 
 
-def refuse_flow_loop(model) -> None:
-    """Refuse a flow transformer in a node whose loop still runs inside ``run_in_comfy`` on the ᾱ schedule, naming what
-    takes one."""
-    if is_flow_transformer(model):
-        raise ValueError(f"This node runs the pack's DDIM process over the ᾱ schedule of U-Nets; on "
-                         f"{type(model.get_model_object('diffusion_model')).__name__} (flow matching) use the SAMPLER "
-                         "nodes in SamplerCustomAdvanced (H-Space Asyrp Sampler, H-Space Inversion Sampler, H-Space "
-                         "Content Injection Sampler), H-Space Shift, or H-Space Asyrp Edit, Slerp Content Inject and "
-                         "Capture (docs/transformers.md).")
-
-
-def run_in_comfy(model, latent: torch.Tensor, body, *, positive=None, negative=None, cfg: float = 1.0,
-                 edit_branches: str = "cond", seed: int = 0, negative_at: dict | None = None,
-                 site: str = DEFAULT_SITE, rows: int | None = None, steps: int | None = None):
-    """Run ``body(hspace_model, x)`` inside ComfyUI's sampling of ``model``, with h read at ``site``.
-
-    ``latent`` is a LATENT's ``samples`` (unscaled); ``x`` is the model-space tensor the body works on
-    (``process_latent_in`` applied).  ``negative_at`` ({t: cross-attention tensor}, null-text inversion) replaces
-    the negative's embedding at those timesteps.  ``rows`` is the batch the body really runs through the U-Net
-    when it is not the latent's (``rows_run``: an edit's one-call [x; x] is 2×, the explorer's S strengths 2S×, the
-    Jacobian's k + oversample): ComfyUI then reserves memory for that many rows.  ``steps``: the body's DDIM grid
-    (Asyrp's, ``NoiseLevels.grid_sigmas``), whose real sigmas ComfyUI's sampling is handed (its
-    ``transformer_options["sample_sigmas"]`` and the schedule patches see); without it (a body with no one grid)
-    [σ_max, 0].  Returns what ``body`` returns.
-    """
-    check_has_h_space(model)
-    refuse_flow_loop(model)
-    check_latent(model, latent)
-    site_block(model.get_model_object("diffusion_model"), site)  # refuse a site this U-Net lacks before sampling
-    positive, negative = conditioning_of(model, positive, negative, cfg)
-    result = {}
-
-    def sampler_function(denoiser, x, sigmas, extra_args=None, callback=None, disable=None):
-        hs_model = ComfyHSpaceModel(denoiser, extra_args, model, cfg, edit_branches, negative, site)
-        if negative_at:
-            hs_model = hs_model.with_negative(negative_at)
-        result["value"] = body(hs_model, x)
-        return x
-
-    sampler = comfy.samplers.KSAMPLER(sampler_function)
-    levels = noise_levels(model)
-    sigmas = levels.grid_sigmas(steps).float() if steps else torch.tensor([levels.sigma_max, 0.0])
-    runner = with_row_reservation(model, rows) if rows is not None and rows != latent.shape[0] else model
-    comfy.sample.sample_custom(runner, torch.zeros_like(latent), cfg, sampler, sigmas, positive, negative, latent,
-                               disable_pbar=True, seed=seed)
-    return result["value"]
-
-
-def conditioning_of(model, positive, negative, cfg: float):
-    """(positive, negative) to sample with: a pixel U-Net's empty conditioning when none is connected, the positive
-    as the negative at cfg 1; refused where a text-conditioned model has none, or cfg ≠ 1 has no negative."""
-    if positive is None:
-        if not is_pixel_unet(model):
-            raise ValueError("This model is text-conditioned: connect positive (and negative) CONDITIONING.")
-        positive = [[torch.zeros(1, 1, 1), {}]]
-    if negative is None:
-        if not math.isclose(cfg, 1.0):
-            raise ValueError(f"cfg is {cfg} but no negative CONDITIONING is connected: connect one or set cfg to 1.")
-        negative = positive
-    return positive, negative
-
-
-def latent_out(model, x: torch.Tensor) -> dict:
-    """Model-space tensor → LATENT dict (``process_latent_out``)."""
-    return {"samples": model.model.process_latent_out(x.float()).to(comfy.model_management.intermediate_device())}

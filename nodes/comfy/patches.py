@@ -18,7 +18,7 @@ from ...hspace_core.sampling import check_window_steps
 from .allocations import outside_allocation_graph
 from .edit_batch import branch_names
 from . import dit
-from .model import is_pixel_unet, site_block
+from .checks import is_pixel_unet, site_block
 from .noise_levels import noise_levels
 
 log = logging.getLogger("hspace")

@@ -2,24 +2,31 @@
 the SAMPLER nodes' own) run by ``comfy.sample.sample_custom`` on the real sigmas of the node's DDIM grid
 (``NoiseLevels.grid_sigmas``), so ComfyUI loads the model, processes the CONDITIONING, applies CFG, sees the schedule
 (``transformer_options["sample_sigmas"]``), reserves memory for the rows run and gets every step through the sampler
-callback (progress, Cancel, latent previews)."""
+callback (progress, Cancel, latent previews).  ``run_in_comfy`` runs a body over ``model.ComfyHSpaceModel`` inside
+the same sampling, for the processes that are not a KSAMPLER yet."""
 from __future__ import annotations
+
+import math
 
 import torch
 
+import comfy.model_management
 import comfy.sample
 import comfy.samplers
 
 from ...hspace_core.sigmas import ve_scale
+from ...hspace_core.sites import DEFAULT_SITE
 
+from .checks import check_has_h_space, check_latent, is_pixel_unet, refuse_flow_loop, resolve_site, site_block
 from .memory import rows_run, with_row_reservation
-from .model import check_has_h_space, check_latent, conditioning_of, resolve_site
+from .model import ComfyHSpaceModel
+from .noise_levels import noise_levels
 from .progress import progress_bar
 
 
 def check_process_inputs(model, samples: torch.Tensor, site: str) -> None:
     """Refuse, before sampling, a MODEL without h-space, a latent from another model and a site the model lacks
-    (``model.resolve_site``: the U-Net default stands for a transformer's default block)."""
+    (``checks.resolve_site``: the U-Net default stands for a transformer's default block)."""
     check_has_h_space(model)
     check_latent(model, samples)
     resolve_site(model, site)
@@ -60,8 +67,6 @@ def sweep_process(model, x_T, sampler_of, values, steps: int, *, site: str, posi
     each run by ``sample_process`` under one progress bar; the runs' LATENT samples concatenated along the batch,
     value-major.  ``edited``: its steps edit h (memory for the one-call [x; x] rows is reserved).  ``callbacks(k)``:
     run k's sampler callback, where the runs are part of a longer node (default: ``runs_callback``'s)."""
-    from .noise_levels import noise_levels
-
     x = model.model.process_latent_in(x_T["samples"].float()) if isinstance(x_T, dict) else x_T
     check_process_inputs(model, x, site)
     levels = noise_levels(model)
@@ -89,3 +94,59 @@ def starting_at(sampler, x_T: torch.Tensor, flow: bool):
         return inner(model, start, sigmas, *args, **kwargs)
 
     return comfy.samplers.KSAMPLER(sample, extra_options=sampler.extra_options, inpaint_options=sampler.inpaint_options)
+
+
+def run_in_comfy(model, latent: torch.Tensor, body, *, positive=None, negative=None, cfg: float = 1.0,
+                 edit_branches: str = "cond", seed: int = 0, negative_at: dict | None = None,
+                 site: str = DEFAULT_SITE, rows: int | None = None, steps: int | None = None):
+    """Run ``body(hspace_model, x)`` inside ComfyUI's sampling of ``model``, with h read at ``site``.
+
+    ``latent`` is a LATENT's ``samples`` (unscaled); ``x`` is the model-space tensor the body works on
+    (``process_latent_in`` applied).  ``negative_at`` ({t: cross-attention tensor}, null-text inversion) replaces
+    the negative's embedding at those timesteps.  ``rows`` is the batch the body really runs through the U-Net
+    when it is not the latent's (``rows_run``: an edit's one-call [x; x] is 2×, the explorer's S strengths 2S×, the
+    Jacobian's k + oversample): ComfyUI then reserves memory for that many rows.  ``steps``: the body's DDIM grid
+    (Asyrp's, ``NoiseLevels.grid_sigmas``), whose real sigmas ComfyUI's sampling is handed (its
+    ``transformer_options["sample_sigmas"]`` and the schedule patches see); without it (a body with no one grid)
+    [σ_max, 0].  Returns what ``body`` returns.
+    """
+    check_has_h_space(model)
+    refuse_flow_loop(model)
+    check_latent(model, latent)
+    site_block(model.get_model_object("diffusion_model"), site)  # refuse a site this U-Net lacks before sampling
+    positive, negative = conditioning_of(model, positive, negative, cfg)
+    result = {}
+
+    def sampler_function(denoiser, x, sigmas, extra_args=None, callback=None, disable=None):
+        hs_model = ComfyHSpaceModel(denoiser, extra_args, model, cfg, edit_branches, negative, site)
+        if negative_at:
+            hs_model = hs_model.with_negative(negative_at)
+        result["value"] = body(hs_model, x)
+        return x
+
+    sampler = comfy.samplers.KSAMPLER(sampler_function)
+    levels = noise_levels(model)
+    sigmas = levels.grid_sigmas(steps).float() if steps else torch.tensor([levels.sigma_max, 0.0])
+    runner = with_row_reservation(model, rows) if rows is not None and rows != latent.shape[0] else model
+    comfy.sample.sample_custom(runner, torch.zeros_like(latent), cfg, sampler, sigmas, positive, negative, latent,
+                               disable_pbar=True, seed=seed)
+    return result["value"]
+
+
+def conditioning_of(model, positive, negative, cfg: float):
+    """(positive, negative) to sample with: a pixel U-Net's empty conditioning when none is connected, the positive
+    as the negative at cfg 1; refused where a text-conditioned model has none, or cfg ≠ 1 has no negative."""
+    if positive is None:
+        if not is_pixel_unet(model):
+            raise ValueError("This model is text-conditioned: connect positive (and negative) CONDITIONING.")
+        positive = [[torch.zeros(1, 1, 1), {}]]
+    if negative is None:
+        if not math.isclose(cfg, 1.0):
+            raise ValueError(f"cfg is {cfg} but no negative CONDITIONING is connected: connect one or set cfg to 1.")
+        negative = positive
+    return positive, negative
+
+
+def latent_out(model, x: torch.Tensor) -> dict:
+    """Model-space tensor → LATENT dict (``process_latent_out``)."""
+    return {"samples": model.model.process_latent_out(x.float()).to(comfy.model_management.intermediate_device())}

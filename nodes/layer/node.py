@@ -26,7 +26,7 @@ from comfy_api.latest import io
 from ...hspace_core import HTrajectory, check_fingerprint
 from ...hspace_core.sites import DEFAULT_SITE, site_of
 from ..comfy.fingerprint import model_fingerprint
-from ..comfy.model import check_has_h_space, resolve_site
+from ..comfy.checks import check_has_h_space, resolve_site
 from .checks import widget_problem
 from .origin import check_same_guidance, check_x_T_grid, check_x_T_model
 from .resolution import check_window

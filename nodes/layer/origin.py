@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from ...hspace_core import timestep_grid
 from ...hspace_core.settings import grid_label
 from ..comfy.fingerprint import model_fingerprint
-from ..comfy.model import check_latent
+from ..comfy.checks import check_latent
 
 log = logging.getLogger("hspace")
 ORIGIN_KEY = "hspace_origin"

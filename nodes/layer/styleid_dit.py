@@ -9,7 +9,7 @@ from ...hspace_core.flow_styleid import flow_styleid, record_flow_features
 from ...hspace_core.styleid import StyleIDSettings
 from ..comfy.dit_attention import flow_grid, percent_steps, run_on_transformer, sigma_denoise, transformer_layers
 from ..comfy.fingerprint import model_fingerprint
-from ..comfy.model import latent_out
+from ..comfy.run import latent_out
 from ..comfy.noise_levels import noise_levels
 from ..comfy.progress import progress_bar
 from .images import decode, encoded_pixels, latent_x, psnr
