@@ -105,6 +105,22 @@ def pack():
     return load_pack()
 
 
+@pytest.fixture(scope="module")
+def flux(pack):
+    """A tiny Flux (``harness.tiny_dit``), one per test module."""
+    from harness.tiny_dit import tiny_flux
+
+    return tiny_flux()
+
+
+@pytest.fixture(scope="module")
+def sd3(pack):
+    """A tiny SD3 MMDiT (``harness.tiny_dit``), one per test module."""
+    from harness.tiny_dit import tiny_sd3
+
+    return tiny_sd3()
+
+
 @pytest.fixture(scope="session")
 def comfy(tmp_path_factory):
     """A real ComfyUI server (HSPACE_COMFYUI or the one scripts/setup.sh installed) with this pack and tiny models."""

@@ -11,20 +11,6 @@ from test_transformers import direction, euler, sample, sigmas_of
 
 # --- in-process: an interrupt inside a block pass ---------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def flux(pack):
-    from harness.tiny_dit import tiny_flux
-
-    return tiny_flux()
-
-
-@pytest.fixture(scope="module")
-def sd3(pack):
-    from harness.tiny_dit import tiny_sd3
-
-    return tiny_sd3()
-
-
 def _hooks(module: torch.nn.Module) -> int:
     """Forward hooks and pre-hooks left on ``module`` and everything under it."""
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hspace_core.flow import nudge_latent
-from test_transformers import _models, _psnr, euler, flux, sample, sd3, sigmas_of  # noqa: F401 -- fixtures too
+from test_transformers import _models, _psnr, euler, sample, sigmas_of
 
 
 def round_trips(model, cond, cfg, nudge):

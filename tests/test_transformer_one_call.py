@@ -6,7 +6,7 @@ import torch
 
 from harness.tiny_dit import flux_conditioning, sd3_conditioning
 from test_comfy_one_call import SHIFT, counted, relative
-from test_transformers import SIZE, flux, sd3  # noqa: F401 -- the tiny models' fixtures
+from test_transformers import SIZE
 
 
 def blocks(model):

@@ -9,23 +9,13 @@ import torch
 from einops import rearrange
 
 from harness.inprocess import run_in_comfy
-from harness.tiny_dit import flux_conditioning, sd3_conditioning, tiny_flux, tiny_sd3
+from harness.tiny_dit import flux_conditioning, sd3_conditioning, tiny_flux
 from hspace_core import Direction, HTrajectory
 from hspace_core.flow import invert_flow
 from hspace_core.sampling import asymmetric_step
 from hspace_core.sites import block_site, check_site, spatial_to_tokens, tokens_to_spatial
 
 SIZE = 16  # latent 16×16 → an 8×8 patch grid
-
-
-@pytest.fixture(scope="module")
-def flux(pack):
-    return tiny_flux()
-
-
-@pytest.fixture(scope="module")
-def sd3(pack):
-    return tiny_sd3()
 
 
 def _models(request):
