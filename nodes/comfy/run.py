@@ -124,12 +124,10 @@ def run_in_comfy(model, latent: torch.Tensor, body, *, positive=None, negative=N
         result["value"] = body(hs_model, x)
         return x
 
-    sampler = comfy.samplers.KSAMPLER(sampler_function)
     levels = noise_levels(model)
     sigmas = levels.grid_sigmas(steps).float() if steps else torch.tensor([levels.sigma_max, 0.0])
-    runner = with_row_reservation(model, rows) if rows is not None and rows != latent.shape[0] else model
-    comfy.sample.sample_custom(runner, torch.zeros_like(latent), cfg, sampler, sigmas, positive, negative, latent,
-                               disable_pbar=True, seed=seed)
+    sample_process(model, comfy.samplers.KSAMPLER(sampler_function), sigmas, noise=torch.zeros_like(latent),
+                   latent=latent, positive=positive, negative=negative, cfg=cfg, seed=seed, rows=rows)
     return result["value"]
 
 
