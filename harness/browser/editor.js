@@ -213,8 +213,17 @@ async function openTemplate(page, module, name) {
     cards.push(await e.evaluate(e => ({ name: e.getAttribute('data-testid').slice('template-workflow-'.length),
                                         thumbnail: (e.querySelector('img') || {}).naturalWidth || 0 })));
   }
-  await card.click();
-  await page.waitForFunction(() => !document.querySelector('.p-dialog'), null, { timeout: 60000 });
+  // under load a click can land while the cards re-lay out (thumbnails arriving) and open nothing: click once more,
+  // saying so, before giving up with the dialog's text
+  for (let attempt = 1; ; attempt++) {
+    await card.click();
+    const closed = await page.waitForFunction(() => !document.querySelector('.p-dialog'), null, { timeout: 30000 })
+      .then(() => true, () => false);
+    if (closed) break;
+    const open = await page.evaluate(() => (document.querySelector('.p-dialog') || {}).innerText || '');
+    if (attempt === 2) throw new Error(`the template dialog is still open after two clicks on ${name}: ${open.slice(0, 300)}`);
+    console.error(`the template dialog is still open 30 s after clicking ${name}; clicking again`);
+  }
   const nodes = await page.evaluate(() => app.graph.nodes.map(n => n.type));
   console.log(JSON.stringify({ module, name, cards, fetched, nodes }));
   return nodes.length > 0;
