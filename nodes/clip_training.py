@@ -15,6 +15,7 @@ from ..hspace_core.clip_directions import DirectionTraining, load_open_clip, tra
 from ..hspace_core import load_official_asyrp
 from .comfy.memory import rows_run
 from .comfy.model import time_embedding_of
+from .comfy.checks import refuse_flow_loop
 from .comfy.run import run_in_comfy
 from .comfy.progress import progress_bar
 from .layer import (CATEGORY, DirectionType, HSpaceNode, node_name, advanced, conditioning_inputs, encode, list_files,
@@ -130,6 +131,7 @@ class TrainAsyrpDirection(HSpaceNode):
         latent = encode(vae, images)
         decode, decoder = differentiable_decode(vae, model)
         total = -(-pixels.shape[0] // batch_size) * (1 + epochs * steps)
+        refuse_flow_loop(model)
         with autograd_ready(decoder):
             result = run_in_comfy(
                 model, latent["samples"],

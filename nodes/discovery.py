@@ -9,6 +9,7 @@ from ..hspace_core import (NORMALISATIONS, PROBE_METHODS, explore, explorer_rows
                            orthogonalise, pca_directions, probe_direction, rescale_like)
 from ..hspace_core.sites import common_site
 from .comfy.memory import rows_run
+from .comfy.checks import refuse_flow_loop
 from .comfy.run import latent_out, run_in_comfy
 from .comfy.progress import progress_bar
 from .layer import (CATEGORY, EXPLORER_STRENGTHS, T_EDITS, DirectionSet, DirectionType, HSpaceNode, Trajectory,
@@ -113,6 +114,7 @@ class JacobianDirections(HSpaceNode):
             return jacobian_directions(m, x_t, t_grid, k, output=output, iterations=iterations,
                                        relative_norm=relative_norm, seed=seed, progress=progress_bar(iterations + 1))
 
+        refuse_flow_loop(model)
         directions = run_in_comfy(model, x_T["samples"], body, positive=positive, negative=negative, cfg=cfg,
                                   edit_branches=edit_branches, negative_at=negative_at, site=site, steps=steps,
                                   rows=rows_run(model, x_T["samples"].shape[0], copies=k + 2))  # k + oversample probe rows
@@ -219,6 +221,7 @@ class DirectionExplorer(HSpaceNode):
                    "use fewer directions, t_edit values or strengths")
         negative, negative_at = sampling_inputs(x_T, cfg, positive, negative)
         progress = progress_bar(steps * len(rows), model)
+        refuse_flow_loop(model)
         out = run_in_comfy(model, x_T["samples"],
                            lambda m, x: explore(m, x, chosen, values, schedule, t_edits=t_edits, seed=seed,
                                                           progress=progress),

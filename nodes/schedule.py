@@ -4,6 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..hspace_core import find_t_edit_t_boost
+from .comfy.checks import refuse_flow_loop
 from .comfy.run import run_in_comfy
 from .comfy.progress import progress_bar
 from .layer import (CATEGORY, HSpaceNode, advanced, conditioning_inputs, latent_of, lpips_by_name, model_input,
@@ -54,6 +55,7 @@ class AutoSchedule(HSpaceNode):
             images = vae.decode(model.model.process_latent_out(x.float()))
             return images[..., :3].movedim(-1, 1) * 2 - 1
 
+        refuse_flow_loop(model)
         result = run_in_comfy(
             model, latent["samples"],
             lambda m, x: find_t_edit_t_boost(m, x, distance=distance, decode=decode, text_cosine=text_cosine,

@@ -268,9 +268,8 @@ def test_refusals_name_what_to_set(pack, flux):
                                                      False, 0).result[0]
     with pytest.raises(ValueError, match="needs h at t = \\[9999, 6666\\].*sigmas the content was captured on"):
         sample(flux, injector, sigmas, flux_conditioning, 1.0)  # a trajectory of another grid
-    with pytest.raises(ValueError, match="DDIM process .* use the SAMPLER nodes"):
-        run_in_comfy(flux, torch.zeros(1, 16, SIZE, SIZE), lambda m, x: x,
-                     positive=flux_conditioning(0))
+    levels = run_in_comfy(flux, torch.zeros(1, 16, SIZE, SIZE), lambda m, x: m.levels, positive=flux_conditioning(0))
+    assert levels.parameterisation == "const" and levels.sigma_max == 1.0  # the body sees the model's own σ table
 
 
 def test_direction_from_inverted_examples_and_content_injection_on_flux(pack, flux):

@@ -17,7 +17,7 @@ import comfy.samplers
 from ...hspace_core.sigmas import ve_scale
 from ...hspace_core.sites import DEFAULT_SITE
 
-from .checks import check_has_h_space, check_latent, is_pixel_unet, refuse_flow_loop, resolve_site, site_block
+from .checks import check_has_h_space, check_latent, is_pixel_unet, resolve_site
 from .memory import rows_run, with_row_reservation
 from .model import ComfyHSpaceModel
 from .noise_levels import noise_levels
@@ -111,9 +111,8 @@ def run_in_comfy(model, latent: torch.Tensor, body, *, positive=None, negative=N
     [σ_max, 0].  Returns what ``body`` returns.
     """
     check_has_h_space(model)
-    refuse_flow_loop(model)
     check_latent(model, latent)
-    site_block(model.get_model_object("diffusion_model"), site)  # refuse a site this U-Net lacks before sampling
+    resolve_site(model, site)  # refuse a site this model lacks before sampling
     positive, negative = conditioning_of(model, positive, negative, cfg)
     result = {}
 
