@@ -13,7 +13,7 @@ from .clip_directions import CLIPDirectional, DirectionTraining, TrainedDirectio
 from .direction import Direction
 from .direction_algebra import (combine, combine_directions, normalise, orthogonalise, relative_strength, rescale_like,
                                 scaled_strength, strength_edit, sum_weights)
-from .explorer import explore, explorer_rows
+from .explorer import explore, explorer_rows, row_edit
 from .file_format import FORMAT_VERSION, check_fingerprint
 from .jacobian import jacobian_directions, latent_at
 from .pca import NORMALISATIONS, PCAResult, pca_directions, principal_components
@@ -51,7 +51,7 @@ __all__ = [
     "Denoiser", "timestep_at_fraction", "timestep_at_sigma", "HEdit", "edited_rows", "fingerprint_of", "guided",
     "SITES", "jacobian_directions", "orthogonalise", "pca_directions", "probe_direction", "relative_strength",
     "combine", "normalise", "rescale_like", "sum_weights", "scaled_strength", "strength_edit",
-    "explore", "explorer_rows", "FORMAT_VERSION", "check_fingerprint",
+    "explore", "explorer_rows", "row_edit", "FORMAT_VERSION", "check_fingerprint",
     "latent_at", "NORMALISATIONS", "PCAResult", "principal_components", "PROBE_METHODS", "linear_probe",
     "AttentionFeatures", "LAYER_PRESETS", "StyleIDSettings", "adain", "preserve_query", "record_features",
     "styleid_inject", "temperature_attention",

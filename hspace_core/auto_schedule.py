@@ -3,6 +3,10 @@
 t_edit is the smallest t with LPIPS(x, P_t) ≥ 0.33 (the threshold scaled by the CLIP cosine between the
 source and target texts when one is given, as the official code does); t_boost is the smallest t with
 LPIPS(x, x_t) ≥ 1.2.  x_t is the forward-noised image and P_t the network's predicted x0 from it.
+
+On a flow-matching model (rectified flow: Flux, SD3) t indexes the model's own σ table, x_t is the flow's point
+x_σ = (1 − σ)·x0 + σ·ε (``NoiseLevels.signal``) and P_t its denoised prediction D(x_σ, σ); the thresholds are the
+paper's, measured on DDPM U-Nets (not re-derived for flow).
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from .adapters.base import HSpaceModel
+from .adapters.base import HSpaceModel, denoise_at, levels_of
 from .ddim import predicted_x0
 from .progress import StepLoop, check_batch
 
@@ -61,7 +65,8 @@ def find_t_edit_t_boost(model: HSpaceModel, x0: torch.Tensor, *, distance: Dista
     distance = distance or lpips_distance()
     decode = decode or (lambda x: x)
     threshold = edit_threshold * (text_cosine if text_cosine is not None else 1.0)
-    T = model.schedule.num_train_timesteps
+    levels = levels_of(model)
+    T = levels.num_timesteps
     probes = sorted({int(round(v)) for v in torch.linspace(0, T - 1, num_probes).tolist()})
     generator = torch.Generator().manual_seed(int(seed))
     noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
@@ -70,9 +75,7 @@ def find_t_edit_t_boost(model: HSpaceModel, x0: torch.Tensor, *, distance: Dista
     d_pred, d_noisy = [], []
     for t in probes:
         loop.tick()
-        a = model.schedule.alpha_bar(t)
-        x_t = a**0.5 * x0 + (1 - a) ** 0.5 * noise
-        p_t = predicted_x0(x_t, model.predict(x_t, t).eps, a)
+        x_t, p_t = _noisy_and_predicted(model, levels, x0, noise, t)
         loop.show(p_t)
         d_pred.append(float(distance(image, decode(p_t)).mean()))
         d_noisy.append(float(distance(image, decode(x_t)).mean()))
@@ -80,3 +83,15 @@ def find_t_edit_t_boost(model: HSpaceModel, x0: torch.Tensor, *, distance: Dista
     t_boost = next((t for t, d in zip(probes, d_noisy) if d >= boost_threshold), T - 1)
     return AutoScheduleResult(t_edit, min(t_boost, t_edit), tuple(probes), tuple(d_pred), tuple(d_noisy),
                         threshold, boost_threshold)
+
+
+def _noisy_and_predicted(model: HSpaceModel, levels, x0: torch.Tensor, noise: torch.Tensor, t: int):
+    """(x_t, P_t) at table entry t: DDPM's x_t = √ᾱ_t·x0 + √(1 − ᾱ_t)·ε and P_t from ε (DDIM eq. 12), or, on flow
+    matching, x_σ = (1 − σ)·x0 + σ·ε and P = D(x_σ, σ) (the denoiser's x0, ``denoise_at``)."""
+    if levels.parameterisation == "const":
+        sigma = levels.sigma(t)
+        x_t = levels.signal(sigma) * x0 + sigma * noise
+        return x_t, denoise_at(model, x_t, sigma, t=t)[0]
+    a = model.schedule.alpha_bar(t)
+    x_t = a**0.5 * x0 + (1 - a) ** 0.5 * noise
+    return x_t, predicted_x0(x_t, model.predict(x_t, t).eps, a)

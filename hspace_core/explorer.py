@@ -15,7 +15,7 @@ from .progress import offset
 from .settings import EditSchedule, t_edit_label
 from .sites import check_same_site, site_of
 
-__all__ = ["explorer_rows", "explore"]
+__all__ = ["explorer_rows", "explore", "row_edit"]
 
 
 def explorer_rows(directions: Sequence[Direction], t_edits: Sequence[int] = ()) -> list[tuple[Direction, int | None, str]]:
@@ -27,6 +27,17 @@ def explorer_rows(directions: Sequence[Direction], t_edits: Sequence[int] = ()) 
         name = d.name or f"direction {i}"
         rows += [(d, t, name if t is None else f"{name} @ t≥{t}") for t in (list(t_edits) or [None])]
     return rows
+
+
+def row_edit(direction: Direction, strengths: torch.Tensor, num_steps: int | None):
+    """The h edit of one explorer row: h̃ = h + s_j·Δh in batch row j (one row per strength, ``scaled_strength``
+    for ``num_steps``), so strength 0's row is the plain process."""
+    scale = scaled_strength(direction, strengths, num_steps)
+
+    def shift(h, t, branch):
+        return h + scale.to(h).reshape(-1, *([1] * (h.dim() - 1))) * direction.at(h, t)
+
+    return shift
 
 
 def explore(model: HSpaceModel, x_T: torch.Tensor, directions: Sequence[Direction], strengths: Sequence[float],
@@ -51,12 +62,8 @@ def explore(model: HSpaceModel, x_T: torch.Tensor, directions: Sequence[Directio
     rows = []
     for i, (d, t_edit, _) in enumerate(pairs):
         row_schedule = schedule if t_edit is None else schedules[t_edit]
-        scale = scaled_strength(d, s, schedule.num_steps)
-
-        def shift(h, t, branch, d=d, scale=scale):
-            return h + scale.to(h).reshape(-1, *([1] * (h.dim() - 1))) * d.at(h, t)
-
         report = offset(progress, i * schedule.num_steps, len(pairs) * schedule.num_steps)
-        rows.append(run_reverse(model, x_T.expand(len(strengths), *x_T.shape[1:]), row_schedule, edit=shift,
-                                seed=seed, progress=report, should_stop=should_stop).x0)
+        rows.append(run_reverse(model, x_T.expand(len(strengths), *x_T.shape[1:]), row_schedule,
+                                edit=row_edit(d, s, schedule.num_steps), seed=seed, progress=report,
+                                should_stop=should_stop).x0)
     return torch.stack(rows)

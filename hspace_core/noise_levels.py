@@ -157,6 +157,41 @@ class NoiseLevels:
             return math.exp(self.shift) / (math.exp(self.shift) + (1 / u - 1))
         return u if self.shift == 1.0 else self.shift * u / (1 + (self.shift - 1) * u)
 
+    def sigma_to_percent(self, sigma: float) -> float:
+        """The inverse of ``percent_to_sigma`` on [σ_min, σ_max] (clamped to [0, 1] outside): the percent at which
+        this family's schedule reaches σ (discrete: the fractional t of log σ between table entries; continuous:
+        log-linear; flow: the shift undone, u = σ/(s − (s − 1)·σ) or 1/(1 + eˢ·(1/σ − 1)))."""
+        if sigma <= 0.0:
+            return 1.0
+        if self.family == "discrete":
+            logs = self.log_table.double()
+            log_sigma = min(max(math.log(sigma), float(logs[0])), float(logs[-1]))
+            i = min(int(torch.searchsorted(logs, torch.tensor(log_sigma, dtype=logs.dtype), right=True)) - 1,
+                    self.num_timesteps - 2)
+            w = (log_sigma - float(logs[i])) / (float(logs[i + 1]) - float(logs[i]))
+            u = (i + w) / (self.num_timesteps - 1)
+        elif self.family == "continuous":
+            log_min = math.log(self.sigma_min)
+            u = (math.log(sigma) - log_min) / (math.log(self.sigma_max) - log_min)
+        elif sigma >= 1.0:
+            u = 1.0
+        elif self.shift_rule == "flux":
+            u = 1.0 / (1.0 + math.exp(self.shift) * (1.0 / sigma - 1.0))
+        else:
+            u = sigma / (self.shift - (self.shift - 1.0) * sigma)
+        return min(max(1.0 - u, 0.0), 1.0)
+
+    def percent_at_timestep(self, t: int) -> float:
+        """The percent of the boundary just below table entry t: σ halfway in log σ between σ_{t−1} and σ_t (1.0,
+        σ = 0, for t = 0).  A percent window ending there holds exactly the entries t' ≥ t (the paper's t ≥ t_edit),
+        and a boost starting there makes exactly the entries t' < t stochastic (``count_below``): the one conversion
+        of a timestep to the percent widgets (H-Space Auto Schedule's percent outputs)."""
+        t = int(t)
+        self.sigma(t)  # refuse a t off the table
+        if t == 0:
+            return 1.0
+        return self.sigma_to_percent(math.exp(0.5 * (float(self.log_table[t - 1]) + float(self.log_table[t]))))
+
     def percent_window(self, start_percent: float, end_percent: float, node: str = ""):
         """The σ window of a start/end percent pair (``sampling.SigmaWindow``, σ(start) ≥ σ ≥ σ(end))."""
         from .sampling import SigmaWindow  # sampling reads NoiseLevels: imported here to keep the import one-way

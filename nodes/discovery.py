@@ -3,19 +3,22 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from comfy_api.latest import io
 
 from ..hspace_core import (NORMALISATIONS, PROBE_METHODS, explore, explorer_rows, jacobian_directions, latent_at,
-                           orthogonalise, pca_directions, probe_direction, rescale_like)
+                           orthogonalise, pca_directions, probe_direction, rescale_like, row_edit)
 from ..hspace_core.sites import common_site
 from .comfy.memory import rows_run
-from .comfy.checks import refuse_flow_loop
-from .comfy.run import latent_out, run_in_comfy
+from .comfy.checks import is_flow_transformer, refuse_flow_loop
+from .comfy.model import ComfyHSpaceModel
+from .comfy.run import latent_out, run_in_comfy, sweep_process
+from .comfy.samplers import h_edit_sampler
 from .comfy.progress import progress_bar
 from .layer import (CATEGORY, EXPLORER_STRENGTHS, T_EDITS, DirectionSet, DirectionType, HSpaceNode, Trajectory,
                     advanced, allow_other_model_input, check_work, conditioning_inputs, decode, edit_schedule,
-                    model_input, sampling_inputs, seed_input, site_input, steps_input, t_edit_input, values_input,
-                    values_of, window_inputs, x_T_input)
+                    edit_window, model_input, node_name, sampling_inputs, seed_input, site_input, steps_input,
+                    t_edit_input, values_input, values_of, window_inputs, x_T_input)
 from .layer import grids
 
 log = logging.getLogger("hspace")
@@ -212,23 +215,53 @@ class DirectionExplorer(HSpaceNode):
             raise ValueError("Connect a direction set ('directions') or a 'direction' to explore.")
         values = values_of(strengths, "strengths", EXPLORER_STRENGTHS)
         t_edits = values_of(t_edit_sweep, "t_edit_sweep", T_EDITS)
+        flow = is_flow_transformer(model)
+        if t_edits and flow:
+            raise ValueError("t_edit_sweep counts the DDIM timesteps of a U-Net (0–999); this flow transformer's t "
+                             "counts its own σ table, so the sweep is not mapped: leave t_edit_sweep empty and set "
+                             "the window with window = percent (start_percent / end_percent), one explorer per window.")
         if t_edits and window == "percent":
             log.info("h-space: the Direction Explorer's t_edit_sweep is in t; it replaces the percent window.")
-        schedule = edit_schedule(steps, t_edit, None, model, window if not t_edits else "t_edit", start_percent,
-                                 end_percent)
         rows = explorer_rows(chosen, t_edits)
         check_work("tiles (rows × strengths)", len(rows) * len(values), EXPLORER_TILES,
                    "use fewer directions, t_edit values or strengths")
         negative, negative_at = sampling_inputs(x_T, cfg, positive, negative)
-        progress = progress_bar(steps * len(rows), model)
-        refuse_flow_loop(model)
-        out = run_in_comfy(model, x_T["samples"],
-                           lambda m, x: explore(m, x, chosen, values, schedule, t_edits=t_edits, seed=seed,
-                                                          progress=progress),
-                           positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed,
-                           negative_at=negative_at, site=common_site(chosen, "directions"), steps=steps,
-                           rows=rows_run(model, x_T["samples"].shape[0], copies=len(values), edited=True))
-        images = decode(vae, latent_out(model, out.flatten(0, 1)))
+        site = common_site(chosen, "directions")
+        if flow:
+            latent = _explore_flow(cls, model, x_T, chosen, values, steps, t_edit, seed, cfg, edit_branches, site,
+                                   positive, negative, negative_at, window, start_percent, end_percent)
+        else:
+            schedule = edit_schedule(steps, t_edit, None, model, window if not t_edits else "t_edit", start_percent,
+                                     end_percent)
+            progress = progress_bar(steps * len(rows), model)
+            out = run_in_comfy(model, x_T["samples"],
+                               lambda m, x: explore(m, x, chosen, values, schedule, t_edits=t_edits, seed=seed,
+                                                    progress=progress),
+                               positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches, seed=seed,
+                               negative_at=negative_at, site=site, steps=steps,
+                               rows=rows_run(model, x_T["samples"].shape[0], copies=len(values), edited=True))
+            latent = latent_out(model, out.flatten(0, 1))
+        images = decode(vae, latent)
         tiles = images.reshape(len(rows), len(values), *images.shape[1:])[..., :3]
         labels = [label for _, _, label in rows]
         return io.NodeOutput(grids.grid_image(tiles.float().cpu(), labels, [f"{s:+g}" for s in values], scale=scale))
+
+
+def _explore_flow(node_cls, model, x_T, directions, strengths, steps, t_edit, seed, cfg, edit_branches, site,
+                  positive, negative, negative_at, window, start_percent, end_percent) -> dict:
+    """The explorer on a flow transformer: each row is one Asyrp process of the strengths as a batch (``row_edit``),
+    the H-Space Asyrp Edit's KSAMPLER (``h_edit_sampler``) over ComfyUI's sampling of the DDIM grid of ``steps`` on
+    the model's own σ table (``sweep_process``, started at σ = 1 from x_T); the LATENT of the rows, row-major."""
+    node = node_name(node_cls.define_schema())
+    samples = x_T["samples"]
+    batch = {**x_T, "samples": samples.expand(len(strengths), *samples.shape[1:])}
+    scale = torch.tensor(strengths, dtype=torch.float32)
+
+    def sampler(direction):
+        return h_edit_sampler(node, lambda n, hs, window_ts: row_edit(direction, scale, n),
+                              lambda patcher: edit_window(node, patcher, window, t_edit, start_percent, end_percent),
+                              edit_branches=edit_branches, site=site, seed=seed,
+                              hs_for=ComfyHSpaceModel.for_node(cfg, negative, negative_at), reserved=True)
+
+    return {"samples": sweep_process(model, batch, sampler, directions, steps, site=site, positive=positive,
+                                     negative=negative, cfg=cfg, seed=seed)}

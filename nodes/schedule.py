@@ -4,8 +4,8 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..hspace_core import find_t_edit_t_boost
-from .comfy.checks import refuse_flow_loop
 from .comfy.run import run_in_comfy
+from .comfy.noise_levels import noise_levels
 from .comfy.progress import progress_bar
 from .layer import (CATEGORY, HSpaceNode, advanced, conditioning_inputs, latent_of, lpips_by_name, model_input,
                     seed_input)
@@ -18,7 +18,9 @@ class AutoSchedule(HSpaceNode):
             node_id="HSpaceAutoSchedule", display_name="H-Space Auto Schedule", category=CATEGORY,
             description="Asyrp's rule: t_edit where LPIPS(x, P_t) reaches 0.33 (× the source/target text cosine when "
                         "given) and t_boost where LPIPS(x, x_t) reaches 1.2, measured on this model and image. "
-                        "Connect the outputs to the t_edit / t_boost inputs of the other nodes.",
+                        "Connect t_edit / t_boost to the other nodes' t_edit / t_boost inputs, or (window = percent, "
+                        "any model, Flux and SD3 included) edit_end_percent / boost_start_percent to their "
+                        "end_percent / boost_start_percent.",
             inputs=[
                 model_input(),
                 io.Image.Input("image", optional=True, tooltip="The image (needs the VAE), or connect a latent."),
@@ -39,8 +41,14 @@ class AutoSchedule(HSpaceNode):
                 seed_input(),
                 *conditioning_inputs(),
             ],
-            outputs=[io.Int.Output("t_edit", tooltip="Edit interval is [T, t_edit]."),
-                     io.Int.Output("t_boost", tooltip="Quality boosting below this t.")],
+            outputs=[io.Int.Output("t_edit", tooltip="Edit interval is [T, t_edit] (t: the model's own σ table; 10000 "
+                                                     "entries on Flux)."),
+                     io.Int.Output("t_boost", tooltip="Quality boosting below this t."),
+                     io.Float.Output("edit_end_percent", tooltip="t_edit as a percent window's end (start 0): the "
+                                                                 "window holds the steps at t ≥ t_edit."),
+                     io.Float.Output("boost_start_percent", tooltip="t_boost as the Quality Boost's "
+                                                                    "boost_start_percent (not on flow matching, "
+                                                                    "where the boost is refused).")],
         )
 
     @classmethod
@@ -55,12 +63,13 @@ class AutoSchedule(HSpaceNode):
             images = vae.decode(model.model.process_latent_out(x.float()))
             return images[..., :3].movedim(-1, 1) * 2 - 1
 
-        refuse_flow_loop(model)
         result = run_in_comfy(
             model, latent["samples"],
             lambda m, x: find_t_edit_t_boost(m, x, distance=distance, decode=decode, text_cosine=text_cosine,
                                              edit_threshold=edit_threshold, boost_threshold=boost_threshold,
                                              num_probes=probes, seed=seed, progress=progress_bar(probes, model)),
             positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches)
-        return io.NodeOutput(result.t_edit, result.t_boost)
+        levels = noise_levels(model)
+        return io.NodeOutput(result.t_edit, result.t_boost, levels.percent_at_timestep(result.t_edit),
+                             levels.percent_at_timestep(result.t_boost))
 

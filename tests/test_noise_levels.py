@@ -49,6 +49,27 @@ def test_percent_to_sigma_is_comfyuis_on_every_family(pack, samplings, name):
     assert torch.equal(levels.table, ms.sigmas.float().cpu())
 
 
+@pytest.mark.parametrize("name", ["eps", "v", "edm", "sd3", "flux"])
+def test_percent_at_timestep_bounds_the_window_and_the_boost(pack, samplings, name):
+    """σ → percent undoes ComfyUI's percent → σ, and a timestep's percent (H-Space Auto Schedule's outputs) makes a
+    percent window hold exactly t ≥ t_edit and a boost start exactly below t_boost, on every family."""
+    from hspace_pack.nodes.comfy.noise_levels import levels_of_sampling
+
+    levels = levels_of_sampling(samplings[name])
+    for p in PERCENTS[1:-1]:
+        assert levels.sigma_to_percent(levels.percent_to_sigma(p)) == pytest.approx(p, abs=1e-5), p
+    T = levels.num_timesteps
+    for t in sorted({0, 1, 2, T // 3, T // 2, T - 2, T - 1}):
+        p = levels.percent_at_timestep(t)
+        assert 0.0 <= p <= 1.0
+        window = levels.percent_window(0.0, p)
+        inside = [u for u in range(T) if window.contains(levels.sigma(u))]
+        assert inside == list(range(t, T)), (t, inside[:3])
+        assert levels.count_below(levels.percent_to_sigma(p)) == t
+    with pytest.raises(ValueError, match="outside"):
+        levels.percent_at_timestep(T)
+
+
 @pytest.mark.parametrize("name", ["eps", "v"])
 def test_sigma_to_t_is_comfyuis_timestep_on_discrete_models(pack, samplings, name):
     from hspace_pack.nodes.comfy.noise_levels import levels_of_sampling

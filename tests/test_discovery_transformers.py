@@ -1,0 +1,190 @@
+"""Directions on transformers (issue 38 item 3), in-process on the tiny Flux and SD3 (harness/tiny_dit.py): PCA,
+probe, orthogonalised, combined and saved directions from trajectories captured on the model (H-Space Capture)
+carry its block site, fingerprint and grid and edit through H-Space Asyrp Edit; the Direction Explorer on a flow
+model (percent window; its t_edit sweep refused by name); H-Space Auto Schedule's LPIPS rule on the flow point
+x_σ = (1 − σ)·x0 + σ·ε, against the written-out formula, and its percent outputs."""
+import pytest
+import torch
+
+from harness.tiny_dit import flux_conditioning, sd3_conditioning, tiny_flux, tiny_vae16
+from hspace_core import Direction, find_t_edit_t_boost
+from hspace_core.noise_levels import NoiseLevels
+
+SIZE = 16  # latent 16×16 → an 8×8 patch grid
+STEPS = 4
+PERCENT = dict(window="percent", start_percent=0.0, end_percent=0.7, t_edit=400)
+
+
+def _models(request):
+    return {"flux": (request.getfixturevalue("flux"), flux_conditioning, 1.0),
+            "sd3": (request.getfixturevalue("sd3"), sd3_conditioning, 3.0)}
+
+
+def _latents(*seeds):
+    return {"samples": torch.cat([torch.randn(1, 16, SIZE, SIZE, generator=torch.Generator().manual_seed(s))
+                                  for s in seeds])}
+
+
+def _conditioning(cond, cfg):
+    return dict(positive=cond(0), negative=cond(1) if cfg != 1.0 else None, cfg=cfg, edit_branches="cond")
+
+
+def _capture(model, cond, cfg, *seeds, site="middle"):
+    import hspace_pack.nodes.inversion as inversion
+
+    return inversion.Capture.execute(model=model, x_T=_latents(*seeds), steps=STEPS, site=site,
+                                     **_conditioning(cond, cfg)).result
+
+
+def _edit(model, cond, cfg, direction, sweep, seeds=(0,), **extra):
+    import hspace_pack.nodes.editing as editing
+
+    return editing.AsyrpEdit.execute(model=model, x_T=_latents(*seeds), direction=direction, strength=0.0,
+                                     strength_sweep=sweep, steps=STEPS, seed=0, **PERCENT, **_conditioning(cond, cfg),
+                                     **extra).result[0]["samples"]
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_pca_probe_and_algebra_on_captured_transformer_trajectories(pack, request, family, tmp_path):
+    """PCA of three captured images, a probe between two pairs, the probe orthogonalised against the components and a
+    combination: each carries the model's default block site, fingerprint and grid, survives a save / load, and
+    edits through H-Space Asyrp Edit (strength 0 is the capture's reconstruction bit for bit, strength 20 moves it)."""
+    import hspace_pack.nodes.discovery as discovery
+    import hspace_pack.nodes.editing as editing
+    from hspace_pack.nodes.comfy.fingerprint import model_fingerprint
+    from hspace_pack.nodes.comfy.noise_levels import noise_levels
+
+    model, cond, cfg = _models(request)[family]
+    site = "double.1.attn" if family == "flux" else "joint.1.attn"
+    trajectory, _ = _capture(model, cond, cfg, 0, 1, 2)
+    positive, _ = _capture(model, cond, cfg, 3, 4)
+    negative, _ = _capture(model, cond, cfg, 5, 6)
+    assert trajectory.site == site and trajectory.timesteps == noise_levels(model).grid(STEPS)
+    pcs, pc0, info = discovery.PCADirections.execute(trajectory, 2, 0, "per_timestep", "position", "pc").result
+    probe = discovery.ProbeDirection.execute(positive, negative, "logistic", "per_timestep", 0.001, "probe").result[0]
+    clean = discovery.OrthogonaliseDirection.execute(probe, pc0, False, against_set=pcs).result[0]
+    mixed = editing.CombineDirections.execute(pc0, 1.0, clean, 0.5, False).result[0]
+    grid = tuple(trajectory.timesteps)
+    for d in (*pcs, probe, clean, mixed):
+        assert d.site == site and d.fingerprint == model_fingerprint(model) and tuple(d.timesteps) == grid
+        assert tuple(d.delta.shape[-3:]) == tuple(trajectory.h.shape[-3:])  # (C, H/p, W/p): the spatial view
+    for pc in pcs:  # Gram–Schmidt: exactly orthogonal per timestep
+        dots = (clean.delta.double() * pc.delta.double()).flatten(1).sum(1)
+        assert dots.abs().max() < 1e-6 * clean.delta.double().norm() * pc.delta.double().norm(), dots
+    path = str(tmp_path / "pc.safetensors")
+    pc0.save(path)
+    loaded = Direction.load(path)
+    assert (loaded.site, loaded.fingerprint, tuple(loaded.timesteps)) == (site, pc0.fingerprint, grid)
+    assert torch.equal(loaded.delta, pc0.delta)
+    plain = _capture(model, cond, cfg, 0)[1]["samples"]  # the capture of the edited x_T alone (batch 1)
+    for d in (loaded, probe, clean, mixed):
+        zero, twenty = _edit(model, cond, cfg, d, "0, 20")
+        assert torch.equal(zero, plain[0]), d.name  # the capture's process, one KSAMPLER: strength 0 is it
+        assert (twenty - zero).abs().mean() > 0.01 * zero.abs().mean(), d.name
+
+
+def test_directions_of_another_site_or_model_are_refused_by_name(pack, flux, sd3):
+    import hspace_pack.nodes.editing as editing
+    import hspace_pack.nodes.discovery as discovery
+
+    trajectory, _ = _capture(flux, flux_conditioning, 1.0, 0, 1)
+    at_block, _ = _capture(flux, flux_conditioning, 1.0, 0, 1, site="double.0")
+    d_attn = discovery.PCADirections.execute(trajectory, 1, 0, "global", "position", "a").result[1]
+    d_block = discovery.PCADirections.execute(at_block, 1, 0, "global", "position", "b").result[1]
+    assert d_block.site == "double.0"
+    with pytest.raises(ValueError, match="H-Space Combine Directions: .*different sites .*direction_b at site .double.0."):
+        editing.CombineDirections.execute(d_attn, 1.0, d_block, 1.0, False)
+    with pytest.raises(ValueError, match="H-Space Orthogonalise Direction: .*different sites .*against at site .double.0."):
+        discovery.OrthogonaliseDirection.execute(d_attn, d_block, False)
+    sd3_trajectory, _ = _capture(sd3, sd3_conditioning, 3.0, 0, 1)
+    d_sd3 = discovery.PCADirections.execute(sd3_trajectory, 1, 0, "global", "position", "s").result[1]
+    with pytest.raises(ValueError, match="H-Space Asyrp Edit.*joint.1.attn.*double.0 … double.1"):
+        _edit(flux, flux_conditioning, 1.0, d_sd3, "1")
+    other = tiny_flux(seed=7)  # the same architecture, other weights
+    with pytest.raises(ValueError, match="H-Space Asyrp Edit.*allow_other_model"):
+        _edit(other, flux_conditioning, 1.0, d_attn, "1")
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_direction_explorer_on_a_flow_transformer(pack, request, family):
+    """The explorer's grid on a flow model: the strength-0 column is the H-Space Asyrp Edit's strength-0 image (the
+    plain process), the other columns differ from it, a row per direction; a t_edit sweep is refused by name."""
+    import hspace_pack.nodes.discovery as discovery
+
+    model, cond, cfg = _models(request)[family]
+    trajectory, _ = _capture(model, cond, cfg, 0, 1, 2)
+    pcs = discovery.PCADirections.execute(trajectory, 2, 0, "global", "position", "pc").result[0]
+    vae = tiny_vae16()
+    run = lambda **extra: discovery.DirectionExplorer.execute(  # noqa: E731
+        model=model, x_T=_latents(0), vae=vae, directions=pcs, strengths="-20, 0, 20", steps=STEPS, scale=1, seed=0,
+        **{**PERCENT, **_conditioning(cond, cfg), **extra}).result[0]
+    grid = run()
+    plain = (vae.decode(_edit(model, cond, cfg, pcs[0], "0"))[0, ..., :3].clamp(0, 1) * 255).round() / 255
+    h, w = plain.shape[:2]
+    assert grid.shape[-1] == 3 and grid.shape[1] >= 2 * h and grid.shape[2] >= 3 * w  # 2 rows × 3 columns, labels
+    tiles = _tiles(grid[0], plain.shape, rows=2, columns=3)
+    for row in tiles:
+        assert (row[1] - plain).abs().max() <= 1.5 / 255, (row[1] - plain).abs().max()  # 8-bit tiles
+        assert (row[0] - plain).abs().mean() > 0.5 / 255 and (row[2] - plain).abs().mean() > 0.5 / 255
+    assert not torch.equal(tiles[0][2], tiles[1][2])
+    with pytest.raises(ValueError, match="H-Space Direction Explorer: t_edit_sweep .* window = percent"):
+        run(t_edit_sweep="600, 200")
+
+
+def _tiles(grid, shape, rows, columns, pad=2):
+    """The tiles of a labelled grid at scale 1 (``grids.grid_image``: labels left and on top, ``pad`` around each
+    tile), counted from its bottom-right corner."""
+    h, w = shape[:2]
+    top, left = grid.shape[0] - rows * (h + pad) - pad, grid.shape[1] - columns * (w + pad) - pad
+    return [[grid[top + r * (h + pad): top + r * (h + pad) + h, left + c * (w + pad): left + c * (w + pad) + w]
+             for c in range(columns)] for r in range(rows)]
+
+
+class _FlowDenoiser:
+    """A flow 'model' whose denoiser is D(x, σ) = k·x: enough to check the rule's flow point and prediction."""
+
+    def __init__(self, k=0.5):
+        self.k = k
+        self.levels = NoiseLevels(torch.linspace(1, 1000, 1000) / 1000, "const", "flow", 3.0, "sd3")
+
+    def denoised(self, x, sigma, edit=None, t=None):
+        return self.k * x, None, None
+
+
+def test_auto_schedule_on_flow_against_the_written_out_rule():
+    """On flow matching the rule measures x_σ = (1 − σ)·x0 + σ·ε and P = D(x_σ, σ) at each probed table entry."""
+    model = _FlowDenoiser()
+    x0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    mse = lambda a, b: ((a - b) ** 2).flatten(1).mean(1)  # noqa: E731
+    result = find_t_edit_t_boost(model, x0, distance=mse, edit_threshold=0.3, boost_threshold=0.8, num_probes=9,
+                                 seed=5)
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5))
+    assert result.timesteps == tuple(round(v) for v in torch.linspace(0, 999, 9).tolist())
+    for t, d_pred, d_noisy in zip(result.timesteps, result.distance_to_prediction, result.distance_to_noisy):
+        sigma = model.levels.sigma(t)
+        x_t = (1 - sigma) * x0 + sigma * eps
+        assert d_noisy == pytest.approx(float(mse(x0, x_t).mean()), rel=1e-6)
+        assert d_pred == pytest.approx(float(mse(x0, 0.5 * x_t).mean()), rel=1e-6)
+    assert result.t_edit == next(t for t, d in zip(result.timesteps, result.distance_to_prediction) if d >= 0.3)
+    assert result.t_boost == min(result.t_edit,
+                                 next(t for t, d in zip(result.timesteps, result.distance_to_noisy) if d >= 0.8))
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_auto_schedule_node_on_a_flow_transformer(pack, request, family):
+    """H-Space Auto Schedule runs on the tiny transformer (LPIPS with random weights: plumbing only): t_edit and
+    t_boost are entries of the model's own table and the percent outputs are ``NoiseLevels.percent_at_timestep``'s."""
+    import hspace_pack.nodes.schedule as schedule
+    from hspace_pack.nodes.comfy.noise_levels import noise_levels
+
+    model, cond, cfg = _models(request)[family]
+    _, image = _capture(model, cond, cfg, 0)
+    t_edit, t_boost, edit_end, boost_start = schedule.AutoSchedule.execute(
+        model=model, vae=tiny_vae16(), latent=image, edit_threshold=0.01, boost_threshold=0.01, text_cosine=1.0,
+        probes=5, lpips_backbone="alex (random weights, testing only)", seed=0, **_conditioning(cond, cfg)).result
+    levels = noise_levels(model)
+    assert 0 <= t_boost <= t_edit < levels.num_timesteps and t_edit in {round(v) for v in
+                                                                         torch.linspace(0, levels.num_timesteps - 1,
+                                                                                        5).tolist()}
+    assert (edit_end, boost_start) == (levels.percent_at_timestep(t_edit), levels.percent_at_timestep(t_boost))
+    assert 0.0 <= edit_end <= 1.0 and 0.0 <= boost_start <= 1.0
