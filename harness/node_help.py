@@ -73,7 +73,8 @@ HELP: dict[str, dict[str, str]] = {
                  "window) is refused by the node it is connected to: lower t_boost or raise t_edit."),
     "HSpaceAutoSchedule": dict(
         does="Measures Asyrp's t_edit and t_boost for this model and image with LPIPS. Connect its outputs to the "
-             "t_edit and t_boost inputs of the other nodes.",
+             "t_edit and t_boost inputs of the other nodes, or, with window = percent (Flux and SD3 included), "
+             "`edit_end_percent` to end_percent and `boost_start_percent` to the Quality Boost's start.",
         example="LoadImage → **H-Space Auto Schedule** (model, vae) → `t_edit` into H-Space Asyrp Edit, `t_boost` "
                 "into H-Space Quality Boost.",
         paper=f"{ASYRP}, §4.1–4.2: t_edit where LPIPS(x, P_t) = 0.33 (× the text cosine), t_boost where "
@@ -208,7 +209,8 @@ HELP: dict[str, dict[str, str]] = {
         example="H-Space PCA Directions `directions` + an inverted `x_T` → **H-Space Direction Explorer** "
                 "(strengths `-2, 0, 2`) → PreviewImage.",
         paper=f"Asyrp edits ({ASYRP}, eq. 4) at each strength.",
-        refusals=f"{X_T_GRID} {OTHER_MODEL}"),
+        refusals=f"{X_T_GRID} {OTHER_MODEL} On Flux / SD3 `t_edit_sweep` is refused (its t is a U-Net's DDIM "
+                 "timestep): leave it empty and set the window in percent."),
     "HSpaceLabelSweepGrid": dict(
         does="Lays a decoded sweep out as one grid image, one labelled column per value. Rows are the input "
              "images.",

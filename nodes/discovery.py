@@ -199,8 +199,8 @@ class DirectionExplorer(HSpaceNode):
                     values_input("t_edit_sweep", T_EDITS,
                                  "Comma-separated t_edit values (e.g. 600, 400, 200): one row per direction and "
                                  f"t_edit, labelled 'name @ t≥t_edit'. Overrides t_edit (and a percent window: the "
-                                 f"sweep is in the paper's t) when not empty. At most {EXPLORER_TILES} tiles (rows × "
-                                 "strengths)"),
+                                 f"sweep is in the paper's t) when not empty; refused on Flux / SD3 (use a percent "
+                                 f"window). At most {EXPLORER_TILES} tiles (rows × strengths)"),
                     allow_other_model_input(),
                     *window_inputs()],
             outputs=[io.Image.Output("grid", tooltip="The labelled grid (one image).")],
