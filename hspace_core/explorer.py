@@ -15,7 +15,7 @@ from .progress import offset
 from .settings import EditSchedule, t_edit_label
 from .sites import check_same_site, site_of
 
-__all__ = ["explorer_rows", "explore", "row_edit"]
+__all__ = ["check_one_x_T", "explorer_rows", "explore", "row_edit"]
 
 
 def explorer_rows(directions: Sequence[Direction], t_edits: Sequence[int] = ()) -> list[tuple[Direction, int | None, str]]:
@@ -27,6 +27,12 @@ def explorer_rows(directions: Sequence[Direction], t_edits: Sequence[int] = ()) 
         name = d.name or f"direction {i}"
         rows += [(d, t, name if t is None else f"{name} @ t≥{t}") for t in (list(t_edits) or [None])]
     return rows
+
+
+def check_one_x_T(x_T: torch.Tensor) -> None:
+    """The explorer edits one image: refuse a batch of x_T."""
+    if x_T.shape[0] != 1:
+        raise ValueError(f"The explorer takes one x_T, got a batch of {x_T.shape[0]}: pick one latent of the batch.")
 
 
 def row_edit(direction: Direction, strengths: torch.Tensor, num_steps: int | None):
@@ -47,8 +53,7 @@ def explore(model: HSpaceModel, x_T: torch.Tensor, directions: Sequence[Directio
     directions (``explorer_rows``: with ``t_edits``, one row per direction and t_edit, the schedule's t_edit replaced)
     and columns = strengths.  Each row runs one batched reverse process (one row of the batch per strength:
     h̃ = h + s_j·Δh), so a column at strength 0 is the plain reconstruction."""
-    if x_T.shape[0] != 1:
-        raise ValueError(f"The explorer takes one x_T, got a batch of {x_T.shape[0]}: pick one latent of the batch.")
+    check_one_x_T(x_T)
     directions, strengths = list(directions), [float(s) for s in strengths]
     if not directions or not strengths:
         raise ValueError("Give at least one direction and one strength.")

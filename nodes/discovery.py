@@ -8,6 +8,7 @@ from comfy_api.latest import io
 
 from ..hspace_core import (NORMALISATIONS, PROBE_METHODS, explore, explorer_rows, jacobian_directions, latent_at,
                            orthogonalise, pca_directions, probe_direction, rescale_like, row_edit)
+from ..hspace_core.explorer import check_one_x_T
 from ..hspace_core.sites import common_site
 from .comfy.memory import rows_run
 from .comfy.checks import is_flow_transformer, refuse_flow_loop
@@ -254,6 +255,7 @@ def _explore_flow(node_cls, model, x_T, directions, strengths, steps, t_edit, se
     the model's own σ table (``sweep_process``, started at σ = 1 from x_T); the LATENT of the rows, row-major."""
     node = node_name(node_cls.define_schema())
     samples = x_T["samples"]
+    check_one_x_T(samples)
     batch = {**x_T, "samples": samples.expand(len(strengths), *samples.shape[1:])}
     scale = torch.tensor(strengths, dtype=torch.float32)
 

@@ -116,8 +116,8 @@ def test_direction_explorer_on_a_flow_transformer(pack, request, family):
     pcs = discovery.PCADirections.execute(trajectory, 2, 0, "global", "position", "pc").result[0]
     vae = tiny_vae16()
     run = lambda **extra: discovery.DirectionExplorer.execute(  # noqa: E731
-        model=model, x_T=_latents(0), vae=vae, directions=pcs, strengths="-20, 0, 20", steps=STEPS, scale=1, seed=0,
-        **{**PERCENT, **_conditioning(cond, cfg), **extra}).result[0]
+        model=model, vae=vae, directions=pcs, strengths="-20, 0, 20", steps=STEPS, scale=1, seed=0,
+        **{"x_T": _latents(0), **PERCENT, **_conditioning(cond, cfg), **extra}).result[0]
     grid = run()
     plain = (vae.decode(_edit(model, cond, cfg, pcs[0], "0"))[0, ..., :3].clamp(0, 1) * 255).round() / 255
     h, w = plain.shape[:2]
@@ -129,6 +129,8 @@ def test_direction_explorer_on_a_flow_transformer(pack, request, family):
     assert not torch.equal(tiles[0][2], tiles[1][2])
     with pytest.raises(ValueError, match="H-Space Direction Explorer: t_edit_sweep .* window = percent"):
         run(t_edit_sweep="600, 200")
+    with pytest.raises(ValueError, match="H-Space Direction Explorer: The explorer takes one x_T, got a batch of 2"):
+        run(x_T=_latents(0, 1))
 
 
 def _tiles(grid, shape, rows, columns, pad=2):
@@ -138,6 +140,36 @@ def _tiles(grid, shape, rows, columns, pad=2):
     top, left = grid.shape[0] - rows * (h + pad) - pad, grid.shape[1] - columns * (w + pad) - pad
     return [[grid[top + r * (h + pad): top + r * (h + pad) + h, left + c * (w + pad): left + c * (w + pad) + w]
              for c in range(columns)] for r in range(rows)]
+
+
+def test_run_in_comfy_hands_a_flow_body_the_latent(pack, flux):
+    """The bodies of run_in_comfy (Auto Schedule's probes) work on the latent (model space) on a flow model too, where
+    ComfyUI's start at σ = 1 is (1 − σ)·latent = 0."""
+    from harness.inprocess import run_in_comfy
+
+    latent = _latents(0)["samples"]
+    x = run_in_comfy(flux, latent, lambda m, x: x.clone(), positive=flux_conditioning(0))
+    assert torch.equal(x, flux.model.process_latent_in(latent)) and x.abs().mean() > 0.1
+
+
+def test_auto_schedule_probes_the_flow_point_of_the_latent_on_flux(pack, flux):
+    """Through ComfyUI's sampling of the tiny Flux (run_in_comfy, as the node runs it): LPIPS(x, x_t) is measured at
+    x_σ = (1 − σ)·x0 + σ·ε of the latent given (here with MSE on the latent, so it is written out: σ²·mean((ε − x0)²)),
+    and P_t is the model's own prediction (neither x0 nor x_σ)."""
+    from harness.inprocess import run_in_comfy
+    from hspace_pack.nodes.comfy.noise_levels import noise_levels
+
+    latent = _latents(0)["samples"]
+    mse = lambda a, b: ((a - b) ** 2).flatten(1).mean(1)  # noqa: E731
+    result = run_in_comfy(flux, latent, lambda m, x: find_t_edit_t_boost(m, x, distance=mse, num_probes=4, seed=3),
+                          positive=flux_conditioning(0))
+    x0 = flux.model.process_latent_in(latent)
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
+    levels = noise_levels(flux)
+    for t, d_pred, d_noisy in zip(result.timesteps, result.distance_to_prediction, result.distance_to_noisy):
+        sigma = levels.sigma(t)
+        assert d_noisy == pytest.approx(sigma ** 2 * float(((eps - x0) ** 2).mean()), rel=1e-4), t
+        assert 0 < d_pred and d_pred != pytest.approx(d_noisy, rel=1e-3)
 
 
 class _FlowDenoiser:
@@ -188,3 +220,26 @@ def test_auto_schedule_node_on_a_flow_transformer(pack, request, family):
                                                                                         5).tolist()}
     assert (edit_end, boost_start) == (levels.percent_at_timestep(t_edit), levels.percent_at_timestep(t_boost))
     assert 0.0 <= edit_end <= 1.0 and 0.0 <= boost_start <= 1.0
+
+
+def test_pca_explorer_and_auto_schedule_in_bfloat16(pack):
+    """Flux's native dtype: the tiny Flux in bfloat16 captures, PCA's components carry its site and edit in the
+    explorer (finite; ±20 change the strength-0 column), and Auto Schedule's probes run (finite LPIPS)."""
+    import hspace_pack.nodes.discovery as discovery
+    import hspace_pack.nodes.schedule as schedule
+
+    bf16 = tiny_flux(dtype=torch.bfloat16)
+    trajectory, image = _capture(bf16, flux_conditioning, 1.0, 0, 1, 2)
+    assert trajectory.site == "double.1.attn"
+    pcs = discovery.PCADirections.execute(trajectory, 1, 0, "global", "position", "pc").result[0]
+    grid = discovery.DirectionExplorer.execute(
+        model=bf16, x_T=_latents(0), vae=tiny_vae16(), directions=pcs, strengths="-20, 0, 20", steps=STEPS, scale=1,
+        seed=0, **PERCENT, **_conditioning(flux_conditioning, 1.0)).result[0]
+    assert torch.isfinite(grid).all()
+    tiles = _tiles(grid[0], (SIZE * 8, SIZE * 8), rows=1, columns=3)[0]
+    assert (tiles[0] - tiles[1]).abs().mean() > 0.5 / 255 and (tiles[2] - tiles[1]).abs().mean() > 0.5 / 255
+    t_edit, t_boost, edit_end, boost_start = schedule.AutoSchedule.execute(
+        model=bf16, vae=tiny_vae16(), latent={"samples": image["samples"][:1]}, edit_threshold=0.01,
+        boost_threshold=0.01, text_cosine=1.0, probes=3, lpips_backbone="alex (random weights, testing only)", seed=0,
+        **_conditioning(flux_conditioning, 1.0)).result
+    assert 0 <= t_boost <= t_edit < 10000 and 0.0 <= edit_end <= boost_start <= 1.0

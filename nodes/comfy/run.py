@@ -102,7 +102,7 @@ def run_in_comfy(model, latent: torch.Tensor, body, *, positive=None, negative=N
     """Run ``body(hspace_model, x)`` inside ComfyUI's sampling of ``model``, with h read at ``site``.
 
     ``latent`` is a LATENT's ``samples`` (unscaled); ``x`` is the model-space tensor the body works on
-    (``process_latent_in`` applied).  ``negative_at`` ({t: cross-attention tensor}, null-text inversion) replaces
+    (``process_latent_in`` applied; on flow matching too, where ComfyUI's start at σ = 1 would be 0).  ``negative_at`` ({t: cross-attention tensor}, null-text inversion) replaces
     the negative's embedding at those timesteps.  ``rows`` is the batch the body really runs through the U-Net
     when it is not the latent's (``rows_run``: an edit's one-call [x; x] is 2×, the explorer's S strengths 2S×, the
     Jacobian's k + oversample): ComfyUI then reserves memory for that many rows.  ``steps``: the body's DDIM grid
@@ -115,15 +115,17 @@ def run_in_comfy(model, latent: torch.Tensor, body, *, positive=None, negative=N
     resolve_site(model, site)  # refuse a site this model lacks before sampling
     positive, negative = conditioning_of(model, positive, negative, cfg)
     result = {}
+    levels = noise_levels(model)
 
     def sampler_function(denoiser, x, sigmas, extra_args=None, callback=None, disable=None):
+        if levels.parameterisation == "const":  # ComfyUI's flow start (1 − σ₀)·latent is 0 at σ₀ = 1: the latent itself
+            x = model.model.process_latent_in(latent).to(x)
         hs_model = ComfyHSpaceModel(denoiser, extra_args, model, cfg, edit_branches, negative, site)
         if negative_at:
             hs_model = hs_model.with_negative(negative_at)
         result["value"] = body(hs_model, x)
         return x
 
-    levels = noise_levels(model)
     sigmas = levels.grid_sigmas(steps).float() if steps else torch.tensor([levels.sigma_max, 0.0])
     sample_process(model, comfy.samplers.KSAMPLER(sampler_function), sigmas, noise=torch.zeros_like(latent),
                    latent=latent, positive=positive, negative=negative, cfg=cfg, seed=seed, rows=rows)
