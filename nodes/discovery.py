@@ -223,6 +223,8 @@ class DirectionExplorer(HSpaceNode):
                              "the window with window = percent (start_percent / end_percent), one explorer per window.")
         if t_edits and window == "percent":
             log.info("h-space: the Direction Explorer's t_edit_sweep is in t; it replaces the percent window.")
+        schedule = None if flow else edit_schedule(steps, t_edit, None, model, window if not t_edits else "t_edit",
+                                                   start_percent, end_percent)  # a flow model's: the sampler checks
         rows = explorer_rows(chosen, t_edits)
         check_work("tiles (rows × strengths)", len(rows) * len(values), EXPLORER_TILES,
                    "use fewer directions, t_edit values or strengths")
@@ -232,8 +234,6 @@ class DirectionExplorer(HSpaceNode):
             latent = _explore_flow(cls, model, x_T, chosen, values, steps, t_edit, seed, cfg, edit_branches, site,
                                    positive, negative, negative_at, window, start_percent, end_percent)
         else:
-            schedule = edit_schedule(steps, t_edit, None, model, window if not t_edits else "t_edit", start_percent,
-                                     end_percent)
             progress = progress_bar(steps * len(rows), model)
             out = run_in_comfy(model, x_T["samples"],
                                lambda m, x: explore(m, x, chosen, values, schedule, t_edits=t_edits, seed=seed,
