@@ -243,3 +243,34 @@ def test_pca_explorer_and_auto_schedule_in_bfloat16(pack):
         boost_threshold=0.01, text_cosine=1.0, probes=3, lpips_backbone="alex (random weights, testing only)", seed=0,
         **_conditioning(flux_conditioning, 1.0)).result
     assert 0 <= t_boost <= t_edit < 10000 and 0.0 <= edit_end <= boost_start <= 1.0
+
+
+def test_pca_of_inverted_flux_images_drives_the_asyrp_sampler(pack, flux):
+    """The SAMPLER chain: three images inverted in one batch (Inversion Sampler on flipped sigmas, Inverted x_T),
+    PCA of their trajectories (per timestep, on the inversion's σ grid), and the Asyrp Sampler from one image's x_T
+    on the same sigmas: strength 0 is euler bit for bit, strength 20 edits."""
+    import comfy.sample
+    import comfy.samplers
+    import hspace_pack.nodes.discovery as discovery
+    import hspace_pack.nodes.samplers as nodes
+
+    def sample(sampler, sigmas, x, latent):
+        return comfy.sample.sample_custom(flux, x, 1.0, sampler, sigmas, flux_conditioning(0), flux_conditioning(0),
+                                          latent, disable_pbar=True, seed=0)
+
+    sigmas = comfy.samplers.calculate_sigmas(flux.get_model_object("model_sampling"), "simple", 5)[1:]  # below σ = 1
+    euler = comfy.samplers.sampler_object("euler")
+    images = sample(euler, sigmas, _latents(0, 1, 2)["samples"], torch.zeros(3, 16, SIZE, SIZE))
+    zeros = torch.zeros_like(images)
+    sampler, record = nodes.InversionSampler.execute(0, "middle").result
+    inverted = sample(sampler, sigmas.flip(0).clamp(min=1e-4), zeros, images)
+    x_T, trajectory = nodes.InvertedXT.execute(flux, {"samples": inverted}, record).result
+    assert trajectory.batch_size == 3 and trajectory.site == "double.1.attn"
+    pc = discovery.PCADirections.execute(trajectory, 1, 0, "per_timestep", "position", "pc").result[1]
+    assert tuple(pc.timesteps) == tuple(trajectory.timesteps) and pc.site == "double.1.attn"
+    start = x_T["samples"][:1]
+    plain = sample(euler, sigmas, zeros[:1], start)
+    asyrp = lambda s: sample(nodes.AsyrpSampler.execute(pc, s, "percent", 500, 0.0, 0.7, 0).result[0],  # noqa: E731
+                             sigmas, zeros[:1], start)
+    assert torch.equal(asyrp(0.0), plain)
+    assert (asyrp(20.0) - plain).abs().mean() > 0.01 * plain.abs().mean()
