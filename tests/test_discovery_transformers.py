@@ -92,9 +92,11 @@ def test_directions_of_another_site_or_model_are_refused_by_name(pack, flux, sd3
     d_attn = discovery.PCADirections.execute(trajectory, 1, 0, "global", "position", "a").result[1]
     d_block = discovery.PCADirections.execute(at_block, 1, 0, "global", "position", "b").result[1]
     assert d_block.site == "double.0"
-    with pytest.raises(ValueError, match="H-Space Combine Directions: .*different sites .*direction_b at site .double.0."):
+    with pytest.raises(ValueError, match="H-Space Combine Directions: .*different sites .*direction_b at site "
+                                         ".double.0."):
         editing.CombineDirections.execute(d_attn, 1.0, d_block, 1.0, False)
-    with pytest.raises(ValueError, match="H-Space Orthogonalise Direction: .*different sites .*against at site .double.0."):
+    with pytest.raises(ValueError, match="H-Space Orthogonalise Direction: .*different sites .*against at site "
+                                         ".double.0."):
         discovery.OrthogonaliseDirection.execute(d_attn, d_block, False)
     sd3_trajectory, _ = _capture(sd3, sd3_conditioning, 3.0, 0, 1)
     d_sd3 = discovery.PCADirections.execute(sd3_trajectory, 1, 0, "global", "position", "s").result[1]

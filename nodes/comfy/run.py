@@ -102,8 +102,9 @@ def run_in_comfy(model, latent: torch.Tensor, body, *, positive=None, negative=N
     """Run ``body(hspace_model, x)`` inside ComfyUI's sampling of ``model``, with h read at ``site``.
 
     ``latent`` is a LATENT's ``samples`` (unscaled); ``x`` is the model-space tensor the body works on
-    (``process_latent_in`` applied; on flow matching too, where ComfyUI's start at σ = 1 would be 0).  ``negative_at`` ({t: cross-attention tensor}, null-text inversion) replaces
-    the negative's embedding at those timesteps.  ``rows`` is the batch the body really runs through the U-Net
+    (``process_latent_in`` applied; on flow matching too, where ComfyUI's start at σ = 1 would be 0).
+    ``negative_at`` ({t: cross-attention tensor}, null-text inversion) replaces the negative's embedding at those
+    timesteps.  ``rows`` is the batch the body really runs through the U-Net
     when it is not the latent's (``rows_run``: an edit's one-call [x; x] is 2×, the explorer's S strengths 2S×, the
     Jacobian's k + oversample): ComfyUI then reserves memory for that many rows.  ``steps``: the body's DDIM grid
     (Asyrp's, ``NoiseLevels.grid_sigmas``), whose real sigmas ComfyUI's sampling is handed (its
