@@ -49,9 +49,16 @@ def flow_eta_sigma(sigma: float, sigma_next: float, eta: float) -> float:
 
 def flow_ddim_step(x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_next: float, eta: float,
                    noise: torch.Tensor | None, denoised_direction: torch.Tensor | None = None) -> torch.Tensor:
-    """DDIM eq. 12 with η on the flow-matching path: x_next = (1 − σ_next)·P + √(σ_next² − s²)·ε + s·z,
-    ε = ``flow_eps``(x, ``denoised_direction``) (default ``denoised``), P = ``denoised``, s = ``flow_eta_sigma``.
-    η = 0 is ``sampling.asymmetric_step`` with ``signal_next`` = 1 − σ_next."""
+    """DDIM eq. 12 with η on the flow-matching path (Asyrp's quality boost): x_next = (1 − σ_next)·P +
+    √(σ_next² − s²)·ε + s·z, ε = ``flow_eps``(x, ``denoised_direction``) (default ``denoised``), P = ``denoised``,
+    s = ``flow_eta_sigma``, z ~ N(0, I).  η = 0 is ``sampling.asymmetric_step`` with ``signal_next`` = 1 − σ_next
+    (with no edit, ComfyUI's ``euler``).
+
+    Derivation.  With a = 1 − σ and r = √(a² + σ²), x_vp = x/r = √ᾱ·x0 + √(1 − ᾱ)·ε is a VP sample of
+    √ᾱ = a/r, √(1 − ᾱ) = σ/r (the same ε and x0).  DDIM eq. 12, x'_vp = √ᾱ'·P + √(1 − ᾱ' − σ_t²)·ε + σ_t·z with
+    eq. 16's σ_t = η·√((1 − ᾱ')/(1 − ᾱ))·√(1 − ᾱ/ᾱ'), times r' = √(a'² + σ'²) gives
+    x' = a'·P + √(σ'² − s²)·ε + s·z with s = r'·σ_t; s² = η²·(σ'/σ)²·(r² − a²·r'²/a'²) = η²·(σ'/σ)²·(σ² − (a/a')²·σ'²),
+    which is ``flow_eta_sigma``."""
     direction = denoised if denoised_direction is None else denoised_direction
     s = flow_eta_sigma(sigma, sigma_next, eta)
     if s == 0:

@@ -28,9 +28,10 @@ a = 1 − σ alike: the Euler step x + (σ_next − σ)·(x − D)/σ, ComfyUI's
 a(σ_next)·(D̃ − D): Euler + (1 − σ_next)·(D̃ − D) for flow matching, not VE's Euler + (D̃ − D)
 (``asymmetric_step`` with ``signal_next`` = a(σ_next)).  The inverse step (DDIM §4.3) is the same move from the other end: with ε̂ at the
 current point it is again the Euler step x + (σ_next − σ)·(x − D)/σ, on increasing sigmas (``flow.invert_flow``).
-The stochastic step (η > 0) is DDIM's generalised posterior on the Gaussian path (α, σ) = (1 − σ, σ)
-(``flow.flow_eta_sigma``, ``flow.flow_ddim_step``).  InjectFusion's style calibration is derived for VP only; a
-flow run refuses it.
+The stochastic step (η > 0, the quality boost) is DDIM's generalised posterior on the Gaussian path
+(α, σ) = (1 − σ, σ) (``flow.flow_eta_sigma``, ``flow.flow_ddim_step``: the VP step under x_vp = x/√(a² + σ²)).
+InjectFusion's style calibration is the VP move under the same change of variables, a(σ) times the VE move
+(``_calibrated``).
 """
 from __future__ import annotations
 
@@ -189,15 +190,16 @@ def sample_h_edit(denoise: Denoise, x: torch.Tensor, sigmas: Sequence[float], ed
     """Asyrp's reverse process (Kwon et al. 2023, §3.3–4) over the σ grid ``sigmas`` (decreasing; last 0 for a clean
     sample, else the run stops at the noise level of its last entry):
 
-    - steps with ``edits[i]``: two predictions, joined by the asymmetric step, or (``omega`` set) by style
-      calibration then a plain step from the calibrated point (InjectFusion §3.3, ``ddim.calibrated_x_t``);
+    - steps with ``edits[i]``: two predictions, joined by the asymmetric step, or (``omega`` > 0) by style
+      calibration then a plain step from the calibrated point (InjectFusion §3.3, ``ddim.calibrated_x_t``; ω = 0 is
+      off, the plain injection, as in the official code);
     - other steps: the plain DDIM step with η = ``etas[i]`` (quality boost) and noise from ``seed``, drawn in step
       order on the CPU (the ᾱ-space loop's order: tests/ddim_reference.py).
 
     ``sigmas`` is a 1-D tensor (or floats); the deterministic steps compute with its entries, as k-diffusion's
     samplers do, and the choices (η > 0, which noise) are made on one host copy taken before the loop.  ``levels``
-    (the model's ``NoiseLevels``) with flow matching's parameterisation runs its steps (``flow_ddim_step``); None
-    or any other is x = x0 + σ·ε.
+    (the model's ``NoiseLevels``) with flow matching's parameterisation runs its steps (``flow_ddim_step``, and the
+    calibration's move weighted by a(σ) = 1 − σ); None or any other is x = x0 + σ·ε.
     """
     host = sigmas.tolist() if torch.is_tensor(sigmas) else [float(s) for s in sigmas]  # one copy, before the loop
     n = len(host) - 1
@@ -208,9 +210,6 @@ def sample_h_edit(denoise: Denoise, x: torch.Tensor, sigmas: Sequence[float], ed
 
     flow = levels is not None and levels.parameterisation == "const"
     signal = levels.signal if levels is not None else (lambda sigma: 1.0)
-    if flow and omega:
-        raise ValueError("Style calibration (ω) is derived for DDPM-style models; flow-matching models run without it: "
-                         "disconnect the H-Space Style Calibrate settings.")
     generator = torch.Generator().manual_seed(int(seed))
     for i in range(n):
         plain, edited = denoise(x, i, bool(edits[i]))
@@ -219,15 +218,16 @@ def sample_h_edit(denoise: Denoise, x: torch.Tensor, sigmas: Sequence[float], ed
                 ddim_sigma(alpha_bar_of_sigma(host[i]), alpha_bar_of_sigma(host[i + 1]), etas[i])) > 0:
             noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
         target = plain if edited is None else edited
-        if noise is None and not (edited is not None and omega):
+        if edited is not None and omega:  # calibrate, then the plain step with the unedited network
+            x = _calibrated(x, plain, edited, omega, signal(host[i]))
+            step = fm.flow_ddim_step if flow else ddim_sigma_step
+            x = step(x, denoise(x, i, False)[0], host[i], host[i + 1], etas[i], noise)
+        elif noise is None:
             x = asymmetric_step(x, target, plain, sigmas[i], sigmas[i + 1], signal(sigmas[i + 1]))
         elif flow:
             x = fm.flow_ddim_step(x, target, host[i], host[i + 1], etas[i], noise, plain)
         elif edited is None:
             x = ddim_sigma_step(x, plain, host[i], host[i + 1], etas[i], noise)
-        elif omega:
-            x = _calibrated(x, plain, edited, omega)
-            x = ddim_sigma_step(x, denoise(x, i, False)[0], host[i], host[i + 1], etas[i], noise)
         else:
             x = ddim_sigma_step(x, edited, host[i], host[i + 1], etas[i], noise, denoised_direction=plain)
         if callback is not None:
@@ -235,11 +235,19 @@ def sample_h_edit(denoise: Denoise, x: torch.Tensor, sigmas: Sequence[float], ed
     return x
 
 
-def _calibrated(x, plain, edited, omega):
-    """``ddim.calibrated_x_t`` in σ space.  With x = x_t/√ᾱ, P_t = D and √(1 − ᾱ)/√ᾱ = σ, its move divided by √ᾱ is
-    dx = (P̂' − D) + ω·σ·(ε' − ε) = (P̂' − D) − ω·(D' − D), ε = (x − D)/σ, ε' = (x − D')/σ and P̂' = D' matched to
-    D's std (``ddim.std_matched``): no VP round trip."""
-    return x + (std_matched(edited, plain) - plain) - omega * (edited - plain)
+def _calibrated(x, plain, edited, omega, signal=1.0):
+    """``ddim.calibrated_x_t`` (InjectFusion §3.3: dx_t = √ᾱ·(P̂' − P) + ω·√(1 − ᾱ)·(ε' − ε)) in σ space, for a
+    sample x = a·x0 + σ·ε with ``signal`` a = a(σ) (``NoiseLevels.signal``).
+
+    x_vp = x/√(a² + σ²) is the VP sample with √ᾱ = a/√(a² + σ²), √(1 − ᾱ) = σ/√(a² + σ²) (x = x_t/√ᾱ for a = 1;
+    x/a is the VE-normalised point in general), so the VP move times √(a² + σ²) is dx = a·(P̂' − P) + ω·σ·(ε' − ε).
+    With P = D, ε = (x − a·D)/σ and ε' = (x − a·D')/σ (``flow.flow_eps`` for a = 1 − σ), ω·σ·(ε' − ε) = −ω·a·(D' − D):
+
+        dx = a·((P̂' − D) − ω·(D' − D)),   P̂' = D' matched to D's std (``ddim.std_matched``),
+
+    the VE move (a = 1) weighted by a(σ) on flow matching, where it vanishes at σ = 1 (x holds no x0 there).
+    No VP round trip."""
+    return x + signal * ((std_matched(edited, plain) - plain) - omega * (edited - plain))
 
 
 def invert_sigmas(denoise: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, sigmas: Sequence[float], *,

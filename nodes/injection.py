@@ -105,7 +105,8 @@ class StyleCalibrate(HSpaceNode):
                         "dx = √ᾱ·dP + ω·√(1−ᾱ)·dε and step with the original network. ω = 0 turns calibration "
                         "off (the plain injection, as the official code); larger ω pulls the result back toward the "
                         "style image, and ω = 1 still keeps about a third of the injection's change (it cancels "
-                        "only up to the renormalisation of P_t's std).",
+                        "only up to the renormalisation of P_t's std). On flow models (Flux, SD3) the same move on "
+                        "the flow path, dx = (1 − σ)·(dP − ω·dD), with the Euler step after it.",
             inputs=[io.Float.Input("omega", default=0.3, min=0.0, max=1.0, step=0.01,
                                    tooltip="ω in [0, 1]: 0 = off; on the bundled model the distance to the style "
                                            "reconstruction is 0.49 / 0.41 / 0.25 / 0.18 (RMS) at ω = 0 / 0.3 / 0.7 / 1.")],
@@ -123,7 +124,9 @@ class QualityBoost(HSpaceNode):
         return io.Schema(
             node_id="HSpaceQualityBoost", display_name="H-Space Quality Boost", category=f"{CATEGORY}/mix",
             description="Asyrp's quality boosting: stochastic DDIM steps (η) below t_boost (or after a start percent "
-                        "of the schedule) add fine detail. Seeded.",
+                        "of the schedule) add fine detail. Seeded. On flow models (Flux, SD3) the η step is DDIM's on "
+                        "the flow path; use window = percent there (t_boost counts the model's own σ table: 10000 "
+                        "entries on Flux).",
             inputs=[io.Int.Input("t_boost", default=200, min=0, max=999,
                                  tooltip="window = t_boost: steps with t < t_boost are stochastic. Must not exceed "
                                          "t_edit."),

@@ -41,6 +41,8 @@ VERSIONS = (
     "tests/test_transformer_one_call.py", "tests/test_latent_nudging.py",
     # directions, the Direction Explorer and Auto Schedule on Flux / SD3 through each version's sampling (issue 38 item 3)
     "tests/test_discovery_transformers.py", "tests/test_e2e_discovery_transformers.py",
+    # the quality boost and style calibration on a flow transformer through each version's sampling and model_sampling
+    "tests/test_flow_boost_calibration.py",
     "tests/test_e2e_hostile.py::test_widget_ranges_are_checked_by_comfyui",
     "tests/test_e2e_hostile.py::test_combo_options_are_checked_by_the_node",
     "tests/test_e2e_hostile.py::test_api_types_are_checked_not_coerced",

@@ -4,7 +4,8 @@ real ComfyUI server over HTTP.  One graph per family: two generated images are i
 Sampler (SamplerCustomAdvanced on FlipSigmas, DisableNoise), H-Space Inverted x_T gives their x_T and h
 trajectories at the transformer's default site, Direction from Examples takes Δh, and the H-Space Asyrp Sampler edits
 the second image from its x_T: at strength 0 the image equals euler's reconstruction from that x_T, at strength 20 it
-changes.  Refusals: the quality boost on flow matching, and a DDIM node on a Flux MODEL."""
+changes.  Refusals: a DDIM node on a Flux MODEL.  The quality boost and style calibration on Flux through the process
+nodes (issue 38 item 2)."""
 import numpy as np
 import pytest
 
@@ -92,10 +93,6 @@ def _with_defaults(comfy, node: dict) -> dict:
 
 
 def test_refusals_on_a_transformer(comfy):
-    prompt = _graph("flux")
-    prompt["boost"] = _with_defaults(comfy, {"class_type": "HSpaceQualityBoost", "inputs": {"eta": 0.5}})
-    prompt["asyrp20"]["inputs"]["boost"] = ["boost", 0]
-    expect_node_error(comfy, prompt, "quality boost", "flow matching", "disconnect boost")
     prompt = _graph("flux")
     prompt["ddim"] = _with_defaults(comfy, {"class_type": "HSpaceDDIMInversion", "inputs": {
         "model": ["ckpt", 0], "latent": ["image1", 0]}})
@@ -192,3 +189,63 @@ def test_capture_asyrp_edit_and_content_injection_nodes_on_a_transformer(comfy, 
     # the tiny random Flux's image moves little with its attention output (measured 0.097 levels mean at γ = 1; 0 is
     # no injection): the test is that it moves
     assert np.abs(injected - captured).mean() > 0.03, np.abs(injected - captured).mean()
+
+
+def _boost_calibration_graph() -> dict:
+    """The process nodes on the tiny Flux with H-Space Quality Boost and H-Space Style Calibrate (issue 38 item 2):
+    Capture of two latents at double.1 (its residual stream: the tiny random Flux's attention output carries too
+    little of the image to measure a calibration in 8-bit levels), Direction from Examples; H-Space Asyrp Edit at
+    strength 20 without a boost, with η = 0 and with η = 1 (6 steps, percent windows: edit 0–0.3, boost from 0.5:
+    the grid steps at t = 3999 and 1999 are stochastic; a step to σ = 0 never is), and at
+    strength 0 with η = 1; Slerp Content Inject (γ 1) without calibration and with ω = 0 / 0.3 / 1."""
+    g = _graph("flux")
+    for name in ("reconstruction", "asyrp0", "asyrp20"):  # the SAMPLER test's outputs: not run here
+        del g[f"save_{name}"]
+    common = dict(positive=["guided", 0], model=["ckpt", 0], steps=6, cfg=1.0, edit_branches="cond")
+    window = dict(window="percent", start_percent=0.0, end_percent=0.3, t_edit=400)
+    for k in (1, 2):
+        g[f"capture{k}"] = {"class_type": "HSpaceCapture", "inputs": dict(common, x_T=[f"image{k}", 0], site="double.1")}
+    g["direction"] = {"class_type": "HSpaceDirectionFromExamples", "inputs": {
+        "positive": ["capture1", 0], "negative": ["capture2", 0], "form": "per_timestep", "name": "one minus two"}}
+    for name, eta in (("eta1", 1.0), ("eta0", 0.0)):
+        g[f"boost_{name}"] = {"class_type": "HSpaceQualityBoost", "inputs": {
+            "t_boost": 200, "eta": eta, "seed": 5, "window": "percent", "boost_start_percent": 0.5}}
+    outputs = {"captured": ["capture2", 1]}
+    for name, strength, boost in (("edit", 20.0, None), ("edit_eta0", 20.0, "eta0"), ("edit_eta1", 20.0, "eta1"),
+                                  ("edit0_eta1", 0.0, "eta1")):
+        g[name] = {"class_type": "HSpaceAsyrpEdit", "inputs": dict(
+            common, **window, x_T=["image2", 0], direction=["direction", 0], strength=strength, strength_sweep="",
+            seed=0, allow_other_model=False)}
+        if boost:
+            g[name]["inputs"]["boost"] = [f"boost_{boost}", 0]
+        outputs[name] = [name, 0]
+    for name, omega in (("inject", None), ("inject_w0", 0.0), ("inject_w03", 0.3), ("inject_w1", 1.0)):
+        g[name] = {"class_type": "HSpaceSlerpContentInject", "inputs": dict(
+            common, **window, style_x_T=["image2", 0], content=["capture1", 0], gamma=1.0, gamma_end=-1.0, stride=1,
+            mode="slerp", per_channel=False, seed=0)}
+        if omega is not None:
+            g[f"calibrate_{name}"] = {"class_type": "HSpaceStyleCalibrate", "inputs": {"omega": omega}}
+            g[name]["inputs"]["calibration"] = [f"calibrate_{name}", 0]
+        outputs[name] = [name, 0]
+    for name, source in outputs.items():
+        g[f"decode_{name}"] = {"class_type": "VAEDecode", "inputs": {"samples": source, "vae": ["ckpt", 2]}}
+        g[f"save_{name}"] = {"class_type": "SaveImage", "inputs": {"images": [f"decode_{name}", 0],
+                                                                   "filename_prefix": f"h4/flux_{name}"}}
+    return g
+
+
+def test_quality_boost_and_style_calibration_nodes_on_flux(comfy):
+    """η = 0 is the unboosted edit and ω = 0 the uncalibrated injection, PNG for PNG; the boost (η = 1) changes the
+    edit and the reconstruction; the mix moves back toward the style image's reconstruction as ω grows."""
+    entry = comfy.run(_boost_calibration_graph())
+    assert entry["status"]["status_str"] == "success", error_message(entry) + "\n" + comfy.tail()
+    names = ("captured", "edit", "edit_eta0", "edit_eta1", "edit0_eta1", "inject", "inject_w0", "inject_w03",
+             "inject_w1")
+    images = {name: png(comfy.images(entry, f"save_{name}")[0]) for name in names}
+    change = {name: float(np.abs(images[name] - images["captured"]).mean()) for name in names}
+    print("mean change from the reconstruction (8-bit levels):", {k: round(v, 3) for k, v in change.items()})
+    assert np.array_equal(images["edit_eta0"], images["edit"])
+    assert np.array_equal(images["inject_w0"], images["inject"])
+    assert np.abs(images["edit_eta1"] - images["edit"]).mean() > 0.5
+    assert change["edit0_eta1"] > 0.5
+    assert change["inject"] > change["inject_w03"] > change["inject_w1"], change

@@ -2,7 +2,8 @@
 a tiny network under ComfyUI's own ModelSamplingDiscreteFlow + CONST and that model's real SIGMAS (simple
 scheduler, shift 3): with no edit the loop is ComfyUI's ``euler`` bit for bit (on VP too); the asymmetric step is
 Euler + (1 − σ_next)·(D̃ − D), not VE's + (D̃ − D); the η step is DDIM's posterior on the flow path; the inverse
-step is DDIM's (Euler from the clean input) and, refined, inverts the reverse step."""
+step is DDIM's (Euler from the clean input) and, refined, inverts the reverse step; style calibration is
+InjectFusion's VP move carried to the flow path."""
 import math
 
 import pytest
@@ -150,7 +151,40 @@ def test_flow_inversion_is_the_written_inverse_step_and_inverts_the_reverse_step
     assert err < 1e-4 < plain_err, (err, plain_err)
 
 
-def test_flow_refuses_style_calibration(flow):
+def test_flow_style_calibration_is_the_written_formula_and_the_vp_move(flow):
+    """InjectFusion's calibration on the flow path: x' = x + (1 − σ)·((P̂' − D) − ω·(D' − D)), then the plain step
+    (here with η on some steps) with D(x'); the move is ``ddim.calibrated_x_t``'s VP move on x_vp = x/√(a² + σ²)
+    carried back; ω = 0 is the uncalibrated injection bit for bit."""
+    from hspace_core.ddim import calibrated_x_t, std_matched
+    from hspace_core.flow import flow_eps
+
     levels, denoised, sigmas = flow
-    with pytest.raises(ValueError, match="Style calibration"):
-        sample_h_edit(_loop_denoise(denoised, sigmas), _x(), sigmas, [True] * STEPS, omega=0.5, levels=levels)
+    edits = [True] * 5 + [False] * (STEPS - 5)
+    etas = [0.0] * 3 + [0.6] * (STEPS - 3)
+    x, omega = _x(), 0.3
+    got = sample_h_edit(_loop_denoise(denoised, sigmas), x, sigmas, edits, etas=etas, omega=omega, seed=4,
+                        levels=levels)
+    generator, want = torch.Generator().manual_seed(4), x.double()
+    for i, edit in enumerate(edits):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        a = 1 - s
+        noise_std = flow_eta_sigma(s, s_next, etas[i])
+        z = torch.randn(x.shape, generator=generator).double() if noise_std > 0 else 0.0
+        if edit:
+            d, d_inj = denoised(want.float(), sigmas[i]).double(), denoised(want.float(), sigmas[i], True).double()
+            moved = want + a * ((std_matched(d_inj, d) - d) - omega * (d_inj - d))
+            if a > 0:  # the same move through the VP sample x_vp = x/r, √ᾱ = a/r (at σ = 1, ᾱ = 0: no P, no move)
+                r = math.sqrt(a * a + s * s)
+                vp = calibrated_x_t(want / r, flow_eps(want, d, s), flow_eps(want, d_inj, s), (a / r) ** 2, omega) * r
+                assert torch.allclose(vp, moved, rtol=1e-9, atol=1e-9)
+            else:
+                assert torch.equal(moved, want)
+            want = moved
+        d = denoised(want.float(), sigmas[i]).double()
+        want = (1 - s_next) * d + math.sqrt(s_next**2 - noise_std**2) * (want - (1 - s) * d) / s + noise_std * z
+    assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-5)
+    loop = _loop_denoise(denoised, sigmas)
+    plain_injection = sample_h_edit(loop, x, sigmas, edits, etas=etas, seed=4, levels=levels)
+    assert torch.equal(sample_h_edit(loop, x, sigmas, edits, etas=etas, omega=0.0, seed=4, levels=levels),
+                       plain_injection)
+    assert (got - plain_injection).abs().max() > 1e-2  # ω changed the run

@@ -272,6 +272,20 @@ def test_refusals_name_what_to_set(pack, flux):
     assert levels.parameterisation == "const" and levels.sigma_max == 1.0  # the body sees the model's own σ table
 
 
+def invert_images(model, sigmas, site, seeds=(0, 1)):
+    """The images euler makes on a Flux from ``noise(seed)`` (6 steps, cfg 1), inverted by the Inversion Sampler on ``sigmas``
+    (decreasing, below σ = 1) at ``site``: H-Space Inverted x_T's (x_T LATENT, h trajectory) of each."""
+    import hspace_pack.nodes.samplers as nodes
+
+    zeros, inverted = torch.zeros(1, 16, SIZE, SIZE), []
+    for seed in seeds:
+        x0 = sample(model, euler(), sigmas_of(model, 6), flux_conditioning, 1.0, x=noise(seed))
+        sampler, record = nodes.InversionSampler.execute(0, site).result
+        out = sample(model, sampler, sigmas.flip(0).clamp(min=1e-4), flux_conditioning, 1.0, x=zeros, latent=x0)
+        inverted.append(nodes.InvertedXT.execute(model, {"samples": out}, record).result)
+    return inverted
+
+
 def test_direction_from_inverted_examples_and_content_injection_on_flux(pack, flux):
     """The transformer chain of the SAMPLERs: invert two images (Inversion Sampler + Inverted x_T), Δh from their
     trajectories (Direction from Examples, at the default site), the Asyrp Sampler from one image's x_T (strength 0
@@ -281,13 +295,7 @@ def test_direction_from_inverted_examples_and_content_injection_on_flux(pack, fl
 
     sigmas = sigmas_of(flux, 7)[1:]
     zeros = torch.zeros(1, 16, SIZE, SIZE)
-    inverted = []
-    for seed in (0, 1):
-        x0 = sample(flux, euler(), sigmas_of(flux, 6), flux_conditioning, 1.0, x=noise(seed))
-        sampler, record = nodes.InversionSampler.execute(0, "middle").result
-        out = sample(flux, sampler, sigmas.flip(0).clamp(min=1e-4), flux_conditioning, 1.0, x=zeros, latent=x0)
-        inverted.append(nodes.InvertedXT.execute(flux, {"samples": out}, record).result)
-    (x_T, content), (_, other) = inverted
+    (x_T, content), (_, other) = invert_images(flux, sigmas, "middle")
     assert content.site == "double.1.attn" and content.timesteps == tuple(sorted(content.timesteps, reverse=True))
     d = editing.DirectionFromExamples.execute(content, other, "per_timestep", "d").result[0]
     assert d.site == "double.1.attn" and d.fingerprint == content.fingerprint

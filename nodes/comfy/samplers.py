@@ -133,8 +133,6 @@ def h_edit_sampler(node: str, edit_for, window_for, *, edit_branches: str, site:
         check_sigmas(node, host)
         ts = timesteps_of(patcher, host)
         hs = (hs_for or ComfyHSpaceModel.for_guider)(model, extra_args, patcher, edit_branches, site)
-        if hs.flow:
-            refuse_on_flow(node, boost=boost, omega=omega)
         window = window_for(patcher)
         inside = [window.contains(sigma) for sigma in host[:-1]]
         window_ts = [t for t, i in zip(ts, inside) if i]
@@ -148,6 +146,10 @@ def h_edit_sampler(node: str, edit_for, window_for, *, edit_branches: str, site:
         edits = strided(inside, edit_every)
         etas = [boost.eta if t < t_boost else 0.0 for t in ts]
         etas += [0.0] * (len(host) - 1 - len(etas))
+        if boost is not None and boost.eta > 0 and not any(etas):
+            log.info("%s: the H-Space Quality Boost makes none of these %d steps stochastic (its start: t < %d of this "
+                     "model's %d-entry σ table); lower boost_start_percent (window = percent) to boost.", node,
+                     len(host) - 1, t_boost, hs.levels.num_timesteps)
         edit = edit_for(len(host) - 1, hs, window_ts)
         if edit is None:
             edits = [False] * len(edits)
@@ -196,15 +198,10 @@ def run_plan(hs, x: torch.Tensor, sigmas: torch.Tensor, timesteps, edits, etas, 
     return out.to(x.dtype)
 
 
-def refuse_on_flow(node: str, *, boost=None, omega=None, convention: str = "seed") -> None:
-    """What has no meaning on flow matching (docs/transformers.md): the quality boost's η-DDIM steps and style
-    calibration are defined over the ᾱ schedule, the diffusers inversion convention over its VP rescaling."""
-    if boost is not None:
-        raise ValueError(f"{node}: the quality boost (stochastic DDIM, η) is defined on the ᾱ schedule of U-Nets; "
-                         "this transformer samples by flow matching: disconnect boost.")
-    if omega:
-        raise ValueError(f"{node}: style calibration (InjectFusion's ω) is defined on the ᾱ schedule of U-Nets; "
-                         "this transformer samples by flow matching: disconnect calibration.")
+def refuse_on_flow(node: str, *, convention: str = "seed") -> None:
+    """What has no meaning on flow matching (docs/transformers.md): the diffusers inversion convention rescales the
+    point to the next ᾱ, which the flow path has no use for (its model input is the sample itself).  The quality
+    boost and style calibration do have one (``flow.flow_ddim_step``, ``sampling._calibrated``)."""
     if convention != "seed":
         raise ValueError(f"{node}: convention {convention!r} rescales the point to the next ᾱ, which flow matching "
                          "does not have: set convention to 'seed' (Euler inversion at the current point).")
