@@ -1,14 +1,15 @@
 """Asyrp's quality boost and InjectFusion's style calibration on a flow transformer (issue 38 item 2), in-process on
-the tiny Flux (harness/tiny_dit.py) through the SAMPLER nodes: the boost's stochastic steps are the written-out
-DDIM η step on the flow path, on the steps whose σ lies below σ(boost_start_percent) as ComfyUI computes it, seeded;
-η = 0 is ComfyUI's ``euler`` bit for bit; ω = 0 is the uncalibrated injection bit for bit and ω > 0 pulls the mix
-toward the style image's reconstruction (docs/transformers.md, "Quality boost and style calibration")."""
+the tiny Flux and SD3 (harness/tiny_dit.py) through the SAMPLER nodes: the boost's stochastic steps are the
+written-out DDIM η step on the flow path (under SD3's CFG too), on the steps whose σ lies below
+σ(boost_start_percent) as ComfyUI computes it, seeded; η = 0 is ComfyUI's ``euler`` bit for bit (bfloat16 Flux too);
+ω = 0 is the uncalibrated injection bit for bit and ω > 0 pulls the mix toward the style image's reconstruction
+(docs/transformers.md, "Quality boost and style calibration on flow matching")."""
 import math
 
 import pytest
 import torch
 
-from harness.tiny_dit import flux_conditioning
+from harness.tiny_dit import flux_conditioning, sd3_conditioning, tiny_flux
 from test_transformers import direction, euler, invert_images, sample, sigmas_of
 
 
@@ -21,7 +22,8 @@ def boost(eta, seed, start_percent=0.5):
 def asyrp(model, strength, boost_settings=None, end_percent=0.4):
     import hspace_pack.nodes.samplers as nodes
 
-    return nodes.AsyrpSampler.execute(direction(model, "double.1.attn"), strength, "percent", 500, 0.0, end_percent, 0,
+    site = "joint.1.attn" if hasattr(model.get_model_object("diffusion_model"), "joint_blocks") else "double.1.attn"
+    return nodes.AsyrpSampler.execute(direction(model, site), strength, "percent", 500, 0.0, end_percent, 0,
                                       boost=boost_settings, allow_other_model=True).result[0]
 
 
@@ -49,29 +51,40 @@ def written_boost(eta: float, start_percent: float, seed: int):
     return comfy.samplers.KSAMPLER(sample_fn)
 
 
-def test_boost_on_flux_is_the_written_flow_eta_step_on_its_sigma_window(pack, flux):
-    sigmas = sigmas_of(flux, 8)
-    start = flux.get_model_object("model_sampling").percent_to_sigma(0.5)
+def _family(request, family):
+    """(model, conditioning, cfg): the tiny Flux under its distilled guidance (cfg 1), the tiny SD3 under CFG 3."""
+    return {"flux": (request.getfixturevalue("flux"), flux_conditioning, 1.0),
+            "sd3": (request.getfixturevalue("sd3"), sd3_conditioning, 3.0)}[family]
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_boost_is_the_written_flow_eta_step_on_its_sigma_window(pack, request, family):
+    model, cond, cfg = _family(request, family)
+    sigmas = sigmas_of(model, 8)
+    start = model.get_model_object("model_sampling").percent_to_sigma(0.5)
     stochastic = [float(s) < start for s in sigmas[:-2]]
     assert 0 < sum(stochastic) < len(stochastic)  # the window holds some steps, not all: it is tested
-    run = lambda sampler: sample(flux, sampler, sigmas, flux_conditioning, 1.0)  # noqa: E731
-    got = run(asyrp(flux, 0.0, boost(0.7, 5)))
+    run = lambda sampler: sample(model, sampler, sigmas, cond, cfg)  # noqa: E731
+    got = run(asyrp(model, 0.0, boost(0.7, 5)))
     want = run(written_boost(0.7, 0.5, 5))
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), (got - want).abs().max()
     plain = run(euler())
     assert (got - plain).abs().mean() > 0.05 * plain.abs().mean()  # η changed the image
-    assert torch.equal(run(asyrp(flux, 0.0, boost(0.7, 5))), got)  # seeded: reproducible
-    assert not torch.equal(run(asyrp(flux, 0.0, boost(0.7, 6))), got)  # the seed is the boost's
-    assert not torch.allclose(run(asyrp(flux, 0.0, boost(0.7, 5, 0.8))), got)  # a later start: fewer noisy steps
+    assert torch.equal(run(asyrp(model, 0.0, boost(0.7, 5))), got)  # seeded: reproducible
+    assert not torch.equal(run(asyrp(model, 0.0, boost(0.7, 6))), got)  # the seed is the boost's
+    assert not torch.allclose(run(asyrp(model, 0.0, boost(0.7, 5, 0.8))), got)  # a later start: fewer noisy steps
 
 
-def test_boost_eta_zero_is_euler_bit_for_bit_and_leaves_the_edit_as_it_is(pack, flux):
-    sigmas = sigmas_of(flux, 6)
-    run = lambda sampler: sample(flux, sampler, sigmas, flux_conditioning, 1.0)  # noqa: E731
-    assert torch.equal(run(asyrp(flux, 0.0, boost(0.0, 3))), run(euler()))
-    edited = run(asyrp(flux, 1.0))
-    assert torch.equal(run(asyrp(flux, 1.0, boost(0.0, 3))), edited)
-    boosted = run(asyrp(flux, 1.0, boost(1.0, 3)))
+@pytest.mark.parametrize("family", ["flux", "sd3", "flux_bf16"])
+def test_boost_eta_zero_is_euler_bit_for_bit_and_leaves_the_edit_as_it_is(pack, request, family):
+    model, cond, cfg = (tiny_flux(dtype=torch.bfloat16), flux_conditioning, 1.0) if family == "flux_bf16" else \
+        _family(request, family)
+    sigmas = sigmas_of(model, 6)
+    run = lambda sampler: sample(model, sampler, sigmas, cond, cfg)  # noqa: E731
+    assert torch.equal(run(asyrp(model, 0.0, boost(0.0, 3))), run(euler()))
+    edited = run(asyrp(model, 1.0))
+    assert torch.equal(run(asyrp(model, 1.0, boost(0.0, 3))), edited)
+    boosted = run(asyrp(model, 1.0, boost(1.0, 3)))
     assert torch.isfinite(boosted).all() and not torch.equal(boosted, edited)
 
 
@@ -113,3 +126,26 @@ def test_calibration_on_flux_pulls_the_mix_toward_the_style_reconstruction(pack,
     print("distance to the style reconstruction (RMS) at ω = 0 / 0.3 / 1:",
           " / ".join(f"{distance[w]:.4f}" for w in (0.0, 0.3, 1.0)))
     assert distance[0.0] > distance[0.3] > distance[1.0] > 0, distance
+
+
+def test_calibration_in_bfloat16_on_flux(pack):
+    """Flux's native dtype: ω = 0 is the plain injection bit for bit, ω = 1 is finite and moves the mix (the step
+    math runs in float32, ``devices.step_dtype``)."""
+    import hspace_pack.nodes.injection as injection
+    import hspace_pack.nodes.samplers as nodes
+
+    model = tiny_flux(dtype=torch.bfloat16)
+    sigmas = sigmas_of(model, 7)[1:]
+    (style, _), (_, content) = invert_images(model, sigmas, "double.1")
+
+    def inject(omega=None):
+        calibration = None if omega is None else injection.StyleCalibrate.execute(omega).result[0]
+        sampler = nodes.ContentInjectionSampler.execute(content, 1.0, -1.0, 1, "percent", 500, 0.0, 0.7, "slerp",
+                                                        False, 0, calibration=calibration).result[0]
+        return sample(model, sampler, sigmas, flux_conditioning, 1.0, x=torch.zeros_like(style["samples"]),
+                      latent=style["samples"])
+
+    plain = inject()
+    assert torch.equal(inject(0.0), plain)
+    calibrated = inject(1.0)
+    assert torch.isfinite(calibrated).all() and not torch.equal(calibrated, plain)
