@@ -95,6 +95,22 @@ def test_boost_eta_zero_is_euler_bit_for_bit_and_leaves_the_edit_as_it_is(pack, 
     assert torch.isfinite(boosted).all() and not torch.equal(boosted, edited)
 
 
+def test_a_boost_that_makes_no_step_stochastic_is_logged(pack, flux, caplog):
+    """On 4 steps of Flux's simple schedule a start at 0.95 leaves only the step to σ = 0, which has no noise: the run
+    is the plain one, and the log says so (nothing silent); a start at 0.4 (σ 0.83: the step from 0.76) boosts and
+    logs nothing."""
+    import logging
+
+    sigmas = sigmas_of(flux, 4)
+    run = lambda sampler: sample(flux, sampler, sigmas, flux_conditioning, 1.0)  # noqa: E731
+    with caplog.at_level(logging.INFO, logger="hspace"):
+        assert torch.equal(run(asyrp(flux, 0.0, boost(1.0, 3, 0.95))), run(euler()))
+        assert any("makes none of these 4 steps stochastic" in r.getMessage() for r in caplog.records)
+        caplog.clear()
+        assert not torch.equal(run(asyrp(flux, 0.0, boost(1.0, 3, 0.4))), run(euler()))
+        assert not any("stochastic" in r.getMessage() for r in caplog.records)
+
+
 def test_boost_window_below_the_edit_window_is_refused_on_flux(pack, flux):
     with pytest.raises(ValueError, match="below the quality boost's start"):
         sample(flux, asyrp(flux, 1.0, boost(1.0, 3, 0.3), end_percent=0.6), sigmas_of(flux, 6), flux_conditioning,

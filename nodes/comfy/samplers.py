@@ -146,10 +146,11 @@ def h_edit_sampler(node: str, edit_for, window_for, *, edit_branches: str, site:
         edits = strided(inside, edit_every)
         etas = [boost.eta if t < t_boost else 0.0 for t in ts]
         etas += [0.0] * (len(host) - 1 - len(etas))
-        if boost is not None and boost.eta > 0 and not any(etas):
+        if boost is not None and boost.eta > 0 and not any(e > 0 and s > 0 for e, s in zip(etas, host[1:])):
+            # a step to σ = 0 has no posterior noise (DDIM eq. 16 at ᾱ_prev = 1), on every parameterisation
             log.info("%s: the H-Space Quality Boost makes none of these %d steps stochastic (its start: t < %d of this "
-                     "model's %d-entry σ table); lower boost_start_percent (window = percent) to boost.", node,
-                     len(host) - 1, t_boost, hs.levels.num_timesteps)
+                     "model's %d-entry σ table; a step to σ = 0 never is); lower boost_start_percent (window = "
+                     "percent) to boost.", node, len(host) - 1, t_boost, hs.levels.num_timesteps)
         edit = edit_for(len(host) - 1, hs, window_ts)
         if edit is None:
             edits = [False] * len(edits)
