@@ -47,8 +47,8 @@ class AutoSchedule(HSpaceNode):
                      io.Float.Output("edit_end_percent", tooltip="t_edit as a percent window's end (start 0): the "
                                                                  "window holds the steps at t ≥ t_edit."),
                      io.Float.Output("boost_start_percent", tooltip="t_boost as the Quality Boost's "
-                                                                    "boost_start_percent (not on flow matching, "
-                                                                    "where the boost is refused).")],
+                                                                    "boost_start_percent (window = percent; on "
+                                                                    "Flux the t_boost widget cannot reach it).")],
         )
 
     @classmethod
