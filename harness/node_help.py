@@ -259,7 +259,8 @@ HELP: dict[str, dict[str, str]] = {
         does="Patches a Flux or SD3.x MODEL so that, inside a percent window, the image tokens' attention output of "
              "the joint blocks becomes ℓ(x, c) + λ·(ℓ(x, c_edit) − its projection on ℓ(x, ∅)); λ_coarse moves the "
              "pooled text embedding the same way. An optional base prompt takes ∅'s place in both projections. "
-             "Each step in the window costs three model calls.",
+             "In the window the edit and empty prompts run as extra rows of each model call (memory for 3× the "
+             "rows; after the last edited block only the prompt's own rows run).",
         example="CLIPTextEncode ('smiling') and CLIPTextEncode ('') → **H-Space FluxSpace Edit** (λ 1) → KSampler.",
         paper="FluxSpace (Dalva, Venkatesh, Yanardag, CVPR 2025), the fine edit's orthogonal projection; the coarse "
               "edit on the pooled embedding (docs/transformers.md says where the pack's reading may differ).",

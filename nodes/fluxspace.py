@@ -17,8 +17,8 @@ class FluxSpaceEdit(HSpaceNode):
             description="FluxSpace on a Flux or SD3.x MODEL: inside the window, the image tokens' attention output ℓ of "
                         "the joint blocks becomes ℓ(x, c) + λ·(ℓ(x, c_edit) − its projection on ℓ(x, ∅)), the part of "
                         "the edit prompt's attention output the empty prompt (or the base prompt, when connected) does "
-                        "not share; λ_coarse moves the pooled text embedding the same way. Each step in the window "
-                        "costs three model calls. For any "
+                        "not share; λ_coarse moves the pooled text embedding the same way. In the window the edit and "
+                        "empty prompts run as extra rows of each model call (memory for 3× the rows). For any "
                         "sampler (KSampler, SamplerCustomAdvanced); λ = λ_coarse = 0 is the plain MODEL.",
             inputs=[io.Model.Input("model", tooltip=f"A transformer MODEL: {TRANSFORMERS}."),
                     io.Conditioning.Input("edit", tooltip="The edit prompt (e.g. 'smiling', 'wearing glasses'), "

@@ -38,7 +38,7 @@ VERSIONS = (
     # StyleID's hooks reach Flux / MMDiT modules by name and layout (qkv, QKNorm, ln_q, img_slice): both versions
     "tests/test_styleid_transformers.py", "tests/test_styleid_e2e_transformers.py",
     # the one-call edited step's batching and block patches, and latent nudging, through each version's sampling
-    "tests/test_transformer_one_call.py", "tests/test_latent_nudging.py",
+    "tests/test_transformer_one_call.py", "tests/test_latent_nudging.py", "tests/test_fluxspace_one_call.py",
     # directions, the Direction Explorer and Auto Schedule on Flux / SD3 through each version's sampling (issue 38 item 3)
     "tests/test_discovery_transformers.py", "tests/test_e2e_discovery_transformers.py",
     # the quality boost and style calibration on a flow transformer through each version's sampling and model_sampling

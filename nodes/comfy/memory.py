@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import comfy.model_management
 
 from . import edit_batch
 
 log = logging.getLogger("hspace")
+ROWS_KEY = "hspace_rows_per_latent"  # model_options: rows each model call runs per row given (``with_rows_per_latent``)
 
 
 def rows_run(model, batch: int, *, copies: int = 1, edited: bool = False) -> int:
@@ -16,9 +18,10 @@ def rows_run(model, batch: int, *, copies: int = 1, edited: bool = False) -> int
     (``run_in_comfy(rows=…)`` for the nodes, ``reserve_rows`` for the SAMPLERs).  ``copies`` of each of ``batch``
     latents (the Direction Explorer's strengths, Jacobian Directions' k + oversample probes), twice over when an edited
     step is the one-call [x; x] of ``edit_batch`` (plain and edited rows), which a U-Net that cannot take it replaces
-    by two calls of the plain rows.  ComfyUI's own estimate then doubles it again for cond and uncond."""
+    by two calls of the plain rows, times the rows a MODEL patch adds to each call (``with_rows_per_latent``).
+    ComfyUI's own estimate then doubles it again for cond and uncond."""
     one_call = edited and edit_batch.supports_edited_copies(model.get_model_object("diffusion_model"))
-    return batch * copies * (2 if one_call else 1)
+    return batch * copies * (2 if one_call else 1) * model.model_options.get(ROWS_KEY, 1)
 
 
 def reserve_rows(guider, rows: int, shape) -> None:
@@ -42,14 +45,25 @@ def reserve_rows(guider, rows: int, shape) -> None:
                                            minimum_memory_required=minimum + inference_memory)
 
 
-def with_row_reservation(model, rows: int):
-    """A clone of ``model`` for which ComfyUI reserves memory as for a batch of ``rows`` latents (a
-    PREPARE_SAMPLING wrapper hands ``estimate_memory`` that batch size; nothing else changes)."""
+def with_row_reservation(model, rows: int | Callable[[int], int]):
+    """A clone of ``model`` for which ComfyUI reserves memory as for a batch of ``rows`` latents, or of
+    ``rows(n)`` for a latent of n rows (a model patch that runs more rows per call: FluxSpace Edit); a
+    PREPARE_SAMPLING wrapper hands ``estimate_memory`` that batch size; nothing else changes."""
     import comfy.patcher_extension as ext
 
     def reserve(executor, model_patcher, noise_shape, conds, *args, **kwargs):
-        return executor(model_patcher, [rows, *noise_shape[1:]], conds, *args, **kwargs)
+        n = rows(noise_shape[0]) if callable(rows) else rows
+        return executor(model_patcher, [n, *noise_shape[1:]], conds, *args, **kwargs)
 
     clone = model.clone()
     clone.add_wrapper_with_key(ext.WrappersMP.PREPARE_SAMPLING, "hspace_rows", reserve)
+    return clone
+
+
+def with_rows_per_latent(model, rows: int):
+    """A clone of ``model`` whose model calls run ``rows`` rows for each row they are given (a MODEL patch's own
+    rows: FluxSpace Edit's edit and null prompts): ``rows_run`` counts them for the pack's processes, and a
+    PREPARE_SAMPLING wrapper makes ComfyUI reserve memory for them under any sampler."""
+    clone = with_row_reservation(model, lambda n: n * rows)
+    clone.model_options[ROWS_KEY] = model.model_options.get(ROWS_KEY, 1) * rows
     return clone

@@ -1,0 +1,146 @@
+"""FluxSpace's edit-prompt and null-prompt rows run as rows of the model call that edits (issue 38 item 6): the
+result equals the path that ran each prompt as its own call to float rounding (float32 and bfloat16), each block runs
+the rows it needs (every row up to the last edited block, the own rows after it), prompts of other token counts run
+as separate calls (logged), and ComfyUI reserves memory for three rows per latent row."""
+import logging
+
+import pytest
+import torch
+
+from harness.tiny_dit import flux_conditioning, sd3_conditioning, tiny_flux, tiny_sd3
+from test_comfy_one_call import relative
+from test_memory_rows import reserved  # noqa: F401 (fixture)
+from test_transformers import SIZE
+
+STEPS = 4  # "simple" σ of the tiny models: the window 0–60 % holds the first 3 steps
+INSIDE = 3
+# one call against separate calls, max |Δ| / max |x| over the whole run: measured here ≤ 8.0e-7 in float32 (Flux
+# 1.9e-7, SD3 8.0e-7) and ≤ 3.7e-3 in bfloat16 (Flux; SD3 bit-equal): more rows change the kernels' blocking, not
+# the math.  The edit itself moves the image by ≥ 0.12 of its max.
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+
+
+def _blocks(model):
+    dm = model.get_model_object("diffusion_model")
+    return list(dm.joint_blocks) if hasattr(dm, "joint_blocks") else list(dm.double_blocks) + list(dm.single_blocks)
+
+
+def _run(model, patched, cond, cfg, rows=1, seen=None):
+    """The patched MODEL under plain euler; ``seen`` gets (block, rows) of every block each model call runs."""
+    import comfy.sample
+    import comfy.samplers
+
+    first = lambda args, kwargs: args[0] if args else kwargs.get("img", kwargs.get("x"))  # noqa: E731
+    hooks = [] if seen is None else [block.register_forward_pre_hook(
+        lambda m, args, kwargs, k=k: seen.append((k, first(args, kwargs).shape[0])), with_kwargs=True)
+        for k, block in enumerate(_blocks(model))]
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", STEPS)
+    x = torch.randn(rows, 16, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    try:
+        return comfy.sample.sample_custom(patched, x, cfg, comfy.samplers.sampler_object("euler"), sigmas, cond(0),
+                                          cond(1), torch.zeros_like(x), disable_pbar=True, seed=0)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _patched(model, edit, empty, blocks="all", one_call=True, lam=1.0, lam_coarse=0.5):
+    from hspace_pack.nodes.comfy.fluxspace import patched_with_fluxspace
+    from hspace_pack.nodes.layer import edit_window
+
+    window = edit_window("test", model, "percent", 0, 0.0, 0.6)
+    return patched_with_fluxspace(model, edit[0], empty[0], lam, lam_coarse, window, blocks, one_call=one_call)
+
+
+def _calls(seen):
+    """The rows of each model call: the blocks' rows, cut where block 0 runs again."""
+    calls = []
+    for block, rows in seen:
+        if block == 0:
+            calls.append([])
+        calls[-1].append(rows)
+    return calls
+
+
+# family, dtype, latent rows, cfg, blocks, rows per block of an edited call (Flux: double 0, 1 then single 0, 1 — the
+# single blocks after the last edited one run the own rows only; SD3 under CFG: cond and uncond rows, ×3)
+CASES = [("flux", torch.float32, 2, 1.0, "all", [6, 6, 2, 2]), ("sd3", torch.float32, 1, 3.0, "middle", [6, 6]),
+         ("flux", torch.bfloat16, 1, 1.0, "middle", [3, 3, 1, 1]), ("sd3", torch.bfloat16, 1, 3.0, "all", [6, 6])]
+
+
+@pytest.mark.parametrize("family,dtype,rows,cfg,blocks,edited_rows", CASES)
+def test_fluxspace_one_call_matches_separate_calls(pack, family, dtype, rows, cfg, blocks, edited_rows):
+    model = (tiny_flux if family == "flux" else tiny_sd3)(dtype=dtype)
+    cond = flux_conditioning if family == "flux" else sd3_conditioning
+    plain_rows = [r // 3 for r in edited_rows[:1]] * len(edited_rows)
+    out, calls = {}, {}
+    for one_call in (True, False):
+        seen = []
+        out[one_call] = _run(model, _patched(model, cond(5), cond(6), blocks, one_call), cond, cfg, rows, seen)
+        calls[one_call] = _calls(seen)
+    assert calls[True] == [edited_rows] * INSIDE + [plain_rows] * (STEPS - INSIDE), calls[True]
+    assert len(calls[False]) == 3 * INSIDE + STEPS - INSIDE  # edit, null, own: the path before
+    plain = _run(model, model, cond, cfg, rows)
+    assert relative(out[True], out[False]) < TOLERANCE[dtype], relative(out[True], out[False])
+    assert relative(out[True], plain) > 0.05, "the edit shows"
+
+
+def test_prompts_of_other_lengths_run_as_separate_calls(pack, flux, caplog):
+    """An edit prompt with more text tokens than the call's cannot be rows of its call (ComfyUI does not pad Flux's
+    text): it runs as its own call, logged; the null prompt still joins the own rows; the result is the separate
+    calls' to float rounding."""
+    from hspace_pack.nodes.comfy import dit
+
+    edit, empty = flux_conditioning(5, tokens=9), flux_conditioning(6)
+    dit._told.clear()
+    seen = []
+    with caplog.at_level(logging.INFO, logger="hspace"):
+        mixed = _run(flux, _patched(flux, edit, empty), flux_conditioning, 1.0, seen=seen)
+    assert "different numbers of text tokens (own 7, edit 9, null 7)" in caplog.text
+    assert _calls(seen)[:2] == [[1, 1, 1, 1], [2, 2, 1, 1]], _calls(seen)
+    separate = _run(flux, _patched(flux, edit, empty, one_call=False), flux_conditioning, 1.0)
+    assert relative(mixed, separate) < TOLERANCE[torch.float32]
+
+
+def test_rows_are_kept_where_the_layout_matters(pack, flux, caplog):
+    """After the last edited block the blocks run the own rows only, unless attention patches are set or another
+    node's replace patch holds the block (both logged), as ``dit.with_shared_rows`` does."""
+    from hspace_core.sites import block_site
+    from hspace_pack.nodes.comfy import dit, fluxspace
+
+    dm = flux.get_model_object("diffusion_model")
+    dropped = fluxspace._with_rows_dropped({}, dm, block_site("double.0.attn"))["patches_replace"]["dit"]
+    assert sorted(dropped) == [("double_block", 1), ("single_block", 0), ("single_block", 1)]
+    other = object()
+    dit._told.clear()
+    with caplog.at_level(logging.INFO, logger="hspace"):
+        kept = fluxspace._with_rows_dropped({"patches_replace": {"dit": {("single_block", 1): other}}}, dm,
+                                            block_site("double.1.attn"))["patches_replace"]["dit"]
+        assert kept == {("single_block", 0): fluxspace._FIRST_ROWS, ("single_block", 1): other}
+        patched = {"patches": {"attn1_patch": [lambda *a: a]}}
+        assert fluxspace._with_rows_dropped(patched, dm, block_site("double.0.attn")) == patched
+    assert "holds another patch" in caplog.text and "attention patches are set" in caplog.text
+    call = fluxspace._Call()
+    call.layout = (("apply", 2), ("edit", 2), ("null", 2))
+    run, source = fluxspace._FIRST_ROWS.rows(6, {fluxspace.KEY: call}, "cpu")
+    assert run.tolist() == [0, 1] and source.tolist() == [0, 1, 0, 1, 0, 1]
+    assert fluxspace._FIRST_ROWS.rows(6, {}, "cpu") is None  # a call FluxSpace did not batch
+
+
+def test_memory_is_reserved_for_three_rows_per_latent_row(pack, flux, reserved):  # noqa: F811
+    """ComfyUI reserves for a FluxSpace-patched MODEL what it reserves for a plain latent of three times the rows
+    (the own, edit and null rows of each call); λ = λ_coarse = 0 (a plain clone) reserves as for the latent; the
+    pack's one rule (``rows_run``) counts the three rows under its own processes too (an Asyrp one-call step: 2×)."""
+    from hspace_pack.nodes.comfy.memory import rows_run
+
+    edit, empty = flux_conditioning(5), flux_conditioning(6)
+    assert rows_run(_patched(flux, edit, empty), 2) == 6 and rows_run(_patched(flux, edit, empty), 1, edited=True) == 6
+    assert rows_run(_patched(flux, edit, empty, one_call=False), 2) == 2 and rows_run(flux, 2) == 2
+    amounts = {}
+    for name, patched, rows in (("plain 3", flux, 3), ("fluxspace 1", _patched(flux, edit, empty), 1),
+                                ("plain 1", flux, 1), ("λ 0, 1", _patched(flux, edit, empty, lam=0, lam_coarse=0), 1)):
+        before = len(reserved(flux))
+        _run(flux, patched, flux_conditioning, 1.0, rows)
+        amounts[name] = reserved(flux)[before:]
+    assert amounts["fluxspace 1"] == amounts["plain 3"] and amounts["λ 0, 1"] == amounts["plain 1"], amounts
+    assert amounts["plain 3"] != amounts["plain 1"], amounts
