@@ -1,6 +1,7 @@
 """Cost of an edited step relative to a plain one on the Flux and SD3.5 architectures, through ComfyUI, in one run.
 
     python -m benchmarks.dit_cost [--repeats 3] [--latent 32] [--double 2] [--single 4] [--joint 4] [--out FILE]
+                                  [--only asyrp|fluxspace]
     python -m benchmarks.dit_cost --gpu        # CUDA: Flux.1 and SD3.5 large at full depth, 1024², bfloat16
     python -m benchmarks.dit_cost --dry-run    # tiny widths on the CPU: checks that everything runs
 
@@ -16,6 +17,11 @@ Columns: the median time of one denoiser evaluation inside ComfyUI's sampling (p
 as one call on [x; x] with the other blocks running only the rows that differ (``edit_batch.DitCopies``,
 ``dit.SharedRows``), as one call running every row in every block, and as the two calls of the path before
 (``ComfyHSpaceModel.one_call = False``).
+
+FluxSpace Edit on the same Flux (every double block edited, the paper's choice, the coarse edit on): the median time
+of one denoiser evaluation inside its window over the plain one, with the edit and null prompts as rows of the model
+call (their rows dropped after the last edited block: ``nodes/comfy/fluxspace.py``) and as two more calls (the path
+before, ``FluxSpace.one_call = False``).
 """
 from __future__ import annotations
 
@@ -116,6 +122,43 @@ def measure(comfy_model, patcher, positive, negative, cfg: float, latent: int, r
     return found
 
 
+def measure_fluxspace(patcher, cond, latent: int, repeats: int) -> dict:
+    """Seconds of a plain denoiser evaluation at σ = 0.5 and of one inside FluxSpace Edit's window (every joint block,
+    λ 1, λ_coarse 0.5): the edit and null prompts as rows of the call, and as calls of their own."""
+    import comfy.model_patcher
+    import comfy.patcher_extension
+    import comfy.sample
+    import comfy.samplers
+
+    from hspace_core.sampling import SigmaWindow
+    from hspace_pack.nodes.comfy.fluxspace import KEY, patched_with_fluxspace
+
+    cuda = patcher.load_device.type == "cuda"
+    patched = patched_with_fluxspace(patcher, cond(5)[0], cond(6)[0], 1.0, 0.5, SigmaWindow(1.0, 0.0), "all")
+    edit = patched.wrappers[comfy.patcher_extension.WrappersMP.APPLY_MODEL][KEY][0].__self__
+    found = {}
+
+    def body(denoiser, x, sigmas, extra_args=None, callback=None, disable=None):
+        sigma = sigmas[0] * x.new_ones(x.shape[0])
+        plain = {**extra_args, "model_options": comfy.model_patcher.create_model_options_clone(patcher.model_options)}
+
+        def edited(one_call):
+            def run():
+                edit.one_call = one_call
+                denoiser(x, sigma, **extra_args)
+            return run
+
+        found.update(interleaved_medians({"plain": lambda: denoiser(x, sigma, **plain), "one call": edited(True),
+                                          "three calls": edited(False)}, repeats, cuda))
+        return x
+
+    x = torch.randn(1, 16, latent, latent, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        comfy.sample.sample_custom(patched, x, 1.0, comfy.samplers.KSAMPLER(body), torch.tensor([0.5, 0.0]), cond(0),
+                                   cond(1), torch.zeros_like(x), disable_pbar=True, seed=0)
+    return found
+
+
 def run(args) -> dict:
     from harness.inprocess import load_pack
     from harness.tiny_dit import FLUX_CONTEXT, FLUX_POOLED, SD3_CONTEXT, SD3_POOLED, tiny_flux, tiny_sd3
@@ -137,30 +180,44 @@ def run(args) -> dict:
                                              flux_cond, 1.0),
               f"SD3.5 large ({width}), {joint} joint blocks, {args.latent}² latent, {args.tokens} text tokens, CFG "
               f"{SD3_CFG}": (lambda: tiny_sd3(0, dtype, device, **sd3_config(joint, tiny)), sd3_cond, SD3_CFG)}
-    results = {}
+    results, fluxspace = {}, {}
     for name, (build, cond, cfg) in models.items():
+        if args.only == "fluxspace" and cond is not flux_cond:
+            continue
         model = build()
-        results[name] = measure(comfy_model, model, cond(0), cond(1), cfg, args.latent, args.repeats)
+        if args.only != "fluxspace":
+            results[name] = measure(comfy_model, model, cond(0), cond(1), cfg, args.latent, args.repeats)
+        if cond is flux_cond and args.only != "asyrp":
+            fluxspace[name.replace(", distilled guidance", "")] = measure_fluxspace(model, cond, args.latent,
+                                                                                   args.repeats)
         del model
         comfy.model_management.unload_all_models()  # the next model's room on the GPU
         comfy.model_management.soft_empty_cache()
-    return results
+    return {"asyrp": results, "fluxspace": fluxspace}
 
 
 def table(results: dict, args) -> str:
     where = torch.cuda.get_device_name() if args.gpu else (f"{os.cpu_count()} CPU cores, {torch.get_num_threads()} "
                                                            "thread(s), CPU time of the process")
     dtype = "bfloat16" if args.gpu else "float32"
-    lines = [f"Measured by `python -m benchmarks.dit_cost{' --gpu' if args.gpu else ''}` on {where}, torch "
+    flags = (" --gpu" if args.gpu else "") + (f" --only {args.only}" if args.only else "")
+    lines = [f"Measured by `python -m benchmarks.dit_cost{flags}` on {where}, torch "
              f"{torch.__version__}, {dtype}, random weights, median of {args.repeats} interleaved rounds; ratios to a "
-             "plain step of the same model in the same run.", "",
-             "| model (h site) | plain step | edited, one call (rows shared) | edited, one call, every row in every "
-             "block | edited, two calls (before) |", "|---|---:|---:|---:|---:|"]
-    for name, r in results.items():
-        ratio = lambda key: f"{r[key] / r['plain']:.2f}×"  # noqa: E731
-        lines.append(f"| {name} ({r['site']}) | {r['plain']:.3f} s | {ratio('one call')} | "
-                     f"{ratio('one call, every row')} | {ratio('two calls')} |")
-    return "\n".join(lines)
+             "plain step of the same model in the same run.", ""]
+    ratio = lambda r, key: f"{r[key] / r['plain']:.2f}×"  # noqa: E731
+    if results["asyrp"]:
+        lines += ["| model (h site) | plain step | edited, one call (rows shared) | edited, one call, every row in "
+                  "every block | edited, two calls (before) |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {name} ({r['site']}) | {r['plain']:.3f} s | {ratio(r, 'one call')} | "
+                  f"{ratio(r, 'one call, every row')} | {ratio(r, 'two calls')} |"
+                  for name, r in results["asyrp"].items()]
+        lines.append("")
+    if results["fluxspace"]:
+        lines += ["| FluxSpace Edit, every double block, on | plain step | in the window: prompts as rows of one call "
+                  "(now) | three calls (before) |", "|---|---:|---:|---:|"]
+        lines += [f"| {name} | {r['plain']:.3f} s | {ratio(r, 'one call')} | {ratio(r, 'three calls')} |"
+                  for name, r in results["fluxspace"].items()]
+    return "\n".join(lines).rstrip("\n")
 
 
 def main(argv=None) -> str:
@@ -171,6 +228,8 @@ def main(argv=None) -> str:
     p.add_argument("--double", type=int, default=2)
     p.add_argument("--single", type=int, default=4)
     p.add_argument("--joint", type=int, default=4)
+    p.add_argument("--only", choices=["asyrp", "fluxspace"], default=None,
+                   help="measure only the Asyrp edited step (Flux and SD3.5) or only FluxSpace Edit (Flux)")
     p.add_argument("--gpu", action="store_true", help="CUDA, bfloat16, full depth at 1024² (128² latent)")
     p.add_argument("--dry-run", action="store_true", help="tiny widths on the CPU")
     p.add_argument("--out", default=None)

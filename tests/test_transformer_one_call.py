@@ -113,13 +113,14 @@ def test_shared_rows_fall_back_to_every_row_where_the_layout_matters(pack, flux,
 
 def test_dit_cost_benchmark_dry_run(pack):
     """benchmarks/dit_cost.py's CPU path (tiny widths): what benchmarks/gpu.sh runs as --dry-run, the table of both
-    architectures with the three edited columns."""
+    architectures with the three edited columns, and FluxSpace Edit's on Flux with two (one call, three calls)."""
     import re
 
     from benchmarks import dit_cost
 
     text = dit_cost.main(["--dry-run"])
     rows = [line for line in text.splitlines() if line.startswith("| Flux.1") or line.startswith("| SD3.5")]
-    assert len(rows) == 2 and "(double.1.attn)" in rows[0] and "(joint.2.attn)" in rows[1], text
-    for row in rows:
-        assert len(re.findall(r"\| \d+\.\d\d×", row)) == 3, row
+    assert len(rows) == 3 and "(double.1.attn)" in rows[0] and "(joint.2.attn)" in rows[1], text
+    assert "| FluxSpace Edit, every double block" in text and "distilled guidance" not in rows[2], text
+    for row, ratios in zip(rows, (3, 3, 2)):
+        assert len(re.findall(r"\| \d+\.\d\d×", row)) == ratios, row
