@@ -144,3 +144,43 @@ def test_memory_is_reserved_for_three_rows_per_latent_row(pack, flux, reserved):
         amounts[name] = reserved(flux)[before:]
     assert amounts["fluxspace 1"] == amounts["plain 3"] and amounts["λ 0, 1"] == amounts["plain 1"], amounts
     assert amounts["plain 3"] != amounts["plain 1"], amounts
+
+
+def test_every_input_of_the_call_is_repeated_per_prompt(pack, flux):
+    """The model call's other inputs reach each prompt's rows as they reached its own call before: a ControlNet's
+    residuals (added to the image tokens after each block), Flux Kontext's reference latents (more image tokens) and
+    the guidance of two latent rows, called through ComfyUI's apply_model with the patched MODEL's wrappers and
+    patches. One call equals the separate calls to float rounding (measured 3.3e-7 relative); the control and the
+    references do change the output (by 0.62 of its max here), so rows without them would not pass."""
+    from hspace_pack.nodes.comfy.fluxspace import FluxSpace
+
+    dm = flux.get_model_object("diffusion_model")
+    g = torch.Generator().manual_seed(9)
+    rows, tokens, width = 2, (SIZE // 2) ** 2, dm.double_blocks[0].img_attn.proj.out_features
+    x = torch.randn(rows, 16, SIZE, SIZE, generator=g)
+    sigma = torch.full((rows,), 0.9)  # inside the window 0–60 % (σ 1 … 0.68)
+    own = flux_conditioning(0)[0]
+    control = {"input": [torch.randn(rows, tokens, width, generator=g), None],
+               "output": [torch.randn(rows, tokens, width, generator=g)]}
+    extra = {"y": own[1]["pooled_output"].expand(rows, -1), "guidance": torch.tensor([3.5, 2.0]),
+             "ref_latents": [torch.randn(rows, 16, SIZE // 2, SIZE // 2, generator=g)]}
+    out, calls = {}, []
+    hook = dm.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+    try:
+        for one_call, inputs in ((True, True), (False, True), (True, False)):
+            patched = _patched(flux, flux_conditioning(5), flux_conditioning(6), one_call=one_call)
+            options = {**patched.model_options["transformer_options"], "wrappers": patched.wrappers,
+                       "cond_or_uncond": [0], "sigmas": sigma}
+            given = {"control": control, **extra} if inputs else {"y": extra["y"], "guidance": extra["guidance"]}
+            with torch.inference_mode():
+                out[one_call, inputs] = patched.model.apply_model(x, sigma, c_crossattn=own[0].expand(rows, -1, -1),
+                                                                  transformer_options=options, **given)
+            edit = next(w.__self__ for w in patched.wrappers["apply_model"]["hspace_fluxspace"])
+            assert isinstance(edit, FluxSpace) and edit.one_call is one_call
+    finally:
+        hook.remove()
+    assert calls == [3 * rows, rows, rows, rows, 3 * rows], calls  # one call, then edit, null and own as before
+    assert out[True, True].shape == x.shape
+    assert relative(out[True, True], out[False, True]) < TOLERANCE[torch.float32], relative(out[True, True],
+                                                                                            out[False, True])
+    assert relative(out[True, True], out[True, False]) > 1e-2, relative(out[True, True], out[True, False])
