@@ -9,7 +9,7 @@ import torch
 
 from ..hspace_core import EditSchedule, BoostSettings, StyleCalibration, gamma_ramp
 from ..hspace_core.processes import injection_edit, interpolation_frames, interpolation_storage
-from .comfy.checks import is_flow_transformer, is_pixel_unet, refuse_flow_loop
+from .comfy.checks import is_flow_transformer, is_pixel_unet
 from .comfy.model import ComfyHSpaceModel
 from .comfy.noise_levels import noise_levels
 from .comfy.run import runs_callback, sweep_process
@@ -175,7 +175,6 @@ class Interpolate(HSpaceNode):
                                  node_name(cls.define_schema()))
         schedule = dataclasses.replace(schedule, clip_x0=1.0 if clip_x0 else None)
         negative, negative_at = sampling_inputs(x_T_a, cfg, positive, negative)  # x_T_b's is the same (base node)
-        refuse_flow_loop(model)  # its t_edit schedule is the DDIM one of U-Nets
         node, grid = node_name(cls.define_schema()), noise_levels(model).grid(steps)
         ends = (latent_x(model, x_T_a), latent_x(model, x_T_b))
         part = runs_callback(model, steps, frames + 2)  # two captures, then a run per frame

@@ -9,7 +9,7 @@ import math
 
 from ..hspace_core import CFG_INVERSIONS, H_SOURCES, EditSchedule, ReconstructionReport, null_text_embeddings
 from .comfy.fingerprint import model_fingerprint
-from .comfy.checks import is_pixel_unet, refuse_flow_loop
+from .comfy.checks import is_flow_transformer, is_pixel_unet
 from .comfy.progress import progress_bar
 from .layer.origin import XTOrigin
 from .comfy.model import ComfyHSpaceModel
@@ -71,6 +71,11 @@ class DDIMInversion(HSpaceNode):
         method = "plain" if math.isclose(cfg, 1.0) else cfg_inversion
         if method == "null_text" and is_pixel_unet(model):
             raise ValueError("null_text needs a text-conditioned model; pixel U-Nets take cfg 1 (or 'plain').")
+        if method == "null_text" and is_flow_transformer(model):
+            raise ValueError("H-Space DDIM Inversion: cfg_inversion 'null_text' optimises a negative embedding per "
+                             "step against the DDIM (ᾱ) step of U-Nets (Mokady et al.), which flow matching does not "
+                             "take; on this transformer set cfg_inversion to 'negative_prompt' (exact at any cfg) or "
+                             "'plain' (with refine_iters).")
         storage = h_storage_of(h_storage, keep_h_from_t)
         grid = noise_levels(model).grid(steps)
         # plain: the reconstruction (PSNR, h_source='reconstruction') at this cfg; guided: only h_source='reconstruction'
@@ -81,14 +86,13 @@ class DDIMInversion(HSpaceNode):
         passes = inversion_passes(steps, convention, refine_iters)
         progress = progress_bar(passes + regenerate, model)
 
-        refuse_flow_loop(model)  # its σ = 1 end and the guided reconstructions are U-Net-only here
         check_process_inputs(model, latent["samples"], site)
         node, total = node_name(cls.define_schema()), passes + regenerate
         record, kept = InversionRecord(), storage if h_source == "inversion" else None
         done = itertools.count(1 + refine_iters, 1 + refine_iters)  # passes after each step (the first may be skipped)
         hs_for = ComfyHSpaceModel.for_node(cfg if method == "plain" else 1.0, negative if method == "plain" else None)
         inverter = inversion_sampler(node, refine_iters=refine_iters, site=site, record=record, convention=convention,
-                                     hs_for=hs_for, h_storage=kept, latents_on="cpu")
+                                     hs_for=hs_for, h_storage=kept, latents_on="cpu", handed_on=False)
         sample_process(model, inverter, noise_levels(model).sigmas_at(grid).float().flip(0), latent=latent["samples"],
                        positive=positive, negative=negative if method == "plain" else None,
                        cfg=cfg if method == "plain" else 1.0,
@@ -119,7 +123,8 @@ class DDIMInversion(HSpaceNode):
 def _reconstruct(m, inv, progress=None):
     """regenerate(x_T) on the inversion's grid through the SAMPLERs' loop body (``run_h_edit``), inside
     ``run_in_comfy`` (the guided reconstructions): (x, None)."""
-    return run_h_edit(m, inv.x_T, None, EditSchedule.reconstruction(len(inv.timesteps)), progress=progress), None
+    schedule = EditSchedule.reconstruction(len(inv.timesteps), num_train_timesteps=m.levels.num_timesteps)
+    return run_h_edit(m, inv.x_T, None, schedule, progress=progress), None
 
 
 def _reconstruct_guided(model, inv, method, positive, negative, cfg, edit_branches):

@@ -216,16 +216,18 @@ def run_h_edit(hs, x_T: torch.Tensor, edit, schedule, *, seed: int = 0, progress
     reconstruction, ``edit_every`` = k edits every k-th step of the edit window, ``omega`` > 0 is InjectFusion's style
     calibration, η and t_boost are ``schedule``'s (noise from ``seed``), ``schedule.clip_x0`` clamps x0 and
     ``record(t, h)`` is ``run_plan``'s.  ``stop_below`` = t_min (an ``HStorage``'s) runs only the steps at t ≥ t_min
-    and returns the x_t reached there (VP, not a clean sample), as ``run_reverse(h_only=True)``.
+    and returns the x_t reached there (VP, not a clean sample; a flow model's point as it is), as
+    ``run_reverse(h_only=True)``.  On a flow model the grid starts at σ = 1, where x_T is the point itself.
     ``progress(done, total, x0)`` is told after every step (x0: the step's denoised latent, for previews)."""
     grid = list(schedule.timesteps())
     plan = EditPlan.on_grid(schedule, hs.levels, edited=edit is not None, edit_every=edit_every, stop_below=stop_below)
     n, sigmas = len(plan.timesteps), plan.sigmas.float().to(x_T.device)
     callback = None if progress is None else lambda i, denoised, x: progress(i + 1, len(grid), denoised)
-    x = x_T.to(step_dtype(x_T.dtype)) * ve_scale(float(plan.sigmas[0]))
+    x = x_T.to(step_dtype(x_T.dtype))
+    x = x if hs.flow else x * ve_scale(float(plan.sigmas[0]))  # a flow grid starts at σ = 1, where x_T is the point
     x = run_plan(hs, x, sigmas, plan.timesteps, plan.edits, plan.etas, edit, omega=omega, seed=seed,
                  clip_x0=schedule.clip_x0, record=record, callback=callback)
-    if n < len(grid):
+    if n < len(grid) and not hs.flow:
         x = ve_to_vp(x, float(plan.sigmas[-1]))
     return x.to(x_T.dtype)
 
@@ -288,9 +290,10 @@ class InversionRun:
     def x_T_vp(self) -> torch.Tensor:
         """x_T in the pack's convention (unit variance, VP at the last σ); for flow matching, what ComfyUI's LATENT
         holds after the sampler, x_T/(1 − σ) (``CONST.inverse_noise_scaling``), which a reverse pass on the same
-        sigmas with DisableNoise starts from."""
+        sigmas with DisableNoise starts from; at σ = 1 (H-Space DDIM Inversion's grid), where that is undefined,
+        x_T itself: the noise, which the process nodes start from as it is (``run.starting_at``)."""
         if self.flow:
-            return self.x_T / (1 - self.sigmas[-1])
+            return self.x_T if self.sigmas[-1] >= 1 - 1e-6 else self.x_T / (1 - self.sigmas[-1])
         return ve_to_vp(self.x_T, self.sigmas[-1])
 
     def latent_view(self) -> torch.Tensor:
@@ -317,7 +320,7 @@ class InversionRun:
 
 def run_inversion(hs, x: torch.Tensor, sigmas: torch.Tensor, timesteps, *, convention: str = "seed",
                   refine_iters: int = 0, h_storage: HStorage | None = HStorage(), latents_on: str | None = None,
-                  callback=None) -> InversionRun:
+                  callback=None, node: str = "H-Space Inversion Sampler", handed_on: bool = True) -> InversionRun:
     """DDIM inversion on increasing ``sigmas`` (``sampling.invert_sigmas``) through ``hs`` (a ``ComfyHSpaceModel``):
     the one code path of the H-Space Inversion Sampler and H-Space DDIM Inversion.
 
@@ -327,7 +330,10 @@ def run_inversion(hs, x: torch.Tensor, sigmas: torch.Tensor, timesteps, *, conve
     otherwise.  ``h_storage`` keeps every evaluation's h (None: none); ``latents_on`` ("cpu", asynchronously from
     CUDA, or "model"; None: not kept) keeps the VP latents for ``Inversion.latents``.  ``callback(i, P, x)`` is
     ComfyUI's sampler-callback shape after each step (P: the clean sample the step predicts).  The step math runs
-    in at least float32 (x_T and the latents in ``x``'s dtype); finiteness is read once, after the loop."""
+    in at least float32 (x_T and the latents in ``x``'s dtype); finiteness is read once, after the loop.  A flow
+    model's latents are its points x as they are (no VP rescaling); ``handed_on`` (the SAMPLER, whose x_T ComfyUI
+    hands on as a LATENT) refuses flow sigmas that end at σ = 1, which H-Space DDIM Inversion (not handed on: it
+    reads the record) runs to; ``node`` names the node in refusals."""
     if latents_on not in (None, "cpu", "model"):
         raise ValueError(f"latents_on must be 'cpu' or 'model', got {latents_on!r}.")
     host = sigmas.detach().double().cpu().tolist()  # one copy, before the loop
@@ -338,7 +344,8 @@ def run_inversion(hs, x: torch.Tensor, sigmas: torch.Tensor, timesteps, *, conve
         raise ValueError(f"{len(host)} sigmas but {len(timesteps)} timesteps for them.")
     h_at, last, watch = {}, [None], FiniteWatch()
     kept = (lambda v: to_host(v, x.dtype)) if latents_on == "cpu" else (lambda v: v.to(x.dtype))
-    latents = [] if latents_on is None else [kept(x if clean else ve_to_vp(x, host[0]))]
+    vp = (lambda v, sigma: v) if hs.flow else ve_to_vp  # a flow sample is the model's point itself
+    latents = [] if latents_on is None else [kept(x if clean else vp(x, host[0]))]
     clean_step = clean and len(t_of) > 1 and (t_of[1] != 0 or hs.flow)  # a flow inversion steps from the clean input
     if latents and clean and convention == "seed" and not clean_step:
         latents.append(latents[0])  # the input is x at the first grid timestep
@@ -353,14 +360,14 @@ def run_inversion(hs, x: torch.Tensor, sigmas: torch.Tensor, timesteps, *, conve
     def step_done(k, predicted, x_next):
         watch.see(x_next, t_of[k + 1])
         if latents_on is not None:
-            latents.append(kept(ve_to_vp(x_next, host[k + 1])))
+            latents.append(kept(vp(x_next, host[k + 1])))
         if callback is not None:
             callback(k, predicted, x_next)
 
     if hs.flow:
-        refuse_on_flow("H-Space Inversion Sampler", convention=convention)
-        if host[-1] >= 1 - 1e-6:
-            raise ValueError("H-Space Inversion Sampler: these sigmas end at σ = 1. ComfyUI hands a flow-matching "
+        refuse_on_flow(node, convention=convention)
+        if handed_on and host[-1] >= 1 - 1e-6:
+            raise ValueError(f"{node}: these sigmas end at σ = 1. ComfyUI hands a flow-matching "
                              "LATENT on as x/(1 − σ), which σ = 1 cannot carry: end the inversion below 1 (the "
                              "scheduler's denoise below 1, or SplitSigmas dropping its first σ) and run the reverse "
                              "pass on the same sigmas.")
@@ -408,12 +415,13 @@ class InversionRecord:
 
 def inversion_sampler(node: str, *, refine_iters: int, site: str, record: InversionRecord, convention: str = "seed",
                       hs_for=None, h_storage: HStorage | None = HStorage(), latents_on: str | None = None,
-                      nudge: float = 1.0):
+                      nudge: float = 1.0, handed_on: bool = True):
     """A KSAMPLER doing DDIM inversion on increasing (flipped) sigmas (``run_inversion``), ``convention`` 'seed' or
     'diffusers'; decreasing sigmas are refused, naming FlipSigmas.  ``nudge`` ≠ 1 (flow models only) multiplies the
     clean latent first (``flow.nudge_latent``: Stable Flow's latent nudging).  ``hs_for``, ``h_storage`` and
     ``latents_on`` as in ``h_edit_sampler`` and ``run_inversion`` (H-Space DDIM Inversion keeps the latents for
-    null-text inversion)."""
+    null-text inversion); ``handed_on`` False: the caller reads x_T from ``record``, not from the output LATENT
+    (``run_inversion``: a flow inversion may then end at σ = 1)."""
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
         extra_args = extra_args or {}
@@ -429,7 +437,7 @@ def inversion_sampler(node: str, *, refine_iters: int, site: str, record: Invers
         x = nudge_latent(x, nudge)
         record.run = run_inversion(hs, x, sigmas, ts, convention=convention, refine_iters=refine_iters,
                                    h_storage=h_storage, latents_on=latents_on,
-                                   callback=_comfy_callback(callback, sigmas))
+                                   callback=_comfy_callback(callback, sigmas), node=node, handed_on=handed_on)
         return record.run.x_T.clone()
 
     return comfy.samplers.KSAMPLER(sample)

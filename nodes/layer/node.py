@@ -110,7 +110,7 @@ def check_node_inputs(schema, inputs: dict) -> None:
     check_h_objects(h_objects, model is not None)
     if "steps" in inputs:
         for name, x_T in x_Ts.items():
-            check_x_T_grid(name, x_T, inputs["steps"])
+            check_x_T_grid(name, x_T, inputs["steps"], model)
     check_same_guidance(x_Ts, inputs.get("cfg", 1.0))
 
 

@@ -10,6 +10,7 @@ from ...hspace_core import timestep_grid
 from ...hspace_core.settings import grid_label
 from ..comfy.fingerprint import model_fingerprint
 from ..comfy.checks import check_latent
+from ..comfy.noise_levels import noise_levels
 
 log = logging.getLogger("hspace")
 ORIGIN_KEY = "hspace_origin"
@@ -87,12 +88,14 @@ def check_x_T_model(name: str, x_T, model) -> None:
              name, origin.fingerprint, here)
 
 
-def check_x_T_grid(name: str, x_T, steps: int) -> None:
-    """Refuse sampling an x_T on another grid than it was inverted on, naming the steps to set."""
+def check_x_T_grid(name: str, x_T, steps: int, model=None) -> None:
+    """Refuse sampling an x_T on another grid than it was inverted on, naming the steps to set: the DDIM grid of
+    ``steps`` on the MODEL's own σ table where it is given (Flux: 10000 entries), else on 1000."""
     origin = origin_of(x_T)
     if origin is not None:
+        grid = noise_levels(model).grid(steps) if model is not None else timestep_grid(steps)
         try:
-            origin.check_grid(timestep_grid(steps))
+            origin.check_grid(grid)
         except ValueError as error:
             raise ValueError(f"{name}: {error}") from None
 

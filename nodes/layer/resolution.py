@@ -68,8 +68,16 @@ def edit_schedule(steps: int, t_edit: int, boost, model_patcher=None, window: st
     """The node's schedule, with the H-Space Quality Boost's start (``boost_of``: t_boost or a start percent) and η
     when one is connected, and its edit window: window = 't_edit' edits t ≥ t_edit as the paper does (the record
     ``made_with`` aside, today's schedule, so results are bit-identical); 'percent' edits the grid timesteps whose σ
-    lies in the window (``sampling.schedule_in_window``: one rule for every node whose loop runs on the DDIM grid)."""
+    lies in the window (``sampling.schedule_in_window``: one rule for every node whose loop runs on the DDIM grid).
+    On a flow model the grid is its own σ table's (Flux: 10000 entries) and either window acts on its sigmas, as
+    the SAMPLERs' window does (``edit_window``)."""
     t_boost, eta = boost_of(boost, model_patcher)
+    levels = noise_levels(model_patcher) if model_patcher is not None else None
+    if levels is not None and levels.family == "flow":
+        span = edit_window(node, model_patcher, window, t_edit, start_percent, end_percent)
+        schedule = EditSchedule(steps, t_edit=t_boost, t_boost=t_boost, eta_boost=eta,
+                                num_train_timesteps=levels.num_timesteps)
+        return schedule_in_window(schedule, span, levels.sigma)
     if window == "t_edit":
         if boost is not None and t_edit < t_boost:
             fix = "lower t_boost" if boost.start_percent is None else "raise boost_start_percent"
