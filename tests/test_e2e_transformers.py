@@ -4,8 +4,9 @@ real ComfyUI server over HTTP.  One graph per family: two generated images are i
 Sampler (SamplerCustomAdvanced on FlipSigmas, DisableNoise), H-Space Inverted x_T gives their x_T and h
 trajectories at the transformer's default site, Direction from Examples takes Δh, and the H-Space Asyrp Sampler edits
 the second image from its x_T: at strength 0 the image equals euler's reconstruction from that x_T, at strength 20 it
-changes.  Refusals: a DDIM node on a Flux MODEL.  The quality boost and style calibration on Flux through the process
-nodes (issue 38 item 2)."""
+changes.  Refusals: DDIM Inversion's diffusers convention on a Flux MODEL.  The quality boost and style calibration
+on Flux through the process nodes (issue 38 item 2).  H-Space DDIM Inversion → H-Space Interpolate on Flux and SD3
+(cfg 3) in one prompt."""
 import numpy as np
 import pytest
 
@@ -95,9 +96,9 @@ def _with_defaults(comfy, node: dict) -> dict:
 def test_refusals_on_a_transformer(comfy):
     prompt = _graph("flux")
     prompt["ddim"] = _with_defaults(comfy, {"class_type": "HSpaceDDIMInversion", "inputs": {
-        "model": ["ckpt", 0], "latent": ["image1", 0]}})
+        "model": ["ckpt", 0], "latent": ["image1", 0], "positive": ["guided", 0], "convention": "diffusers"}})
     prompt["preview"] = {"class_type": "PreviewAny", "inputs": {"source": ["ddim", 0]}}
-    expect_node_error(comfy, prompt, "DDIM process", "use the SAMPLER nodes")
+    expect_node_error(comfy, prompt, "H-Space DDIM Inversion", "convention 'diffusers'", "set convention to 'seed'")
 
 
 def test_bfloat16_lane_on_flux(comfy):
@@ -249,3 +250,58 @@ def test_quality_boost_and_style_calibration_nodes_on_flux(comfy):
     assert np.abs(images["edit_eta1"] - images["edit"]).mean() > 0.5
     assert change["edit0_eta1"] > 0.5
     assert change["inject"] > change["inject_w03"] > change["inject_w1"], change
+
+
+_IMAGES = ("ckpt", "text", "empty", "latent", "full", "euler", "guided", "guider", "noise1", "noise2", "image1", "image2")
+
+
+def _prefixed(g: dict, prefix: str) -> dict:
+    """``g``'s nodes under ``prefix`` (their links too), so two families' graphs share one prompt."""
+    def link(v):
+        return [prefix + v[0], v[1]] if isinstance(v, list) and len(v) == 2 and v[0] in g else v
+
+    return {prefix + k: {**node, "inputs": {n: link(v) for n, v in node["inputs"].items()}} for k, node in g.items()}
+
+
+def _inversion_interpolation_graph(comfy) -> dict:
+    """H-Space DDIM Inversion of the two generated images (its own grid: it ends at σ = 1), then H-Space Interpolate
+    between their x_T over a percent window: Flux at cfg 1 (plain, 1 refinement) and SD3 at cfg 3 (negative-prompt
+    inversion, the empty prompt as the negative), in one prompt; each end's reconstruction is saved beside the 3
+    frames."""
+    prompt = {}
+    for family in ("flux", "sd3"):
+        g = {k: v for k, v in _graph(family).items() if k in _IMAGES}
+        conditioning = {"positive": ["guided" if family == "flux" else "text", 0]}
+        if family == "sd3":
+            conditioning["negative"] = ["empty", 0]
+        common = dict(conditioning, model=["ckpt", 0], steps=4, cfg=1.0 if family == "flux" else 3.0,
+                      edit_branches="cond")
+        for k in (1, 2):
+            g[f"ddim{k}"] = _with_defaults(comfy, {"class_type": "HSpaceDDIMInversion", "inputs": dict(
+                common, latent=[f"image{k}", 0], refine_iters=1,
+                cfg_inversion="plain" if family == "flux" else "negative_prompt")})
+        g["interpolate"] = _with_defaults(comfy, {"class_type": "HSpaceInterpolate", "inputs": dict(
+            common, x_T_a=["ddim1", 0], x_T_b=["ddim2", 0], frames=3, window="percent", start_percent=0.0,
+            end_percent=0.6)})
+        for name, source in (("frames", ["interpolate", 0]), ("a", ["ddim1", 2]), ("b", ["ddim2", 2])):
+            g[f"decode_{name}"] = {"class_type": "VAEDecode", "inputs": {"samples": source, "vae": ["ckpt", 2]}}
+            g[f"save_{name}"] = {"class_type": "SaveImage", "inputs": {"images": [f"decode_{name}", 0],
+                                                                       "filename_prefix": f"h1/{family}_{name}"}}
+        prompt.update(_prefixed(g, f"{family}_"))
+    return prompt
+
+
+def test_ddim_inversion_and_interpolate_on_flux_and_sd3(comfy):
+    """Frames 0 and 2 of Interpolate save each end's reconstruction (the DDIM Inversion node's), the middle frame
+    neither, on Flux and on SD3 under real CFG."""
+    entry = comfy.run(_inversion_interpolation_graph(comfy))
+    assert entry["status"]["status_str"] == "success", error_message(entry) + "\n" + comfy.tail()
+    for family in ("flux", "sd3"):
+        frames = [png(data) for data in comfy.images(entry, f"{family}_save_frames")]
+        a, b = (png(comfy.images(entry, f"{family}_save_{end}")[0]) for end in ("a", "b"))
+        assert len(frames) == 3 and a.shape == (SIZE, SIZE, 3)
+        for frame, end in ((frames[0], a), (frames[2], b)):  # the same latent up to 3e-7 (in-process), decoded in a
+            diff = np.abs(frame - end)                        # batch of 3: a level at most, on few pixels
+            assert diff.max() <= 1 and (diff > 0).mean() < 1e-2, (family, diff.max(), (diff > 0).mean())
+        middle = frames[1]
+        assert np.abs(middle - a).mean() > 0.5 and np.abs(middle - b).mean() > 0.5, family
