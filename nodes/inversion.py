@@ -17,8 +17,8 @@ from .comfy.noise_levels import noise_levels
 from .comfy.run import check_process_inputs, latent_out, run_in_comfy, sample_process, sweep_process
 from .comfy.samplers import InversionRecord, capture_sampler, inversion_passes, inversion_sampler, run_h_edit
 from .layer import (CATEGORY, DEFAULT_H_STORAGE, HSpaceNode, Trajectory, advanced, conditioning_inputs, convention_input, decode,
-                    encoded_pixels, h_storage_inputs, h_storage_of, latent_of, latent_x, model_input, node_name, psnr,
-                    sampling_inputs, site_input, steps_input, with_origin, x_T_input)
+                    encoded_pixels, h_storage_inputs, h_storage_of, latent_nudging_input, latent_of, latent_x,
+                    model_input, node_name, psnr, sampling_inputs, site_input, steps_input, with_origin, x_T_input)
 
 
 class DDIMInversion(HSpaceNode):
@@ -44,7 +44,7 @@ class DDIMInversion(HSpaceNode):
                                                 "node that samples this x_T use the positive prompt as the negative "
                                                 "(exact at any cfg); 'null_text' optimises a negative embedding per "
                                                 "step so the result reconstructs at this cfg (slow: ~10 extra "
-                                                "passes a step); 'plain' inverts with the guided ε (drifts; add "
+                                                "passes a step; U-Nets only); 'plain' inverts with the guided ε (drifts; add "
                                                 "refine_iters).")),
                 convention_input(),
                 advanced(io.Combo.Input("h_source", options=list(H_SOURCES), default="inversion", optional=True,
@@ -53,6 +53,7 @@ class DDIMInversion(HSpaceNode):
                                                 "(what an edit from x_T sees).")),
                 *h_storage_inputs(),
                 site_input(),
+                latent_nudging_input(),
             ],
             outputs=[
                 io.Latent.Output("x_T", display_name="x_T", tooltip="The inverted noise latent; feed it to edit/inject/capture. "
@@ -66,7 +67,8 @@ class DDIMInversion(HSpaceNode):
     @classmethod
     def execute(cls, model, steps, cfg, edit_branches, refine_iters, cfg_inversion="negative_prompt",
                 convention="seed", h_source="inversion", h_storage=DEFAULT_H_STORAGE, keep_h_from_t=0, image=None,
-                vae=None, latent=None, positive=None, negative=None, site="middle") -> io.NodeOutput:
+                vae=None, latent=None, positive=None, negative=None, site="middle",
+                latent_nudging=1.0) -> io.NodeOutput:
         latent = latent_of(image, vae, latent)
         method = "plain" if math.isclose(cfg, 1.0) else cfg_inversion
         if method == "null_text" and is_pixel_unet(model):
@@ -92,7 +94,8 @@ class DDIMInversion(HSpaceNode):
         done = itertools.count(1 + refine_iters, 1 + refine_iters)  # passes after each step (the first may be skipped)
         hs_for = ComfyHSpaceModel.for_node(cfg if method == "plain" else 1.0, negative if method == "plain" else None)
         inverter = inversion_sampler(node, refine_iters=refine_iters, site=site, record=record, convention=convention,
-                                     hs_for=hs_for, h_storage=kept, latents_on="cpu", handed_on=False)
+                                     hs_for=hs_for, h_storage=kept, latents_on="cpu", nudge=latent_nudging,
+                                     handed_on=False)
         sample_process(model, inverter, noise_levels(model).sigmas_at(grid).float().flip(0), latent=latent["samples"],
                        positive=positive, negative=negative if method == "plain" else None,
                        cfg=cfg if method == "plain" else 1.0,

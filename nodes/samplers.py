@@ -16,9 +16,9 @@ from .layer.origin import XTOrigin
 from .comfy.patches import patched_with_h_shift
 from .comfy.samplers import InversionRecord, h_edit_sampler, inversion_sampler
 from .layer import (BOOST_SEED_RULE, OTHER_MODEL_HINT, STRENGTH_RANGE, CATEGORY, Boost, DirectionType, HSpaceNode,
-                    Trajectory, advanced, allow_other_model_input, convention_input, edit_window, gamma_end_of, latent_x, mixing_inputs,
-                    model_input, node_name, percent_inputs, sampler_window_inputs, seed_input, seed_of, site_input,
-                    with_origin)
+                    Trajectory, advanced, allow_other_model_input, convention_input, edit_window, gamma_end_of,
+                    latent_nudging_input, latent_x, mixing_inputs, model_input, node_name, percent_inputs,
+                    sampler_window_inputs, seed_input, seed_of, site_input, with_origin)
 
 SAMPLERS = f"{CATEGORY}/samplers"
 Record = io.Custom("HSPACE_INVERSION_RECORD")
@@ -150,11 +150,7 @@ class InversionSampler(HSpaceNode):
                                               "inverse of the reverse step (one more U-Net pass each).")),
                 site_input(),
                 convention_input(),
-                advanced(io.Float.Input("latent_nudging", default=1.0, min=1.0, max=2.0, step=0.01, optional=True,
-                                        tooltip="Flow models (Flux, SD3.x) only: multiply the clean latent by this "
-                                                "before inverting (Stable Flow's latent nudging; 1.15 there), which "
-                                                "conditions Euler inversion better; the reverse pass then lands on the "
-                                                "nudged latent, as in Stable Flow. 1 is off.")),
+                latent_nudging_input(),
             ],
             outputs=[io.Sampler.Output("sampler", tooltip="Connect to SamplerCustomAdvanced's sampler."),
                      Record.Output("inversion", tooltip="Connect to 'H-Space Inverted x_T' with the sampler's output.")],

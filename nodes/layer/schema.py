@@ -123,6 +123,15 @@ def convention_input():
                 "'diffusers': ε at the next timestep."))
 
 
+def latent_nudging_input():
+    """Stable Flow's latent nudging before a flow inversion (advanced; ``flow.nudge_latent``; 1 = off)."""
+    return advanced(io.Float.Input(
+        "latent_nudging", default=1.0, min=1.0, max=2.0, step=0.01, optional=True,
+        tooltip="Flow models (Flux, SD3.x) only: multiply the clean latent by this before inverting (Stable Flow's "
+                "latent nudging; 1.15 there), which conditions Euler inversion better; the reverse pass then lands on "
+                "the nudged latent, as in Stable Flow. 1 is off."))
+
+
 def t_edit_input(default: int = 400):
     return io.Int.Input("t_edit", default=default, min=0, max=999,
                         tooltip="h is changed for t ≥ t_edit. Earlier (larger) t_edit gives stronger, coarser changes.")
