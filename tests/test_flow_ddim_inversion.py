@@ -217,3 +217,27 @@ def test_bfloat16_flux(nodes, flux):
     a, b = ends[0][2]["samples"], ends[1][2]["samples"]
     assert relative(frames[:1], a) < 1e-2 and relative(frames[2:], b) < 1e-2  # measured 2.7e-3, 3.0e-3
     assert relative(frames[1:2], a) > 0.1 and relative(frames[1:2], b) > 0.1
+
+
+def test_the_process_nodes_take_its_x_T_and_trajectory(nodes, flux):
+    """What the node makes feeds the process nodes on Flux: Direction from Examples from two inversions'
+    trajectories, H-Space Asyrp Edit from one x_T (strength 0 is the node's reconstruction, 20 edits) and Slerp
+    Content Inject of the other's h (γ 1 changes it); x_T's grid passes their check on the model's own table."""
+    ends = [_invert(nodes, flux, _image(flux, flux_conditioning, 1.0, seed), flux_conditioning, 1.0, refine_iters=1)
+            for seed in (0, 1)]
+    (x_T, content, reconstruction, _), (_, other, _, _) = ends
+    window = dict(window="percent", start_percent=0.0, end_percent=0.6)
+    with torch.inference_mode():
+        d = nodes.editing.DirectionFromExamples.execute(content, other, "per_timestep", "d").result[0]
+        zero, twenty = nodes.editing.AsyrpEdit.execute(flux, x_T, d, 0.0, STEPS, 400, 0, 1.0, "cond",
+                                                       strength_sweep="0, 20", positive=flux_conditioning(0),
+                                                       **window).result[0]["samples"]
+        mixed = nodes.injection.SlerpContentInject.execute(flux, x_T, other, 1.0, -1.0, 1, STEPS, 400, "slerp", False,
+                                                           0, 1.0, "cond", positive=flux_conditioning(0),
+                                                           **window).result[0]["samples"]
+    assert relative(zero[None], reconstruction["samples"]) < ROUNDING  # measured 1.9e-7
+    assert relative(twenty[None], reconstruction["samples"]) > 0.01  # measured 0.41
+    assert relative(mixed, reconstruction["samples"]) > 0.01  # measured 0.032
+    with pytest.raises(ValueError, match="inverted at 8 steps \\(t = 9999 … 0\\).*set steps to 8"):  # another grid
+        nodes.editing.AsyrpEdit.execute(flux, x_T, d, 0.0, STEPS + 1, 400, 0, 1.0, "cond",
+                                        positive=flux_conditioning(0), **window)
