@@ -44,8 +44,8 @@ class DDIMInversion(HSpaceNode):
                                                 "node that samples this x_T use the positive prompt as the negative "
                                                 "(exact at any cfg); 'null_text' optimises a negative embedding per "
                                                 "step so the result reconstructs at this cfg (slow: ~10 extra "
-                                                "passes a step; U-Nets only); 'plain' inverts with the guided ε (drifts; add "
-                                                "refine_iters).")),
+                                                "passes a step; U-Nets only); 'plain' inverts with the guided ε "
+                                                "(drifts; add refine_iters).")),
                 convention_input(),
                 advanced(io.Combo.Input("h_source", options=list(H_SOURCES), default="inversion", optional=True,
                                         tooltip="Where the output trajectory's h is read: along the inversion "

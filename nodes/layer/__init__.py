@@ -14,7 +14,6 @@ from .schema import (BOOST_SEED_RULE, BOOST_WINDOWS, CATEGORY, DEFAULT_H_STORAGE
                      GRID_ROWS, GRID_VALUES, H_STORAGES, PREFIX, STRENGTH_RANGE, STRENGTHS, T_EDITS, WINDOWS, Boost,
                      Calibration, DirectionSet, DirectionType, Trajectory, advanced, allow_other_model_input,
                      boost_window_inputs, conditioning_inputs, convention_input, h_storage_inputs, latent_nudging_input,
-                     mixing_inputs,
-                     model_input, percent_inputs, sampler_window_inputs, seed_input, site_input, steps_input,
-                     t_edit_input, values_input, window_inputs, x_T_input)
+                     mixing_inputs, model_input, percent_inputs, sampler_window_inputs, seed_input, site_input,
+                     steps_input, t_edit_input, values_input, window_inputs, x_T_input)
 from .runs import sweep
