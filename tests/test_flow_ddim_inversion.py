@@ -241,3 +241,20 @@ def test_the_process_nodes_take_its_x_T_and_trajectory(nodes, flux):
     with pytest.raises(ValueError, match="inverted at 8 steps \\(t = 9999 … 0\\).*set steps to 8"):  # another grid
         nodes.editing.AsyrpEdit.execute(flux, x_T, d, 0.0, STEPS + 1, 400, 0, 1.0, "cond",
                                         positive=flux_conditioning(0), **window)
+
+
+@pytest.mark.parametrize("refine_iters, h_source", [(0, "inversion"), (1, "reconstruction")])
+def test_the_progress_bar_ends_at_its_total(nodes, flux, monkeypatch, refine_iters, h_source):
+    """A flow inversion steps from the clean input (one step more than the U-Nets' seed convention): the node's bar
+    counts it, so every step moves it forward and it ends exactly at its total."""
+    import hspace_pack.nodes.inversion as inversion
+
+    seen, bar = [], inversion.progress_bar
+    monkeypatch.setattr(inversion, "progress_bar", lambda total, model=None: (
+        lambda done, total_now, x0=None: seen.append((done, total_now, total))))
+    _invert(nodes, flux, _image(flux, flux_conditioning, 1.0), flux_conditioning, 1.0, refine_iters=refine_iters,
+            h_source=h_source)
+    done = [d for d, _, _ in seen]
+    assert bar is not inversion.progress_bar and all(total_now == total for _, total_now, total in seen), seen
+    # before the flow step was counted: 1 … 8, 8 … 15 of 15 (refined: … 16, 15 … of 22)
+    assert done == sorted(set(done)) and done[-1] == seen[-1][1], seen

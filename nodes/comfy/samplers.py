@@ -389,7 +389,7 @@ def ddim_inversion(hs, x0: torch.Tensor, num_steps: int, *, convention: str = "s
     grid = hs.levels.grid(num_steps)
     ascending = list(reversed(grid))
     sigmas = hs.levels.sigmas_at(grid).float().flip(0)  # FlipSigmas of the DDIM sigmas, as the sampler gets them
-    total, passes = inversion_passes(num_steps, convention, refine_iters), [0]
+    total, passes = inversion_passes(num_steps, convention, refine_iters, hs.flow), [0]
 
     def step_done(i, predicted, x):
         passes[0] += 1 + refine_iters
@@ -400,10 +400,11 @@ def ddim_inversion(hs, x0: torch.Tensor, num_steps: int, *, convention: str = "s
     return run.inversion(grid, h_storage, x0.shape[0])
 
 
-def inversion_passes(num_steps: int, convention: str, refine_iters: int) -> int:
+def inversion_passes(num_steps: int, convention: str, refine_iters: int, flow: bool = False) -> int:
     """U-Net passes of ``ddim_inversion``: its steps (``sampling.inversion_steps`` on the DDIM grid, which starts at
-    t = 0), each 1 + ``refine_iters``."""
-    return len(inversion_steps(num_steps + 1, convention, clean_start=True)) * (1 + refine_iters)
+    t = 0; a ``flow`` model's inversion steps from the clean input too, as ``run_inversion``), each
+    1 + ``refine_iters``."""
+    return len(inversion_steps(num_steps + 1, convention, clean_start=True, clean_step=flow)) * (1 + refine_iters)
 
 
 class InversionRecord:
