@@ -94,5 +94,5 @@ def refuse_flow_loop(model) -> None:
         raise ValueError(f"This node runs the pack's DDIM process over the ᾱ schedule of U-Nets; on "
                          f"{type(model.get_model_object('diffusion_model')).__name__} (flow matching) use the SAMPLER "
                          "nodes in SamplerCustomAdvanced (H-Space Asyrp Sampler, H-Space Inversion Sampler, H-Space "
-                         "Content Injection Sampler), H-Space Shift, or H-Space Asyrp Edit, Slerp Content Inject and "
-                         "Capture (docs/transformers.md).")
+                         "Content Injection Sampler), H-Space Shift, or H-Space DDIM Inversion, Asyrp Edit, Slerp "
+                         "Content Inject, Capture and Interpolate (docs/transformers.md).")
