@@ -1,17 +1,16 @@
 """Directions nobody had to label, from one image: the top right-singular vectors of J = ∂ε(x_t | h)/∂h (or
-∂x̂0/∂h) at one timestep, by block power (subspace) iteration with ``torch.func.jvp`` / ``torch.func.vjp``; J is
+∂x̂0/∂h) at one timestep, by block power (subspace) iteration with ``torch.func.jvp`` / ``torch.autograd.grad``; J is
 never built.  (Park et al., NeurIPS 2023, "Understanding the latent space of diffusion models through the lens of
 Riemannian geometry", use the singular vectors of a Jacobian to find a local latent basis; they differentiate
 from x_t to h, here the decoder side h → output is differentiated, whose right-singular vectors live in h.)"""
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .adapters.base import HSpaceModel
+from .adapters.base import HSpaceModel, denoise_at, levels_of
 from .devices import wide_dtype
 from .direction import Direction
 from .hmath import fix_signs
@@ -45,15 +44,18 @@ def jacobian_directions(model: HSpaceModel, x_t: torch.Tensor, t: int, k: int, *
     """The top ``k`` right-singular vectors of J = ∂f(h)/∂h at h = h_t(x_t) for one image (Park et al. 2023's
     Jacobian / pullback-metric basis, on the decoder side; see the module docstring).
 
-    f(h) is ε(x_t | h) from ``model.predict(x_t, t, edit=lambda ...: h)`` (``output="eps"``) or the predicted
-    x̂0 = (x_t − √(1−ᾱ)·ε)/√ᾱ (``output="x0"``: the same vectors, singular values × √((1−ᾱ)/ᾱ)).  Block power
-    (subspace) iteration on JᵀJ: V ← orth(Jᵀ(J V)) with J V from ``torch.func.jvp`` and Jᵀ U from ``torch.func.vjp``,
-    all k + ``oversample`` vectors at once (x_t is repeated, one row per vector: rows are independent), then a
+    f(h) is ε(x_t | h) (``output="eps"``) or the predicted x0 (``output="x0"``: the same vectors, singular values
+    × σ/a(σ)), read through the model's σ view (``denoise_at``, the edit replacing h by the probe) at the model's point
+    x = x_t·√(a² + σ²) (``NoiseLevels.unit_scale``) with σ = σ_t: x0 = D(x | h) and ε = (x − a(σ)·D(x | h))/σ, so
+    J_ε = −(a/σ)·J_x0 (a = 1 on a U-Net's x = x0 + σ·ε, the VP x̂0 = (x_t − √(1−ᾱ)·ε)/√ᾱ; a = 1 − σ on flow
+    matching, where ε at σ = 1 is x itself and has no Jacobian: refused).  Block power (subspace) iteration on JᵀJ:
+    V ← orth(Jᵀ(J V)) with J V from ``torch.func.jvp`` and Jᵀ U from ``torch.autograd.grad``, all k + ``oversample``
+    vectors at once (x_t is repeated, one row per vector: rows are independent), then a
     Rayleigh–Ritz rotation; J is never materialised.  The start block is seeded Gaussian noise (``seed``).
     Attention runs on PyTorch's math kernel here, the only one with forward-mode derivatives.
 
     Each direction is global, of norm ``relative_norm``·‖h_t‖, sign-fixed (largest entry positive); metadata holds
-    the method, component index, t, output and singular value σ_i.
+    the method, component index, t, σ_t, output and singular value σ_i.
     """
     if output not in ("eps", "x0"):
         raise ValueError(f"output must be 'eps' or 'x0', got {output!r}.")
@@ -63,20 +65,24 @@ def jacobian_directions(model: HSpaceModel, x_t: torch.Tensor, t: int, k: int, *
         raise ValueError("iterations must be ≥ 1 and oversample ≥ 0.")
     if not torch.isfinite(x_t).all():
         raise ValueError("x_t contains NaN or inf; give a finite latent.")
-    a = model.schedule.alpha_bar(max(int(t), 0))
-    out_scale = 1.0 if output == "eps" else -math.sqrt((1 - a) / a)
+    levels, t = levels_of(model), max(int(t), 0)
+    sigma = levels.sigma(t)
+    out_scale = 1.0 if output == "x0" else -levels.signal(sigma) / sigma
+    if out_scale == 0:
+        raise ValueError(f"output 'eps' at σ = {sigma:g} of a flow-matching model: ε is x itself there, whatever h is, "
+                         "so it has no Jacobian; set output to 'x0' or take a lower t.")
     with torch.inference_mode(False), torch.no_grad():
-        x_t = x_t.clone()
-        h0 = model.predict(x_t, t).h[-1:].clone()
+        x = x_t.clone() * levels.unit_scale(sigma)
+        h0 = denoise_at(model, x, sigma, t=t)[2][-1:].clone()
     dim, rank = h0[0].numel(), min(h0[0].numel(), x_t[0].numel())
     if not 1 <= k <= rank:
         raise ValueError(f"k = {k} but the Jacobian from h ({dim} entries) to the output ({x_t[0].numel()}) has rank "
                          f"at most {rank}: set k between 1 and {rank}.")
     block = min(k + oversample, dim)
-    x_rep = x_t.expand(block, *x_t.shape[1:])
+    x_rep = x.expand(block, *x.shape[1:])
 
     def f(h: torch.Tensor) -> torch.Tensor:
-        return out_scale * model.predict(x_rep, t, edit=lambda _h, _t, _b: h).eps_edited
+        return out_scale * denoise_at(model, x_rep, sigma, lambda _h, _t, _b: h, t=t)[1]
 
     generator = torch.Generator().manual_seed(int(seed))
     # drawn and orthonormalised on the CPU (the same start on every device), then moved to h's device
@@ -86,12 +92,14 @@ def jacobian_directions(model: HSpaceModel, x_t: torch.Tensor, t: int, k: int, *
     with torch.inference_mode(False), torch.enable_grad(), sdpa_kernel(SDPBackend.MATH), \
             (ready() if ready else contextlib.nullcontext()):
         h_rep = h0.expand(block, *h0.shape[1:]).clone()
-        _, vjp_fn = torch.func.vjp(f, h_rep)
+        h_in = h_rep.clone().requires_grad_(True)
+        y = f(h_in)  # recorded once; Jᵀ U by autograd on it (a model's saved-tensor hooks work there, not in vjp)
 
         def jtj(v):
             tangents = v.T.reshape(block, *h0.shape[1:]).to(h0.dtype)
             _, jv = torch.func.jvp(f, (h_rep,), (tangents,))
-            return vjp_fn(jv.detach())[0].detach().reshape(block, dim).T.to(wide)
+            jtu = torch.autograd.grad(y, h_in, jv.detach(), retain_graph=True)[0]
+            return jtu.detach().reshape(block, dim).T.to(wide)
 
         loop = StepLoop(iterations + 1, progress, should_stop)  # one jvp and one vjp pass of the block each
         for _ in range(iterations):
@@ -103,10 +111,10 @@ def jacobian_directions(model: HSpaceModel, x_t: torch.Tensor, t: int, k: int, *
     order = eigenvalues.argsort(descending=True)[:k]
     vectors = (v @ rotation[:, order]).T
     vectors = vectors * fix_signs(vectors)[:, None]
-    sigma = eigenvalues[order].clamp_min(0).sqrt()
+    singular = eigenvalues[order].clamp_min(0).sqrt()
     target = relative_norm * float(h0.norm())
     return [Direction("global", (target * vectors[i]).float().reshape(h0.shape[1:]), fingerprint=model.fingerprint,
-                      name=f"{name} {i}", metadata={"method": "jacobian", "component": i, "t": int(t),
-                                                    "output": output, "singular_value": float(sigma[i])},
-                      site=site_of(model), made_with=f"Jacobian of {output} at t = {int(t)}")
+                      name=f"{name} {i}", metadata={"method": "jacobian", "component": i, "t": t, "sigma": sigma,
+                                                    "output": output, "singular_value": float(singular[i])},
+                      site=site_of(model), made_with=f"Jacobian of {output} at t = {t}")
             for i in range(k)]

@@ -231,6 +231,13 @@ class NoiseLevels:
         float or a tensor."""
         return 1 - sigma if self.parameterisation == "const" else 1.0
 
+    def unit_scale(self, sigma: float) -> float:
+        """√(a(σ)² + σ²): the factor from the pack's unit-variance sample x_t (the VP convention x_T and the
+        processes' results are kept in) to the model's point x = a(σ)·x0 + σ·ε at the same σ: √(1 + σ²) = 1/√ᾱ
+        (``sigmas.ve_scale``) on x = x0 + σ·ε, √((1 − σ)² + σ²) for flow matching (1 at σ = 1, where x is the noise)."""
+        a = self.signal(sigma)
+        return math.sqrt(a * a + sigma * sigma)
+
     # --- the quality boost's start on these levels ---
     def boost_t_boost(self, boost) -> int:
         """The t below which ``boost`` (a ``settings.BoostSettings``, or None: 0) makes steps stochastic: its t_boost,

@@ -20,7 +20,6 @@ from .devices import FiniteWatch, host_ready, step_dtype, to_host
 from .hmath import check_gamma, lerp, mask_to_h_grid, masked_blend, masked_normalized_slerp, normalized_slerp, slerp
 from .progress import Cancelled, ProgressFn, StepLoop, StopFn, check_batch, offset
 from .sampling import EditPlan, clip_denoised, inversion_steps, invert_sigmas, sample_h_edit, strided
-from .sigmas import ve_scale, ve_to_vp
 from .sites import check_same_site, site_of
 from .direction import Direction
 from .direction_algebra import combine_directions, scaled_strength
@@ -54,7 +53,8 @@ def run_reverse(model: HSpaceModel, x_T: torch.Tensor, schedule: EditSchedule, *
     - t_edit > t ≥ t_boost: plain DDIM (η = ``schedule.eta``), one U-Net pass;
     - t < t_boost: quality boosting, DDIM with η = ``schedule.eta_boost`` and noise from ``seed``.
 
-    ``x_T`` and the result are VP samples (x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε); the loop holds x = x_t/√ᾱ_t (``sigmas``).
+    ``x_T`` and the result are VP samples (x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε); the loop holds the model's point
+    x = x_t·√(a² + σ²) (``NoiseLevels.unit_scale``: x_t/√ᾱ_t on x = x0 + σ·ε, x_t itself at a flow model's σ = 1).
     ``edit_every`` > 1 edits only every k-th step of the edit phase (injection stride).
     ``asymmetric=False`` uses D(x | h̃_t) for both P_t and D_t (the ablation the paper shows cancels out).
     ``omega`` = 0 (or None) is no calibration, as in the official code.  ``schedule.clip_x0`` = c clamps each
@@ -93,12 +93,12 @@ def run_reverse(model: HSpaceModel, x_T: torch.Tensor, schedule: EditSchedule, *
         watch.see(x_next, grid[i])
         loop.show(denoised)
 
-    x = sample_h_edit(denoise, x * ve_scale(float(plan.sigmas[0])), sigmas, plan.edits, etas=plan.etas, omega=omega,
-                      seed=seed, callback=step_done, levels=levels)
+    x = sample_h_edit(denoise, x * levels.unit_scale(float(plan.sigmas[0])), sigmas, plan.edits, etas=plan.etas,
+                      omega=omega, seed=seed, callback=step_done, levels=levels)
     if (t_bad := watch.first()) is not None:
         raise ValueError(f"The reverse process diverged (NaN/inf) at t={t_bad}; lower the edit strength or γ.")
     if len(plan.timesteps) < len(grid):
-        x = ve_to_vp(x, float(plan.sigmas[-1]))
+        x = x / levels.unit_scale(float(plan.sigmas[-1]))
     trajectory = None
     if record_h:
         trajectory = h_storage.trajectory(list(grid), hs, model.branches, model.fingerprint, "reconstruction",
@@ -168,13 +168,13 @@ def invert(model: HSpaceModel, x0: torch.Tensor, num_steps: int = 40, *, grid: s
     def step_done(k, predicted, x_next):  # predicted: the step's P (the clean input it predicts, DDIM §4.3)
         loop.show(predicted)
         watch.see(x_next, t_of[k + 1])
-        latents.append(kept(ve_to_vp(x_next, host[k + 1])))
+        latents.append(kept(x_next / levels.unit_scale(host[k + 1])))
 
     x = invert_sigmas(denoise, x0.to(step_dtype(x0.dtype)), host, clean_start=True, convention=convention,
                       clean_step=clean_step, refine_iters=refine_iters, callback=step_done, levels=levels)
     if (t_bad := watch.first()) is not None:
         raise ValueError(f"DDIM inversion diverged at t={t_bad}; check the input's range (images in [-1, 1]).")
-    x = ve_to_vp(x, host[-1]).to(x0.dtype)
+    x = (x / levels.unit_scale(host[-1])).to(x0.dtype)
     host_ready(latents)
     trajectory = None
     if h_source == "inversion":  # at T (never evaluated by the seed convention): the last evaluation's h (see above)

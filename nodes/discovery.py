@@ -11,7 +11,7 @@ from ..hspace_core import (NORMALISATIONS, PROBE_METHODS, explore, explorer_rows
 from ..hspace_core.explorer import check_one_x_T
 from ..hspace_core.sites import common_site
 from .comfy.memory import rows_run
-from .comfy.checks import is_flow_transformer, refuse_flow_loop
+from .comfy.checks import is_flow_transformer
 from .comfy.model import ComfyHSpaceModel
 from .comfy.run import latent_out, run_in_comfy, sweep_process
 from .comfy.samplers import h_edit_sampler
@@ -19,7 +19,7 @@ from .comfy.progress import progress_bar
 from .layer import (CATEGORY, EXPLORER_STRENGTHS, T_EDITS, DirectionSet, DirectionType, HSpaceNode, Trajectory,
                     advanced, allow_other_model_input, check_work, conditioning_inputs, decode, edit_schedule,
                     edit_window, model_input, node_name, sampling_inputs, seed_input, site_input, steps_input,
-                    t_edit_input, values_input, values_of, window_inputs, x_T_input)
+                    t_edit_input, t_widget_timestep, values_input, values_of, window_inputs, x_T_input)
 from .layer import grids
 
 log = logging.getLogger("hspace")
@@ -92,12 +92,15 @@ class JacobianDirections(HSpaceNode):
                     x_T_input(tooltip="One inverted x_T (batch of 1; use Latent From Batch to pick one)."),
                     steps_input(20),
                     io.Int.Input("t", default=500, min=0, max=999,
-                                 tooltip="Timestep of the Jacobian (the nearest one on the steps grid is used)."),
+                                 tooltip="Timestep of the Jacobian (the nearest one on the steps grid is used). On a "
+                                         "flow model (Flux, SD3) it counts the schedule: σ at percent 1 − t/999 "
+                                         "(999 = the noise, σ = 1; 0 = the end)."),
                     io.Int.Input("k", default=4, min=1, max=64,
                                  tooltip=f"How many singular directions (k × iterations at most {JACOBIAN_WORK})."),
                     _component_input(),
                     io.Combo.Input("output", options=["eps", "x0"], default="eps",
-                                   tooltip="Differentiate ε or the predicted x0 (same directions, scaled σ)."),
+                                   tooltip="Differentiate ε or the predicted x0 (same directions, scaled σ). On a "
+                                           "flow model at σ = 1 (t = 999) only x0 depends on h."),
                     io.Float.Input("relative_norm", default=0.1, min=0.001, max=10.0, step=0.01,
                                    tooltip="‖Δh‖ of each direction as a share of ‖h_t‖ of this image."),
                     advanced(io.Int.Input("iterations", default=12, min=1, max=200,
@@ -112,13 +115,13 @@ class JacobianDirections(HSpaceNode):
                 positive=None, negative=None, site="middle") -> io.NodeOutput:
         check_work("k × iterations", k * iterations, JACOBIAN_WORK, "lower k or iterations")
         negative, negative_at = sampling_inputs(x_T, cfg, positive, negative)
+        at = t_widget_timestep(t, model, node_name(cls.define_schema()))
 
         def body(m, x):
-            x_t, t_grid = latent_at(m, x, t, steps, progress=progress_bar(steps, model))
+            x_t, t_grid = latent_at(m, x, at, steps, progress=progress_bar(steps, model))
             return jacobian_directions(m, x_t, t_grid, k, output=output, iterations=iterations,
                                        relative_norm=relative_norm, seed=seed, progress=progress_bar(iterations + 1))
 
-        refuse_flow_loop(model)
         directions = run_in_comfy(model, x_T["samples"], body, positive=positive, negative=negative, cfg=cfg,
                                   edit_branches=edit_branches, negative_at=negative_at, site=site, steps=steps,
                                   rows=rows_run(model, x_T["samples"].shape[0], copies=k + 2))  # k + oversample probe rows

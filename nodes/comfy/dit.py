@@ -25,6 +25,7 @@ log = logging.getLogger("hspace")
 TRANSFORMERS = "Flux.1 (dev, schnell) and SD3 / SD3.5 (MMDiT)"
 SITE_FAMILY = {"double": "Flux", "single": "Flux", "joint": "SD3 / SD3.5 (MMDiT)"}  # whose blocks a site names
 GRID_KEY = "hspace_patch_grid"  # transformer_options: the call's patch grid, for a DitH made without one
+CHAINED = "hspace_chained"  # in a patch's extra: its original_block is another node's patch, not ComfyUI's block
 
 
 def dit_family(diffusion_model) -> str | None:
@@ -97,6 +98,7 @@ class DitH:
         self.where, self.fn, self.grid = where, fn, None if grid is None else tuple(grid)
         self.key = replace_key(where)
         self.projection = attention_projection(diffusion_model, where) if where.attention else None
+        self.joint = diffusion_model.joint_blocks[where.index] if where.attention and where.kind == "joint" else None
 
     def __deepcopy__(self, memo):
         # ModelPatcher.clone deep-copies model_options: the patch holds the live block's projection, never a copy
@@ -128,6 +130,8 @@ class DitH:
         original = extra["original_block"]
         options = args.get("transformer_options") or {}
         if self.projection is not None:
+            if self.joint is not None and torch.is_grad_enabled() and not extra.get(CHAINED):
+                original = self._joint_unchecked
             hook = self.projection.register_forward_hook(lambda module, inputs, out: self._through(out, options, 0))
             try:
                 return original(args)
@@ -135,6 +139,14 @@ class DitH:
                 hook.remove()
         out = original(args)
         return {**out, "img": self._through(out["img"], options, self._image_offset(args, options))}
+
+    def _joint_unchecked(self, args: dict) -> dict:
+        """SD3's joint block as ComfyUI's ``block_wrap`` runs it, without the activation checkpointing that path turns
+        on (``mmdit.block_mixing(use_checkpoint=True)``, both versions): under gradients (CLIP training, Jacobian) its
+        backward would run the block again after the h hook is gone, and autograd refuses the mismatch."""
+        txt, img = self.joint(args["txt"], args["img"], c=args["vec"], use_checkpoint=False,
+                              transformer_options=args["transformer_options"])
+        return {"txt": txt, "img": img}
 
     def _image_offset(self, args: dict, options: dict) -> int:
         """Where the image tokens start: after the text in a single-stream block's [text; image (; reference)]
@@ -159,7 +171,17 @@ class _Chained:
         return self
 
     def __call__(self, args: dict, extra: dict) -> dict:
-        return self.outer(args, {**extra, "original_block": lambda a: self.inner(a, extra)})
+        return self.outer(args, {**extra, "original_block": lambda a: self.inner(a, extra), CHAINED: True})
+
+
+def saved_before_in_place_adds():
+    """Autograd through a transformer's blocks: Flux adds to its residual streams in place (``img += …``, ``txt += …``,
+    ``x += …``: ``flux/layers.py``) after a norm saved them for backward, which autograd then refuses ("modified by an
+    inplace operation"). Tensors that need a gradient are copied as they are saved (``saved_tensors_hooks``), so the
+    backward pass sees the forward's values; frozen weights and other tensors are kept as they are (no copy). Costs one
+    copy of the saved activations downstream of h."""
+    return torch.autograd.graph.saved_tensors_hooks(
+        lambda tensor: tensor.detach().clone() if tensor.requires_grad else tensor, lambda tensor: tensor)
 
 
 def with_dit_patch(transformer_options: dict, patch: DitH) -> dict:

@@ -7,6 +7,7 @@ decoder level (``checks.site_block``; the vocabulary is ``hspace_core.sites``), 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -145,8 +146,13 @@ class ComfyHSpaceModel:
     def time_embedding(self) -> TimeEmbedding:
         return time_embedding_of(self.model_patcher)
 
+    @contextlib.contextmanager
     def autograd_ready(self):
-        return autograd_ready(self.model_patcher.get_model_object("diffusion_model"))
+        """Gradients through the frozen diffusion model (``adapters.base.autograd_ready``); a transformer's saved
+        activations are copied before its in-place residual adds (``dit.saved_before_in_place_adds``)."""
+        dm = self.model_patcher.get_model_object("diffusion_model")
+        with autograd_ready(dm), (dit.saved_before_in_place_adds() if self.h_block is None else contextlib.nullcontext()):
+            yield
 
     def denoise(self, x, sigma, patch, wrapper=None):
         """D(x, σ): the guided denoiser at the VE point ``x`` (``sigma`` a float or a 0-dim tensor on x's device),

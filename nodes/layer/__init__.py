@@ -9,7 +9,7 @@ from .images import decode, encode, encoded_pixels, latent_of, latent_x, lpips_b
 from .node import OTHER_MODEL_HINT, HSpaceNode, node_name
 from .origin import ORIGIN_KEY, origin_of, sampling_inputs, with_origin
 from .resolution import (boost_of, check_window, edit_schedule, edit_window, gamma_end_of, grid_window, h_storage_of,
-                         seed_of, sweep_text, values_of, window_timesteps)
+                         seed_of, sweep_text, t_widget_timestep, values_of, window_timesteps)
 from .schema import (BOOST_SEED_RULE, BOOST_WINDOWS, CATEGORY, DEFAULT_H_STORAGE, EXPLORER_STRENGTHS, GAMMAS,
                      GRID_ROWS, GRID_VALUES, H_STORAGES, PREFIX, STRENGTH_RANGE, STRENGTHS, T_EDITS, WINDOWS, Boost,
                      Calibration, DirectionSet, DirectionType, Trajectory, advanced, allow_other_model_input,

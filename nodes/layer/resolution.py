@@ -89,9 +89,10 @@ def edit_schedule(steps: int, t_edit: int, boost, model_patcher=None, window: st
         return EditSchedule(steps, t_edit=t_edit, t_boost=t_boost, eta_boost=eta, made_with=made_with)
     if model_patcher is None:
         raise ValueError(f"{node}: a percent window is resolved on the MODEL's noise levels; pass the MODEL.")
-    span = edit_window(node, model_patcher, window, t_edit, start_percent, end_percent)
-    schedule = EditSchedule(steps, t_edit=max(t_edit, t_boost), t_boost=t_boost, eta_boost=eta)
-    return schedule_in_window(schedule, span, noise_levels(model_patcher).sigma)
+    span, levels = edit_window(node, model_patcher, window, t_edit, start_percent, end_percent), noise_levels(model_patcher)
+    schedule = EditSchedule(steps, t_edit=max(t_edit, t_boost), t_boost=t_boost, eta_boost=eta,
+                            num_train_timesteps=levels.num_timesteps)  # the grid on the MODEL's table (Flux: 10000)
+    return schedule_in_window(schedule, span, levels.sigma)
 
 
 def window_timesteps(steps: int, model_patcher, start_percent: float, end_percent: float,
@@ -106,6 +107,21 @@ def grid_window(steps: int, model_patcher, start_percent: float, end_percent: fl
     and lowest of its ``window_timesteps`` (contiguous on the grid, so the t window holds exactly those steps)."""
     inside = window_timesteps(steps, model_patcher, start_percent, end_percent, node)
     return max(inside), min(inside)
+
+
+def t_widget_timestep(t: int, model_patcher, node: str = "") -> int:
+    """A timestep widget that counts a U-Net's 1000 DDPM steps (0 … 999) on the MODEL's σ table: t itself on a
+    DDPM-style model; on flow matching, whose table is no DDPM schedule (Flux's has 10000 entries), the table entry
+    nearest the σ at percent 1 − t/999 of the schedule (``NoiseLevels.percent_to_sigma``, as the percent windows:
+    999 is the start, σ = 1, and 0 the end; on SD3's 1000-entry table this is t within one entry), logged."""
+    levels = noise_levels(model_patcher)
+    if levels.family != "flow":
+        return t
+    sigma = levels.percent_to_sigma(1 - t / 999)
+    chosen = max(levels.timestep(sigma), 0)
+    log.info("H-Space: %s: on this flow-matching model t = %d reads as percent %.3f of the schedule: σ = %.4g, "
+             "table entry %d of %d.", node or "t", t, 1 - t / 999, levels.sigma(chosen), chosen, levels.num_timesteps)
+    return chosen
 
 
 # --- seed, γ ramp, h storage, list values ---
