@@ -31,7 +31,6 @@ from .progress import StepLoop, check_batch
 from .auto_schedule import find_t_edit_t_boost
 from .processes import invert, run_reverse
 from .sampling import asymmetric_step
-from .sigmas import ve_scale
 from .trajectory import HStorage
 
 # Our own short template set; the text direction is the mean over templates (StyleGAN-NADA's recipe).
@@ -132,6 +131,7 @@ class DirectionTraining:
     # run plainly (nothing is trained there), once per image
     edit_timesteps: tuple[int, ...] | None = None
     made_with: str = ""  # how edit_timesteps' window was given (e.g. "percent 0.00–0.60"), for the direction's record
+    num_train_timesteps: int = 1000  # the model's σ table (t_edit and edit_timesteps index it; Flux's has 10000)
     epochs: int = 1  # passes over the training images (n_iter)
     batch_size: int = 1
     lr: float = 0.5
@@ -159,11 +159,12 @@ class DirectionTraining:
             raise ValueError(f"epochs must be ≥ 0, got {self.epochs}.")
         if self.lr <= 0 or self.clip_weight < 0 or self.recon_weight < 0:
             raise ValueError("lr must be > 0 and the loss weights ≥ 0.")
-        if self.t_edit is not None and not 0 <= self.t_edit <= 999:
-            raise ValueError(f"t_edit must be in [0, 999], got {self.t_edit}.")
+        T = self.num_train_timesteps
+        if self.t_edit is not None and not 0 <= self.t_edit <= T - 1:
+            raise ValueError(f"t_edit must be in [0, {T - 1}], got {self.t_edit}.")
         if self.edit_timesteps is not None:
             object.__setattr__(self, "edit_timesteps", tuple(int(t) for t in self.edit_timesteps))
-            grid = timestep_grid(self.num_steps, 1000, "asyrp")
+            grid = timestep_grid(self.num_steps, T, "asyrp")
             inside = [k for k, t in enumerate(grid) if t in self.edit_timesteps]
             if not inside or len(inside) != len(self.edit_timesteps) or inside != list(range(inside[0], inside[-1] + 1)):
                 raise ValueError(f"edit_timesteps {self.edit_timesteps} are not consecutive steps of the "
@@ -262,7 +263,7 @@ def train_direction(model: HSpaceModel, images: torch.Tensor, clip: CLIPDirectio
                 if before:  # down to the window's start: the plain process, the same every epoch
                     x = run_reverse(model, x, EditSchedule.reconstruction(config.num_steps, "asyrp", T),
                                     h_storage=HStorage(t_min=pairs[0][0] + 1), h_only=True, progress=loop.sub()).x0
-                x_T.append(x * ve_scale(levels.sigma(pairs[0][0])))  # as the σ loop holds it: x = x_t/√ᾱ
+                x_T.append(x * levels.unit_scale(levels.sigma(pairs[0][0])))  # the model's point, as the σ loop holds it
         h_shape = inversions[0].trajectory.h_shape
         generator = torch.Generator().manual_seed(int(config.seed))
         init_scale = config.init_scale if config.epochs > 0 else 0.0  # nothing learnt: the identity direction
@@ -284,8 +285,9 @@ def train_direction(model: HSpaceModel, images: torch.Tensor, clip: CLIPDirectio
                         plain, p_edit, _ = denoise_at(model, x_edit.detach(), sigma, shift, t=t)  # P_t of h̃
                         with torch.no_grad():
                             p_src = denoise_at(model, x_src, sigma, t=t)[0]
-                            x_src = asymmetric_step(x_src, p_src, p_src, sigma, sigma_prev)
-                            x_edit = asymmetric_step(x_edit, p_edit.detach(), plain, sigma, sigma_prev)
+                            signal = levels.signal(sigma_prev)  # a(σ_prev): 1, or 1 − σ_prev on flow matching
+                            x_src = asymmetric_step(x_src, p_src, p_src, sigma, sigma_prev, signal)
+                            x_edit = asymmetric_step(x_edit, p_edit.detach(), plain, sigma, sigma_prev, signal)
                         loop.show(p_edit.detach())  # the edit it trains on (P_t of the edited h)
                         edited_image = decode(p_edit)
                         ref = reference if config.clip_reference == "input" else decode(p_src).detach()

@@ -15,7 +15,7 @@ from ..hspace_core.clip_directions import DirectionTraining, load_open_clip, tra
 from ..hspace_core import load_official_asyrp
 from .comfy.memory import rows_run
 from .comfy.model import time_embedding_of
-from .comfy.checks import refuse_flow_loop
+from .comfy.noise_levels import noise_levels
 from .comfy.run import run_in_comfy
 from .comfy.progress import progress_bar
 from .layer import (CATEGORY, DirectionType, HSpaceNode, node_name, advanced, conditioning_inputs, encode, list_files,
@@ -55,6 +55,18 @@ def differentiable_decode(vae, model):
     return decode, decoder
 
 
+def refuse_on_flow_training(form: str, window: str) -> None:
+    """What Train Asyrp Direction cannot do on a flow-matching transformer (docs/transformers.md): the implicit f_t
+    takes a U-Net's sinusoidal time embedding (``time_embed``), which Flux and SD3 embed otherwise (σ·1000 into
+    ``time_in`` / ``t_embedder``); t_edit counts a U-Net's 1000 DDPM steps and its LPIPS rule runs on the ᾱ schedule."""
+    if form == "implicit":
+        raise ValueError("form 'implicit' learns f_t(h_t, t) over a U-Net's sinusoidal time embedding, which this "
+                         "flow-matching transformer does not have: set form to 'global' or 'per_timestep'.")
+    if window != "percent":
+        raise ValueError("on a flow-matching transformer t_edit (a U-Net's 1000 DDPM steps, and its −1 LPIPS rule) has "
+                         "no meaning: set window to 'percent' and choose start_percent / end_percent.")
+
+
 class TrainAsyrpDirection(HSpaceNode):
     @classmethod
     def define_schema(cls):
@@ -71,8 +83,8 @@ class TrainAsyrpDirection(HSpaceNode):
                 io.String.Input("source_text", default="face", tooltip="What the images show now, e.g. 'face'."),
                 io.String.Input("target_text", default="smiling face", tooltip="What they should become."),
                 io.Combo.Input("form", options=["implicit", "global", "per_timestep"], default="implicit",
-                               tooltip="implicit: f_t(h_t, t) (two 1×1 convs, Asyrp's default); global: one Δh; "
-                                       "per_timestep: one Δh_t per step."),
+                               tooltip="implicit: f_t(h_t, t) (two 1×1 convs, Asyrp's default; U-Nets only); "
+                                       "global: one Δh; per_timestep: one Δh_t per step."),
                 io.Int.Input("epochs", default=1, min=0, max=1000,
                              tooltip="Passes over the images; each does one step per edited timestep. 0 = identity."),
                 io.Float.Input("lr", default=0.5, min=1e-6, max=100.0, step=0.01, tooltip="SGD learning rate (official 0.5)."),
@@ -115,12 +127,16 @@ class TrainAsyrpDirection(HSpaceNode):
                 init_scale, clip_model, clip_pretrained, seed, cfg, edit_branches, positive=None,
                 negative=None, site="middle", window="t_edit", start_percent=0.0, end_percent=0.6) -> io.NodeOutput:
         node = node_name(cls.define_schema())
+        levels = noise_levels(model)
+        if levels.family == "flow":
+            refuse_on_flow_training(form, window)
         span = edit_schedule(steps, 0, None, model, "percent", start_percent, end_percent, node) \
             if window == "percent" else None
         inside = None if span is None else span.edit_timesteps
         config = DirectionTraining(form=form, num_steps=steps, inversion_steps=inversion_steps,
                                    t_edit=None if t_edit < 0 or inside else t_edit, edit_timesteps=inside,
                                    made_with="" if span is None else span.made_with,
+                                   num_train_timesteps=levels.num_timesteps,
                                    epochs=epochs, batch_size=batch_size, lr=lr,
                                    lr_step_epochs=lr_step_epochs, lr_gamma=lr_gamma, clip_weight=clip_weight,
                                    recon_weight=recon_weight, clip_reference=clip_reference,
@@ -131,7 +147,6 @@ class TrainAsyrpDirection(HSpaceNode):
         latent = encode(vae, images)
         decode, decoder = differentiable_decode(vae, model)
         total = -(-pixels.shape[0] // batch_size) * (1 + epochs * steps)
-        refuse_flow_loop(model)
         with autograd_ready(decoder):
             result = run_in_comfy(
                 model, latent["samples"],

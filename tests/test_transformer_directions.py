@@ -1,6 +1,7 @@
 """H-Space Jacobian Directions and H-Space Train Asyrp Direction on a tiny Flux and a tiny SD3 (ComfyUI's own classes,
-random weights, in-process): the directions carry the transformer site, the flow-matching Jacobian's ε / x0 relation
-and the `t` widget's reading on a flow table, and H-Space Asyrp Edit with them (strength 0 is ComfyUI's euler)."""
+random weights, in-process): the directions carry the transformer site; the flow-matching Jacobian's ε / x0 relation
+and the `t` widget's reading on a flow table; CLIP training through the DiT lowers its loss; H-Space Asyrp Edit with
+either direction is ComfyUI's euler at strength 0 and changes the image otherwise."""
 import logging
 
 import pytest
@@ -43,14 +44,26 @@ def _euler(model, x_T, cond, cfg, steps=STEPS):
                                       cond(1), torch.zeros_like(noise), disable_pbar=True, seed=0)
 
 
+def _check_asyrp_edit(model, cond, cfg, direction, strength):
+    """H-Space Asyrp Edit with ``direction`` (percent window 0–0.6): strength 0 is euler from x_T bit for bit, and
+    ``strength`` moves the latent by more than 1 % of its mean magnitude."""
+    from hspace_pack.nodes.editing import AsyrpEdit
+
+    x_T = _x_T(1)
+    with torch.inference_mode():
+        out = AsyrpEdit.execute(model, x_T, direction, 0.0, STEPS, 400, 0, cfg, "cond", f"0, {strength}", None, False,
+                                cond(0), cond(1) if cfg != 1.0 else None, "percent", 0.0, 0.6).result[0]["samples"]
+        plain = _euler(model, x_T, cond, cfg)
+    assert torch.equal(out[:1], plain)
+    assert (out[1:] - plain).abs().mean() > 0.01 * plain.abs().mean()
+
+
 @pytest.mark.parametrize("family", ["flux", "sd3"])
 def test_jacobian_directions_on_a_transformer_feed_asyrp_edit(pack, request, family, caplog):
     """The directions are h's shape at the transformer's default site, orthogonal, of norm relative_norm·‖h‖; their
     singular values are ‖J v‖ (a jvp through the DiT, written out here) and the ε ones are a(σ)/σ = (1 − σ)/σ times
     the x0 ones (ε = (x − (1 − σ)·D)/σ); H-Space Asyrp Edit with one is euler at strength 0 and moves the image at 3."""
     from hspace_pack.nodes.comfy.noise_levels import noise_levels
-    from hspace_pack.nodes.editing import AsyrpEdit
-
     model, cond, cfg = _models(request)[family]
     levels = noise_levels(model)
     with caplog.at_level(logging.INFO, logger="hspace"), torch.inference_mode():
@@ -70,13 +83,7 @@ def test_jacobian_directions_on_a_transformer_feed_asyrp_edit(pack, request, fam
         assert ratio == pytest.approx((1 - sigma) / sigma, rel=2e-2)
         assert abs(float(x0_dir.delta.flatten() @ eps_dir.delta.flatten())) > 0.95 * float(x0_dir.delta.norm()) ** 2
     assert directions[0].metadata["singular_value"] >= directions[1].metadata["singular_value"] > 0
-    x_T = _x_T()
-    with torch.inference_mode():
-        out = AsyrpEdit.execute(model, x_T, first, 0.0, STEPS, 400, 0, cfg, "cond", "0, 3", None, False, cond(0),
-                                cond(1) if cfg != 1.0 else None, "percent", 0.0, 0.6).result[0]["samples"]
-        plain = _euler(model, x_T, cond, cfg)
-    assert torch.equal(out[:1], plain)
-    assert (out[1:] - plain).abs().mean() > 0.01 * plain.abs().mean()
+    _check_asyrp_edit(model, cond, cfg, first, 3.0)
 
 
 def test_jacobian_singular_value_is_the_norm_of_j_v_on_flux(pack, flux):
@@ -121,3 +128,60 @@ def test_jacobian_t_widget_on_flux_reads_the_schedule(pack, flux):
             _jacobian(flux, flux_conditioning, 1.0, t=999, k=1, iterations=1, output="eps")
         low = _jacobian(flux, flux_conditioning, 1.0, t=0, k=1, iterations=1)[0][0]
     assert low.metadata["t"] == min(levels.grid(STEPS))
+
+
+def _train(model, cond, cfg, monkeypatch, **knobs):
+    import hspace_pack.nodes.clip_training as clip_training
+    from harness.tiny import tiny_clip
+    from harness.tiny_dit import tiny_vae16
+
+    scorer = tiny_clip()  # made outside inference mode, as clip_scorer makes open_clip's
+    monkeypatch.setattr(clip_training, "clip_scorer", lambda *_: scorer)
+    images = torch.rand(2, SIZE * 8, SIZE * 8, 3, generator=torch.Generator().manual_seed(9))
+    inputs = dict(model=model, images=images, vae=tiny_vae16(), source_text="a photo", target_text="a red photo",
+                  form="global", epochs=2, lr=0.5, steps=STEPS, t_edit=-1, inversion_steps=STEPS, batch_size=2,
+                  clip_weight=1.0, recon_weight=3.0, lr_step_epochs=3, lr_gamma=0.1,
+                  clip_reference="source_prediction", log_clip_loss=True, init_scale=0.2, clip_model="tiny",
+                  clip_pretrained="", seed=0, cfg=cfg, edit_branches="cond", positive=cond(0),
+                  negative=cond(1) if cfg != 1.0 else None, window="percent", start_percent=0.0, end_percent=0.6)
+    with torch.inference_mode():
+        return clip_training.TrainAsyrpDirection.execute(**{**inputs, **knobs}).result
+
+
+@pytest.mark.parametrize("family, form", [("flux", "global"), ("sd3", "per_timestep")])
+def test_clip_training_on_a_transformer(pack, request, monkeypatch, tmp_path, family, form):
+    """Train Asyrp Direction through the DiT (the dit patch's h, flow-matching steps, CFG on SD3): more epochs lower
+    the CLIP loss, zero loss weights leave the seeded start untouched (only the gradient moves it), the direction
+    carries the transformer site and its window (saved and loaded back), and H-Space Asyrp Edit with it is euler at
+    strength 0 and moves the image at strength 1."""
+    from hspace_core import Direction
+    from hspace_pack.nodes.comfy.noise_levels import noise_levels
+
+    model, cond, cfg = _models(request)[family]
+    site = "double.1.attn" if family == "flux" else "joint.1.attn"
+    grid = noise_levels(model).grid(STEPS)
+    one, t_edit, loss_one = _train(model, cond, cfg, monkeypatch, form=form, epochs=1)
+    four, _, loss_four = _train(model, cond, cfg, monkeypatch, form=form, epochs=4)
+    still = _train(model, cond, cfg, monkeypatch, form=form, epochs=1, clip_weight=0.0, recon_weight=0.0)[0]
+    assert loss_four < 0.8 * loss_one, (loss_one, loss_four)
+    start = torch.randn(still.delta.shape, generator=torch.Generator().manual_seed(0)) * 0.2
+    assert torch.equal(still.delta, start) and (one.delta - start).abs().max() > 1e-3 * start.abs().max()
+    assert t_edit == grid[1] and one.made_with == f"percent 0.00–0.60, trained on {STEPS} steps"
+    assert one.site == site and one.delta.shape[-2:] == (SIZE // 2, SIZE // 2)
+    if form == "per_timestep":
+        assert one.timesteps == tuple(grid[:2])
+    one.save(str(tmp_path / "d.safetensors"))
+    back = Direction.load(str(tmp_path / "d.safetensors"))
+    assert back.site == site and torch.equal(back.delta, one.delta)
+    _check_asyrp_edit(model, cond, cfg, back, 1.0)
+
+
+def test_clip_training_refuses_what_a_transformer_has_not(pack, flux, monkeypatch):
+    """The implicit f_t (a U-Net's time embedding) and a t_edit window (a U-Net's 1000 DDPM steps, the LPIPS rule)
+    are refused by name on a flow-matching transformer, saying what to set."""
+    with pytest.raises(ValueError, match="Train Asyrp Direction: form 'implicit'.*set form to 'global' or "
+                                         "'per_timestep'"):
+        _train(flux, flux_conditioning, 1.0, monkeypatch, form="implicit")
+    with pytest.raises(ValueError, match="Train Asyrp Direction: on a flow-matching transformer t_edit.*set window "
+                                         "to 'percent'"):
+        _train(flux, flux_conditioning, 1.0, monkeypatch, window="t_edit", t_edit=400)
