@@ -45,6 +45,8 @@ VERSIONS = (
     "tests/test_flow_boost_calibration.py",
     # DDIM Inversion to σ = 1 and Interpolate on flow, against each version's euler and SAMPLER chain
     "tests/test_flow_ddim_inversion.py",
+    # gradients through each version's Flux / MMDiT blocks (in-place residual adds, SD3's checkpointed joint blocks)
+    "tests/test_transformer_directions.py", "tests/test_e2e_transformer_directions.py",
     "tests/test_e2e_hostile.py::test_widget_ranges_are_checked_by_comfyui",
     "tests/test_e2e_hostile.py::test_combo_options_are_checked_by_the_node",
     "tests/test_e2e_hostile.py::test_api_types_are_checked_not_coerced",

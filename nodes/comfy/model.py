@@ -148,10 +148,12 @@ class ComfyHSpaceModel:
 
     @contextlib.contextmanager
     def autograd_ready(self):
-        """Gradients through the frozen diffusion model (``adapters.base.autograd_ready``); a transformer's saved
-        activations are copied before its in-place residual adds (``dit.saved_before_in_place_adds``)."""
+        """Gradients through the frozen diffusion model (``adapters.base.autograd_ready``) on ComfyUI's training paths
+        (``training_paths``); a transformer's saved activations are copied before its in-place residual adds
+        (``dit.saved_before_in_place_adds``)."""
         dm = self.model_patcher.get_model_object("diffusion_model")
-        with autograd_ready(dm), (dit.saved_before_in_place_adds() if self.h_block is None else contextlib.nullcontext()):
+        with autograd_ready(dm), training_paths(), \
+                (dit.saved_before_in_place_adds() if self.h_block is None else contextlib.nullcontext()):
             yield
 
     def denoise(self, x, sigma, patch, wrapper=None):
@@ -220,6 +222,23 @@ class ComfyHSpaceModel:
         plain, edited, h = self.denoised(x, sigma, edit, t)
         eps = lambda d: eps_of_denoised(x, d, sigma).to(x_t.dtype)
         return Prediction(eps(plain), h, None if edited is None else eps(edited))
+
+
+@contextlib.contextmanager
+def training_paths():
+    """ComfyUI's own switch for gradients through its models, ``model_management.in_training`` (0.33.0; its LoRA
+    training node sets it): kernels with no autograd formula give way to PyTorch's (Flux's RoPE, otherwise
+    comfy_kitchen's ``apply_rope``, which autograd refuses).  Put back on exit; 0.3.75 has neither flag nor kernels."""
+    mm = comfy.model_management
+    if not hasattr(mm, "in_training"):
+        yield
+        return
+    before = mm.in_training
+    mm.in_training = True
+    try:
+        yield
+    finally:
+        mm.in_training = before
 
 
 def time_embedding_of(model_patcher) -> TimeEmbedding:
