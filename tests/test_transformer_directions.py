@@ -185,3 +185,20 @@ def test_clip_training_refuses_what_a_transformer_has_not(pack, flux, monkeypatc
     with pytest.raises(ValueError, match="Train Asyrp Direction: on a flow-matching transformer t_edit.*set window "
                                          "to 'percent'"):
         _train(flux, flux_conditioning, 1.0, monkeypatch, window="t_edit", t_edit=400)
+
+
+def test_bfloat16_lane_on_flux(pack, flux, monkeypatch):
+    """Flux's native dtype: the tiny Flux built in bfloat16 gives finite Jacobian directions whose leading singular
+    value is within 15 % of the float32 model's (measured 8 %: bfloat16's rounding through the blocks; the vectors of
+    this random model's close singular values turn with it), and CLIP training in bfloat16 lowers its loss."""
+    from harness.tiny_dit import tiny_flux
+
+    model = tiny_flux(dtype=torch.bfloat16)
+    with torch.inference_mode():
+        half = _jacobian(model, flux_conditioning, 1.0, k=1, iterations=6)[0][0]
+        full = _jacobian(flux, flux_conditioning, 1.0, k=1, iterations=6)[0][0]
+    assert torch.isfinite(half.delta).all() and half.delta.dtype == torch.float32
+    assert half.metadata["singular_value"] == pytest.approx(full.metadata["singular_value"], rel=0.15)
+    one, _, loss_one = _train(model, flux_conditioning, 1.0, monkeypatch, epochs=1)
+    four, _, loss_four = _train(model, flux_conditioning, 1.0, monkeypatch, epochs=4)
+    assert torch.isfinite(four.delta).all() and loss_four < 0.8 * loss_one, (loss_one, loss_four)
