@@ -149,11 +149,12 @@ class ComfyHSpaceModel:
     @contextlib.contextmanager
     def autograd_ready(self):
         """Gradients through the frozen diffusion model (``adapters.base.autograd_ready``) on ComfyUI's training paths
-        (``training_paths``); a transformer's saved activations are copied before its in-place residual adds
-        (``dit.saved_before_in_place_adds``)."""
+        (``training_paths``); Flux's saved activations are copied before its in-place residual adds
+        (``dit.saved_before_in_place_adds``; SD3's blocks add out of place)."""
         dm = self.model_patcher.get_model_object("diffusion_model")
+        in_place = dit.dit_family(dm) == "flux"
         with autograd_ready(dm), training_paths(), \
-                (dit.saved_before_in_place_adds() if self.h_block is None else contextlib.nullcontext()):
+                (dit.saved_before_in_place_adds() if in_place else contextlib.nullcontext()):
             yield
 
     def denoise(self, x, sigma, patch, wrapper=None):
