@@ -263,7 +263,7 @@ def train_direction(model: HSpaceModel, images: torch.Tensor, clip: CLIPDirectio
                 if before:  # down to the window's start: the plain process, the same every epoch
                     x = run_reverse(model, x, EditSchedule.reconstruction(config.num_steps, "asyrp", T),
                                     h_storage=HStorage(t_min=pairs[0][0] + 1), h_only=True, progress=loop.sub()).x0
-                x_T.append(x * levels.unit_scale(levels.sigma(pairs[0][0])))  # the model's point, as the σ loop holds it
+                x_T.append(x * levels.unit_scale(levels.sigma(pairs[0][0])))  # the model's point (the σ loop's)
         h_shape = inversions[0].trajectory.h_shape
         generator = torch.Generator().manual_seed(int(config.seed))
         init_scale = config.init_scale if config.epochs > 0 else 0.0  # nothing learnt: the identity direction

@@ -48,9 +48,9 @@ def _directions_graph() -> dict:
 
 def test_jacobian_and_clip_trained_directions_edit_a_flux_image(comfy):
     """Both directions are saved with Flux's default site (double.1.attn on the tiny Flux) and the h shape of its 4×4
-    patch grid; the Jacobian's t = 500 reads as the middle of Flux's 10000-entry schedule (its nearest grid step); the edits at strength 0 are
-    the capture's reconstruction (up to the VAE's batch rounding of one level, as the process nodes' test measures)
-    and at strength 10 change it."""
+    patch grid; the Jacobian's t = 500 reads as the middle of Flux's 10000-entry schedule (its nearest grid step);
+    the edits at strength 0 are the capture's reconstruction (up to the VAE's batch rounding of one level, as the
+    process nodes' test measures) and at strength 10 change it."""
     from hspace_core import Direction
 
     entry = comfy.run(_directions_graph())
