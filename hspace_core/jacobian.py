@@ -50,9 +50,9 @@ def jacobian_directions(model: HSpaceModel, x_t: torch.Tensor, t: int, k: int, *
     J_ε = −(a/σ)·J_x0 (a = 1 on a U-Net's x = x0 + σ·ε, the VP x̂0 = (x_t − √(1−ᾱ)·ε)/√ᾱ; a = 1 − σ on flow
     matching, where ε at σ = 1 is x itself and has no Jacobian: refused).  Block power (subspace) iteration on JᵀJ:
     V ← orth(Jᵀ(J V)) with J V from ``torch.func.jvp`` and Jᵀ U from ``torch.autograd.grad``, all k + ``oversample``
-    vectors at once (x_t is repeated, one row per vector: rows are independent), then a
-    Rayleigh–Ritz rotation; J is never materialised.  The start block is seeded Gaussian noise (``seed``).
-    Attention runs on PyTorch's math kernel here, the only one with forward-mode derivatives.
+    vectors at once (x_t is repeated, one row per vector: rows are independent), then a Rayleigh–Ritz rotation; J is
+    never materialised.  The start block is seeded Gaussian noise (``seed``).  Attention runs on PyTorch's math
+    kernel here, the only one with forward-mode derivatives.
 
     Each direction is global, of norm ``relative_norm``·‖h_t‖, sign-fixed (largest entry positive); metadata holds
     the method, component index, t, σ_t, output and singular value σ_i.
