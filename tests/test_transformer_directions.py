@@ -202,3 +202,14 @@ def test_bfloat16_lane_on_flux(pack, flux, monkeypatch):
     one, _, loss_one = _train(model, flux_conditioning, 1.0, monkeypatch, epochs=1)
     four, _, loss_four = _train(model, flux_conditioning, 1.0, monkeypatch, epochs=4)
     assert torch.isfinite(four.delta).all() and loss_four < 0.8 * loss_one, (loss_one, loss_four)
+
+
+@pytest.mark.parametrize("family, site", [("flux", "double.0"), ("flux", "single.0"), ("sd3", "joint.0")])
+def test_jacobian_at_block_output_sites(pack, request, family, site):
+    """h at a block's output (the residual stream; gradients then run through the in-place adds of every later Flux
+    block, single-stream ones included, and SD3's checkpointed joint blocks): finite directions at that site."""
+    model, cond, cfg = _models(request)[family]
+    with torch.inference_mode():
+        directions = _jacobian(model, cond, cfg, site=site, k=1, iterations=2, output="eps")[0]
+    assert directions[0].site == site and torch.isfinite(directions[0].delta).all()
+    assert directions[0].metadata["singular_value"] > 0
