@@ -90,7 +90,6 @@ def edit_schedule(steps: int, t_edit: int, boost, model_patcher=None, window: st
     if model_patcher is None:
         raise ValueError(f"{node}: a percent window is resolved on the MODEL's noise levels; pass the MODEL.")
     span = edit_window(node, model_patcher, window, t_edit, start_percent, end_percent)
-    levels = noise_levels(model_patcher)
     schedule = EditSchedule(steps, t_edit=max(t_edit, t_boost), t_boost=t_boost, eta_boost=eta,
                             num_train_timesteps=levels.num_timesteps)  # the grid on the MODEL's table (Flux: 10000)
     return schedule_in_window(schedule, span, levels.sigma)
