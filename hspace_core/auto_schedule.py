@@ -87,11 +87,13 @@ def find_t_edit_t_boost(model: HSpaceModel, x0: torch.Tensor, *, distance: Dista
 
 def _noisy_and_predicted(model: HSpaceModel, levels, x0: torch.Tensor, noise: torch.Tensor, t: int):
     """(x_t, P_t) at table entry t: DDPM's x_t = √ᾱ_t·x0 + √(1 − ᾱ_t)·ε and P_t from ε (DDIM eq. 12), or, on flow
-    matching, x_σ = (1 − σ)·x0 + σ·ε and P = D(x_σ, σ) (the denoiser's x0, ``denoise_at``)."""
+    matching, P = D(x_σ, σ) (the denoiser's x0, ``denoise_at``) at x_σ = (1 − σ)·x0 + σ·ε, and as x_t the same point
+    at unit variance, x_σ/√((1 − σ)² + σ²) (``NoiseLevels.unit_scale``): DDPM's x_t of the same signal-to-noise ratio,
+    so LPIPS(x, x_t) is measured on the image the paper's boost threshold was set on, not on a darker flow point."""
     if levels.parameterisation == "const":
         sigma = levels.sigma(t)
-        x_t = levels.signal(sigma) * x0 + sigma * noise
-        return x_t, denoise_at(model, x_t, sigma, t=t)[0]
+        x_sigma = levels.signal(sigma) * x0 + sigma * noise
+        return x_sigma / levels.unit_scale(sigma), denoise_at(model, x_sigma, sigma, t=t)[0]
     a = model.schedule.alpha_bar(t)
     x_t = a**0.5 * x0 + (1 - a) ** 0.5 * noise
     return x_t, predicted_x0(x_t, model.predict(x_t, t).eps, a)

@@ -39,9 +39,13 @@ def row_edit(direction: Direction, strengths: torch.Tensor, num_steps: int | Non
     """The h edit of one explorer row: h̃ = h + s_j·Δh in batch row j (one row per strength, ``scaled_strength``
     for ``num_steps``), so strength 0's row is the plain process."""
     scale = scaled_strength(direction, strengths, num_steps)
+    on_device = {}  # the strengths copied once per device and dtype, not once a model call
 
     def shift(h, t, branch):
-        return h + scale.to(h).reshape(-1, *([1] * (h.dim() - 1))) * direction.at(h, t)
+        key = (h.device, h.dtype)
+        if key not in on_device:
+            on_device[key] = scale.to(h).reshape(-1, *([1] * (h.dim() - 1)))
+        return h + on_device[key] * direction.at(h, t)
 
     return shift
 

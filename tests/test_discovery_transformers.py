@@ -156,8 +156,8 @@ def test_run_in_comfy_hands_a_flow_body_the_latent(pack, flux):
 
 def test_auto_schedule_probes_the_flow_point_of_the_latent_on_flux(pack, flux):
     """Through ComfyUI's sampling of the tiny Flux (run_in_comfy, as the node runs it): LPIPS(x, x_t) is measured at
-    x_σ = (1 − σ)·x0 + σ·ε of the latent given (here with MSE on the latent, so it is written out: σ²·mean((ε − x0)²)),
-    and P_t is the model's own prediction (neither x0 nor x_σ)."""
+    x_σ = (1 − σ)·x0 + σ·ε of the latent given at unit variance (here with MSE on the latent, so it is written out:
+    mean((x_σ/√((1 − σ)² + σ²) − x0)²)), and P_t is the model's own prediction (neither x0 nor x_σ)."""
     from harness.inprocess import run_in_comfy
     from hspace_pack.nodes.comfy.noise_levels import noise_levels
 
@@ -170,7 +170,8 @@ def test_auto_schedule_probes_the_flow_point_of_the_latent_on_flux(pack, flux):
     levels = noise_levels(flux)
     for t, d_pred, d_noisy in zip(result.timesteps, result.distance_to_prediction, result.distance_to_noisy):
         sigma = levels.sigma(t)
-        assert d_noisy == pytest.approx(sigma ** 2 * float(((eps - x0) ** 2).mean()), rel=1e-4), t
+        x_t = ((1 - sigma) * x0 + sigma * eps) / ((1 - sigma) ** 2 + sigma ** 2) ** 0.5
+        assert d_noisy == pytest.approx(float(((x_t - x0) ** 2).mean()), rel=1e-4), t
         assert 0 < d_pred and d_pred != pytest.approx(d_noisy, rel=1e-3)
 
 
@@ -186,7 +187,8 @@ class _FlowDenoiser:
 
 
 def test_auto_schedule_on_flow_against_the_written_out_rule():
-    """On flow matching the rule measures x_σ = (1 − σ)·x0 + σ·ε and P = D(x_σ, σ) at each probed table entry."""
+    """On flow matching the rule measures x_σ = (1 − σ)·x0 + σ·ε at unit variance and P = D(x_σ, σ) at each probed
+    table entry."""
     model = _FlowDenoiser()
     x0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     mse = lambda a, b: ((a - b) ** 2).flatten(1).mean(1)  # noqa: E731
@@ -197,7 +199,7 @@ def test_auto_schedule_on_flow_against_the_written_out_rule():
     for t, d_pred, d_noisy in zip(result.timesteps, result.distance_to_prediction, result.distance_to_noisy):
         sigma = model.levels.sigma(t)
         x_t = (1 - sigma) * x0 + sigma * eps
-        assert d_noisy == pytest.approx(float(mse(x0, x_t).mean()), rel=1e-6)
+        assert d_noisy == pytest.approx(float(mse(x0, x_t / ((1 - sigma) ** 2 + sigma ** 2) ** 0.5).mean()), rel=1e-6)
         assert d_pred == pytest.approx(float(mse(x0, 0.5 * x_t).mean()), rel=1e-6)
     assert result.t_edit == next(t for t, d in zip(result.timesteps, result.distance_to_prediction) if d >= 0.3)
     assert result.t_boost == min(result.t_edit,
