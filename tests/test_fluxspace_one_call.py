@@ -185,3 +185,35 @@ def test_every_input_of_the_call_is_repeated_per_prompt(pack, flux):
     assert relative(out[True, True], out[False, True]) < TOLERANCE[torch.float32], relative(out[True, True],
                                                                                             out[False, True])
     assert relative(out[True, True], out[True, False]) > 1e-2, relative(out[True, True], out[True, False])
+
+
+@pytest.mark.parametrize("family,cfg", [("flux", 1.0), ("sd3", 3.0)])
+def test_the_coarse_edit_alone_runs_no_prompt_rows(pack, family, cfg):
+    """λ = 0 with λ_coarse ≠ 0 (FluxSpace's coarse edit alone) only moves the pooled vector: plain euler on
+    conditioning whose pooled outputs (the negative's too: the edit moves the whole call's y) are moved by
+    λ_coarse·(ȳ_edit ⊥ ȳ_null) inside the window and not outside it equals it bit for bit, and every block runs the
+    call's own rows (no edit or null rows, no block patch)."""
+    import comfy.patcher_extension
+
+    from hspace_pack.hspace_core.fluxspace import orthogonal_part
+    from hspace_pack.nodes.layer import edit_window
+
+    model = (tiny_flux if family == "flux" else tiny_sd3)()
+    cond = flux_conditioning if family == "flux" else sd3_conditioning
+    edit, empty = cond(5), cond(6)
+    seen = []
+    out = _run(model, _patched(model, edit, empty, lam=0.0, lam_coarse=0.7), cond, cfg, 1, seen)
+    assert set(rows for _, rows in seen) == {2 if cfg != 1 else 1}
+    move = 0.7 * orthogonal_part(edit[0][1]["pooled_output"], empty[0][1]["pooled_output"])
+
+    window_sigma_end = edit_window("test", model, "percent", 0, 0.0, 0.6).sigma_end
+
+    def moved_y(executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
+        in_window = float(t.flatten()[0]) >= window_sigma_end  # the window starts at percent 0: σ ≤ its start
+        y = kwargs["y"] + move.to(kwargs["y"]).expand_as(kwargs["y"]) if in_window else kwargs["y"]
+        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **{**kwargs, "y": y})
+
+    written_out = model.clone()
+    written_out.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "test", moved_y)
+    assert torch.equal(out, _run(model, written_out, cond, cfg))
+    assert not torch.equal(out, _run(model, model, cond, cfg))  # the coarse edit does change the image

@@ -73,15 +73,22 @@ class FluxSpace:
     def _context(cond, like, rows):
         return cond.to(like.device, like.dtype).expand(rows, *cond.shape[1:]) if like is not None else None
 
+    def _pooled(self):
+        return {mode: cond[1].get("pooled_output") for mode, cond in (("edit", self.edit_cond),
+                                                                       ("null", self.null_cond))}
+
+    def _coarse(self, y, pooled):
+        """The call's pooled vector y moved by the coarse edit, y + λ_coarse·(ȳ_edit ⊥ ȳ_null) (FluxSpace's coarse
+        edit); y itself when λ_coarse = 0 or a prompt has no pooled output."""
+        if not self.lam_coarse or y is None or pooled["edit"] is None or pooled["null"] is None:
+            return y
+        return y + self.lam_coarse * orthogonal_part(pooled["edit"].to(y), pooled["null"].to(y)).expand_as(y)
+
     def _segments(self, c_crossattn, y, rows):
         """(mode, context, pooled y) of each row segment: the call's own rows (y moved by the coarse edit), the edit
         prompt's and the null prompt's (a prompt without a pooled output keeps the call's y, as before)."""
-        pooled = {mode: cond[1].get("pooled_output") for mode, cond in (("edit", self.edit_cond),
-                                                                         ("null", self.null_cond))}
-        own_y = y
-        if self.lam_coarse and y is not None and pooled["edit"] is not None and pooled["null"] is not None:
-            own_y = y + self.lam_coarse * orthogonal_part(pooled["edit"].to(y), pooled["null"].to(y)).expand_as(y)
-        segments = [("apply", c_crossattn, own_y)]
+        pooled = self._pooled()
+        segments = [("apply", c_crossattn, self._coarse(y, pooled))]
         for mode, cond in (("edit", self.edit_cond), ("null", self.null_cond)):
             ys = self._context(pooled[mode], y, rows) if y is not None and pooled[mode] is not None else y
             segments.append((mode, self._context(cond[0], c_crossattn, rows), ys))
@@ -107,6 +114,9 @@ class FluxSpace:
     def wrapper(self, executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
         if not self.window.contains(float(t.detach().flatten()[0])):  # one host read per model call, as core's gates
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        if not self.lam:  # the coarse edit alone: the pooled vector moves, no prompt's ℓ is needed
+            return executor(x, t, c_concat, c_crossattn, control, transformer_options,
+                            **{**kwargs, "y": self._coarse(kwargs.get("y"), self._pooled())})
         rows, call = x.shape[0], _Call()
         options = {**transformer_options, KEY: call, dit.GRID_KEY: dit.patch_grid(self.diffusion_model, x.shape[-2:])}
         for group in self._groups(self._segments(c_crossattn, kwargs.get("y"), rows)):
@@ -190,15 +200,16 @@ def joint_blocks(diffusion_model, which: str) -> list[BlockSite]:
 def patched_with_fluxspace(model, edit_cond, null_cond, lam: float, lam_coarse: float, window, blocks: str,
                            one_call: bool = True):
     """A clone of ``model`` that applies FluxSpace's edit (module docstring), with memory reserved for the rows it
-    runs (``memory.with_rows_per_latent``); λ = λ_coarse = 0 returns a plain clone."""
+    runs (``memory.with_rows_per_latent``); λ = λ_coarse = 0 returns a plain clone, and λ = 0 (the coarse edit
+    alone) runs no prompt rows and patches no block."""
     if lam == 0 and lam_coarse == 0:
         return model.clone()
-    clone = with_rows_per_latent(model, ROWS_PER_LATENT) if one_call else model.clone()
+    clone = with_rows_per_latent(model, ROWS_PER_LATENT) if one_call and lam else model.clone()
     dm = model.get_model_object("diffusion_model")
     edit = FluxSpace(dm, joint_blocks(dm, blocks), edit_cond, null_cond, lam, lam_coarse, window, one_call)
     clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY, edit.wrapper)
     options = clone.model_options.get("transformer_options", {})
-    for where in edit.blocks:
+    for where in edit.blocks if lam else ():
         options = dit.with_dit_patch(options, dit.DitH(dm, where, edit.block_fn(where), None))
     clone.model_options["transformer_options"] = options
     return clone
