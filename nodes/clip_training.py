@@ -55,13 +55,10 @@ def differentiable_decode(vae, model):
     return decode, decoder
 
 
-def refuse_on_flow_training(form: str, window: str) -> None:
-    """What Train Asyrp Direction cannot do on a flow-matching transformer (docs/transformers.md): the implicit f_t
-    takes a U-Net's sinusoidal time embedding (``time_embed``), which Flux and SD3 embed otherwise (σ·1000 into
-    ``time_in`` / ``t_embedder``); t_edit counts a U-Net's 1000 DDPM steps and its LPIPS rule runs on the ᾱ schedule."""
-    if form == "implicit":
-        raise ValueError("form 'implicit' learns f_t(h_t, t) over a U-Net's sinusoidal time embedding, which this "
-                         "flow-matching transformer does not have: set form to 'global' or 'per_timestep'.")
+def refuse_on_flow_training(window: str) -> None:
+    """What Train Asyrp Direction cannot do on a flow-matching transformer (docs/transformers.md): t_edit counts a
+    U-Net's 1000 DDPM steps and its LPIPS rule runs on the ᾱ schedule.  (The implicit f_t trains there over the
+    transformer's own time embedding: ``comfy.dit_time``.)"""
     if window != "percent":
         raise ValueError("on a flow-matching transformer t_edit (a U-Net's 1000 DDPM steps, and its −1 LPIPS rule) has "
                          "no meaning: set window to 'percent' and choose start_percent / end_percent.")
@@ -83,7 +80,8 @@ class TrainAsyrpDirection(HSpaceNode):
                 io.String.Input("source_text", default="face", tooltip="What the images show now, e.g. 'face'."),
                 io.String.Input("target_text", default="smiling face", tooltip="What they should become."),
                 io.Combo.Input("form", options=["implicit", "global", "per_timestep"], default="implicit",
-                               tooltip="implicit: f_t(h_t, t) (two 1×1 convs, Asyrp's default; U-Nets only); "
+                               tooltip="implicit: f_t(h_t, t) (two 1×1 convs over the model's time embedding, Asyrp's "
+                                       "default; on Flux / SD3 the transformer's own); "
                                        "global: one Δh; per_timestep: one Δh_t per step."),
                 io.Int.Input("epochs", default=1, min=0, max=1000,
                              tooltip="Passes over the images; each does one step per edited timestep. 0 = identity."),
@@ -129,7 +127,7 @@ class TrainAsyrpDirection(HSpaceNode):
         node = node_name(cls.define_schema())
         levels = noise_levels(model)
         if levels.family == "flow":
-            refuse_on_flow_training(form, window)
+            refuse_on_flow_training(window)
         span = edit_schedule(steps, 0, None, model, "percent", start_percent, end_percent, node) \
             if window == "percent" else None
         inside = None if span is None else span.edit_timesteps

@@ -47,6 +47,8 @@ VERSIONS = (
     "tests/test_flow_ddim_inversion.py",
     # gradients through each version's Flux / MMDiT blocks (in-place residual adds, SD3's checkpointed joint blocks)
     "tests/test_transformer_directions.py", "tests/test_e2e_transformer_directions.py",
+    # Asyrp's implicit f_t over Flux's time_in / SD3's t_embedder (each version's embedding and model_sampling)
+    "tests/test_transformer_implicit.py", "tests/test_e2e_transformer_implicit.py",
     "tests/test_e2e_hostile.py::test_widget_ranges_are_checked_by_comfyui",
     "tests/test_e2e_hostile.py::test_combo_options_are_checked_by_the_node",
     "tests/test_e2e_hostile.py::test_api_types_are_checked_not_coerced",

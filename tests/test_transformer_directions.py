@@ -177,11 +177,8 @@ def test_clip_training_on_a_transformer(pack, request, monkeypatch, tmp_path, fa
 
 
 def test_clip_training_refuses_what_a_transformer_has_not(pack, flux, monkeypatch):
-    """The implicit f_t (a U-Net's time embedding) and a t_edit window (a U-Net's 1000 DDPM steps, the LPIPS rule)
-    are refused by name on a flow-matching transformer, saying what to set."""
-    with pytest.raises(ValueError, match="Train Asyrp Direction: form 'implicit'.*set form to 'global' or "
-                                         "'per_timestep'"):
-        _train(flux, flux_conditioning, 1.0, monkeypatch, form="implicit")
+    """A t_edit window (a U-Net's 1000 DDPM steps, the LPIPS rule) is refused by name on a flow-matching transformer,
+    saying what to set (the implicit f_t trains there: tests/test_transformer_implicit.py)."""
     with pytest.raises(ValueError, match="Train Asyrp Direction: on a flow-matching transformer t_edit.*set window "
                                          "to 'percent'"):
         _train(flux, flux_conditioning, 1.0, monkeypatch, window="t_edit", t_edit=400)

@@ -23,6 +23,7 @@ from ...hspace_core.sigmas import eps_of_denoised, sigma_of_alpha_bar, vp_to_ve
 from ...hspace_core.sites import DEFAULT_SITE
 from ...hspace_core.implicit import TimeEmbedding
 from . import dit, edit_batch
+from .dit_time import dit_time_embedding
 from .allocations import kept, outside_allocation_graph
 from .checks import is_flow_transformer, resolve_site, site_block
 from .fingerprint import model_fingerprint
@@ -243,8 +244,11 @@ def training_paths():
 
 
 def time_embedding_of(model_patcher) -> TimeEmbedding:
-    """A frozen copy of the diffusion model's timestep embedding (for implicit directions f_t)."""
+    """A frozen copy of the diffusion model's timestep embedding (for implicit directions f_t); a Flux / SD3
+    transformer's is read at its time input per σ-table entry (``dit_time``)."""
     dm = model_patcher.get_model_object("diffusion_model")
+    if dit.dit_family(dm) is not None:
+        return dit_time_embedding(dm, model_patcher.get_model_object("model_sampling"))
     if getattr(dm, "hspace_pixel_unet", False):
         return TimeEmbedding.of_diffusers_unet(dm.unet)
     # ComfyUI's U-Net: timestep_embedding(t, model_channels) is [cos, sin] with no frequency shift
