@@ -48,7 +48,8 @@ def test_implicit_training_on_a_transformer(pack, request, monkeypatch, tmp_path
     the site, fingerprint and the transformer's time table and loads back to the same f_t; H-Space Asyrp Edit with
     an f_t of zero output (epochs 0) at strength 1 is the edit by a zero Δh bit for bit (euler, up to the rounding
     of euler on a 2-row batch: measured 4.3e-6 on the tiny Flux, as much as ComfyUI's own), and with the trained f_t is euler at
-    strength 0 and moves the latent at strength 1."""
+    strength 0 and moves the latent at strength 1; H-Space Shift with the zero f_t is the plain sampler bit for bit and
+    with the trained one moves the image."""
     from hspace_core import Direction
     from hspace_pack.nodes.editing import AsyrpEdit
 
@@ -78,6 +79,18 @@ def test_implicit_training_on_a_transformer(pack, request, monkeypatch, tmp_path
     # the edited step's rows run as a larger batch than euler's: the rounding of ComfyUI's own euler on 2 rows
     assert torch.equal(still, flat) and (still - plain).abs().max() <= 2 * (pair - plain).abs().max()
     _check_asyrp_edit(model, cond, cfg, back, 1.0)
+    # H-Space Shift: the zero f_t leaves the plain sampler bit for bit (its rows run as they are), the trained one
+    # moves the image, and the MODEL given keeps no patch
+    import hspace_pack.nodes.samplers as nodes
+    from test_transformers import euler, sample, sigmas_of
+
+    sigmas = sigmas_of(model, STEPS)
+    with torch.inference_mode():
+        plain = sample(model, euler(), sigmas, cond, cfg)
+        shifted = [sample(nodes.HShiftPatch.execute(model, d, 1.0, 0.0, 0.6).result[0], euler(), sigmas, cond, cfg)
+                   for d in (zero, back)]
+    assert torch.equal(shifted[0], plain) and (shifted[1] - plain).abs().mean() > 0.01 * plain.abs().mean()
+    assert "dit" not in model.model_options.get("transformer_options", {}).get("patches_replace", {})
 
 
 def test_implicit_training_in_bfloat16_on_flux(pack, monkeypatch):

@@ -90,7 +90,7 @@ def patched_with_h_shift(model, direction, strength: float, window, edit_branche
                                window_check(window, patch.timestep_of))
     if patch.block is None:  # a transformer block site: the dit replace patch, on the clone's model options
         where = dit.check_block_site(dm, direction.site)
-        if direction.form == "implicit" or len(direction.h_shape) != 3:
+        if len(direction.h_shape) != 3:  # the patch grid comes from h's spatial shape (an implicit f_t's too)
             raise ValueError("H-Space Shift on a transformer takes a direction of h's spatial shape (C, H/p, W/p), "
                              "made at this site and image size.")
         replace = dit.DitH(dm, where, patch._apply, direction.h_shape[1:])
