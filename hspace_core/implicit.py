@@ -53,8 +53,8 @@ class TimeEmbedding(nn.Module):
         """Refuse a table entry outside the σ table the embedding was copied with (on the host: no device sync)."""
         table = getattr(self, "time_input", None)
         if table is not None and not 0 <= int(t) < table.numel():
-            raise ValueError(f"This f_t was made on a model with a {table.numel()}-entry σ table; timestep {int(t)} is "
-                             "outside it: apply it with the model it was trained on.")
+            raise ValueError(f"This f_t was made on a model with a {table.numel()}-entry σ table; timestep {int(t)} "
+                             "is outside it: apply it with the model it was trained on.")
 
     def network_time(self, t: torch.Tensor) -> torch.Tensor:
         """The time the network embeds for table entries ``t``: t itself, or its ``time_input``."""

@@ -47,9 +47,9 @@ def test_implicit_training_on_a_transformer(pack, request, monkeypatch, tmp_path
     """Train Asyrp Direction (form implicit) through the DiT: more epochs lower the CLIP loss; the saved file keeps
     the site, fingerprint and the transformer's time table and loads back to the same f_t; H-Space Asyrp Edit with
     an f_t of zero output (epochs 0) at strength 1 is the edit by a zero Δh bit for bit (euler, up to the rounding
-    of euler on a 2-row batch: measured 4.3e-6 on the tiny Flux, as much as ComfyUI's own), and with the trained f_t is euler at
-    strength 0 and moves the latent at strength 1; H-Space Shift with the zero f_t is the plain sampler bit for bit and
-    with the trained one moves the image."""
+    of euler on a 2-row batch: measured 4.3e-6 on the tiny Flux, as much as ComfyUI's own), and with the trained f_t
+    is euler at strength 0 and moves the latent at strength 1; H-Space Shift with the zero f_t is the plain sampler
+    bit for bit and with the trained one moves the image."""
     from hspace_core import Direction
     from hspace_pack.nodes.editing import AsyrpEdit
 

@@ -3,11 +3,12 @@
 Asyrp's f_t (``hspace_core.implicit``) joins h to the U-Net's time embedding temb(t).  Flux and SD3 / SD3.5 embed
 time the same way (a [cos, sin] sinusoid of 256 frequencies, max period 10000, into a Linear → SiLU → Linear MLP;
 ``flux.layers.timestep_embedding`` / ``diffusionmodules.util.timestep_embedding``, both tested ComfyUI versions),
-but of σ·1000 rather than of a DDPM step: Flux's ``time_in`` (the sinusoid multiplies ``model_sampling.timestep(σ)`` =
-σ by its ``time_factor`` 1000) and SD3's ``t_embedder`` (``model_sampling.timestep(σ)`` = σ·multiplier, 1000).  The
-copy taken here is that MLP plus the time input of every entry of the MODEL's σ table, so f_t(h, t) is keyed by the
-table entry t as every other h edit is.  It is temb alone, not Flux's modulation vector ``vec`` (= temb + the
-pooled-text and guidance embeddings): Asyrp's f_t depends on h and t, not on the prompt.
+but of σ·1000 rather than of a DDPM step: Flux's ``time_in`` (the sinusoid multiplies
+``model_sampling.timestep(σ)`` = σ by its ``time_factor`` 1000) and SD3's ``t_embedder``
+(``model_sampling.timestep(σ)`` = σ·multiplier, 1000).  The copy taken here is that MLP plus the time input of every
+entry of the MODEL's σ table, so f_t(h, t) is keyed by the table entry t as every other h edit is.  It is temb alone,
+not Flux's modulation vector ``vec`` (= temb + the pooled-text and guidance embeddings): Asyrp's f_t depends on h
+and t, not on the prompt.
 """
 from __future__ import annotations
 
