@@ -6,6 +6,9 @@ cannot come through the stock loaders; these are instantiated directly, as ``tin
 - Flux: ``comfy.supported_models.Flux`` → ``comfy.model_base.Flux`` (``comfy.ldm.flux.model.Flux``: double-stream
   and single-stream blocks, RoPE over (index, row, column), guidance embedding as Flux-dev has, pooled vector input,
   ``ModelSamplingFlux`` with its resolution-dependent shift, model type FLUX = CONST flow matching).
+- Chroma: ``comfy.supported_models.Chroma`` → ``comfy.model_base.Chroma`` (``comfy.ldm.chroma.model.Chroma``: Flux's
+  double and single blocks without their own modulation, every block's shift / scale / gate coming from one
+  approximator of σ and guidance, no pooled vector, T5 text only; ``ModelSamplingFlux``, model type FLUX).
 - SD3: ``comfy.supported_models.SD3`` → ``comfy.model_base.SD3`` (``OpenAISignatureMMDITWrapper``: joint blocks,
   the last one context-pre-only, pooled ``y`` input, ``ModelSamplingDiscreteFlow`` with shift 3, model type FLOW).
 
@@ -33,6 +36,14 @@ FLUX_TEXT_ENCODERS = {
 FLUX_DIT = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=FLUX_POOLED,
                 context_in_dim=FLUX_CONTEXT, hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=2, depth_single_blocks=2,
                 axes_dim=[8, 12, 12], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True)
+
+# Chroma (Flux.1-schnell pruned): Flux's blocks at Flux's width; the approximator maps (σ, guidance, block index)
+# embeddings (in_dim 64) through n_layers 5 of hidden_dim 5120 to out_dim = hidden_size; T5-XXL text (4096)
+CHROMA_CONTEXT = FLUX_CONTEXT
+CHROMA_DIT = dict(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=CHROMA_CONTEXT,
+                  hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=2, depth_single_blocks=2, axes_dim=[8, 12, 12],
+                  theta=10000, patch_size=2, qkv_bias=True, in_dim=64, out_dim=64, hidden_dim=64, n_layers=2)
+CHROMA_TEXT_ENCODERS = {"t5xxl_model_config": FLUX_TEXT_ENCODERS["t5xxl_model_config"]}
 
 # SD3's text encoder pads CLIP-L + CLIP-G to T5-XXL's 4096 (sd3_clip.py, fixed); pooled: CLIP-L's + CLIP-G's
 SD3_CONTEXT, SD3_POOLED = 4096, 32 + 64
@@ -79,6 +90,20 @@ def tiny_flux(seed: int = 0, dtype=torch.float32, device: str = "cpu", **config)
     return _patcher("Flux", {**FLUX_DIT, **extra, **config}, seed, dtype, device)
 
 
+def tiny_chroma(seed: int = 0, dtype=torch.float32, device: str = "cpu", family: str = "Chroma", **config):
+    """A ModelPatcher over ``comfy.model_base.Chroma`` at small width; ``config`` overrides ``CHROMA_DIT``
+    (``family`` "ChromaRadiance" with its nerf settings: the pixel-space variant the pack refuses)."""
+    import dataclasses
+
+    from comfy.ldm.chroma.model import ChromaParams
+
+    # newer ComfyUI (0.33.0) requires txt_ids_dims and vec_in_dim (its detection sets them for every Flux-like model)
+    fields = {f.name for f in dataclasses.fields(ChromaParams)}
+    extra = {k: v for k, v in (("txt_ids_dims", []), ("vec_in_dim", None)) if k in fields}
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    return _patcher(family, {**CHROMA_DIT, **extra, **config}, seed, dtype, device)
+
+
 def tiny_sd3(seed: int = 0, dtype=torch.float32, device: str = "cpu", **config):
     """A ModelPatcher over ``comfy.model_base.SD3`` (MMDiT joint blocks) at small width; ``config`` overrides
     ``SD3_DIT``."""
@@ -96,6 +121,13 @@ def flux_conditioning(seed: int = 0, guidance: float = 3.5, tokens: int = 7):
     return _conditioning(tokens, FLUX_CONTEXT, FLUX_POOLED, seed, guidance=guidance)
 
 
+def chroma_conditioning(seed: int = 0, tokens: int = 7):
+    """A Chroma CONDITIONING (T5-shaped context; no pooled vector: T5 gives None, as CLIPTextEncode does) from
+    ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, tokens, CHROMA_CONTEXT, generator=g), {"pooled_output": None}]]
+
+
 def sd3_conditioning(seed: int = 0, tokens: int = 7):
     """An SD3 CONDITIONING (context and pooled output) from ``seed``."""
     return _conditioning(tokens, SD3_CONTEXT, SD3_POOLED, seed)
@@ -109,6 +141,19 @@ def tiny_flux_clip(seed: int = 0):
 
     target = comfy.supported_models_base.ClipTarget(flux.FluxTokenizer, flux.flux_clip(dtype_t5=torch.float32))
     clip = comfy.sd.CLIP(target, model_options={**FLUX_TEXT_ENCODERS, "dtype": torch.float32})
+    _init_all(clip.cond_stage_model, torch.Generator().manual_seed(seed))
+    return clip
+
+
+def tiny_chroma_clip(seed: int = 0):
+    """ComfyUI's Chroma text encoder (``pixart_t5``: T5-XXL alone, real tokenizer) at small width."""
+    import comfy.sd
+    import comfy.supported_models_base
+    import comfy.text_encoders.pixart_t5 as pixart_t5
+
+    target = comfy.supported_models_base.ClipTarget(pixart_t5.PixArtTokenizer,
+                                                    pixart_t5.pixart_te(dtype_t5=torch.float32))
+    clip = comfy.sd.CLIP(target, model_options={**CHROMA_TEXT_ENCODERS, "dtype": torch.float32})
     _init_all(clip.cond_stage_model, torch.Generator().manual_seed(seed))
     return clip
 

@@ -50,6 +50,10 @@ class FluxSpaceEdit(HSpaceNode):
         if dit_family(model.get_model_object("diffusion_model")) is None:
             raise ValueError(f"FluxSpace edits a transformer's joint attention outputs; this MODEL is not one of "
                              f"{TRANSFORMERS}: connect a Flux or SD3.x MODEL (on U-Nets use H-Space Shift).")
+        if lam_coarse and dit_family(model.get_model_object("diffusion_model")) == "chroma":
+            raise ValueError(f"{node}: lam_coarse moves the pooled text embedding, and Chroma has none (T5 text only; "
+                             "its blocks are modulated from σ and guidance alone): set lam_coarse to 0 and edit with "
+                             "lam (the attention outputs).")
         if blocks not in ("all", "middle"):
             raise ValueError(f"blocks is {blocks!r}; choose 'all' or 'middle'.")
         reference = base if base is not None else empty

@@ -426,5 +426,5 @@ def test_other_transformers_are_refused_by_name(pack):
     extra = {"txt_ids_dims": []} if "txt_ids_dims" in {f.name for f in dataclasses.fields(FluxParams)} else {}
     flux2 = _patcher("Flux", {**FLUX_DIT, **extra, "global_modulation": True}, 0)
     with pytest.raises(ValueError, match=r"Flux \(Flux.2: global modulation\)\) has no U-Net middle block .* Use SD1.x"
-                                         r".*or Flux.1 \(dev, schnell\) and SD3"):
+                                         r".*or Flux.1 \(dev, schnell\), Chroma and SD3"):
         checks.check_has_h_space(flux2)

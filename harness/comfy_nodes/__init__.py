@@ -1,13 +1,14 @@
 """Test-only ComfyUI nodes: harness.server.prepare_base links this folder into the *test* server's custom_nodes next to
 the pack; it is never part of the pack's NODE_CLASS_MAPPINGS.
 
-``TinySDXLCheckpointLoader`` stands in for CheckpointLoaderSimple in the SDXL sample workflow; ``TinyFluxCheckpointLoader``
-and ``TinySD3CheckpointLoader`` stand in for it on Flux and SD3.x (harness/tiny_dit.py); ``TinyFluxUNETLoader``,
-``TinyFluxDualCLIPLoader`` and ``TinyVAE16Loader`` stand in for the three loaders of the Flux sample workflows
-(UNETLoader, DualCLIPLoader, VAELoader), one for one with the same widgets, so a test swaps a node's type only.  ComfyUI's checkpoint
-detection only accepts a full-size SDXL U-Net (the smallest SDXL-family match, Segmind Vega, has 780 M parameters),
-so the end-to-end tests swap the workflow's loader for this node: the same MODEL / CLIP / VAE outputs, built in memory
-by ``harness/tiny_sdxl.py`` with ComfyUI's own SDXL classes.
+``TinySDXLCheckpointLoader`` stands in for CheckpointLoaderSimple in the SDXL sample workflow;
+``TinyFluxCheckpointLoader``, ``TinySD3CheckpointLoader`` and ``TinyChromaCheckpointLoader`` stand in for it on Flux,
+SD3.x and Chroma (harness/tiny_dit.py); ``TinyFluxUNETLoader``, ``TinyFluxDualCLIPLoader`` and ``TinyVAE16Loader``
+stand in for the three loaders of the Flux sample workflows (UNETLoader, DualCLIPLoader, VAELoader), one for one with
+the same widgets, so a test swaps a node's type only.  ComfyUI's checkpoint detection only accepts a full-size SDXL
+U-Net (the smallest SDXL-family match, Segmind Vega, has 780 M parameters), so the end-to-end tests swap the
+workflow's loader for this node: the same MODEL / CLIP / VAE outputs, built in memory by ``harness/tiny_sdxl.py``
+with ComfyUI's own SDXL classes.
 """
 import os
 import runpy
@@ -83,6 +84,11 @@ TinySD3CheckpointLoader = _stand_in(
     "a tiny random-weight SD3 (ComfyUI's MMDiT, CLIP-L + CLIP-G at small widths, a 16-channel TAESD)",
     ("The tiny SD3 MMDiT.", "Tiny CLIP-L + CLIP-G with the real tokenizers.", _VAE16),
     lambda tiny: (tiny.tiny_sd3(), tiny.tiny_sd3_clip(), tiny.tiny_vae16()))
+TinyChromaCheckpointLoader = _stand_in(
+    "TinyChromaCheckpointLoader", "chroma-unlocked-v50.safetensors",
+    "a tiny random-weight Chroma (ComfyUI's Chroma model, T5-XXL at small width, a 16-channel TAESD)",
+    ("The tiny Chroma transformer.", "Tiny T5-XXL with the real tokenizer.", _VAE16),
+    lambda tiny: (tiny.tiny_chroma(), tiny.tiny_chroma_clip(), tiny.tiny_vae16()))
 
 
 def _loader(name: str, inputs: tuple, returns: str, description: str, tooltip: str, build):
@@ -109,4 +115,5 @@ NODE_CLASS_MAPPINGS = {"TinySDXLCheckpointLoader": TinySDXLCheckpointLoader,
                        "TinyFluxCheckpointLoader": TinyFluxCheckpointLoader,
                        "TinyFluxBF16CheckpointLoader": TinyFluxBF16CheckpointLoader,
                        "TinySD3CheckpointLoader": TinySD3CheckpointLoader,
+                       "TinyChromaCheckpointLoader": TinyChromaCheckpointLoader,
                        **{c.__name__: c for c in (TinyFluxUNETLoader, TinyFluxDualCLIPLoader, TinyVAE16Loader)}}

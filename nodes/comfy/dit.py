@@ -1,18 +1,20 @@
-"""h in a diffusion transformer (Flux, SD3.x's MMDiT) through ComfyUI's dit block-replace patch.
+"""h in a diffusion transformer (Flux, Chroma, SD3.x's MMDiT) through ComfyUI's dit block-replace patch.
 
 ComfyUI runs ``transformer_options["patches_replace"]["dit"][("double_block" | "single_block", i)]`` in place of
-Flux's double / single block i and of SD3's joint block i (which uses the "double_block" key); the patch gets
+Flux's and Chroma's double / single block i and of SD3's joint block i (which uses the "double_block" key); the
+patch gets
 ``{"img", "txt", "vec", "pe", …, "transformer_options"}`` and ``{"original_block": f}`` and returns ``{"img", "txt"}``
 (file and line per ComfyUI version: docs/transformers.md).  ``DitH`` runs the original block and hands the image tokens
 of its output (site ``kind.i``) or of its attention output (``kind.i.attn``) to a function of h in its spatial view
 (``sites.tokens_to_spatial``), putting back what that returns.  The attention output is read by a forward hook on the
-block's image-stream output projection (Flux ``img_attn.proj``, SD3 ``x_block.attn.proj``) that lives only while that
-one block runs inside the patch (removed in ``finally``): 0.3.75's Flux and every version's MMDiT have no
+block's image-stream output projection (Flux and Chroma ``img_attn.proj``, SD3 ``x_block.attn.proj``) that lives only
+while that one block runs inside the patch (removed in ``finally``): 0.3.75's Flux and every version's MMDiT have no
 attention-output patch.  The patch goes into a per-call copy of ``transformer_options`` (``with_dit_patch``), or on a
 clone's model options (H-Space Shift), never on the MODEL given.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 
@@ -22,36 +24,48 @@ import torch
 from ...hspace_core.sites import BlockSite, block_site, default_block_site, spatial_to_tokens, tokens_to_spatial
 
 log = logging.getLogger("hspace")
-TRANSFORMERS = "Flux.1 (dev, schnell) and SD3 / SD3.5 (MMDiT)"
-SITE_FAMILY = {"double": "Flux", "single": "Flux", "joint": "SD3 / SD3.5 (MMDiT)"}  # whose blocks a site names
+TRANSFORMERS = "Flux.1 (dev, schnell), Chroma and SD3 / SD3.5 (MMDiT)"
+# whose blocks a site names
+SITE_FAMILY = {"double": "Flux / Chroma", "single": "Flux / Chroma", "joint": "SD3 / SD3.5 (MMDiT)"}
+FLUX_BLOCKS = ("flux", "chroma")  # families built of Flux's DoubleStreamBlock / SingleStreamBlock (flux/layers.py)
 GRID_KEY = "hspace_patch_grid"  # transformer_options: the call's patch grid, for a DitH made without one
 CHAINED = "hspace_chained"  # in a patch's extra: its original_block is another node's patch, not ComfyUI's block
 
 
 def dit_family(diffusion_model) -> str | None:
-    """"flux" (ComfyUI's ``comfy.ldm.flux.model.Flux``), "sd3" (``MMDiT``) or None for any other network."""
+    """"flux" (ComfyUI's ``comfy.ldm.flux.model.Flux``), "chroma" (``comfy.ldm.chroma.model.Chroma``: Flux's blocks,
+    modulated per block by its approximator), "sd3" (``MMDiT``) or None for any other network."""
+    from comfy.ldm.chroma.model import Chroma
     from comfy.ldm.flux.model import Flux
     from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
 
     if isinstance(diffusion_model, Flux) and hasattr(diffusion_model, "double_blocks"):
         # Flux.2 shares the class but modulates globally (other block inputs): not tested here, so not accepted
         return None if getattr(diffusion_model.params, "global_modulation", False) else "flux"
+    if isinstance(diffusion_model, Chroma) and hasattr(diffusion_model, "double_blocks"):
+        # Chroma Radiance shares the class but works in pixels through a NeRF head: not tested here, so not accepted
+        return None if hasattr(diffusion_model, "nerf_blocks") else "chroma"
     if isinstance(diffusion_model, MMDiT) and hasattr(diffusion_model, "joint_blocks"):
         return "sd3"
     return None
 
 
+def adds_in_place(diffusion_model) -> bool:
+    """Whether the blocks add to their residual streams in place (Flux's blocks: ``saved_before_in_place_adds``)."""
+    return dit_family(diffusion_model) in FLUX_BLOCKS
+
+
 def block_counts(diffusion_model) -> dict[str, int]:
     """How many blocks of each kind the transformer has (its site vocabulary)."""
-    if dit_family(diffusion_model) == "flux":
+    if dit_family(diffusion_model) in FLUX_BLOCKS:
         return {"double": len(diffusion_model.double_blocks), "single": len(diffusion_model.single_blocks)}
     return {"joint": len(diffusion_model.joint_blocks)}
 
 
 def default_site(diffusion_model) -> str:
-    """``sites.default_block_site`` for this transformer's joint stack (Flux.1: double.9.attn; SD3.5 large:
-    joint.19.attn)."""
-    kind = "double" if dit_family(diffusion_model) == "flux" else "joint"
+    """``sites.default_block_site`` for this transformer's joint stack (Flux.1 and Chroma, 19 double blocks:
+    double.9.attn; SD3.5 large: joint.19.attn)."""
+    kind = "double" if dit_family(diffusion_model) in FLUX_BLOCKS else "joint"
     return default_block_site(kind, block_counts(diffusion_model)[kind])
 
 
@@ -198,7 +212,8 @@ def with_dit_patch(transformer_options: dict, patch: DitH) -> dict:
 
 
 def blocks_in_order(diffusion_model) -> list[BlockSite]:
-    """Every block of the transformer in the order it runs (Flux: double then single blocks; SD3: joint blocks)."""
+    """Every block of the transformer in the order it runs (Flux, Chroma: double then single blocks; SD3: joint
+    blocks)."""
     return [BlockSite(kind, i) for kind, n in block_counts(diffusion_model).items() for i in range(n)]
 
 
@@ -243,14 +258,35 @@ class SharedRows:
         original = extra["original_block"]
         batch = args["img"].shape[0]
         chosen = self.rows(batch, args.get("transformer_options") or {}, args["img"].device)
-        tensors = [v for v in args.values() if torch.is_tensor(v) and v.dim()]
-        if chosen is None or any(v.shape[0] not in (batch, 1) for v in tensors):
+        if chosen is None or any(v.shape[0] not in (batch, 1) for v in _tensors(args)):
             return original(args)
         run, source = chosen
-        out = original({k: v[run] if torch.is_tensor(v) and v.dim() and v.shape[0] == batch else v
-                        for k, v in args.items()})
-        return {k: v[source] if torch.is_tensor(v) and v.dim() and v.shape[0] == len(run) else v
-                for k, v in out.items()}
+        out = original({k: _take_rows(v, run, batch) for k, v in args.items()})
+        return {k: _take_rows(v, source, len(run)) for k, v in out.items()}
+
+
+def _tensors(value):
+    """The batched tensors in a block input: itself, or inside the tuples and dataclasses Chroma's ``vec`` nests
+    (``((img_mod1, img_mod2), (txt_mod1, txt_mod2))`` of ``ModulationOut``); dicts (transformer_options) are not."""
+    if torch.is_tensor(value):
+        return [value] if value.dim() else []
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [t for f in dataclasses.fields(value) for t in _tensors(getattr(value, f.name))]
+    return []
+
+
+def _take_rows(value, rows: torch.Tensor, batch: int):
+    """``value`` (``_tensors``' nesting) with each tensor of ``batch`` rows taken at ``rows``; the rest as it is."""
+    if torch.is_tensor(value):
+        return value[rows] if value.dim() and value.shape[0] == batch else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_take_rows(v, rows, batch) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: _take_rows(getattr(value, f.name), rows, batch)
+                                             for f in dataclasses.fields(value) if f.init})
+    return value
 
 
 _told: set = set()  # what with_shared_rows has logged: once per process, not at every edited step

@@ -44,10 +44,12 @@ def attention_layers(diffusion_model) -> tuple[str, ...]:
 
 
 def default_layers(diffusion_model) -> tuple[str, ...]:
-    """Flux.1 (19 double, 38 single blocks): Stable Flow's vital layers; any other transformer: every block (no paper
-    names layers for it; 'H-Space' users choose with custom_layers)."""
+    """Flux.1 (19 double, 38 single blocks): Stable Flow's vital layers; any other transformer, Chroma's same-shaped
+    stack included (its blocks are retrained: Flux's measurement does not carry over): every block (no paper names
+    layers for it; users choose with custom_layers, from H-Space Block Vitality)."""
     have = attention_layers(diffusion_model)
-    return STABLE_FLOW_VITAL if all(layer in have for layer in STABLE_FLOW_VITAL) else have
+    flux = dit.dit_family(diffusion_model) == "flux"
+    return STABLE_FLOW_VITAL if flux and all(layer in have for layer in STABLE_FLOW_VITAL) else have
 
 
 def transformer_layers(diffusion_model, preset: str, custom: str, node: str) -> tuple[str, ...]:

@@ -150,10 +150,10 @@ class ComfyHSpaceModel:
     @contextlib.contextmanager
     def autograd_ready(self):
         """Gradients through the frozen diffusion model (``adapters.base.autograd_ready``) on ComfyUI's training paths
-        (``training_paths``); Flux's saved activations are copied before its in-place residual adds
+        (``training_paths``); Flux's and Chroma's saved activations are copied before its in-place residual adds
         (``dit.saved_before_in_place_adds``; SD3's blocks add out of place)."""
         dm = self.model_patcher.get_model_object("diffusion_model")
-        in_place = dit.dit_family(dm) == "flux"
+        in_place = dit.adds_in_place(dm)
         with autograd_ready(dm), training_paths(), \
                 (dit.saved_before_in_place_adds() if in_place else contextlib.nullcontext()):
             yield
