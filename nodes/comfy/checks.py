@@ -20,13 +20,13 @@ def is_pixel_unet(model) -> bool:
 
 
 def is_flow_transformer(model) -> bool:
-    """A Flux or SD3.x transformer (``dit.dit_family``): h at its blocks (``sites.BlockSite``), flow matching."""
+    """A Flux, Chroma or SD3.x transformer (``dit.dit_family``): h at its blocks (``sites.BlockSite``), flow matching."""
     return dit.dit_family(model.get_model_object("diffusion_model")) is not None
 
 
 def check_has_h_space(model) -> None:
     """Refuse models with neither a U-Net middle block nor a transformer the pack knows (other DiTs: Qwen-Image,
-    Chroma, HiDream, …) with a message naming what works."""
+    Chroma Radiance, HiDream, …) with a message naming what works."""
     diffusion_model = model.get_model_object("diffusion_model")
     if is_flow_transformer(model):
         if model.model.model_type.name not in FLOW_TYPES:
