@@ -3,7 +3,8 @@ transformer family (issue 38 item 1), on a tiny Chroma built from ComfyUI's own 
 in-process, under real CFG (Chroma is sampled with a negative prompt): h read at block and attention outputs, the
 one-call edited step against the two-call path (its modulation tuples split by rows), the Asyrp Sampler (strength 0
 is ComfyUI's euler bit for bit), inversion round trips in dB, content injection, FluxSpace (fine edit; the coarse
-one refused), StyleID, Block Vitality, and the transformers still refused by name."""
+one refused), StyleID, Block Vitality, the Jacobian through the in-place adds, a bfloat16 lane, and the transformers
+still refused by name."""
 import json
 
 import pytest
@@ -212,3 +213,32 @@ def test_chroma_radiance_and_qwen_image_are_refused_by_name(pack):
         with pytest.raises(ValueError, match=rf"\({name}\) has no U-Net middle block .* or Flux.1 \(dev, schnell\), "
                                              r"Chroma and SD3"):
             checks.check_has_h_space(model)
+
+
+@pytest.mark.parametrize("site", ["double.0", "single.0"])
+def test_jacobian_through_chromas_in_place_adds(pack, chroma, site):
+    """H-Space Jacobian Directions at a block output: gradients run through every later block's in-place residual adds
+    (Flux's blocks: ``dit.adds_in_place``), under CFG; finite directions carrying the site."""
+    from test_transformer_directions import _jacobian
+
+    with torch.inference_mode():
+        directions = _jacobian(chroma, cond, CFG, site=site, k=1, iterations=2, output="eps")[0]
+    assert directions[0].site == site and torch.isfinite(directions[0].delta).all()
+    assert directions[0].metadata["singular_value"] > 0
+
+
+def test_bfloat16_lane(pack):
+    """Chroma's native dtype: the tiny Chroma in bfloat16 under CFG; the Asyrp Sampler at strength 0 is euler bit for
+    bit and an edit at the attention site changes the image, finite."""
+    import hspace_pack.nodes.samplers as nodes
+
+    bf16 = tiny_chroma(dtype=torch.bfloat16)
+    assert bf16.get_model_object("diffusion_model").double_blocks[0].img_attn.proj.weight.dtype == torch.bfloat16
+    sigmas = sigmas_of(bf16)
+    plain = sample(bf16, euler(), sigmas, cond, CFG)
+    run = lambda s: sample(bf16, nodes.AsyrpSampler.execute(  # noqa: E731
+        direction(bf16, "double.1.attn"), s, "percent", 500, 0.0, 0.6, 0, allow_other_model=True).result[0], sigmas,
+        cond, CFG)
+    assert torch.equal(run(0.0), plain)
+    edited = run(1.0)
+    assert torch.isfinite(edited).all() and (edited - plain).abs().mean() > 0.05 * plain.abs().mean()
