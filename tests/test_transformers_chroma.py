@@ -227,6 +227,13 @@ def test_jacobian_through_chromas_in_place_adds(pack, chroma, site):
     assert directions[0].metadata["singular_value"] > 0
 
 
+def test_implicit_f_t_is_refused_by_name(pack, chroma):
+    """Asyrp's implicit f_t joins h to the network's time embedding, which Chroma folds into its approximator."""
+    comfy_model, _ = pack
+    with pytest.raises(ValueError, match="Chroma has no timestep embedding .* Use the global or per_timestep form"):
+        comfy_model.time_embedding_of(chroma)
+
+
 def test_bfloat16_lane(pack):
     """Chroma's native dtype: the tiny Chroma in bfloat16 under CFG; the Asyrp Sampler at strength 0 is euler bit for
     bit and an edit at the attention site changes the image, finite."""

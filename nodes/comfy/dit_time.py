@@ -32,6 +32,10 @@ def dit_time_embedding(diffusion_model, model_sampling) -> TimeEmbedding:
             raise ValueError(f"This MMDiT embeds time with max_period {embedder.max_period}; implicit f_t copies the "
                              "10000 of SD3 / SD3.5: use the global or per_timestep form.")
         first, second, dim, factor = embedder.mlp[0], embedder.mlp[2], embedder.frequency_embedding_size, 1.0
+    elif family == "chroma":
+        raise ValueError("Chroma has no timestep embedding of its own for implicit f_t: its approximator maps σ, "
+                         "guidance and the block index to every block's modulation together. Use the global or "
+                         "per_timestep form.")
     else:
         raise ValueError(f"{type(diffusion_model).__name__} is not a transformer the pack reads time from; implicit "
                          f"f_t on a transformer takes {dit.TRANSFORMERS}.")
