@@ -36,7 +36,7 @@ FEATURE_SOURCES = ("inversion", "reconstruction")
 STARTS = ("adain", "content", "style")
 FULL_WINDOW = (999, 0)
 __all__ = ["FEATURE_SOURCES", "STARTS", "StyleIDSettings", "adain", "preserve_query", "temperature_attention",
-           "record_features", "styleid_inject", "attention_access"]
+           "record_features", "styleid_inject", "attention_access", "combined_h_edit"]
 
 
 # --- the math ---
@@ -234,6 +234,24 @@ def injection_start(style: AttentionFeatures, content_q: AttentionFeatures | Non
             "style": lambda: style_x_T.to(content_x_T)}[settings.start]()
 
 
+def combined_h_edit(content_h: HTrajectory | None, gamma_h: float | Callable[[int], float], edited: Sequence[int],
+                    site: str, fingerprint: str, *, mask: torch.Tensor | None = None, omega: float | None = None):
+    """The combined mode's h edit (InjectFusion's content injection, ``processes.content_injection``) at the
+    ``edited`` timesteps, or None without ``content_h``: the trajectory must be read at ``site`` (where the run reads
+    h), with the model ``fingerprint`` ("" skips that check) and hold h at every edited timestep (the same grid);
+    ``mask`` and ``omega`` (calibration) without a trajectory are refused.  The U-Net and the transformer path's."""
+    if content_h is None:
+        if mask is not None or omega:
+            raise ValueError("mask and calibration apply to the h injection: connect the content's h trajectory "
+                             "(combined mode), or disconnect them.")
+        return None
+    check_same_site(content_h.site, site, "content h trajectory")
+    if fingerprint:
+        check_fingerprint(content_h.fingerprint, fingerprint, "content h trajectory")
+    content_h.require_timesteps(edited, "the h injection")
+    return content_injection(content_h.only_at(edited), gamma_h, mask=mask)
+
+
 def styleid_inject(model: HSpaceModel, content_x_T: torch.Tensor, style_x_T: torch.Tensor, style: AttentionFeatures,
             settings: StyleIDSettings, num_steps: int, *, content_q: AttentionFeatures | None = None,
             content_h: HTrajectory | None = None, gamma_h: float | Callable[[int], float] = 0.0,
@@ -259,16 +277,7 @@ def styleid_inject(model: HSpaceModel, content_x_T: torch.Tensor, style_x_T: tor
     grid_desc = schedule.timesteps()
     start = injection_start(style, content_q, settings, grid_desc, fingerprint, content_x_T, style_x_T)
     patched = _PerStep(model, access, settings.layers, _injection(style, content_q, settings))
-    edit = None
-    if content_h is not None:
-        check_same_site(content_h.site, site_of(model), "content h trajectory")
-        if strict_fingerprint:
-            check_fingerprint(content_h.fingerprint, model.fingerprint, "content h trajectory")
-        edited = [t for t in grid_desc if schedule.edits_at(t)]
-        content_h.require_timesteps(edited, "the h injection")
-        edit = content_injection(content_h.only_at(edited), gamma_h, mask=mask)
-    elif mask is not None or omega:
-        raise ValueError("mask and calibration apply to the h injection: connect the content's h trajectory "
-                         "(combined mode), or disconnect them.")
+    edit = combined_h_edit(content_h, gamma_h, [t for t in grid_desc if schedule.edits_at(t)], site_of(model),
+                           fingerprint, mask=mask, omega=omega)
     return run_reverse(patched, start, schedule, edit=edit, omega=omega, progress=progress,
                        should_stop=should_stop).x0

@@ -15,7 +15,7 @@ from .comfy.checks import is_flow_transformer
 from .comfy.run import latent_out, run_in_comfy
 from .comfy.progress import progress_bar
 from .layer import (CATEGORY, DEFAULT_H_STORAGE, GAMMAS, Calibration, HSpaceNode, Trajectory, advanced, check_work,
-                    decode, encoded_pixels, grid_window, h_storage_inputs, h_storage_of, latent_of,
+                    decode, edit_window, encoded_pixels, grid_window, h_storage_inputs, h_storage_of, latent_of,
                     latent_x, model_input, psnr, sweep, sweep_text, t_edit_input, values_input, values_of,
                     window_inputs, window_timesteps, with_origin, x_T_input)
 from .layer.styleid_dit import features_on_transformer, inject_on_transformer
@@ -86,7 +86,7 @@ class StyleIDFeatures(HSpaceNode):
                         "style image, or Q of a content image (query preservation), at the chosen layers and "
                         "steps only. Also returns x_T and h along the inversion (the content h of the combined mode). "
                         "On Flux / SD3: Euler inversion of the flow on the 'simple' σ grid, the image tokens' K/V "
-                        "(or Q) of the chosen blocks' joint attention; no h trajectory.",
+                        "(or Q) of the chosen blocks' joint attention, h at the transformer's default site.",
             inputs=[
                 model_input(),
                 io.Image.Input("image", optional=True, tooltip="Image to invert (needs the VAE), or connect a latent."),
@@ -117,7 +117,8 @@ class StyleIDFeatures(HSpaceNode):
         latent = latent_of(image, vae, latent)
         if is_flow_transformer(model):
             return io.NodeOutput(*features_on_transformer(
-                model, latent, ROLES[role], steps, features_source, h_storage_of(h_storage, 0), positive, image, vae,
+                model, latent, ROLES[role], steps, features_source, h_storage_of(h_storage, 0),
+                h_storage_of(h_storage, keep_h_from_t), positive, image, vae,
                 attention_layers=attention_layers, custom_layers=custom_layers, window=window, t_start=t_start,
                 t_stop=t_stop, start_percent=start_percent, end_percent=end_percent))
         layers = layers_of(model, attention_layers, custom_layers)
@@ -149,7 +150,8 @@ class StyleIDInject(HSpaceNode):
                         "(τ), from AdaIN(x_T content, x_T style). Connect the content's h trajectory for the "
                         "combined mode: h-space content injection (InjectFusion's Slerp, γ_h) in the same run. On Flux / "
                         "SD3: Euler on the flow's 'simple' σ grid, the style's K/V in the image tokens of the chosen "
-                        "blocks' joint attention (Stable Flow's injection); no combined mode.",
+                        "blocks' joint attention (Stable Flow's injection); the combined mode injects h at the "
+                        "trajectory's site (StyleID Features' content trajectory: same model and steps).",
             inputs=[
                 model_input(),
                 x_T_input("content_x_T", "x_T of the content image (H-Space StyleID Features, role content)."),
@@ -171,7 +173,8 @@ class StyleIDInject(HSpaceNode):
                              "runs in all (γ values × γ_h values)"),
                 Trajectory.Input("content_h", optional=True,
                                  tooltip="Combined mode: the content's h trajectory (H-Space StyleID Features or DDIM "
-                                         "Inversion), Slerped into h for t ≥ t_edit."),
+                                         "Inversion), Slerped into h for t ≥ t_edit. On Flux / SD3: StyleID "
+                                         "Features' (the same steps), injected at its site."),
                 io.Float.Input("gamma_h", default=0.5, min=0.0, max=1.0, step=0.05, optional=True,
                                tooltip="Combined mode: h content strength γ_h (InjectFusion's γ)."),
                 values_input("gamma_h_sweep", GAMMAS, "Combined mode: comma-separated γ_h values, inner to the γ "
@@ -196,23 +199,6 @@ class StyleIDInject(HSpaceNode):
                 t_start, t_stop, steps, start, t_edit, gamma_sweep="", content_h=None, gamma_h=0.5, gamma_h_sweep="",
                 content_features=None, mask=None, calibration=None, positive=None, window="t_start/t_stop",
                 start_percent=0.0, end_percent=1.0, h_end_percent=0.6) -> io.NodeOutput:
-        if is_flow_transformer(model):
-            if content_h is not None or gamma_h_sweep.strip() or mask is not None or calibration is not None:
-                raise ValueError("H-Space StyleID Inject: the combined mode (content_h, gamma_h_sweep, mask, "
-                                 "calibration) runs on U-Nets; on a transformer disconnect them (h content injection "
-                                 "there: H-Space Content Injection Sampler).")
-            gammas = values_of(gamma_sweep, "gamma_sweep", GAMMAS) or [gamma]
-            check_work("γ values", len(gammas), STYLEID_RUNS, "shorten gamma_sweep")
-            out = inject_on_transformer(model, content_x_T, style_x_T, style_features, content_features, gammas, tau,
-                                        start, steps, positive, attention_layers=attention_layers,
-                                        custom_layers=custom_layers, window=window, t_start=t_start, t_stop=t_stop,
-                                        start_percent=start_percent, end_percent=end_percent)
-            return io.NodeOutput(latent_out(model, out), sweep_text(gammas), sweep_text([gamma_h]))
-        layers = layers_of(model, attention_layers, custom_layers)
-        t_start, t_stop = kv_window(model, steps, window, t_start, t_stop, start_percent, end_percent)
-        edited = None  # t ≥ t_edit; a percent window's grid timesteps (combined mode)
-        if window == "percent" and content_h is not None:
-            edited = window_timesteps(steps, model, 0.0, h_end_percent)
         gammas = values_of(gamma_sweep, "gamma_sweep", GAMMAS) or [gamma]
         if content_h is None and (gamma_h_sweep.strip() or mask is not None or calibration is not None):
             raise ValueError("gamma_h_sweep, mask and calibration belong to the combined mode: connect content_h "
@@ -221,6 +207,22 @@ class StyleIDInject(HSpaceNode):
         omega = calibration.omega if calibration is not None else None
         runs = [(g, gh) for g in gammas for gh in gamma_hs]
         check_work("γ values × γ_h values", len(runs), STYLEID_RUNS, "shorten gamma_sweep or gamma_h_sweep")
+        if is_flow_transformer(model):
+            h_window = None  # t ≥ t_edit, or the first step to h_end_percent, on the model's σ (combined mode)
+            if content_h is not None:
+                h_window = edit_window("H-Space StyleID Inject", model, "percent" if window == "percent" else "t_edit",
+                                       t_edit, 0.0, h_end_percent)
+            out = inject_on_transformer(model, content_x_T, style_x_T, style_features, content_features, runs, tau,
+                                        start, steps, positive, content_h=content_h, h_window=h_window, mask=mask,
+                                        omega=omega, attention_layers=attention_layers, custom_layers=custom_layers,
+                                        window=window, t_start=t_start, t_stop=t_stop, start_percent=start_percent,
+                                        end_percent=end_percent)
+            return io.NodeOutput(latent_out(model, out), sweep_text(gammas), sweep_text(gamma_hs))
+        layers = layers_of(model, attention_layers, custom_layers)
+        t_start, t_stop = kv_window(model, steps, window, t_start, t_stop, start_percent, end_percent)
+        edited = None  # t ≥ t_edit; a percent window's grid timesteps (combined mode)
+        if window == "percent" and content_h is not None:
+            edited = window_timesteps(steps, model, 0.0, h_end_percent)
         style_x = latent_x(model, style_x_T)
 
         def run(m, x, g, gh, progress):

@@ -39,7 +39,7 @@ def latent(seed):
 def run(da, model, cond, body, layers):
     sigmas, timesteps = da.flow_grid(model, STEPS)
     return da.run_on_transformer(model, torch.zeros(1, 16, SIZE, SIZE),
-                                 lambda denoise, x: body(da.sigma_denoise(denoise, sigmas), sigmas, timesteps),
+                                 lambda denoise, x: body(da.sigma_denoise(denoise, sigmas, timesteps), sigmas, timesteps),
                                  positive=cond(0), sigmas=sigmas, layers=layers), sigmas, timesteps
 
 
@@ -147,7 +147,7 @@ def test_own_features_and_an_empty_window_are_euler_bit_for_bit(models, da, fami
     x0 = latent(0)
 
     def body(denoise, sigmas, timesteps):
-        x_T, recon, feats = record_flow_features(denoise, x0, sigmas, timesteps, layers, ("q", "k", "v"),
+        x_T, recon, feats, _ = record_flow_features(denoise, x0, sigmas, timesteps, layers, ("q", "k", "v"),
                                                  window=(max(timesteps), 0), source="reconstruction")
         own = flow_styleid(denoise, x_T, x_T, feats, StyleIDSettings(layers, 0.5, 1.0, (max(timesteps), 0),
                                                                      "content"), sigmas, timesteps, content_q=feats)
@@ -173,8 +173,8 @@ def test_the_style_changes_the_image(models, da, family):
 
     def body(denoise, sigmas, timesteps):
         window = (max(timesteps), 0)
-        c_T, c_rec, c_q = record_flow_features(denoise, latent(0), sigmas, timesteps, layers, ("q",), window=window)
-        s_T, _, s_kv = record_flow_features(denoise, 3 * latent(1), sigmas, timesteps, layers, ("k", "v"),
+        c_T, c_rec, c_q, _ = record_flow_features(denoise, latent(0), sigmas, timesteps, layers, ("q",), window=window)
+        s_T, _, s_kv, _ = record_flow_features(denoise, 3 * latent(1), sigmas, timesteps, layers, ("k", "v"),
                                             window=window)
         out = {g: flow_styleid(denoise, c_T, s_T, s_kv, StyleIDSettings(layers, g, 1.0, window, "content"), sigmas,
                                timesteps, content_q=c_q) for g in (0.0, 1.0)}
@@ -235,3 +235,138 @@ def test_cancel_lands_within_one_model_call(models, da):
         comfy.model_management.interrupt_current_processing(False)
     assert len(calls) == 2  # the second call found the flag before running the model
     assert all(not m._forward_hooks for block in (*dm.double_blocks, *dm.single_blocks) for m in block.modules())
+
+
+# --- the combined mode: StyleID with h content injection (InjectFusion's Slerp at the site) ----------------------
+
+def combined(da, model, cond, site, gamma_hs, *, layers=None, h_end=0.6, observe=None):
+    """The content (latent 0) and the style (3·latent 1) recorded on the StyleID grid (the content's h at ``site``
+    along its inversion), then StyleID (γ 0, τ 1.5, start = style) with the content's h injected by γ_h for the steps
+    down to ``h_end`` percent; ``observe(h_content)`` runs just before the generations.  Returns
+    (content reconstruction, {γ_h: generation}, the content trajectory); γ_h None is plain StyleID (no content_h)."""
+    from hspace_core.sampling import SigmaWindow
+    from hspace_core.trajectory import HStorage
+
+    dm = model.get_model_object("diffusion_model")
+    layers = layers or da.attention_layers(dm)
+    sigmas, timesteps = da.flow_grid(model, STEPS)
+    h_window = SigmaWindow(float("inf"), float(model.get_model_object("model_sampling").percent_to_sigma(h_end)),
+                           f"percent 0.00–{h_end:.2f}")
+
+    def body(denoise, x):
+        s = sigmas.to(x.device)
+        d = da.sigma_denoise(denoise, s, timesteps)
+        window = (max(timesteps), 0)
+        c_T, c_rec, _, c_h = record_flow_features(d, latent(0).to(x), s, timesteps, layers, ("q",), window=window,
+                                                  h_storage=HStorage(), site=site)
+        s_T, _, s_kv, _ = record_flow_features(d, 3 * latent(1).to(x), s, timesteps, layers, ("k", "v"),
+                                               window=window)
+        if observe is not None:
+            observe(c_h)
+        settings = StyleIDSettings(layers, 0.0, 1.5, window, "style")
+        out = {gh: flow_styleid(d, c_T, s_T, s_kv, settings, s, timesteps,
+                                content_h=None if gh is None else c_h, gamma_h=0.0 if gh is None else gh,
+                                h_window=h_window,
+                                site=site) for gh in gamma_hs}
+        return c_rec, out, c_h
+
+    return da.run_on_transformer(model, torch.zeros(1, 16, SIZE, SIZE), body, positive=cond(0), sigmas=sigmas,
+                                 layers=layers, site=site)
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3", "flux-bf16"])
+def test_combined_mode_gamma_h_zero_is_plain_styleid_and_gamma_h_moves_toward_the_content(models, da, family):
+    """At the transformer's default site (the attention output of the middle joint block): γ_h = 0 with the
+    content's h connected is plain transformer StyleID bit for bit (bfloat16 too), and through the h edit (a γ_h
+    schedule of zeros) to the one-call batch's round-off; γ_h > 0 changes the generation, more for a larger γ_h
+    (finite in bfloat16); the content trajectory lies on StyleID's grid at that site.  That the change goes toward
+    the content's image needs real weights: on these random ones the image does not come closer to the content's
+    reconstruction (h moves toward the content's at the site: the Slerp test below)."""
+    model, cond = models[family]
+    dm = model.get_model_object("diffusion_model")
+    site = da.dit.default_site(dm)
+    zero = lambda t: 0.0  # noqa: E731  (γ_h 0 as a schedule: through the h edit, not skipped as γ_h = 0 is)
+    c_rec, out, c_h = combined(da, model, cond, site, (None, 0.0, zero, 0.3, 0.8))
+    _, timesteps = da.flow_grid(model, STEPS)
+    assert c_h.site == site and c_h.timesteps == tuple(timesteps) and c_h.source == "inversion"
+    assert torch.equal(out[0.0], out[None])
+    # the edit path at γ_h 0: the edited row is the plain one, computed in a batch of two ([x; x], one call); CPU
+    # kernels are not batch-invariant, so it may differ in the last bits (measured: 9.5e-7 float32, of values ~5)
+    scale = float(out[None].float().abs().max())
+    tol = 1e-5 if family != "flux-bf16" else 2e-2
+    assert float((out[zero] - out[None]).float().abs().max()) <= tol * scale
+    assert torch.isfinite(out[0.8]).all()
+    change = float((out[0.8] - out[None]).float().std() / out[None].float().std())
+    assert change > 0.01, change
+    change_03 = float((out[0.3] - out[None]).float().std() / out[None].float().std())
+    assert change_03 < change, (change_03, change)  # more γ_h, more change
+
+
+@pytest.mark.parametrize("family,site,after", [("flux", "double.0", "double_blocks"), ("sd3", "joint.0", "joint_blocks")])
+def test_combined_mode_slerp_at_the_site_against_written_out_formula(models, da, family, site, after):
+    """In the first step's edited call ([x; x]: plain row, edited row), the next block's image tokens are h (plain
+    row) and h̃ = sin((1 − γ)θ)/sin θ·h + sin(γθ)/sin θ·h_c·‖h‖/‖h_c‖, θ = arccos(⟨h, h_c⟩/(‖h‖·‖h_c‖)), h_c the
+    content's h at that timestep from its trajectory (edited row; 1e-5)."""
+    model, cond = models[family]
+    dm = model.get_model_object("diffusion_model")
+    nxt = getattr(dm, after)[1]
+    seen, gamma_h = [], 0.6
+
+    def grab(module, args, kwargs):
+        img = kwargs["img"] if "img" in kwargs else args[1]
+        if img.shape[0] == 2 and not seen:
+            seen.append(img.detach().clone())
+
+    content = {}
+    hook = nxt.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        combined(da, model, cond, site, (gamma_h,), layers=("double.1",) if family == "flux" else ("joint.1",),
+                 observe=lambda c_h: content.setdefault("h", c_h))
+    finally:
+        hook.remove()
+    _, timesteps = da.flow_grid(model, STEPS)
+    h_c = content["h"].at(timesteps[0]).double().flatten(1)  # (1, C·H·W), spatial order
+    plain, edited = seen[0][:1], seen[0][1:]
+    grid = (SIZE // 2, SIZE // 2)
+    from hspace_core.sites import tokens_to_spatial
+
+    h = tokens_to_spatial(plain, grid).double().flatten(1)
+    theta = torch.arccos((h * h_c).sum() / (h.norm() * h_c.norm()))
+    written = (torch.sin((1 - gamma_h) * theta) * h + torch.sin(gamma_h * theta) * h_c * h.norm() / h_c.norm()) \
+        / torch.sin(theta)
+    got = tokens_to_spatial(edited, grid).double().flatten(1)
+    assert float(theta) > 0.1  # the content's h is not the generation's: the Slerp moves it
+    assert torch.allclose(got, written, atol=1e-5, rtol=1e-5), (got - written).abs().max()
+
+
+def test_combined_mode_refusals(models, da):
+    """A content trajectory from another site, grid or model, and an h window holding no step, are refused by name."""
+    import dataclasses
+
+    model, cond = models["flux"]
+    dm = model.get_model_object("diffusion_model")
+    site = da.dit.default_site(dm)
+    keep = {}
+    combined(da, model, cond, site, (), observe=lambda c_h: keep.setdefault("h", c_h))
+    c_h = keep["h"]
+    sigmas, timesteps = da.flow_grid(model, STEPS)
+    layers = da.attention_layers(dm)
+    style = store(layers, tuple(timesteps), ("k", "v"), 1, (SIZE // 2) ** 2, dm.hidden_size, 1)
+    settings = StyleIDSettings(layers, 0.0, 1.5, (max(timesteps), 0), "style")
+    from hspace_core.sampling import SigmaWindow
+
+    def inject(trajectory, site=site, window=SigmaWindow(float("inf"), 0.5, "percent 0.00–0.50"), fingerprint=""):
+        never = lambda *a: pytest.fail("refused before any model call")  # noqa: E731
+        flow_styleid(never, latent(0), latent(1), style, settings, sigmas, timesteps, content_h=trajectory,
+                     gamma_h=0.5, h_window=window, site=site, fingerprint=fingerprint)
+
+    with pytest.raises(ValueError, match=f"read at site '{site}', but h is read at site 'double.0'"):
+        inject(c_h, site="double.0")
+    with pytest.raises(ValueError, match="captured at 3 steps"):
+        inject(c_h.only_at(c_h.timesteps[::2]))  # as if recorded with fewer steps
+    with pytest.raises(ValueError, match="content h trajectory"):
+        inject(dataclasses.replace(c_h, fingerprint="other/model"), fingerprint="this/model")
+    with pytest.raises(ValueError, match="No step of the 5-step schedule lies in the edit window percent"):
+        inject(c_h, window=SigmaWindow(0.001, 0.0, "percent 0.99–1.00"))
+    with pytest.raises(ValueError, match="not a block of this Flux"):
+        da.dit.check_block_site(dm, "joint.1.attn")

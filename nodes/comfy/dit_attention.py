@@ -17,6 +17,7 @@ image together; MMDiT has none in either: module hooks are the one mechanism for
 """
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
@@ -32,6 +33,7 @@ from ...hspace_core.sites import BlockSite, block_site
 from . import dit
 from .allocations import outside_allocation_graph
 from .checks import check_has_h_space, check_latent
+from .model import ComfyHSpaceModel
 from .noise_levels import noise_levels
 
 log = logging.getLogger("hspace")
@@ -180,11 +182,13 @@ def percent_steps(model, sigmas, timesteps, start_percent: float, end_percent: f
     return max(inside), min(inside)
 
 
-def run_on_transformer(model, latent: torch.Tensor, body, *, positive, sigmas, layers):
+def run_on_transformer(model, latent: torch.Tensor, body, *, positive, sigmas, layers, site: str | None = None):
     """Run ``body(denoise, x)`` inside ComfyUI's sampling of a Flux / SD3 ``model`` at cfg 1 (the official StyleID
     records and generates under one, empty, prompt without CFG): ``x`` is the latent in model space and
-    ``denoise(x, sigma, patch)`` is the denoiser D(x, σ) with ``patch`` at ``layers`` (None: the plain call), in a
-    per-call copy of the model options (nothing reaches the MODEL).  Returns what ``body`` returns."""
+    ``denoise(x, sigma, patch, edit=None, t=None)`` is the denoiser with ``patch`` at ``layers`` (None: the plain
+    call), in a per-call copy of the model options (nothing reaches the MODEL): (D(x | h), D(x | h̃) or None, h) with
+    h read (and, with the h edit ``edit`` at timestep ``t``, edited in one call on [x; x]) at ``site`` (None: the
+    transformer's default; ``model.ComfyHSpaceModel.denoised``).  Returns what ``body`` returns."""
     check_has_h_space(model)
     check_latent(model, latent)
     if positive is None:
@@ -195,16 +199,19 @@ def run_on_transformer(model, latent: torch.Tensor, body, *, positive, sigmas, l
 
     def sampler_function(denoiser, x, sigmas_in, extra_args=None, callback=None, disable=None):
         extra_args = extra_args or {}
+        hs = ComfyHSpaceModel.for_node(1.0)(denoiser, extra_args, model, "cond", site)
 
-        def denoise(x_i, sigma, patch):
+        def denoise(x_i, sigma, patch, edit=None, t=None):
             comfy.model_management.throw_exception_if_processing_interrupted()  # Cancel within one model call
-            options = comfy.model_patcher.create_model_options_clone(extra_args["model_options"])
+            call = hs
             if patch is not None:
+                options = comfy.model_patcher.create_model_options_clone(extra_args["model_options"])
                 grid = dit.patch_grid(dm, x_i.shape[-2:])
                 options["transformer_options"] = with_attention_patch(options.get("transformer_options", {}), dm,
                                                                       layers, patch, grid)
-            return denoiser(x_i, x_i.new_ones((x_i.shape[0],)) * sigma, denoise_mask=None, model_options=options,
-                            seed=extra_args.get("seed"))
+                call = copy.copy(hs)
+                call.extra_args = {**extra_args, "model_options": options}
+            return call.denoised(x_i, sigma, edit, t)
 
         with torch.no_grad():  # no gradients: a caller outside ComfyUI's inference mode keeps no graph
             result["value"] = body(denoise, model.model.process_latent_in(latent.to(x)))
@@ -215,12 +222,12 @@ def run_on_transformer(model, latent: torch.Tensor, body, *, positive, sigmas, l
     return result["value"]
 
 
-def sigma_denoise(denoise, sigmas: torch.Tensor):
-    """``hspace_core.flow_styleid``'s ``denoise(x, i, patch)`` over a grid's ``sigmas`` (on x's device)."""
+def sigma_denoise(denoise, sigmas: torch.Tensor, timesteps):
+    """``hspace_core.flow_styleid``'s ``denoise(x, i, patch, edit=None)`` over a grid's ``sigmas`` (on x's device)
+    and the model's ``timesteps`` of them (where an h edit is evaluated)."""
     on = {}
 
-    def call(x, i, patch):
+    def call(x, i, patch, edit=None):
         s = on.setdefault(x.device, sigmas.to(x.device))
-        return denoise(x, s[i], patch)
+        return denoise(x, s[i], patch, edit, timesteps[i])
     return call
-
