@@ -91,3 +91,43 @@ def test_block_vitality_chooses_the_styleid_blocks(comfy):
     vital = entry["outputs"]["vital"]["text"][0]
     assert len(vital.split(", ")) == 2 and all(s.split(".")[0] in ("double", "single") for s in vital.split(", "))
     assert len(comfy.images(entry, "save_styled")) == 2
+
+
+def _combined_graph(comfy, family: str) -> dict:
+    """``_graph`` with the combined mode: the content's h trajectory (H-Space StyleID Features' third output, h at the
+    transformer's default site along its inversion) into Inject's content_h, γ 0, γ_h 0 and 1 (a γ_h sweep), the h
+    injected from the first step to h_end_percent = 1 (window = percent over the whole process), beside the same
+    Inject without content_h (plain transformer StyleID).  Node ids carry the family, so two families share a prompt."""
+    g = _graph(comfy, family)
+    window = {"window": "percent", "start_percent": 0.0, "end_percent": 1.0, "gamma": 0.0, "gamma_sweep": ""}
+    g["inject"]["inputs"].update(window)
+    g["plain"] = {"class_type": "HSpaceStyleIDInject", "inputs": dict(g["inject"]["inputs"])}
+    g["inject"]["inputs"].update({"content_h": ["content", 2], "gamma_h_sweep": "0, 1", "h_end_percent": 1.0})
+    g["decode_plain"] = {"class_type": "VAEDecode", "inputs": {"samples": ["plain", 0], "vae": ["ckpt", 2]}}
+    g["save_plain"] = {"class_type": "SaveImage", "inputs": {"images": ["decode_plain", 0],
+                                                             "filename_prefix": f"h7/{family}_plain"}}
+    g["save_styled"]["inputs"]["filename_prefix"] = f"h7/{family}_combined"
+    g["save_content"]["inputs"]["filename_prefix"] = f"h7/{family}_content"
+    named = {}
+    for key, node in g.items():
+        inputs = {k: [f"{family}_{v[0]}", v[1]] if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str)
+                  and v[0] in g else v for k, v in node["inputs"].items()}
+        named[f"{family}_{key}"] = {**node, "inputs": inputs}
+    return named
+
+
+def test_styleid_combined_mode_on_flux_and_sd3(comfy):
+    """One prompt, tiny Flux and SD3: StyleID Inject with the content's h (the combined mode) at γ_h 0 gives the
+    image of the same Inject without content_h exactly (plain transformer StyleID), and γ_h 1 another image (through
+    the tiny random VAE the change is about a third of a grey level on average)."""
+    prompt = {**_combined_graph(comfy, "flux"), **_combined_graph(comfy, "sd3")}
+    status, body = comfy.post("/prompt", {"prompt": prompt, "client_id": comfy.client_id})
+    assert status == 200 and not body.get("node_errors"), body
+    entry = comfy.wait(body["prompt_id"])
+    assert entry["status"]["status_str"] == "success", error_message(entry) + "\n" + comfy.tail()
+    for family in ("flux", "sd3"):
+        plain = png(comfy.images(entry, f"{family}_save_plain")[0])
+        zero, one = (png(image) for image in comfy.images(entry, f"{family}_save_styled"))
+        assert plain.shape == (SIZE, SIZE, 3)
+        assert np.array_equal(zero, plain), family
+        assert np.abs(one - plain).mean() > 0.1, family  # measured 0.33 (Flux), 0.32 (SD3) grey levels on 0.33.0
