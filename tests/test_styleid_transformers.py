@@ -239,7 +239,7 @@ def test_cancel_lands_within_one_model_call(models, da):
 
 # --- the combined mode: StyleID with h content injection (InjectFusion's Slerp at the site) ----------------------
 
-def combined(da, model, cond, site, gamma_hs, *, layers=None, h_end=0.6, observe=None):
+def combined(da, model, cond, site, gamma_hs, *, layers=None, h_end=0.6, observe=None, mask=None):
     """The content (latent 0) and the style (3·latent 1) recorded on the StyleID grid (the content's h at ``site``
     along its inversion), then StyleID (γ 0, τ 1.5, start = style) with the content's h injected by γ_h for the steps
     down to ``h_end`` percent; ``observe(h_content)`` runs just before the generations.  Returns
@@ -266,8 +266,8 @@ def combined(da, model, cond, site, gamma_hs, *, layers=None, h_end=0.6, observe
         settings = StyleIDSettings(layers, 0.0, 1.5, window, "style")
         out = {gh: flow_styleid(d, c_T, s_T, s_kv, settings, s, timesteps,
                                 content_h=None if gh is None else c_h, gamma_h=0.0 if gh is None else gh,
-                                h_window=h_window,
-                                site=site) for gh in gamma_hs}
+                                h_window=h_window, site=site, mask=None if gh is None else mask)
+               for gh in gamma_hs}
         return c_rec, out, c_h
 
     return da.run_on_transformer(model, torch.zeros(1, 16, SIZE, SIZE), body, positive=cond(0), sigmas=sigmas,
@@ -337,6 +337,28 @@ def test_combined_mode_slerp_at_the_site_against_written_out_formula(models, da,
     got = tokens_to_spatial(edited, grid).double().flatten(1)
     assert float(theta) > 0.1  # the content's h is not the generation's: the Slerp moves it
     assert torch.allclose(got, written, atol=1e-5, rtol=1e-5), (got - written).abs().max()
+
+
+def test_combined_mode_mask_limits_the_mix_to_its_region(models, da):
+    """InjectFusion's local mixing on a transformer: with a mask over the left half of the image, the edited row's
+    h at the site (Flux double.0, read at the next block) is the plain row's in the right half and mixed in the left."""
+    model, cond = models["flux"]
+    nxt = model.get_model_object("diffusion_model").double_blocks[1]
+    seen = []
+    hook = nxt.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["img"].detach().clone())
+                                         if kw["img"].shape[0] == 2 and not seen else None, with_kwargs=True)
+    mask = torch.zeros(1, SIZE, SIZE)
+    mask[:, :, : SIZE // 2] = 1
+    try:
+        combined(da, model, cond, "double.0", (0.8,), layers=("double.1",), mask=mask)
+    finally:
+        hook.remove()
+    from hspace_core.sites import tokens_to_spatial
+
+    plain, edited = (tokens_to_spatial(rows, (SIZE // 2, SIZE // 2)) for rows in seen[0].chunk(2))
+    half = SIZE // 4
+    assert torch.equal(edited[..., half:], plain[..., half:])
+    assert float((edited[..., :half] - plain[..., :half]).abs().mean()) > 0.1 * float(plain.abs().mean())
 
 
 def test_combined_mode_refusals(models, da):
