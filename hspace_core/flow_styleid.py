@@ -22,7 +22,8 @@ step carrying the K/V injection (the flow-matching asymmetric step of ``sampling
 A patch is ``patch(layer, kind, value) -> value``: the access (ComfyUI's: ``nodes/comfy/dit_attention``) calls it at
 each chosen block with the image tokens' ``kind`` ("k", "v": the qkv projection's parts; "q": after the QK-norm) as
 (rows, tokens, heads·head_dim) and uses what it returns.  The denoiser ``denoise(x, i, patch, edit=None)`` returns
-(D(x | h), D(x | h̃) or None, h at the site), ``hspace_core.denoise_at``'s shape, with ``edit(h, t, branch)`` the h edit.
+(D(x | h), D(x | h̃) or None, h at the site), ``hspace_core.denoise_at``'s shape, with ``edit(h, t, branch)`` the h
+edit.
 """
 from __future__ import annotations
 
@@ -107,9 +108,10 @@ def record_flow_features(denoise: Denoise, x0: torch.Tensor, sigmas, timesteps: 
     """Invert ``x0`` on the grid ``sigmas`` (decreasing, last 0; ``timesteps`` the model's timestep of each σ > 0)
     and record ``kinds`` of ``layers`` at the timesteps inside ``window`` (t_start ≥ t ≥ t_stop).
 
-    ``denoise(x, i, patch)`` is D(x, sigmas[i]) with ``patch`` on the layers.  ``source`` "inversion" (the official
-    code's): every evaluation of the Euler inversion (``flow.invert_flow``), the last one at each σ; the top σ, which
-    the inversion never evaluates without refinement, takes the last evaluation's features (as for U-Nets).
+    ``denoise(x, i, patch)`` gives D(x, sigmas[i]) with ``patch`` on the layers (module docstring).  ``source``
+    "inversion" (the official code's): every evaluation of the Euler inversion (``flow.invert_flow``), the last one
+    at each σ; the top σ, which the inversion never evaluates without refinement, takes the last evaluation's
+    features (as for U-Nets).
     "reconstruction": along the Euler pass back from x_T.  With ``h_storage``, h at ``site`` along the inversion
     (every grid timestep, the last evaluation at each; the top σ takes the last evaluation's h, as U-Net inversions
     do) is kept too: the content h of the combined mode (``flow_styleid``).  Returns (x_T, the reconstruction, the

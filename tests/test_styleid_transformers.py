@@ -39,7 +39,8 @@ def latent(seed):
 def run(da, model, cond, body, layers):
     sigmas, timesteps = da.flow_grid(model, STEPS)
     return da.run_on_transformer(model, torch.zeros(1, 16, SIZE, SIZE),
-                                 lambda denoise, x: body(da.sigma_denoise(denoise, sigmas, timesteps), sigmas, timesteps),
+                                 lambda denoise, x: body(da.sigma_denoise(denoise, sigmas, timesteps), sigmas,
+                                                         timesteps),
                                  positive=cond(0), sigmas=sigmas, layers=layers), sigmas, timesteps
 
 
@@ -302,7 +303,8 @@ def test_combined_mode_gamma_h_zero_is_plain_styleid_and_gamma_h_moves_toward_th
     assert change_03 < change, (change_03, change)  # more γ_h, more change
 
 
-@pytest.mark.parametrize("family,site,after", [("flux", "double.0", "double_blocks"), ("sd3", "joint.0", "joint_blocks")])
+@pytest.mark.parametrize("family,site,after",
+                         [("flux", "double.0", "double_blocks"), ("sd3", "joint.0", "joint_blocks")])
 def test_combined_mode_slerp_at_the_site_against_written_out_formula(models, da, family, site, after):
     """In the first step's edited call ([x; x]: plain row, edited row), the next block's image tokens are h (plain
     row) and h̃ = sin((1 − γ)θ)/sin θ·h + sin(γθ)/sin θ·h_c·‖h‖/‖h_c‖, θ = arccos(⟨h, h_c⟩/(‖h‖·‖h_c‖)), h_c the
