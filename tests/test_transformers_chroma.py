@@ -159,18 +159,19 @@ def test_styleid_on_chroma(pack, chroma):
 
     def body(denoise, sigmas, timesteps):
         window = (max(timesteps), 0)
-        x_T, _, feats = record_flow_features(denoise, latent(0), sigmas, timesteps, layers, ("q", "k", "v"),
+        x_T, _, feats, _ = record_flow_features(denoise, latent(0), sigmas, timesteps, layers, ("q", "k", "v"),
                                              window=window, source="reconstruction")
         settings = StyleIDSettings(layers, 0.5, 1.0, window, "content")
         own = flow_styleid(denoise, x_T, x_T, feats, settings, sigmas, timesteps, content_q=feats)
-        s_T, _, s_kv = record_flow_features(denoise, 3 * latent(1), sigmas, timesteps, layers, ("k", "v"),
+        s_T, _, s_kv, _ = record_flow_features(denoise, 3 * latent(1), sigmas, timesteps, layers, ("k", "v"),
                                             window=window)
         styled = flow_styleid(denoise, x_T, s_T, s_kv, settings, sigmas, timesteps, content_q=feats)
         return x_T, own, styled
 
     x_T, own, styled = da.run_on_transformer(
-        chroma, torch.zeros(1, 16, SIZE, SIZE), lambda d, x: body(da.sigma_denoise(d, sigmas), sigmas, timesteps),
-        positive=cond(0), sigmas=sigmas, layers=layers)
+        chroma, torch.zeros(1, 16, SIZE, SIZE),
+        lambda d, x: body(da.sigma_denoise(d, sigmas, timesteps), sigmas, timesteps), positive=cond(0), sigmas=sigmas,
+        layers=layers)
     before = euler_from(chroma, cond, x_T, sigmas)
     assert torch.equal(chroma.model.process_latent_out(own), before)
     assert (styled - own).std() > 0.05 * own.std()
