@@ -67,7 +67,7 @@ def find_t_edit_t_boost(model: HSpaceModel, x0: torch.Tensor, *, distance: Dista
     threshold = edit_threshold * (text_cosine if text_cosine is not None else 1.0)
     levels = levels_of(model)
     T = levels.num_timesteps
-    probes = sorted({int(round(v)) for v in torch.linspace(0, T - 1, num_probes).tolist()})
+    probes = levels.widget_timesteps(num_probes)  # entries a t widget names (Flux: every ≈ 10th of 10000)
     generator = torch.Generator().manual_seed(int(seed))
     noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
     image = decode(x0)

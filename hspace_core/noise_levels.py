@@ -38,6 +38,7 @@ FAMILIES = ("discrete", "continuous", "flow")
 PARAMETERISATIONS = ("eps", "v", "edm", "consistency", "x0", "const")
 FLOW_SHIFTS = ("sd3", "flux")
 BEFORE_FIRST = 999999999.9  # ComfyUI's σ of percent 0 outside flow matching
+WIDGET_T_MAX = 999  # the t widgets' range, 0 … 999: the entries of a DDPM-style 1000-entry table
 _PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 
 
@@ -134,6 +135,33 @@ class NoiseLevels:
         """How many table entries lie below σ: t < this ⇔ σ_t < σ (the table increases), so it is the t_boost of a
         boost that starts at σ."""
         return int((self.table < sigma).sum())
+
+    # --- the t widgets (0 … 999) on this table ---
+    def widget_timestep(self, t: int, name: str = "t", node: str = "") -> int:
+        """The table entry a t widget (t_edit, t_boost, keep_h_from_t, the Jacobian's t) names: the entry at the same
+        fraction of the table, round(t·(T − 1)/999) (halves up).  The identity on a 1000-entry table (every U-Net's
+        DDPM table, SD3's flow table), so those read exactly as before; on Flux's 10000 entries, widget t is entry
+        ≈ 10·t, σ ≈ σ at percent 1 − t/999 (its table is uniform in the flow time u = 1 − percent)."""
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t <= WIDGET_T_MAX:
+            raise ValueError(f"{node + ': ' if node else ''}{name} ({t!r}) must be a whole number in "
+                             f"[0, {WIDGET_T_MAX}].")
+        span = self.num_timesteps - 1
+        return (2 * t * span + WIDGET_T_MAX) // (2 * WIDGET_T_MAX)
+
+    def widget_t(self, timestep: int) -> int:
+        """The t widget value nearest table entry ``timestep`` (round(timestep·999/(T − 1)), halves up): the inverse
+        of ``widget_timestep`` (exact on a table of ≥ 1000 entries: ``widget_timestep(widget_t(e))`` is e for every
+        entry a widget names, and e itself on a 1000-entry table), for an INT output that feeds a t widget."""
+        self.sigma(timestep)  # refuse a timestep off the table
+        span = self.num_timesteps - 1
+        return (2 * int(timestep) * WIDGET_T_MAX + span) // (2 * span)
+
+    def widget_timesteps(self, count: int) -> tuple[int, ...]:
+        """``count`` table entries spread evenly over the widget range (round(linspace(0, 999, count)), each as
+        ``widget_timestep``; duplicates dropped), increasing: probes whose INT result a t widget can name exactly.
+        On a 1000-entry table these are round(linspace(0, T − 1, count)), computed as before (float32, halves even)."""
+        values = torch.linspace(0, WIDGET_T_MAX, count).tolist()
+        return tuple(sorted({self.widget_timestep(int(round(v))) for v in values}))
 
     # --- percent → σ (ComfyUI's percent_to_sigma) ---
     def percent_to_sigma(self, percent: float) -> float:
@@ -240,12 +268,12 @@ class NoiseLevels:
 
     # --- the quality boost's start on these levels ---
     def boost_t_boost(self, boost) -> int:
-        """The t below which ``boost`` (a ``settings.BoostSettings``, or None: 0) makes steps stochastic: its t_boost,
-        or, for a start percent, how many table entries lie below σ(start_percent) (``count_below``).  σ_t increases
-        with t, so t < that number ⇔ σ_t < σ(start_percent): on every grid the percent and the t_boost it resolves
-        to make the same steps stochastic."""
+        """The t below which ``boost`` (a ``settings.BoostSettings``, or None: 0) makes steps stochastic: its t_boost
+        widget on this table (``widget_timestep``), or, for a start percent, how many table entries lie below
+        σ(start_percent) (``count_below``).  σ_t increases with t, so t < that number ⇔ σ_t < σ(start_percent): on
+        every grid the percent and the t_boost it resolves to make the same steps stochastic."""
         if boost is None:
             return 0
         if boost.start_percent is None:
-            return int(boost.t_boost)
+            return self.widget_timestep(int(boost.t_boost), "t_boost", "H-Space Quality Boost")
         return self.count_below(self.percent_to_sigma(boost.start_percent))

@@ -92,9 +92,9 @@ class JacobianDirections(HSpaceNode):
                     x_T_input(tooltip="One inverted x_T (batch of 1; use Latent From Batch to pick one)."),
                     steps_input(20),
                     io.Int.Input("t", default=500, min=0, max=999,
-                                 tooltip="Timestep of the Jacobian (the nearest one on the steps grid is used). On a "
-                                         "flow model (Flux, SD3) it counts the schedule: σ at percent 1 − t/999 "
-                                         "(999 = the noise, σ = 1; 0 = the end)."),
+                                 tooltip="Timestep of the Jacobian (the nearest one on the steps grid is used). On "
+                                         "Flux (a 10000-entry σ table) it names the entry at the same fraction of "
+                                         "the table (≈ 10·t; 999 = the noise, σ = 1), as every t widget does."),
                     io.Int.Input("k", default=4, min=1, max=64,
                                  tooltip=f"How many singular directions (k × iterations at most {JACOBIAN_WORK})."),
                     _component_input(),

@@ -125,11 +125,12 @@ class QualityBoost(HSpaceNode):
             node_id="HSpaceQualityBoost", display_name="H-Space Quality Boost", category=f"{CATEGORY}/mix",
             description="Asyrp's quality boosting: stochastic DDIM steps (η) below t_boost (or after a start percent "
                         "of the schedule) add fine detail. Seeded. On flow models (Flux, SD3) the η step is DDIM's on "
-                        "the flow path; use window = percent there (t_boost counts the model's own σ table: 10000 "
-                        "entries on Flux).",
+                        "the flow path (t_boost names the entry at the same fraction of the model's σ table: "
+                        "≈ 10·t_boost of Flux's 10000).",
             inputs=[io.Int.Input("t_boost", default=200, min=0, max=999,
                                  tooltip="window = t_boost: steps with t < t_boost are stochastic. Must not exceed "
-                                         "t_edit."),
+                                         "t_edit. On Flux (a 10000-entry σ table) it names the entry at the "
+                                         "same fraction of the table (≈ 10·t_boost)."),
                     io.Float.Input("eta", default=1.0, min=0.0, max=1.0, step=0.05, tooltip="η: 1 is DDPM noise."),
                     seed_input("Seed for the stochastic steps. It replaces the seed of the H-Space Asyrp Edit or Slerp "
                                "Content Inject node this boost is connected to."),

@@ -78,7 +78,7 @@ class DDIMInversion(HSpaceNode):
                              "step against the DDIM (ᾱ) step of U-Nets (Mokady et al.), which flow matching does not "
                              "take; on this transformer set cfg_inversion to 'negative_prompt' (exact at any cfg) or "
                              "'plain' (with refine_iters).")
-        storage = h_storage_of(h_storage, keep_h_from_t)
+        storage = h_storage_of(h_storage, keep_h_from_t, model, node_name(cls.define_schema()))
         grid = noise_levels(model).grid(steps)
         # plain: the reconstruction (PSNR, h_source='reconstruction') at this cfg; guided: only h_source='reconstruction'
         # reads one here, at the inversion's cfg 1, down to keep_h_from_t (the guided one follows)
@@ -164,7 +164,8 @@ class Capture(HSpaceNode):
     def execute(cls, model, x_T, steps, cfg, edit_branches, h_storage=DEFAULT_H_STORAGE, keep_h_from_t=0,
                 positive=None, negative=None, site="middle") -> io.NodeOutput:
         negative, negative_at = sampling_inputs(x_T, cfg, positive, negative)
-        sampler, record = capture_sampler(node_name(cls.define_schema()), h_storage_of(h_storage, keep_h_from_t),
+        node = node_name(cls.define_schema())
+        sampler, record = capture_sampler(node, h_storage_of(h_storage, keep_h_from_t, model, node),
                                           site=site, edit_branches=edit_branches,
                                           hs_for=ComfyHSpaceModel.for_node(cfg, negative, negative_at))
         x0 = sweep_process(model, x_T, lambda _: sampler, [None], steps, site=site, positive=positive,

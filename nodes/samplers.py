@@ -123,8 +123,10 @@ class ContentInjectionSampler(HSpaceNode):
         def edit_for(num_steps, hs, window_timesteps):
             if gamma == 0 and end == 0:  # γ 0 injects nothing: exactly the plain sampler, as strength 0 is
                 return None
-            # the ramp ends where the nodes' does (edit_schedule): at t_edit, or a percent window's lowest edited step
-            t_end = t_edit if window == "t_edit" else min(window_timesteps, default=t_edit)
+            # the ramp ends where the nodes' does (edit_schedule): at t_edit's table entry (the window's, logged
+            # there), or a percent window's lowest edited step
+            t_end = (hs.levels.widget_timestep(t_edit, "t_edit") if window == "t_edit"
+                     else min(window_timesteps, default=t_edit))
             gamma_t = gamma_ramp(gamma, end, t_end, hs.schedule.num_train_timesteps - 1)
             return content_injection(content, gamma_t, mask=mask, per_channel=per_channel, mode=mode)
 

@@ -18,8 +18,8 @@ class AutoSchedule(HSpaceNode):
             node_id="HSpaceAutoSchedule", display_name="H-Space Auto Schedule", category=CATEGORY,
             description="Asyrp's rule: t_edit where LPIPS(x, P_t) reaches 0.33 (× the source/target text cosine when "
                         "given) and t_boost where LPIPS(x, x_t) reaches 1.2, measured on this model and image. "
-                        "Connect t_edit / t_boost to the other nodes' t_edit / t_boost inputs, or (window = percent, "
-                        "any model, Flux and SD3 included) edit_end_percent / boost_start_percent to their "
+                        "Connect t_edit / t_boost to the other nodes' t_edit / t_boost inputs (any model, Flux and SD3 "
+                        "included), or (window = percent) edit_end_percent / boost_start_percent to their "
                         "end_percent / boost_start_percent.",
             inputs=[
                 model_input(),
@@ -41,14 +41,15 @@ class AutoSchedule(HSpaceNode):
                 seed_input(),
                 *conditioning_inputs(),
             ],
-            outputs=[io.Int.Output("t_edit", tooltip="Edit interval is [T, t_edit] (t: the model's own σ table; 10000 "
-                                                     "entries on Flux)."),
-                     io.Int.Output("t_boost", tooltip="Quality boosting below this t."),
+            outputs=[io.Int.Output("t_edit", tooltip="Edit interval is [T, t_edit], as a t_edit widget value (0 … "
+                                                     "999; on Flux's 10000-entry σ table, the widget value that "
+                                                     "names the found entry)."),
+                     io.Int.Output("t_boost", tooltip="Quality boosting below this t (a t_boost widget value, as "
+                                                      "t_edit)."),
                      io.Float.Output("edit_end_percent", tooltip="t_edit as a percent window's end (start 0): the "
                                                                  "window holds the steps at t ≥ t_edit."),
                      io.Float.Output("boost_start_percent", tooltip="t_boost as the Quality Boost's "
-                                                                    "boost_start_percent (window = percent; on "
-                                                                    "Flux the t_boost widget cannot reach it).")],
+                                                                    "boost_start_percent (window = percent).")],
         )
 
     @classmethod
@@ -69,7 +70,7 @@ class AutoSchedule(HSpaceNode):
                                              edit_threshold=edit_threshold, boost_threshold=boost_threshold,
                                              num_probes=probes, seed=seed, progress=progress_bar(probes, model)),
             positive=positive, negative=negative, cfg=cfg, edit_branches=edit_branches)
-        levels = noise_levels(model)
-        return io.NodeOutput(result.t_edit, result.t_boost, levels.percent_at_timestep(result.t_edit),
-                             levels.percent_at_timestep(result.t_boost))
+        levels = noise_levels(model)  # the probes are entries a widget names, so t widgets read them back exactly
+        return io.NodeOutput(levels.widget_t(result.t_edit), levels.widget_t(result.t_boost),
+                             levels.percent_at_timestep(result.t_edit), levels.percent_at_timestep(result.t_boost))
 

@@ -209,7 +209,8 @@ def test_auto_schedule_on_flow_against_the_written_out_rule():
 @pytest.mark.parametrize("family", ["flux", "sd3"])
 def test_auto_schedule_node_on_a_flow_transformer(pack, request, family):
     """H-Space Auto Schedule runs on the tiny transformer (LPIPS with random weights: plumbing only): t_edit and
-    t_boost are entries of the model's own table and the percent outputs are ``NoiseLevels.percent_at_timestep``'s."""
+    t_boost are t widget values naming probed entries of the model's own table (``NoiseLevels.widget_t``; the entries
+    themselves on SD3's 1000) and the percent outputs are ``NoiseLevels.percent_at_timestep``'s of those entries."""
     import hspace_pack.nodes.schedule as schedule
     from hspace_pack.nodes.comfy.noise_levels import noise_levels
 
@@ -219,10 +220,10 @@ def test_auto_schedule_node_on_a_flow_transformer(pack, request, family):
         model=model, vae=tiny_vae16(), latent=image, edit_threshold=0.01, boost_threshold=0.01, text_cosine=1.0,
         probes=5, lpips_backbone="alex (random weights, testing only)", seed=0, **_conditioning(cond, cfg)).result
     levels = noise_levels(model)
-    assert 0 <= t_boost <= t_edit < levels.num_timesteps and t_edit in {round(v) for v in
-                                                                         torch.linspace(0, levels.num_timesteps - 1,
-                                                                                        5).tolist()}
-    assert (edit_end, boost_start) == (levels.percent_at_timestep(t_edit), levels.percent_at_timestep(t_boost))
+    entry_edit, entry_boost = levels.widget_timestep(t_edit), levels.widget_timestep(t_boost)
+    assert 0 <= t_boost <= t_edit <= 999 and entry_edit in levels.widget_timesteps(5)
+    assert (entry_edit == t_edit) == (family == "sd3")
+    assert (edit_end, boost_start) == (levels.percent_at_timestep(entry_edit), levels.percent_at_timestep(entry_boost))
     assert 0.0 <= edit_end <= 1.0 and 0.0 <= boost_start <= 1.0
 
 
@@ -246,7 +247,7 @@ def test_pca_explorer_and_auto_schedule_in_bfloat16(pack):
         model=bf16, vae=tiny_vae16(), latent={"samples": image["samples"][:1]}, edit_threshold=0.01,
         boost_threshold=0.01, text_cosine=1.0, probes=3, lpips_backbone="alex (random weights, testing only)", seed=0,
         **_conditioning(flux_conditioning, 1.0)).result
-    assert 0 <= t_boost <= t_edit < 10000 and 0.0 <= edit_end <= boost_start <= 1.0
+    assert 0 <= t_boost <= t_edit <= 999 and 0.0 <= edit_end <= boost_start <= 1.0
 
 
 def test_pca_of_inverted_flux_images_drives_the_asyrp_sampler(pack, flux):

@@ -73,12 +73,13 @@ def test_boost_is_the_written_flow_eta_step_on_its_sigma_window(pack, request, f
     assert torch.equal(run(asyrp(model, 0.0, boost(0.7, 5))), got)  # seeded: reproducible
     assert not torch.equal(run(asyrp(model, 0.0, boost(0.7, 6))), got)  # the seed is the boost's
     assert not torch.allclose(run(asyrp(model, 0.0, boost(0.7, 5, 0.8))), got)  # a later start: fewer noisy steps
-    # a t_boost counts the model's own σ table (Flux: 10000 entries, beyond the node's widget): the t_boost the percent
-    # resolves to (NoiseLevels.boost_t_boost) is the same run
+    # a t_boost widget names the entry at its fraction of the model's σ table (NoiseLevels.widget_timestep; Flux:
+    # 10000 entries): the widget value nearest the entry the percent resolves to (boost_t_boost) is the same run
     from hspace_core import BoostSettings
     from hspace_pack.nodes.comfy.noise_levels import noise_levels
 
-    t_boost = noise_levels(model).count_below(start)
+    levels = noise_levels(model)
+    t_boost = levels.widget_t(levels.count_below(start))
     assert torch.equal(run(asyrp(model, 0.0, BoostSettings(t_boost, 0.7, 5))), got)
 
 

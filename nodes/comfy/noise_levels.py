@@ -3,9 +3,13 @@ parameterisation (every σ ↔ t and percent → σ of the nodes then goes throu
 Boost's start on a MODEL."""
 from __future__ import annotations
 
+import logging
+
 import comfy.model_sampling as cms
 
-from ...hspace_core.noise_levels import NoiseLevels
+from ...hspace_core.noise_levels import WIDGET_T_MAX, NoiseLevels
+
+log = logging.getLogger("hspace")
 
 # ComfyUI's prediction mixins, most derived first (EDM is a V_PREDICTION, V_PREDICTION and X0 are EPS).
 _PARAMETERISATIONS = (("CONST", "const"), ("EDM", "edm"), ("V_PREDICTION", "v"), ("X0", "x0"), ("EPS", "eps"))
@@ -41,7 +45,26 @@ def noise_levels(model_patcher) -> NoiseLevels:
     return levels_of_sampling(model_patcher.get_model_object("model_sampling"))
 
 
+def widget_timestep(levels: NoiseLevels, t: int, name: str = "t", node: str = "") -> int:
+    """``NoiseLevels.widget_timestep`` (a t widget, 0 … 999, as the entry at the same fraction of the table), logged
+    where the table is not the widget's 1000 entries (Flux: 10000), so the conversion is never silent."""
+    entry = levels.widget_timestep(int(t), name, node)
+    _log_widget(levels, int(t), entry, name, node)
+    return entry
+
+
+def _log_widget(levels: NoiseLevels, t: int, entry: int, name: str, node: str) -> None:
+    if levels.num_timesteps != WIDGET_T_MAX + 1:
+        log.info("H-Space: %s: %s = %d names entry %d of this model's %d-entry σ table (the same fraction of it: "
+                 "σ = %.4g).", node or "node", name, t, entry, levels.num_timesteps, levels.sigma(entry))
+
+
 def boost_t_boost(boost, model_patcher) -> int:
     """``NoiseLevels.boost_t_boost`` on this MODEL: the one resolver of the boost's start, for the nodes' schedules
-    (``layer.resolution.boost_of``) and the SAMPLERs (``samplers.h_edit_sampler``)."""
-    return noise_levels(model_patcher).boost_t_boost(boost)
+    (``layer.resolution.boost_of``) and the SAMPLERs (``samplers.h_edit_sampler``); a t_boost widget is read by
+    ``widget_timestep`` (logged off a 1000-entry table)."""
+    levels = noise_levels(model_patcher)
+    t_boost = levels.boost_t_boost(boost)
+    if boost is not None and boost.start_percent is None:
+        _log_widget(levels, int(boost.t_boost), t_boost, "t_boost", "H-Space Quality Boost")
+    return t_boost

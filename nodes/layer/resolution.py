@@ -11,7 +11,7 @@ from ...hspace_core import EditSchedule, HStorage
 from ...hspace_core.noise_levels import check_percent_window
 from ...hspace_core.sampling import SigmaWindow, schedule_in_window
 from ...hspace_core.settings import t_edit_label
-from ..comfy.noise_levels import boost_t_boost, noise_levels
+from ..comfy.noise_levels import boost_t_boost, noise_levels, widget_timestep
 from .checks import ValueList, check_option, parse_list
 from .schema import H_STORAGES, WINDOWS
 
@@ -29,22 +29,28 @@ def check_window(inputs: dict, node: str = "") -> None:
 
 def edit_window(node: str, model_patcher, window: str = "t_edit", t_edit: int = 400, start_percent: float = 0.0,
                 end_percent: float = 0.6) -> SigmaWindow:
-    """The edit window in σ, the one resolver of every node's window widgets: the paper's t ≥ t_edit (σ ≥ σ_{t_edit}
-    of the model's table), or core's start/end percent of the schedule (``NoiseLevels.percent_to_sigma``, as
-    IPAdapter and ControlNet gate).  ``made_with`` says which ("t_edit=400", "percent 0.00–0.60")."""
+    """The edit window in σ, the one resolver of every node's window widgets: the paper's t ≥ t_edit (σ ≥ σ of the
+    table entry the t_edit widget names, ``t_widget_timestep``: t_edit itself on a 1000-entry table), or core's
+    start/end percent of the schedule (``NoiseLevels.percent_to_sigma``, as IPAdapter and ControlNet gate).
+    ``made_with`` says which ("t_edit=400", "t_edit=400 (entry 4004 of 10000)", "percent 0.00–0.60")."""
     check_option("window", window, WINDOWS)
     levels = noise_levels(model_patcher)
-    if window == "t_edit":
-        return levels.t_edit_window(int(t_edit), node)
-    return levels.percent_window(start_percent, end_percent, node)
+    if window == "percent":
+        return levels.percent_window(start_percent, end_percent, node)
+    entry = widget_timestep(levels, t_edit, "t_edit", node)
+    span = levels.t_edit_window(entry, node)
+    if entry == t_edit:
+        return span
+    return dataclasses.replace(span, made_with=f"{t_edit_label(t_edit)} (entry {entry} of {levels.num_timesteps})")
 
 
 def boost_of(boost, model_patcher=None) -> tuple[int, float]:
-    """(t_boost, η) of a connected H-Space Quality Boost (0, 1 without one): its t_boost, or its boost_start_percent
-    resolved on the MODEL's noise levels (``comfy.noise_levels.boost_t_boost``, the SAMPLERs' resolver too)."""
+    """(t_boost, η) of a connected H-Space Quality Boost (0, 1 without one): its t_boost widget, or its
+    boost_start_percent, resolved on the MODEL's noise levels (``comfy.noise_levels.boost_t_boost``, the SAMPLERs'
+    resolver too: a t_boost names the entry at its fraction of the table, itself on a 1000-entry one)."""
     if boost is None:
         return 0, 1.0
-    if boost.start_percent is None:
+    if boost.start_percent is None and model_patcher is None:
         return boost.t_boost, boost.eta
     if model_patcher is None:
         raise ValueError("the H-Space Quality Boost's boost_start_percent is resolved on the MODEL's noise levels; pass "
@@ -109,19 +115,11 @@ def grid_window(steps: int, model_patcher, start_percent: float, end_percent: fl
     return max(inside), min(inside)
 
 
-def t_widget_timestep(t: int, model_patcher, node: str = "") -> int:
-    """A timestep widget that counts a U-Net's 1000 DDPM steps (0 … 999) on the MODEL's σ table: t itself on a
-    DDPM-style model; on flow matching, whose table is no DDPM schedule (Flux's has 10000 entries), the table entry
-    nearest the σ at percent 1 − t/999 of the schedule (``NoiseLevels.percent_to_sigma``, as the percent windows:
-    999 is the start, σ = 1, and 0 the end; on SD3's 1000-entry table this is t within one entry), logged."""
-    levels = noise_levels(model_patcher)
-    if levels.family != "flow":
-        return t
-    sigma = levels.percent_to_sigma(1 - t / 999)
-    chosen = max(levels.timestep(sigma), 0)
-    log.info("H-Space: %s: on this flow-matching model t = %d reads as percent %.3f of the schedule: σ = %.4g, "
-             "table entry %d of %d.", node or "t", t, 1 - t / 999, levels.sigma(chosen), chosen, levels.num_timesteps)
-    return chosen
+def t_widget_timestep(t: int, model_patcher, node: str = "", name: str = "t") -> int:
+    """A t widget (0 … 999) on the MODEL's σ table: the entry at the same fraction of the table
+    (``NoiseLevels.widget_timestep``: t itself on a 1000-entry table, U-Nets and SD3; ≈ 10·t on Flux's 10000),
+    logged where the table is not 1000 entries long."""
+    return widget_timestep(noise_levels(model_patcher), t, name, node)
 
 
 # --- seed, γ ramp, h storage, list values ---
@@ -143,10 +141,14 @@ def gamma_end_of(gamma: float, gamma_end: float) -> float:
     return gamma_end
 
 
-def h_storage_of(h_storage: str, keep_h_from_t: int) -> HStorage:
-    """The h storage of the h_storage and keep_h_from_t widgets (``schema.h_storage_inputs``)."""
+def h_storage_of(h_storage: str, keep_h_from_t: int, model_patcher=None, node: str = "") -> HStorage:
+    """The h storage of the h_storage and keep_h_from_t widgets (``schema.h_storage_inputs``); with the MODEL,
+    keep_h_from_t names the entry of its table at the same fraction (``t_widget_timestep``, the t_edit rule, so the
+    t_edit a trajectory is kept for reads it)."""
     check_option("h_storage", h_storage, list(H_STORAGES))
-    return dataclasses.replace(H_STORAGES[h_storage], t_min=keep_h_from_t)
+    t_min = keep_h_from_t if model_patcher is None else t_widget_timestep(keep_h_from_t, model_patcher, node,
+                                                                            "keep_h_from_t")
+    return dataclasses.replace(H_STORAGES[h_storage], t_min=t_min)
 
 
 def values_of(text: str, name: str, spec: ValueList) -> list:

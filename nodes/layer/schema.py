@@ -134,7 +134,9 @@ def latent_nudging_input():
 
 def t_edit_input(default: int = 400):
     return io.Int.Input("t_edit", default=default, min=0, max=999,
-                        tooltip="h is changed for t ≥ t_edit. Earlier (larger) t_edit gives stronger, coarser changes.")
+                        tooltip="h is changed for t ≥ t_edit. Earlier (larger) t_edit gives stronger, coarser "
+                                "changes. On Flux (a 10000-entry σ table) t_edit names the entry at the same "
+                                "fraction of the table (≈ 10·t_edit); on SD3 and U-Nets, itself.")
 
 
 WINDOWS = ["t_edit", "percent"]
@@ -219,7 +221,9 @@ def h_storage_inputs():
                                             "in GPU memory.")),
             advanced(io.Int.Input("keep_h_from_t", default=0, min=0, max=999, optional=True,
                                   tooltip="Keep h only at t ≥ this: the t_edit of the injection or interpolation "
-                                          "that will use it (they read no other step). 0 keeps every step."))]
+                                          "that will use it (they read no other step). 0 keeps every step. On "
+                                          "Flux it names the entry at the same fraction of its 10000-entry σ "
+                                          "table, as t_edit does."))]
 
 
 def seed_input(tooltip: str = "Seed for the stochastic (quality boost) steps."):
