@@ -203,8 +203,9 @@ class DirectionExplorer(HSpaceNode):
                     values_input("t_edit_sweep", T_EDITS,
                                  "Comma-separated t_edit values (e.g. 600, 400, 200): one row per direction and "
                                  f"t_edit, labelled 'name @ t≥t_edit'. Overrides t_edit (and a percent window: the "
-                                 f"sweep is in the paper's t) when not empty; refused on Flux / SD3 (use a percent "
-                                 f"window). At most {EXPLORER_TILES} tiles (rows × strengths)"),
+                                 f"sweep is in the paper's t) when not empty; on Flux each value names the entry at "
+                                 f"its fraction of the σ table, as t_edit does. At most {EXPLORER_TILES} tiles (rows "
+                                 f"× strengths)"),
                     allow_other_model_input(),
                     *window_inputs()],
             outputs=[io.Image.Output("grid", tooltip="The labelled grid (one image).")],
@@ -220,10 +221,6 @@ class DirectionExplorer(HSpaceNode):
         values = values_of(strengths, "strengths", EXPLORER_STRENGTHS)
         t_edits = values_of(t_edit_sweep, "t_edit_sweep", T_EDITS)
         flow = is_flow_transformer(model)
-        if t_edits and flow:
-            raise ValueError("t_edit_sweep counts the DDIM timesteps of a U-Net (0–999); this flow transformer's t "
-                             "counts its own σ table, so the sweep is not mapped: leave t_edit_sweep empty and set "
-                             "the window with window = percent (start_percent / end_percent), one explorer per window.")
         if t_edits and window == "percent":
             log.info("h-space: the Direction Explorer's t_edit_sweep is in t; it replaces the percent window.")
         schedule = None if flow else edit_schedule(steps, t_edit, None, model, window if not t_edits else "t_edit",
@@ -234,7 +231,7 @@ class DirectionExplorer(HSpaceNode):
         negative, negative_at = sampling_inputs(x_T, cfg, positive, negative)
         site = common_site(chosen, "directions")
         if flow:
-            latent = _explore_flow(cls, model, x_T, chosen, values, steps, t_edit, seed, cfg, edit_branches, site,
+            latent = _explore_flow(cls, model, x_T, rows, values, steps, t_edit, seed, cfg, edit_branches, site,
                                    positive, negative, negative_at, window, start_percent, end_percent)
         else:
             progress = progress_bar(steps * len(rows), model)
@@ -251,22 +248,26 @@ class DirectionExplorer(HSpaceNode):
         return io.NodeOutput(grids.grid_image(tiles.float().cpu(), labels, [f"{s:+g}" for s in values], scale=scale))
 
 
-def _explore_flow(node_cls, model, x_T, directions, strengths, steps, t_edit, seed, cfg, edit_branches, site,
+def _explore_flow(node_cls, model, x_T, rows, strengths, steps, t_edit, seed, cfg, edit_branches, site,
                   positive, negative, negative_at, window, start_percent, end_percent) -> dict:
-    """The explorer on a flow transformer: each row is one Asyrp process of the strengths as a batch (``row_edit``),
-    the H-Space Asyrp Edit's KSAMPLER (``h_edit_sampler``) over ComfyUI's sampling of the DDIM grid of ``steps`` on
-    the model's own σ table (``sweep_process``, started at σ = 1 from x_T); the LATENT of the rows, row-major."""
+    """The explorer on a flow transformer: each row (``explorer_rows``: a direction, with a t_edit of the sweep or
+    None for the node's window) is one Asyrp process of the strengths as a batch (``row_edit``), the H-Space Asyrp
+    Edit's KSAMPLER (``h_edit_sampler``) over ComfyUI's sampling of the DDIM grid of ``steps`` on the model's own σ
+    table (``sweep_process``, started at σ = 1 from x_T); the LATENT of the rows, row-major.  A swept t_edit is a
+    t widget value, read as the Asyrp Edit's t_edit (``edit_window``: the entry at its fraction of the table)."""
     node = node_name(node_cls.define_schema())
     samples = x_T["samples"]
     check_one_x_T(samples)
     batch = {**x_T, "samples": samples.expand(len(strengths), *samples.shape[1:])}
     scale = torch.tensor(strengths, dtype=torch.float32)
 
-    def sampler(direction):
+    def sampler(row):
+        direction, swept, _ = row
+        by, t = (window, t_edit) if swept is None else ("t_edit", swept)
         return h_edit_sampler(node, lambda n, hs, window_ts: row_edit(direction, scale, n),
-                              lambda patcher: edit_window(node, patcher, window, t_edit, start_percent, end_percent),
+                              lambda patcher: edit_window(node, patcher, by, t, start_percent, end_percent),
                               edit_branches=edit_branches, site=site, seed=seed,
                               hs_for=ComfyHSpaceModel.for_node(cfg, negative, negative_at), reserved=True)
 
-    return {"samples": sweep_process(model, batch, sampler, directions, steps, site=site, positive=positive,
+    return {"samples": sweep_process(model, batch, sampler, rows, steps, site=site, positive=positive,
                                      negative=negative, cfg=cfg, seed=seed)}

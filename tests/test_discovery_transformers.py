@@ -110,7 +110,8 @@ def test_directions_of_another_site_or_model_are_refused_by_name(pack, flux, sd3
 @pytest.mark.parametrize("family", ["flux", "sd3"])
 def test_direction_explorer_on_a_flow_transformer(pack, request, family):
     """The explorer's grid on a flow model: the strength-0 column is the H-Space Asyrp Edit's strength-0 image (the
-    plain process), the other columns differ from it, a row per direction; a t_edit sweep is refused by name."""
+    plain process), the other columns differ from it, a row per direction; a t_edit sweep's rows are the explorer's
+    rows with window t_edit at each value (the t widget rule: on Flux the entry at its fraction of the table)."""
     import hspace_pack.nodes.discovery as discovery
 
     model, cond, cfg = _models(request)[family]
@@ -118,8 +119,8 @@ def test_direction_explorer_on_a_flow_transformer(pack, request, family):
     pcs = discovery.PCADirections.execute(trajectory, 2, 0, "global", "position", "pc").result[0]
     vae = tiny_vae16()
     run = lambda **extra: discovery.DirectionExplorer.execute(  # noqa: E731
-        model=model, vae=vae, directions=pcs, strengths="-20, 0, 20", steps=STEPS, scale=1, seed=0,
-        **{"x_T": _latents(0), **PERCENT, **_conditioning(cond, cfg), **extra}).result[0]
+        model=model, vae=vae, strengths="-20, 0, 20", steps=STEPS, scale=1, seed=0,
+        **{"x_T": _latents(0), "directions": pcs, **PERCENT, **_conditioning(cond, cfg), **extra}).result[0]
     grid = run()
     plain = (vae.decode(_edit(model, cond, cfg, pcs[0], "0"))[0, ..., :3].clamp(0, 1) * 255).round() / 255
     h, w = plain.shape[:2]
@@ -129,8 +130,12 @@ def test_direction_explorer_on_a_flow_transformer(pack, request, family):
         assert (row[1] - plain).abs().max() <= 1.5 / 255, (row[1] - plain).abs().max()  # 8-bit tiles
         assert (row[0] - plain).abs().mean() > 0.5 / 255 and (row[2] - plain).abs().mean() > 0.5 / 255
     assert not torch.equal(tiles[0][2], tiles[1][2])
-    with pytest.raises(ValueError, match="H-Space Direction Explorer: t_edit_sweep .* window = percent"):
-        run(t_edit_sweep="600, 200")
+    one = dict(directions=pcs[:1])
+    swept = _tiles(run(t_edit_sweep="600, 200", **one)[0], plain.shape, rows=2, columns=3)
+    for row, t_edit in zip(swept, (600, 200)):
+        alone = _tiles(run(window="t_edit", t_edit=t_edit, **one)[0], plain.shape, rows=1, columns=3)[0]
+        assert all(torch.equal(a, b) for a, b in zip(row, alone)), t_edit
+    assert not torch.equal(swept[0][2], swept[1][2])  # 600 and 200 edit different steps of the grid
     with pytest.raises(ValueError, match="H-Space Direction Explorer: The explorer takes one x_T, got a batch of 2"):
         run(x_T=_latents(0, 1))
 
