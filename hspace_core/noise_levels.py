@@ -156,6 +156,12 @@ class NoiseLevels:
         span = self.num_timesteps - 1
         return (2 * int(timestep) * WIDGET_T_MAX + span) // (2 * span)
 
+    def widget_at_most(self, timestep: int) -> int:
+        """The largest t widget value whose entry (``widget_timestep``) is at most table entry ``timestep``: what a
+        refusal asking for "keep_h_from_t at most …" names (``timestep`` itself on a 1000-entry table)."""
+        t = self.widget_t(timestep)
+        return t if self.widget_timestep(t) <= int(timestep) else t - 1
+
     def widget_timesteps(self, count: int) -> tuple[int, ...]:
         """``count`` table entries spread evenly over the widget range (round(linspace(0, 999, count)), each as
         ``widget_timestep``; duplicates dropped), increasing: probes whose INT result a t widget can name exactly.

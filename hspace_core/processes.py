@@ -309,7 +309,7 @@ def injection_edit(model: HSpaceModel, content: HTrajectory, gamma: float | Call
         check_fingerprint(content.fingerprint, model.fingerprint, "content h trajectory")
     grid = schedule.timesteps()
     edited = [t for t in grid if schedule.edits_at(t)]
-    content.require_timesteps(edited, "the injection")
+    content.require_timesteps(edited, "the injection", widget=levels_of(model).widget_at_most)
     injected = [t for t, on in zip(grid, strided([schedule.edits_at(t) for t in grid], stride)) if on]
     content = content.only_at(injected)  # the injection reads h at these steps only
     if content.branches != model.branches and "single" not in content.branches + model.branches:
@@ -363,7 +363,7 @@ def interpolation_frames(model: HSpaceModel, x_T_a: torch.Tensor, x_T_b: torch.T
     edited = [t for t in schedule.timesteps() if schedule.edits_at(t)]
     for trajectory in (trajectory_a, trajectory_b):
         check_same_site(trajectory.site, site_of(model), "h trajectory")
-        trajectory.require_timesteps(edited, "the interpolation")
+        trajectory.require_timesteps(edited, "the interpolation", widget=levels_of(model).widget_at_most)
     frames = []
     for k in range(num_frames):
         alpha = k / (num_frames - 1)

@@ -156,15 +156,18 @@ class HTrajectory:
         k = self.branches.index("cond") if "cond" in self.branches else 0
         return self.h.chunk(len(self.branches), dim=1)[k].float()
 
-    def require_timesteps(self, needed, what: str = "this process", other_grid: str = "") -> None:
+    def require_timesteps(self, needed, what: str = "this process", other_grid: str = "", widget=None) -> None:
         """Refuse, with the step count to set (``other_grid``: the fix to say instead, e.g. a SAMPLER's), when
-        ``needed`` timesteps are not all on the captured grid."""
+        ``needed`` timesteps are not all on the captured grid.  ``widget`` (``NoiseLevels.widget_at_most``) gives
+        the keep_h_from_t widget value of a table entry for the message (default: the entry, a 1000-entry table's)."""
         missing = sorted(set(int(t) for t in needed) - set(self.timesteps), reverse=True)
         if missing and max(missing) < min(self.timesteps):  # kept only from a timestep on (HStorage.t_min)
+            widget = widget or int
             raise ValueError(
                 f"The h trajectory holds h only for t ≥ {min(self.timesteps)} (it was captured with keep_h_from_t = "
-                f"{min(self.timesteps)} or so), but {what} needs h down to t = {missing[-1]}: capture it with "
-                f"keep_h_from_t at most {missing[-1]} (at most the t_edit it is used with; 0 keeps every step).")
+                f"{widget(min(self.timesteps))} or so), but {what} needs h down to t = {missing[-1]}: capture it with "
+                f"keep_h_from_t at most {widget(missing[-1])} (at most the t_edit it is used with; 0 keeps every "
+                "step).")
         if missing:
             raise ValueError(
                 f"The h trajectory was captured at {len(self.timesteps)} steps, but {what} needs h at t = "

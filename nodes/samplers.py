@@ -83,7 +83,7 @@ def content_check(content, node: str):
         try:
             content.require_timesteps(window_timesteps, "this sampler's edit window", other_grid=(
                 "give this sampler the sigmas the content was captured on (the same scheduler and steps), or capture "
-                "the content on these sigmas"))
+                "the content on these sigmas"), widget=hs.levels.widget_at_most)
         except ValueError as refused:
             raise ValueError(f"{node}: {refused}") from None
 

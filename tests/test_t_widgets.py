@@ -109,3 +109,21 @@ def test_the_nodes_read_t_edit_t_boost_and_keep_h_from_t_by_the_rule(pack, flux,
                     f"table (the same fraction of it: σ = {levels.sigma(3003):.4g}).",
                     "H-Space: H-Space Jacobian Directions: t = 500 names entry 5005 of this model's 10000-entry σ "
                     f"table (the same fraction of it: σ = {levels.sigma(5005):.4g})."]
+
+
+def test_a_trajectory_kept_from_keep_h_from_t_is_refused_naming_widget_values_on_flux(pack, flux):
+    """H-Space Capture with keep_h_from_t 500 (entry 5005 of Flux's 10000) on a 4-step grid (entries 9999, 6666,
+    3333, 0) keeps h at 9999 and 6666; Slerp Content Inject with t_edit 200 needs 3333, and its refusal names the
+    keep_h_from_t widget values (666 captured, at most 333), not the table entries a widget cannot take."""
+    from harness.tiny_dit import flux_conditioning
+    from hspace_pack.nodes import injection, inversion
+
+    x_T = {"samples": torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(0))}
+    trajectory, _ = inversion.Capture.execute(model=flux, x_T=x_T, steps=4, cfg=1.0, edit_branches="cond",
+                                              keep_h_from_t=500, positive=flux_conditioning(0)).result
+    assert trajectory.timesteps == (9999, 6666)
+    with pytest.raises(ValueError, match=r"holds h only for t ≥ 6666 \(it was captured with keep_h_from_t = 666 or "
+                                         r"so\), but the injection needs h down to t = 3333: capture it with "
+                                         r"keep_h_from_t at most 333 "):
+        injection.SlerpContentInject.execute(flux, x_T, trajectory, 0.5, -1.0, 1, 4, 200, "slerp", False, 0, 1.0,
+                                             "cond", positive=flux_conditioning(0))
