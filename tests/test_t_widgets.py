@@ -42,6 +42,7 @@ def test_the_rule_is_the_identity_on_a_1000_entry_table(pack, samplings, name):
     assert levels.num_timesteps == 1000
     assert [levels.widget_timestep(t) for t in range(1000)] == list(range(1000))
     assert [levels.widget_t(t) for t in range(1000)] == list(range(1000))
+    assert [levels.widget_at_most(t) for t in range(1000)] == list(range(1000))
     for n in (2, 4, 5, 9, 21, 25, 50, 333, 1000):
         before = sorted({int(round(v)) for v in torch.linspace(0, 999, n).tolist()})
         assert list(levels.widget_timesteps(n)) == before, n
@@ -61,6 +62,9 @@ def test_the_rule_on_fluxs_10000_entry_table(pack, samplings):
     assert max(abs(levels.widget_timestep(levels.widget_t(e)) - e) for e in range(10000)) == 5
     percent_reading = [max(levels.timestep(levels.percent_to_sigma(1 - t / 999)), 0) for t in range(1000)]
     assert max(abs(e - p) for e, p in zip(entries, percent_reading)) == 1
+    for e in range(10000):  # "keep_h_from_t at most …": the largest widget value whose entry is ≤ e
+        w = levels.widget_at_most(e)
+        assert entries[w] <= e and (w == 999 or entries[w + 1] > e), e
     assert levels.widget_timesteps(4) == (0, 3333, 6666, 9999)
     assert all(levels.widget_timestep(levels.widget_t(e)) == e for e in levels.widget_timesteps(25))
 
