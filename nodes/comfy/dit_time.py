@@ -16,6 +16,7 @@ import math
 
 from ...hspace_core.implicit import TimeEmbedding
 from . import dit
+from .noise_levels import levels_of_sampling
 
 FLUX_TIME_FACTOR = 1000.0  # flux.layers.timestep_embedding's default time_factor, which Flux.forward_orig uses
 
@@ -39,8 +40,7 @@ def dit_time_embedding(diffusion_model, model_sampling) -> TimeEmbedding:
     else:
         raise ValueError(f"{type(diffusion_model).__name__} is not a transformer the pack reads time from; implicit "
                          f"f_t on a transformer takes {dit.TRANSFORMERS}.")
-    sigmas = model_sampling.sigmas.detach().float().cpu()
-    time_input = model_sampling.timestep(sigmas).float() * factor
+    time_input = model_sampling.timestep(levels_of_sampling(model_sampling).table.float()).float() * factor
     if not math.isfinite(float(time_input.abs().max())):
         raise ValueError("This MODEL's σ table gives a non-finite time input; implicit f_t cannot be keyed on it.")
     return TimeEmbedding.copy_of(first, second, dim, True, 0.0).with_time_input(time_input)
