@@ -90,7 +90,7 @@ def _noisy_and_predicted(model: HSpaceModel, levels, x0: torch.Tensor, noise: to
     matching, P = D(x_σ, σ) (the denoiser's x0, ``denoise_at``) at x_σ = (1 − σ)·x0 + σ·ε, and as x_t the same point
     at unit variance, x_σ/√((1 − σ)² + σ²) (``NoiseLevels.unit_scale``): DDPM's x_t of the same signal-to-noise ratio,
     so LPIPS(x, x_t) is measured on the image the paper's boost threshold was set on, not on a darker flow point."""
-    if levels.parameterisation == "const":
+    if levels.flow:
         sigma = levels.sigma(t)
         x_sigma = levels.signal(sigma) * x0 + sigma * noise
         return x_sigma / levels.unit_scale(sigma), denoise_at(model, x_sigma, sigma, t=t)[0]

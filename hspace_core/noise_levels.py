@@ -100,6 +100,12 @@ class NoiseLevels:
         return int(self.table.numel())
 
     @property
+    def flow(self) -> bool:
+        """Flow matching (parameterisation 'const': x = (1 − σ)·x0 + σ·ε): the one test of "is this flow" (ComfyUI's
+        CONST model sampling, whatever network it drives; the nodes read it from the MODEL's ``model_sampling``)."""
+        return self.parameterisation == "const"
+
+    @property
     def sigma_min(self) -> float:
         return float(self.table[0])
 
@@ -263,7 +269,7 @@ class NoiseLevels:
     def signal(self, sigma):
         """a(σ), the coefficient of x0 in x = a(σ)·x0 + σ·ε: 1, or 1 − σ for flow matching (CONST).  σ may be a
         float or a tensor."""
-        return 1 - sigma if self.parameterisation == "const" else 1.0
+        return 1 - sigma if self.flow else 1.0
 
     def unit_scale(self, sigma: float) -> float:
         """√(a(σ)² + σ²): the factor from the pack's unit-variance sample x_t (the VP convention x_T and the

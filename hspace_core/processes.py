@@ -19,7 +19,8 @@ from .adapters.base import HEdit, HSpaceModel, denoise_at, levels_of
 from .devices import FiniteWatch, host_ready, step_dtype, to_host
 from .hmath import check_gamma, lerp, mask_to_h_grid, masked_blend, masked_normalized_slerp, normalized_slerp, slerp
 from .progress import Cancelled, ProgressFn, StepLoop, StopFn, check_batch, offset
-from .sampling import EditPlan, clip_denoised, inversion_steps, invert_sigmas, sample_h_edit, strided
+from .sampling import (EditPlan, clip_denoised, inversion_steps, invert_sigmas, sample_h_edit, steps_from_clean,
+                       strided)
 from .sites import check_same_site, site_of
 from .direction import Direction
 from .direction_algebra import combine_directions, scaled_strength
@@ -148,7 +149,7 @@ def invert(model: HSpaceModel, x0: torch.Tensor, num_steps: int = 40, *, grid: s
     grid_desc = levels.grid(num_steps, grid)
     t_of = [-1, *reversed(grid_desc)]  # the clean input, then the grid ascending
     host = [0.0] + [levels.sigma(t) for t in t_of[1:]]
-    clean_step = t_of[1] != 0  # the seed convention's first step from the clean input (a grid that starts above 0)
+    clean_step = steps_from_clean(levels, t_of[1])
     regenerate = report or h_source == "reconstruction"
     steps = len(inversion_steps(len(host), convention, True, clean_step))
     loop = StepLoop(steps * (1 + refine_iters) + (num_steps if regenerate else 0), progress, should_stop)

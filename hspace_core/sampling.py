@@ -208,7 +208,7 @@ def sample_h_edit(denoise: Denoise, x: torch.Tensor, sigmas: Sequence[float], ed
         raise ValueError(f"{n} steps but {len(edits)} edit flags and {len(etas)} η values.")
     from . import flow as fm  # flow matching's steps build on this module's
 
-    flow = levels is not None and levels.parameterisation == "const"
+    flow = levels is not None and levels.flow
     signal = levels.signal if levels is not None else (lambda sigma: 1.0)
     generator = torch.Generator().manual_seed(int(seed))
     for i in range(n):
@@ -285,7 +285,7 @@ def invert_sigmas(denoise: Callable[[torch.Tensor, int], torch.Tensor], x: torch
     if clean_start:
         host[0] = 0.0
     steps = inversion_steps(len(host), convention, clean_start, clean_step)
-    if levels is not None and levels.parameterisation == "const":
+    if levels is not None and levels.flow:
         from .flow import invert_flow  # it builds on this module
 
         return invert_flow(denoise, x, host, refine_iters=refine_iters, callback=callback, steps=steps)
@@ -314,6 +314,14 @@ def inversion_loop(denoise: Callable[[torch.Tensor, int], torch.Tensor], x: torc
             callback(here, x - sigma * eps, x_next)
         x = x_next
     return x
+
+
+def steps_from_clean(levels, first_t: int) -> bool:
+    """The seed convention's one rule for the clean input (``invert_sigmas``' ``clean_step``): on a grid whose first
+    timestep ``first_t`` is the table's t = 0 a DDPM-style clean input stands there (VP x_0 = x0, ᾱ_0 ≈ 1: the DDIM
+    grid of Asyrp's official inversion); on a grid that starts above 0, and always on flow matching, whose point at
+    σ_1 is (1 − σ_1)·x0 + σ_1·ε and not x0, a first Euler step 0 → σ_1 with ε(x0, σ_1) takes it there."""
+    return first_t != 0 or (levels is not None and levels.flow)
 
 
 def inversion_steps(num_sigmas: int, convention: str, clean_start: bool, clean_step: bool = False) -> list[tuple]:

@@ -126,7 +126,7 @@ class TrainAsyrpDirection(HSpaceNode):
                 negative=None, site="middle", window="t_edit", start_percent=0.0, end_percent=0.6) -> io.NodeOutput:
         node = node_name(cls.define_schema())
         levels = noise_levels(model)
-        if levels.family == "flow":
+        if levels.flow:
             refuse_on_flow_training(window)
         span = edit_schedule(steps, 0, None, model, "percent", start_percent, end_percent, node) \
             if window == "percent" else None

@@ -85,7 +85,7 @@ class DDIMInversion(HSpaceNode):
         regenerate = len(grid)
         if method != "plain":
             regenerate = sum(storage.keeps(t) for t in grid) if h_source == "reconstruction" else 0
-        passes = inversion_passes(steps, convention, refine_iters, is_flow_transformer(model))
+        passes = inversion_passes(steps, convention, refine_iters, noise_levels(model))
         progress = progress_bar(passes + regenerate, model)
 
         check_process_inputs(model, latent["samples"], site)

@@ -49,6 +49,8 @@ VERSIONS = (
     "tests/test_flow_ddim_inversion.py",
     # the t widgets' rule on each version's Flux model_sampling (10000 entries): Auto Schedule's t_edit into Asyrp Edit
     "tests/test_t_widgets.py", "tests/test_e2e_t_widgets.py",
+    # one test of flow (each version's model_sampling and ModelSamplingSD3 node) and one inversion on Flux
+    "tests/test_flow_rule.py",
     # gradients through each version's Flux / MMDiT blocks (in-place residual adds, SD3's checkpointed joint blocks)
     "tests/test_transformer_directions.py", "tests/test_e2e_transformer_directions.py",
     # Asyrp's implicit f_t over Flux's time_in / SD3's t_embedder (each version's embedding and model_sampling)

@@ -8,6 +8,7 @@ import torch
 
 from ...hspace_core.sites import DEFAULT_SITE, check_site, output_block_of_site
 from . import dit
+from .noise_levels import noise_levels
 
 log = logging.getLogger("hspace")
 SUPPORTED = "SD1.x, SD2.x (including v-prediction), SDXL, or a pixel UNet2DModel loaded with 'H-Space Load Pixel U-Net'"
@@ -26,12 +27,17 @@ def is_flow_transformer(model) -> bool:
 
 def check_has_h_space(model) -> None:
     """Refuse models with neither a U-Net middle block nor a transformer the pack knows (other DiTs: Qwen-Image,
-    Chroma Radiance, HiDream, …) with a message naming what works."""
+    Chroma Radiance, HiDream, …) with a message naming what works, and a model sampled otherwise than it was trained: flow
+    matching (``NoiseLevels.flow``, read from the MODEL's ``model_sampling``, the one test of flow the processes
+    follow) holds exactly for the transformers, so "transformer" and "flow" never disagree past this check."""
     diffusion_model = model.get_model_object("diffusion_model")
+    flow = noise_levels(model).flow
     if is_flow_transformer(model):
-        if model.model.model_type.name not in FLOW_TYPES:
-            raise ValueError(f"This {type(diffusion_model).__name__} samples as {model.model.model_type.name}, not "
-                             f"flow matching (CONST); the pack reads h in {dit.TRANSFORMERS} sampled as trained.")
+        if not flow or model.model.model_type.name not in FLOW_TYPES:
+            sampling = type(model.get_model_object("model_sampling")).__name__
+            raise ValueError(f"This {type(diffusion_model).__name__} samples as {model.model.model_type.name} "
+                             f"({sampling}), not flow matching (CONST); the pack reads h in {dit.TRANSFORMERS} "
+                             "sampled as trained.")
         return
     if getattr(diffusion_model, "middle_block", None) is None and not is_pixel_unet(model):
         name = type(diffusion_model).__name__
@@ -42,6 +48,12 @@ def check_has_h_space(model) -> None:
             f"pack reads h in, so it has no h-space here. Use {SUPPORTED}, or {dit.TRANSFORMERS} with the SAMPLER "
             "nodes, H-Space Shift or H-Space FluxSpace Edit."
         )
+    if flow:
+        raise ValueError(
+            f"This {type(diffusion_model).__name__} U-Net is sampled as flow matching (CONST model sampling, as "
+            "ComfyUI's ModelSamplingSD3 / ModelSamplingAuraFlow / ModelSamplingFlux nodes patch it), but its h-space "
+            "is read on the DDPM schedule it was trained on: remove that ModelSampling node from the MODEL the H-Space "
+            "nodes take (or use ModelSamplingDiscrete).")
     model_type = model.model.model_type.name
     if model_type not in ("EPS", "V_PREDICTION") and not (model_type == "EDM" and is_pixel_unet(model)):
         raise ValueError(f"Model type {model_type} is not a DDPM-style discrete-time model; use {SUPPORTED}.")
@@ -85,14 +97,3 @@ def site_block(diffusion_model, site: str) -> int | None:
         return diffusion_model.block_of_site(site)
     per_level = [n + 1 for n in reversed(getattr(diffusion_model, "num_res_blocks", None) or [])]
     return output_block_of_site(site, per_level)
-
-
-def refuse_flow_loop(model) -> None:
-    """Refuse a flow transformer in a node whose loop still runs inside ``run_in_comfy`` on the ᾱ schedule, naming what
-    takes one."""
-    if is_flow_transformer(model):
-        raise ValueError(f"This node runs the pack's DDIM process over the ᾱ schedule of U-Nets; on "
-                         f"{type(model.get_model_object('diffusion_model')).__name__} (flow matching) use the SAMPLER "
-                         "nodes in SamplerCustomAdvanced (H-Space Asyrp Sampler, H-Space Inversion Sampler, H-Space "
-                         "Content Injection Sampler), H-Space Shift, or H-Space DDIM Inversion, Asyrp Edit, Slerp "
-                         "Content Inject, Capture and Interpolate (docs/transformers.md).")

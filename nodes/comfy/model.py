@@ -25,7 +25,7 @@ from ...hspace_core.implicit import TimeEmbedding
 from . import dit, edit_batch
 from .dit_time import dit_time_embedding
 from .allocations import kept, outside_allocation_graph
-from .checks import is_flow_transformer, resolve_site, site_block
+from .checks import check_has_h_space, resolve_site, site_block
 from .fingerprint import model_fingerprint
 from .guidance import linear_cfg, negative_wrapper
 from .noise_levels import noise_levels
@@ -84,9 +84,9 @@ class ComfyHSpaceModel:
 
     def __init__(self, denoiser, extra_args: dict, model_patcher, cfg: float, edit_branches: str, negative=None,
                  site: str = DEFAULT_SITE):
+        check_has_h_space(model_patcher)  # the SAMPLER nodes meet their MODEL only here
         self.site = resolve_site(model_patcher, site)
         self.h_block = site_block(model_patcher.get_model_object("diffusion_model"), self.site)
-        self.flow = is_flow_transformer(model_patcher)  # h at a transformer block, CONST (flow-matching) sigmas
         self.levels = noise_levels(model_patcher)
         self.schedule = schedule_from_sigmas(self.levels.table.double())
         self.branches = ("uncond", "cond") if not math.isclose(cfg, 1.0) else ("single",)

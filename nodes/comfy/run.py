@@ -14,7 +14,6 @@ import comfy.model_management
 import comfy.sample
 import comfy.samplers
 
-from ...hspace_core.sigmas import ve_scale
 from ...hspace_core.sites import DEFAULT_SITE
 
 from .checks import check_has_h_space, check_latent, is_pixel_unet, resolve_site
@@ -70,27 +69,28 @@ def sweep_process(model, x_T, sampler_of, values, steps: int, *, site: str, posi
     x = model.model.process_latent_in(x_T["samples"].float()) if isinstance(x_T, dict) else x_T
     check_process_inputs(model, x, site)
     levels = noise_levels(model)
-    sigmas, flow = levels.grid_sigmas(steps).float(), levels.parameterisation == "const"
+    sigmas = levels.grid_sigmas(steps).float()
     rows = rows_run(model, x.shape[0], edited=edited)
     callbacks = callbacks or runs_callback(model, steps, len(values))
-    return torch.cat([sample_process(model, starting_at(sampler_of(value), x, flow), sigmas, latent=torch.zeros_like(x),
+    return torch.cat([sample_process(model, starting_at(sampler_of(value), x, levels), sigmas, latent=torch.zeros_like(x),
                                      positive=positive, negative=negative, cfg=cfg, seed=seed, rows=rows,
                                      callback=callbacks(k))
                       for k, value in enumerate(values)])
 
 
-def starting_at(sampler, x_T: torch.Tensor, flow: bool):
+def starting_at(sampler, x_T: torch.Tensor, levels):
     """``sampler`` (a KSAMPLER) started from the pack's x_T at its first σ (model space, unit variance) in place of
-    the (zero) start ComfyUI hands it: the VE point √(1 + σ²)·x_T of a DDPM-style model (``sigmas.ve_scale``), or x_T
-    itself for flow matching (``flow``), whose DDIM grid starts at σ = 1, where x is the noise.  (ComfyUI's own start cannot
+    the (zero) start ComfyUI hands it: the model's point x_T·√(a² + σ²) (``levels.unit_scale``): √(1 + σ²)·x_T of a
+    DDPM-style model, x_T itself for flow matching (``levels.flow``), whose DDIM grid starts at σ = 1, where x is the
+    noise.  (ComfyUI's own start cannot
     carry it: it scales a LATENT by 1 − σ = 0 there, and its noise path rounds √(1 + σ²) in float32.)"""
     inner = sampler.sampler_function
 
     def sample(model, x, sigmas, *args, **kwargs):
         sigma = float(sigmas[0])
-        if flow and abs(sigma - 1.0) > 1e-6:
+        if levels.flow and abs(sigma - 1.0) > 1e-6:
             raise ValueError(f"A flow-matching process from x_T starts at σ = 1, not {sigma}.")
-        start = x_T.to(x) if flow else x_T.to(x) * ve_scale(sigma)
+        start = x_T.to(x) * levels.unit_scale(sigma)
         return inner(model, start, sigmas, *args, **kwargs)
 
     return comfy.samplers.KSAMPLER(sample, extra_options=sampler.extra_options, inpaint_options=sampler.inpaint_options)
@@ -119,7 +119,7 @@ def run_in_comfy(model, latent: torch.Tensor, body, *, positive=None, negative=N
     levels = noise_levels(model)
 
     def sampler_function(denoiser, x, sigmas, extra_args=None, callback=None, disable=None):
-        if levels.parameterisation == "const":  # ComfyUI's flow start (1 − σ₀)·latent is 0 at σ₀ = 1: the latent itself
+        if levels.flow:  # ComfyUI's flow start (1 − σ₀)·latent is 0 at σ₀ = 1: the latent itself
             x = model.model.process_latent_in(latent).to(x)
         hs_model = ComfyHSpaceModel(denoiser, extra_args, model, cfg, edit_branches, negative, site)
         if negative_at:

@@ -21,8 +21,8 @@ import comfy.samplers
 from ...hspace_core.devices import FiniteWatch, host_ready, step_dtype, to_host
 from ...hspace_core.flow import nudge_latent
 from ...hspace_core.sampling import (EditPlan, SigmaWindow, check_window_steps, clip_denoised, inversion_steps, invert_sigmas,
-                                     sample_h_edit, strided)
-from ...hspace_core.sigmas import sigmas_problem, ve_scale, ve_to_vp
+                                     sample_h_edit, steps_from_clean, strided)
+from ...hspace_core.sigmas import sigmas_problem, ve_to_vp
 from ...hspace_core.sites import site_of
 from ...hspace_core.trajectory import HStorage, HTrajectory, Inversion
 from .memory import reserve_rows, rows_run
@@ -209,26 +209,22 @@ def refuse_on_flow(node: str, *, convention: str = "seed") -> None:
 
 
 def run_h_edit(hs, x_T: torch.Tensor, edit, schedule, *, seed: int = 0, progress=None, edit_every: int = 1,
-               omega: float | None = None, record=None, stop_below: int | None = None) -> torch.Tensor:
+               omega: float | None = None, record=None) -> torch.Tensor:
     """The reverse process x_T → x0 on ``schedule``'s DDIM grid (``sampling.EditPlan.on_grid``) through ``run_plan``,
     the body of ``h_edit_sampler``, for a loop run inside ``run_in_comfy`` (the DDIM Inversion's guided
     reconstruction, StyleID's).  It is ``processes.run_reverse`` in σ space (to 1e-5): ``edit`` None is the
     reconstruction, ``edit_every`` = k edits every k-th step of the edit window, ``omega`` > 0 is InjectFusion's style
     calibration, η and t_boost are ``schedule``'s (noise from ``seed``), ``schedule.clip_x0`` clamps x0 and
-    ``record(t, h)`` is ``run_plan``'s.  ``stop_below`` = t_min (an ``HStorage``'s) runs only the steps at t ≥ t_min
-    and returns the x_t reached there (VP, not a clean sample; a flow model's point as it is), as
-    ``run_reverse(h_only=True)``.  On a flow model the grid starts at σ = 1, where x_T is the point itself.
+    ``record(t, h)`` is ``run_plan``'s.  x_T (VP) starts at the model's point x_T·√(a² + σ²) (``unit_scale``: x_T
+    itself on a flow model, whose grid starts at σ = 1).
     ``progress(done, total, x0)`` is told after every step (x0: the step's denoised latent, for previews)."""
     grid = list(schedule.timesteps())
-    plan = EditPlan.on_grid(schedule, hs.levels, edited=edit is not None, edit_every=edit_every, stop_below=stop_below)
-    n, sigmas = len(plan.timesteps), plan.sigmas.float().to(x_T.device)
+    plan = EditPlan.on_grid(schedule, hs.levels, edited=edit is not None, edit_every=edit_every)
+    sigmas = plan.sigmas.float().to(x_T.device)
     callback = None if progress is None else lambda i, denoised, x: progress(i + 1, len(grid), denoised)
-    x = x_T.to(step_dtype(x_T.dtype))
-    x = x if hs.flow else x * ve_scale(float(plan.sigmas[0]))  # a flow grid starts at σ = 1, where x_T is the point
+    x = x_T.to(step_dtype(x_T.dtype)) * hs.levels.unit_scale(float(plan.sigmas[0]))
     x = run_plan(hs, x, sigmas, plan.timesteps, plan.edits, plan.etas, edit, omega=omega, seed=seed,
                  clip_x0=schedule.clip_x0, record=record, callback=callback)
-    if n < len(grid) and not hs.flow:
-        x = ve_to_vp(x, float(plan.sigmas[-1]))
     return x.to(x_T.dtype)
 
 
@@ -325,13 +321,13 @@ def run_inversion(hs, x: torch.Tensor, sigmas: torch.Tensor, timesteps, *, conve
     the one code path of the H-Space Inversion Sampler and H-Space DDIM Inversion.
 
     A first σ below ``CLEAN`` marks the clean input ``x`` (FlipSigmas' 1e-4, or 0); ``timesteps`` are the model's
-    timesteps of the other sigmas, where h is looked up.  As in ``processes.invert`` the seed convention stands the
-    clean input at the first σ when that σ is the model's t = 0 (the DDIM grid) and takes a first step to it
-    otherwise.  ``h_storage`` keeps every evaluation's h (None: none); ``latents_on`` ("cpu", asynchronously from
+    timesteps of the other sigmas, where h is looked up.  The seed convention's rule for the clean input is
+    ``processes.invert``'s (``sampling.steps_from_clean``: it stands at the DDIM grid's t = 0 on a DDPM-style model,
+    a first step takes it there otherwise and always on flow matching).  ``h_storage`` keeps every evaluation's h (None: none); ``latents_on`` ("cpu", asynchronously from
     CUDA, or "model"; None: not kept) keeps the VP latents for ``Inversion.latents``.  ``callback(i, P, x)`` is
     ComfyUI's sampler-callback shape after each step (P: the clean sample the step predicts).  The step math runs
-    in at least float32 (x_T and the latents in ``x``'s dtype); finiteness is read once, after the loop.  A flow
-    model's latents are its points x as they are (no VP rescaling); ``handed_on`` (the SAMPLER, whose x_T ComfyUI
+    in at least float32 (x_T and the latents in ``x``'s dtype); finiteness is read once, after the loop.  The
+    latents are the library's, x/√(a² + σ²) (``NoiseLevels.unit_scale``); ``handed_on`` (the SAMPLER, whose x_T ComfyUI
     hands on as a LATENT) refuses flow sigmas that end at σ = 1, which H-Space DDIM Inversion (not handed on: it
     reads the record) runs to; ``node`` names the node in refusals."""
     if latents_on not in (None, "cpu", "model"):
@@ -344,9 +340,9 @@ def run_inversion(hs, x: torch.Tensor, sigmas: torch.Tensor, timesteps, *, conve
         raise ValueError(f"{len(host)} sigmas but {len(timesteps)} timesteps for them.")
     h_at, last, watch = {}, [None], FiniteWatch()
     kept = (lambda v: to_host(v, x.dtype)) if latents_on == "cpu" else (lambda v: v.to(x.dtype))
-    vp = (lambda v, sigma: v) if hs.flow else ve_to_vp  # a flow sample is the model's point itself
-    latents = [] if latents_on is None else [kept(x if clean else vp(x, host[0]))]
-    clean_step = clean and len(t_of) > 1 and (t_of[1] != 0 or hs.flow)  # a flow inversion steps from the clean input
+    flow, unit = hs.levels.flow, hs.levels.unit_scale
+    latents = [] if latents_on is None else [kept(x if clean else x / unit(host[0]))]
+    clean_step = clean and len(t_of) > 1 and steps_from_clean(hs.levels, t_of[1])
     if latents and clean and convention == "seed" and not clean_step:
         latents.append(latents[0])  # the input is x at the first grid timestep
 
@@ -360,11 +356,11 @@ def run_inversion(hs, x: torch.Tensor, sigmas: torch.Tensor, timesteps, *, conve
     def step_done(k, predicted, x_next):
         watch.see(x_next, t_of[k + 1])
         if latents_on is not None:
-            latents.append(kept(vp(x_next, host[k + 1])))
+            latents.append(kept(x_next / unit(host[k + 1])))
         if callback is not None:
             callback(k, predicted, x_next)
 
-    if hs.flow:
+    if flow:
         refuse_on_flow(node, convention=convention)
         if handed_on and host[-1] >= 1 - 1e-6:
             raise ValueError(f"{node}: these sigmas end at σ = 1. ComfyUI hands a flow-matching "
@@ -377,34 +373,38 @@ def run_inversion(hs, x: torch.Tensor, sigmas: torch.Tensor, timesteps, *, conve
         raise ValueError(f"DDIM inversion diverged at t={t_bad}; check the input's range (images in [-1, 1]).")
     host_ready(latents)
     return InversionRun(tuple(host), tuple(t_of[1:] if clean else t_of), x_T.to(x.dtype), tuple(latents), h_at,
-                        last[0], hs.fingerprint, hs.site, convention, hs.flow)
+                        last[0], hs.fingerprint, hs.site, convention, flow)
 
 
 def ddim_inversion(hs, x0: torch.Tensor, num_steps: int, *, convention: str = "seed", refine_iters: int = 0,
-                   h_storage: HStorage | None = HStorage(), latents_on: str = "cpu", progress=None) -> Inversion:
+                   h_storage: HStorage | None = HStorage(), latents_on: str = "cpu", progress=None,
+                   node: str = "H-Space DDIM Inversion") -> Inversion:
     """H-Space DDIM Inversion's inversion (``processes.invert`` without the reconstruction, to 1e-5): x0 → x_T on the
     pack's DDIM grid ('asyrp') at the model's sigmas, through ``run_inversion``.  The Inversion holds the VP x_T, the
     latents and, with ``h_storage``, the trajectory along the inversion (else None).  ``progress(done, total, x0)``
-    counts U-Net passes (``inversion_passes``)."""
+    counts U-Net passes (``inversion_passes``).  As the node, it reads x_T from the run (not handed on: a flow
+    inversion ends at σ = 1); ``node`` names the node in refusals."""
     grid = hs.levels.grid(num_steps)
     ascending = list(reversed(grid))
     sigmas = hs.levels.sigmas_at(grid).float().flip(0)  # FlipSigmas of the DDIM sigmas, as the sampler gets them
-    total, passes = inversion_passes(num_steps, convention, refine_iters, hs.flow), [0]
+    total, passes = inversion_passes(num_steps, convention, refine_iters, hs.levels), [0]
 
     def step_done(i, predicted, x):
         passes[0] += 1 + refine_iters
         progress(passes[0], total, predicted)
 
     run = run_inversion(hs, x0, sigmas, ascending, convention=convention, refine_iters=refine_iters,
-                        h_storage=h_storage, latents_on=latents_on, callback=step_done if progress else None)
+                        h_storage=h_storage, latents_on=latents_on, callback=step_done if progress else None,
+                        node=node, handed_on=False)
     return run.inversion(grid, h_storage, x0.shape[0])
 
 
-def inversion_passes(num_steps: int, convention: str, refine_iters: int, flow: bool = False) -> int:
+def inversion_passes(num_steps: int, convention: str, refine_iters: int, levels=None) -> int:
     """U-Net passes of ``ddim_inversion``: its steps (``sampling.inversion_steps`` on the DDIM grid, which starts at
-    t = 0; a ``flow`` model's inversion steps from the clean input too, as ``run_inversion``), each
+    t = 0, with the clean input's rule ``sampling.steps_from_clean`` of the model's ``levels``), each
     1 + ``refine_iters``."""
-    return len(inversion_steps(num_steps + 1, convention, clean_start=True, clean_step=flow)) * (1 + refine_iters)
+    clean_step = steps_from_clean(levels, 0)
+    return len(inversion_steps(num_steps + 1, convention, clean_start=True, clean_step=clean_step)) * (1 + refine_iters)
 
 
 class InversionRecord:
@@ -432,7 +432,7 @@ def inversion_sampler(node: str, *, refine_iters: int, site: str, record: Invers
         check_sigmas(node, host, increasing=True)
         ts = timesteps_of(model_patcher, host[1:] if host[0] < CLEAN else host)
         hs = (hs_for or ComfyHSpaceModel.for_guider)(model, extra_args, model_patcher, "both", site)
-        if nudge != 1 and not hs.flow:
+        if nudge != 1 and not hs.levels.flow:
             raise ValueError(f"{node}: latent_nudging {nudge} is Stable Flow's aid for inverting flow-matching "
                              "transformers (Flux, SD3.x); this model inverts by DDIM: set latent_nudging to 1.")
         x = nudge_latent(x, nudge)
