@@ -73,3 +73,16 @@ def test_ddim_inversion_is_the_librarys_invert_on_flux(flux, refine_iters):
     assert relative(ours.latents[1], ours.latents[0]) > 1e-6
     # ... and x_T is the point at σ = 1 (unit_scale 1), the noise the reverse pass starts from
     assert levels.unit_scale(levels.sigma_max) == 1.0
+
+
+def test_a_transformer_sampled_otherwise_than_flow_is_refused(flux):
+    from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
+
+    from hspace_pack.nodes.comfy.checks import check_has_h_space
+    from hspace_pack.nodes.comfy.noise_levels import noise_levels
+
+    check_has_h_space(flux)
+    eps = ModelSamplingDiscrete().patch(flux, "eps", False)[0]
+    assert eps.model.model_type.name == "FLUX" and not noise_levels(eps).flow
+    with pytest.raises(ValueError, match=r"samples as FLUX \(ModelSamplingAdvanced\), not flow matching"):
+        check_has_h_space(eps)

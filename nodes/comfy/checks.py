@@ -31,9 +31,8 @@ def check_has_h_space(model) -> None:
     matching (``NoiseLevels.flow``, read from the MODEL's ``model_sampling``, the one test of flow the processes
     follow) holds exactly for the transformers, so "transformer" and "flow" never disagree past this check."""
     diffusion_model = model.get_model_object("diffusion_model")
-    flow = noise_levels(model).flow
     if is_flow_transformer(model):
-        if not flow or model.model.model_type.name not in FLOW_TYPES:
+        if not noise_levels(model).flow or model.model.model_type.name not in FLOW_TYPES:
             sampling = type(model.get_model_object("model_sampling")).__name__
             raise ValueError(f"This {type(diffusion_model).__name__} samples as {model.model.model_type.name} "
                              f"({sampling}), not flow matching (CONST); the pack reads h in {dit.TRANSFORMERS} "
@@ -48,15 +47,15 @@ def check_has_h_space(model) -> None:
             f"pack reads h in, so it has no h-space here. Use {SUPPORTED}, or {dit.TRANSFORMERS} with the SAMPLER "
             "nodes, H-Space Shift or H-Space FluxSpace Edit."
         )
-    if flow:
+    model_type = model.model.model_type.name
+    if model_type not in ("EPS", "V_PREDICTION") and not (model_type == "EDM" and is_pixel_unet(model)):
+        raise ValueError(f"Model type {model_type} is not a DDPM-style discrete-time model; use {SUPPORTED}.")
+    if noise_levels(model).flow:  # read after the structure checks: their messages come first
         raise ValueError(
             f"This {type(diffusion_model).__name__} U-Net is sampled as flow matching (CONST model sampling, as "
             "ComfyUI's ModelSamplingSD3 / ModelSamplingAuraFlow / ModelSamplingFlux nodes patch it), but its h-space "
             "is read on the DDPM schedule it was trained on: remove that ModelSampling node from the MODEL the H-Space "
             "nodes take (or use ModelSamplingDiscrete).")
-    model_type = model.model.model_type.name
-    if model_type not in ("EPS", "V_PREDICTION") and not (model_type == "EDM" and is_pixel_unet(model)):
-        raise ValueError(f"Model type {model_type} is not a DDPM-style discrete-time model; use {SUPPORTED}.")
 
 
 def check_latent(model, latent: torch.Tensor) -> None:
