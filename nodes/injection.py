@@ -78,7 +78,8 @@ class SlerpContentInject(HSpaceNode):
 
         def sampler(g):
             def edit_for(n, hs, window_ts):  # the ramp ends at the schedule's t_edit: a percent window's lowest edited t
-                on_grid = schedule if not hs.levels.flow else dataclasses.replace(  # a flow model's own table (Flux: 10000)
+                # a flow model's own table (Flux: 10000)
+                on_grid = schedule if not hs.levels.flow else dataclasses.replace(
                     schedule, num_train_timesteps=hs.levels.num_timesteps, t_edit=min(window_ts),
                     edit_timesteps=tuple(window_ts))
                 gamma_t = gamma_ramp(g, gamma_end_of(g, gamma_end), on_grid.t_edit, on_grid.num_train_timesteps - 1)

@@ -72,9 +72,9 @@ def sweep_process(model, x_T, sampler_of, values, steps: int, *, site: str, posi
     sigmas = levels.grid_sigmas(steps).float()
     rows = rows_run(model, x.shape[0], edited=edited)
     callbacks = callbacks or runs_callback(model, steps, len(values))
-    return torch.cat([sample_process(model, starting_at(sampler_of(value), x, levels), sigmas, latent=torch.zeros_like(x),
-                                     positive=positive, negative=negative, cfg=cfg, seed=seed, rows=rows,
-                                     callback=callbacks(k))
+    return torch.cat([sample_process(model, starting_at(sampler_of(value), x, levels), sigmas,
+                                     latent=torch.zeros_like(x), positive=positive, negative=negative, cfg=cfg,
+                                     seed=seed, rows=rows, callback=callbacks(k))
                       for k, value in enumerate(values)])
 
 

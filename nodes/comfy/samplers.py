@@ -323,13 +323,14 @@ def run_inversion(hs, x: torch.Tensor, sigmas: torch.Tensor, timesteps, *, conve
     A first σ below ``CLEAN`` marks the clean input ``x`` (FlipSigmas' 1e-4, or 0); ``timesteps`` are the model's
     timesteps of the other sigmas, where h is looked up.  The seed convention's rule for the clean input is
     ``processes.invert``'s (``sampling.steps_from_clean``: it stands at the DDIM grid's t = 0 on a DDPM-style model,
-    a first step takes it there otherwise and always on flow matching).  ``h_storage`` keeps every evaluation's h (None: none); ``latents_on`` ("cpu", asynchronously from
-    CUDA, or "model"; None: not kept) keeps the VP latents for ``Inversion.latents``.  ``callback(i, P, x)`` is
-    ComfyUI's sampler-callback shape after each step (P: the clean sample the step predicts).  The step math runs
-    in at least float32 (x_T and the latents in ``x``'s dtype); finiteness is read once, after the loop.  The
-    latents are the library's, x/√(a² + σ²) (``NoiseLevels.unit_scale``); ``handed_on`` (the SAMPLER, whose x_T ComfyUI
-    hands on as a LATENT) refuses flow sigmas that end at σ = 1, which H-Space DDIM Inversion (not handed on: it
-    reads the record) runs to; ``node`` names the node in refusals."""
+    a first step takes it there otherwise and always on flow matching).  ``h_storage`` keeps every evaluation's h
+    (None: none); ``latents_on`` ("cpu", asynchronously from CUDA, or "model"; None: not kept) keeps the VP latents
+    for ``Inversion.latents``.  ``callback(i, P, x)`` is ComfyUI's sampler-callback shape after each step (P: the
+    clean sample the step predicts).  The step math runs in at least float32 (x_T and the latents in ``x``'s dtype);
+    finiteness is read once, after the loop.  The latents are the library's, x/√(a² + σ²)
+    (``NoiseLevels.unit_scale``); ``handed_on`` (the SAMPLER, whose x_T ComfyUI hands on as a LATENT) refuses flow
+    sigmas that end at σ = 1, which H-Space DDIM Inversion (not handed on: it reads the record) runs to; ``node``
+    names the node in refusals."""
     if latents_on not in (None, "cpu", "model"):
         raise ValueError(f"latents_on must be 'cpu' or 'model', got {latents_on!r}.")
     host = sigmas.detach().double().cpu().tolist()  # one copy, before the loop
