@@ -27,9 +27,10 @@ def is_flow_transformer(model) -> bool:
 
 def check_has_h_space(model) -> None:
     """Refuse models with neither a U-Net middle block nor a transformer the pack knows (other DiTs: Qwen-Image,
-    Chroma Radiance, HiDream, …) with a message naming what works, and a model sampled otherwise than it was trained: flow
-    matching (``NoiseLevels.flow``, read from the MODEL's ``model_sampling``, the one test of flow the processes
-    follow) holds exactly for the transformers, so "transformer" and "flow" never disagree past this check."""
+    Chroma Radiance, HiDream, …) with a message naming what works, and a model sampled otherwise than it was
+    trained: flow matching (``NoiseLevels.flow``, read from the MODEL's ``model_sampling``, the one test of flow the
+    processes follow) holds exactly for the transformers, so "transformer" and "flow" never disagree past this
+    check."""
     diffusion_model = model.get_model_object("diffusion_model")
     if is_flow_transformer(model):
         if not noise_levels(model).flow or model.model.model_type.name not in FLOW_TYPES:
