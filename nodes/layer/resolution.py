@@ -79,7 +79,7 @@ def edit_schedule(steps: int, t_edit: int, boost, model_patcher=None, window: st
     the SAMPLERs' window does (``edit_window``)."""
     t_boost, eta = boost_of(boost, model_patcher)
     levels = noise_levels(model_patcher) if model_patcher is not None else None
-    if levels is not None and levels.family == "flow":
+    if levels is not None and levels.flow:
         span = edit_window(node, model_patcher, window, t_edit, start_percent, end_percent)
         schedule = EditSchedule(steps, t_edit=t_boost, t_boost=t_boost, eta_boost=eta,
                                 num_train_timesteps=levels.num_timesteps)
