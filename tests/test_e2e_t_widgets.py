@@ -7,7 +7,7 @@ weights, thresholds 0.01: plumbing only) on one of them, three Asyrp Edits from 
 import numpy as np
 import pytest
 
-from e2e_helpers import node as _node, png, tiny_flux_images
+from e2e_helpers import node as _node, png, save_decoded, tiny_flux_images
 from harness.server import error_message
 
 pytestmark = pytest.mark.e2e
@@ -37,8 +37,7 @@ def _graph() -> dict:
         **{f"show_{k}": _node("PreviewAny", source=["auto", k]) for k in range(4)},
     }
     for name in ("by_t", "by_percent", "plain"):
-        g[f"decode_{name}"] = _node("VAEDecode", samples=[name, 0], vae=["ckpt", 2])
-        g[f"save_{name}"] = _node("SaveImage", images=[f"decode_{name}", 0], filename_prefix=f"h6/flux_{name}")
+        save_decoded(g, name, [name, 0], f"h6/flux_{name}")
     return g
 
 

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from e2e_helpers import CLIP_TEST_OVERRIDES, png
+from e2e_helpers import CLIP_TEST_OVERRIDES, png, save_decoded
 from harness.server import error_message
 from test_e2e_transformers import SIZE, _graph
 
@@ -40,9 +40,7 @@ def _directions_graph() -> dict:
             steps=4, allow_other_model=False)}
         images[name] = [f"edit_{name}", 0]
     for name, source in images.items():
-        g[f"decode_{name}"] = {"class_type": "VAEDecode", "inputs": {"samples": source, "vae": ["ckpt", 2]}}
-        g[f"save_{name}"] = {"class_type": "SaveImage", "inputs": {"images": [f"decode_{name}", 0],
-                                                                   "filename_prefix": f"h2dirs/flux_{name}"}}
+        save_decoded(g, name, source, f"h2dirs/flux_{name}")
     return g
 
 

@@ -10,7 +10,7 @@ on Flux through the process nodes (issue 38 item 2).  H-Space DDIM Inversion →
 import numpy as np
 import pytest
 
-from e2e_helpers import expect_node_error, png
+from e2e_helpers import expect_node_error, png, save_decoded
 from harness.server import error_message
 
 pytestmark = pytest.mark.e2e
@@ -166,9 +166,7 @@ def _process_graph(family: str) -> dict:
         common, **window, style_x_T=["image2", 0], content=["capture1", 0], gamma=1.0, gamma_end=-1.0, stride=1,
         mode="slerp", per_channel=False, seed=0)}
     for name, source in (("captured", ["capture2", 1]), ("edit", ["edit", 0]), ("inject", ["inject", 0])):
-        g[f"decode_{name}"] = {"class_type": "VAEDecode", "inputs": {"samples": source, "vae": ["ckpt", 2]}}
-        g[f"save_{name}"] = {"class_type": "SaveImage", "inputs": {"images": [f"decode_{name}", 0],
-                                                                   "filename_prefix": f"h2/{family}_{name}"}}
+        save_decoded(g, name, source, f"h2/{family}_{name}")
     return g
 
 
@@ -229,9 +227,7 @@ def _boost_calibration_graph() -> dict:
             g[name]["inputs"]["calibration"] = [f"calibrate_{name}", 0]
         outputs[name] = [name, 0]
     for name, source in outputs.items():
-        g[f"decode_{name}"] = {"class_type": "VAEDecode", "inputs": {"samples": source, "vae": ["ckpt", 2]}}
-        g[f"save_{name}"] = {"class_type": "SaveImage", "inputs": {"images": [f"decode_{name}", 0],
-                                                                   "filename_prefix": f"h4/flux_{name}"}}
+        save_decoded(g, name, source, f"h4/flux_{name}")
     return g
 
 
@@ -284,9 +280,7 @@ def _inversion_interpolation_graph(comfy) -> dict:
             common, x_T_a=["ddim1", 0], x_T_b=["ddim2", 0], frames=3, window="percent", start_percent=0.0,
             end_percent=0.6)})
         for name, source in (("frames", ["interpolate", 0]), ("a", ["ddim1", 2]), ("b", ["ddim2", 2])):
-            g[f"decode_{name}"] = {"class_type": "VAEDecode", "inputs": {"samples": source, "vae": ["ckpt", 2]}}
-            g[f"save_{name}"] = {"class_type": "SaveImage", "inputs": {"images": [f"decode_{name}", 0],
-                                                                       "filename_prefix": f"h1/{family}_{name}"}}
+            save_decoded(g, name, source, f"h1/{family}_{name}")
         prompt.update(_prefixed(g, f"{family}_"))
     return prompt
 

@@ -7,7 +7,7 @@ image's generation."""
 import numpy as np
 import pytest
 
-from e2e_helpers import png
+from e2e_helpers import png, save_decoded
 from harness.server import error_message
 from test_e2e_transformers import SIZE, _graph, _with_defaults
 
@@ -15,9 +15,7 @@ pytestmark = pytest.mark.e2e
 
 
 def _save(g: dict, name: str, samples: list) -> None:
-    g[f"decode_{name}"] = {"class_type": "VAEDecode", "inputs": {"samples": samples, "vae": ["ckpt", 2]}}
-    g[f"save_{name}"] = {"class_type": "SaveImage", "inputs": {"images": [f"decode_{name}", 0],
-                                                               "filename_prefix": f"h8/chroma_{name}"}}
+    save_decoded(g, name, samples, f"h8/chroma_{name}")
 
 
 def test_chroma_through_the_server(comfy):

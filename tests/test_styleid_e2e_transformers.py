@@ -8,7 +8,7 @@ a U-Net preset on a transformer are refused by name."""
 import numpy as np
 import pytest
 
-from e2e_helpers import expect_node_error, png
+from e2e_helpers import expect_node_error, png, save_decoded
 from harness.server import error_message
 from test_e2e_transformers import _with_defaults
 
@@ -47,9 +47,7 @@ def _graph(comfy, family: str, layers: str = "StyleID SD1.x") -> dict:
         "content_features": ["content", 1], "gamma": 0.75, "tau": 1.5, "start": "adain", "t_edit": 400,
         "gamma_sweep": "1, 0"}}
     for name, source in (("content", ["image2", 0]), ("styled", ["inject", 0])):
-        g[f"decode_{name}"] = {"class_type": "VAEDecode", "inputs": {"samples": source, "vae": ["ckpt", 2]}}
-        g[f"save_{name}"] = {"class_type": "SaveImage", "inputs": {"images": [f"decode_{name}", 0],
-                                                                   "filename_prefix": f"h6s/{family}_{name}"}}
+        save_decoded(g, name, source, f"h6s/{family}_{name}")
     for name in ("style", "content", "inject"):
         _with_defaults(comfy, g[name])
     return g
@@ -103,9 +101,7 @@ def _combined_graph(comfy, family: str) -> dict:
     g["inject"]["inputs"].update(window)
     g["plain"] = {"class_type": "HSpaceStyleIDInject", "inputs": dict(g["inject"]["inputs"])}
     g["inject"]["inputs"].update({"content_h": ["content", 2], "gamma_h_sweep": "0, 1", "h_end_percent": 1.0})
-    g["decode_plain"] = {"class_type": "VAEDecode", "inputs": {"samples": ["plain", 0], "vae": ["ckpt", 2]}}
-    g["save_plain"] = {"class_type": "SaveImage", "inputs": {"images": ["decode_plain", 0],
-                                                             "filename_prefix": f"h7/{family}_plain"}}
+    save_decoded(g, "plain", ["plain", 0], f"h7/{family}_plain")
     g["save_styled"]["inputs"]["filename_prefix"] = f"h7/{family}_combined"
     g["save_content"]["inputs"]["filename_prefix"] = f"h7/{family}_content"
     named = {}
