@@ -79,12 +79,7 @@ def edit_schedule(steps: int, t_edit: int, boost, model_patcher=None, window: st
     the SAMPLERs' window does (``edit_window``)."""
     t_boost, eta = boost_of(boost, model_patcher)
     levels = noise_levels(model_patcher) if model_patcher is not None else None
-    if levels is not None and levels.flow:
-        span = edit_window(node, model_patcher, window, t_edit, start_percent, end_percent)
-        schedule = EditSchedule(steps, t_edit=t_boost, t_boost=t_boost, eta_boost=eta,
-                                num_train_timesteps=levels.num_timesteps)
-        return schedule_in_window(schedule, span, levels.sigma)
-    if window == "t_edit":
+    if window == "t_edit" and (levels is None or not levels.flow):
         if boost is not None and t_edit < t_boost:
             fix = "lower t_boost" if boost.start_percent is None else "raise boost_start_percent"
             raise ValueError(f"t_edit ({t_edit}) is below {_boost_said(boost, t_boost)}: raise t_edit on this node or "
@@ -93,11 +88,12 @@ def edit_schedule(steps: int, t_edit: int, boost, model_patcher=None, window: st
         made_with = (t_edit_label(t_edit) if model_patcher is None
                      else edit_window(node, model_patcher, window, t_edit).made_with)
         return EditSchedule(steps, t_edit=t_edit, t_boost=t_boost, eta_boost=eta, made_with=made_with)
-    if model_patcher is None:
+    if levels is None:
         raise ValueError(f"{node}: a percent window is resolved on the MODEL's noise levels; pass the MODEL.")
     span = edit_window(node, model_patcher, window, t_edit, start_percent, end_percent)
-    schedule = EditSchedule(steps, t_edit=max(t_edit, t_boost), t_boost=t_boost, eta_boost=eta,
-                            num_train_timesteps=levels.num_timesteps)  # the grid on the MODEL's table (Flux: 10000)
+    # the grid on the MODEL's table (Flux: 10000); schedule_in_window sets t_edit to the window's lowest step
+    schedule = EditSchedule(steps, t_edit=t_boost, t_boost=t_boost, eta_boost=eta,
+                            num_train_timesteps=levels.num_timesteps)
     return schedule_in_window(schedule, span, levels.sigma)
 
 
